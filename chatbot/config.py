@@ -1,0 +1,207 @@
+"""One configuration tree for everything that shapes a model, serialised inside its bundle.
+
+Reading is strict on purpose: a misspelt key silently falling back to a default would train
+a different model from the one the user asked for, so unknown keys and bad values raise
+``ConfigError`` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TOKENIZER_LEVELS = ("char", "word", "subword")
+CELLS = ("lstm", "gru")
+ATTENTIONS = ("none", "dot", "additive")
+DECODING_STRATEGIES = ("greedy",)
+MONITORS = ("val_loss", "loss")
+
+
+@dataclass
+class DataConfig:
+    """How corpus dialogues become (context + question -> answer) examples."""
+
+    context_turns: int = 0  # previous turns prepended to the question, joined by [SEP]
+    max_input_tokens: int = 64  # longer inputs keep their last tokens (the question)
+    max_output_tokens: int = 128  # longer answers are cut here for training
+    validation_fraction: float = 0.1
+    deduplicate: bool = True
+
+    def validate(self, prefix: str) -> None:
+        _check(self.context_turns >= 0, prefix, "context_turns", "must be >= 0")
+        _check(self.max_input_tokens >= 1, prefix, "max_input_tokens", "must be >= 1")
+        _check(self.max_output_tokens >= 1, prefix, "max_output_tokens", "must be >= 1")
+        _check(0.0 <= self.validation_fraction < 1.0, prefix, "validation_fraction",
+               "must be in [0, 1)")
+
+
+@dataclass
+class TokenizerConfig:
+    level: str = "subword"
+    vocab_size: int = 2000  # upper bound for word and subword vocabularies
+    min_frequency: int = 1
+
+    def validate(self, prefix: str) -> None:
+        _check(self.level in TOKENIZER_LEVELS, prefix, "level", f"must be one of {TOKENIZER_LEVELS}")
+        _check(self.vocab_size >= 10, prefix, "vocab_size", "must be >= 10")
+        _check(self.min_frequency >= 1, prefix, "min_frequency", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "gru"
+    embedding_dim: int = 128
+    units: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False
+    attention: str = "dot"
+
+    def validate(self, prefix: str) -> None:
+        _check(self.cell in CELLS, prefix, "cell", f"must be one of {CELLS}")
+        _check(self.attention in ATTENTIONS, prefix, "attention", f"must be one of {ATTENTIONS}")
+        _check(self.embedding_dim >= 1, prefix, "embedding_dim", "must be >= 1")
+        _check(self.units >= 1, prefix, "units", "must be >= 1")
+        _check(1 <= self.layers <= 8, prefix, "layers", "must be between 1 and 8")
+        _check(0.0 <= self.dropout < 1.0, prefix, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 0.002
+    clipnorm: float = 1.0
+    early_stopping: bool = True
+    monitor: str = "val_loss"  # "loss" when the goal is to memorise the corpus
+    patience: int = 5
+    seed: int = 1234
+    checkpoint_every_steps: int = 0  # 0: checkpoint at each epoch end only
+
+    def validate(self, prefix: str) -> None:
+        _check(self.epochs >= 1, prefix, "epochs", "must be >= 1")
+        _check(self.batch_size >= 1, prefix, "batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, prefix, "learning_rate", "must be > 0")
+        _check(self.clipnorm >= 0, prefix, "clipnorm", "must be >= 0 (0 disables clipping)")
+        _check(self.monitor in MONITORS, prefix, "monitor", f"must be one of {MONITORS}")
+        _check(self.patience >= 0, prefix, "patience", "must be >= 0")
+        _check(self.checkpoint_every_steps >= 0, prefix, "checkpoint_every_steps", "must be >= 0")
+
+
+@dataclass
+class DecodingConfig:
+    strategy: str = "greedy"
+    max_length: int = 128  # tokens generated at most, end token included
+
+    def validate(self, prefix: str) -> None:
+        _check(self.strategy in DECODING_STRATEGIES, prefix, "strategy",
+               f"must be one of {DECODING_STRATEGIES}")
+        _check(self.max_length >= 1, prefix, "max_length", "must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, "").validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        """Read a JSON or TOML file (by extension); keys left out keep their defaults."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            if path.suffix.lower() == ".toml":
+                data = tomllib.loads(raw.decode("utf-8"))
+            else:
+                data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} file ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the config must be a table/object at the top level")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted keys replaced, e.g. ``{"training.epochs": 3}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in data or not key:
+                raise ConfigError(f"unknown config key '{dotted}'")
+            data[section][key] = value
+        return Config.from_dict(data)
+
+
+def _check(ok: bool, prefix: str, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid value for '{prefix}.{key}': {why}")
+
+
+def _build(cls, data: Any, prefix: str):
+    """Instantiate dataclass ``cls`` from a dict, type-checking every key."""
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where}' must be a table/object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            dotted = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{dotted}' (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        expected = hints[key]
+        if dataclasses.is_dataclass(expected):
+            values[key] = _build(expected, value, dotted)
+        else:
+            values[key] = _coerce(value, expected, dotted)
+    return cls(**values)
+
+
+def _coerce(value: Any, expected: type, dotted: str) -> Any:
+    # bool is a subclass of int: refuse True where a number is expected and 1 where a flag is.
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"invalid value for '{dotted}': expected {expected.__name__}, got {value!r}")

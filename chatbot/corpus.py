@@ -1,0 +1,282 @@
+"""Corpus readers: ChatterBot YAML, TSV sentence pairs, JSONL, and directories of them.
+
+Every reader produces ``Dialogue`` records (a list of utterances with the place each came
+from); ``make_examples`` turns dialogues into ``Example`` records with a context window.
+Whole-file problems (unreadable, invalid UTF-8 or YAML, wrong top-level shape) raise
+``CorpusError``; a malformed entry is skipped with a warning unless ``strict`` is set, and
+every skip is counted in ``Corpus.skipped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+from .errors import CorpusError
+
+log = logging.getLogger(__name__)
+
+YAML_SUFFIXES = (".yml", ".yaml")
+TSV_SUFFIXES = (".tsv", ".txt")
+JSONL_SUFFIXES = (".jsonl",)
+CORPUS_SUFFIXES = YAML_SUFFIXES + TSV_SUFFIXES + JSONL_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    source: str  # "file:line", for error messages and corpus tools
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    utterances: tuple[Utterance, ...]
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: previous turns (oldest first) + question -> answer."""
+
+    context: tuple[str, ...]
+    question: str
+    answer: str
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return {"context": list(self.context), "question": self.question,
+                "answer": self.answer, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Example":
+        return cls(tuple(data.get("context", ())), data["question"], data["answer"],
+                   data.get("source", ""))
+
+
+@dataclass
+class Corpus:
+    dialogues: list[Dialogue]
+    files: list[Path]
+    sha256: str  # of every file's name and bytes: identifies the data a model was trained on
+    skipped: list[CorpusError] = field(default_factory=list)
+
+    def examples(self, context_turns: int = 0, deduplicate: bool = True) -> list[Example]:
+        return make_examples(self.dialogues, context_turns, deduplicate)
+
+
+def clean_text(text: str) -> str:
+    """Canonical form of an utterance: NFC, Unix newlines, no control characters, stripped.
+
+    Inner spaces and newlines are kept: answers may hold indented code.
+    """
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    return text.replace("\t", " ").strip()
+
+
+# --- loading ---------------------------------------------------------------------------------
+def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
+    """Read a corpus file or a directory of them (recursively, in sorted order)."""
+    root = Path(path)
+    if not root.exists():
+        raise CorpusError(root, None, "no such file or directory")
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+        if not files:
+            raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
+    else:
+        if root.suffix.lower() not in CORPUS_SUFFIXES:
+            raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
+                                          f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
+        files = [root]
+
+    digest = hashlib.sha256()
+    dialogues: list[Dialogue] = []
+    skipped: list[CorpusError] = []
+    for file in files:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise CorpusError(file, None, f"cannot read file ({exc.strerror})") from None
+        digest.update(file.relative_to(root).as_posix().encode() if root.is_dir() else file.name.encode())
+        digest.update(hashlib.sha256(raw).digest())
+        text = _decode_utf8(file, raw)
+        reader = _reader_for(file)
+        for item in reader(file, text):
+            if isinstance(item, CorpusError):
+                if strict:
+                    raise item
+                log.warning("skipped %s", item)
+                skipped.append(item)
+            else:
+                dialogues.append(item)
+    if not dialogues:
+        raise CorpusError(root, None, "empty corpus: no question/answer pairs found")
+    if skipped:
+        log.warning("skipped %d malformed entr%s in %s", len(skipped),
+                    "y" if len(skipped) == 1 else "ies", root)
+    return Corpus(dialogues, files, digest.hexdigest(), skipped)
+
+
+def _decode_utf8(file: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CorpusError(file, line, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def _reader_for(file: Path):
+    suffix = file.suffix.lower()
+    if suffix in YAML_SUFFIXES:
+        return read_yaml
+    if suffix in JSONL_SUFFIXES:
+        return read_jsonl
+    return read_tsv
+
+
+def _dialogue(file: Path, items: Iterable[tuple[str, int]], category: str = "") -> Dialogue | CorpusError:
+    """Build a dialogue from (text, line) items; an empty utterance makes the entry malformed."""
+    utterances = []
+    for text, line in items:
+        cleaned = clean_text(text)
+        if not cleaned:
+            return CorpusError(file, line, "empty utterance")
+        utterances.append(Utterance(cleaned, f"{file}:{line}"))
+    if len(utterances) < 2:
+        line = items[0][1] if items else None  # type: ignore[index]
+        return CorpusError(file, line, "a conversation needs at least two utterances")
+    return Dialogue(tuple(utterances), category)
+
+
+def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
+    """ChatterBot format: ``conversations`` is a list of lists of utterances.
+
+    Parsed with ``yaml.compose`` (the safe node graph) rather than ``safe_load`` so that
+    every utterance keeps its line number and stays a string ("Yes" must not become True).
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CorpusError(file, line, f"invalid YAML: {problem}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise CorpusError(file, 1, "expected a mapping with a 'conversations' list")
+    sections = {key.value: value for key, value in root.value if isinstance(key, yaml.ScalarNode)}
+    conversations = sections.get("conversations")
+    if conversations is None:
+        raise CorpusError(file, 1, "missing 'conversations' key")
+    if not isinstance(conversations, yaml.SequenceNode):
+        raise CorpusError(file, conversations.start_mark.line + 1, "'conversations' must be a list")
+    category = ""
+    categories = sections.get("categories")
+    if isinstance(categories, yaml.SequenceNode) and categories.value:
+        first = categories.value[0]
+        category = first.value if isinstance(first, yaml.ScalarNode) else ""
+    for number, conv in enumerate(conversations.value, start=1):
+        line = conv.start_mark.line + 1
+        if not isinstance(conv, yaml.SequenceNode):
+            yield CorpusError(file, line, f"conversation {number} is not a list of utterances")
+            continue
+        bad = next((u for u in conv.value if not isinstance(u, yaml.ScalarNode)), None)
+        if bad is not None:
+            yield CorpusError(file, bad.start_mark.line + 1,
+                              f"conversation {number}: an utterance must be text, not a {_node_kind(bad)}")
+            continue
+        yield _dialogue(file, [(u.value, u.start_mark.line + 1) for u in conv.value], category)
+
+
+def _node_kind(node: yaml.Node) -> str:
+    return "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+
+
+def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
+    """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored."""
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        columns = line.rstrip("\r").split("\t")
+        if len(columns) < 2:
+            yield CorpusError(file, line_no, "expected 'question<TAB>answer', found no tab")
+            continue
+        yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)])
+
+
+def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
+    """One JSON object per line: ``{"question", "answer"}`` or ``{"turns": [...]}``."""
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield CorpusError(file, line_no, f"invalid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            yield CorpusError(file, line_no, "expected a JSON object")
+            continue
+        if "turns" in obj:
+            turns = obj["turns"]
+            if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+                yield CorpusError(file, line_no, "'turns' must be a list of strings")
+                continue
+            yield _dialogue(file, [(t, line_no) for t in turns], str(obj.get("category", "")))
+        elif "question" in obj and "answer" in obj:
+            if not isinstance(obj["question"], str) or not isinstance(obj["answer"], str):
+                yield CorpusError(file, line_no, "'question' and 'answer' must be strings")
+                continue
+            yield _dialogue(file, [(obj["question"], line_no), (obj["answer"], line_no)],
+                            str(obj.get("category", "")))
+        else:
+            yield CorpusError(file, line_no, "expected keys 'question' and 'answer', or 'turns'")
+
+
+# --- examples --------------------------------------------------------------------------------
+def make_examples(dialogues: Iterable[Dialogue], context_turns: int = 0,
+                  deduplicate: bool = True) -> list[Example]:
+    """Each consecutive pair of utterances is question -> answer, with up to
+    ``context_turns`` earlier utterances of the same dialogue as context."""
+    examples: list[Example] = []
+    seen: set[tuple] = set()
+    for dialogue in dialogues:
+        texts = [u.text for u in dialogue.utterances]
+        for i in range(len(texts) - 1):
+            context = tuple(texts[max(0, i - context_turns):i]) if context_turns else ()
+            key = (context, texts[i], texts[i + 1])
+            if deduplicate:
+                if key in seen:
+                    continue
+                seen.add(key)
+            examples.append(Example(context, texts[i], texts[i + 1], dialogue.utterances[i].source))
+    return examples
+
+
+def split_examples(examples: list[Example], validation_fraction: float,
+                   seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded random split; at least one training example is always kept."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(examples) * validation_fraction))
+    n_val = min(n_val, len(examples) - 1)
+    val_ids = set(order[:n_val])
+    train = [e for i, e in enumerate(examples) if i not in val_ids]
+    val = [e for i, e in enumerate(examples) if i in val_ids]
+    return train, val
+
+
+def answers_by_question(examples: Iterable[Example]) -> dict[str, set[str]]:
+    """Every accepted answer of each question (the corpus has several per question)."""
+    table: dict[str, set[str]] = {}
+    for ex in examples:
+        table.setdefault(ex.question, set()).add(ex.answer)
+    return table

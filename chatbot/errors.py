@@ -1,0 +1,42 @@
+"""Typed exceptions. Library code raises these; only ``cli.py`` turns them into messages."""
+
+from __future__ import annotations
+
+
+class ChatbotError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(ChatbotError, ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+class CorpusError(ChatbotError, ValueError):
+    """A corpus file cannot be read; names the file and, where known, the line or entry."""
+
+    def __init__(self, file, line: int | None, why: str):
+        self.file = str(file)
+        self.line = line
+        self.why = why
+        where = self.file if line is None else f"{self.file}:{line}"
+        super().__init__(f"{where}: {why}")
+
+
+class TokenizerError(ChatbotError, ValueError):
+    """A tokenizer cannot be fitted or loaded."""
+
+
+class BundleError(ChatbotError):
+    """A model bundle is missing, corrupt, or from a newer format."""
+
+
+class TrainingError(ChatbotError):
+    """Training cannot start or resume."""
+
+
+class DecodingError(ChatbotError):
+    """A reply could not be generated."""
+
+
+class InputError(ChatbotError, ValueError):
+    """A message cannot be used as input (empty, whitespace only)."""

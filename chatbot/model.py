@@ -1,0 +1,128 @@
+"""The Keras 3 encoder-decoder.
+
+Luong-style layout: the decoder RNN starts from the encoder's final states, and attention
+(when enabled) is applied on top of the decoder's outputs, ``tanh(W [h_t; context_t])``.
+Because attention does not feed back into the RNN, teacher-forced training runs the whole
+decoder sequence in one call, and inference reuses the same layers one step at a time:
+
+* ``call((source, decoder_input))``: teacher forcing, returns logits ``[B, T, V]``;
+* ``encode(source)`` then ``decode_step(token, states, ...)``: what the generator compiles.
+
+Padding (id 0) is masked explicitly everywhere: the encoder's final state is the state at
+the last real token, and attention never looks at padding.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from .config import ModelConfig
+from .tokenizer import PAD
+
+
+def _rnn(cell: str, units: int, name: str) -> layers.Layer:
+    kind = layers.LSTM if cell == "lstm" else layers.GRU
+    return kind(units, return_sequences=True, return_state=True, name=name)
+
+
+class Seq2Seq(keras.Model):
+    def __init__(self, vocab_size: int, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.config = config
+        self.states_per_layer = 2 if config.cell == "lstm" else 1
+        # A bidirectional encoder's final states are [forward; backward], so the decoder
+        # is twice as wide and takes them without an extra projection.
+        self.decoder_units = config.units * (2 if config.bidirectional else 1)
+
+        self.embedding = layers.Embedding(vocab_size, config.embedding_dim, name="embedding")
+        self.encoder_rnns = []
+        for i in range(config.layers):
+            rnn = _rnn(config.cell, config.units, f"encoder_{i}")
+            if config.bidirectional:
+                rnn = layers.Bidirectional(rnn, merge_mode="concat", name=f"encoder_bi_{i}")
+            self.encoder_rnns.append(rnn)
+        self.decoder_rnns = [_rnn(config.cell, self.decoder_units, f"decoder_{i}")
+                             for i in range(config.layers)]
+        if config.attention == "dot":
+            self.attention = layers.Attention(name="attention")
+        elif config.attention == "additive":
+            self.attention = layers.AdditiveAttention(name="attention")
+        else:
+            self.attention = None
+        self.attention_combine = (layers.Dense(self.decoder_units, activation="tanh", name="attention_combine")
+                                  if self.attention is not None else None)
+        self.dropout = layers.Dropout(config.dropout, name="dropout")
+        self.output_projection = layers.Dense(vocab_size, name="output_projection")
+
+    # --- encoder -------------------------------------------------------------------------
+    def encode(self, source, training=False):
+        """Returns (encoder outputs, flat list of initial decoder states, source mask)."""
+        source_mask = ops.not_equal(source, PAD)
+        x = self.dropout(self.embedding(source), training=training)
+        states = []
+        for i, rnn in enumerate(self.encoder_rnns):
+            result = rnn(x, mask=source_mask, training=training)
+            x, layer_states = result[0], list(result[1:])
+            if self.config.bidirectional:
+                half = len(layer_states) // 2
+                layer_states = [ops.concatenate([f, b], axis=-1)
+                                for f, b in zip(layer_states[:half], layer_states[half:])]
+            states.extend(layer_states)
+            if i + 1 < len(self.encoder_rnns):
+                x = self.dropout(x, training=training)
+        return x, states, source_mask
+
+    # --- decoder -------------------------------------------------------------------------
+    def _layer_states(self, states, i):
+        n = self.states_per_layer
+        return list(states[i * n:(i + 1) * n])
+
+    def _project(self, decoder_outputs, encoder_outputs, source_mask, query_mask, training):
+        if self.attention is not None:
+            context = self.attention([decoder_outputs, encoder_outputs],
+                                     mask=[query_mask, source_mask], training=training)
+            decoder_outputs = self.attention_combine(ops.concatenate([decoder_outputs, context], axis=-1))
+        return self.output_projection(self.dropout(decoder_outputs, training=training))
+
+    def call(self, inputs, training=False):
+        source, decoder_input = inputs
+        encoder_outputs, states, source_mask = self.encode(source, training=training)
+        target_mask = ops.not_equal(decoder_input, PAD)
+        x = self.dropout(self.embedding(decoder_input), training=training)
+        for i, rnn in enumerate(self.decoder_rnns):
+            x = rnn(x, mask=target_mask, initial_state=self._layer_states(states, i), training=training)[0]
+            if i + 1 < len(self.decoder_rnns):
+                x = self.dropout(x, training=training)
+        return self._project(x, encoder_outputs, source_mask, target_mask, training)
+
+    def decode_step(self, token, states, encoder_outputs, source_mask):
+        """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states."""
+        x = self.embedding(token)
+        new_states = []
+        for i, rnn in enumerate(self.decoder_rnns):
+            x, layer_states = rnn.cell(x, self._layer_states(states, i), training=False)
+            new_states.extend(layer_states if isinstance(layer_states, (list, tuple)) else [layer_states])
+        logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source_mask, None, False)
+        return logits[:, 0, :], new_states
+
+    def build_for_inference(self) -> None:
+        """Create every weight by running one tiny batch (needed before loading weights)."""
+        dummy = ops.ones((1, 2), dtype="int32")
+        self((dummy, dummy), training=False)
+
+
+def masked_accuracy(y_true, y_pred):
+    """Token accuracy over real (non-padding) target positions only."""
+    y_true = ops.cast(y_true, "int32")
+    mask = ops.cast(ops.not_equal(y_true, PAD), "float32")
+    hits = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
+    return ops.sum(hits * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def compile_model(model: Seq2Seq, learning_rate: float, clipnorm: float) -> None:
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm or None)
+    # ignore_class rescales the mean over real tokens only, so padding never counts.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[masked_accuracy], jit_compile=False)

@@ -1,0 +1,136 @@
+"""One tokenizer interface over character, word and subword (BPE) vocabularies.
+
+All three are built with Hugging Face ``tokenizers``. Spaces are kept as the ``▁`` marker
+(the SentencePiece "Metaspace" convention), so decoding gives back the exact text, spacing
+and punctuation included, rather than "Hello , world !".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .errors import TokenizerError
+
+PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[START]", "[END]", "[SEP]"]
+
+
+def _pre_tokenizer(level: str):
+    spaces = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    newlines = pre_tokenizers.Split(Regex("\n"), behavior="isolated")
+    if level == "char":
+        return pre_tokenizers.Sequence([spaces, pre_tokenizers.Split(Regex("."), behavior="isolated"),
+                                        newlines])
+    if level == "word":
+        return pre_tokenizers.Sequence([spaces, newlines, pre_tokenizers.Punctuation("isolated")])
+    return pre_tokenizers.Sequence([spaces, newlines])
+
+
+class TextTokenizer:
+    """Text <-> token ids. Ids 0-4 are always pad, unknown, start, end, turn separator."""
+
+    def __init__(self, backend: Tokenizer, level: str):
+        self.backend = backend
+        self.level = level
+        for token_id, token in enumerate(SPECIAL_TOKENS):
+            if backend.token_to_id(token) != token_id:
+                raise TokenizerError(f"tokenizer: special token {token} must have id {token_id}")
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], level: str = "subword", vocab_size: int = 2000,
+            min_frequency: int = 1) -> "TextTokenizer":
+        if level == "subword":
+            backend = Tokenizer(models.BPE(unk_token="[UNK]"))
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                          special_tokens=SPECIAL_TOKENS, show_progress=False)
+        elif level in ("word", "char"):
+            backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+            trainer = trainers.WordLevelTrainer(
+                vocab_size=vocab_size if level == "word" else 1_000_000,
+                min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False)
+        else:
+            raise TokenizerError(f"unknown tokenizer level '{level}' (expected char, word or subword)")
+        backend.pre_tokenizer = _pre_tokenizer(level)
+        backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        texts = list(texts)
+        if not texts:
+            raise TokenizerError("cannot fit a tokenizer on no text")
+        backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend, level)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    # --- text -> ids ---------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_input(self, turns: Sequence[str], max_tokens: int) -> list[int]:
+        """Context turns then the question, joined by [SEP]; keep the last ``max_tokens``.
+
+        Keeping the tail means an over-long input loses its oldest context first and the
+        question's own end last, which is what a reply depends on most.
+        """
+        ids: list[int] = []
+        for i, part in enumerate(self.encode_batch(turns)):
+            if i:
+                ids.append(SEP)
+            ids.extend(part)
+        return ids[-max_tokens:] if len(ids) > max_tokens else ids
+
+    def encode_target(self, text: str, max_tokens: int) -> list[int]:
+        """Answer ids ending in [END]; an over-long answer is cut to fit ``max_tokens``."""
+        return self.encode(text)[: max_tokens - 1] + [END]
+
+    def unknown_rate(self, texts: Iterable[str]) -> float:
+        total = unknown = 0
+        for ids in self.encode_batch(list(texts)):
+            total += len(ids)
+            unknown += sum(1 for i in ids if i == UNK)
+        return unknown / total if total else 0.0
+
+    # --- ids -> text ---------------------------------------------------------------------
+    def decode(self, ids: Iterable[int]) -> str:
+        """Readable text of a generated sequence: stops at [END], drops special tokens."""
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == END:
+                break
+            if i > SEP:
+                kept.append(i)
+        return self.backend.decode(kept, skip_special_tokens=True)
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"level": self.level, "tokenizer": json.loads(self.backend.to_str())},
+                          ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TextTokenizer":
+        try:
+            data = json.loads(text)
+            backend = Tokenizer.from_str(json.dumps(data["tokenizer"]))
+            level = data["level"]
+        except (ValueError, KeyError, TypeError, Exception) as exc:  # tokenizers raises plain Exception
+            raise TokenizerError(f"invalid tokenizer file ({exc})") from None
+        return cls(backend, level)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TextTokenizer":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenizerError(f"{path}: cannot read tokenizer ({exc})") from None
+        return cls.from_json(text)
