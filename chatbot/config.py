@@ -140,9 +140,9 @@ class Config:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
         try:
             if path.suffix.lower() == ".toml":
-                data = tomllib.loads(raw.decode("utf-8"))
+                data = tomllib.loads(raw.decode("utf-8-sig"))
             else:
-                data = json.loads(raw.decode("utf-8"))
+                data = json.loads(raw.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} file ({exc})") from None
         if not isinstance(data, dict):

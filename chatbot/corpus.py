@@ -89,7 +89,7 @@ def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     if not root.exists():
         raise CorpusError(root, None, "no such file or directory")
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
         if not files:
             raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
     else:
@@ -126,6 +126,12 @@ def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     return Corpus(dialogues, files, digest.hexdigest(), skipped)
 
 
+def _is_corpus_file(path: Path) -> bool:
+    """In a directory: files with a corpus suffix, except licence and read-me files."""
+    name = path.name.upper()
+    return path.suffix.lower() in CORPUS_SUFFIXES and not name.startswith(("LICENSE", "LICENCE", "README"))
+
+
 def _decode_utf8(file: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
@@ -143,8 +149,11 @@ def _reader_for(file: Path):
     return read_tsv
 
 
-def _dialogue(file: Path, items: Iterable[tuple[str, int]], category: str = "") -> Dialogue | CorpusError:
-    """Build a dialogue from (text, line) items; an empty utterance makes the entry malformed."""
+def _dialogue(file: Path, items: list[tuple[str, int]], line: int, category: str = "") -> Dialogue | CorpusError:
+    """Build a dialogue from (text, line) items; the entry starts at ``line``.
+
+    An empty utterance or fewer than two utterances make the entry malformed.
+    """
     utterances = []
     for text, line in items:
         cleaned = clean_text(text)
@@ -152,7 +161,6 @@ def _dialogue(file: Path, items: Iterable[tuple[str, int]], category: str = "") 
             return CorpusError(file, line, "empty utterance")
         utterances.append(Utterance(cleaned, f"{file}:{line}"))
     if len(utterances) < 2:
-        line = items[0][1] if items else None  # type: ignore[index]
         return CorpusError(file, line, "a conversation needs at least two utterances")
     return Dialogue(tuple(utterances), category)
 
@@ -170,6 +178,8 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CorpusError(file, line, f"invalid YAML: {problem}") from None
+    if root is None:
+        raise CorpusError(file, None, "empty file: no conversations")
     if not isinstance(root, yaml.MappingNode):
         raise CorpusError(file, 1, "expected a mapping with a 'conversations' list")
     sections = {key.value: value for key, value in root.value if isinstance(key, yaml.ScalarNode)}
@@ -193,7 +203,7 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
             yield CorpusError(file, bad.start_mark.line + 1,
                               f"conversation {number}: an utterance must be text, not a {_node_kind(bad)}")
             continue
-        yield _dialogue(file, [(u.value, u.start_mark.line + 1) for u in conv.value], category)
+        yield _dialogue(file, [(u.value, u.start_mark.line + 1) for u in conv.value], line, category)
 
 
 def _node_kind(node: yaml.Node) -> str:
@@ -209,7 +219,7 @@ def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         if len(columns) < 2:
             yield CorpusError(file, line_no, "expected 'question<TAB>answer', found no tab")
             continue
-        yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)])
+        yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)], line_no)
 
 
 def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
@@ -230,12 +240,12 @@ def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
             if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
                 yield CorpusError(file, line_no, "'turns' must be a list of strings")
                 continue
-            yield _dialogue(file, [(t, line_no) for t in turns], str(obj.get("category", "")))
+            yield _dialogue(file, [(t, line_no) for t in turns], line_no, str(obj.get("category", "")))
         elif "question" in obj and "answer" in obj:
             if not isinstance(obj["question"], str) or not isinstance(obj["answer"], str):
                 yield CorpusError(file, line_no, "'question' and 'answer' must be strings")
                 continue
-            yield _dialogue(file, [(obj["question"], line_no), (obj["answer"], line_no)],
+            yield _dialogue(file, [(obj["question"], line_no), (obj["answer"], line_no)], line_no,
                             str(obj.get("category", "")))
         else:
             yield CorpusError(file, line_no, "expected keys 'question' and 'answer', or 'turns'")

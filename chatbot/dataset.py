@@ -23,30 +23,53 @@ def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_i
     return sources, targets
 
 
-def bucket_boundaries(lengths: Sequence[int], buckets: int = 8) -> list[int]:
-    """Boundaries at length quantiles, so each bucket holds a similar number of examples."""
-    quantiles = np.quantile(np.asarray(lengths), np.linspace(0, 1, buckets + 1)[1:-1])
-    return sorted({int(q) + 1 for q in quantiles})
+# Bucket edges grow geometrically: short greetings and long code samples each get batches
+# of their own size, and a batch is padded only to its own longest member.
+BUCKET_EDGES = (4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192,
+                256, 320, 384, 512, 768)
+TOKENS_PER_BATCH_FACTOR = 64  # long buckets get smaller batches: about batch_size * 64 tokens
+
+
+def bucket_plan(max_length: int, batch_size: int) -> tuple[list[int], list[int]]:
+    """Bucket boundaries up to ``max_length`` and a batch size per bucket (token budget)."""
+    edges = [e for e in BUCKET_EDGES if e <= max_length] or [max_length]
+    budget = batch_size * TOKENS_PER_BATCH_FACTOR
+    sizes = [max(1, min(batch_size, budget // edge)) for edge in edges + [max_length + 1]]
+    return edges, sizes
 
 
 def make_dataset(sources: list[list[int]], targets: list[list[int]], batch_size: int,
                  shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
     """Yields ``((source, decoder_input), target)``; decoder_input is the target shifted
-    right behind [START] (teacher forcing)."""
+    right behind [START] (teacher forcing).
+
+    Examples are assigned to length buckets once; each epoch shuffles within buckets and
+    interleaves their batches at random. The number of batches is therefore the same every
+    epoch (Keras counts the steps of the first epoch and would cut later, longer ones).
+    """
     decoder_inputs = [[START] + t[:-1] for t in targets]
     columns = [_Ragged(sources), _Ragged(decoder_inputs), _Ragged(targets)]
-    data = tf.data.Dataset.range(len(sources))
+    lengths = np.array([max(len(s), len(t)) for s, t in zip(sources, targets)])
+    boundaries, batch_sizes = bucket_plan(int(lengths.max()), batch_size)
+    bucket_of = np.searchsorted(boundaries, lengths, side="right")
+
+    parts, batches = [], []
+    for bucket in np.unique(bucket_of):
+        members = np.flatnonzero(bucket_of == bucket)
+        part = tf.data.Dataset.from_tensor_slices(members)
+        if shuffle:
+            part = part.shuffle(len(members), seed=seed + int(bucket), reshuffle_each_iteration=True)
+        size = batch_sizes[bucket]
+        parts.append(part.map(lambda i: tuple(column[i] for column in columns)).padded_batch(size))
+        batches.append(-(-len(members) // size))
     if shuffle:
-        data = data.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
-    data = data.map(lambda i: tuple(column[i] for column in columns),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    lengths = [max(len(s), len(t)) for s, t in zip(sources, targets)]
-    boundaries = bucket_boundaries(lengths)
-    data = data.bucket_by_sequence_length(
-        element_length_func=lambda s, d, t: tf.maximum(tf.shape(s)[0], tf.shape(t)[0]),
-        bucket_boundaries=boundaries,
-        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-    )
+        weights = [b / sum(batches) for b in batches]
+        data = tf.data.Dataset.sample_from_datasets(parts, weights, seed=seed, stop_on_empty_dataset=False)
+    else:
+        data = parts[0]
+        for part in parts[1:]:
+            data = data.concatenate(part)
+    data = data.apply(tf.data.experimental.assert_cardinality(sum(batches)))
     return data.map(lambda s, d, t: ((s, d), t)).prefetch(tf.data.AUTOTUNE)
 
 

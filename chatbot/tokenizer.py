@@ -16,7 +16,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from .errors import TokenizerError
 
 PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[START]", "[END]", "[SEP]"]
+# Special tokens are spelt with U+FDD0, a Unicode noncharacter that ``encode`` strips from
+# input: a user typing "[END]" or "<sep>" must get plain text, never a control id.
+_MARK = "\ufdd0"
+SPECIAL_TOKENS = [f"{_MARK}pad", f"{_MARK}unk", f"{_MARK}start", f"{_MARK}end", f"{_MARK}sep"]
+_NONCHARACTERS = {code: None for code in range(0xFDD0, 0xFDF0)}
 
 
 def _pre_tokenizer(level: str):
@@ -44,11 +48,11 @@ class TextTokenizer:
     def fit(cls, texts: Iterable[str], level: str = "subword", vocab_size: int = 2000,
             min_frequency: int = 1) -> "TextTokenizer":
         if level == "subword":
-            backend = Tokenizer(models.BPE(unk_token="[UNK]"))
+            backend = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK]))
             trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                           special_tokens=SPECIAL_TOKENS, show_progress=False)
         elif level in ("word", "char"):
-            backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+            backend = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS[UNK]))
             trainer = trainers.WordLevelTrainer(
                 vocab_size=vocab_size if level == "word" else 1_000_000,
                 min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False)
@@ -68,10 +72,11 @@ class TextTokenizer:
 
     # --- text -> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text.translate(_NONCHARACTERS), add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        texts = [t.translate(_NONCHARACTERS) for t in texts]
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def encode_input(self, turns: Sequence[str], max_tokens: int) -> list[int]:
         """Context turns then the question, joined by [SEP]; keep the last ``max_tokens``.

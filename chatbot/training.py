@@ -112,7 +112,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
 
     began = time.perf_counter()
     history = model.fit(train_set, validation_data=val_set, epochs=config.training.epochs,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     seconds = time.perf_counter() - began
     if best_weights.exists():
         model.load_weights(best_weights)

@@ -1,0 +1,225 @@
+"""Reply latency of a trained bundle: the compiled greedy loop vs a per-token Keras
+``predict`` loop over the same weights, measured in the same run.
+
+    python bench/decode_latency.py                       # models/default, 200 questions
+    python bench/decode_latency.py --model /tmp/tiny --quick
+
+The baseline is how the classic keras-io seq2seq example decodes: ``encoder_model.predict``
+once, then ``decoder_model.predict`` once per generated token, greedy argmax in Python. Both
+Keras models are built from the bundle's own layers, so both paths compute the same
+function and must give the same replies (``baseline_agreement``). Progress goes to stderr;
+the figures are one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+import argparse
+import random
+import statistics
+import time
+
+from _common import DEFAULT_CORPUS, emit, log, peak_rss_mb, percentile
+
+TARGETS = {"p50_ms_max": 15, "speedup_min": 20}
+
+
+def sample_questions(corpus: str, count: int, seed: int) -> list[str]:
+    """``count`` distinct corpus questions, a seeded sample (sorted first, so the sample does
+    not depend on file order)."""
+    from chatbot.corpus import load_corpus
+
+    questions = sorted({e.question for e in load_corpus(corpus).examples(0, True)})
+    if count > len(questions):
+        log(f"the corpus has only {len(questions)} distinct questions; using all of them")
+        count = len(questions)
+    return random.Random(seed).sample(questions, count)
+
+
+def summary(ms: list[float]) -> dict:
+    return {"p50_ms": round(percentile(ms, 50), 3), "p90_ms": round(percentile(ms, 90), 3),
+            "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+# --- the baseline: one Keras predict per token ------------------------------------------------
+def keras_step_models(model):
+    """``encoder_model`` / ``decoder_model`` as in the keras-io example's inference set-up,
+    over the Seq2Seq's own layers (shared weights, nothing copied).
+
+    They are thin ``keras.Model`` subclasses rather than functional models: a functional
+    graph rejects a multi-layer LSTM/GRU decoder step because every layer's inner cell is
+    named "lstm_cell"/"gru_cell" ("The name ... is used 2 times in the model").
+    """
+    import keras
+    from keras import ops
+
+    class EncoderModel(keras.Model):
+        def __init__(self, seq2seq):
+            super().__init__(name="encoder_model")
+            self.seq2seq = seq2seq
+
+        def call(self, source):
+            encoder_outputs, states, source_mask = self.seq2seq.encode(source, training=False)
+            return [encoder_outputs, source_mask, *states]
+
+    class DecoderModel(keras.Model):
+        def __init__(self, seq2seq):
+            super().__init__(name="decoder_model")
+            self.seq2seq = seq2seq
+
+        def call(self, inputs):
+            token, encoder_outputs, source_mask, *states = inputs
+            logits, new_states = self.seq2seq.decode_step(ops.reshape(token, (-1,)), list(states),
+                                                          encoder_outputs, source_mask)
+            return [logits, *new_states]
+
+    return EncoderModel(model), DecoderModel(model)
+
+
+def padded_source(bot, question: str):
+    """Source ids padded to ``max_input_tokens``, as the classic example pads every input to
+    one fixed width: ``predict`` then sees a single shape and is not retraced per question
+    length. Padding is masked in the encoder and in attention, so replies do not change."""
+    import numpy as np
+
+    from chatbot.corpus import clean_text
+
+    ids = bot.generator.encode_inputs([[clean_text(question)]])
+    width = max(bot.bundle.config.data.max_input_tokens, ids.shape[1])
+    return np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
+
+
+def keras_predict(model, inputs):
+    """What the keras-io example calls per token (a fresh data pipeline on each call)."""
+    return model.predict(inputs, verbose=0)
+
+
+def keras_predict_on_batch(model, inputs):
+    """The same compiled predict step without ``predict``'s per-call data pipeline."""
+    return model.predict_on_batch(inputs)
+
+
+def predict_loop_reply(encoder_model, decoder_model, tokenizer, source_ids, max_length: int,
+                       predict=keras_predict) -> tuple[str, int]:
+    """Greedy decoding with one ``predict`` call per token; returns (text, tokens generated)."""
+    import numpy as np
+
+    from chatbot.tokenizer import END, START
+
+    encoder_outputs, mask, *states = predict(encoder_model, source_ids)
+    token = np.array([[START]], dtype="int32")
+    generated: list[int] = []
+    for _ in range(max_length):
+        logits, *states = predict(decoder_model, [token, encoder_outputs, mask, *states])
+        best = int(np.argmax(logits[0]))
+        generated.append(best)
+        if best == END:
+            break
+        token = np.array([[best]], dtype="int32")
+    return tokenizer.decode(generated), len(generated)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/default", help="bundle directory or name [models/default]")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="where questions come from [corpora/english]")
+    parser.add_argument("--questions", type=int, default=200, help="distinct questions for batch-1 latency [200]")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of the throughput run [64]")
+    parser.add_argument("--batches", type=int, default=3, help="timed batches for throughput [3]")
+    parser.add_argument("--baseline-questions", type=int, default=20,
+                        help="questions decoded by the slow predict-per-token loop [20]")
+    parser.add_argument("--seed", type=int, default=1234, help="question sample seed [1234]")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 questions, 1 batch, 5 baseline questions")
+    args = parser.parse_args()
+    if args.quick:
+        args.questions, args.batches = min(args.questions, 64), min(args.batches, 1)
+        args.baseline_questions = min(args.baseline_questions, 5)
+
+    from chatbot.bot import ChatBot
+
+    began = time.perf_counter()
+    bot = ChatBot.load(args.model)  # builds the generator and traces its loop once (warm-up)
+    config = bot.bundle.config
+    log(f"loaded {bot.bundle.path} in {time.perf_counter() - began:.1f}s: {config.model.cell.upper()} "
+        f"{config.model.units}, attention {config.model.attention}, max_length {config.decoding.max_length}")
+    questions = sample_questions(args.corpus, args.questions, args.seed)
+
+    # Compiled loop, batch 1: every question once, timed around the public call.
+    compiled_ms, compiled_text = [], {}
+    for i, question in enumerate(questions):
+        t0 = time.perf_counter()
+        reply = bot.generate([question])[0]
+        compiled_ms.append((time.perf_counter() - t0) * 1000)
+        compiled_text[question] = reply.text
+        if (i + 1) % 50 == 0 or i + 1 == len(questions):
+            log(f"compiled batch 1: {i + 1}/{len(questions)}, p50 so far {percentile(compiled_ms, 50):.2f} ms")
+    compiled = summary(compiled_ms)
+
+    # Compiled loop, batches: questions taken in order, cycling if there are too few.
+    batch_ms = []
+    batches = [[questions[(b * args.batch_size + j) % len(questions)] for j in range(args.batch_size)]
+               for b in range(args.batches + 1)]
+    bot.generate(batches[0])  # untimed: first allocation at this batch size
+    for batch in batches[1:]:
+        t0 = time.perf_counter()
+        bot.generate(batch)
+        batch_ms.append((time.perf_counter() - t0) * 1000)
+    log(f"compiled batch {args.batch_size}: {statistics.fmean(batch_ms):.1f} ms per batch")
+
+    # Baseline: same weights, predict once per token, on the first few questions.
+    encoder_model, decoder_model = keras_step_models(bot.bundle.model)
+    max_length = config.decoding.max_length
+    sources = {q: padded_source(bot, q) for q in questions[:args.baseline_questions]}
+    tokenizer = bot.bundle.tokenizer
+    for question in list(sources)[:2]:  # warm-up: trace both predict functions, both ways
+        for predict in (keras_predict, keras_predict_on_batch):
+            predict_loop_reply(encoder_model, decoder_model, tokenizer, sources[question], 3, predict)
+    baseline_ms, on_batch_ms, agree, tokens = [], [], 0, []
+    for i, question in enumerate(sources):
+        t0 = time.perf_counter()
+        text, n = predict_loop_reply(encoder_model, decoder_model, tokenizer, sources[question], max_length)
+        baseline_ms.append((time.perf_counter() - t0) * 1000)
+        tokens.append(n)
+        agree += text == compiled_text[question]
+        t0 = time.perf_counter()
+        predict_loop_reply(encoder_model, decoder_model, tokenizer, sources[question], max_length,
+                           keras_predict_on_batch)
+        on_batch_ms.append((time.perf_counter() - t0) * 1000)
+        log(f"baseline: {i + 1}/{len(sources)} {baseline_ms[-1]:.0f} ms ({on_batch_ms[-1]:.0f} ms with "
+            f"predict_on_batch), {n} tokens, {'same' if text == compiled_text[question] else 'DIFFERENT'} reply")
+    baseline = summary(baseline_ms)
+
+    speedup = baseline["p50_ms"] / compiled["p50_ms"]
+    emit({
+        "compiled_p50_ms": compiled["p50_ms"],
+        "compiled_p90_ms": compiled["p90_ms"],
+        "compiled_mean_ms": compiled["mean_ms"],
+        "batch_size": args.batch_size,
+        "batch_ms": round(statistics.fmean(batch_ms), 2),
+        "batch_replies_per_s": round(args.batch_size * len(batch_ms) / (sum(batch_ms) / 1000), 1),
+        "baseline_p50_ms": baseline["p50_ms"],
+        "baseline_p90_ms": baseline["p90_ms"],
+        "baseline_mean_ms": baseline["mean_ms"],
+        "baseline_agreement": round(agree / len(sources), 4),
+        "baseline_questions": len(sources),
+        "baseline_mean_tokens": round(statistics.fmean(tokens), 1),
+        "speedup_p50": round(speedup, 2),
+        # Same loop with predict_on_batch: how much of the gap is predict()'s per-call overhead.
+        "baseline_on_batch_p50_ms": round(percentile(on_batch_ms, 50), 3),
+        "speedup_p50_vs_on_batch": round(percentile(on_batch_ms, 50) / compiled["p50_ms"], 2),
+        "trace_count": bot.generator.trace_count,
+        "targets": TARGETS,
+        "pass": compiled["p50_ms"] <= TARGETS["p50_ms_max"] and speedup >= TARGETS["speedup_min"],
+        "questions": len(questions),
+        "model": str(bot.bundle.path),
+        "max_length": max_length,
+        "peak_mb": peak_rss_mb(),
+        "quick": args.quick,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Shared fixtures: one tiny model trained once per test session (a few seconds on CPU)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path
+
+import pytest
+
+from chatbot.config import Config
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
+TINY_PAIRS = DATA / "tiny_pairs.tsv"
+
+
+def tiny_config(**overrides) -> Config:
+    """A model small enough to memorise 20 pairs in seconds."""
+    base = {
+        "tokenizer.level": "subword", "tokenizer.vocab_size": 300,
+        "model.embedding_dim": 32, "model.units": 64, "model.attention": "dot",
+        "training.epochs": 40, "training.batch_size": 10, "training.learning_rate": 0.02,
+        "training.monitor": "loss", "training.patience": 15, "training.seed": 7,
+        "data.validation_fraction": 0.0, "data.max_output_tokens": 40, "decoding.max_length": 40,
+    }
+    base.update(overrides)
+    return Config().with_overrides(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_path(tmp_path_factory) -> Path:
+    from chatbot.training import train
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    train(TINY_PAIRS, tiny_config(), out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bot(tiny_bundle_path):
+    from chatbot.bot import ChatBot
+
+    return ChatBot.load(tiny_bundle_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs() -> list[tuple[str, str]]:
+    return [tuple(line.split("\t")[:2]) for line in TINY_PAIRS.read_text().splitlines() if line]

@@ -1,0 +1,92 @@
+"""The ``chatbot`` command as users run it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, ROOT
+
+
+def chatbot(*args, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_ask_answers_arguments_in_order(tiny_bundle_path, tiny_pairs):
+    (q1, a1), (q2, a2) = tiny_pairs[0], tiny_pairs[3]
+    result = chatbot("ask", "--model", tiny_bundle_path, q1, q2)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [a1, a2]
+    assert result.stderr == ""  # no TensorFlow start-up noise
+
+
+def test_ask_reads_stdin_one_reply_line_per_input_line(tiny_bundle_path, tiny_pairs):
+    questions = [q for q, _ in tiny_pairs[:5]]
+    lines = questions[:2] + [""] + questions[2:] + ["¿qué? 😀"]
+    result = chatbot("ask", "--model", tiny_bundle_path, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[:2] == [a for _, a in tiny_pairs[:2]]
+    assert out[2] == ""  # an empty input line gets an empty reply line, keeping lines aligned
+    assert out[3:6] == [a for _, a in tiny_pairs[2:5]]
+
+
+def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
+    question, answer = tiny_pairs[1]
+    result = chatbot("ask", "--model", tiny_bundle_path, "--json", stdin=f"{question}\n{question}\n")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row) == {"reply", "score", "latency_ms"}
+        assert row["reply"] == answer
+        assert row["score"] <= 0 and row["latency_ms"] > 0
+
+
+def test_ask_with_a_missing_model_fails_with_one_line(tmp_path):
+    result = chatbot("ask", "--model", tmp_path / "nope", "hello")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no such model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_reports_corpus_errors_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("hello\tworld\nno tab on this line\n")
+    result = chatbot("train", "--corpus", bad, "--out", tmp_path / "m", "--strict")
+    assert result.returncode == 1
+    assert f"{bad}:2" in result.stderr and "no tab" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_rejects_unknown_config_keys(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nunitz = 3\n")
+    result = chatbot("train", "--corpus", DATA / "tiny_pairs.tsv", "--config", config, "--out", tmp_path / "m")
+    assert result.returncode == 1
+    assert "model.unitz" in result.stderr
+
+
+def test_train_then_ask_through_the_cli(tmp_path):
+    out = tmp_path / "cli_model"
+    result = chatbot("train", "--corpus", DATA / "tiny_pairs.tsv", "--out", out, "--quiet",
+                     "--epochs", 3, "--units", 16, "--embedding-dim", 8, "--vocab-size", 100,
+                     "--validation-fraction", 0.2, "--set", "decoding.max_length=8")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["epochs"] == 3 and "validation_loss" in summary
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["units"] == 16 and config["decoding"]["max_length"] == 8
+    asked = chatbot("ask", "--model", out, "What is your name?")
+    assert asked.returncode == 0 and len(asked.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["ask", "--max-length", "x"], ["frobnicate"], []])
+def test_bad_usage_exits_2(args):
+    assert chatbot(*args).returncode == 2

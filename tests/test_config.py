@@ -1,0 +1,281 @@
+"""Config: defaults, JSON/TOML files, strict key and value checking, overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatbot.config import (
+    Config,
+    DataConfig,
+    DecodingConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainingConfig,
+)
+from chatbot.errors import ConfigError
+
+
+def test_defaults_validate():
+    config = Config()
+    assert config.validate() is config
+    assert config.model == ModelConfig()
+    assert config.tokenizer.level == "subword"
+    assert config.model.attention == "dot"
+    assert config.data.context_turns == 0
+    assert Config.from_dict({}) == Config()
+
+
+def test_sections_are_independent_instances():
+    a, b = Config(), Config()
+    a.model.units = 7
+    assert b.model.units == 256
+
+
+def test_load_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        "model": {"units": 64, "cell": "lstm", "dropout": 0.25, "bidirectional": True},
+        "training": {"epochs": 3, "learning_rate": 1},
+    }), encoding="utf-8")
+    config = Config.load(path)
+    assert config.model.units == 64
+    assert config.model.cell == "lstm"
+    assert config.model.dropout == 0.25
+    assert config.model.bidirectional is True
+    assert config.training.epochs == 3
+    assert config.training.learning_rate == 1.0
+    assert isinstance(config.training.learning_rate, float)
+    # keys left out keep their defaults
+    assert config.model.embedding_dim == ModelConfig().embedding_dim
+    assert config.tokenizer == TokenizerConfig()
+    assert config.data == DataConfig()
+
+
+def test_load_toml(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[tokenizer]\nlevel = \"word\"\nvocab_size = 500\n\n"
+        "[model]\nattention = \"additive\"\nlayers = 2\n\n"
+        "[data]\ncontext_turns = 2\nvalidation_fraction = 0.2\ndeduplicate = false\n\n"
+        "[decoding]\nmax_length = 40\n",
+        encoding="utf-8")
+    config = Config.load(path)
+    assert config.tokenizer.level == "word"
+    assert config.tokenizer.vocab_size == 500
+    assert config.model.attention == "additive"
+    assert config.model.layers == 2
+    assert config.data.context_turns == 2
+    assert config.data.validation_fraction == 0.2
+    assert config.data.deduplicate is False
+    assert config.decoding.max_length == 40
+    assert config.training == TrainingConfig()
+
+
+def test_load_uppercase_toml_suffix(tmp_path):
+    path = tmp_path / "config.TOML"
+    path.write_text("[model]\nunits = 32\n", encoding="utf-8")
+    assert Config.load(path).model.units == 32
+
+
+def test_loaded_json_equals_to_json_output(tmp_path):
+    config = Config().with_overrides({"model.units": 12, "training.monitor": "loss"})
+    path = tmp_path / "c.json"
+    path.write_text(config.to_json(), encoding="utf-8")
+    assert Config.load(path) == config
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"model": {"unitz": 12}}, "model.unitz"),
+    ({"training": {"epoch": 3}}, "training.epoch"),
+    ({"modle": {"units": 12}}, "modle"),
+    ({"tokenizer": {"level": "word", "vocab": 10}}, "tokenizer.vocab"),
+])
+def test_unknown_key_raises_naming_dotted_key(data, key):
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    assert f"unknown config key '{key}'" in str(info.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\nunitz = 12\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "'model.unitz'" in message
+    assert "units" in message  # lists the known keys
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.units", "256"),          # string for int
+    ("model.units", True),           # bool for int
+    ("model.units", 2.5),            # float for int
+    ("model.units", None),
+    ("training.epochs", False),
+    ("model.dropout", "0.1"),        # string for float
+    ("model.dropout", True),         # bool for float
+    ("data.deduplicate", 1),         # int for bool
+    ("data.deduplicate", "yes"),
+    ("model.attention", 1),          # int for str
+    ("tokenizer.level", ["word"]),
+])
+def test_wrong_type_raises_naming_key(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({section: {name: value}})
+    assert f"'{key}'" in str(info.value)
+    assert "expected" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.attention", "foo"),
+    ("model.dropout", 1.5),
+    ("model.dropout", -0.1),
+    ("model.dropout", 1.0),
+    ("model.cell", "rnn"),
+    ("model.layers", 0),
+    ("model.layers", 9),
+    ("model.units", 0),
+    ("tokenizer.level", "bytes"),
+    ("tokenizer.vocab_size", 9),
+    ("tokenizer.min_frequency", 0),
+    ("data.context_turns", -1),
+    ("data.validation_fraction", 1.0),
+    ("data.max_input_tokens", 0),
+    ("training.learning_rate", 0),
+    ("training.monitor", "accuracy"),
+    ("training.clipnorm", -1),
+    ("decoding.strategy", "beam"),
+    ("decoding.max_length", 0),
+])
+def test_out_of_range_value_raises_naming_key(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({section: {name: value}})
+    assert f"invalid value for '{key}'" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.attention", "none"),
+    ("model.attention", "additive"),
+    ("model.dropout", 0.0),
+    ("model.dropout", 0.99),
+    ("model.layers", 8),
+    ("tokenizer.level", "char"),
+    ("tokenizer.vocab_size", 10),
+    ("data.validation_fraction", 0.0),
+    ("training.clipnorm", 0),
+    ("training.patience", 0),
+])
+def test_boundary_values_accepted(key, value):
+    section, name = key.split(".")
+    config = Config.from_dict({section: {name: value}})
+    assert getattr(getattr(config, section), name) == value
+
+
+def test_bad_value_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"model": {"dropout": 1.5}}', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    assert str(path) in str(info.value)
+    assert "'model.dropout'" in str(info.value)
+
+
+def test_section_must_be_a_table():
+    with pytest.raises(ConfigError, match="'model' must be a table/object"):
+        Config.from_dict({"model": 5})
+    with pytest.raises(ConfigError, match="'config' must be a table/object"):
+        Config.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name, text, why", [
+    ("c.json", "{not json", "not a valid json file"),
+    ("c.toml", "[model\nunits = 3\n", "not a valid toml file"),
+    ("c.json", "[1, 2]", "must be a table/object at the top level"),
+])
+def test_bad_files_raise(tmp_path, name, text, why):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    assert str(path) in str(info.value)
+    assert why in str(info.value)
+
+
+def test_missing_file_raises(tmp_path):
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match="cannot read config"):
+        Config.load(path)
+
+
+def test_invalid_utf8_file_raises(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b'{"model": {"cell": "\xff"}}')
+    with pytest.raises(ConfigError, match="not a valid json file"):
+        Config.load(path)
+
+
+# --- overrides -------------------------------------------------------------------------------
+def test_with_overrides_returns_changed_copy():
+    base = Config()
+    changed = base.with_overrides({"training.epochs": 3, "model.attention": "none",
+                                   "model.dropout": 0, "data.deduplicate": False})
+    assert changed.training.epochs == 3
+    assert changed.model.attention == "none"
+    assert changed.model.dropout == 0.0 and isinstance(changed.model.dropout, float)
+    assert changed.data.deduplicate is False
+    # untouched keys and the original are unchanged
+    assert changed.model.units == base.model.units
+    assert base == Config()
+    assert base.with_overrides({}) == base
+
+
+@pytest.mark.parametrize("key", ["model.unitz", "modle.units", "model", "", "model.units.x"])
+def test_with_overrides_rejects_unknown_keys(key):
+    with pytest.raises(ConfigError) as info:
+        Config().with_overrides({key: 3})
+    assert f"unknown config key '{key}'" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("training.epochs", "3"),
+    ("training.epochs", True),
+    ("model.attention", "foo"),
+    ("tokenizer.level", "bytes"),
+])
+def test_with_overrides_validates_values(key, value):
+    with pytest.raises(ConfigError) as info:
+        Config().with_overrides({key: value})
+    assert f"'{key}'" in str(info.value)
+
+
+# --- serialisation ---------------------------------------------------------------------------
+def test_to_dict_from_dict_round_trip():
+    config = Config(
+        data=DataConfig(context_turns=2, max_input_tokens=32, validation_fraction=0.25,
+                        deduplicate=False),
+        tokenizer=TokenizerConfig(level="char", vocab_size=100, min_frequency=2),
+        model=ModelConfig(cell="lstm", units=64, layers=2, dropout=0.3, bidirectional=True,
+                          attention="additive"),
+        training=TrainingConfig(epochs=5, monitor="loss", seed=7, checkpoint_every_steps=10),
+        decoding=DecodingConfig(max_length=50),
+    )
+    data = config.to_dict()
+    assert data["model"]["cell"] == "lstm"
+    assert data["tokenizer"] == {"level": "char", "vocab_size": 100, "min_frequency": 2}
+    assert set(data) == {"data", "tokenizer", "model", "training", "decoding"}
+    again = Config.from_dict(data)
+    assert again == config
+    assert again.to_dict() == data
+    assert Config.from_dict(json.loads(config.to_json())) == config
+
+
+def test_to_dict_is_a_copy():
+    config = Config()
+    data = config.to_dict()
+    data["model"]["units"] = 1
+    assert config.model.units == 256

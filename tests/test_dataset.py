@@ -1,0 +1,55 @@
+"""Batches: every example once per epoch, padded per batch, teacher-forcing shift."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chatbot.dataset import bucket_plan, make_dataset
+from chatbot.tokenizer import END, PAD, START
+
+
+def random_data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    sources = [list(map(int, rng.integers(5, 50, rng.integers(1, 30)))) for _ in range(n)]
+    targets = [list(map(int, rng.integers(5, 50, rng.integers(1, 150)))) + [END] for _ in range(n)]
+    return sources, targets
+
+
+def test_every_example_appears_once_per_epoch_in_a_fixed_number_of_batches():
+    sources, targets = random_data()
+    data = make_dataset(sources, targets, batch_size=16, shuffle=True, seed=3)
+    expected = sorted(tuple(t) for t in targets)
+    counts = []
+    for _ in range(2):
+        seen, batches = [], 0
+        for (src, dec), tgt in data:
+            batches += 1
+            for row in tgt.numpy():
+                seen.append(tuple(int(x) for x in row if x != PAD))
+        assert sorted(seen) == expected
+        counts.append(batches)
+    assert counts[0] == counts[1] == int(data.cardinality())
+
+
+def test_batches_are_padded_to_their_own_longest_member_only():
+    sources, targets = random_data()
+    longest = max(len(t) for t in targets)
+    widths = [int(tgt.shape[1]) for (_, _), tgt in make_dataset(sources, targets, 16)]
+    assert min(widths) < longest / 4  # short examples are not padded to the corpus maximum
+    assert max(widths) == longest
+
+
+def test_decoder_input_is_the_target_shifted_behind_start():
+    sources, targets = random_data(20)
+    for (src, dec), tgt in make_dataset(sources, targets, 4):
+        dec, tgt = dec.numpy(), tgt.numpy()
+        assert (dec[:, 0] == START).all()
+        for d, t in zip(dec, tgt):
+            n = int((t != PAD).sum())
+            assert list(d[1:n]) == list(t[:n - 1]) and t[n - 1] == END
+
+
+def test_long_buckets_get_smaller_batches():
+    edges, sizes = bucket_plan(500, 64)
+    assert sizes[0] == 64 and sizes[-1] <= 8
+    assert sizes == sorted(sizes, reverse=True)

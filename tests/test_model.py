@@ -1,0 +1,108 @@
+"""The Keras model and the compiled generator, on small random models and the tiny bot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from chatbot.config import ModelConfig
+from chatbot.model import Seq2Seq, masked_accuracy
+from chatbot.tokenizer import PAD, START
+
+VOCAB = 50
+
+
+def random_model(**overrides) -> Seq2Seq:
+    config = ModelConfig(**{"embedding_dim": 8, "units": 16, **overrides})
+    model = Seq2Seq(VOCAB, config)
+    model.build_for_inference()
+    return model
+
+
+ARCHITECTURES = [
+    {"cell": "gru", "attention": "dot"},
+    {"cell": "lstm", "attention": "additive"},
+    {"cell": "gru", "attention": "none", "layers": 2},
+    {"cell": "lstm", "attention": "dot", "bidirectional": True, "layers": 2},
+]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
+def test_step_decoding_matches_teacher_forcing(arch):
+    """The generator's one-step path must compute exactly what training optimised."""
+    tf.random.set_seed(0)
+    model = random_model(**arch)
+    source = np.array([[5, 6, 7, 8], [9, 10, PAD, PAD]], dtype=np.int32)
+    decoder_input = np.array([[START, 11, 12, 13], [START, 14, 15, 16]], dtype=np.int32)
+    full = model((source, decoder_input), training=False).numpy()
+
+    encoder_outputs, states, source_mask = model.encode(source)
+    for t in range(decoder_input.shape[1]):
+        logits, states = model.decode_step(decoder_input[:, t], states, encoder_outputs, source_mask)
+        np.testing.assert_allclose(logits.numpy(), full[:, t, :], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES[:2], ids=["gru-dot", "lstm-additive"])
+def test_source_padding_does_not_change_the_output(arch):
+    model = random_model(**arch)
+    decoder_input = np.array([[START, 11, 12]], dtype=np.int32)
+    short = model((np.array([[5, 6, 7]], np.int32), decoder_input)).numpy()
+    padded = model((np.array([[5, 6, 7, PAD, PAD, PAD]], np.int32), decoder_input)).numpy()
+    np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_decoder_is_twice_as_wide():
+    model = random_model(bidirectional=True, units=16)
+    assert model.decoder_units == 32
+    assert model.count_params() > random_model(units=16).count_params()
+
+
+def test_masked_accuracy_ignores_padding():
+    y_true = np.array([[1, 2, PAD, PAD]])
+    logits = np.zeros((1, 4, 5), np.float32)
+    logits[0, 0, 1] = logits[0, 1, 3] = 1.0  # right, wrong, then padding predicted as anything
+    assert float(masked_accuracy(y_true, logits)) == pytest.approx(0.5)
+
+
+# --- the generator ---------------------------------------------------------------------------
+def test_tiny_model_answers_its_training_pairs_exactly(tiny_bot, tiny_pairs):
+    replies = tiny_bot.generate([q for q, _ in tiny_pairs])
+    wrong = [(q, a, r.text) for (q, a), r in zip(tiny_pairs, replies) if r.text != a]
+    assert not wrong, wrong
+    assert all(r.score <= 0 and r.tokens >= 2 for r in replies)
+
+
+def test_batch_gives_the_same_replies_as_one_by_one(tiny_bot, tiny_pairs):
+    questions = [q for q, _ in tiny_pairs]
+    batched = tiny_bot.generate(questions)
+    single = [tiny_bot.generate([q])[0] for q in questions]
+    assert [r.text for r in batched] == [r.text for r in single]
+    np.testing.assert_allclose([r.score for r in batched], [r.score for r in single], atol=1e-4)
+
+
+def test_no_retracing_across_questions_of_different_lengths(tiny_bot):
+    before = tiny_bot.generator.trace_count
+    for n in range(1, 30):
+        tiny_bot.generate([" ".join(["what"] * n) + "?"])
+    tiny_bot.generate(["a", "a much longer question than the other one in this batch"])
+    assert tiny_bot.generator.trace_count == before
+
+
+def test_max_length_bounds_the_reply(tiny_bot, tiny_pairs):
+    question, answer = max(tiny_pairs, key=lambda p: len(p[1]))
+    capped = tiny_bot.generate([question], max_length=2)[0]
+    assert capped.tokens <= 2
+    assert len(capped.text) < len(answer)
+
+
+def test_unknown_characters_and_context_do_not_crash(tiny_bot):
+    reply = tiny_bot.generate(["Ωμέγα 😀 \u202eRTL\u202c ???"], [["earlier turn"]])[0]
+    assert isinstance(reply.text, str)
+
+
+def test_empty_question_is_a_clear_error(tiny_bot):
+    from chatbot.errors import InputError
+
+    with pytest.raises(InputError, match="empty"):
+        tiny_bot.ask("   \n\t ")

@@ -1,0 +1,126 @@
+"""Training writes a valid bundle; bundles reload to identical replies and refuse damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chatbot.bot import ChatBot
+from chatbot.bundle import FORMAT_VERSION, MANIFEST, WEIGHTS, Bundle
+from chatbot.errors import BundleError, TrainingError
+from chatbot.training import train, work_dir_for
+from conftest import TINY_PAIRS, tiny_config
+
+
+def test_bundle_contents(tiny_bundle_path):
+    names = {p.name for p in tiny_bundle_path.iterdir()}
+    assert {"bundle.json", "config.json", "tokenizer.json", "model.weights.h5", "metrics.json",
+            "validation.jsonl", "training_log.csv"} <= names
+    manifest = json.loads((tiny_bundle_path / MANIFEST).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert len(manifest["corpus"]["sha256"]) == 64
+    assert manifest["corpus"]["train"] == 20
+    metrics = json.loads((tiny_bundle_path / "metrics.json").read_text())
+    assert metrics["train_exact_match"] == 1.0
+    # no staging or work directories are left behind
+    assert [p.name for p in tiny_bundle_path.parent.iterdir()] == ["tiny"]
+
+
+def test_reloaded_bundle_gives_identical_replies(tiny_bot, tiny_bundle_path, tiny_pairs, tmp_path):
+    copy = tmp_path / "copy"
+    Bundle.load(tiny_bundle_path).save(copy)
+    again = ChatBot.load(copy)
+    questions = [q for q, _ in tiny_pairs] + ["something it never saw"]
+    first, second = tiny_bot.generate(questions), again.generate(questions)
+    assert [r.text for r in first] == [r.text for r in second]
+    assert [r.score for r in first] == pytest.approx([r.score for r in second], abs=1e-6)
+
+
+@pytest.fixture
+def damaged(tiny_bundle_path, tmp_path) -> Path:
+    path = tmp_path / "damaged"
+    shutil.copytree(tiny_bundle_path, path)
+    return path
+
+
+def _edit_manifest(path: Path, **changes) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(changes)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / WEIGHTS).unlink(), "missing file"),
+    (lambda p: (p / MANIFEST).unlink(), "missing file"),
+    (lambda p: (p / WEIGHTS).write_bytes((p / WEIGHTS).read_bytes()[:1000]), "corrupt file"),
+    (lambda p: (p / "config.json").write_text("{"), "corrupt file"),
+    (lambda p: (p / MANIFEST).write_text("not json"), "corrupt JSON"),
+    (lambda p: _edit_manifest(p, format_version=FORMAT_VERSION + 1), "newer"),
+    (lambda p: _edit_manifest(p, vocab_size=3), "tokenizer has"),
+    (lambda p: (p / "evil.pkl").write_bytes(b"cos\nsystem\n(S'echo owned'\ntR."), "refusing"),
+])
+def test_damaged_bundles_are_refused_with_a_clear_error(damaged, damage, message):
+    damage(damaged)
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(damaged)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(damaged):
+    config = json.loads((damaged / "config.json").read_text())
+    config["model"]["units"] = 32
+    (damaged / "config.json").write_text(json.dumps(config))
+    from chatbot.bundle import file_sha256
+    manifest = json.loads((damaged / MANIFEST).read_text())
+    manifest["files"]["config.json"] = file_sha256(damaged / "config.json")
+    (damaged / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cannot load weights"):
+        Bundle.load(damaged)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="no such model"):
+        ChatBot.load(tmp_path / "nowhere")
+
+
+def test_saving_over_a_bundle_replaces_it_whole(tiny_bundle_path, tmp_path):
+    target = tmp_path / "target"
+    bundle = Bundle.load(tiny_bundle_path)
+    bundle.save(target)
+    (target / "stale.txt").write_text("from the old bundle")
+    bundle.save(target)
+    assert not (target / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    Bundle.load(target)
+
+
+def test_resume_without_an_interrupted_training_is_an_error(tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(TINY_PAIRS, tiny_config(), tmp_path / "m", resume=True, verbose=0)
+
+
+def test_interrupted_training_resumes_and_keeps_the_old_bundle(tiny_bundle_path, tmp_path):
+    """An interruption mid-training leaves the previous bundle intact and a resumable state."""
+    import keras
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, out)
+    before = (out / WEIGHTS).read_bytes()
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    config = tiny_config(**{"training.epochs": 6})
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[Interrupt()])
+    assert (out / WEIGHTS).read_bytes() == before
+    assert (work_dir_for(out) / "backup").is_dir()
+
+    bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0)
+    assert bundle.metrics["epochs_run"] == 3  # epochs 4-6: the first three were not redone
+    assert not work_dir_for(out).exists()
+    Bundle.load(out)
