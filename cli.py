@@ -20,7 +20,6 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 def _quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ start-up log lines before TensorFlow is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
@@ -78,10 +77,7 @@ def cmd_train(args) -> int:
             overrides[key] = raw
     config = config.with_overrides(overrides)
 
-    corpus = load_corpus(args.corpus, strict=args.strict)
-    if corpus.skipped:
-        print(f"warning: skipped {len(corpus.skipped)} malformed entr"
-              f"{'y' if len(corpus.skipped) == 1 else 'ies'} (first: {corpus.skipped[0]})", file=sys.stderr)
+    corpus = load_corpus(args.corpus, strict=args.strict)  # logs a warning per skipped entry
     _stderr_quiet_import()
     from chatbot.training import train
 
@@ -100,24 +96,77 @@ def cmd_ask(args) -> int:
     _stderr_quiet_import()
     from chatbot.bot import ChatBot
 
-    bot = ChatBot.load(args.model)
+    bot = ChatBot.load(args.model, db=args.db)
+    session = bot.session(args.session).id if args.session else None
 
     def answer(question: str) -> str:
         if not _clean(question):  # an empty line still gets exactly one (empty) reply line
             return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if args.json else ""
-        result = bot.generate([question], max_length=args.max_length)[0]
+        if session is not None:
+            result = bot.reply(question, session=session)
+        else:
+            result = bot.generate([question], max_length=args.max_length)[0]
         if args.json:
             return json.dumps({"reply": result.text, "score": round(result.score, 4),
                                "latency_ms": round(result.latency_ms, 2)}, ensure_ascii=False)
         return " ".join(result.text.splitlines())
 
-    if args.question:
-        for question in args.question:
-            print(answer(question), flush=True)
-        return 0
-    for line in sys.stdin:
-        print(answer(line.rstrip("\n")), flush=True)
+    with bot:
+        if args.question:
+            for question in args.question:
+                print(answer(question), flush=True)
+            return 0
+        for line in sys.stdin:
+            print(answer(line.rstrip("\n")), flush=True)
     return 0
+
+
+# --- sessions ------------------------------------------------------------------------------
+def cmd_sessions(args) -> int:
+    from chatbot.store import SessionStore
+
+    with SessionStore(args.db) as store:
+        if args.action == "list":
+            rows = store.list_sessions()
+            if args.json:
+                for s in rows:
+                    print(json.dumps({"id": s.id, "name": s.name, "messages": s.message_count,
+                                      "created": s.created_at.isoformat(), "updated": s.updated_at.isoformat()}))
+                return 0
+            if not rows:
+                print(f"no sessions in {store.url}")
+                return 0
+            print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  UPDATED")
+            for s in rows:
+                print(f"{s.id:>5}  {(s.name or '-'):<20} {s.message_count:>8}  "
+                      f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+            return 0
+        if args.target is None:
+            raise UsageError(f"sessions {args.action} needs a session id or name")
+        if args.action == "show":
+            info = store.get_session(args.target)
+            print(f"session {info.id}" + (f" ({info.name})" if info.name else "")
+                  + f", {info.message_count} messages")
+            for m in store.history(info.id, last=args.last):
+                extra = f"  [score {m.score:.3f}{', fallback' if m.fallback else ''}]" if m.role == "bot" else ""
+                print(f"{m.position:>4} {m.role:>4}: {m.text}{extra}")
+        elif args.action == "export":
+            text = store.export_session(args.target, format=args.format)
+            if args.out:
+                Path(args.out).write_text(text, encoding="utf-8")
+                print(f"wrote {args.out}", file=sys.stderr)
+            else:
+                sys.stdout.write(text)
+        elif args.action == "delete":
+            info = store.get_session(args.target)
+            store.delete_session(info.id)
+            print(f"deleted session {info.id}" + (f" ({info.name})" if info.name else "")
+                  + f" and its {info.message_count} messages")
+    return 0
+
+
+class UsageError(Exception):
+    """Bad command-line usage found after parsing (exit code 2)."""
 
 
 def _clean(text: str) -> str:
@@ -156,7 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
     ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms")
     ask.add_argument("--max-length", type=int, help="tokens generated at most per reply")
+    ask.add_argument("--session", metavar="NAME_OR_ID",
+                     help="continue (or start) a stored session: history is used and both turns are stored")
+    ask.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "
+                                  "~/.local/share/chatbot/chatbot.db)")
     ask.set_defaults(func=cmd_ask)
+
+    sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
+    sessions.add_argument("action", choices=("list", "show", "export", "delete"))
+    sessions.add_argument("target", nargs="?", metavar="ID_OR_NAME", help="the session (not for list)")
+    sessions.add_argument("--db", help="SQLAlchemy database URL or SQLite file")
+    sessions.add_argument("--last", type=int, help="show: only the last N messages")
+    sessions.add_argument("--format", choices=("jsonl", "yaml"), default="jsonl",
+                          help="export format; yaml is the ChatterBot corpus format (trainable)")
+    sessions.add_argument("--out", help="export: write to this file instead of stdout")
+    sessions.add_argument("--json", action="store_true", help="list: JSON lines")
+    sessions.set_defaults(func=cmd_sessions)
     return parser
 
 
@@ -173,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChatbotError as exc:
         print(f"chatbot: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"chatbot: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\nchatbot: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,19 +1,24 @@
-"""``ChatBot``: the object applications embed. Loads a bundle and answers questions.
+"""``ChatBot``: the dialogue manager, and the object applications embed.
 
-Sessions and stored history are added on top of this class by the dialogue manager; the
-stateless ``ask`` path is the one the command line's ``chatbot ask`` uses.
+It owns a model bundle (for replies) and, once a session is used, a ``SessionStore`` (for
+history). A reply in a session follows one order so that a failure never loses input:
+store the user's message (committed) -> build the context from stored history -> decode ->
+store the reply -> return it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from .bundle import Bundle
 from .corpus import clean_text
-from .errors import BundleError, InputError
+from .errors import BundleError, DecodingError, InputError
 from .generator import Generation, Generator
 
 log = logging.getLogger(__name__)
@@ -34,43 +39,138 @@ def resolve_model_path(model: str | Path | None) -> Path:
     return path
 
 
+def sanitize_message(text: str) -> str:
+    """What is stored for a user message: control characters removed, nothing else changed.
+
+    Raises ``InputError`` for empty or whitespace-only text.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"a message must be text, not {type(text).__name__}")
+    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    if not kept.strip():
+        raise InputError("the message is empty")
+    return kept
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    score: float
+    session_id: int | None
+    message_id: int | None  # the stored bot message
+    latency_ms: float
+    fallback: bool = False
+    user_message_id: int | None = None
+
+
 class ChatBot:
-    def __init__(self, bundle: Bundle, warm_up: bool = True):
+    def __init__(self, bundle: Bundle, db: str | None = None, warm_up: bool = True,
+                 fallback_threshold: float | None = None, fallback_text: str | None = None):
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding)
+        dialogue = bundle.config.dialogue
+        self.fallback_threshold = dialogue.fallback_threshold if fallback_threshold is None else fallback_threshold
+        self.fallback_text = fallback_text or dialogue.fallback_text
+        self._db = db
+        self._store = None
+        self._store_lock = threading.Lock()
         if warm_up:
             self.generator.warm_up()
 
     @classmethod
-    def load(cls, model: str | Path | None = None, warm_up: bool = True) -> "ChatBot":
-        """Load a bundle (default: ``models/default``); ``model`` may be a path or a name."""
-        return cls(Bundle.load(resolve_model_path(model)), warm_up=warm_up)
+    def load(cls, model: str | Path | None = None, db: str | None = None, warm_up: bool = True,
+             **dialogue) -> "ChatBot":
+        """Load a bundle (default: ``models/default``); ``model`` may be a path or a name.
+
+        ``db`` is any SQLAlchemy URL (default: ``$CHATBOT_DB`` or a SQLite file in the user's
+        data directory); it is only opened when a session is first used.
+        """
+        return cls(Bundle.load(resolve_model_path(model)), db=db, warm_up=warm_up, **dialogue)
 
     @property
     def name(self) -> str:
         return self.bundle.name
 
+    @property
+    def store(self):
+        """The session store, opened on first use (stateless ``ask`` never touches a database)."""
+        with self._store_lock:
+            if self._store is None:
+                from .store import SessionStore
+
+                self._store = SessionStore(self._db)
+            return self._store
+
+    # --- stateless ---------------------------------------------------------------------------
     def ask(self, question: str, context: Sequence[str] = ()) -> str:
         """A stateless reply to one question, optionally after some previous turns."""
         return self.generate([question], [context])[0].text
 
-    def generate(self, questions: Sequence[str],
-                 contexts: Sequence[Sequence[str]] | None = None,
+    def generate(self, questions: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
                  max_length: int | None = None) -> list[Generation]:
         """Replies with scores and latency for many questions, decoded in batches."""
         contexts = contexts or [()] * len(questions)
         turns_per_input = self.bundle.config.data.context_turns
         inputs = []
         for question, context in zip(questions, contexts):
-            cleaned = clean_text(question)
-            if not cleaned:
-                raise InputError("the message is empty")
+            cleaned = clean_text(sanitize_message(question))
             recent = [clean_text(t) for t in context][-turns_per_input:] if turns_per_input else []
             inputs.append([t for t in recent if t] + [cleaned])
         return self.generator.generate(inputs, max_length=max_length)
 
+    # --- sessions ----------------------------------------------------------------------------
+    def new_session(self, name: str | None = None, metadata: dict | None = None):
+        return self.store.create_session(name, metadata)
+
+    def session(self, id_or_name: int | str, create: bool = True):
+        """An existing session by id or name; a missing *name* is created when ``create``."""
+        from .store import SessionNotFound
+
+        try:
+            return self.store.get_session(id_or_name)
+        except SessionNotFound:
+            if not create or isinstance(id_or_name, int) or str(id_or_name).isdigit():
+                raise
+            return self.store.create_session(str(id_or_name))
+
+    def sessions(self):
+        return self.store.list_sessions()
+
+    def history(self, session: int | str, last: int | None = None):
+        return self.store.history(session, last=last)
+
+    def delete_session(self, session: int | str) -> None:
+        self.store.delete_session(session)
+
+    def reply(self, text: str, session: int | str | None = None) -> Reply:
+        """Reply within a session (a new one when ``session`` is None), storing both turns."""
+        message = sanitize_message(text)
+        store = self.store
+        info = store.get_session(session) if session is not None else store.create_session()
+        turns = self.bundle.config.data.context_turns
+        context = [m.text for m in store.history(info.id, last=turns)] if turns else []
+        user = store.add_message(info.id, "user", message)  # committed before decoding
+
+        try:
+            generated = self.generate([message], [context])[0]
+        except Exception as exc:
+            raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
+                                f"as message {user.id} of session {info.id}") from exc
+        fallback = generated.score < self.fallback_threshold
+        text_out = self.fallback_text if fallback else generated.text
+        decoding = {"strategy": self.bundle.config.decoding.strategy,
+                    "max_length": self.bundle.config.decoding.max_length}
+        bot = store.add_message(info.id, "bot", text_out, model_name=self.name,
+                                model_version=self.bundle.manifest.get("created", ""),
+                                decoding=decoding, score=generated.score,
+                                latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
+        return Reply(text_out, generated.score, info.id, bot.id, generated.latency_ms, fallback, user.id)
+
     def close(self) -> None:
-        """Release resources (the session store, once attached)."""
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     def __enter__(self) -> "ChatBot":
         return self

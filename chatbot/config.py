@@ -107,12 +107,28 @@ class DecodingConfig:
 
 
 @dataclass
+class DialogueConfig:
+    """How the dialogue manager uses the model inside a conversation."""
+
+    # Replies whose score (mean log-probability per token) is under this are replaced by
+    # ``fallback_text`` and recorded as fallbacks.
+    fallback_threshold: float = -5.0
+    fallback_text: str = "I'm not sure I understand. Could you rephrase that?"
+
+    def validate(self, prefix: str) -> None:
+        _check(self.fallback_threshold <= 0, prefix, "fallback_threshold",
+               "must be <= 0 (scores are mean log-probabilities)")
+        _check(bool(self.fallback_text.strip()), prefix, "fallback_text", "must not be empty")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

@@ -40,3 +40,7 @@ class DecodingError(ChatbotError):
 
 class InputError(ChatbotError, ValueError):
     """A message cannot be used as input (empty, whitespace only)."""
+
+
+class StoreError(ChatbotError):
+    """The conversation database cannot be opened, read or written."""

@@ -267,7 +267,7 @@ def test_to_dict_from_dict_round_trip():
     data = config.to_dict()
     assert data["model"]["cell"] == "lstm"
     assert data["tokenizer"] == {"level": "char", "vocab_size": 100, "min_frequency": 2}
-    assert set(data) == {"data", "tokenizer", "model", "training", "decoding"}
+    assert set(data) == {"data", "tokenizer", "model", "training", "decoding", "dialogue"}
     again = Config.from_dict(data)
     assert again == config
     assert again.to_dict() == data

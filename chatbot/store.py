@@ -1,0 +1,492 @@
+"""Conversation storage: sessions and their messages in any SQLAlchemy database.
+
+The default is a SQLite file in the user's data directory. Every method opens its own ORM
+session and returns frozen dataclasses, so one ``SessionStore`` can be shared between threads
+and callers never hold ORM objects. Message positions are allocated inside a write transaction
+(``BEGIN IMMEDIATE`` on SQLite), so several processes can append to one conversation safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from sqlalchemy import (
+    JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
+    TypeDecorator, UniqueConstraint, create_engine, event, func, inspect, select, text,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ROLES = ("user", "bot")
+DB_ENV = "CHATBOT_DB"
+_POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the same position
+
+
+class SessionNotFound(StoreError, LookupError):
+    """No session has the given id or name."""
+
+
+# --- database location -----------------------------------------------------------------------
+def default_database_url() -> str:
+    """``$XDG_DATA_HOME/chatbot/chatbot.db``, else ``~/.local/share/chatbot/chatbot.db``.
+
+    A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec requires.
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return _sqlite_url(root / "chatbot" / "chatbot.db")
+
+
+def resolve_database_url(url: str | None) -> str:
+    """An explicit URL, else ``$CHATBOT_DB``, else the default file.
+
+    A value without ``://`` is taken as a SQLite file path, so ``--db chats.db`` works.
+    """
+    chosen = url or os.environ.get(DB_ENV) or default_database_url()
+    return chosen if "://" in chosen else _sqlite_url(Path(chosen).expanduser().resolve())
+
+
+def _sqlite_url(path: Path) -> str:
+    # URL.create escapes '?', '%' and the like that a plain f-string would let through.
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+
+
+# --- schema ----------------------------------------------------------------------------------
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the store only accepts timezone-aware values")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaInfo(Base):
+    """One row: the schema version the database was written with."""
+
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
+    # ``metadata`` is reserved on declarative classes; the column keeps the name.
+    meta: Mapped[dict] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    # ORM cascade plus ON DELETE CASCADE; passive_deletes lets the database do the work
+    # instead of loading every message first.
+    messages: Mapped[list["MessageRow"]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="MessageRow.position")
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    # The unique constraint's index also serves "last N messages of a session" (see
+    # tests/test_store.py::test_history_query_uses_index): a second identical index would
+    # only slow down writes.
+    __table_args__ = (
+        UniqueConstraint("session_id", "position", name="uq_messages_session_position"),
+        CheckConstraint("role IN ('user', 'bot')", name="ck_messages_role"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    role: Mapped[str] = mapped_column(String(8), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
+    model_name: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    decoding: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    score: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    fallback: Mapped[bool | None] = mapped_column(Boolean)
+    # Indexed: without it, deleting a session scans the whole table once per deleted message.
+    in_reply_to: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True)
+    session: Mapped[SessionRow] = relationship(back_populates="messages")
+
+
+# --- records returned to callers ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionInfo:
+    id: int
+    name: str | None
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict
+    message_count: int
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    session_id: int
+    position: int
+    role: str
+    text: str
+    created_at: datetime
+    model_name: str | None = None
+    model_version: str | None = None
+    decoding: dict | None = None
+    score: float | None = None
+    latency_ms: float | None = None
+    fallback: bool | None = None
+    in_reply_to: int | None = None
+
+
+def _session_info(row: SessionRow, count: int) -> SessionInfo:
+    return SessionInfo(row.id, row.name, row.created_at, row.updated_at, dict(row.meta or {}), count)
+
+
+def _message(row: MessageRow) -> Message:
+    return Message(row.id, row.session_id, row.position, row.role, row.text, row.created_at,
+                   row.model_name, row.model_version, row.decoding, row.score, row.latency_ms,
+                   row.fallback, row.in_reply_to)
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+# --- the store -------------------------------------------------------------------------------
+class SessionStore:
+    """Sessions and messages in one database.
+
+    One instance is safe to share between threads; any number of processes may open the same
+    database at once.
+    """
+
+    def __init__(self, url: str | None = None, busy_timeout_ms: int = 5000):
+        self.url = resolve_database_url(url)
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid database URL {self.url!r}: {exc}") from None
+        self._shown = parsed.render_as_string(hide_password=True)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._wal = False  # set once the schema version is known to be ours
+        self._closed = False
+        memory = self._sqlite and not _sqlite_file(parsed)
+        # SQLite has one writer at a time anyway. This process's threads queue on a lock, which
+        # waits as long as needed; SQLite's busy handler only polls, and under heavy contention
+        # a thread can miss every chance and fail after busy_timeout_ms.
+        # An in-memory database is a single shared connection, so reads take the lock too.
+        lock = threading.RLock()
+        self._write_lock = lock if self._sqlite else contextlib.nullcontext()
+        self._read_lock = lock if memory else contextlib.nullcontext()
+        kwargs: dict[str, Any] = {}
+        if memory:
+            kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        elif self._sqlite and not parsed.query.get("uri"):  # a file: URI is SQLite's to parse
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(parsed, **kwargs)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open database {self._shown}: {_one_line(exc)}") from exc
+        if self._sqlite:
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
+        writer = self.engine.execution_options(chatbot_write=True)
+        self._reads = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(bind=writer, expire_on_commit=False)
+        try:
+            self._open()
+        except BaseException:
+            self.engine.dispose()
+            raise
+        log.debug("opened %s (schema version %d)", self._shown, SCHEMA_VERSION)
+
+    # SQLite connection handling: the documented pysqlite recipe (SQLAlchemy emits BEGIN itself)
+    def _on_connect(self, dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # stop sqlite3 from issuing its own BEGIN
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")  # before anything locks
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            if self._wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _on_begin(conn) -> None:
+        # IMMEDIATE takes the write lock up front: reading MAX(position) and inserting are then
+        # one atomic step, and a reader never has to upgrade to a writer (which fails at once
+        # with SQLITE_BUSY instead of waiting).
+        immediate = conn.get_execution_options().get("chatbot_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def _open(self) -> None:
+        """Check the stored schema version before writing anything, then create what is missing."""
+        with self._session(write=True) as s:
+            conn = s.connection()
+            found = None
+            if inspect(conn).has_table(SchemaInfo.__tablename__):
+                found = s.scalar(select(func.max(SchemaInfo.version)))
+            if found is not None and found > SCHEMA_VERSION:
+                raise StoreError(f"database {self._shown} has schema version {found}, newer than "
+                                 f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
+            Base.metadata.create_all(conn)
+            if found is None:
+                s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+        if self._sqlite:
+            self._wal = True
+            raw = self.engine.raw_connection()  # PRAGMA journal_mode cannot run inside BEGIN
+            try:
+                raw.driver_connection.execute("PRAGMA journal_mode=WAL").fetchall()
+            finally:
+                raw.close()
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        """A new ORM session in one transaction, committed on success; DB errors -> StoreError."""
+        if self._closed:
+            raise StoreError("the session store is closed")
+        with self._write_lock if write else self._read_lock:
+            try:
+                with (self._writes if write else self._reads).begin() as session:
+                    yield session
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
+
+    def _row(self, s: Session, id_or_name: int | str, lock: bool = False) -> SessionRow:
+        query = select(SessionRow)
+        if isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
+                                          and id_or_name.isdigit()):
+            query, missing = query.where(SessionRow.id == int(id_or_name)), f"no session with id {id_or_name}"
+        elif isinstance(id_or_name, str):
+            query, missing = query.where(SessionRow.name == id_or_name), f"no session named {id_or_name!r}"
+        else:
+            raise StoreError(f"a session is named by an id or a name, not {type(id_or_name).__name__}")
+        if lock:
+            query = query.with_for_update()  # row lock on server databases; SQLite ignores it
+        row = s.scalar(query)
+        if row is None:
+            raise SessionNotFound(missing)
+        return row
+
+    @staticmethod
+    def _count(s: Session, session_id: int) -> int:
+        return s.scalar(select(func.count()).where(MessageRow.session_id == session_id)) or 0
+
+    # --- sessions ------------------------------------------------------------------------------
+    def create_session(self, name: str | None = None, metadata: dict | None = None) -> SessionInfo:
+        if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise StoreError("a session name must be a non-empty string")
+            if name.isascii() and name.isdigit():
+                raise StoreError(f"session name {name!r} is all digits and would read as an id")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise StoreError("session metadata must be a dict")
+        try:
+            with self._session(write=True) as s:
+                if name is not None and s.scalar(select(SessionRow.id).where(SessionRow.name == name)):
+                    raise StoreError(f"session name {name!r} already exists")
+                now = _now()
+                row = SessionRow(name=name, meta=dict(metadata or {}), created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                return _session_info(row, 0)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):  # lost a race for the name
+                raise StoreError(f"session name {name!r} already exists") from exc.__cause__
+            raise
+
+    def get_session(self, id_or_name: int | str) -> SessionInfo:
+        """An int or a digit string is an id; anything else is a name."""
+        with self._session() as s:
+            row = self._row(s, id_or_name)
+            return _session_info(row, self._count(s, row.id))
+
+    def find_session(self, name: str) -> SessionInfo | None:
+        with self._session() as s:
+            row = s.scalar(select(SessionRow).where(SessionRow.name == name))
+            return None if row is None else _session_info(row, self._count(s, row.id))
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """Every session with its message count, most recently updated first."""
+        count = (select(func.count(MessageRow.id)).where(MessageRow.session_id == SessionRow.id)
+                 .correlate(SessionRow).scalar_subquery())
+        with self._session() as s:
+            rows = s.execute(select(SessionRow, count)
+                             .order_by(SessionRow.updated_at.desc(), SessionRow.id.desc()))
+            return [_session_info(row, n) for row, n in rows]
+
+    def delete_session(self, id_or_name: int | str) -> None:
+        with self._session(write=True) as s:
+            s.delete(self._row(s, id_or_name, lock=True))
+
+    # --- messages ------------------------------------------------------------------------------
+    def add_message(self, session_id: int | str, role: str, text: str, *,
+                    model_name: str | None = None, model_version: str | None = None,
+                    decoding: dict | None = None, score: float | None = None,
+                    latency_ms: float | None = None, fallback: bool | None = None,
+                    in_reply_to: int | None = None) -> Message:
+        """Append a message at the next position and commit; the text is stored verbatim."""
+        if role not in ROLES:
+            raise StoreError(f"role must be 'user' or 'bot', not {role!r}")
+        if not isinstance(text, str):
+            raise StoreError(f"message text must be a str, not {type(text).__name__}")
+        fields = {"model_name": model_name, "model_version": model_version, "decoding": decoding,
+                  "score": score, "latency_ms": latency_ms, "fallback": fallback,
+                  "in_reply_to": in_reply_to}
+        if role == "user" and any(v is not None for v in fields.values()):
+            given = ", ".join(k for k, v in fields.items() if v is not None)
+            raise StoreError(f"bot fields given for a user message: {given}")
+        for attempt in range(1, _POSITION_RETRIES + 1):
+            try:
+                with self._session(write=True) as s:
+                    return self._append(s, session_id, role, text, fields)
+            except StoreError as exc:
+                # SQLite serialises writers (BEGIN IMMEDIATE), so only a server database can
+                # lose the race for a position; any other integrity error is real.
+                raced = isinstance(exc.__cause__, IntegrityError) and not self._sqlite
+                if not raced or attempt == _POSITION_RETRIES:
+                    raise
+                log.debug("position taken in session %s; retrying (%d)", session_id, attempt)
+        raise AssertionError("unreachable")
+
+    def _append(self, s: Session, session_id: int | str, role: str, text: str, fields: dict) -> Message:
+        session = self._row(s, session_id, lock=True)
+        reply_to = fields["in_reply_to"]
+        if reply_to is not None:
+            owner = s.scalar(select(MessageRow.session_id).where(MessageRow.id == reply_to))
+            if owner != session.id:
+                raise StoreError(f"in_reply_to={reply_to} is not a message of session {session.id}")
+        position = s.scalar(select(func.coalesce(func.max(MessageRow.position) + 1, 0))
+                            .where(MessageRow.session_id == session.id))
+        now = _now()
+        row = MessageRow(session_id=session.id, position=position, role=role, text=text,
+                         created_at=now, **fields)
+        s.add(row)
+        session.updated_at = now
+        s.flush()
+        return _message(row)
+
+    def history(self, session_id: int | str, last: int | None = None) -> list[Message]:
+        """The session's messages, oldest first; only the last ``last`` when given."""
+        if last is not None and last < 0:
+            raise StoreError(f"last must be >= 0, not {last}")
+        with self._session() as s:
+            return self._messages(s, self._row(s, session_id).id, last)
+
+    @staticmethod
+    def _messages(s: Session, session_id: int, last: int | None = None) -> list[Message]:
+        query = select(MessageRow).where(MessageRow.session_id == session_id)
+        if last is None:
+            return [_message(r) for r in s.scalars(query.order_by(MessageRow.position))]
+        rows = s.scalars(query.order_by(MessageRow.position.desc()).limit(last)).all()
+        return [_message(r) for r in reversed(rows)]
+
+    # --- export --------------------------------------------------------------------------------
+    def export_session(self, session_id: int | str, format: str = "jsonl") -> str:
+        """``jsonl``: one object per message. ``yaml``: the ChatterBot corpus format, the whole
+        session as one conversation, readable by ``chatbot.corpus.load_corpus``.
+
+        The corpus reader needs at least two non-blank utterances per conversation.
+        """
+        if format not in ("jsonl", "yaml"):
+            raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
+        with self._session() as s:  # one snapshot: the session and its messages agree
+            session = self._row(s, session_id)
+            messages = self._messages(s, session.id)
+        if format == "yaml":
+            doc = {"categories": [session.name or f"session {session.id}"],
+                   "conversations": [[m.text for m in messages]]}
+            return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+        lines = []
+        for m in messages:
+            record = asdict(m)
+            del record["session_id"]
+            record["created_at"] = m.created_at.isoformat()
+            lines.append(_json_line(record))
+        return "".join(line + "\n" for line in lines)
+
+    # --- maintenance ---------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.max(SchemaInfo.version))))
+
+    def integrity_check(self) -> bool:
+        """SQLite: ``PRAGMA integrity_check`` is 'ok' and no foreign key is dangling.
+
+        Other databases enforce this themselves: always True.
+        """
+        if not self._sqlite:
+            return True
+        with self._session() as s:
+            result = [r[0] for r in s.execute(text("PRAGMA integrity_check"))]
+            dangling = s.execute(text("PRAGMA foreign_key_check")).fetchall()
+        if result != ["ok"] or dangling:
+            log.warning("integrity check of %s failed: %s; %d dangling foreign keys",
+                        self._shown, "; ".join(map(str, result[:5])), len(dangling))
+            return False
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self.engine.dispose()
+
+    def __enter__(self) -> "SessionStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SessionStore({self._shown!r})"
+
+
+def _sqlite_file(url: URL) -> bool:
+    return bool(url.database) and url.database != ":memory:" and url.query.get("mode") != "memory"
+
+
+def _json_line(record: dict) -> str:
+    """JSON with real unicode, but never a character that ``str.splitlines`` breaks a line at."""
+    line = json.dumps(record, ensure_ascii=False)
+    for ch in ("\x85", "\u2028", "\u2029"):
+        line = line.replace(ch, f"\\u{ord(ch):04x}")
+    return line

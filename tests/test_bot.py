@@ -1,0 +1,157 @@
+"""The dialogue manager: stored turns, context, fallbacks, failures, threads, the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+
+import pytest
+
+from chatbot.bot import ChatBot
+from chatbot.errors import DecodingError, InputError
+from chatbot.store import SessionNotFound, SessionStore
+from test_cli import chatbot
+
+
+@pytest.fixture
+def bot(tiny_bot, tmp_path):
+    """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
+    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
+    b.generator = tiny_bot.generator
+    yield b
+    b.close()
+
+
+def test_reply_stores_both_turns_with_model_identity(bot, tiny_pairs):
+    question, answer = tiny_pairs[0]
+    session = bot.new_session(name="alice")
+    reply = bot.reply(question, session=session.id)
+    assert reply.text == answer and not reply.fallback and reply.session_id == session.id
+    user, stored = bot.history(session.id)
+    assert (user.role, user.text, user.position) == ("user", question, 0)
+    assert (stored.role, stored.text, stored.position, stored.id) == ("bot", answer, 1, reply.message_id)
+    assert stored.in_reply_to == user.id and stored.model_name == "tiny"
+    assert stored.score == pytest.approx(reply.score) and stored.latency_ms > 0
+    assert stored.decoding["strategy"] == "greedy"
+
+
+def test_history_is_ordered_and_sessions_resume_by_name(bot, tiny_pairs):
+    for question, _ in tiny_pairs[:3]:
+        bot.reply(question, session="bob" if bot.sessions() else bot.new_session("bob").id)
+    again = bot.session("bob")
+    texts = [m.text for m in bot.history(again.id)]
+    assert texts[0::2] == [q for q, _ in tiny_pairs[:3]]
+    assert [m.text for m in bot.history("bob", last=2)] == texts[-2:]
+    [listed] = bot.sessions()
+    assert listed.name == "bob" and listed.message_count == 6
+
+
+def test_context_comes_from_the_stored_history(bot, tiny_pairs, monkeypatch):
+    bot.bundle = replace(bot.bundle, config=bot.bundle.config.with_overrides({"data.context_turns": 2}))
+    seen = []
+    original = bot.generator.generate
+    monkeypatch.setattr(bot.generator, "generate", lambda inputs, **kw: seen.append(inputs) or original(inputs, **kw))
+    s = bot.new_session()
+    bot.reply("first", session=s.id)
+    bot.reply("second", session=s.id)
+    first_reply = bot.history(s.id)[1].text
+    assert seen[0] == [["first"]]
+    assert seen[1] == [["first", first_reply, "second"]]  # the last 2 stored turns, then the question
+
+
+def test_a_failed_decode_keeps_the_users_message(bot, monkeypatch):
+    s = bot.new_session()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bot.generator, "generate", broken)
+    with pytest.raises(DecodingError, match="your message was stored"):
+        bot.reply("please remember me", session=s.id)
+    [kept] = bot.history(s.id)
+    assert (kept.role, kept.text) == ("user", "please remember me")
+
+
+def test_low_confidence_replies_fall_back(bot, tiny_pairs):
+    bot.fallback_threshold, bot.fallback_text = 0.0, "Sorry?"  # every score is below 0
+    reply = bot.reply(tiny_pairs[0][0])
+    assert reply.fallback and reply.text == "Sorry?"
+    stored = bot.history(reply.session_id)[-1]
+    assert stored.fallback and stored.text == "Sorry?" and stored.score < 0
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t ", "\x00\x07"])
+def test_empty_messages_are_rejected_and_nothing_is_stored(bot, text):
+    s = bot.new_session()
+    with pytest.raises(InputError, match="empty"):
+        bot.reply(text, session=s.id)
+    assert bot.history(s.id) == []
+
+
+@pytest.mark.parametrize("text", ["'; DROP TABLE messages; --", "مرحبا بالعالم", "🤖💬 héllo",
+                                  "a\u202eb", "line one\nline two"])
+def test_any_text_is_stored_exactly(bot, text):
+    reply = bot.reply(text)
+    assert bot.history(reply.session_id)[0].text == text
+
+
+def test_control_characters_are_removed_and_long_input_is_stored_whole(bot):
+    reply = bot.reply("hel\x00lo\x1b[31m")
+    assert bot.history(reply.session_id)[0].text == "hello[31m"
+    long_text = "why " * 5000
+    reply = bot.reply(long_text)
+    assert bot.history(reply.session_id)[0].text == long_text
+
+
+def test_missing_session_id_is_an_error(bot):
+    with pytest.raises(SessionNotFound):
+        bot.reply("hi", session=12345)
+
+
+def test_threads_each_on_their_own_session(bot, tiny_pairs):
+    sessions = [bot.new_session(f"t{i}").id for i in range(8)]
+    errors = []
+
+    def talk(session_id):
+        try:
+            for question, _ in tiny_pairs[:6]:
+                bot.reply(question, session=session_id)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=talk, args=(s,)) for s in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for s in sessions:
+        history = bot.history(s)
+        assert [m.position for m in history] == list(range(12))
+        assert [m.text for m in history[0::2]] == [q for q, _ in tiny_pairs[:6]]
+        assert [m.text for m in history[1::2]] == [a for _, a in tiny_pairs[:6]]
+
+
+def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path):
+    db = tmp_path / "cli.db"
+    (q1, a1), (q2, a2) = tiny_pairs[:2]
+    asked = chatbot("ask", "--model", tiny_bundle_path, "--db", db, "--session", "carol", q1, q2)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.splitlines() == [a1, a2]
+    listed = chatbot("sessions", "list", "--db", db, "--json")
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["name"] == "carol" and row["messages"] == 4
+    shown = chatbot("sessions", "show", "carol", "--db", db)
+    assert q1 in shown.stdout and a2 in shown.stdout
+    exported = tmp_path / "carol.yml"
+    assert chatbot("sessions", "export", "carol", "--db", db, "--format", "yaml", "--out", exported).returncode == 0
+    from chatbot.corpus import load_corpus
+    pairs = [(e.question, e.answer) for e in load_corpus(exported).examples(deduplicate=False)]
+    assert pairs == [(q1, a1), (a1, q2), (q2, a2)]
+    deleted = chatbot("sessions", "delete", "carol", "--db", db)
+    assert deleted.returncode == 0 and "4 messages" in deleted.stdout
+    missing = chatbot("sessions", "show", "carol", "--db", db)
+    assert missing.returncode == 1 and "carol" in missing.stderr
+    with SessionStore(f"sqlite:///{db}") as store:
+        assert store.list_sessions() == [] and store.integrity_check()

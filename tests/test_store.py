@@ -1,0 +1,470 @@
+"""SessionStore: round trips, positions, cascades, pragmas, schema versions, concurrency, export."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatbot.corpus import load_corpus
+from chatbot.errors import ChatbotError
+from chatbot.store import (
+    SCHEMA_VERSION, SessionNotFound, SessionStore, StoreError, default_database_url,
+    resolve_database_url,
+)
+
+AWKWARD_TEXTS = [
+    "héllo wörld",
+    "😀👍🏽 family: 👨‍👩‍👧",
+    "שלום עולם مرحبا",  # right-to-left
+    "'; DROP TABLE messages; --",
+    'Robert"); DELETE FROM sessions; --',
+    "nul\x00inside",
+    "line one\nline two\r\nline three\ttab",
+    "",
+    "   padded   ",
+    "e\u0301 (not NFC)",
+    "\u2028line separator\u2029",
+]
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "chat.db"
+
+
+@pytest.fixture
+def store(db_path):
+    with SessionStore(f"sqlite:///{db_path}") as s:
+        yield s
+
+
+def raw_count(path: Path, sql: str, *args) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, args).fetchone()[0]
+
+
+# --- sessions and messages ---------------------------------------------------------------------
+def test_round_trip_of_session_and_messages_with_bot_fields(store):
+    info = store.create_session("demo", {"user": "ann", "tags": ["a", 1]})
+    assert (info.name, info.message_count) == ("demo", 0)
+    assert info.metadata == {"user": "ann", "tags": ["a", 1]}
+    question = store.add_message(info.id, "user", "hi there")
+    answer = store.add_message(info.id, "bot", "hello!", model_name="tiny", model_version="3",
+                               decoding={"strategy": "beam", "width": 4}, score=-0.25,
+                               latency_ms=12.5, fallback=False, in_reply_to=question.id)
+
+    assert store.history(info.id) == [question, answer]
+    stored = store.history(info.id)[1]
+    assert (stored.role, stored.text) == ("bot", "hello!")
+    assert (stored.model_name, stored.model_version) == ("tiny", "3")
+    assert stored.decoding == {"strategy": "beam", "width": 4}
+    assert (stored.score, stored.latency_ms, stored.fallback) == (-0.25, 12.5, False)
+    assert stored.in_reply_to == question.id
+    assert store.history(info.id)[0].model_name is None and store.history(info.id)[0].fallback is None
+
+    again = store.get_session(info.id)
+    assert again.message_count == 2 and again.metadata == info.metadata
+    assert again.created_at == info.created_at and again.updated_at >= answer.created_at
+
+
+def test_records_are_plain_frozen_dataclasses_with_aware_utc_times(store):
+    info = store.create_session()
+    message = store.add_message(info.id, "user", "x")
+    with pytest.raises(AttributeError):
+        message.text = "changed"  # frozen: callers cannot think they edited the database
+    for moment in (info.created_at, info.updated_at, message.created_at,
+                   store.history(info.id)[0].created_at, store.get_session(info.id).updated_at):
+        assert moment.tzinfo is not None and moment.utcoffset().total_seconds() == 0
+    assert store.history(info.id)[0].created_at.tzinfo == timezone.utc
+
+
+def test_positions_are_zero_based_dense_and_in_order(store):
+    sid = store.create_session().id
+    texts = [f"message {i}" for i in range(12)]
+    for i, t in enumerate(texts):
+        store.add_message(sid, "user" if i % 2 == 0 else "bot", t)
+    history = store.history(sid)
+    assert [m.position for m in history] == list(range(12))
+    assert [m.text for m in history] == texts
+
+
+def test_positions_are_per_session(store):
+    a, b = store.create_session().id, store.create_session().id
+    store.add_message(a, "user", "a0")
+    store.add_message(b, "user", "b0")
+    store.add_message(a, "bot", "a1")
+    assert [m.position for m in store.history(a)] == [0, 1]
+    assert [m.position for m in store.history(b)] == [0]
+
+
+def test_history_last_n_gives_the_newest_oldest_first(store):
+    sid = store.create_session().id
+    for i in range(10):
+        store.add_message(sid, "user", str(i))
+    assert [m.text for m in store.history(sid, last=3)] == ["7", "8", "9"]
+    assert [m.text for m in store.history(sid, last=50)] == [str(i) for i in range(10)]
+    assert store.history(sid, last=0) == []
+    with pytest.raises(StoreError):
+        store.history(sid, last=-1)
+
+
+def test_history_query_uses_the_session_position_index(store, db_path):
+    store.add_message(store.create_session().id, "user", "x")
+    with sqlite3.connect(db_path) as conn:
+        plan = " ".join(str(row) for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE session_id = 1 "
+            "ORDER BY position DESC LIMIT 5"))
+    assert "INDEX" in plan and "TEMP B-TREE" not in plan
+
+
+def test_list_sessions_has_counts_and_newest_update_first(store):
+    first = store.create_session("first").id
+    second = store.create_session("second").id
+    store.create_session("third")
+    store.add_message(second, "user", "x")
+    store.add_message(first, "user", "y")
+    store.add_message(first, "bot", "z")
+    listed = store.list_sessions()
+    assert [s.name for s in listed] == ["first", "second", "third"]
+    assert [s.message_count for s in listed] == [2, 1, 0]
+
+
+def test_add_message_updates_session_updated_at(store):
+    info = store.create_session()
+    message = store.add_message(info.id, "user", "x")
+    assert store.get_session(info.id).updated_at == message.created_at >= info.updated_at
+
+
+def test_delete_session_cascades_to_its_messages_only(store, db_path):
+    doomed = store.create_session("doomed").id
+    kept = store.create_session("kept").id
+    question = store.add_message(doomed, "user", "q")
+    store.add_message(doomed, "bot", "a", in_reply_to=question.id)
+    store.add_message(kept, "user", "stay")
+
+    store.delete_session("doomed")
+
+    assert raw_count(db_path, "SELECT count(*) FROM messages WHERE session_id = ?", doomed) == 0
+    assert raw_count(db_path, "SELECT count(*) FROM sessions WHERE id = ?", doomed) == 0
+    assert [m.text for m in store.history(kept)] == ["stay"]
+    with pytest.raises(SessionNotFound):
+        store.delete_session(doomed)
+
+
+def test_database_level_on_delete_cascade(store, db_path):
+    """Deleting a session outside the ORM (another tool, raw SQL) still removes its messages."""
+    sid = store.create_session().id
+    store.add_message(sid, "user", "q")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+    assert raw_count(db_path, "SELECT count(*) FROM messages") == 0
+    assert store.integrity_check()
+
+
+def test_session_names_are_unique(store):
+    store.create_session("alice")
+    with pytest.raises(StoreError, match="session name 'alice' already exists"):
+        store.create_session("alice")
+    assert len(store.list_sessions()) == 1
+    store.create_session()  # unnamed sessions never clash
+    store.create_session()
+    assert len(store.list_sessions()) == 3
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "42"])
+def test_unusable_session_names_are_rejected(store, bad):
+    with pytest.raises(StoreError):
+        store.create_session(bad)
+
+
+def test_get_session_by_id_digit_string_and_name(store):
+    info = store.create_session("bob")
+    assert store.get_session(info.id) == info
+    assert store.get_session(str(info.id)) == info
+    assert store.get_session("bob") == info
+    assert store.find_session("bob") == info
+    assert store.find_session("nobody") is None
+
+
+def test_missing_sessions_raise_session_not_found(store):
+    store.create_session("carol")
+    for key in (999, "999", "dave"):
+        with pytest.raises(SessionNotFound):
+            store.get_session(key)
+        with pytest.raises(SessionNotFound):
+            store.history(key)
+        with pytest.raises(SessionNotFound):
+            store.add_message(key, "user", "x")
+    err = pytest.raises(SessionNotFound, store.get_session, "dave").value
+    assert isinstance(err, StoreError) and isinstance(err, ChatbotError) and isinstance(err, LookupError)
+    assert "dave" in str(err)
+
+
+def test_invalid_messages_are_rejected_and_not_stored(store):
+    sid = store.create_session().id
+    other = store.create_session().id
+    foreign = store.add_message(other, "user", "elsewhere")
+    with pytest.raises(StoreError, match="role"):
+        store.add_message(sid, "system", "x")
+    with pytest.raises(StoreError, match="bot fields"):
+        store.add_message(sid, "user", "x", score=1.0)
+    with pytest.raises(StoreError, match="in_reply_to"):
+        store.add_message(sid, "bot", "x", in_reply_to=foreign.id)
+    with pytest.raises(StoreError):
+        store.add_message(sid, "user", b"bytes")
+    assert store.history(sid) == []
+
+
+@pytest.mark.parametrize("text", AWKWARD_TEXTS)
+def test_awkward_text_is_stored_verbatim(store, db_path, text):
+    sid = store.create_session().id
+    store.add_message(sid, "user", text)
+    assert store.history(sid)[0].text == text
+    with sqlite3.connect(db_path) as conn:  # stored as the text itself, not escaped or altered
+        assert conn.execute("SELECT text FROM messages").fetchall() == [(text,)]
+    assert raw_count(db_path, "SELECT count(*) FROM sessions") == 1  # the SQL-looking text did nothing
+
+
+def test_any_text_round_trips_exactly(tmp_path):
+    with SessionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        sid = store.create_session().id
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(st.text())
+        def check(text):
+            message = store.add_message(sid, "user", text)
+            assert store.history(sid, last=1) == [message]
+            assert message.text == text
+
+        check()
+
+
+# --- SQLite specifics ------------------------------------------------------------------------
+def test_sqlite_pragmas_are_active_on_every_connection(db_path):
+    with SessionStore(f"sqlite:///{db_path}", busy_timeout_ms=1234) as store:
+        conns = [store.engine.connect() for _ in range(3)]  # distinct pooled connections
+        try:
+            for conn in conns:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_newer_schema_is_rejected_and_the_file_left_unchanged(db_path, journal):
+    """Also for a rollback-journal file: switching it to WAL would rewrite its header."""
+    with SessionStore(f"sqlite:///{db_path}") as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        store.add_message(store.create_session().id, "user", "keep me")
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA journal_mode={journal}")
+    with conn:
+        conn.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    before = db_path.read_bytes()
+
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer") as caught:
+        SessionStore(f"sqlite:///{db_path}")
+    assert "\n" not in str(caught.value)
+
+    assert db_path.read_bytes() == before
+    assert raw_count(db_path, "SELECT version FROM schema_info") == SCHEMA_VERSION + 1
+
+
+def test_reopening_keeps_data_and_version(db_path):
+    with SessionStore(f"sqlite:///{db_path}") as store:
+        sid = store.create_session("persist").id
+        store.add_message(sid, "user", "still here")
+    with SessionStore(f"sqlite:///{db_path}") as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert [m.text for m in store.history("persist")] == ["still here"]
+    assert raw_count(db_path, "SELECT count(*) FROM schema_info") == 1
+
+
+def test_integrity_check_passes_on_a_used_database(store):
+    sid = store.create_session().id
+    for i in range(5):
+        store.add_message(sid, "user", f"m{i}")
+    assert store.integrity_check() is True
+
+
+def test_in_memory_database_works(tmp_path):
+    with SessionStore("sqlite://") as store:
+        sid = store.create_session().id
+        store.add_message(sid, "user", "x")
+        assert [m.text for m in store.history(sid)] == ["x"]
+
+
+def test_closed_store_refuses_calls(store):
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.list_sessions()
+
+
+# --- concurrency -----------------------------------------------------------------------------
+def test_threads_sharing_one_store_lose_nothing(store):
+    sessions = [store.create_session(f"thread {i}").id for i in range(8)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sessions))
+
+    def write(sid: int) -> None:
+        try:
+            start.wait()
+            for i in range(50):
+                store.add_message(sid, "user", f"{sid}:{i}")
+                if i % 10 == 0:
+                    store.history(sid, last=5)  # reads interleaved with other threads' writes
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(sid,)) for sid in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for sid in sessions:
+        history = store.history(sid)
+        assert [m.position for m in history] == list(range(50))
+        assert [m.text for m in history] == [f"{sid}:{i}" for i in range(50)]
+    assert store.integrity_check()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from chatbot.store import SessionStore
+url, session, tag, go, n = sys.argv[1:]
+# A generous lock wait: SQLite's busy handler polls, so one tight-looping writer can hold the
+# other off for a long while on a loaded machine. What is tested is that nothing is lost.
+store = SessionStore(url, busy_timeout_ms=120_000)
+Path(go + "." + tag).touch()  # ready
+while not Path(go).exists():
+    time.sleep(0.005)
+for i in range(int(n)):
+    store.add_message(int(session), "user", f"{tag} {i}")
+store.close()
+"""
+
+
+def test_two_processes_appending_to_one_session_lose_nothing(store, db_path, tmp_path):
+    sid = store.create_session("shared").id
+    go = tmp_path / "go"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, store.url, str(sid), tag, str(go), "200"],
+                                stderr=subprocess.PIPE, text=True) for tag in ("A", "B")]
+    give_up = time.monotonic() + 300  # a hang guard, not a timing assertion
+    while not all(Path(f"{go}.{tag}").exists() for tag in ("A", "B")):
+        if any(p.poll() is not None for p in writers) or time.monotonic() > give_up:
+            break  # the checks below report the failure
+        time.sleep(0.005)
+    go.touch()  # both opened the store: now they write at the same time
+    for proc in writers:
+        _, err = proc.communicate(timeout=300)  # a hang guard, not a timing assertion
+        assert proc.returncode == 0, err
+
+    history = store.history(sid)
+    assert [m.position for m in history] == list(range(400))
+    for tag in ("A", "B"):
+        assert [m.text for m in history if m.text.startswith(tag)] == [f"{tag} {i}" for i in range(200)]
+    assert raw_count(db_path, "SELECT count(DISTINCT position) FROM messages WHERE session_id = ?", sid) == 400
+    assert store.integrity_check()
+
+
+# --- locations ---------------------------------------------------------------------------------
+def test_default_url_follows_xdg_data_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CHATBOT_DB", raising=False)
+    expected = tmp_path / "xdg" / "chatbot" / "chatbot.db"
+    assert default_database_url() == f"sqlite:///{expected}"
+    assert resolve_database_url(None) == default_database_url()
+    with SessionStore() as store:  # creates the directories on first use
+        store.create_session("here")
+    assert expected.is_file()
+
+
+def test_default_url_falls_back_to_local_share(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_database_url() == f"sqlite:///{tmp_path}/.local/share/chatbot/chatbot.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # the XDG spec says to ignore these
+    assert default_database_url() == f"sqlite:///{tmp_path}/.local/share/chatbot/chatbot.db"
+
+
+def test_explicit_url_beats_chatbot_db_beats_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CHATBOT_DB", "sqlite:///from-env.db")
+    assert resolve_database_url(None) == "sqlite:///from-env.db"
+    assert resolve_database_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    monkeypatch.setenv("CHATBOT_DB", "")
+    assert resolve_database_url(None) == default_database_url()
+
+
+def test_a_plain_path_is_a_sqlite_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_database_url("sub/chats.db") == f"sqlite:///{tmp_path}/sub/chats.db"
+    with SessionStore("sub/chats.db") as store:
+        store.create_session()
+    assert (tmp_path / "sub" / "chats.db").is_file()
+
+
+# --- export ------------------------------------------------------------------------------------
+def test_yaml_export_loads_back_as_a_corpus_of_consecutive_pairs(store, tmp_path):
+    sid = store.create_session("greetings").id
+    texts = ["Hello", "Hi! 😀", "Yes", "no: really?", "- a dash", "שלום"]
+    for i, t in enumerate(texts):
+        store.add_message(sid, "user" if i % 2 == 0 else "bot", t)
+    path = tmp_path / "export.yml"
+    path.write_text(store.export_session(sid, "yaml"), encoding="utf-8")
+
+    corpus = load_corpus(path, strict=True)
+    assert [d.category for d in corpus.dialogues] == ["greetings"]
+    pairs = [(e.question, e.answer) for e in corpus.examples(deduplicate=False)]
+    assert pairs == list(zip(texts, texts[1:]))
+
+
+def test_yaml_export_of_an_unnamed_session_uses_its_id(store):
+    sid = store.create_session().id
+    store.add_message(sid, "user", "a")
+    store.add_message(sid, "bot", "b")
+    doc = yaml.safe_load(store.export_session(sid, "yaml"))
+    assert doc == {"categories": [f"session {sid}"], "conversations": [["a", "b"]]}
+
+
+def test_jsonl_export_has_one_parseable_object_per_message(store):
+    sid = store.create_session().id
+    q = store.add_message(sid, "user", "multi\nline\u2028with separators\x85")
+    store.add_message(sid, "bot", "ok", model_name="tiny", score=-1.0, in_reply_to=q.id)
+    lines = store.export_session(sid, "jsonl").splitlines()
+    assert len(lines) == 2
+    records = [json.loads(line) for line in lines]
+    assert [r["role"] for r in records] == ["user", "bot"]
+    assert records[0]["text"] == q.text
+    assert records[0]["created_at"] == q.created_at.isoformat()
+    assert (records[1]["model_name"], records[1]["score"], records[1]["in_reply_to"]) == ("tiny", -1.0, q.id)
+
+
+def test_unknown_export_format_is_rejected(store):
+    with pytest.raises(StoreError, match="format"):
+        store.export_session(store.create_session().id, "csv")
+
+
+def test_importing_the_store_does_not_load_tensorflow():
+    code = "import sys, chatbot.store; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
