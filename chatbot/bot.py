@@ -146,25 +146,30 @@ class ChatBot:
         """Reply within a session (a new one when ``session`` is None), storing both turns."""
         message = sanitize_message(text)
         store = self.store
-        info = store.get_session(session) if session is not None else store.create_session()
+        if session is None:
+            session_id = store.create_session().id
+        elif isinstance(session, int):
+            session_id = session  # add_message checks it exists; saves a lookup per reply
+        else:
+            session_id = store.get_session(session).id
         turns = self.bundle.config.data.context_turns
-        context = [m.text for m in store.history(info.id, last=turns)] if turns else []
-        user = store.add_message(info.id, "user", message)  # committed before decoding
+        context = [m.text for m in store.history(session_id, last=turns)] if turns else []
+        user = store.add_message(session_id, "user", message)  # committed before decoding
 
         try:
             generated = self.generate([message], [context])[0]
         except Exception as exc:
             raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
-                                f"as message {user.id} of session {info.id}") from exc
+                                f"as message {user.id} of session {session_id}") from exc
         fallback = generated.score < self.fallback_threshold
         text_out = self.fallback_text if fallback else generated.text
         decoding = {"strategy": self.bundle.config.decoding.strategy,
                     "max_length": self.bundle.config.decoding.max_length}
-        bot = store.add_message(info.id, "bot", text_out, model_name=self.name,
+        bot = store.add_message(session_id, "bot", text_out, model_name=self.name,
                                 model_version=self.bundle.manifest.get("created", ""),
                                 decoding=decoding, score=generated.score,
                                 latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
-        return Reply(text_out, generated.score, info.id, bot.id, generated.latency_ms, fallback, user.id)
+        return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id)
 
     def close(self) -> None:
         with self._store_lock:

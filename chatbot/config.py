@@ -82,6 +82,7 @@ class TrainingConfig:
     early_stopping: bool = True
     monitor: str = "val_loss"  # "loss" when the goal is to memorise the corpus
     patience: int = 5
+    lr_decay_patience: int = 3  # halve the learning rate after this many epochs without progress; 0: never
     seed: int = 1234
     checkpoint_every_steps: int = 0  # 0: checkpoint at each epoch end only
 
@@ -92,6 +93,7 @@ class TrainingConfig:
         _check(self.clipnorm >= 0, prefix, "clipnorm", "must be >= 0 (0 disables clipping)")
         _check(self.monitor in MONITORS, prefix, "monitor", f"must be one of {MONITORS}")
         _check(self.patience >= 0, prefix, "patience", "must be >= 0")
+        _check(self.lr_decay_patience >= 0, prefix, "lr_decay_patience", "must be >= 0")
         _check(self.checkpoint_every_steps >= 0, prefix, "checkpoint_every_steps", "must be >= 0")
 
 

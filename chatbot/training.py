@@ -106,6 +106,9 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         keras.callbacks.CSVLogger(str(log_file), append=resume),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if config.training.lr_decay_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=config.training.lr_decay_patience, min_lr=1e-5))
     if config.training.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.training.patience))
     callbacks.extend(extra_callbacks or [])
