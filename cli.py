@@ -121,6 +121,39 @@ def cmd_ask(args) -> int:
     return 0
 
 
+# --- chat ----------------------------------------------------------------------------------
+def cmd_chat(args) -> int:
+    from chatbot.errors import StoreError
+    from chatbot.repl import ChatRepl, Spinner, color_wanted, history_path
+
+    # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    began = time.perf_counter()
+    with Spinner("loading the model", stream=sys.stderr, enabled=interactive and sys.stderr.isatty()):
+        _stderr_quiet_import()
+        from chatbot.bot import ChatBot
+
+        bot = ChatBot.load(args.model, db=args.db)  # warms the compiled decoder up
+        try:
+            try:
+                store = bot.store  # open the database now: a bad --db fails before the prompt
+            except OSError as exc:
+                where = args.db or os.environ.get("CHATBOT_DB") or "(default)"
+                raise StoreError(f"cannot open database {where}: {exc.strerror or exc}") from None
+            session = bot.session(args.session) if args.session else None
+        except BaseException:
+            bot.close()
+            raise
+    with bot:
+        color = interactive and color_wanted(args.no_color, sys.stdout)
+        repl = ChatRepl(bot, session, output=sys.stdout, color=color, plain=not interactive)
+        if interactive:
+            repl.run_interactive(history_path(store.url), load_seconds=time.perf_counter() - began)
+        else:
+            repl.run_plain(sys.stdin)
+    return 0
+
+
 # --- sessions ------------------------------------------------------------------------------
 def cmd_sessions(args) -> int:
     from chatbot.store import SessionStore
@@ -210,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "
                                   "~/.local/share/chatbot/chatbot.db)")
     ask.set_defaults(func=cmd_ask)
+
+    chat = sub.add_parser("chat", help="talk with a model in the terminal (sessions, history, slash commands)")
+    chat.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
+    chat.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "
+                                   "~/.local/share/chatbot/chatbot.db)")
+    chat.add_argument("--session", metavar="NAME", help="resume (or create) this session; default: a new one")
+    chat.add_argument("--no-color", action="store_true", help="no colours (also when $NO_COLOR is set)")
+    chat.set_defaults(func=cmd_chat)
 
     sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
     sessions.add_argument("action", choices=("list", "show", "export", "delete"))

@@ -67,6 +67,7 @@ class Corpus:
     files: list[Path]
     sha256: str  # of every file's name and bytes: identifies the data a model was trained on
     skipped: list[CorpusError] = field(default_factory=list)
+    root: Path | None = None  # the file or directory it was loaded from
 
     def examples(self, context_turns: int = 0, deduplicate: bool = True) -> list[Example]:
         return make_examples(self.dialogues, context_turns, deduplicate)
@@ -123,7 +124,7 @@ def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     if skipped:
         log.warning("skipped %d malformed entr%s in %s", len(skipped),
                     "y" if len(skipped) == 1 else "ies", root)
-    return Corpus(dialogues, files, digest.hexdigest(), skipped)
+    return Corpus(dialogues, files, digest.hexdigest(), skipped, root)
 
 
 def _is_corpus_file(path: Path) -> bool:

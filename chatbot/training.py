@@ -49,7 +49,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     config = config.validate()
 
     corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    corpus_path = str(corpus) if not isinstance(corpus, Corpus) else ",".join(map(str, corpus_obj.files))
+    corpus_path = str(corpus_obj.root)
     examples = corpus_obj.examples(config.data.context_turns, config.data.deduplicate)
 
     if resume:

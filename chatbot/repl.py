@@ -1,0 +1,598 @@
+"""``chatbot chat``: an interactive conversation in the terminal.
+
+``ChatRepl`` holds the logic: ``handle(line)`` takes one line of input (a message or a slash
+command), writes what it has to say to its output stream and returns False when the user
+asked to leave. It needs no terminal, so it is tested directly. Two loops drive it:
+
+* ``run_interactive``: a prompt-toolkit ``PromptSession`` with persistent history (a file next
+  to the database), Ctrl-R search, suggestions from history, tab completion of slash commands
+  and a bottom toolbar (session, model, decoding). Ctrl-C clears the line; Ctrl-D or ``/quit``
+  leaves.
+* ``run_plain``: for standard input that is not a terminal. Exactly one output line per input
+  line (a multi-line reply or command output is joined onto one line), flushed per line,
+  without banner, prompt or toolbar.
+
+This module is an interface, so it prints; it never exits the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.output import ColorDepth
+from prompt_toolkit.styles import Style
+
+from . import __version__
+from .errors import ChatbotError, StoreError
+
+HISTORY_FILE = "chatbot_history"
+RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
+DEFAULT_HISTORY = 10  # /history without N
+MAX_LENGTH_LIMIT = 10_000  # /set max_length: a model that never ends would otherwise run for ages
+
+STYLE = Style.from_dict({
+    "prompt": "ansigreen bold",
+    "bot": "ansicyan bold",
+    "user": "ansigreen",
+    "meta": "ansibrightblack",
+    "error": "ansired",
+    "info": "",
+    "bottom-toolbar": "reverse",
+})
+
+Fragments = list  # of (style, text) pairs
+
+
+# --- settings: what /set can change ---------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """A decoding setting ``/set`` may change: ``parse`` turns the typed text into a value or
+    raises ``ValueError`` with a message for the user."""
+
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _positive_int(raw: str, limit: int = MAX_LENGTH_LIMIT) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {raw!r}") from None
+    if not 1 <= value <= limit:
+        raise ValueError(f"must be between 1 and {limit}, got {value}")
+    return value
+
+
+# Keys are fields of ``DecodingConfig``; add beam_size, temperature, ... here when decoding has them.
+SETTINGS: dict[str, Setting] = {
+    "max_length": Setting(_positive_int, "tokens generated at most per reply"),
+}
+
+
+# --- slash commands ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    usage: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "/help": Command("", "list these commands"),
+    "/new": Command("[NAME]", "start a new session, optionally named"),
+    "/sessions": Command("", "list the stored sessions (* marks this one)"),
+    "/switch": Command("ID_OR_NAME", "continue another stored session"),
+    "/history": Command("[N]", f"show the last N messages of this session (default {DEFAULT_HISTORY})"),
+    "/reset": Command("", "start over in a new session (a named one gets a suffix: alice-2)"),
+    "/model": Command("", "show the model and its configuration"),
+    "/set": Command("[KEY VALUE]", "change a decoding setting for the next replies: "
+                                   + ", ".join(SETTINGS)),
+    "/score": Command("", "toggle showing score and latency after each reply"),
+    "/export": Command("PATH", "write this session to PATH (.yml/.yaml: corpus YAML, else JSON lines)"),
+    "/quit": Command("", "leave (also Ctrl-D)"),
+}
+ALIASES = {"/exit": "/quit", "/?": "/help"}
+
+
+class SlashCompleter(Completer):
+    """Completes command names after "/", setting keys after "/set " and session names after
+    "/switch " (looked up only when Tab is pressed)."""
+
+    def __init__(self, repl: "ChatRepl"):
+        self.repl = repl
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        if not text.startswith("/"):
+            return
+        if " " not in text:
+            for name, command in COMMANDS.items():
+                if name.startswith(text):
+                    yield Completion(name, start_position=-len(text), display_meta=command.help)
+            return
+        command, _, arg = text.partition(" ")
+        if command == "/set" and " " not in arg:
+            options = list(SETTINGS)
+        elif command == "/switch":
+            try:
+                options = [s.name for s in self.repl.bot.sessions() if s.name]
+            except ChatbotError:
+                return
+        else:
+            return
+        for option in options:
+            if option.startswith(arg):
+                yield Completion(option, start_position=-len(arg))
+
+
+# --- the REPL ---------------------------------------------------------------------------------
+class ChatRepl:
+    """One conversation with a ``ChatBot``.
+
+    ``session`` is a ``SessionInfo``, an id or a name to continue (a missing name is created),
+    or None: a new session is then created with the first message, so opening and leaving
+    stores nothing. ``plain`` selects the one-line-per-input output of ``run_plain``.
+    """
+
+    def __init__(self, bot, session=None, output: TextIO | None = None, *, color: bool = False,
+                 plain: bool = False, show_score: bool = False):
+        self.bot = bot
+        self.output = output if output is not None else sys.stdout
+        self.color = color
+        self.plain = plain
+        self.show_score = show_score
+        self.settings: dict[str, Any] = {}  # decoding overrides from /set
+        self.session_id: int | None = None
+        self.session_name: str | None = None
+        self._pending: list[Fragments] = []
+        if session is not None:
+            self._use(session if hasattr(session, "id") else bot.session(session))
+
+    # --- state -----------------------------------------------------------------------------
+    def _use(self, info) -> None:
+        self.session_id, self.session_name = info.id, info.name
+
+    @property
+    def session_label(self) -> str:
+        if self.session_id is None:
+            return "new"
+        return f"{self.session_name} (#{self.session_id})" if self.session_name else f"#{self.session_id}"
+
+    def decoding(self):
+        """The decoding settings the next reply uses: the model's, with /set overrides."""
+        return dataclasses.replace(self.bot.generator.decoding, **self.settings)
+
+    def decoding_label(self) -> str:
+        d = self.decoding()
+        return f"{d.strategy}, max {d.max_length}"
+
+    def toolbar(self) -> FormattedText:
+        parts = [f"session {self.session_label}", f"model {self.bot.name}", self.decoding_label()]
+        if self.show_score:
+            parts.append("scores on")
+        return FormattedText([("class:bottom-toolbar", " " + "  |  ".join(parts) + "  |  /help ")])
+
+    # --- output ----------------------------------------------------------------------------
+    def _say(self, *fragments: tuple[str, str]) -> None:
+        self._pending.append(list(fragments))
+
+    def _info(self, text: str) -> None:
+        self._say(("class:info", text))
+
+    def _error(self, text: str) -> None:
+        self._say(("class:error", text))
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if self.plain:
+            # One output line per input line: newlines inside, and between lines, become spaces / " | ".
+            text = " | ".join(" ".join("".join(t for _, t in line).splitlines()).strip() for line in lines)
+            self.output.write(text + "\n")
+        elif self.color:
+            for line in lines:
+                print_formatted_text(FormattedText(line), style=STYLE, file=self.output)
+        else:
+            for line in lines:
+                self.output.write("".join(t for _, t in line) + "\n")
+        self.output.flush()
+
+    def _message_line(self, role: str, text: str, extra: str = "", recalled: bool = False) -> tuple:
+        """A reply as it is printed ("tiny> ..."), or a stored message recalled ("  tiny: ...")."""
+        label = "you" if role == "user" else self.bot.name
+        who = (f"class:{'user' if role == 'user' else 'bot'}", f"  {label}: " if recalled else f"{label}> ")
+        out = [who, ("", text)]
+        if extra:
+            out.append(("class:meta", extra))
+        return tuple(out)
+
+    def _show_recent(self, last: int = RECENT_MESSAGES) -> None:
+        if self.session_id is None:
+            return
+        messages = self.bot.history(self.session_id, last=last)
+        for m in messages:
+            self._say(*self._message_line(m.role, m.text, recalled=True))
+
+    # --- the one entry point -----------------------------------------------------------------
+    def handle(self, line: str) -> bool:
+        """Act on one line of input and write the result; False when the user asked to leave.
+
+        A line starting with "/" is a command ("//" sends a message that starts with "/").
+        Errors (bad command, bad value, a failing database) give a one-line message.
+        """
+        keep_going = True
+        try:
+            text = line.strip()
+            if text.startswith("/") and not text.startswith("//"):
+                keep_going = self._command(text)
+            elif text:
+                self._reply(line.strip()[1:] if text.startswith("//") else line)
+            elif not self.plain:
+                return True  # an empty line at the prompt: nothing to do, nothing to print
+        except ChatbotError as exc:
+            self._pending = [[("class:error", f"error: {exc}")]]
+        if keep_going or self._pending:
+            self._flush()
+        return keep_going
+
+    def banner(self, load_seconds: float | None = None) -> None:
+        loaded = f", loaded in {load_seconds:.1f} s" if load_seconds is not None else ""
+        self._say(("class:bot", f"chatbot {__version__}"),
+                  ("class:meta", f" - model {self.bot.name} ({self.decoding_label()}){loaded}"))
+        self._say(("class:meta", "Type a message. /help lists the commands; Ctrl-D or /quit leaves."))
+        if self.session_id is not None:
+            count = len(self.bot.history(self.session_id, last=RECENT_MESSAGES + 1))
+            more = "" if count <= RECENT_MESSAGES else f", the last {RECENT_MESSAGES} messages"
+            self._say(("class:meta", f"Resuming session {self.session_label}{more}:" if count else
+                       f"Session {self.session_label} (empty)."))
+            self._show_recent()
+        self._flush()
+
+    # --- replies ---------------------------------------------------------------------------
+    def _reply(self, text: str) -> None:
+        if self.session_id is None:
+            self._use(self.bot.new_session())
+        result = self._decode(text)
+        if result.session_id is not None:
+            self.session_id = result.session_id
+        extra = ""
+        if self.show_score:
+            extra = f"  [score {result.score:.3f}, {result.latency_ms:.0f} ms{', fallback' if result.fallback else ''}]"
+        if self.plain:  # the reply alone, like `chatbot ask`, so scripts can read it
+            self._say(("", result.text), ("class:meta", extra))
+        else:
+            self._say(*self._message_line("bot", result.text, extra))
+
+    def _decode(self, text: str):
+        """``bot.reply`` with the /set overrides: passed as arguments where ``reply`` takes them,
+        else set on the generator for this one reply (the bot may be shared)."""
+        try:
+            accepted = inspect.signature(self.bot.reply).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        passed = {k: v for k, v in self.settings.items() if k in accepted}
+        rest = {k: v for k, v in self.settings.items() if k not in passed}
+        if not rest:
+            return self.bot.reply(text, session=self.session_id, **passed)
+        generator = self.bot.generator
+        saved = generator.decoding
+        generator.decoding = dataclasses.replace(saved, **rest)
+        try:
+            return self.bot.reply(text, session=self.session_id, **passed)
+        finally:
+            generator.decoding = saved
+
+    # --- commands --------------------------------------------------------------------------
+    def _command(self, text: str) -> bool:
+        name, _, arg = text.partition(" ")
+        name = ALIASES.get(name.lower(), name.lower())
+        if name not in COMMANDS:
+            self._error(f"unknown command {name!r}; /help lists the commands")
+            return True
+        if name == "/quit":
+            return False
+        getattr(self, "_cmd_" + name[1:])(arg.strip())
+        return True
+
+    def _cmd_help(self, arg: str) -> None:
+        width = max(len(f"{n} {c.usage}".strip()) for n, c in COMMANDS.items())
+        for name, command in COMMANDS.items():
+            self._say(("class:bot", f"{name} {command.usage}".strip().ljust(width)), ("class:meta", f"  {command.help}"))
+        self._say(("class:meta", "Ctrl-R searches the input history; Tab completes commands."))
+
+    def _cmd_new(self, arg: str) -> None:
+        if arg:
+            self._use(self.bot.new_session(arg))
+            self._info(f"new session {self.session_label}")
+        else:
+            self.session_id = self.session_name = None
+            self._info("new session (stored with its first message)")
+
+    def _cmd_reset(self, arg: str) -> None:
+        if arg:
+            self._error("usage: /reset (no arguments; /new NAME names a new session)")
+            return
+        if not self.session_name:
+            self._cmd_new("")
+            return
+        base = re.sub(r"-\d+$", "", self.session_name) or self.session_name
+        store = self.bot.store
+        for n in range(2, 10_000):
+            candidate = f"{base}-{n}"
+            if store.find_session(candidate) is not None:
+                continue
+            try:
+                self._use(self.bot.new_session(candidate))
+            except StoreError:
+                if store.find_session(candidate) is None:  # not a lost race for the name
+                    raise
+                continue
+            self._info(f"new session {self.session_label}")
+            return
+        raise StoreError(f"no free name for a new session after {base!r}")
+
+    def _cmd_sessions(self, arg: str) -> None:
+        rows = self.bot.sessions()
+        if not rows:
+            self._info("no stored sessions yet")
+            return
+        for s in rows:
+            mark = "*" if s.id == self.session_id else " "
+            when = s.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {(s.name or '-'):<20}"),
+                      ("class:meta", f" {s.message_count:>4} messages  {when}"))
+
+    def _cmd_switch(self, arg: str) -> None:
+        if not arg:
+            self._error("usage: /switch ID_OR_NAME (/sessions lists them)")
+            return
+        info = self.bot.session(arg, create=False)
+        self._use(info)
+        self._info(f"switched to session {self.session_label}, {info.message_count} messages")
+        if not self.plain:
+            self._show_recent()
+
+    def _cmd_history(self, arg: str) -> None:
+        try:
+            last = _positive_int(arg, limit=10**9) if arg else DEFAULT_HISTORY
+        except ValueError as exc:
+            self._error(f"usage: /history [N]: {exc}")
+            return
+        messages = self.bot.history(self.session_id, last=last) if self.session_id is not None else []
+        if not messages:
+            self._info("no messages in this session yet")
+        for m in messages:
+            self._say(*self._message_line(m.role, m.text, recalled=True))
+
+    def _cmd_model(self, arg: str) -> None:
+        bundle = self.bot.bundle
+        config, manifest = bundle.config, bundle.manifest
+        m = config.model
+        params = manifest.get("parameters")
+        self._info(f"model {self.bot.name}" + (f" ({bundle.path})" if bundle.path else ""))
+        self._info(f"  {m.cell}, {m.layers} layer{'s' if m.layers != 1 else ''} of {m.units} units"
+                   f"{', bidirectional encoder' if m.bidirectional else ''}, attention {m.attention}, "
+                   f"embeddings {m.embedding_dim}")
+        self._info(f"  tokenizer {config.tokenizer.level}, vocab {manifest.get('vocab_size', bundle.tokenizer.vocab_size)}"
+                   + (f", {params:,} parameters" if isinstance(params, int) else ""))
+        changed = f" (model default: max {bundle.config.decoding.max_length})" if self.settings else ""
+        self._info(f"  decoding {self.decoding_label()}{changed}, context turns {config.data.context_turns}")
+        if manifest.get("created"):
+            self._info(f"  trained {manifest['created']}, chatbot {manifest.get('chatbot_version', '?')}")
+
+    def _cmd_set(self, arg: str) -> None:
+        if not arg:
+            current = self.decoding()
+            for key, setting in SETTINGS.items():
+                self._say(("class:bot", f"{key} = {getattr(current, key)}"), ("class:meta", f"  {setting.help}"))
+            return
+        parts = arg.split(None, 1)
+        key = parts[0]
+        if key not in SETTINGS:
+            self._error(f"unknown setting {key!r} (settable: {', '.join(SETTINGS)})")
+            return
+        if len(parts) < 2:
+            self._error(f"usage: /set {key} VALUE")
+            return
+        try:
+            value = SETTINGS[key].parse(parts[1].strip())
+        except ValueError as exc:
+            self._error(f"invalid value for {key}: {exc}")
+            return
+        self.settings[key] = value
+        self._info(f"{key} = {value} for the next replies")
+
+    def _cmd_score(self, arg: str) -> None:
+        self.show_score = not self.show_score
+        self._info(f"scores {'on' if self.show_score else 'off'}")
+
+    def _cmd_export(self, arg: str) -> None:
+        if not arg:
+            self._error("usage: /export PATH (.yml/.yaml: corpus YAML, else JSON lines)")
+            return
+        if self.session_id is None:
+            self._error("nothing to export: this session has no messages yet")
+            return
+        path = Path(arg).expanduser()
+        fmt = "yaml" if path.suffix.lower() in (".yml", ".yaml") else "jsonl"
+        text = self.bot.store.export_session(self.session_id, format=fmt)
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self._error(f"cannot write {path}: {exc.strerror or exc}")
+            return
+        self._info(f"wrote session {self.session_label} to {path} ({fmt})")
+
+    # --- loops -----------------------------------------------------------------------------
+    def prompt_session(self, history: History | None = None, *, input=None, output=None) -> PromptSession:
+        return PromptSession(
+            message=FormattedText([("class:prompt", "you> ")]),
+            history=history if history is not None else InMemoryHistory(),
+            auto_suggest=AutoSuggestFromHistory(),
+            enable_history_search=True,  # Up/Down search by prefix; Ctrl-R searches anywhere
+            completer=SlashCompleter(self),
+            complete_while_typing=False,
+            bottom_toolbar=self.toolbar,
+            style=STYLE,
+            color_depth=None if self.color else ColorDepth.DEPTH_1_BIT,
+            input=input,
+            output=output,
+        )
+
+    def run_interactive(self, history: History | str | Path | None = None, *, input=None, output=None,
+                        load_seconds: float | None = None, banner: bool = True) -> None:
+        """Prompt until Ctrl-D or /quit. ``history``: a ``History`` or a file path (None: kept in
+        memory). ``input``/``output`` default to the terminal."""
+        if isinstance(history, (str, Path)):
+            history = open_history(Path(history))
+        prompt = self.prompt_session(history, input=input, output=output)
+        if banner:
+            self.banner(load_seconds)
+        while True:
+            try:
+                line = prompt.prompt()
+            except KeyboardInterrupt:
+                continue  # Ctrl-C: the line is dropped, a fresh prompt follows
+            except EOFError:
+                return
+            try:
+                if not self.handle(line):
+                    return
+            except KeyboardInterrupt:  # Ctrl-C while a reply is decoded
+                self._pending = []
+                self._error("interrupted")
+                self._flush()
+
+    def run_plain(self, lines: Iterable[str]) -> None:
+        """One output line per input line, flushed after each, until the input ends or /quit."""
+        for line in lines:
+            if not self.handle(line.rstrip("\r\n")):
+                return
+
+
+# --- helpers for the command line ---------------------------------------------------------------
+def data_dir() -> Path:
+    """``$XDG_DATA_HOME/chatbot`` (an absolute path only, per the XDG spec), else
+    ``~/.local/share/chatbot``."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "chatbot"
+
+
+def history_path(db_url: str) -> Path:
+    """The input history file: next to a SQLite database file, else in the user's data directory."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(db_url)
+    except Exception:  # noqa: BLE001 - an unparsable URL was already reported by the store
+        return data_dir() / HISTORY_FILE
+    database = url.database or ""
+    if (url.get_backend_name() == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:") and url.query.get("mode") != "memory"):
+        return Path(database).expanduser().parent / HISTORY_FILE
+    return data_dir() / HISTORY_FILE
+
+
+def open_history(path: Path) -> History:
+    """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
+    stderr), so a read-only directory does not stop the chat."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    except OSError as exc:
+        print(f"chatbot: warning: input history not saved ({path}: {exc.strerror or exc})", file=sys.stderr)
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
+def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:
+    """Colours unless --no-color, a non-empty NO_COLOR (https://no-color.org) or a non-terminal."""
+    if no_color_flag or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Spinner:
+    """A one-line spinner on a terminal while something slow runs (``with Spinner(...):``).
+
+    It writes to a duplicate of the stream's file descriptor, so it keeps turning while the
+    original descriptor is muted (as during the TensorFlow import), and it erases itself on exit,
+    whether the block succeeded or raised. Disabled (silent) when the stream is not a terminal.
+    """
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, message: str, stream: TextIO | None = None, enabled: bool | None = None,
+                 interval: float = 0.1):
+        self.message = message
+        self.stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            try:
+                enabled = self.stream.isatty()
+            except (AttributeError, ValueError):
+                enabled = False
+        self.enabled = enabled
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._out: TextIO | None = None
+        self._own_out = False
+        self._width = 0
+
+    def __enter__(self) -> "Spinner":
+        if not self.enabled:
+            return self
+        try:
+            self._out = os.fdopen(os.dup(self.stream.fileno()), "w", encoding="utf-8", errors="replace")
+            self._own_out = True
+        except (AttributeError, OSError, ValueError):  # no real descriptor (e.g. a StringIO)
+            self._out = self.stream
+        self._thread = threading.Thread(target=self._spin, name="chatbot-spinner", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        began = time.monotonic()
+        frame = 0
+        while True:
+            text = f"{self.FRAMES[frame % len(self.FRAMES)]} {self.message} ({time.monotonic() - began:.0f} s)"
+            self._width = max(self._width, len(text))
+            try:
+                self._out.write("\r" + text)
+                self._out.flush()
+            except (OSError, ValueError):
+                return
+            frame += 1
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc_info) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        try:
+            self._out.write("\r" + " " * self._width + "\r")
+            self._out.flush()
+        except (OSError, ValueError):
+            pass
+        if self._own_out:
+            self._out.close()
+        self._out = None

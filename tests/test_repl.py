@@ -1,0 +1,412 @@
+"""``chatbot chat``: the REPL driven through prompt-toolkit's real prompt loop (pipe input,
+dummy output), its plain line mode through the CLI, and once through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from chatbot.bot import ChatBot
+from chatbot.corpus import load_corpus
+from chatbot.repl import ChatRepl, SlashCompleter, Spinner, color_wanted, history_path
+from conftest import ROOT
+from test_cli import chatbot
+
+CTRL_C, CTRL_D, UP = "\x03", "\x04", "\x1b[A"
+
+
+@pytest.fixture
+def bot(tiny_bot, tmp_path):
+    """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
+    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
+    b.generator = tiny_bot.generator
+    yield b
+    b.close()
+
+
+def drive(repl: ChatRepl, keys: str, history=None, close: bool = False, later: str = "") -> str:
+    """Type ``keys`` into the real PromptSession loop (then ``later``, half a second on, as a
+    person would after pressing Tab); returns what the REPL printed."""
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        if close:
+            pipe.close()
+        typist = threading.Timer(0.5, pipe.send_text, [later])
+        if later:
+            typist.start()
+        try:
+            repl.run_interactive(history, input=pipe, output=DummyOutput())
+        finally:
+            typist.cancel()
+            if later:
+                typist.join()
+    return repl.output.getvalue()
+
+
+def new_repl(bot, session=None, **kw) -> ChatRepl:
+    return ChatRepl(bot, session, output=io.StringIO(), **kw)
+
+
+def texts(bot, session) -> list[str]:
+    return [m.text for m in bot.history(session)]
+
+
+# --- the prompt loop ------------------------------------------------------------------------------
+def test_prompt_loop_replies_and_stores_every_turn(bot, tiny_pairs):
+    (q1, a1), (q2, a2) = tiny_pairs[0], tiny_pairs[6]
+    repl = new_repl(bot)
+    out = drive(repl, f"{q1}\r\r{q2}\r/quit\rnot read\r")
+    assert out.startswith("chatbot 0.1.0 - model tiny (greedy, max 40)")
+    assert f"tiny> {a1}\ntiny> {a2}\n" in out
+    [session] = bot.sessions()  # one new session, created by the first message
+    assert texts(bot, session.id) == [q1, a1, q2, a2]
+    stored = bot.history(session.id)[1]
+    assert stored.role == "bot" and stored.model_name == "tiny"
+
+
+def test_opening_and_leaving_stores_nothing_and_ctrl_d_or_closed_input_exit(bot):
+    drive(new_repl(bot), CTRL_D)
+    drive(new_repl(bot), "/help\r", close=True)  # input ends: like Ctrl-D
+    assert bot.sessions() == []
+
+
+def test_ctrl_c_clears_the_line_and_the_loop_goes_on(bot, tiny_pairs):
+    question, answer = tiny_pairs[4]
+    repl = new_repl(bot)
+    out = drive(repl, f"half a thought{CTRL_C}{question}\r{CTRL_D}")
+    assert f"tiny> {answer}" in out
+    assert texts(bot, repl.session_id) == [question, answer]  # the cleared line never went out
+
+
+def test_sessions_new_switch_history_and_reset_naming(bot, tiny_pairs):
+    (q1, a1), (q2, a2), (q3, a3) = tiny_pairs[:3]
+    repl = new_repl(bot)
+    out = drive(repl, f"{q1}\r/new bob\r{q2}\r/sessions\r/switch 1\r/history 1\r"
+                      f"/switch bob\r/reset\r/reset\r{q3}\r/switch nobody\r/history\r/quit\r")
+    first, bob, bob2, bob3 = sorted(bot.sessions(), key=lambda s: s.id)
+    assert (first.name, bob.name, bob2.name, bob3.name) == (None, "bob", "bob-2", "bob-3")
+    assert texts(bot, first.id) == [q1, a1] and texts(bot, "bob") == [q2, a2]
+    assert texts(bot, "bob-3") == [q3, a3] and texts(bot, "bob-2") == []
+    assert "new session bob (#2)" in out
+    assert re.search(r"^\* #2 +bob +2 messages", out, re.M)  # /sessions marks the current one
+    assert re.search(r"^  #1 +- +2 messages", out, re.M)
+    assert f"switched to session #1, 2 messages\n  you: {q1}\n  tiny: {a1}\n" in out  # recent turns
+    assert f"\n  tiny: {a1}\nswitched to session bob (#2), 2 messages\n" in out  # after /history 1
+    assert "new session bob-2 (#3)\nnew session bob-3 (#4)\n" in out  # bob-2 resets to bob-3
+    assert "error: no session named 'nobody'\n" in out
+    assert out.endswith(f"  you: {q3}\n  tiny: {a3}\n")  # /switch failed: still in bob-3
+    assert repl.session_name == "bob-3"
+
+
+def test_set_max_length_shortens_the_next_replies_and_bad_input_gets_one_line(bot, tiny_pairs):
+    question, answer = tiny_pairs[12]  # the longest answer
+    repl = new_repl(bot)
+    keys = ["/set max_length 2", question, "/set max_length 0", "/set max_length many", "/set beam 4",
+            "/set max_length", "/frobnicate now", "/history x", "/set", "/score", question, "/quit"]
+    out = drive(repl, "".join(k + "\r" for k in keys))
+    short, full = bot.history(repl.session_id)[1].text, bot.history(repl.session_id)[3].text
+    assert len(short) < len(answer) and answer.startswith(short.rstrip(".!?"))
+    assert full == short  # settings stay until changed
+    assert bot.generator.decoding.max_length == 40  # the shared generator is left as it was
+    for message in ["max_length = 2 for the next replies",
+                    "invalid value for max_length: must be between 1 and 10000, got 0",
+                    "invalid value for max_length: expected a positive integer, got 'many'",
+                    "unknown setting 'beam' (settable: max_length)",
+                    "usage: /set max_length VALUE",
+                    "unknown command '/frobnicate'; /help lists the commands",
+                    "usage: /history [N]: expected a positive integer, got 'x'",
+                    "max_length = 2  tokens generated at most per reply",
+                    "scores on"]:
+        assert f"\n{message}\n" in out
+    assert re.search(rf"tiny> {re.escape(short)}  \[score -?\d\.\d{{3}}, \d+ ms\]\n$", out)
+    assert "greedy, max 2" in repl.toolbar()[0][1]
+
+
+def test_export_yaml_is_a_trainable_corpus_and_jsonl_has_every_message(bot, tiny_pairs, tmp_path):
+    (q1, a1), (q2, a2) = tiny_pairs[7], tiny_pairs[8]
+    repl = new_repl(bot, "carol")  # a missing name is created
+    out = drive(repl, f"/export {tmp_path / 'empty.yml'}\r{q1}\r{q2}\r/export {tmp_path / 'c.yaml'}\r"
+                      f"/export {tmp_path / 'c.jsonl'}\r/export {tmp_path / 'no' / 'dir.yml'}\r{CTRL_D}")
+    assert "wrote session carol (#1) to" in out and "(yaml)" in out and "(jsonl)" in out
+    assert f"cannot write {tmp_path / 'no' / 'dir.yml'}: No such file or directory" in out
+    corpus = load_corpus(tmp_path / "c.yaml")
+    [dialogue] = corpus.dialogues
+    assert [u.text for u in dialogue.utterances] == [q1, a1, q2, a2] and dialogue.category == "carol"
+    assert (tmp_path / "c.jsonl").read_text().count("\n") == 4
+
+
+def test_model_and_help(bot):
+    out = drive(new_repl(bot), "/model\r/help\r/?\r/exit\r")
+    params = bot.bundle.manifest["parameters"]
+    assert f"  gru, 1 layer of 64 units, attention dot, embeddings 32\n" in out
+    assert f"  tokenizer subword, vocab 300, {params:,} parameters\n" in out
+    assert "  decoding greedy, max 40, context turns 0\n" in out
+    for command in ("/new [NAME]", "/sessions", "/switch ID_OR_NAME", "/history [N]", "/reset", "/model",
+                    "/set [KEY VALUE]", "/score", "/export PATH", "/quit"):
+        assert out.count(f"\n{command} ") == 2
+
+
+def test_input_history_persists_across_runs(bot, tiny_pairs, tmp_path):
+    (q1, a1), (q2, a2) = tiny_pairs[9], tiny_pairs[10]
+    path = history_path(bot.store.url)
+    assert path == tmp_path / "chatbot_history"
+    drive(new_repl(bot), f"{q1}\r{q2}\r/quit\r", history=path)
+    assert list(FileHistory(str(path)).load_history_strings()) == ["/quit", q2, q1]
+    # A second run over the same file: Up twice recalls q2 (skipping /quit), Enter sends it.
+    repl = new_repl(bot)
+    out = drive(repl, f"{UP}{UP}\r{CTRL_D}", history=path)
+    assert f"tiny> {a2}" in out and texts(bot, repl.session_id) == [q2, a2]
+
+
+def test_history_file_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert history_path(f"sqlite:///{tmp_path / 'd' / 'x.db'}") == tmp_path / "d" / "chatbot_history"
+    for url in ("sqlite://", "sqlite:///:memory:", "postgresql://u:p@host/db"):
+        assert history_path(url) == tmp_path / "xdg" / "chatbot" / "chatbot_history"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative")  # ignored, per the XDG spec
+    assert history_path("sqlite://") == Path.home() / ".local" / "share" / "chatbot" / "chatbot_history"
+
+
+def test_tab_completion_of_commands_settings_and_session_names(bot):
+    bot.new_session("bob")
+    bot.new_session("barbara")
+    repl = new_repl(bot)
+
+    def complete(text):
+        return [c.text for c in SlashCompleter(repl).get_completions(Document(text), None)]
+
+    assert complete("/s") == ["/sessions", "/switch", "/set", "/score"]
+    assert complete("/set m") == ["max_length"]
+    assert sorted(complete("/switch b")) == ["barbara", "bob"]
+    assert complete("hello /s") == [] and complete("/history 1") == []
+    out = drive(repl, "/sw\t", later=" bob\r/quit\r")  # Tab in the real prompt
+    assert "switched to session bob (#1)" in out
+
+
+def test_toolbar_shows_session_model_and_decoding(bot, tiny_pairs):
+    repl = new_repl(bot)
+    assert repl.toolbar()[0][1].strip().startswith("session new  |  model tiny  |  greedy, max 40")
+    repl.handle("/new dora")
+    assert "session dora (#1)" in repl.toolbar()[0][1]
+
+
+def test_resuming_a_session_shows_its_last_turns(bot, tiny_pairs):
+    for question, _ in tiny_pairs[:4]:
+        bot.reply(question, session=bot.session("erin").id)
+    out = drive(new_repl(bot, "erin"), CTRL_D)
+    assert "Resuming session erin (#1), the last 6 messages:\n" in out
+    assert out.endswith("".join(f"  you: {q}\n  tiny: {a}\n" for q, a in tiny_pairs[1:4]))
+
+
+def test_handle_is_usable_without_a_terminal(bot, tiny_pairs):
+    question, answer = tiny_pairs[2]
+    repl = new_repl(bot, plain=True)
+    assert repl.handle(question) is True
+    assert repl.handle("") is True and repl.handle("/nope") is True and repl.handle("/history") is True
+    assert repl.handle("/quit") is False
+    assert repl.output.getvalue() == (f"{answer}\n\nunknown command '/nope'; /help lists the commands\n"
+                                      f"you: {question} | tiny: {answer}\n")
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert color_wanted(False, Terminal()) and not color_wanted(True, Terminal())
+    assert not color_wanted(False, io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not color_wanted(False, Terminal())
+
+
+def test_spinner_draws_on_a_terminal_and_erases_itself_even_on_error():
+    stream = io.StringIO()
+    with pytest.raises(RuntimeError), Spinner("loading", stream=stream, enabled=True, interval=0.01):
+        time.sleep(0.05)
+        raise RuntimeError("boom")
+    drawn = stream.getvalue()
+    assert "| loading (0 s)" in drawn and drawn.endswith("\r" + " " * len("| loading (0 s)") + "\r")
+    quiet = io.StringIO()
+    with Spinner("loading", stream=quiet):  # not a terminal: silent
+        pass
+    assert quiet.getvalue() == ""
+
+
+# --- the command line ---------------------------------------------------------------------------
+def test_cli_plain_mode_one_line_per_input_line_and_session_resume(tiny_bundle_path, tiny_pairs, tmp_path):
+    db = tmp_path / "chat.db"
+    with ChatBot.load(tiny_bundle_path, db=str(db), warm_up=False) as b:
+        b.reply(tiny_pairs[0][0], session=b.session("alice").id)
+    lines = [tiny_pairs[1][0], "", "/history 4", "/bogus", tiny_pairs[2][0], "/set max_length x",
+             "/quit", tiny_pairs[3][0]]
+    result = chatbot("chat", "--model", tiny_bundle_path, "--db", db, "--session", "alice",
+                     stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.split("\n") == [
+        tiny_pairs[1][1], "",
+        "you: {} | tiny: {} | you: {} | tiny: {}".format(*tiny_pairs[0], *tiny_pairs[1]),  # resumed
+        "unknown command '/bogus'; /help lists the commands",
+        tiny_pairs[2][1],
+        "invalid value for max_length: expected a positive integer, got 'x'",
+        "",  # nothing for /quit, and the line after it is not read
+    ]
+    with ChatBot.load(tiny_bundle_path, db=str(db), warm_up=False) as b:
+        [alice] = b.sessions()
+        assert alice.name == "alice"
+        assert texts(b, "alice")[::2] == [q for q, _ in tiny_pairs[:3]]
+    assert (tmp_path / "chatbot_history").exists() is False  # plain mode keeps no input history
+
+
+def test_cli_missing_model_is_one_line_exit_1(tmp_path):
+    result = chatbot("chat", "--model", tmp_path / "nope", "--db", tmp_path / "chat.db", stdin="hello\n")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no such model" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_unusable_database_is_one_line_exit_1(tiny_bundle_path, tmp_path, capsys, monkeypatch):
+    import cli
+
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    code = cli.main(["chat", "--model", str(tiny_bundle_path), "--db", str(tmp_path / "file" / "chat.db")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("chatbot: error: ")
+    assert "Traceback" not in err
+
+
+# --- a real terminal ------------------------------------------------------------------------------
+class Screen:
+    """Just enough of a VT100 to read what prompt-toolkit draws: text, cursor moves, erases,
+    scrolling (kept as scrollback) and answers to cursor position requests."""
+
+    ESCAPE = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z@])|\x1b\][^\x07]*\x07|\x1b[()][A-Z0-9]|\x1b[=>78]")
+
+    def __init__(self, rows: int = 24, cols: int = 80):
+        self.rows, self.cols = rows, cols
+        self.grid = [[" "] * cols for _ in range(rows)]
+        self.scrollback: list[str] = []
+        self.y = self.x = 0
+        self.sgr: list[str] = []  # every "select graphic rendition" parameter list seen
+
+    def feed(self, data: str) -> int:
+        """Apply output; returns how many cursor position requests it held."""
+        requests, pos = 0, 0
+        for m in self.ESCAPE.finditer(data):
+            self._text(data[pos:m.start()])
+            pos = m.end()
+            params, op = m.group(1) or "", m.group(2)
+            if op is None or params.startswith("?"):
+                continue
+            nums = [int(p) if p else 0 for p in params.split(";")] if params else []
+            n = max(nums[0], 1) if nums else 1
+            if op == "A":
+                self.y = max(self.y - n, 0)
+            elif op == "B":
+                self.y = min(self.y + n, self.rows - 1)
+            elif op == "C":
+                self.x = min(self.x + n, self.cols - 1)
+            elif op == "D":
+                self.x = max(self.x - n, 0)
+            elif op in "Hf":
+                self.y = min(max(nums[0] if nums else 1, 1), self.rows) - 1
+                self.x = min(max(nums[1] if len(nums) > 1 else 1, 1), self.cols) - 1
+            elif op in "JK":
+                self.grid[self.y][self.x:] = [" "] * (self.cols - self.x)
+                if op == "J":
+                    for row in range(self.y + 1, self.rows):
+                        self.grid[row] = [" "] * self.cols
+            elif op == "m":
+                self.sgr.append(params)
+            elif op == "n" and nums == [6]:
+                requests += 1
+        self._text(data[pos:])
+        return requests
+
+    def _text(self, text: str) -> None:
+        for ch in text:
+            if ch == "\r":
+                self.x = 0
+            elif ch == "\n":
+                self._newline()
+            elif ch >= " " and ch != "\x7f":
+                if self.x >= self.cols:
+                    self.x = 0
+                    self._newline()
+                self.grid[self.y][self.x] = ch
+                self.x += 1
+
+    def _newline(self) -> None:
+        if self.y == self.rows - 1:
+            self.scrollback.append("".join(self.grid.pop(0)).rstrip())
+            self.grid.append([" "] * self.cols)
+        else:
+            self.y += 1
+
+    def text(self) -> str:
+        lines = self.scrollback + ["".join(row).rstrip() for row in self.grid]
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(lines)
+
+
+def test_chat_in_a_real_terminal(tiny_bundle_path, tiny_pairs, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    question, answer = tiny_pairs[2]
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update(TERM="xterm", XDG_DATA_HOME=str(tmp_path / "xdg"))
+    child = pexpect.spawn(sys.executable, [str(ROOT / "cli.py"), "chat", "--model", str(tiny_bundle_path),
+                                           "--db", str(tmp_path / "chat.db"), "--no-color"],
+                          cwd=str(ROOT), env=env, dimensions=(24, 80), encoding="utf-8", timeout=120)
+    screen = Screen()
+
+    def until(done, timeout: float = 120) -> None:
+        """Read (answering cursor position requests, as a terminal does) until ``done(screen)``."""
+        deadline = time.monotonic() + timeout
+        while not done(screen):
+            try:
+                data = child.read_nonblocking(65536, timeout=max(deadline - time.monotonic(), 0.1))
+            except pexpect.TIMEOUT:
+                raise AssertionError(f"timed out; the screen:\n{screen.text()}") from None
+            for _ in range(screen.feed(data)):
+                child.send(f"\x1b[{screen.y + 1};{screen.x + 1}R")
+
+    def prompt_with_toolbar(s: Screen) -> bool:
+        rows = s.text().splitlines()
+        return bool(rows) and rows[-1].endswith("/help") and "you> " in "".join(s.grid[s.y])
+
+    try:
+        until(prompt_with_toolbar)
+        assert screen.text().splitlines()[-1].strip() == "session new  |  model tiny  |  greedy, max 40  |  /help"
+        child.send(question + "\r")
+        until(lambda s: f"tiny> {answer}" in s.text() and "session #1" in s.text() and prompt_with_toolbar(s))
+        before_quit = screen.text()
+        child.send("/quit\r")
+        child.expect(pexpect.EOF, timeout=30)
+        screen.feed(child.before or "")
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, screen.text()
+    assert before_quit.startswith("chatbot 0.1.0 - model tiny (greedy, max 40), loaded in ")
+    assert f"you> {question}\ntiny> {answer}\nyou>" in before_quit
+    assert before_quit.splitlines()[-1].strip() == "session #1  |  model tiny  |  greedy, max 40  |  /help"
+    assert "loading the model" not in before_quit  # the spinner erased itself
+    assert f"tiny> {answer}\nyou> /quit" in screen.text()  # and the toolbar is gone on exit
+    colours = [p for params in screen.sgr for p in params.split(";")
+               if p.isdigit() and (30 <= int(p) <= 49 or 90 <= int(p) <= 107)]
+    assert colours == []  # --no-color: bold and reverse video at most
+    saved = (tmp_path / "chatbot_history").read_text()  # the input history, next to the database
+    assert f"+{question}\n" in saved and "+/quit\n" in saved
