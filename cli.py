@@ -17,25 +17,10 @@ from pathlib import Path
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def _quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up log lines before TensorFlow is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
 def _stderr_quiet_import() -> None:
-    """Import TensorFlow with file descriptor 2 muted: absl prints one line before any
-    environment variable can stop it ("All log messages before absl::InitializeLog()...")."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    from chatbot.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -123,7 +108,6 @@ def cmd_ask(args) -> int:
 
 # --- chat ----------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
-    from chatbot.errors import StoreError
     from chatbot.repl import ChatRepl, Spinner, color_wanted, history_path
 
     # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
@@ -135,11 +119,7 @@ def cmd_chat(args) -> int:
 
         bot = ChatBot.load(args.model, db=args.db)  # warms the compiled decoder up
         try:
-            try:
-                store = bot.store  # open the database now: a bad --db fails before the prompt
-            except OSError as exc:
-                where = args.db or os.environ.get("CHATBOT_DB") or "(default)"
-                raise StoreError(f"cannot open database {where}: {exc.strerror or exc}") from None
+            store = bot.store  # open the database now: a bad --db fails before the prompt
             session = bot.session(args.session) if args.session else None
         except BaseException:
             bot.close()
@@ -266,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_tensorflow()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -142,8 +142,11 @@ class ChatBot:
     def delete_session(self, session: int | str) -> None:
         self.store.delete_session(session)
 
-    def reply(self, text: str, session: int | str | None = None) -> Reply:
-        """Reply within a session (a new one when ``session`` is None), storing both turns."""
+    def reply(self, text: str, session: int | str | None = None, max_length: int | None = None) -> Reply:
+        """Reply within a session (a new one when ``session`` is None), storing both turns.
+
+        ``max_length`` overrides the model's decoding setting for this reply only.
+        """
         message = sanitize_message(text)
         store = self.store
         if session is None:
@@ -157,14 +160,14 @@ class ChatBot:
         user = store.add_message(session_id, "user", message)  # committed before decoding
 
         try:
-            generated = self.generate([message], [context])[0]
+            generated = self.generate([message], [context], max_length=max_length)[0]
         except Exception as exc:
             raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
                                 f"as message {user.id} of session {session_id}") from exc
         fallback = generated.score < self.fallback_threshold
         text_out = self.fallback_text if fallback else generated.text
-        decoding = {"strategy": self.bundle.config.decoding.strategy,
-                    "max_length": self.bundle.config.decoding.max_length}
+        used = self.generator.decoding  # what this reply was decoded with, overrides included
+        decoding = {"strategy": used.strategy, "max_length": max_length or used.max_length}
         bot = store.add_message(session_id, "bot", text_out, model_name=self.name,
                                 model_version=self.bundle.manifest.get("created", ""),
                                 decoding=decoding, score=generated.score,

@@ -75,13 +75,16 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 60
-    batch_size: int = 64
+    epochs: int = 100
+    batch_size: int = 32
     learning_rate: float = 0.002
     clipnorm: float = 1.0
     early_stopping: bool = True
-    monitor: str = "val_loss"  # "loss" when the goal is to memorise the corpus
-    patience: int = 5
+    # Question/answer corpora hold one or a few answers per question, and a chatbot must give
+    # them back exactly: by default keep the weights with the lowest *training* loss. Use
+    # "val_loss" for corpora where unseen inputs should be generalised to (e.g. translation).
+    monitor: str = "loss"
+    patience: int = 8
     lr_decay_patience: int = 3  # halve the learning rate after this many epochs without progress; 0: never
     seed: int = 1234
     checkpoint_every_steps: int = 0  # 0: checkpoint at each epoch end only

@@ -18,7 +18,6 @@ This module is an interface, so it prints; it never exits the process.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 import sys
@@ -96,12 +95,12 @@ COMMANDS: dict[str, Command] = {
     "/sessions": Command("", "list the stored sessions (* marks this one)"),
     "/switch": Command("ID_OR_NAME", "continue another stored session"),
     "/history": Command("[N]", f"show the last N messages of this session (default {DEFAULT_HISTORY})"),
-    "/reset": Command("", "start over in a new session (a named one gets a suffix: alice-2)"),
+    "/reset": Command("", "start over in a new session (alice -> alice-2)"),
     "/model": Command("", "show the model and its configuration"),
     "/set": Command("[KEY VALUE]", "change a decoding setting for the next replies: "
                                    + ", ".join(SETTINGS)),
     "/score": Command("", "toggle showing score and latency after each reply"),
-    "/export": Command("PATH", "write this session to PATH (.yml/.yaml: corpus YAML, else JSON lines)"),
+    "/export": Command("PATH", "write this session: .yml/.yaml as a corpus, else JSONL"),
     "/quit": Command("", "leave (also Ctrl-D)"),
 }
 ALIASES = {"/exit": "/quit", "/?": "/help"}
@@ -238,7 +237,7 @@ class ChatRepl:
             if text.startswith("/") and not text.startswith("//"):
                 keep_going = self._command(text)
             elif text:
-                self._reply(line.strip()[1:] if text.startswith("//") else line)
+                self._reply(text[1:] if text.startswith("//") else line)
             elif not self.plain:
                 return True  # an empty line at the prompt: nothing to do, nothing to print
         except ChatbotError as exc:
@@ -256,7 +255,7 @@ class ChatRepl:
             count = len(self.bot.history(self.session_id, last=RECENT_MESSAGES + 1))
             more = "" if count <= RECENT_MESSAGES else f", the last {RECENT_MESSAGES} messages"
             self._say(("class:meta", f"Resuming session {self.session_label}{more}:" if count else
-                       f"Session {self.session_label} (empty)."))
+                       f"Session {self.session_label}, no messages yet."))
             self._show_recent()
         self._flush()
 
@@ -276,23 +275,8 @@ class ChatRepl:
             self._say(*self._message_line("bot", result.text, extra))
 
     def _decode(self, text: str):
-        """``bot.reply`` with the /set overrides: passed as arguments where ``reply`` takes them,
-        else set on the generator for this one reply (the bot may be shared)."""
-        try:
-            accepted = inspect.signature(self.bot.reply).parameters
-        except (TypeError, ValueError):
-            accepted = {}
-        passed = {k: v for k, v in self.settings.items() if k in accepted}
-        rest = {k: v for k, v in self.settings.items() if k not in passed}
-        if not rest:
-            return self.bot.reply(text, session=self.session_id, **passed)
-        generator = self.bot.generator
-        saved = generator.decoding
-        generator.decoding = dataclasses.replace(saved, **rest)
-        try:
-            return self.bot.reply(text, session=self.session_id, **passed)
-        finally:
-            generator.decoding = saved
+        """``bot.reply`` with the /set overrides, passed per call (the bot may be shared)."""
+        return self.bot.reply(text, session=self.session_id, **self.settings)
 
     # --- commands --------------------------------------------------------------------------
     def _command(self, text: str) -> bool:

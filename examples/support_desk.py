@@ -9,11 +9,12 @@ can be read back. Run it from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up log quiet
+from chatbot.quiet import import_tensorflow_quietly
 
-from chatbot import ChatBot, ChatbotError
+import_tensorflow_quietly()  # before anything imports TensorFlow: no C++ start-up log lines
+
+from chatbot import ChatBot, ChatbotError  # noqa: E402
 
 
 def main() -> int:
@@ -23,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
 
     conversations = {
-        "alice": ["Hello", "What is AI?", "Do you like music?"],
+        "alice": ["Hello", "What is AI?", "What is your favorite programming language"],
         "bob": ["Hi", "Who are you?", "Tell me a joke"],
     }
     with ChatBot.load(args.model, db=args.db) as bot:

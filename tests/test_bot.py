@@ -155,3 +155,19 @@ def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path):
     assert missing.returncode == 1 and "carol" in missing.stderr
     with SessionStore(f"sqlite:///{db}") as store:
         assert store.list_sessions() == [] and store.integrity_check()
+
+
+def test_example_application_runs(tiny_bundle_path, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    db = tmp_path / "support.db"
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "support_desk.py"), "--db", str(db),
+                             "--model", str(tiny_bundle_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # TensorFlow's start-up noise is muted
+    assert result.stdout.count("[alice]") == 3 and result.stdout.count("[bob]") == 3
+    with SessionStore(f"sqlite:///{db}") as store:
+        assert sorted((s.name, s.message_count) for s in store.list_sessions()) == [("alice", 6), ("bob", 6)]
