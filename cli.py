@@ -77,23 +77,53 @@ def cmd_train(args) -> int:
 
 
 # --- ask -----------------------------------------------------------------------------------
+DECODING_FLAGS = {  # command-line flag -> DecodingConfig field
+    "strategy": "strategy", "max_length": "max_length", "beam": "beam", "n_best": "n_best",
+    "length_penalty": "length_penalty", "temperature": "temperature", "top_k": "top_k",
+    "top_p": "top_p", "seed": "seed", "no_repeat_ngram": "no_repeat_ngram_size",
+    "repetition_penalty": "repetition_penalty", "min_length": "min_length",
+}
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+
+
+def decoding_overrides(args) -> dict:
+    """The decoding settings given on the command line, as a dict of DecodingConfig fields.
+    A sampling flag without --strategy (and without --beam > 1) means sampling."""
+    overrides = {field: getattr(args, flag) for flag, field in DECODING_FLAGS.items()
+                 if getattr(args, flag, None) is not None}
+    if getattr(args, "avoid_repeat", False):
+        overrides["avoid_repeat"] = True
+    if ("strategy" not in overrides and (overrides.get("beam") or 1) == 1
+            and any(flag in overrides for flag in SAMPLING_FLAGS)):
+        overrides["strategy"] = "sample"
+    return overrides
+
+
 def cmd_ask(args) -> int:
     _stderr_quiet_import()
     from chatbot.bot import ChatBot
 
     bot = ChatBot.load(args.model, db=args.db)
+    decoding = decoding_overrides(args)
+    config = bot.generator.resolve(decoding)  # bad settings fail once, before any question
+    if config.effective_strategy == "beam":
+        bot.generator.warm_up(("beam",))  # traced once here, not inside the first reply's latency
     session = bot.session(args.session).id if args.session else None
 
     def answer(question: str) -> str:
         if not _clean(question):  # an empty line still gets exactly one (empty) reply line
             return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if args.json else ""
         if session is not None:
-            result = bot.reply(question, session=session)
+            result = bot.reply(question, session=session, decoding=config)
         else:
-            result = bot.generate([question], max_length=args.max_length)[0]
+            result = bot.generate([question], decoding=config)[0]
         if args.json:
-            return json.dumps({"reply": result.text, "score": round(result.score, 4),
-                               "latency_ms": round(result.latency_ms, 2)}, ensure_ascii=False)
+            out = {"reply": result.text, "score": round(result.score, 4),
+                   "latency_ms": round(result.latency_ms, 2)}
+            if config.n_best > 1:
+                out["alternatives"] = [{"reply": text, "score": round(score, 4)}
+                                       for text, score in result.alternatives]
+            return json.dumps(out, ensure_ascii=False)
         return " ".join(result.text.splitlines())
 
     with bot:
@@ -216,8 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer questions given as arguments, or one per stdin line")
     ask.add_argument("question", nargs="*", help="questions; without any, read stdin line by line")
     ask.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
-    ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms")
+    ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms "
+                                                         "(and alternatives when --n-best > 1)")
     ask.add_argument("--max-length", type=int, help="tokens generated at most per reply")
+    decoding = ask.add_argument_group("decoding (default: the model's decoding config)")
+    decoding.add_argument("--strategy", choices=("greedy", "beam", "sample"),
+                          help="greedy, beam or sample (a sampling flag alone means sample)")
+    decoding.add_argument("--beam", type=int, help="beam search with this many hypotheses")
+    decoding.add_argument("--n-best", type=int, help="hypotheses returned (<= --beam); --json lists them")
+    decoding.add_argument("--length-penalty", type=float, help="GNMT alpha for ranking beams (default 0.6)")
+    decoding.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    decoding.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: all)")
+    decoding.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with this mass, in (0, 1]")
+    decoding.add_argument("--seed", type=int, help="sampling seed: the same replies every run")
+    decoding.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of this size in a reply")
+    decoding.add_argument("--repetition-penalty", type=float, help="CTRL penalty on repeated tokens (>= 1)")
+    decoding.add_argument("--min-length", type=int, help="tokens before the end of a reply, at least")
+    decoding.add_argument("--avoid-repeat", action="store_true",
+                          help="with --session: do not repeat the previous reply (uses the n-best list)")
     ask.add_argument("--session", metavar="NAME_OR_ID",
                      help="continue (or start) a stored session: history is used and both turns are stored")
     ask.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "

@@ -1,5 +1,6 @@
 """Reply latency of a trained bundle: the compiled greedy loop vs a per-token Keras
-``predict`` loop over the same weights, measured in the same run.
+``predict`` loop over the same weights, measured in the same run; then greedy, beam 5 and
+top-p sampling side by side, at batch 1 and batch 64.
 
     python bench/decode_latency.py                       # models/default, 200 questions
     python bench/decode_latency.py --model /tmp/tiny --quick
@@ -25,6 +26,12 @@ import time
 from _common import DEFAULT_CORPUS, emit, log, peak_rss_mb, percentile
 
 TARGETS = {"p50_ms_max": 15, "speedup_min": 20}
+STRATEGY_TARGETS = {"beam5_over_greedy_batch1_max": 3, "batch64_over_single_greedy_max": 8}
+STRATEGIES = {  # name -> per-call decoding overrides
+    "greedy": {},
+    "beam5": {"beam": 5},
+    "top_p": {"strategy": "sample", "top_p": 0.9, "seed": 1234},
+}
 
 
 def sample_questions(corpus: str, count: int, seed: int) -> list[str]:
@@ -37,6 +44,47 @@ def sample_questions(corpus: str, count: int, seed: int) -> list[str]:
         log(f"the corpus has only {len(questions)} distinct questions; using all of them")
         count = len(questions)
     return random.Random(seed).sample(questions, count)
+
+
+def strategy_latency(bot, questions: list[str], batch_size: int, batches: int,
+                     batch1_ms: list[float] | None = None) -> dict:
+    """Per-reply latency of each strategy: batch 1 over ``questions`` (greedy reuses the
+    figures already measured), and batches of ``batch_size`` (time per batch / batch size)."""
+    out = {}
+    for name, decoding in STRATEGIES.items():
+        bot.generate(questions[:2], decoding=decoding)  # untimed: traces beam search on first use
+        if name == "greedy" and batch1_ms is not None:
+            single = batch1_ms
+        else:
+            single = []
+            for question in questions:
+                t0 = time.perf_counter()
+                bot.generate([question], decoding=decoding)
+                single.append((time.perf_counter() - t0) * 1000)
+        groups = [[questions[(b * batch_size + j) % len(questions)] for j in range(batch_size)]
+                  for b in range(batches + 1)]
+        bot.generate(groups[0], decoding=decoding)  # untimed: first allocation at this size
+        batch_ms, longest = [], []
+        for group in groups[1:]:
+            t0 = time.perf_counter()
+            replies = bot.generate(group, decoding=decoding)
+            batch_ms.append((time.perf_counter() - t0) * 1000)
+            longest.append(max(r.tokens for r in replies))
+        per_reply = [ms / batch_size for ms in batch_ms]
+        out[name] = {
+            "decoding": decoding,
+            "batch1_p50_ms": round(percentile(single, 50), 3),
+            "batch1_p90_ms": round(percentile(single, 90), 3),
+            f"batch{batch_size}_per_reply_p50_ms": round(percentile(per_reply, 50), 3),
+            f"batch{batch_size}_per_reply_p90_ms": round(percentile(per_reply, 90), 3),
+            f"batch{batch_size}_batch_p50_ms": round(percentile(batch_ms, 50), 1),
+            # a batch runs until its longest reply ends: the steps every row paid for
+            f"batch{batch_size}_longest_reply_tokens": max(longest),
+            "batch1_mean_tokens": round(statistics.fmean(r.tokens for r in bot.generate(questions, decoding=decoding)), 1),
+        }
+        log(f"{name}: batch 1 p50 {out[name]['batch1_p50_ms']:.2f} ms, batch {batch_size} "
+            f"{out[name][f'batch{batch_size}_batch_p50_ms']:.0f} ms per batch")
+    return out
 
 
 def summary(ms: list[float]) -> dict:
@@ -193,6 +241,12 @@ def main() -> None:
             f"predict_on_batch), {n} tokens, {'same' if text == compiled_text[question] else 'DIFFERENT'} reply")
     baseline = summary(baseline_ms)
 
+    # Strategies side by side: greedy, beam 5, top-p sampling; batch 1 and batch N.
+    strategies = strategy_latency(bot, questions, args.batch_size, args.batches, compiled_ms)
+    n = args.batch_size
+    beam_ratio = strategies["beam5"]["batch1_p50_ms"] / strategies["greedy"]["batch1_p50_ms"]
+    batch_ratio = strategies["greedy"][f"batch{n}_batch_p50_ms"] / strategies["greedy"]["batch1_p50_ms"]
+
     speedup = baseline["p50_ms"] / compiled["p50_ms"]
     emit({
         "load_s": round(load_s, 2),  # bundle validation + weights + tracing the decode loop
@@ -215,6 +269,16 @@ def main() -> None:
         "trace_count": bot.generator.trace_count,
         "targets": TARGETS,
         "pass": compiled["p50_ms"] <= TARGETS["p50_ms_max"] and speedup >= TARGETS["speedup_min"],
+        "strategies": strategies,
+        # p50 of one beam-5 reply / p50 of one greedy reply, both at batch 1
+        "beam5_over_greedy_batch1": round(beam_ratio, 2),
+        # time for a whole greedy batch of N / time for one greedy reply at batch 1
+        f"batch{n}_over_single_greedy": round(batch_ratio, 2),
+        "strategy_targets": STRATEGY_TARGETS,
+        "strategy_pass": {
+            "beam5_over_greedy_batch1": beam_ratio <= STRATEGY_TARGETS["beam5_over_greedy_batch1_max"],
+            "batch64_over_single_greedy": batch_ratio <= STRATEGY_TARGETS["batch64_over_single_greedy_max"],
+        },
         "questions": len(questions),
         "model": str(bot.bundle.path),
         "max_length": max_length,

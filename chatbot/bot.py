@@ -8,15 +8,17 @@ store the reply -> return it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .bundle import Bundle
+from .config import DecodingConfig
 from .corpus import clean_text
 from .errors import BundleError, DecodingError, InputError
 from .generator import Generation, Generator
@@ -61,6 +63,7 @@ class Reply:
     latency_ms: float
     fallback: bool = False
     user_message_id: int | None = None
+    alternatives: tuple[tuple[str, float], ...] = ()  # the n-best list (text, score), best first
 
 
 class ChatBot:
@@ -102,13 +105,20 @@ class ChatBot:
             return self._store
 
     # --- stateless ---------------------------------------------------------------------------
-    def ask(self, question: str, context: Sequence[str] = ()) -> str:
+    def ask(self, question: str, context: Sequence[str] = (),
+            decoding: DecodingConfig | dict[str, Any] | None = None) -> str:
         """A stateless reply to one question, optionally after some previous turns."""
-        return self.generate([question], [context])[0].text
+        return self.generate([question], [context], decoding=decoding)[0].text
 
     def generate(self, questions: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
-                 max_length: int | None = None) -> list[Generation]:
-        """Replies with scores and latency for many questions, decoded in batches."""
+                 max_length: int | None = None,
+                 decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
+        """Replies with scores and latency for many questions, decoded in batches.
+
+        ``decoding`` overrides the model's decoding settings for this call: a whole
+        ``DecodingConfig`` or a dict of some of its fields, e.g. ``{"beam": 5, "n_best": 3}``
+        (validated: a bad value raises ``ConfigError`` naming the key)."""
+        config = self.generator.resolve(decoding, max_length)  # fails before any decoding
         contexts = contexts or [()] * len(questions)
         turns_per_input = self.bundle.config.data.context_turns
         inputs = []
@@ -116,7 +126,7 @@ class ChatBot:
             cleaned = clean_text(sanitize_message(question))
             recent = [clean_text(t) for t in context][-turns_per_input:] if turns_per_input else []
             inputs.append([t for t in recent if t] + [cleaned])
-        return self.generator.generate(inputs, max_length=max_length)
+        return self.generator.generate(inputs, decoding=config)
 
     # --- sessions ----------------------------------------------------------------------------
     def new_session(self, name: str | None = None, metadata: dict | None = None):
@@ -142,12 +152,17 @@ class ChatBot:
     def delete_session(self, session: int | str) -> None:
         self.store.delete_session(session)
 
-    def reply(self, text: str, session: int | str | None = None, max_length: int | None = None) -> Reply:
+    def reply(self, text: str, session: int | str | None = None, max_length: int | None = None,
+              decoding: DecodingConfig | dict[str, Any] | None = None) -> Reply:
         """Reply within a session (a new one when ``session`` is None), storing both turns.
 
-        ``max_length`` overrides the model's decoding setting for this reply only.
+        ``max_length`` and ``decoding`` (a ``DecodingConfig`` or a dict of some of its
+        fields) override the model's decoding settings for this reply only; the settings
+        used are stored with the reply. With ``avoid_repeat``, the reply is the best of the
+        n-best list that differs from the bot's previous reply in the session.
         """
         message = sanitize_message(text)
+        config = self.generator.resolve(decoding, max_length)  # a bad setting stores nothing
         store = self.store
         if session is None:
             session_id = store.create_session().id
@@ -156,23 +171,28 @@ class ChatBot:
         else:
             session_id = store.get_session(session).id
         turns = self.bundle.config.data.context_turns
-        context = [m.text for m in store.history(session_id, last=turns)] if turns else []
+        recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
+        context = [m.text for m in recent[-turns:]] if turns else []
+        previous = next((m.text for m in reversed(recent) if m.role == "bot"), None) if config.avoid_repeat else None
         user = store.add_message(session_id, "user", message)  # committed before decoding
 
         try:
-            generated = self.generate([message], [context], max_length=max_length)[0]
+            generated = self.generate([message], [context], decoding=config)[0]
         except Exception as exc:
             raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
                                 f"as message {user.id} of session {session_id}") from exc
+        if previous is not None and generated.text == previous:
+            different = [(t, s) for t, s in generated.alternatives if t != previous]
+            if different:
+                generated = dataclasses.replace(generated, text=different[0][0], score=different[0][1])
         fallback = generated.score < self.fallback_threshold
         text_out = self.fallback_text if fallback else generated.text
-        used = self.generator.decoding  # what this reply was decoded with, overrides included
-        decoding = {"strategy": used.strategy, "max_length": max_length or used.max_length}
         bot = store.add_message(session_id, "bot", text_out, model_name=self.name,
                                 model_version=self.bundle.manifest.get("created", ""),
-                                decoding=decoding, score=generated.score,
+                                decoding=dataclasses.asdict(config), score=generated.score,
                                 latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
-        return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id)
+        return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id,
+                     generated.alternatives)
 
     def close(self) -> None:
         with self._store_lock:

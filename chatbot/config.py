@@ -20,7 +20,7 @@ from .errors import ConfigError
 TOKENIZER_LEVELS = ("char", "word", "subword")
 CELLS = ("lstm", "gru")
 ATTENTIONS = ("none", "dot", "additive")
-DECODING_STRATEGIES = ("greedy",)
+DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
 
 
@@ -102,13 +102,82 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
+    """How replies are generated. Every numeric setting reaches the compiled loops as a scalar
+    tensor, so changing one (per call, or with ``/set``) never retraces them.
+
+    * ``strategy``: "greedy" (argmax), "beam" (beam search) or "sample". A "greedy" config
+      with ``beam`` > 1 is beam search; ``resolved()`` writes the strategy actually used.
+    * beam search: ``beam`` hypotheses, ranked by the sum of log-probabilities divided by the
+      GNMT length penalty ((5 + length) / 6) ** ``length_penalty``; ``n_best`` of them come
+      back (best first) as alternatives. ``beam`` 1 is exactly greedy.
+    * sampling: ``temperature``, ``top_k`` (0: off), ``top_p`` (1: off), ``seed`` (None: a
+      fresh random seed per call; a number: the same replies for the same inputs). ``top_k``
+      1 is greedy. These four are ignored by greedy and beam search.
+    * all strategies: ``no_repeat_ngram_size`` (0: off) never lets a reply repeat an n-gram
+      of its own, ``repetition_penalty`` (CTRL, 1: off) makes tokens already in the reply
+      less likely, ``min_length`` forbids the end token before that many tokens.
+    * ``avoid_repeat``: in a session, ``ChatBot.reply`` takes the best of the n-best list
+      that differs from the bot's previous reply (needs ``n_best`` > 1 to have a choice).
+    """
+
     strategy: str = "greedy"
     max_length: int = 128  # tokens generated at most, end token included
+    beam: int = 1
+    n_best: int = 1
+    length_penalty: float = 0.6  # GNMT alpha; 0: rank beams by the plain sum of log-probs
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    min_length: int = 0  # tokens before the end token, at least
+    avoid_repeat: bool = False
 
     def validate(self, prefix: str) -> None:
         _check(self.strategy in DECODING_STRATEGIES, prefix, "strategy",
                f"must be one of {DECODING_STRATEGIES}")
         _check(self.max_length >= 1, prefix, "max_length", "must be >= 1")
+        _check(1 <= self.beam <= 64, prefix, "beam", "must be between 1 and 64")
+        _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",
+               "must be 1 when strategy is 'sample'")
+        _check(1 <= self.n_best <= self.beam, prefix, "n_best", f"must be between 1 and beam ({self.beam})")
+        _check(0.0 <= self.length_penalty <= 10.0, prefix, "length_penalty", "must be between 0 and 10")
+        _check(self.temperature > 0, prefix, "temperature", "must be > 0")
+        _check(self.top_k >= 0, prefix, "top_k", "must be >= 0 (0 disables it)")
+        _check(0.0 < self.top_p <= 1.0, prefix, "top_p", "must be in (0, 1]")
+        _check(self.seed is None or 0 <= self.seed < 2 ** 31, prefix, "seed", "must be in [0, 2**31)")
+        _check(self.no_repeat_ngram_size >= 0, prefix, "no_repeat_ngram_size", "must be >= 0 (0 disables it)")
+        _check(self.repetition_penalty >= 1.0, prefix, "repetition_penalty", "must be >= 1.0 (1 disables it)")
+        _check(0 <= self.min_length < self.max_length, prefix, "min_length",
+               f"must be >= 0 and below max_length ({self.max_length})")
+
+    @property
+    def effective_strategy(self) -> str:
+        if self.strategy == "sample":
+            return "sample"
+        return "beam" if self.strategy == "beam" or self.beam > 1 else "greedy"
+
+    def resolved(self) -> "DecodingConfig":
+        """A copy whose ``strategy`` is the one used (beam > 1 makes "greedy" a beam search)."""
+        return dataclasses.replace(self, strategy=self.effective_strategy)
+
+    def with_overrides(self, overrides: "DecodingConfig | dict[str, Any] | None" = None,
+                       max_length: int | None = None, prefix: str = "decoding") -> "DecodingConfig":
+        """This config with per-call overrides: a whole ``DecodingConfig`` or a dict of some of
+        its fields (type-checked like a config file); validated, strategy resolved."""
+        if overrides is None:
+            config = self
+        elif isinstance(overrides, DecodingConfig):
+            config = overrides
+        elif isinstance(overrides, dict):
+            config = _build(DecodingConfig, {**dataclasses.asdict(self), **overrides}, prefix)
+        else:
+            raise ConfigError(f"'{prefix}' must be a DecodingConfig or a dict, got {type(overrides).__name__}")
+        if max_length is not None:
+            config = dataclasses.replace(config, max_length=_coerce(max_length, int, f"{prefix}.max_length"))
+        config.validate(prefix)
+        return config.resolved()
 
 
 @dataclass
@@ -211,7 +280,12 @@ def _build(cls, data: Any, prefix: str):
     return cls(**values)
 
 
-def _coerce(value: Any, expected: type, dotted: str) -> Any:
+def _coerce(value: Any, expected: Any, dotted: str) -> Any:
+    args = typing.get_args(expected)
+    if type(None) in args:  # an optional setting, e.g. ``int | None``
+        if value is None:
+            return None
+        expected = next(a for a in args if a is not type(None))
     # bool is a subclass of int: refuse True where a number is expected and 1 where a flag is.
     if expected is bool:
         if isinstance(value, bool):
@@ -225,4 +299,5 @@ def _coerce(value: Any, expected: type, dotted: str) -> Any:
     elif expected is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"invalid value for '{dotted}': expected {expected.__name__}, got {value!r}")
+    raise ConfigError(f"invalid value for '{dotted}': expected {getattr(expected, '__name__', expected)}, "
+                      f"got {value!r}")

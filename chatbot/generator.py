@@ -1,15 +1,27 @@
-"""Inference: encode once, then a ``tf.function``-compiled greedy loop over decoder steps.
+"""Inference: encode once, then a ``tf.function``-compiled decoding loop over decoder steps.
 
-The whole loop is one graph with a fixed signature (``[batch, time]`` int32 source ids and
-a scalar max length), so it is traced once per generator and never per question, and no
-Python runs per generated token.
+There are two compiled loops, one per strategy family:
+
+* ``_step_loop``: greedy decoding and sampling (temperature, top-k, top-p), chosen per call by
+  a boolean tensor;
+* ``_beam_loop``: beam search with a GNMT length penalty and an n-best list.
+
+Both take a fixed signature (``[batch, time]`` int32 source ids and scalar tensors for every
+setting, including the max length), so each is traced once per generator and never per
+question or per setting, and no Python runs per generated token. Repetition control
+(``no_repeat_ngram_size``, ``repetition_penalty``, ``min_length``) is shared by both.
+
+Scores are always computed from the model's own log-probabilities (temperature 1, no
+penalties), so they stay comparable across strategies and settings: ``Generation.score`` is
+the mean log-probability per generated token, end token included.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +30,8 @@ from .config import DataConfig, DecodingConfig
 from .model import Seq2Seq
 from .tokenizer import END, PAD, START, TextTokenizer
 
+NEG_INF = float("-inf")
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -25,6 +39,14 @@ class Generation:
     score: float  # mean log-probability per generated token ([END] included); 0 is certain
     tokens: int
     latency_ms: float
+    # The n-best list as (text, score), best first, the chosen reply included; one entry for
+    # greedy decoding and sampling.
+    alternatives: tuple[tuple[str, float], ...] = ()
+    token_ids: tuple[int, ...] = ()  # the generated ids, [END] included when it was reached
+
+
+def _scalar(dtype) -> tf.TensorSpec:
+    return tf.TensorSpec([], dtype)
 
 
 class Generator:
@@ -35,41 +57,306 @@ class Generator:
         self.data = data
         self.decoding = decoding
         self.max_batch = max_batch
-        self._greedy = tf.function(
-            self._greedy_loop,
-            input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)],
-        )
+        source = tf.TensorSpec([None, None], tf.int32)
+        self._step = tf.function(self._step_loop, input_signature=[
+            source, _scalar(tf.int32),  # max_length
+            _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
+            _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
+            tf.TensorSpec([2], tf.int32),  # seed
+        ])
+        self._beam = tf.function(self._beam_loop, input_signature=[
+            source, _scalar(tf.int32),  # max_length
+            _scalar(tf.int32), _scalar(tf.int32), _scalar(tf.float32),  # beam, n_best, length penalty
+            _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
+        ])
 
-    def warm_up(self) -> None:
-        """Trace and run the compiled loop once, so the first real reply does not pay for it."""
-        self._greedy(tf.constant([[START]], tf.int32), tf.constant(2, tf.int32))
+    def warm_up(self, strategies: Sequence[str] = ("greedy",)) -> None:
+        """Trace and run the compiled loops once, so the first real reply does not pay for it.
+        Beam search is traced on its first use unless "beam" is asked for here."""
+        source = tf.constant([[START]], tf.int32)
+        if "greedy" in strategies or "sample" in strategies:
+            self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
+        if "beam" in strategies:
+            self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
 
     @property
     def trace_count(self) -> int:
-        return self._greedy.experimental_get_tracing_count()
+        """Traces of all compiled loops together (each is traced once, on first use)."""
+        return self._step.experimental_get_tracing_count() + self._beam.experimental_get_tracing_count()
 
-    def _greedy_loop(self, source, max_length):
+    # --- shared: repetition control ----------------------------------------------------------
+    def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
+        """Logits ``[N, V]`` with repetition control applied, given each row's tokens so far
+        (``history[:, :step]``). Forbidden tokens get -inf."""
+        rows, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
+        width = tf.shape(history)[1]
+        positions = tf.range(width)
+        row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(history))
+
+        def token_mask(row_index, token_index):
+            """[N, V] bool, True at the given (row, token) pairs."""
+            pairs = tf.stack([row_index, token_index], axis=1)
+            hits = tf.scatter_nd(pairs, tf.ones(tf.shape(row_index), tf.int32), tf.stack([rows, vocab]))
+            return hits > 0
+
+        def penalise():  # CTRL: divide positive logits, multiply negative ones
+            seen_at = tf.broadcast_to(positions[None, :] < step, tf.shape(history))
+            seen = token_mask(tf.boolean_mask(row_ids, seen_at), tf.boolean_mask(history, seen_at))
+            penalised = tf.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            return tf.where(seen, penalised, logits)
+
+        logits = tf.cond(tf.logical_and(repetition_penalty > 1.0, step > 0), penalise, lambda: logits)
+
+        def block_ngrams():
+            # An n-gram starting at j is (history[j], ..., history[j+n-1]); its first n-1
+            # tokens matching the last n-1 generated forbid history[j+n-1] now.
+            match = tf.broadcast_to(positions[None, :] <= step - ngram, tf.shape(history))
+
+            def compare(i, match):
+                shifted = tf.roll(history, -i, axis=1)
+                recent = tf.gather(history, step - ngram + 1 + i, axis=1)
+                return i + 1, tf.logical_and(match, tf.equal(shifted, recent[:, None]))
+
+            _, match = tf.while_loop(lambda i, _: i < ngram - 1, compare, [tf.constant(0), match])
+            following = tf.roll(history, -(ngram - 1), axis=1)
+            banned = token_mask(tf.boolean_mask(row_ids, match), tf.boolean_mask(following, match))
+            return tf.where(banned, NEG_INF, logits)
+
+        logits = tf.cond(tf.logical_and(ngram > 0, step >= ngram - 1), block_ngrams, lambda: logits)
+        is_end = tf.equal(tf.range(vocab), END)[None, :]
+        logits = tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+        # A row with every token forbidden (a tiny vocabulary, a strict n-gram ban) ends.
+        stuck = tf.reduce_all(tf.equal(logits, NEG_INF), axis=1, keepdims=True)
+        return tf.where(tf.logical_and(stuck, is_end), 0.0, logits)
+
+    # --- greedy and sampling -----------------------------------------------------------------
+    @staticmethod
+    def _sample(scores, temperature, top_k, top_p, seed, step):
+        z = scores / temperature
+        vocab = tf.shape(z)[1]
+
+        def keep_top_k():
+            kth = tf.math.top_k(z, tf.minimum(top_k, vocab)).values[:, -1:]
+            return tf.where(z < kth, NEG_INF, z)
+
+        z = tf.cond(top_k > 0, keep_top_k, lambda: z)
+
+        def keep_top_p():  # the smallest set of most likely tokens whose mass reaches top_p
+            ordered = tf.sort(z, axis=-1, direction="DESCENDING")
+            mass_before = tf.cumsum(tf.nn.softmax(ordered), axis=-1, exclusive=True)
+            threshold = tf.reduce_min(tf.where(mass_before < top_p, ordered, float("inf")),
+                                      axis=-1, keepdims=True)
+            return tf.where(z < threshold, NEG_INF, z)
+
+        z = tf.cond(top_p < 1.0, keep_top_p, lambda: z)
+        step_seed = tf.stack([seed[0], seed[1] + step])
+        return tf.random.stateless_categorical(z, 1, seed=step_seed, dtype=tf.int32)[:, 0]
+
+    def _step_loop(self, source, max_length, sample, temperature, top_k, top_p,
+                   repetition_penalty, ngram, min_length, seed):
+        """Greedy decoding or sampling for a batch. Rows that end leave the batch (their
+        results are written out at once), so the remaining steps cost only what the rows
+        still running need: a batch no longer pays full price until its longest reply ends."""
         encoder_outputs, states, source_mask = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
+        positions = tf.range(max_length)
+        out_ids = tf.zeros([batch, max_length], tf.int32)
+        out_logprob = tf.zeros([batch], tf.float32)
+        out_lengths = tf.zeros([batch], tf.int32)
+        # The running rows: their batch row, last token, tokens so far and log-prob sum.
+        rows = tf.range(batch)
         token = tf.fill([batch], START)
-        finished = tf.zeros([batch], tf.bool)
-        total_logprob = tf.zeros([batch], tf.float32)
-        lengths = tf.zeros([batch], tf.int32)
-        output = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
-        for step in tf.range(max_length):
+        history = tf.zeros([batch, max_length], tf.int32)
+        total = tf.zeros([batch], tf.float32)
+
+        def write(done, rows, history, total, length, out_ids, out_logprob, out_lengths):
+            where = tf.boolean_mask(rows, done)[:, None]
+            return (tf.tensor_scatter_nd_update(out_ids, where, tf.boolean_mask(history, done)),
+                    tf.tensor_scatter_nd_update(out_logprob, where, tf.boolean_mask(total, done)),
+                    tf.tensor_scatter_nd_update(out_lengths, where, tf.fill(tf.shape(where)[:1], length)))
+
+        def body(step, rows, token, history, total, states, encoder_outputs, source_mask,
+                 out_ids, out_logprob, out_lengths):
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_mask)
-            logprobs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-            best = tf.argmax(logprobs, axis=-1, output_type=tf.int32)
-            best_logprob = tf.gather(logprobs, best, axis=1, batch_dims=1)
-            best = tf.where(finished, PAD, best)
-            total_logprob += tf.where(finished, 0.0, best_logprob)
-            lengths += tf.cast(tf.logical_not(finished), tf.int32)
-            output = output.write(step, best)
-            finished = tf.logical_or(finished, tf.equal(best, END))
-            token = best
-            if tf.reduce_all(finished):
-                break
-        return tf.transpose(output.stack()), total_logprob, lengths
+            logits = tf.cast(logits, tf.float32)
+            logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
+            scores = self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
+            best = tf.cond(sample,
+                           lambda: self._sample(scores, temperature, top_k, top_p, seed, step),
+                           lambda: tf.argmax(scores, axis=-1, output_type=tf.int32))
+            total += tf.gather(logprobs, best, axis=1, batch_dims=1)
+            history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
+            ended = tf.equal(best, END)
+
+            def drop_ended():
+                outs = write(ended, rows, history, total, step + 1, out_ids, out_logprob, out_lengths)
+                keep = tf.logical_not(ended)
+                running = [tf.boolean_mask(t, keep) for t in
+                           (rows, best, history, total, encoder_outputs, source_mask)]
+                return (*running, [tf.boolean_mask(s, keep) for s in states], *outs)
+
+            def keep_all():
+                return (rows, best, history, total, encoder_outputs, source_mask, states,
+                        out_ids, out_logprob, out_lengths)
+
+            (rows, token, history, total, encoder_outputs, source_mask, states,
+             out_ids, out_logprob, out_lengths) = tf.cond(tf.reduce_any(ended), drop_ended, keep_all)
+            return (step + 1, rows, token, history, total, states, encoder_outputs, source_mask,
+                    out_ids, out_logprob, out_lengths)
+
+        def running(step, rows, *_):
+            return tf.logical_and(step < max_length, tf.size(rows) > 0)
+
+        unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
+        loop_vars = (tf.constant(0), rows, token, history, total, states, encoder_outputs, source_mask,
+                     out_ids, out_logprob, out_lengths)
+        (step, rows, _, history, total, _, _, _, out_ids, out_logprob, out_lengths) = tf.while_loop(
+            running, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
+        # Rows still running at max_length end there.
+        out_ids, out_logprob, out_lengths = write(tf.ones_like(rows, tf.bool), rows, history, total, step,
+                                                  out_ids, out_logprob, out_lengths)
+        return out_ids, out_logprob, out_lengths
+
+    # --- beam search -------------------------------------------------------------------------
+    def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
+                   repetition_penalty, ngram, min_length):
+        """Beam search over ``beam`` hypotheses per input, all inputs in one batch.
+
+        A hypothesis that has ended stays in the beam with its score and only extends by
+        padding (at no cost), so it competes with the live ones until better ones push it
+        out; the search stops when all hypotheses in every beam have ended, or, per input,
+        when live hypotheses can no longer enter its n-best. Hypotheses are
+        ranked by sum of log-probs / ((5 + length) / 6) ** length_penalty (GNMT).
+        Returns ids ``[B, n_best, max_length]``, the model's own log-prob sums, lengths and
+        ranking keys, each ``[B, n_best]``, best first.
+        """
+        vocab = self.model.vocab_size
+        batch = tf.shape(source)[0]
+        k = beam
+        rows = batch * k
+        encoder_outputs, states, source_mask = self.model.encode(source, training=False)
+        encoder_outputs = tf.repeat(encoder_outputs, k, axis=0)
+        source_mask = tf.repeat(source_mask, k, axis=0)
+        states = [tf.repeat(s, k, axis=0) for s in states]
+
+        def penalty(length):
+            return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, length_penalty)
+
+        token = tf.fill([rows], START)
+        first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
+        sums = tf.tile(first_only[None, :], [batch, 1])  # ranking sums (with constraints)
+        raw = tf.zeros([batch, k], tf.float32)  # the model's own log-prob sums
+        lengths = tf.zeros([batch, k], tf.int32)
+        finished = tf.zeros([batch, k], tf.bool)
+        decided = tf.zeros([batch], tf.bool)  # inputs whose n-best can no longer change
+        history = tf.zeros([batch, k, max_length], tf.int32)
+        inputs = tf.range(batch)  # the batch row of each input still searching
+        positions = tf.range(max_length)
+        pad_only = tf.equal(tf.range(vocab), PAD)[None, None, :]
+        outputs = (tf.zeros([batch, n_best, max_length], tf.int32), tf.zeros([batch, n_best], tf.float32),
+                   tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best], tf.float32))
+
+        def write(done, inputs, history, raw, lengths, sums, finished, decided, outputs):
+            """The n-best of the ``done`` inputs, written to their rows of ``outputs``."""
+            # A decided input's live hypotheses cannot reach its n-best: leave them out.
+            keys = tf.where(tf.logical_or(finished, tf.logical_not(decided)[:, None]),
+                            sums / penalty(lengths), NEG_INF)
+            best = tf.math.top_k(keys, n_best).indices
+            where = tf.boolean_mask(inputs, done)[:, None]
+            return tuple(tf.tensor_scatter_nd_update(out, where, tf.boolean_mask(tf.gather(t, best, batch_dims=1), done))
+                         for out, t in zip(outputs, (history, raw, lengths, keys)))
+
+        def body(step, inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+                 finished, decided, history, outputs):
+            searching = tf.shape(inputs)[0]
+            rows = searching * k
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_mask)
+            logits = tf.cast(logits, tf.float32)
+            raw_logprobs = tf.reshape(tf.nn.log_softmax(logits), [searching, k * vocab])
+            constrained = self._constrain(logits, tf.reshape(history, [rows, max_length]), step,
+                                          repetition_penalty, ngram, min_length)
+            logprobs = tf.reshape(tf.nn.log_softmax(constrained), [searching, k, vocab])
+            extended = sums[:, :, None] + logprobs
+            kept = tf.where(pad_only, sums[:, :, None], NEG_INF)  # ended: one candidate, PAD
+            candidates = tf.where(finished[:, :, None], kept, extended)
+            new_lengths = lengths + tf.cast(tf.logical_not(finished), tf.int32)
+            keys = candidates / penalty(new_lengths)[:, :, None]
+            top = tf.math.top_k(tf.reshape(keys, [searching, k * vocab]), k).indices  # [B, K]
+            parent = top // vocab
+            chosen = top % vocab
+            parent_finished = tf.gather(finished, parent, batch_dims=1)
+            sums = tf.gather(tf.reshape(candidates, [searching, k * vocab]), top, batch_dims=1)
+            raw = tf.gather(raw, parent, batch_dims=1) + tf.where(
+                parent_finished, 0.0, tf.gather(raw_logprobs, top, batch_dims=1))
+            lengths = tf.gather(new_lengths, parent, batch_dims=1)
+            chosen = tf.where(parent_finished, PAD, chosen)
+            history = tf.gather(history, parent, batch_dims=1)
+            history = tf.where(tf.equal(positions, step)[None, None, :], chosen[:, :, None], history)
+            finished = tf.logical_or(parent_finished, tf.equal(chosen, END))
+            flat_parent = tf.reshape(parent + tf.range(searching)[:, None] * k, [rows])
+            states = [tf.gather(s, flat_parent) for s in states]
+            token = tf.reshape(chosen, [rows])
+            # An input is decided once its n-best are ended hypotheses that no live one can
+            # still beat: a live sum only falls and the penalty is at most lp(max_length),
+            # so sum / lp(max_length) bounds its final key. Stopping then gives the same
+            # n-best as searching on, without running live hypotheses to max_length.
+            ended_keys = tf.where(finished, sums / penalty(lengths), NEG_INF)
+            nth_ended = tf.math.top_k(ended_keys, n_best).values[:, -1]
+            best_live = tf.reduce_max(tf.where(finished, NEG_INF, sums / penalty(max_length)), axis=1)
+            decided = tf.logical_or(decided, tf.logical_and(nth_ended > NEG_INF, nth_ended > best_live))
+            done = tf.logical_or(decided, tf.reduce_all(finished, axis=1))
+
+            def drop_done():  # finished inputs leave the batch, their n-best written out
+                new_outputs = write(done, inputs, history, raw, lengths, sums, finished, decided, outputs)
+                keep = tf.logical_not(done)
+                keep_rows = tf.repeat(keep, k)
+                per_input = [tf.boolean_mask(t, keep) for t in (inputs, sums, raw, lengths, finished, decided, history)]
+                per_row = [tf.boolean_mask(t, keep_rows) for t in (token, encoder_outputs, source_mask)]
+                return (*per_input, *per_row, [tf.boolean_mask(s, keep_rows) for s in states], new_outputs)
+
+            def keep_all():
+                return (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs,
+                        source_mask, states, outputs)
+
+            (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs, source_mask,
+             states, outputs) = tf.cond(tf.reduce_any(done), drop_done, keep_all)
+            return (step + 1, inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+                    finished, decided, history, outputs)
+
+        def searching(step, inputs, *_):
+            return tf.logical_and(step < max_length, tf.size(inputs) > 0)
+
+        unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
+        loop_vars = (tf.constant(0), inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+                     finished, decided, history, outputs)
+        (_, inputs, _, _, _, _, sums, raw, lengths, finished, decided, history, outputs) = tf.while_loop(
+            searching, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
+        # Inputs still searching at max_length: their hypotheses end there.
+        return write(tf.ones_like(inputs, tf.bool), inputs, history, raw, lengths, sums, finished, decided,
+                     outputs)
+
+    # --- the public side ---------------------------------------------------------------------
+    @staticmethod
+    def _constraint_args(config: DecodingConfig) -> list[tf.Tensor]:
+        return [tf.constant(config.repetition_penalty, tf.float32),
+                tf.constant(config.no_repeat_ngram_size, tf.int32),
+                tf.constant(config.min_length, tf.int32)]
+
+    def _step_args(self, config: DecodingConfig, seed: int, seed_offset: int = 0) -> list[tf.Tensor]:
+        return [tf.constant(config.max_length, tf.int32),
+                tf.constant(config.effective_strategy == "sample"),
+                tf.constant(config.temperature, tf.float32),
+                tf.constant(config.top_k, tf.int32),
+                tf.constant(config.top_p, tf.float32),
+                *self._constraint_args(config),
+                tf.constant([seed, seed_offset], tf.int32)]
+
+    def _beam_args(self, config: DecodingConfig) -> list[tf.Tensor]:
+        return [tf.constant(config.max_length, tf.int32),
+                tf.constant(config.beam, tf.int32),
+                tf.constant(config.n_best, tf.int32),
+                tf.constant(config.length_penalty, tf.float32),
+                *self._constraint_args(config)]
 
     def encode_inputs(self, inputs: Sequence[Sequence[str]]) -> np.ndarray:
         """Each input is a list of turns (context..., question); returns padded ids."""
@@ -81,23 +368,46 @@ class Generator:
             batch[row, :len(seq)] = seq
         return batch
 
-    def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None) -> list[Generation]:
+    def resolve(self, decoding: DecodingConfig | dict[str, Any] | None = None,
+                max_length: int | None = None) -> DecodingConfig:
+        """The settings a call uses: this generator's, overridden by ``decoding`` (a whole
+        config or a dict of some fields) and ``max_length``; validated (``ConfigError``)."""
+        return self.decoding.with_overrides(decoding, max_length)
+
+    def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
+                 decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
         """Replies for many inputs, decoded together in batches of ``max_batch``."""
-        max_length = max_length or self.decoding.max_length
+        config = self.resolve(decoding, max_length)
+        beam = config.effective_strategy == "beam"
+        seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
             chunk = inputs[start:start + self.max_batch]
             began = time.perf_counter()
-            ids, logprob, lengths = self._greedy(tf.constant(self.encode_inputs(chunk)),
-                                                 tf.constant(max_length, tf.int32))
-            ids, logprob, lengths = ids.numpy(), logprob.numpy(), lengths.numpy()
+            source = tf.constant(self.encode_inputs(chunk))
+            if beam:
+                ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
+            else:
+                # Chunks after the first draw from another random stream of the same seed.
+                ids, logprob, lengths = (t.numpy() for t in self._step(
+                    source, *self._step_args(config, seed, (start // self.max_batch) * 1_000_003 % 2 ** 30)))
+                ids, logprob, lengths = ids[:, None], logprob[:, None], lengths[:, None]
+                keys = logprob
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
             for row in range(len(chunk)):
-                n = int(lengths[row])
+                hypotheses = []
+                for j in range(ids.shape[1]):
+                    n = int(lengths[row, j])
+                    if not np.isfinite(keys[row, j]):
+                        continue  # an unusable beam slot (fewer possible hypotheses than beams)
+                    hypotheses.append((ids[row, j, :n], float(logprob[row, j] / max(n, 1)), n))
+                token_ids, score, n = hypotheses[0]
                 results.append(Generation(
-                    text=self.tokenizer.decode(ids[row, :n]),
-                    score=float(logprob[row] / max(n, 1)),
+                    text=self.tokenizer.decode(token_ids),
+                    score=score,
                     tokens=n,
                     latency_ms=latency,
+                    alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),
+                    token_ids=tuple(int(t) for t in token_ids),
                 ))
         return results

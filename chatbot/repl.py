@@ -76,9 +76,67 @@ def _positive_int(raw: str, limit: int = MAX_LENGTH_LIMIT) -> int:
     return value
 
 
-# Keys are fields of ``DecodingConfig``; add beam_size, temperature, ... here when decoding has them.
+def _int_at_least(low: int, limit: int = MAX_LENGTH_LIMIT) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not low <= value <= limit:
+            raise ValueError(f"must be between {low} and {limit}, got {value}")
+        return value
+    return parse
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+def _strategy(raw: str) -> str:
+    from .config import DECODING_STRATEGIES
+
+    if raw not in DECODING_STRATEGIES:
+        raise ValueError(f"expected one of {', '.join(DECODING_STRATEGIES)}, got {raw!r}")
+    return raw
+
+
+def _seed(raw: str) -> int | None:
+    if raw.lower() in ("none", "random", "off"):
+        return None
+    return _int_at_least(0, 2 ** 31 - 1)(raw)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got {raw!r}")
+
+
+# Keys are the fields of ``DecodingConfig``; after parsing, the whole config is validated too
+# (e.g. n_best <= beam), so a value that parses can still be refused.
 SETTINGS: dict[str, Setting] = {
     "max_length": Setting(_positive_int, "tokens generated at most per reply"),
+    "strategy": Setting(_strategy, "greedy, beam or sample"),
+    "beam": Setting(_int_at_least(1, 64), "beam search width (1: greedy)"),
+    "n_best": Setting(_int_at_least(1, 64), "hypotheses kept from the beam (<= beam)"),
+    "length_penalty": Setting(_float, "GNMT alpha ranking beams by length (0: plain sum)"),
+    "temperature": Setting(_float, "sampling temperature (> 0)"),
+    "top_k": Setting(_int_at_least(0), "sample from the k most likely tokens (0: all)"),
+    "top_p": Setting(_float, "nucleus sampling mass, in (0, 1]"),
+    "seed": Setting(_seed, "sampling seed (none: random)"),
+    "no_repeat_ngram_size": Setting(_int_at_least(0), "never repeat an n-gram of this size (0: off)"),
+    "repetition_penalty": Setting(_float, "CTRL penalty on repeated tokens (1: off)"),
+    "min_length": Setting(_int_at_least(0), "tokens before the end of a reply, at least"),
+    "avoid_repeat": Setting(_flag, "do not repeat the previous reply (on/off; uses n_best)"),
 }
 
 
@@ -176,7 +234,14 @@ class ChatRepl:
 
     def decoding_label(self) -> str:
         d = self.decoding()
-        return f"{d.strategy}, max {d.max_length}"
+        strategy = d.effective_strategy
+        if strategy == "beam":
+            label = f"beam {d.beam}" + (f", n-best {d.n_best}" if d.n_best > 1 else "")
+        elif strategy == "sample":
+            label = f"sample (t {d.temperature:g}, top-k {d.top_k}, top-p {d.top_p:g})"
+        else:
+            label = strategy
+        return f"{label}, max {d.max_length}"
 
     def toolbar(self) -> FormattedText:
         parts = [f"session {self.session_label}", f"model {self.bot.name}", self.decoding_label()]
@@ -276,7 +341,7 @@ class ChatRepl:
 
     def _decode(self, text: str):
         """``bot.reply`` with the /set overrides, passed per call (the bot may be shared)."""
-        return self.bot.reply(text, session=self.session_id, **self.settings)
+        return self.bot.reply(text, session=self.session_id, decoding=self.settings)
 
     # --- commands --------------------------------------------------------------------------
     def _command(self, text: str) -> bool:
@@ -395,7 +460,14 @@ class ChatRepl:
         except ValueError as exc:
             self._error(f"invalid value for {key}: {exc}")
             return
+        try:  # the whole config must stay valid, e.g. n_best <= beam
+            resolved = self.bot.generator.resolve({**self.settings, key: value})
+        except ChatbotError as exc:
+            self._error(str(exc))
+            return
         self.settings[key] = value
+        if resolved.effective_strategy == "beam":
+            self.bot.generator.warm_up(("beam",))  # trace beam search now, not in the next reply
         self._info(f"{key} = {value} for the next replies")
 
     def _cmd_score(self, arg: str) -> None:

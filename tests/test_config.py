@@ -148,7 +148,7 @@ def test_wrong_type_raises_naming_key(key, value):
     ("training.learning_rate", 0),
     ("training.monitor", "accuracy"),
     ("training.clipnorm", -1),
-    ("decoding.strategy", "beam"),
+    ("decoding.strategy", "nucleus"),
     ("decoding.max_length", 0),
 ])
 def test_out_of_range_value_raises_naming_key(key, value):

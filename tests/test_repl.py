@@ -19,7 +19,7 @@ from prompt_toolkit.output import DummyOutput
 
 from chatbot.bot import ChatBot
 from chatbot.corpus import load_corpus
-from chatbot.repl import ChatRepl, SlashCompleter, Spinner, color_wanted, history_path
+from chatbot.repl import SETTINGS, ChatRepl, SlashCompleter, Spinner, color_wanted, history_path
 from conftest import ROOT
 from test_cli import chatbot
 
@@ -112,7 +112,7 @@ def test_sessions_new_switch_history_and_reset_naming(bot, tiny_pairs):
 def test_set_max_length_shortens_the_next_replies_and_bad_input_gets_one_line(bot, tiny_pairs):
     question, answer = tiny_pairs[12]  # the longest answer
     repl = new_repl(bot)
-    keys = ["/set max_length 2", question, "/set max_length 0", "/set max_length many", "/set beam 4",
+    keys = ["/set max_length 2", question, "/set max_length 0", "/set max_length many", "/set width 4",
             "/set max_length", "/frobnicate now", "/history x", "/set", "/score", question, "/quit"]
     out = drive(repl, "".join(k + "\r" for k in keys))
     short, full = bot.history(repl.session_id)[1].text, bot.history(repl.session_id)[3].text
@@ -122,7 +122,7 @@ def test_set_max_length_shortens_the_next_replies_and_bad_input_gets_one_line(bo
     for message in ["max_length = 2 for the next replies",
                     "invalid value for max_length: must be between 1 and 10000, got 0",
                     "invalid value for max_length: expected a positive integer, got 'many'",
-                    "unknown setting 'beam' (settable: max_length)",
+                    "unknown setting 'width' (settable: " + ", ".join(SETTINGS) + ")",
                     "usage: /set max_length VALUE",
                     "unknown command '/frobnicate'; /help lists the commands",
                     "usage: /history [N]: expected a positive integer, got 'x'",
@@ -187,7 +187,8 @@ def test_tab_completion_of_commands_settings_and_session_names(bot):
         return [c.text for c in SlashCompleter(repl).get_completions(Document(text), None)]
 
     assert complete("/s") == ["/sessions", "/switch", "/set", "/score"]
-    assert complete("/set m") == ["max_length"]
+    assert complete("/set ma") == ["max_length"]
+    assert complete("/set m") == ["max_length", "min_length"]
     assert sorted(complete("/switch b")) == ["barbara", "bob"]
     assert complete("hello /s") == [] and complete("/history 1") == []
     out = drive(repl, "/sw\t", later=" bob\r/quit\r")  # Tab in the real prompt

@@ -1,0 +1,339 @@
+"""Decoding strategies: beam search, sampling, repetition control, per-call settings.
+
+Most tests use the tiny bot (a model that answers 20 pairs exactly). Search properties that
+need a known distribution use ``ToyModel``: a Markov chain over a handful of tokens whose
+next-token log-probabilities depend only on the previous token, driven through the real
+compiled loops of ``Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from chatbot.bot import ChatBot
+from chatbot.config import DataConfig, DecodingConfig
+from chatbot.errors import ConfigError
+from chatbot.generator import Generator
+from chatbot.tokenizer import END, PAD, START
+from test_cli import chatbot
+
+A, B, C, D, E = 5, 6, 7, 8, 9
+TOY_VOCAB = 10
+
+
+class ToyModel:
+    """``encode``/``decode_step`` as in ``Seq2Seq``, with next-token probabilities from a
+    table: ``transitions[previous token] = {next token: probability}``."""
+
+    def __init__(self, transitions: dict[int, dict[int, float]]):
+        table = np.full((TOY_VOCAB, TOY_VOCAB), -30.0, np.float32)
+        table[:, END] = 0.0  # rows not given end at once
+        for prev, nexts in transitions.items():
+            table[prev, :] = -30.0
+            for token, p in nexts.items():
+                table[prev, token] = math.log(p)
+        self.vocab_size = TOY_VOCAB
+        self.table = tf.constant(table)
+
+    def encode(self, source, training=False):
+        batch = tf.shape(source)[0]
+        return tf.zeros([batch, 1, 1]), [tf.zeros([batch, 1])], tf.not_equal(source, PAD)
+
+    def decode_step(self, token, states, encoder_outputs, source_mask):
+        return tf.gather(self.table, token), states
+
+
+class ToyTokenizer:
+    def encode_input(self, turns, max_tokens):
+        return [A]
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids if int(i) not in (PAD, END))
+
+
+def toy_generator(transitions, **decoding) -> Generator:
+    return Generator(ToyModel(transitions), ToyTokenizer(), DataConfig(),
+                     DecodingConfig(**{"max_length": 12, **decoding}))
+
+
+def total_logprob(generation) -> float:
+    return generation.score * generation.tokens
+
+
+def ngrams(ids, n):
+    return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+
+
+# The greedy trap: A is the likelier first token, but everything after it is spread out,
+# while B is almost always followed by D. Both paths end after three tokens.
+TRAP = {START: {A: 0.55, B: 0.45}, A: {C: 0.4, D: 0.35, E: 0.25}, B: {D: 0.95, E: 0.05}}
+# A loop: greedy repeats A until max_length.
+LOOP = {START: {A: 0.6, B: 0.3, END: 0.1}, A: {A: 0.6, B: 0.3, END: 0.1}, B: {A: 0.6, B: 0.3, END: 0.1}}
+
+
+@pytest.fixture
+def questions(tiny_pairs):
+    return [q for q, _ in tiny_pairs]
+
+
+# --- beam search -------------------------------------------------------------------------------
+def test_beam_1_is_exactly_greedy(tiny_bot, questions):
+    greedy = tiny_bot.generate(questions)
+    for decoding in ({"strategy": "beam", "beam": 1}, {"strategy": "beam", "beam": 1, "length_penalty": 2.0}):
+        beam = tiny_bot.generate(questions, decoding=decoding)
+        assert [r.text for r in beam] == [r.text for r in greedy]
+        assert [r.token_ids for r in beam] == [r.token_ids for r in greedy]
+        assert [r.score for r in beam] == [r.score for r in greedy]
+
+
+def test_beam_search_finds_a_likelier_reply_than_greedy():
+    generator = toy_generator(TRAP)
+    greedy = generator.generate([["q"]])[0]
+    beam = generator.generate([["q"]], decoding={"beam": 2, "n_best": 2, "length_penalty": 0.0})[0]
+    assert greedy.token_ids == (A, C, END)
+    assert beam.token_ids == (B, D, END)
+    assert total_logprob(beam) > total_logprob(greedy) + 0.5
+    assert total_logprob(beam) == pytest.approx(math.log(0.45 * 0.95), abs=1e-5)
+    # n-best: best first, each with its own mean log-probability
+    assert [t for t, _ in beam.alternatives] == [f"{B} {D}", f"{A} {C}"]
+    assert beam.alternatives[1][1] == pytest.approx(math.log(0.55 * 0.4) / 3, abs=1e-5)
+
+
+def test_beam_search_stops_when_all_hypotheses_ended_and_returns_n_best(tiny_bot, tiny_pairs):
+    question, answer = tiny_pairs[0]
+    result = tiny_bot.generate([question], decoding={"beam": 4, "n_best": 3})[0]
+    assert result.text == answer
+    assert len(result.alternatives) == 3 and result.alternatives[0] == (result.text, result.score)
+    assert len({t for t, _ in result.alternatives}) == 3
+    assert result.token_ids[-1] == END
+
+
+def test_length_penalty_favours_longer_hypotheses():
+    # From START: end at once (p 0.4), or two tokens (0.6 * 0.6 * 1.0 = 0.36).
+    short_or_long = {START: {END: 0.4, A: 0.6}, A: {B: 0.6, C: 0.4}}
+    generator = toy_generator(short_or_long)
+    plain = generator.generate([["q"]], decoding={"beam": 2, "length_penalty": 0.0})[0]
+    penalised = generator.generate([["q"]], decoding={"beam": 2, "length_penalty": 2.0})[0]
+    assert plain.token_ids == (END,)
+    assert penalised.token_ids == (A, B, END)
+
+
+# --- sampling ----------------------------------------------------------------------------------
+def test_top_k_1_is_greedy(tiny_bot, questions):
+    greedy = tiny_bot.generate(questions)
+    sampled = tiny_bot.generate(questions, decoding={"strategy": "sample", "top_k": 1, "temperature": 3.0})
+    assert [r.text for r in sampled] == [r.text for r in greedy]
+    np.testing.assert_allclose([r.score for r in sampled], [r.score for r in greedy], atol=1e-6)
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(tiny_bot, questions):
+    def sample(seed):
+        return [r.token_ids for r in tiny_bot.generate(
+            questions, decoding={"strategy": "sample", "temperature": 2.5, "seed": seed})]
+
+    first = sample(11)
+    assert sample(11) == first
+    assert sample(12) != first
+    unseeded = tiny_bot.generate(questions, decoding={"strategy": "sample", "temperature": 2.5})
+    assert len(unseeded) == len(questions)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # From START the nucleus of mass 0.5 is {A} alone (0.55); with 0.6 it is {A, B}.
+    generator = toy_generator(TRAP, strategy="sample")
+    firsts = {generator.generate([["q"]], decoding={"top_p": 0.5, "seed": s})[0].token_ids[0] for s in range(20)}
+    assert firsts == {A}
+    firsts = {generator.generate([["q"]], decoding={"top_p": 0.6, "seed": s})[0].token_ids[0] for s in range(40)}
+    assert firsts == {A, B}
+
+
+def test_sampling_scores_use_the_models_own_log_probs():
+    generator = toy_generator(TRAP, strategy="sample", temperature=0.1)
+    result = generator.generate([["q"]], decoding={"seed": 0})[0]
+    assert result.token_ids == (A, C, END)  # temperature 0.1: (nearly) greedy
+    assert total_logprob(result) == pytest.approx(math.log(0.55 * 0.4), abs=1e-5)
+
+
+# --- repetition control ------------------------------------------------------------------------
+@pytest.mark.parametrize("decoding", [{}, {"beam": 3}, {"strategy": "sample", "seed": 5}],
+                         ids=["greedy", "beam", "sample"])
+def test_no_repeat_ngram_never_repeats_an_ngram(decoding):
+    generator = toy_generator(LOOP, max_length=20)
+    free = generator.generate([["q"]], decoding={**decoding, "min_length": 10})[0].token_ids
+    if not decoding:
+        assert len(set(ngrams(free, 2))) < len(ngrams(free, 2))  # the loop does repeat
+    for n in (1, 2, 3):
+        ids = generator.generate([["q"]], decoding={**decoding, "no_repeat_ngram_size": n})[0].token_ids
+        assert len(set(ngrams(ids, n))) == len(ngrams(ids, n)), (n, ids)
+
+
+def test_no_repeat_ngram_on_the_tiny_bot(tiny_bot, questions):
+    for decoding in ({"strategy": "sample", "temperature": 2.0, "seed": 3}, {"beam": 3}):
+        for result in tiny_bot.generate(questions, decoding={**decoding, "no_repeat_ngram_size": 2}):
+            assert len(set(ngrams(result.token_ids, 2))) == len(ngrams(result.token_ids, 2))
+
+
+def test_min_length_forbids_ending_early(tiny_bot, questions):
+    generator = toy_generator({START: {END: 0.9, A: 0.1}, A: {END: 0.9, B: 0.1}, B: {END: 0.9, A: 0.1}})
+    assert generator.generate([["q"]])[0].token_ids == (END,)
+    for decoding in ({}, {"beam": 3}):
+        ids = generator.generate([["q"]], decoding={**decoding, "min_length": 4})[0].token_ids
+        assert len(ids) == 5 and ids[-1] == END
+    for result in tiny_bot.generate(questions, decoding={"min_length": 12}):
+        assert END not in result.token_ids[:12]
+
+
+def test_repetition_penalty_breaks_a_loop():
+    generator = toy_generator(LOOP, max_length=6)
+    assert generator.generate([["q"]])[0].token_ids == (A,) * 6
+    ids = generator.generate([["q"]], decoding={"repetition_penalty": 3.0})[0].token_ids
+    assert ids[:2] == (A, B)  # A once seen: log 0.6 * 3 < log 0.3
+
+
+# --- batching and tracing ----------------------------------------------------------------------
+@pytest.mark.parametrize("decoding", [{}, {"beam": 4, "n_best": 2}, {"beam": 2, "no_repeat_ngram_size": 2}],
+                         ids=["greedy", "beam", "beam-ngram"])
+def test_batch_gives_the_same_replies_as_one_by_one(tiny_bot, questions, decoding):
+    batched = tiny_bot.generate(questions, decoding=decoding)
+    single = [tiny_bot.generate([q], decoding=decoding)[0] for q in questions]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [[t for t, _ in r.alternatives] for r in batched] == [[t for t, _ in r.alternatives] for r in single]
+    np.testing.assert_allclose([r.score for r in batched], [r.score for r in single], atol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [
+    [{}, {"min_length": 2}, {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3}],
+    [{"beam": 2}, {"beam": 5, "n_best": 3, "length_penalty": 0.0}, {"beam": 3, "no_repeat_ngram_size": 2}],
+    [{"strategy": "sample", "seed": 1}, {"strategy": "sample", "top_k": 5, "temperature": 0.7},
+     {"strategy": "sample", "top_p": 0.8, "repetition_penalty": 1.2}],
+], ids=["greedy", "beam", "sample"])
+def test_no_retracing_across_questions_and_settings(tiny_bot, settings):
+    tiny_bot.generate(["warm"], decoding=settings[0])  # beam search is traced on first use
+    before = tiny_bot.generator.trace_count
+    for n in range(1, 51):
+        tiny_bot.generate([" ".join(["what"] * n) + "?"], decoding=settings[n % len(settings)])
+    tiny_bot.generate(["a", "a much longer question than the other one in this batch"], decoding=settings[1])
+    tiny_bot.generate(["short"], max_length=7, decoding=settings[2])
+    assert tiny_bot.generator.trace_count == before
+
+
+# --- settings ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("decoding, key", [
+    ({"beam": 0}, "beam"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -1}, "top_k"),
+    ({"beam": 2, "n_best": 3}, "n_best"),
+    ({"n_best": 0}, "n_best"),
+    ({"repetition_penalty": 0.5}, "repetition_penalty"),
+    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size"),
+    ({"min_length": 40}, "min_length"),
+    ({"length_penalty": -0.1}, "length_penalty"),
+    ({"seed": -1}, "seed"),
+    ({"strategy": "sample", "beam": 3}, "beam"),
+    ({"strategy": "nucleus"}, "strategy"),
+    ({"beam": "5"}, "beam"),
+    ({"avoid_repeat": 1}, "avoid_repeat"),
+])
+def test_invalid_settings_raise_naming_the_key(tiny_bot, decoding, key):
+    with pytest.raises(ConfigError, match=f"invalid value for 'decoding.{key}'"):
+        tiny_bot.generate(["hello"], decoding=decoding)
+
+
+def test_unknown_setting_and_config_object(tiny_bot, tiny_pairs):
+    with pytest.raises(ConfigError, match="unknown config key 'decoding.width'"):
+        tiny_bot.ask("hello", decoding={"width": 3})
+    with pytest.raises(ConfigError, match="decoding.beam"):
+        tiny_bot.generate(["hello"], decoding=DecodingConfig(beam=0))
+    question, answer = tiny_pairs[2]
+    assert tiny_bot.ask(question, decoding=DecodingConfig(max_length=40, beam=3)) == answer
+
+
+@pytest.fixture
+def bot(tiny_bot, tmp_path):
+    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
+    b.generator = tiny_bot.generator
+    yield b
+    b.close()
+
+
+def test_reply_stores_the_settings_used(bot, tiny_pairs):
+    question, answer = tiny_pairs[4]
+    reply = bot.reply(question, decoding={"beam": 5, "n_best": 3})
+    assert reply.text == answer and len(reply.alternatives) == 3
+    stored = bot.history(reply.session_id)[-1]
+    expected = dataclasses.asdict(DecodingConfig(max_length=40, strategy="beam", beam=5, n_best=3))
+    assert stored.decoding == expected
+    with pytest.raises(ConfigError):
+        bot.reply(question, session=reply.session_id, decoding={"beam": 0})
+    assert len(bot.history(reply.session_id)) == 2  # a bad setting stores nothing
+
+
+def test_avoid_repeat_takes_the_best_different_alternative(bot, tiny_pairs):
+    question, answer = tiny_pairs[5]
+    session = bot.new_session()
+    decoding = {"beam": 4, "n_best": 3, "avoid_repeat": True}
+    first = bot.reply(question, session=session.id, decoding=decoding)
+    second = bot.reply(question, session=session.id, decoding=decoding)
+    assert first.text == answer
+    assert second.text != first.text and second.text == second.alternatives[1][0]
+    assert second.score == pytest.approx(second.alternatives[1][1])
+    third = bot.reply(question, session=session.id, decoding=decoding)
+    assert third.text == answer  # only the immediately previous reply is avoided
+    plain = bot.reply(question, session=session.id, decoding={"beam": 4, "n_best": 3})
+    assert plain.text == answer  # without avoid_repeat the best is repeated
+
+
+def test_cli_ask_beam_n_best_json(tiny_bundle_path, tiny_pairs):
+    question, answer = tiny_pairs[1]
+    result = chatbot("ask", "--model", tiny_bundle_path, "--beam", 4, "--n-best", 3, "--json", question)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout)
+    assert line["reply"] == answer and len(line["alternatives"]) == 3
+    assert line["alternatives"][0] == {"reply": answer, "score": line["score"]}
+    sampled = chatbot("ask", "--model", tiny_bundle_path, "--temperature", 0.7, "--top-p", 0.9,
+                      "--top-k", 5, "--seed", 1, "--json", question)
+    assert sampled.returncode == 0, sampled.stderr
+    assert "alternatives" not in json.loads(sampled.stdout)
+    bad = chatbot("ask", "--model", tiny_bundle_path, "--top-p", 2, question)
+    assert bad.returncode == 1 and "decoding.top_p" in bad.stderr
+
+
+def test_a_reply_with_every_token_forbidden_ends():
+    every = {t: {n: 0.1 for n in range(TOY_VOCAB)} for t in range(TOY_VOCAB)}
+    generator = toy_generator(every, max_length=30)
+    for decoding in ({}, {"beam": 2}, {"strategy": "sample", "seed": 2}):
+        ids = generator.generate([["q"]], decoding={**decoding, "no_repeat_ngram_size": 1})[0].token_ids
+        assert ids[-1] == END and len(set(ids)) == len(ids), ids
+
+
+def test_repl_set_changes_decoding_settings_for_the_next_replies(bot, tiny_pairs):
+    import io
+
+    from chatbot.repl import ChatRepl
+
+    question, answer = tiny_pairs[6]
+    out = io.StringIO()
+    repl = ChatRepl(bot, None, output=out, plain=True)
+    for line in ["/set beam 3", "/set n_best 5", "/set n_best 2", "/set temperature 0", "/set top_p x",
+                 "/set strategy sample", "/set avoid_repeat on", question, question]:
+        repl.handle(line)
+    text = out.getvalue()
+    assert "beam = 3 for the next replies" in text and "n_best = 2 for the next replies" in text
+    assert "invalid value for 'decoding.n_best': must be between 1 and beam (3)" in text
+    assert "invalid value for 'decoding.temperature': must be > 0" in text
+    assert "invalid value for top_p: expected a number, got 'x'" in text
+    assert "invalid value for 'decoding.beam': must be 1 when strategy is 'sample'" in text
+    first, second = [m for m in bot.history(repl.session_id) if m.role == "bot"]
+    assert first.text == answer and second.text != answer  # avoid_repeat
+    assert second.decoding["beam"] == 3 and second.decoding["n_best"] == 2 and second.decoding["avoid_repeat"]
+    assert "beam 3, n-best 2, max 40" in repl.toolbar()[0][1]
+    assert bot.generator.decoding.beam == 1  # the shared generator is left as it was
