@@ -107,7 +107,7 @@ def cmd_ask(args) -> int:
     decoding = decoding_overrides(args)
     config = bot.generator.resolve(decoding)  # bad settings fail once, before any question
     if config.effective_strategy == "beam":
-        bot.generator.warm_up(("beam",))  # traced once here, not inside the first reply's latency
+        bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
     session = bot.session(args.session).id if args.session else None
 
     def answer(question: str) -> str:

@@ -77,8 +77,36 @@ class ChatBot:
         self._db = db
         self._store = None
         self._store_lock = threading.Lock()
+        # Tracing the compiled decode loop takes seconds: do it in the background, so loading
+        # returns once the bundle is checked and the first reply waits only for what is left.
+        self._warming: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
         if warm_up:
+            # Not a daemon: the interpreter must not tear TensorFlow down under a running trace
+            # (that aborts the process), so an early exit waits for the trace to finish.
+            self._warming = threading.Thread(target=self._warm_up_in_background, daemon=False,
+                                             name="chatbot-warm-up")
+            self._warming.start()
+
+    def _warm_up_in_background(self) -> None:
+        try:
             self.generator.warm_up()
+        except BaseException as exc:  # surfaced by wait_ready() in the caller's thread
+            self._warm_error = exc
+
+    def wait_ready(self) -> None:
+        """Block until the compiled decoder is traced (replies call this themselves)."""
+        warming = self._warming
+        if warming is not None:
+            warming.join()
+            self._warming = None
+        if self._warm_error is not None:
+            raise DecodingError(f"the decoder failed to compile ({self._warm_error})") from self._warm_error
+
+    def warm_up(self, strategies=("greedy",)) -> None:
+        """Trace the decode loops of these strategies now ("greedy", "sample", "beam")."""
+        self.wait_ready()
+        self.generator.warm_up(tuple(strategies))
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: str | None = None, warm_up: bool = True,
@@ -119,6 +147,7 @@ class ChatBot:
         ``DecodingConfig`` or a dict of some of its fields, e.g. ``{"beam": 5, "n_best": 3}``
         (validated: a bad value raises ``ConfigError`` naming the key)."""
         config = self.generator.resolve(decoding, max_length)  # fails before any decoding
+        self.wait_ready()
         contexts = contexts or [()] * len(questions)
         turns_per_input = self.bundle.config.data.context_turns
         inputs = []
@@ -195,6 +224,8 @@ class ChatBot:
                      generated.alternatives)
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.join()
         with self._store_lock:
             if self._store is not None:
                 self._store.close()

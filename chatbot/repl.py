@@ -467,7 +467,7 @@ class ChatRepl:
             return
         self.settings[key] = value
         if resolved.effective_strategy == "beam":
-            self.bot.generator.warm_up(("beam",))  # trace beam search now, not in the next reply
+            self.bot.warm_up(("beam",))  # trace beam search now, not in the next reply
         self._info(f"{key} = {value} for the next replies")
 
     def _cmd_score(self, arg: str) -> None:

@@ -171,3 +171,22 @@ def test_example_application_runs(tiny_bundle_path, tmp_path):
     assert result.stdout.count("[alice]") == 3 and result.stdout.count("[bob]") == 3
     with SessionStore(f"sqlite:///{db}") as store:
         assert sorted((s.name, s.message_count) for s in store.list_sessions()) == [("alice", 6), ("bob", 6)]
+
+
+def test_background_warm_up_failure_surfaces_on_the_first_reply(tiny_bot, monkeypatch):
+    from chatbot.generator import Generator
+
+    def broken(self, strategies=("greedy",)):
+        raise RuntimeError("no memory to trace")
+
+    monkeypatch.setattr(Generator, "warm_up", broken)
+    b = ChatBot(tiny_bot.bundle)  # warm-up runs (and fails) in the background
+    with pytest.raises(DecodingError, match="failed to compile"):
+        b.ask("hello")
+
+
+def test_replies_wait_for_the_background_warm_up(tiny_bot, tiny_pairs):
+    b = ChatBot(tiny_bot.bundle)
+    question, answer = tiny_pairs[0]
+    assert b.ask(question) == answer  # called at once: waits for tracing, then answers
+    assert b.generator.trace_count >= 1
