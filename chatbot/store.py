@@ -23,7 +23,6 @@ import yaml
 from sqlalchemy import (
     JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
     TypeDecorator, UniqueConstraint, bindparam, create_engine, event, func, insert, inspect, select, text,
-    update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError

@@ -49,3 +49,14 @@ def tiny_bot(tiny_bundle_path):
 @pytest.fixture(scope="session")
 def tiny_pairs() -> list[tuple[str, str]]:
     return [tuple(line.split("\t")[:2]) for line in TINY_PAIRS.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def bot(tiny_bot, tmp_path):
+    """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
+    from chatbot.bot import ChatBot
+
+    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
+    b.generator = tiny_bot.generator
+    yield b
+    b.close()

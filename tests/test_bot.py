@@ -14,15 +14,6 @@ from chatbot.store import SessionNotFound, SessionStore
 from test_cli import chatbot
 
 
-@pytest.fixture
-def bot(tiny_bot, tmp_path):
-    """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
-    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
-    b.generator = tiny_bot.generator
-    yield b
-    b.close()
-
-
 def test_reply_stores_both_turns_with_model_identity(bot, tiny_pairs):
     question, answer = tiny_pairs[0]
     session = bot.new_session(name="alice")

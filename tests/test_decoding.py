@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chatbot.bot import ChatBot
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.errors import ConfigError
 from chatbot.generator import Generator
@@ -255,14 +254,6 @@ def test_unknown_setting_and_config_object(tiny_bot, tiny_pairs):
         tiny_bot.generate(["hello"], decoding=DecodingConfig(beam=0))
     question, answer = tiny_pairs[2]
     assert tiny_bot.ask(question, decoding=DecodingConfig(max_length=40, beam=3)) == answer
-
-
-@pytest.fixture
-def bot(tiny_bot, tmp_path):
-    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
-    b.generator = tiny_bot.generator
-    yield b
-    b.close()
 
 
 def test_reply_stores_the_settings_used(bot, tiny_pairs):

@@ -26,15 +26,6 @@ from test_cli import chatbot
 CTRL_C, CTRL_D, UP = "\x03", "\x04", "\x1b[A"
 
 
-@pytest.fixture
-def bot(tiny_bot, tmp_path):
-    """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
-    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
-    b.generator = tiny_bot.generator
-    yield b
-    b.close()
-
-
 def drive(repl: ChatRepl, keys: str, history=None, close: bool = False, later: str = "") -> str:
     """Type ``keys`` into the real PromptSession loop (then ``later``, half a second on, as a
     person would after pressing Tab); returns what the REPL printed."""
@@ -149,7 +140,7 @@ def test_export_yaml_is_a_trainable_corpus_and_jsonl_has_every_message(bot, tiny
 def test_model_and_help(bot):
     out = drive(new_repl(bot), "/model\r/help\r/?\r/exit\r")
     params = bot.bundle.manifest["parameters"]
-    assert f"  gru, 1 layer of 64 units, attention dot, embeddings 32\n" in out
+    assert "  gru, 1 layer of 64 units, attention dot, embeddings 32\n" in out
     assert f"  tokenizer subword, vocab 300, {params:,} parameters\n" in out
     assert "  decoding greedy, max 40, context turns 0\n" in out
     for command in ("/new [NAME]", "/sessions", "/switch ID_OR_NAME", "/history [N]", "/reset", "/model",
