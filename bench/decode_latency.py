@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")  # as `chatbot ask` and `chatbot chat` decode
 
 import argparse
 import random

@@ -14,7 +14,11 @@ alternating order. The bare generator gets the same context the reply will see (
 ``data.context_turns`` turns of that session), so both decode the same input to the same
 reply and the difference is what the dialogue manager adds.
 
-``db_overhead_p50_ms`` = reply p50 - generator p50 (one session). Afterwards every session
+``db_overhead_p50_ms`` = reply p50 - generator p50 (one session), and
+``db_overhead_paired_p50_ms`` = the median over questions of (reply - generator) for the same
+question decoded back to back. The target is judged on the paired figure: the difference of two
+medians also depends on which questions happen to sit at each median, and swung by +-0.5 ms
+between runs on a shared host while the paired one stayed within 1.76-1.94 ms. Afterwards every session
 is read back: 2 messages per reply, positions 0..n-1, user/bot alternating, each bot
 message answering the user message before it. Progress goes to stderr; the figures are one
 JSON object on the last line of stdout.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")  # as `chatbot ask` and `chatbot chat` decode
 
 import argparse
 import random
@@ -258,6 +263,7 @@ def main() -> None:
     reply = summary(single["reply_ms"])
     overhead = reply["p50_ms"] - generator["p50_ms"]
     many_g, many_r = summary(many["generator_ms"]), summary(many["reply_ms"])
+    paired = percentile(single["paired_ms"], 50)
     correct = (checked["lost_messages"] == 0 and checked["extra_messages"] == 0
                and checked["sessions_out_of_order"] == 0 and checked["integrity_ok"])
     emit({
@@ -268,7 +274,7 @@ def main() -> None:
         "replies_per_s": round(len(single["reply_ms"]) / (sum(single["reply_ms"]) / 1000), 1),
         "db_overhead_p50_ms": round(overhead, 3),
         # Same figure from the per-question differences (reply - generator, same question):
-        "db_overhead_paired_p50_ms": round(percentile(single["paired_ms"], 50), 3),
+        "db_overhead_paired_p50_ms": round(paired, 3),
         # reply wall time minus the decode time reply() itself measured: no decode noise at all.
         "reply_outside_decode_p50_ms": round(percentile(single["outside_decode_ms"], 50), 3),
         "reply_outside_decode_p90_ms": round(percentile(single["outside_decode_ms"], 90), 3),
@@ -286,7 +292,7 @@ def main() -> None:
         },
         **checked,
         "targets": TARGETS,
-        "pass": overhead <= TARGETS["db_overhead_p50_ms_max"] and correct,
+        "pass": paired <= TARGETS["db_overhead_p50_ms_max"] and correct,
         "replies": args.replies,
         "model": str(bot.bundle.path),
         "context_turns": config.data.context_turns,
