@@ -107,6 +107,7 @@ def decoding_overrides(args) -> dict:
 def cmd_ask(args) -> int:
     _stderr_quiet_import()
     from chatbot.bot import ChatBot
+    from chatbot.corpus import clean_text
 
     bot = ChatBot.load(args.model, db=args.db)
     decoding = decoding_overrides(args)
@@ -116,7 +117,7 @@ def cmd_ask(args) -> int:
     session = bot.session(args.session).id if args.session else None
 
     def answer(question: str) -> str:
-        if not _clean(question):  # an empty line still gets exactly one (empty) reply line
+        if not clean_text(question):  # an empty line still gets exactly one (empty) reply line
             return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if args.json else ""
         if session is not None:
             result = bot.reply(question, session=session, decoding=config)
@@ -215,12 +216,6 @@ def cmd_sessions(args) -> int:
 
 class UsageError(Exception):
     """Bad command-line usage found after parsing (exit code 2)."""
-
-
-def _clean(text: str) -> str:
-    from chatbot.corpus import clean_text
-
-    return clean_text(text)
 
 
 # --- parser --------------------------------------------------------------------------------

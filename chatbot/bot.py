@@ -163,12 +163,12 @@ class ChatBot:
 
     def session(self, id_or_name: int | str, create: bool = True):
         """An existing session by id or name; a missing *name* is created when ``create``."""
-        from .store import SessionNotFound
+        from .store import SessionNotFound, is_session_id
 
         try:
             return self.store.get_session(id_or_name)
         except SessionNotFound:
-            if not create or isinstance(id_or_name, int) or str(id_or_name).isdigit():
+            if not create or is_session_id(id_or_name):
                 raise
             return self.store.create_session(str(id_or_name))
 

@@ -145,6 +145,12 @@ class MessageRow(Base):
     session: Mapped[SessionRow] = relationship(back_populates="messages")
 
 
+def is_session_id(id_or_name: int | str) -> bool:
+    """Sessions are named by an int id, a string of ASCII digits (an id), or any other name."""
+    return isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
+                                          and id_or_name.isdigit())
+
+
 # --- prepared statements of the write path ------------------------------------------------------
 _messages = MessageRow.__table__
 _MESSAGE_OWNER = select(_messages.c.session_id).where(_messages.c.id == bindparam("p_id"))
@@ -312,8 +318,7 @@ class SessionStore:
 
     def _row(self, s: Session, id_or_name: int | str, lock: bool = False) -> SessionRow:
         query = select(SessionRow)
-        if isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
-                                          and id_or_name.isdigit()):
+        if is_session_id(id_or_name):
             query, missing = query.where(SessionRow.id == int(id_or_name)), f"no session with id {id_or_name}"
         elif isinstance(id_or_name, str):
             query, missing = query.where(SessionRow.name == id_or_name), f"no session named {id_or_name!r}"
@@ -338,7 +343,7 @@ class SessionStore:
         if name is not None:
             if not isinstance(name, str) or not name.strip():
                 raise StoreError("a session name must be a non-empty string")
-            if name.isascii() and name.isdigit():
+            if is_session_id(name):
                 raise StoreError(f"session name {name!r} is all digits and would read as an id")
         if metadata is not None and not isinstance(metadata, dict):
             raise StoreError("session metadata must be a dict")
@@ -429,8 +434,7 @@ class SessionStore:
                 raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
 
     def _session_id(self, id_or_name: int | str) -> int:
-        if isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
-                                          and id_or_name.isdigit()):
+        if is_session_id(id_or_name):
             return int(id_or_name)
         return self.get_session(id_or_name).id
 
