@@ -23,11 +23,12 @@ def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_i
     return sources, targets
 
 
-# Bucket edges grow geometrically: short greetings and long code samples each get batches
-# of their own size, and a batch is padded only to its own longest member.
-BUCKET_EDGES = (4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192,
-                256, 320, 384, 512, 768)
-TOKENS_PER_BATCH_FACTOR = 64  # long buckets get smaller batches: about batch_size * 64 tokens
+# Short examples get fine buckets (a batch is padded only to its own longest member); the few
+# long ones share coarse buckets with full-size batches. An RNN step costs about the same at
+# batch 4 as at batch 32 on a CPU, so a long bucket split into many small batches pays for
+# its hundreds of steps again and again (measured: +12% samples/s on the English corpus).
+BUCKET_EDGES = (4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 256)
+TOKENS_PER_BATCH_FACTOR = 512  # caps memory only for very long examples: batch_size * 512 tokens
 
 
 def bucket_plan(max_length: int, batch_size: int) -> tuple[list[int], list[int]]:
