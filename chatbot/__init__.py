@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError,
+    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, PlotError,
     StoreError, TokenizerError, TrainingError,
 )
 
@@ -20,4 +20,4 @@ def __getattr__(name):
 
 
 __all__ = ["ChatBot", "Config", "ChatbotError", "BundleError", "ConfigError", "CorpusError",
-           "DecodingError", "InputError", "StoreError", "TokenizerError", "TrainingError", "__version__"]
+           "DecodingError", "InputError", "PlotError", "StoreError", "TokenizerError", "TrainingError", "__version__"]

@@ -10,36 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .bundle import Bundle
+from .bundle import MODELS_DIR, PROJECT_ROOT, Bundle, resolve_model_path  # noqa: F401 (re-exported)
 from .config import DecodingConfig
 from .corpus import clean_text
-from .errors import BundleError, DecodingError, InputError
+from .errors import DecodingError, InputError
 from .generator import Generation, Generator
+from .memory import AnswerMemory
 
 log = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = PROJECT_ROOT / "models"
-
-
-def resolve_model_path(model: str | Path | None) -> Path:
-    """A path, a name under ``models/``, ``$CHATBOT_MODEL``, or the bundled default."""
-    if model is None:
-        model = os.environ.get("CHATBOT_MODEL") or MODELS_DIR / "default"
-    path = Path(model).expanduser()
-    if not path.exists() and not path.is_absolute() and (MODELS_DIR / path).is_dir():
-        path = MODELS_DIR / path
-    if not path.exists():
-        raise BundleError(f"{path}: no such model (give a bundle directory or a name under {MODELS_DIR})")
-    return path
-
 
 def sanitize_message(text: str) -> str:
     """What is stored for a user message: control characters removed, nothing else changed.
@@ -70,7 +54,8 @@ class ChatBot:
     def __init__(self, bundle: Bundle, db: str | None = None, warm_up: bool = True,
                  fallback_threshold: float | None = None, fallback_text: str | None = None):
         self.bundle = bundle
-        self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding)
+        self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
+                                   memory=AnswerMemory(bundle.train) if bundle.train else None)
         dialogue = bundle.config.dialogue
         self.fallback_threshold = dialogue.fallback_threshold if fallback_threshold is None else fallback_threshold
         self.fallback_text = fallback_text or dialogue.fallback_text
@@ -222,6 +207,17 @@ class ChatBot:
                                 latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
         return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id,
                      generated.alternatives)
+
+    # --- feedback ----------------------------------------------------------------------------
+    def rate(self, message_id: int, rating: str):
+        """Mark a stored reply "good" or "bad" (``Reply.message_id``)."""
+        return self.store.set_feedback(message_id, rating=rating)
+
+    def correct(self, message_id: int, better_answer: str):
+        """Record the answer a reply should have been; it is exported as a training pair."""
+        if isinstance(better_answer, str) and not better_answer.strip():
+            raise InputError("a correction must not be empty")
+        return self.store.set_feedback(message_id, correction=sanitize_message(better_answer))
 
     def close(self) -> None:
         if self._warming is not None:

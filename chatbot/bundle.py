@@ -8,7 +8,10 @@ Layout of ``models/NAME/``::
     model.weights.h5   weights only: loading never deserialises code (no pickle, no Lambda)
     metrics.json       training history and evaluation figures
     validation.jsonl   the held-out examples, so evaluation always uses unseen pairs
+    train.jsonl        the training examples: the answer memory that replies can draw on
     training_log.csv   per-epoch log written during training
+    training.png       loss and accuracy per epoch (when matplotlib is installed)
+    tensorboard/       TensorBoard event files of the training run
 
 A bundle is first written to a hidden sibling directory and renamed into place, so a crash
 leaves either the old bundle or the new one, never a half-written one.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -28,8 +32,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config
-from .corpus import Example
-from .errors import BundleError, ChatbotError
+from .corpus import Example, load_corpus
+from .errors import BundleError, ChatbotError, CorpusError
 from .tokenizer import TextTokenizer
 
 FORMAT_VERSION = 1
@@ -39,10 +43,27 @@ TOKENIZER = "tokenizer.json"
 WEIGHTS = "model.weights.h5"
 METRICS = "metrics.json"
 VALIDATION = "validation.jsonl"
+TRAIN = "train.jsonl"
 TRAINING_LOG = "training_log.csv"
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS)
 # Formats that can carry executable code; a bundle holding one is refused outright.
 UNSAFE_SUFFIXES = (".pkl", ".pickle", ".keras", ".pb", ".joblib", ".npy", ".npz")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = PROJECT_ROOT / "models"
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """A path, a name under ``models/``, ``$CHATBOT_MODEL``, or the bundled default."""
+    if model is None:
+        model = os.environ.get("CHATBOT_MODEL") or MODELS_DIR / "default"
+    path = Path(model).expanduser()
+    if not path.exists() and not path.is_absolute() and (MODELS_DIR / path).is_dir():
+        path = MODELS_DIR / path
+    if not path.exists():
+        raise BundleError(f"{path}: no such model (give a bundle directory or a name under {MODELS_DIR})")
+    return path
 
 
 def file_sha256(path: Path) -> str:
@@ -61,6 +82,7 @@ class Bundle:
     metrics: dict = field(default_factory=dict)
     corpus: dict = field(default_factory=dict)  # {"path", "sha256", "examples", "train", "validation"}
     validation: list[Example] = field(default_factory=list)
+    train: list[Example] = field(default_factory=list)
     path: Path | None = None
     manifest: dict = field(default_factory=dict)
 
@@ -69,7 +91,10 @@ class Bundle:
         return self.path.name if self.path else "unsaved"
 
     # --- saving --------------------------------------------------------------------------
-    def save(self, path: str | Path, training_log: Path | None = None) -> Path:
+    def save(self, path: str | Path, training_log: Path | None = None,
+             attachments: dict[str, Path] | None = None) -> Path:
+        """Write the bundle atomically; ``attachments`` maps names in the bundle to files or
+        directories to copy in (plots, TensorBoard logs). Every file is checksummed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -79,12 +104,17 @@ class Bundle:
             self.tokenizer.save(staging / TOKENIZER)
             self.model.save_weights(staging / WEIGHTS)
             (staging / METRICS).write_text(json.dumps(self.metrics, indent=2) + "\n", encoding="utf-8")
-            (staging / VALIDATION).write_text(
-                "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in self.validation),
-                encoding="utf-8")
+            (staging / VALIDATION).write_text(_jsonl(self.validation), encoding="utf-8")
+            if self.train:
+                (staging / TRAIN).write_text(_jsonl(self.train), encoding="utf-8")
             if training_log is not None and training_log.exists():
                 shutil.copyfile(training_log, staging / TRAINING_LOG)
-            files = sorted(p.name for p in staging.iterdir())
+            for name, source in (attachments or {}).items():
+                if source.is_dir():
+                    shutil.copytree(source, staging / name)
+                elif source.exists():
+                    shutil.copyfile(source, staging / name)
+            files = sorted(f.relative_to(staging).as_posix() for f in staging.rglob("*") if f.is_file())
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "chatbot_version": __version__,
@@ -103,6 +133,32 @@ class Bundle:
         self.path, self.manifest = path, manifest
         return path
 
+    # --- the data it was trained on ------------------------------------------------------
+    def training_examples(self) -> list[Example]:
+        """Every example of the corpus this model was trained on (validation split included),
+        rebuilt from the recorded path and checked against the recorded sha256."""
+        recorded = self.corpus.get("path")
+        if not recorded:
+            raise BundleError(f"{self.path}: the bundle does not record its training corpus")
+        path = Path(recorded)
+        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+            path = PROJECT_ROOT / path  # recorded relative to the project, read from elsewhere
+        if not path.exists():
+            raise CorpusError(path, None, f"the training corpus of model {self.name} is no longer here")
+        # Its skipped entries were reported when the model was trained: say nothing again.
+        corpus_log = logging.getLogger("chatbot.corpus")
+        level = corpus_log.level
+        corpus_log.setLevel(logging.ERROR)
+        try:
+            corpus = load_corpus(path)
+        finally:
+            corpus_log.setLevel(level)
+        if corpus.sha256 != self.corpus.get("sha256"):
+            raise CorpusError(path, None, f"the training corpus of model {self.name} changed since "
+                                          "it was trained (sha256 differs)")
+        data = self.config.data
+        return corpus.examples(data.context_turns, data.deduplicate)
+
     # --- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
@@ -116,7 +172,7 @@ class Bundle:
         if version > FORMAT_VERSION:
             raise BundleError(f"{path}: bundle format {version} is newer than this chatbot "
                               f"supports ({FORMAT_VERSION}); upgrade the chatbot package")
-        unsafe = [p.name for p in path.iterdir() if p.suffix.lower() in UNSAFE_SUFFIXES]
+        unsafe = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in UNSAFE_SUFFIXES]
         if unsafe:
             raise BundleError(f"{path}: refusing to load a bundle containing {', '.join(sorted(unsafe))} "
                               "(formats that can execute code)")
@@ -147,11 +203,64 @@ class Bundle:
             model.load_weights(path / WEIGHTS)
         except Exception as exc:  # h5py/Keras raise many types; all mean "unusable weights"
             raise BundleError(f"{path / WEIGHTS}: cannot load weights ({exc})") from None
-        validation = [Example.from_json(json.loads(line))
-                      for line in (path / VALIDATION).read_text(encoding="utf-8").splitlines() if line]\
-            if (path / VALIDATION).exists() else []
         metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
-        return cls(config, tokenizer, model, metrics, manifest.get("corpus", {}), validation, path, manifest)
+        return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
+                   validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
+                   path=path, manifest=manifest)
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """What ``chatbot models list`` shows: read from the manifest and metrics, no weights."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    created: str | None = None
+    corpus: str | None = None
+    parameters: int | None = None
+    metrics: dict = field(default_factory=dict)  # train_exact_match, validation figures
+    problem: str | None = None  # why the directory is not a usable bundle
+
+
+def list_bundles(directory: str | Path) -> list[BundleSummary]:
+    """Every bundle directly under ``directory`` (hidden work directories skipped), by name.
+    Cheap: no weights are loaded and no checksums computed (``Bundle.load`` does that)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a directory")
+    found = []
+    for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (path / MANIFEST).exists():
+            continue  # not a bundle (e.g. a folder of configs)
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        try:
+            manifest = _read_json(path / MANIFEST)
+            metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
+        except BundleError as exc:
+            found.append(BundleSummary(path.name, path, size, problem=str(exc)))
+            continue
+        key = {"train_exact_match": metrics.get("train_exact_match"), **metrics.get("validation", {})}
+        version = manifest.get("format_version")
+        problem = (f"format {version} is newer than this chatbot supports"
+                   if isinstance(version, int) and version > FORMAT_VERSION else None)
+        found.append(BundleSummary(path.name, path, size, manifest.get("created"),
+                                   (manifest.get("corpus") or {}).get("path"), manifest.get("parameters"),
+                                   {k: v for k, v in key.items() if v is not None}, problem))
+    return found
+
+
+def _jsonl(examples: list[Example]) -> str:
+    return "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)
+
+
+def _read_examples(file: Path) -> list[Example]:
+    if not file.exists():  # optional: older bundles lack train.jsonl
+        return []
+    try:
+        return [Example.from_json(json.loads(line)) for line in file.read_text(encoding="utf-8").splitlines() if line]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{file}: unreadable examples ({exc})") from None
 
 
 def _read_json(file: Path) -> dict:
@@ -167,8 +276,11 @@ def _read_json(file: Path) -> dict:
 
 
 def _fsync_tree(directory: Path) -> None:
-    for file in directory.iterdir():
-        with open(file, "rb") as f:
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            _fsync_tree(entry)
+            continue
+        with open(entry, "rb") as f:
             os.fsync(f.fileno())
     fd = os.open(directory, os.O_RDONLY)
     try:

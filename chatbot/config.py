@@ -118,6 +118,10 @@ class DecodingConfig:
       less likely, ``min_length`` forbids the end token before that many tokens.
     * ``avoid_repeat``: in a session, ``ChatBot.reply`` takes the best of the n-best list
       that differs from the bot's previous reply (needs ``n_best`` > 1 to have a choice).
+    * ``rerank``: the answers of up to this many training questions most like the input
+      (at least ``rerank_min_similarity`` alike, 0..1) compete with the decoded reply; the
+      one the model itself scores highest is the reply (0: off). Needs a bundle that stores
+      its training pairs (``train.jsonl``); inputs with no close question are decoded only.
     """
 
     strategy: str = "greedy"
@@ -133,6 +137,8 @@ class DecodingConfig:
     repetition_penalty: float = 1.0
     min_length: int = 0  # tokens before the end token, at least
     avoid_repeat: bool = False
+    rerank: int = 0
+    rerank_min_similarity: float = 0.6
 
     def validate(self, prefix: str) -> None:
         _check(self.strategy in DECODING_STRATEGIES, prefix, "strategy",
@@ -151,6 +157,8 @@ class DecodingConfig:
         _check(self.repetition_penalty >= 1.0, prefix, "repetition_penalty", "must be >= 1.0 (1 disables it)")
         _check(0 <= self.min_length < self.max_length, prefix, "min_length",
                f"must be >= 0 and below max_length ({self.max_length})")
+        _check(0 <= self.rerank <= 100, prefix, "rerank", "must be between 0 (off) and 100")
+        _check(0.0 <= self.rerank_min_similarity <= 1.0, prefix, "rerank_min_similarity", "must be in [0, 1]")
 
     @property
     def effective_strategy(self) -> str:

@@ -44,3 +44,7 @@ class InputError(ChatbotError, ValueError):
 
 class StoreError(ChatbotError):
     """The conversation database cannot be opened, read or written."""
+
+
+class PlotError(ChatbotError):
+    """A plot cannot be drawn: matplotlib is missing, or there is nothing to plot."""

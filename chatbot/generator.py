@@ -18,6 +18,7 @@ the mean log-probability per generated token, end token included.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -27,10 +28,17 @@ import numpy as np
 import tensorflow as tf
 
 from .config import DataConfig, DecodingConfig
+from .memory import AnswerMemory
 from .model import Seq2Seq
 from .tokenizer import END, PAD, START, TextTokenizer
 
 NEG_INF = float("-inf")
+SCORE_BATCH = 64  # answers scored per forward pass
+# In reranking, 0.01 of question similarity weighs as much as 1 nat of mean log-probability:
+# a closer question wins unless the model finds its answer far less likely. Measured on the
+# dev sets of bench/robustness.py: weights of 5, 10 and 30 let a memorising model's scores
+# override clearly closer questions and lost 4-15 points of exact match.
+SIMILARITY_WEIGHT = 100.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class Generation:
     # greedy decoding and sampling.
     alternatives: tuple[tuple[str, float], ...] = ()
     token_ids: tuple[int, ...] = ()  # the generated ids, [END] included when it was reached
+    # "decoded" (the decode loop's reply) or "memory" (a training answer the model scored
+    # higher, see DecodingConfig.rerank)
+    origin: str = "decoded"
 
 
 def _scalar(dtype) -> tf.TensorSpec:
@@ -51,13 +62,15 @@ def _scalar(dtype) -> tf.TensorSpec:
 
 class Generator:
     def __init__(self, model: Seq2Seq, tokenizer: TextTokenizer, data: DataConfig,
-                 decoding: DecodingConfig, max_batch: int = 64):
+                 decoding: DecodingConfig, max_batch: int = 64, memory: AnswerMemory | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.data = data
         self.decoding = decoding
         self.max_batch = max_batch
+        self.memory = memory
         source = tf.TensorSpec([None, None], tf.int32)
+        self._score = tf.function(self._score_batch, input_signature=[source, source])
         self._step = tf.function(self._step_loop, input_signature=[
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
@@ -81,8 +94,65 @@ class Generator:
 
     @property
     def trace_count(self) -> int:
-        """Traces of all compiled loops together (each is traced once, on first use)."""
-        return self._step.experimental_get_tracing_count() + self._beam.experimental_get_tracing_count()
+        """Traces of all compiled functions together (each is traced once, on first use)."""
+        return sum(f.experimental_get_tracing_count() for f in (self._step, self._beam, self._score))
+
+    # --- scoring given answers ---------------------------------------------------------------
+    def _score_batch(self, source, target):
+        """Mean log-probability per token of each ``target`` row (its [END] included, padding
+        left out) given its ``source`` row: the same figure as ``Generation.score``."""
+        decoder_input = tf.concat([tf.fill([tf.shape(target)[0], 1], START), target[:, :-1]], axis=1)
+        logits = tf.cast(self.model((source, decoder_input), training=False), tf.float32)
+        picked = tf.gather(tf.nn.log_softmax(logits), target, axis=2, batch_dims=2)
+        real = tf.cast(tf.not_equal(target, PAD), tf.float32)
+        return tf.reduce_sum(picked * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+
+    def score(self, inputs: Sequence[Sequence[str]], answers: Sequence[str],
+              max_length: int | None = None) -> np.ndarray:
+        """How likely the model finds each answer for its input (rows pair up), as the mean
+        log-probability per token. Answers are cut to ``max_length`` tokens (default: the
+        decoding max_length), as a decoded reply would be."""
+        limit = max_length or self.decoding.max_length
+        scores = []
+        for start in range(0, len(answers), SCORE_BATCH):
+            chunk = slice(start, start + SCORE_BATCH)
+            ids = [self.tokenizer.encode_target(a, limit) for a in answers[chunk]]
+            target = np.zeros((len(ids), max(len(i) for i in ids)), dtype=np.int32)
+            for row, seq in enumerate(ids):
+                target[row, :len(seq)] = seq
+            scores.append(self._score(tf.constant(self.encode_inputs(inputs[chunk])), tf.constant(target)).numpy())
+        return np.concatenate(scores) if scores else np.zeros([0], np.float32)
+
+    def _rerank(self, inputs: Sequence[Sequence[str]], generations: list[Generation],
+                config: DecodingConfig) -> list[Generation]:
+        """Let the answers of the nearest training questions compete with each decoded reply
+        (see ``DecodingConfig.rerank``). Each candidate is ranked by the model's score of it
+        given what was typed plus ``SIMILARITY_WEIGHT`` x its question's similarity; the
+        decoded reply and beam alternatives count with similarity 0 unless they are one of
+        the memory's answers. The reply keeps the model's score as its score."""
+        began = time.perf_counter()
+        offered = [self.memory.candidates(turns[-1], config.rerank, config.rerank_min_similarity)
+                   for turns in inputs]
+        decoded = [dict(g.alternatives or ((g.text, g.score),)) for g in generations]
+        to_score = [(row, answer) for row, found in enumerate(offered) for answer in found
+                    if answer not in decoded[row]]
+        scores = iter(self.score([inputs[row] for row, _ in to_score], [a for _, a in to_score],
+                                 config.max_length) if to_score else [])
+        extra_ms = (time.perf_counter() - began) * 1000 / len(inputs)
+        reranked = []
+        for found, known, generated in zip(offered, decoded, generations):
+            generated = dataclasses.replace(generated, latency_ms=generated.latency_ms + extra_ms)
+            if found:
+                pool = {**known, **{a: float(next(scores)) for a in found if a not in known}}
+                ranked = sorted(pool.items(), key=lambda item: -(item[1] + SIMILARITY_WEIGHT * found.get(item[0], 0.0)))
+                text, score = ranked[0]
+                if text != generated.text:
+                    ids = self.tokenizer.encode_target(text, config.max_length)
+                    generated = dataclasses.replace(generated, text=text, score=score, tokens=len(ids),
+                                                    token_ids=tuple(ids), origin="memory")
+                generated = dataclasses.replace(generated, alternatives=tuple(ranked))
+            reranked.append(generated)
+        return reranked
 
     # --- shared: repetition control ----------------------------------------------------------
     def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
@@ -394,6 +464,7 @@ class Generator:
                 ids, logprob, lengths = ids[:, None], logprob[:, None], lengths[:, None]
                 keys = logprob
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
+            chunk_results: list[Generation] = []
             for row in range(len(chunk)):
                 hypotheses = []
                 for j in range(ids.shape[1]):
@@ -402,7 +473,7 @@ class Generator:
                         continue  # an unusable beam slot (fewer possible hypotheses than beams)
                     hypotheses.append((ids[row, j, :n], float(logprob[row, j] / max(n, 1)), n))
                 token_ids, score, n = hypotheses[0]
-                results.append(Generation(
+                chunk_results.append(Generation(
                     text=self.tokenizer.decode(token_ids),
                     score=score,
                     tokens=n,
@@ -410,4 +481,7 @@ class Generator:
                     alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),
                     token_ids=tuple(int(t) for t in token_ids),
                 ))
+            if config.rerank and self.memory is not None:
+                chunk_results = self._rerank(chunk, chunk_results, config)
+            results.extend(chunk_results)
         return results

@@ -159,6 +159,9 @@ COMMANDS: dict[str, Command] = {
                                    + ", ".join(SETTINGS)),
     "/score": Command("", "toggle showing score and latency after each reply"),
     "/export": Command("PATH", "write this session: .yml/.yaml as a corpus, else JSONL"),
+    "/good": Command("", "rate the last reply good (kept for retraining)"),
+    "/bad": Command("", "rate the last reply bad (left out of retraining)"),
+    "/correct": Command("BETTER ANSWER", "record what the last reply should have been"),
     "/quit": Command("", "leave (also Ctrl-D)"),
 }
 ALIASES = {"/exit": "/quit", "/?": "/help"}
@@ -490,6 +493,38 @@ class ChatRepl:
             self._error(f"cannot write {path}: {exc.strerror or exc}")
             return
         self._info(f"wrote session {self.session_label} to {path} ({fmt})")
+
+    def _last_reply_id(self) -> int | None:
+        """The newest bot message of this session (also after resuming a stored session)."""
+        if self.session_id is None:
+            return None
+        recent = self.bot.history(self.session_id, last=2)
+        return next((m.id for m in reversed(recent) if m.role == "bot"), None)
+
+    def _feedback(self, usage: str, **feedback) -> None:
+        message_id = self._last_reply_id()
+        if message_id is None:
+            self._error(f"{usage}: no reply in this session yet")
+            return
+        if "correction" in feedback:
+            self.bot.correct(message_id, feedback["correction"])
+            self._info("correction recorded for the last reply (`chatbot sessions export --feedback` "
+                       "turns feedback into a corpus)")
+        else:
+            self.bot.rate(message_id, feedback["rating"])
+            self._info(f"last reply rated {feedback['rating']}")
+
+    def _cmd_good(self, arg: str) -> None:
+        self._feedback("/good", rating="good")
+
+    def _cmd_bad(self, arg: str) -> None:
+        self._feedback("/bad", rating="bad")
+
+    def _cmd_correct(self, arg: str) -> None:
+        if not arg:
+            self._error("usage: /correct BETTER ANSWER")
+            return
+        self._feedback("/correct", correction=arg)
 
     # --- loops -----------------------------------------------------------------------------
     def prompt_session(self, history: History | None = None, *, input=None, output=None) -> PromptSession:

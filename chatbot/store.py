@@ -26,15 +26,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the feedback table (a version-1 database is upgraded on open)
 ROLES = ("user", "bot")
+RATINGS = ("good", "bad")
 DB_ENV = "CHATBOT_DB"
 _POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the same position
 
@@ -54,12 +55,12 @@ def default_database_url() -> str:
     return _sqlite_url(root / "chatbot" / "chatbot.db")
 
 
-def resolve_database_url(url: str | None) -> str:
+def resolve_database_url(url: str | os.PathLike | None) -> str:
     """An explicit URL, else ``$CHATBOT_DB``, else the default file.
 
-    A value without ``://`` is taken as a SQLite file path, so ``--db chats.db`` works.
+    A value without ``://`` (or a ``Path``) is taken as a SQLite file path, so ``--db chats.db`` works.
     """
-    chosen = url or os.environ.get(DB_ENV) or default_database_url()
+    chosen = os.fspath(url) if url else os.environ.get(DB_ENV) or default_database_url()
     return chosen if "://" in chosen else _sqlite_url(Path(chosen).expanduser().resolve())
 
 
@@ -145,6 +146,17 @@ class MessageRow(Base):
     session: Mapped[SessionRow] = relationship(back_populates="messages")
 
 
+class FeedbackRow(Base):
+    """A user's verdict on one bot reply: a rating, a better answer, or both (one row per reply)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("rating IN ('good', 'bad')", name="ck_feedback_rating"),)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    rating: Mapped[str | None] = mapped_column(String(8))
+    correction: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
+
+
 def is_session_id(id_or_name: int | str) -> bool:
     """Sessions are named by an int id, a string of ASCII digits (an id), or any other name."""
     return isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
@@ -191,6 +203,14 @@ class Message:
     in_reply_to: int | None = None
 
 
+@dataclass(frozen=True)
+class Feedback:
+    message_id: int
+    rating: str | None
+    correction: str | None
+    updated_at: datetime
+
+
 def _session_info(row: SessionRow, count: int, last_message_at: datetime | None) -> SessionInfo:
     # A session's "updated" time is its last message's, read rather than written: appending a
     # message then needs no second statement to touch the session row.
@@ -202,6 +222,10 @@ def _message(row: MessageRow) -> Message:
     return Message(row.id, row.session_id, row.position, row.role, row.text, row.created_at,
                    row.model_name, row.model_version, row.decoding, row.score, row.latency_ms,
                    row.fallback, row.in_reply_to)
+
+
+def _feedback(row: FeedbackRow) -> Feedback:
+    return Feedback(row.message_id, row.rating, row.correction, row.updated_at)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -218,7 +242,7 @@ class SessionStore:
     database at once.
     """
 
-    def __init__(self, url: str | None = None, busy_timeout_ms: int = 5000):
+    def __init__(self, url: str | os.PathLike | None = None, busy_timeout_ms: int = 5000):
         self.url = resolve_database_url(url)
         try:
             parsed = make_url(self.url)
@@ -293,9 +317,12 @@ class SessionStore:
             if found is not None and found > SCHEMA_VERSION:
                 raise StoreError(f"database {self._shown} has schema version {found}, newer than "
                                  f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
-            Base.metadata.create_all(conn)
+            Base.metadata.create_all(conn)  # also adds tables that an older version lacked
             if found is None:
                 s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+            elif found < SCHEMA_VERSION:
+                log.info("upgraded %s from schema version %d to %d", self._shown, found, SCHEMA_VERSION)
+                s.execute(SchemaInfo.__table__.update().values(version=SCHEMA_VERSION))
         if self._sqlite:
             self._wal = True
             raw = self.engine.raw_connection()  # PRAGMA journal_mode cannot run inside BEGIN
@@ -470,6 +497,75 @@ class SessionStore:
             return [_message(r) for r in s.scalars(query.order_by(MessageRow.position))]
         rows = s.scalars(query.order_by(MessageRow.position.desc()).limit(last)).all()
         return [_message(r) for r in reversed(rows)]
+
+    # --- feedback ------------------------------------------------------------------------------
+    def set_feedback(self, message_id: int, rating: str | None = None,
+                     correction: str | None = None) -> Feedback:
+        """Rate a bot reply and/or record a better answer; fields left None keep their value."""
+        if rating is not None and rating not in RATINGS:
+            raise StoreError(f"rating must be 'good' or 'bad', not {rating!r}")
+        if correction is not None and (not isinstance(correction, str) or not correction.strip()):
+            raise StoreError("a correction must be a non-empty string")
+        if rating is None and correction is None:
+            raise StoreError("give a rating, a correction or both")
+        with self._session(write=True) as s:
+            message = s.get(MessageRow, message_id)
+            if message is None or message.role != "bot":
+                raise StoreError(f"message {message_id} is not a stored bot reply")
+            row = s.get(FeedbackRow, message_id) or FeedbackRow(message_id=message_id)
+            if rating is not None:
+                row.rating = rating
+            if correction is not None:
+                row.correction = correction
+            row.updated_at = _now()
+            s.add(row)
+            s.flush()
+            return _feedback(row)
+
+    def get_feedback(self, message_id: int) -> Feedback | None:
+        with self._session() as s:
+            row = s.get(FeedbackRow, message_id)
+            return None if row is None else _feedback(row)
+
+    def session_feedback(self, session_id: int | str) -> dict[int, Feedback]:
+        """The feedback on a session's replies, by message id."""
+        with self._session() as s:
+            sid = self._row(s, session_id).id
+            rows = s.scalars(select(FeedbackRow).join(MessageRow, MessageRow.id == FeedbackRow.message_id)
+                             .where(MessageRow.session_id == sid))
+            return {r.message_id: _feedback(r) for r in rows}
+
+    def feedback_pairs(self, session_id: int | str | None = None) -> list[tuple[str, str]]:
+        """(question, answer) pairs to retrain on: a correction replaces the reply, a reply
+        rated good stands as it was, a reply rated bad (uncorrected) is left out. Fallback
+        replies count only when corrected. Oldest first."""
+        question = aliased(MessageRow)
+        query = (select(question.text, MessageRow.text, MessageRow.fallback, FeedbackRow.rating,
+                        FeedbackRow.correction)
+                 .join(MessageRow, MessageRow.id == FeedbackRow.message_id)
+                 .join(question, question.id == MessageRow.in_reply_to)
+                 .order_by(MessageRow.session_id, MessageRow.position))
+        with self._session() as s:
+            if session_id is not None:
+                query = query.where(MessageRow.session_id == self._row(s, session_id).id)
+            rows = s.execute(query).all()
+        pairs = []
+        for asked, replied, fallback, rating, correction in rows:
+            if correction:
+                pairs.append((asked, correction))
+            elif rating == "good" and not fallback:
+                pairs.append((asked, replied))
+        return pairs
+
+    def export_feedback(self, session_id: int | str | None = None, format: str = "yaml") -> str:
+        """``feedback_pairs`` as a trainable corpus: ChatterBot YAML or question/answer JSONL."""
+        if format not in ("jsonl", "yaml"):
+            raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
+        pairs = self.feedback_pairs(session_id)
+        if format == "yaml":
+            doc = {"categories": ["feedback"], "conversations": [[q, a] for q, a in pairs]}
+            return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+        return "".join(_json_line({"question": q, "answer": a}) + "\n" for q, a in pairs)
 
     # --- export --------------------------------------------------------------------------------
     def export_session(self, session_id: int | str, format: str = "jsonl") -> str:

@@ -22,11 +22,14 @@ from .bundle import Bundle
 from .config import Config
 from .corpus import Corpus, Example, load_corpus, split_examples
 from .errors import TrainingError
+from .evaluate import check_golden, load_golden
+from .memory import AnswerMemory
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
+UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new vocabulary
 
 
 def work_dir_for(out: Path) -> Path:
@@ -35,8 +38,22 @@ def work_dir_for(out: Path) -> Path:
 
 def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: bool = False,
           verbose: int = 1, extra_callbacks: list | None = None,
-          on_stage: Callable[[str], None] | None = None) -> Bundle:
-    """Train a model and save it as a bundle at ``out``; returns the saved bundle."""
+          on_stage: Callable[[str], None] | None = None, base: str | Path | Bundle | None = None,
+          mix_base_corpus: bool = False, rebuild_vocab: bool = False,
+          golden: str | Path | None = None) -> Bundle:
+    """Train a model and save it as a bundle at ``out``; returns the saved bundle.
+
+    Fine-tuning: with ``base`` (a bundle or its path), training starts from that model's
+    weights and keeps its tokenizer, so ``config`` must keep its tokenizer and model
+    sections. ``mix_base_corpus`` adds the base model's own training pairs (its validation
+    pairs stay held out), so the new model does not forget what the old one knew.
+    ``rebuild_vocab`` fits a new tokenizer and starts from fresh weights instead, for a
+    corpus that the base vocabulary does not cover.
+
+    ``golden``: a file of question -> expected answer checks (see ``evaluate.load_golden``).
+    A model that fails any is not installed at ``out`` (an existing bundle there stays);
+    it is saved beside it as ``OUT.rejected`` and ``GoldenCheckFailed`` is raised.
+    """
     import keras  # deferred so that importing the package stays fast
 
     from .dataset import encode_examples, make_dataset
@@ -48,12 +65,19 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     work = work_dir_for(out)
     config = config.validate()
 
+    golden_cases = load_golden(golden) if golden is not None else None  # a bad file fails now
     corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     corpus_path = str(corpus_obj.root)
     examples = corpus_obj.examples(config.data.context_turns, config.data.deduplicate)
+    if base is not None and not isinstance(base, Bundle):
+        base = Bundle.load(base)
 
     if resume:
         state = _read_state(work)
+        if base is None and state.get("base"):  # the same fine-tuning, even without --from
+            base = Bundle.load(state["base"])
+        mix_base_corpus = state.get("mix_base_corpus", mix_base_corpus)
+        rebuild_vocab = state.get("rebuild_vocab", rebuild_vocab)
         if state["corpus_sha256"] != corpus_obj.sha256:
             raise TrainingError(f"{work}: the corpus changed since this training started; "
                                 "train again without --resume")
@@ -66,17 +90,39 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
             shutil.rmtree(work)
         work.mkdir(parents=True)
         tokenizer = None
+    if base is not None and not rebuild_vocab:
+        _check_same_architecture(base, config)
 
     keras.utils.set_random_seed(config.training.seed)
     train_examples, val_examples = split_examples(examples, config.data.validation_fraction,
                                                   config.training.seed)
+    new_pairs = list(train_examples)
+    reference = examples  # every accepted answer, for exact match
+    if base is not None and mix_base_corpus:
+        old = base.training_examples()
+        held_out = {_pair(e) for e in base.validation}
+        known = {_pair(e) for e in examples}
+        train_examples += [e for e in old if _pair(e) not in held_out | known]
+        val_examples += [e for e in base.validation if _pair(e) not in known]
+        reference = examples + [e for e in old if _pair(e) not in known]
+        stage(f"mixing in {len(old)} pairs of {base.name}'s corpus ({len(held_out)} of them held out)")
+    if base is not None and not rebuild_vocab and tokenizer is None:
+        tokenizer = base.tokenizer
+        tokenizer.save(work / "tokenizer.json")
+        _write_state(work, config, corpus_obj, corpus_path, base, mix_base_corpus, rebuild_vocab)
     if tokenizer is None:
         stage(f"fitting a {config.tokenizer.level} tokenizer on {len(train_examples)} training pairs")
         tokenizer = TextTokenizer.fit(_texts(train_examples), config.tokenizer.level,
                                       config.tokenizer.vocab_size, config.tokenizer.min_frequency)
         tokenizer.save(work / "tokenizer.json")
-        (work / STATE).write_text(json.dumps({"config": config.to_dict(), "corpus_sha256": corpus_obj.sha256,
-                                              "corpus_path": corpus_path}, indent=2), encoding="utf-8")
+        _write_state(work, config, corpus_obj, corpus_path, base, mix_base_corpus, rebuild_vocab)
+    unknown_rate = tokenizer.unknown_rate(_texts(new_pairs))
+    if base is not None and not rebuild_vocab:
+        stage(f"fine-tuning {base.name} ({base.path}); unknown tokens in the new training pairs: "
+              f"{unknown_rate:.1%}")
+        if unknown_rate > UNKNOWN_RATE_WARNING:
+            log.warning("%.1f%% of the new corpus' tokens are unknown to %s's vocabulary: "
+                        "consider --rebuild-vocab", unknown_rate * 100, base.name)
 
     data = config.data
     train_src, train_tgt = encode_examples(train_examples, tokenizer, data.max_input_tokens, data.max_output_tokens)
@@ -90,6 +136,8 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
 
     model = Seq2Seq(tokenizer.vocab_size, config.model)
     model.build_for_inference()
+    if base is not None and not rebuild_vocab:
+        model.set_weights(base.model.get_weights())  # resume=True then restores its own backup
     compile_model(model, config.training.learning_rate, config.training.clipnorm)
     stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
           f"attention {config.model.attention}, {model.count_params():,} parameters, "
@@ -104,6 +152,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(log_file), append=resume),
+        keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
     if config.training.lr_decay_patience:
@@ -129,6 +178,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     metrics = {
         "epochs_run": len(history.history.get("loss", [])),
         "train_seconds": round(seconds, 1),
+        "unknown_token_rate": round(unknown_rate, 5),
         "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()},
     }
     if val_set is not None:
@@ -136,33 +186,112 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         metrics["validation"] = {"loss": round(float(val_loss), 5),
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
-    generator = Generator(final, tokenizer, config.data, config.decoding)
-    metrics["train_exact_match"] = round(exact_match(generator, train_examples, examples), 5)
+    # Measured as the bot will reply: with the training pairs as its answer memory.
+    generator = Generator(final, tokenizer, config.data, config.decoding, memory=AnswerMemory(train_examples))
+    metrics["train_exact_match"] = round(exact_match(generator, train_examples, reference), 5)
     if val_examples:
-        metrics["validation"]["exact_match"] = round(exact_match(generator, val_examples, examples), 5)
+        metrics["validation"]["exact_match"] = round(exact_match(generator, val_examples, reference), 5)
 
-    bundle = Bundle(config, tokenizer, final, metrics,
-                    corpus={"path": corpus_path, "sha256": corpus_obj.sha256, "examples": len(examples),
-                            "train": len(train_examples), "validation": len(val_examples),
-                            "skipped_entries": len(corpus_obj.skipped)},
-                    validation=val_examples)
-    bundle.save(out, training_log=log_file)
+    corpus_info = {"path": corpus_path, "sha256": corpus_obj.sha256, "examples": len(examples),
+                   "train": len(train_examples), "validation": len(val_examples),
+                   "skipped_entries": len(corpus_obj.skipped)}
+    if base is not None:
+        corpus_info["base_model"] = {"name": base.name, "path": str(base.path), "created": base.manifest.get("created"),
+                                     "mixed_in": mix_base_corpus, "rebuilt_vocab": rebuild_vocab,
+                                     "corpus": base.corpus}
+    bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=val_examples,
+                    train=train_examples)
+    attachments = {"tensorboard": work / "tensorboard"}
+    if _plot_history(log_file, work / "training.png", out.name):
+        attachments["training.png"] = work / "training.png"
+    if golden_cases is not None:
+        checked = check_golden(bundle, golden_cases)
+        metrics["golden"] = {"file": str(golden), "passed": len(checked.passed), "failed": len(checked.failed)}
+        if not checked.ok:
+            rejected = out.parent / f"{out.name}.rejected"
+            bundle.save(rejected, training_log=log_file, attachments=attachments)
+            shutil.rmtree(work, ignore_errors=True)
+            first = checked.failed[0]
+            raise GoldenCheckFailed(
+                f"the new model fails {len(checked.failed)} of {len(golden_cases)} golden checks "
+                f"(first: {first.case.source}: {first.case.question!r} -> {first.reply!r}); "
+                + (f"{out} was left as it was; " if out.exists() else "")
+                + f"the new model is in {rejected}", checked)
+    bundle.save(out, training_log=log_file, attachments=attachments)
     shutil.rmtree(work, ignore_errors=True)
     return bundle
+
+
+class GoldenCheckFailed(TrainingError):
+    """A newly trained model failed its golden checks and was not installed."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):  # CSVLogger writes "NA" for a value an epoch lacked
+        return float("nan")
+
+
+def _plot_history(log_file: Path, out_png: Path, title: str) -> bool:
+    """training.png from the CSV log (every epoch, also those before a resume); matplotlib
+    is optional, so without it there is simply no plot."""
+    from .errors import PlotError
+    from .plots import plot_training_history
+
+    if not log_file.exists():
+        return False
+    with open(log_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = {key: [_number(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+    history = {key: values for key, values in history.items() if not all(math.isnan(v) for v in values)}
+    try:
+        plot_training_history(history, out_png, title=title)
+    except PlotError as exc:
+        log.info("no training plot: %s", exc)
+        return False
+    return True
+
+
+def _check_same_architecture(base: Bundle, config: Config) -> None:
+    """Continuing from a model's weights needs the same tokenizer and layer shapes."""
+    for section in ("tokenizer", "model"):
+        ours, theirs = getattr(config, section), getattr(base.config, section)
+        for key, value in ours.__dict__.items():
+            if key != "dropout" and getattr(theirs, key) != value:
+                raise TrainingError(f"fine-tuning {base.name} keeps its {section} settings, but "
+                                    f"{section}.{key} is {value!r} here and {getattr(theirs, key)!r} in the "
+                                    "base model; drop the override or use --rebuild-vocab to train afresh")
+
+
+def _pair(example: Example) -> tuple:
+    return example.context, example.question, example.answer
+
+
+def _write_state(work: Path, config: Config, corpus: Corpus, corpus_path: str, base: Bundle | None,
+                 mix_base_corpus: bool, rebuild_vocab: bool) -> None:
+    """What ``resume`` needs to rebuild the same data and model: config, corpus, base model."""
+    state = {"config": config.to_dict(), "corpus_sha256": corpus.sha256, "corpus_path": corpus_path,
+             "base": str(base.path) if base is not None else None,
+             "mix_base_corpus": mix_base_corpus, "rebuild_vocab": rebuild_vocab}
+    (work / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
 
 
 def exact_match(generator, examples: list[Example], reference: list[Example]) -> float:
     """Share of distinct inputs whose reply equals one of their answers in ``reference``
     (compared after stripping surrounding whitespace)."""
-    accepted: dict[tuple, set[str]] = {}
-    for ex in reference:
-        accepted.setdefault(ex.context + (ex.question,), set()).add(ex.answer.strip())
-    inputs = sorted({ex.context + (ex.question,) for ex in examples})
+    from .evaluate import answers_by_input, distinct_inputs, is_exact
+
+    accepted = answers_by_input(reference)
+    inputs = sorted(distinct_inputs(examples))
     if not inputs:
         return 0.0
     replies = generator.generate([list(i) for i in inputs])
-    hits = sum(1 for i, r in zip(inputs, replies) if r.text.strip() in accepted.get(i, ()))
-    return hits / len(inputs)
+    return sum(is_exact(r.text, accepted.get(i, ())) for i, r in zip(inputs, replies)) / len(inputs)
 
 
 def _texts(examples: list[Example]):

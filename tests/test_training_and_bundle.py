@@ -124,3 +124,38 @@ def test_interrupted_training_resumes_and_keeps_the_old_bundle(tiny_bundle_path,
     assert bundle.metrics["epochs_run"] == 3  # epochs 4-6: the first three were not redone
     assert not work_dir_for(out).exists()
     Bundle.load(out)
+
+
+def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, tmp_path):
+    from chatbot.bundle import list_bundles
+    from test_cli import chatbot
+
+    shutil.copytree(tiny_bundle_path, tmp_path / "good")
+    shutil.copytree(tiny_bundle_path, tmp_path / "newer")
+    manifest = json.loads((tmp_path / "newer" / MANIFEST).read_text())
+    (tmp_path / "newer" / MANIFEST).write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / MANIFEST).write_text("{not json")
+    (tmp_path / "configs").mkdir()  # not a bundle: skipped
+    shutil.copytree(tiny_bundle_path, tmp_path / ".good.tmp-1234")  # a half-written save: skipped
+    (tmp_path / "good" / WEIGHTS).write_bytes(b"not read by the listing")
+
+    found = {b.name: b for b in list_bundles(tmp_path)}
+    assert sorted(found) == ["broken", "good", "newer"]
+    good = found["good"]
+    assert good.problem is None and good.created == manifest["created"]
+    assert good.parameters == manifest["parameters"] and good.corpus == manifest["corpus"]["path"]
+    assert good.metrics["train_exact_match"] == 1.0  # the tiny model has no validation split
+    assert "newer than this chatbot supports" in found["newer"].problem
+    assert "unreadable or corrupt JSON" in found["broken"].problem
+
+    table = chatbot("models", "list", "--dir", tmp_path)
+    assert table.returncode == 0 and table.stderr == ""
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "SIZE", "CREATED"]
+    assert lines[1].startswith("broken") and "unusable:" in lines[1]
+    assert lines[2].startswith("good ") and f"{good.metrics['train_exact_match']:.1%}" in lines[2]
+    as_json = [json.loads(line) for line in chatbot("models", "list", "--dir", tmp_path, "--json").stdout.splitlines()]
+    assert [b["name"] for b in as_json] == ["broken", "good", "newer"]
+    missing = chatbot("models", "list", "--dir", tmp_path / "nowhere")
+    assert missing.returncode == 1 and "not a directory" in missing.stderr

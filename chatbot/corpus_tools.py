@@ -1,0 +1,258 @@
+"""Corpus tools: statistics, validation and format conversion (``chatbot corpus ...``).
+
+Everything goes through the readers in ``chatbot.corpus``, so what these tools count, flag
+and convert is exactly what training would read. Library code: results are returned,
+problems raised as typed errors; no TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from .corpus import (
+    CORPUS_SUFFIXES,
+    Dialogue,
+    _decode_utf8,
+    _is_corpus_file,
+    _reader_for,
+    load_corpus,
+    make_examples,
+)
+from .errors import CorpusError, InputError
+
+WORD = re.compile(r"\w+(?:['’]\w+)*")  # "don't" is one word; punctuation is not a word
+PERCENTILES = (50, 90, 99)
+COVERAGE_TOPS = (1000, 5000)
+COVERAGE_PERCENTS = (90, 95, 99)
+FORMATS = ("yaml", "tsv", "jsonl")
+SUFFIX_FORMAT = {".yml": "yaml", ".yaml": "yaml", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl"}
+
+
+# --- stats -----------------------------------------------------------------------------------
+def corpus_stats(path: str | Path, conflict_examples: int = 3) -> dict:
+    """Figures that tell whether a corpus is fit to train on: size, redundancy, ambiguity
+    (questions with several answers), lengths (to choose ``max_length``) and vocabulary
+    coverage (to choose the tokenizer's ``vocab_size``). Pairs are counted as training sees
+    them with ``context_turns=0``, before deduplication."""
+    corpus = load_corpus(path)
+    examples = make_examples(corpus.dialogues, 0, deduplicate=False)
+    pair_counts = Counter((e.question, e.answer) for e in examples)
+    answers: dict[str, dict[str, None]] = {}  # question -> its distinct answers, in corpus order
+    for e in examples:
+        answers.setdefault(e.question, {})[e.answer] = None
+    conflicts = sorted((q for q, a in answers.items() if len(a) > 1), key=lambda q: -len(answers[q]))
+    words = Counter(w.lower() for d in corpus.dialogues for u in d.utterances for w in WORD.findall(u.text))
+    total = sum(words.values())
+    ranked = [n for _, n in words.most_common()]
+    return {
+        "path": str(path),
+        "files": len(corpus.files),
+        "dialogues": len(corpus.dialogues),
+        "skipped": [str(e) for e in corpus.skipped],
+        "pairs": len(examples),
+        "unique_pairs": len(pair_counts),
+        "duplicate_pairs": sum(1 for n in pair_counts.values() if n > 1),
+        "duplicate_copies": len(examples) - len(pair_counts),
+        "questions": len(answers),
+        "conflicting_questions": len(conflicts),
+        "conflict_examples": [{"question": q, "answers": list(answers[q])}
+                              for q in conflicts[:conflict_examples]],
+        "lengths": {side: {"chars": _percentiles([len(t) for t in texts]),
+                           "words": _percentiles([len(WORD.findall(t)) for t in texts])}
+                    for side, texts in (("question", [e.question for e in examples]),
+                                        ("answer", [e.answer for e in examples]))},
+        "vocabulary": len(words),
+        "words": total,
+        "singletons": sum(1 for n in ranked if n == 1),
+        "coverage": {str(top): round(sum(ranked[:top]) / total, 4) if total else 0.0
+                     for top in COVERAGE_TOPS},
+        "words_for_coverage": {f"{p}%": _words_for(ranked, p) for p in COVERAGE_PERCENTS},
+    }
+
+
+def _words_for(ranked: list[int], percent: int) -> int:
+    """How many of the most frequent words cover ``percent`` % of all occurrences."""
+    total, covered = sum(ranked), 0
+    for n, count in enumerate(ranked, start=1):
+        covered += count
+        if covered * 100 >= percent * total:
+            return n
+    return len(ranked)
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    """Nearest-rank percentiles: always a value that occurs, easy to check by hand."""
+    ordered = sorted(values)
+    out = {f"p{p}": ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] for p in PERCENTILES}
+    out["max"] = ordered[-1]
+    return out
+
+
+def format_stats(stats: dict) -> str:
+    """The stats as a table for people (``--json`` gives the dict itself)."""
+    n_skipped, columns = len(stats["skipped"]), ("p50", "p90", "p99", "max")
+    tops = ", ".join(f"top {int(top):,} words {share:.1%}" for top, share in stats["coverage"].items())
+    needed = ", ".join(f"{n:,} words cover {share}" for share, n in stats["words_for_coverage"].items())
+    lines = [
+        f"corpus       {stats['path']}: {stats['files']} file{'s' * (stats['files'] != 1)}, "
+        f"{stats['dialogues']:,} dialogues, {n_skipped} malformed entr{'y' if n_skipped == 1 else 'ies'} skipped",
+        f"pairs        {stats['pairs']:,} ({stats['unique_pairs']:,} unique; "
+        f"{stats['duplicate_pairs']:,} repeated, {stats['duplicate_copies']:,} extra copies)",
+        f"questions    {stats['questions']:,} distinct, "
+        f"{stats['conflicting_questions']:,} with more than one answer",
+        f"vocabulary   {stats['vocabulary']:,} words (lower-cased), {stats['words']:,} occurrences, "
+        f"{stats['singletons']:,} seen once",
+        f"coverage     {tops}",
+        f"             {needed}",
+        "",
+        f"{'length':<16}" + "".join(f"{key:>7}" for key in columns),
+    ]
+    for side in ("question", "answer"):
+        for unit in ("chars", "words"):
+            row = stats["lengths"][side][unit]
+            lines.append(f"{side + ' ' + unit:<16}" + "".join(f"{row[key]:>7}" for key in columns))
+    if stats["conflict_examples"]:
+        lines += ["", "questions with the most answers:"]
+        lines += [f"  {_short(c['question'])!r}: {len(c['answers'])} answers" for c in stats["conflict_examples"]]
+    if n_skipped:
+        lines += ["", "skipped (chatbot corpus validate lists them all):"]
+        lines += [f"  {s}" for s in stats["skipped"][:5]] + ([f"  ... and {n_skipped - 5:,} more"] * (n_skipped > 5))
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- validate --------------------------------------------------------------------------------
+def validate_corpus(path: str | Path) -> list[CorpusError]:
+    """Every problem in a corpus, with file and line, in file order. Unlike ``load_corpus``
+    (which stops at the first broken file) each file is read on its own, so one file that is
+    not UTF-8 or not YAML is one problem and the other files are still checked."""
+    root = Path(path)
+    try:
+        files = _corpus_files(root)
+    except CorpusError as exc:
+        return [exc]
+    problems: list[CorpusError] = []
+    dialogues = 0
+    for file in files:
+        try:
+            text = _decode_utf8(file, file.read_bytes())
+            for item in _reader_for(file)(file, text):
+                if isinstance(item, CorpusError):
+                    problems.append(item)
+                else:
+                    dialogues += 1
+        except OSError as exc:
+            problems.append(CorpusError(file, None, f"cannot read file ({exc.strerror})"))
+        except CorpusError as exc:  # the whole file is unusable
+            problems.append(exc)
+    if not dialogues:
+        problems.append(CorpusError(root, None, "empty corpus: no question/answer pairs found"))
+    return problems
+
+
+def _corpus_files(root: Path) -> list[Path]:
+    """The files ``load_corpus`` would read, with its errors for a path that holds none."""
+    if not root.exists():
+        raise CorpusError(root, None, "no such file or directory")
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
+        if not files:
+            raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
+        return files
+    if root.suffix.lower() not in CORPUS_SUFFIXES:
+        raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
+                                      f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
+    return [root]
+
+
+# --- convert ---------------------------------------------------------------------------------
+def convert_corpus(src: str | Path, dst: str | Path, format: str | None = None) -> dict:
+    """Write the corpus at ``src`` (file or directory, any format) as one YAML, TSV or JSONL
+    file, so that reading it back gives the same examples (TSV: the same pairs, since it has
+    no multi-turn dialogues). Malformed entries are skipped as in training and listed in the
+    result. The file is replaced atomically and never onto the source."""
+    src, dst = Path(src), Path(dst)
+    fmt = _output_format(dst, format)
+    target = dst.resolve()
+    if src.exists() and (target == src.resolve() or (src.is_dir() and src.resolve() in target.parents)):
+        raise InputError(f"{dst}: would overwrite or add to the source corpus {src}; choose another path")
+    corpus = load_corpus(src)
+    text = {"yaml": _to_yaml, "tsv": _to_tsv, "jsonl": _to_jsonl}[fmt](corpus.dialogues)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(dst), "format": fmt, "dialogues": len(corpus.dialogues),
+            "pairs": sum(len(d.utterances) - 1 for d in corpus.dialogues),
+            "skipped": [str(e) for e in corpus.skipped]}
+
+
+def _output_format(dst: Path, format: str | None) -> str:
+    by_suffix = SUFFIX_FORMAT.get(dst.suffix.lower())
+    fmt = format or by_suffix
+    if fmt is None:
+        raise InputError(f"{dst}: cannot tell the format from the suffix; use a suffix "
+                         f"({', '.join(SUFFIX_FORMAT)}) or give the format ({', '.join(FORMATS)})")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown corpus format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if by_suffix and by_suffix != fmt:  # it would be read back with the wrong reader
+        raise InputError(f"{dst}: the suffix '{dst.suffix}' means {by_suffix}, not {fmt}")
+    return fmt
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with multi-line utterances (code samples) as readable ``|`` blocks."""
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def _to_yaml(dialogues: list[Dialogue]) -> str:
+    """ChatterBot format. It has one category list per file: the dialogues' categories are all
+    listed (JSONL keeps one per dialogue)."""
+    categories = list(dict.fromkeys(d.category for d in dialogues if d.category))
+    doc = {"categories": categories} if categories else {}
+    doc["conversations"] = [[u.text for u in d.utterances] for d in dialogues]
+    return yaml.dump(doc, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=1 << 30)
+
+
+def _to_tsv(dialogues: list[Dialogue]) -> str:
+    """One ``question<TAB>answer`` row per consecutive pair; refuses text TSV cannot hold."""
+    rows = []
+    for d in dialogues:
+        for u in d.utterances:
+            if "\n" in u.text or "\t" in u.text:
+                file, _, line = u.source.rpartition(":")
+                kind = "a line break" if "\n" in u.text else "a tab"
+                raise CorpusError(file, int(line) if line.isdigit() else None,
+                                  f"utterance holds {kind}, which TSV cannot hold; convert to YAML or JSONL")
+        rows += [f"{q.text}\t{a.text}\n" for q, a in zip(d.utterances, d.utterances[1:])]
+    return "".join(rows)
+
+
+def _to_jsonl(dialogues: list[Dialogue]) -> str:
+    """A pair as ``{"question", "answer"}``, a longer dialogue as ``{"turns": [...]}``."""
+    lines = []
+    for d in dialogues:
+        texts = [u.text for u in d.utterances]
+        obj = {"question": texts[0], "answer": texts[1]} if len(texts) == 2 else {"turns": texts}
+        if d.category:
+            obj["category"] = d.category
+        lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
+    return "".join(lines)

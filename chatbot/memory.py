@@ -1,0 +1,92 @@
+"""The answer memory: the pairs a model was trained on, searchable by fuzzy question match.
+
+People reword and mistype questions. A seq2seq model trained to reproduce a corpus answers
+its own questions well but drifts on inputs it has not seen. The memory finds the training
+questions closest to what was typed (rapidfuzz: an edit-distance ratio for typos and a
+token-set ratio for reordered or padded wordings), and their answers then compete with the
+decoded reply, all scored by the model itself (``Generator.score``). The model still decides;
+the memory only proposes. Inputs with no close training question get the decoded reply alone.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+from rapidfuzz import fuzz, process
+
+from .corpus import Example
+
+# Contractions and chat spellings that change a question's characters a lot but not its
+# meaning; expanded before matching (only for matching: the model sees what was typed).
+_EXPANSIONS = {
+    "what's": "what is", "whats": "what is", "who's": "who is", "whos": "who is",
+    "where's": "where is", "how's": "how is", "it's": "it is", "that's": "that is",
+    "there's": "there is", "i'm": "i am", "im": "i am", "you're": "you are", "youre": "you are",
+    "we're": "we are", "they're": "they are", "don't": "do not", "dont": "do not",
+    "doesn't": "does not", "doesnt": "does not", "didn't": "did not", "can't": "can not",
+    "cant": "can not", "wont": "will not", "isnt": "is not", "arent": "are not", "didnt": "did not", "cannot": "can not", "won't": "will not", "isn't": "is not",
+    "aren't": "are not", "i've": "i have", "you've": "you have", "i'll": "i will",
+    "you'll": "you will", "i'd": "i would", "you'd": "you would", "u": "you", "ur": "your",
+    "r": "are", "pls": "please", "plz": "please", "wat": "what",
+}
+_WORD = re.compile(r"[\w']+")
+# An edit-distance ratio catches typos; the same on sorted words catches reordered questions.
+# (token_set_ratio was measured and dropped: it calls "Robots" a perfect match for "Robots
+# are dumb".)
+SCORERS = (fuzz.ratio, fuzz.token_sort_ratio)
+
+
+def match_key(text: str) -> str:
+    """What questions are compared on: case, accents' forms, punctuation and contractions
+    folded away."""
+    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    words = [_EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
+
+
+@dataclass(frozen=True)
+class Match:
+    question: str
+    similarity: float  # 0..1, the better of the two ratios
+    answers: tuple[str, ...]
+
+
+class AnswerMemory:
+    def __init__(self, examples: Iterable[Example]):
+        answers: dict[str, list[str]] = {}
+        for ex in examples:
+            if ex.context:  # the memory answers single questions; context examples are left out
+                continue
+            known = answers.setdefault(ex.question, [])
+            if ex.answer not in known:
+                known.append(ex.answer)
+        self.questions = list(answers)
+        self.answers = [tuple(answers[q]) for q in self.questions]
+        self._keys = [match_key(q) for q in self.questions]
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def nearest(self, question: str, k: int, min_similarity: float) -> list[Match]:
+        """Up to ``k`` training questions per ratio, at least ``min_similarity`` alike, best first."""
+        key = match_key(question)
+        if not key or not self._keys or k <= 0:
+            return []
+        best: dict[int, float] = {}
+        for scorer in SCORERS:
+            for _, score, index in process.extract(key, self._keys, scorer=scorer, limit=k,
+                                                   score_cutoff=min_similarity * 100):
+                best[index] = max(best.get(index, 0.0), score / 100)
+        ranked = sorted(best.items(), key=lambda item: -item[1])
+        return [Match(self.questions[i], s, self.answers[i]) for i, s in ranked]
+
+    def candidates(self, question: str, k: int, min_similarity: float) -> dict[str, float]:
+        """The distinct answers of the nearest questions, each with its question's similarity."""
+        found: dict[str, float] = {}
+        for match in self.nearest(question, k, min_similarity):
+            for answer in match.answers:
+                found.setdefault(answer, match.similarity)  # nearest first: the best similarity
+        return found
