@@ -158,7 +158,7 @@ def cmd_ask(args) -> int:
             result = bot.generate([question], decoding=config)[0]
         if args.json:
             out = {"reply": result.text, "score": round(result.score, 4),
-                   "latency_ms": round(result.latency_ms, 2)}
+                   "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2)}
             if config.n_best > 1:
                 out["alternatives"] = [{"reply": text, "score": round(score, 4)}
                                        for text, score in result.alternatives]

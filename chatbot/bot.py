@@ -48,16 +48,19 @@ class Reply:
     fallback: bool = False
     user_message_id: int | None = None
     alternatives: tuple[tuple[str, float], ...] = ()  # the n-best list (text, score), best first
+    confidence: float = 0.0  # see Generation.confidence; under dialogue.min_confidence: fallback
 
 
 class ChatBot:
     def __init__(self, bundle: Bundle, db: str | None = None, warm_up: bool = True,
-                 fallback_threshold: float | None = None, fallback_text: str | None = None):
+                 fallback_threshold: float | None = None, fallback_text: str | None = None,
+                 min_confidence: float | None = None):
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
                                    memory=AnswerMemory(bundle.train) if bundle.train else None)
         dialogue = bundle.config.dialogue
         self.fallback_threshold = dialogue.fallback_threshold if fallback_threshold is None else fallback_threshold
+        self.min_confidence = dialogue.min_confidence if min_confidence is None else min_confidence
         self.fallback_text = fallback_text or dialogue.fallback_text
         self._db = db
         self._store = None
@@ -199,14 +202,14 @@ class ChatBot:
             different = [(t, s) for t, s in generated.alternatives if t != previous]
             if different:
                 generated = dataclasses.replace(generated, text=different[0][0], score=different[0][1])
-        fallback = generated.score < self.fallback_threshold
+        fallback = generated.score < self.fallback_threshold or generated.confidence < self.min_confidence
         text_out = self.fallback_text if fallback else generated.text
         bot = store.add_message(session_id, "bot", text_out, model_name=self.name,
                                 model_version=self.bundle.manifest.get("created", ""),
                                 decoding=dataclasses.asdict(config), score=generated.score,
                                 latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
         return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id,
-                     generated.alternatives)
+                     generated.alternatives, generated.confidence)
 
     # --- feedback ----------------------------------------------------------------------------
     def rate(self, message_id: int, rating: str):

@@ -195,9 +195,12 @@ class DialogueConfig:
     # Replies whose score (mean log-probability per token) is under this are replaced by
     # ``fallback_text`` and recorded as fallbacks.
     fallback_threshold: float = -5.0
+    # ... and so are replies whose confidence (``Generation.confidence``, 0..1) is under this.
+    min_confidence: float = 0.0
     fallback_text: str = "I'm not sure I understand. Could you rephrase that?"
 
     def validate(self, prefix: str) -> None:
+        _check(0.0 <= self.min_confidence <= 1.0, prefix, "min_confidence", "must be in [0, 1]")
         _check(self.fallback_threshold <= 0, prefix, "fallback_threshold",
                "must be <= 0 (scores are mean log-probabilities)")
         _check(bool(self.fallback_text.strip()), prefix, "fallback_text", "must not be empty")

@@ -43,7 +43,8 @@ def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert set(row) == {"reply", "score", "latency_ms"}
+        assert set(row) == {"reply", "score", "confidence", "latency_ms"}
+        assert 0 <= row["confidence"] <= 1
         assert row["reply"] == answer
         assert row["score"] <= 0 and row["latency_ms"] > 0
 

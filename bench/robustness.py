@@ -1,0 +1,614 @@
+"""Robustness to rewording and typos: the model next to fuzzy retrieval and ChatterBot.
+
+    python bench/robustness.py                          # models/default, every set, all systems
+    python bench/robustness.py --quick                  # smoke run: a seeded sample of each set
+    python bench/robustness.py --details /tmp/rb.jsonl  # also every question, reply and verdict
+
+Three question sets, each question with the ORIGINAL corpus question whose answers count:
+
+* training: the distinct questions of the model's training split (the corpus examples minus
+  the bundle's ``validation.jsonl``), each its own original;
+* reworded: ``bench/data/reworded.jsonl``, hand-written rewordings (synonym, word order, filler
+  words, contractions, case and punctuation);
+* typos: ``bench/data/typos.jsonl``, one or two keyboard typos (``bench/make_typos.py``).
+
+Three systems answer them:
+
+* model: ``ChatBot.load(model).generate(questions)`` in batches, the public reply path with
+  the bundle's own decoding settings (so whatever the bot does to reply is what is measured);
+* fuzzy: ``difflib.get_close_matches(question, corpus_questions, n=1, cutoff=0.0)`` over the
+  corpus' distinct questions, replying with the first answer (in corpus order) of the question
+  it picks; ``match_right`` is how often the picked question has a right answer at all;
+* chatterbot: ChatterBot (``pip install chatterbot`` into its own virtualenv, default
+  ``/tmp/chatterbot-venv``, made on first use; it pins SQLAlchemy and spaCy versions that must
+  not meet this project's) trained with its ``ListTrainer`` on every dialogue of the same
+  corpus and asked through ``get_response``, in a subprocess running that virtualenv's python.
+  When it cannot be installed or run, the JSON says ``{"skipped": "<why>"}``.
+
+A reply is right (exact match) when it equals one of the original's corpus answers after
+normalising case, whitespace runs and trailing punctuation; chrF is sacrebleu's corpus chrF
+with every answer of the original as a reference. The model's reply ``score`` (mean token
+log-probability) is judged as a confidence: the ROC AUC of right vs wrong replies, and the
+threshold t maximising the accuracy of "keep the reply if score >= t, else fall back" (what
+``dialogue.fallback_threshold`` is set from). Progress goes to stderr; the figures are one
+JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+import argparse
+import dataclasses
+import difflib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb
+
+DATA = ROOT / "bench" / "data"
+REWORDED = DATA / "reworded.jsonl"
+TYPOS = DATA / "typos.jsonl"
+SETS = ("training", "reworded", "typos")
+SYSTEMS = ("model", "fuzzy", "chatterbot")
+TARGETS = {"training_exact_min": 0.98, "reworded_exact_min": 0.85, "typos_exact_min": 0.97,
+           "not_below_fuzzy": True}
+REWORD_KINDS = ("synonym", "word_order", "filler", "contraction", "case_punct")
+TYPO_KINDS = ("adjacent", "drop", "double", "swap")
+CHATTERBOT_VENV = Path("/tmp/chatterbot-venv")
+QUICK_SIZES = {"training": 60, "reworded": 40, "typos": 40}
+
+
+# --- judging replies ---------------------------------------------------------------------------
+def normalise(text: str) -> str:
+    """Lower case, whitespace runs as one space, no trailing punctuation or whitespace.
+
+    Used for exact match ("Hi." == "hi") and to tell a dev-set question from a corpus one."""
+    text = " ".join(text.lower().split())
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[:end]
+
+
+def is_right(reply: str, answers) -> bool:
+    """Exact match: the reply equals one accepted answer after ``normalise``."""
+    return normalise(reply) in {normalise(a) for a in answers}
+
+
+def corpus_chrf(replies: list[str], references: list[list[str]]) -> float:
+    """sacrebleu corpus chrF (0-100); ``references[i]`` are all accepted answers of reply i.
+
+    sacrebleu takes one stream per reference slot; a reply with fewer answers than the widest
+    gets None in the slots it lacks, which sacrebleu skips."""
+    from sacrebleu.metrics import CHRF
+
+    if not replies:
+        return float("nan")
+    width = max(len(refs) for refs in references)
+    streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
+    return CHRF().corpus_score(list(replies), streams).score
+
+
+def roc_auc(scores, labels) -> float | None:
+    """Mann-Whitney ROC AUC: the chance that a random right reply scores above a random wrong
+    one (ties count a half). None when one of the classes is empty."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties share the mean rank
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def best_threshold(scores, labels) -> dict:
+    """The threshold t maximising the accuracy of "keep the reply if score >= t, else fall
+    back" (kept right replies and dropped wrong ones count as correct), with the precision and
+    recall of right replies among the kept ones. t lies halfway between the lowest kept score
+    and the highest dropped one; on ties the rule keeping more replies wins."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    n, n_right = len(s), int(y.sum())
+    if not n:
+        return {}
+    order = np.argsort(-s, kind="mergesort")
+    s_desc, y_desc = s[order], y[order]
+    tp = np.concatenate([[0], np.cumsum(y_desc)])  # right replies among the k best-scored
+    fp = np.concatenate([[0], np.cumsum(~y_desc)])
+    accuracy = (tp + (n - n_right) - fp) / n
+    cuttable = np.ones(n + 1, dtype=bool)
+    cuttable[1:n] = s_desc[:-1] > s_desc[1:]  # only cut between different scores
+    best = max((k for k in range(n + 1) if cuttable[k]), key=lambda k: (accuracy[k], k))
+    if best == 0:
+        threshold = None  # keep nothing: every reply is wrong
+    elif best == n:
+        threshold = float(s_desc[-1])
+    else:
+        threshold = float((s_desc[best - 1] + s_desc[best]) / 2)
+    return {
+        "threshold": None if threshold is None else round(threshold, 4),
+        "accuracy": round(float(accuracy[best]), 4),
+        "precision": round(float(tp[best] / best), 4) if best else None,
+        "recall": round(float(tp[best] / n_right), 4) if n_right else None,
+        "kept": round(best / n, 4),
+        "accuracy_keep_all": round(n_right / n, 4),
+    }
+
+
+def threshold_report(scores, labels, threshold: float) -> dict:
+    """What a given threshold does on these replies (e.g. the bundle's fallback_threshold)."""
+    kept = [s >= threshold for s in scores]
+    n_kept = sum(kept)
+    tp = sum(k and r for k, r in zip(kept, labels))
+    n_right = sum(labels)
+    correct = sum(k == r for k, r in zip(kept, labels))
+    return {"threshold": threshold, "accuracy": round(correct / len(labels), 4) if labels else None,
+            "precision": round(tp / n_kept, 4) if n_kept else None,
+            "recall": round(tp / n_right, 4) if n_right else None,
+            "kept": round(n_kept / len(labels), 4) if labels else None}
+
+
+# --- the question sets -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    set: str
+    question: str
+    original: str
+    kind: str
+    category: str
+
+
+def load_dev_set(path: str | Path, name: str) -> list[Item]:
+    items = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = {"question", "original", "kind", "category"} - set(row)
+        if missing:
+            raise ValueError(f"{path}:{number}: missing {', '.join(sorted(missing))}")
+        items.append(Item(name, row["question"], row["original"], row["kind"], row["category"]))
+    return items
+
+
+def load_corpus_quietly(corpus: str | Path):
+    import logging
+
+    from chatbot.corpus import load_corpus
+
+    corpus_log = logging.getLogger("chatbot.corpus")
+    level = corpus_log.level
+    corpus_log.setLevel(logging.ERROR)  # the English corpus has one malformed entry, known
+    try:
+        return load_corpus(corpus)
+    finally:
+        corpus_log.setLevel(level)
+
+
+def answers_table(examples) -> dict[str, list[str]]:
+    """Every answer of each question, stripped, each once, in corpus order."""
+    table: dict[str, list[str]] = {}
+    for example in examples:
+        answers = table.setdefault(example.question, [])
+        if example.answer.strip() not in answers:
+            answers.append(example.answer.strip())
+    return table
+
+
+def question_categories(examples) -> dict[str, list[str]]:
+    """Every corpus file stem each question appears in, first-seen order."""
+    table: dict[str, list[str]] = {}
+    for example in examples:
+        stem = Path(example.source.rsplit(":", 1)[0]).stem
+        if stem not in table.setdefault(example.question, []):
+            table[example.question].append(stem)
+    return table
+
+
+def training_questions(bundle, corpus_examples) -> tuple[list[str], str]:
+    """The distinct questions of the bundle's training split, in corpus order, and where the
+    examples came from. The split is the corpus minus ``validation.jsonl``."""
+    source = "bundle"
+    try:
+        examples = bundle.training_examples()
+    except Exception as exc:  # no such method yet, or the corpus moved/changed: use --corpus
+        log(f"cannot rebuild the bundle's training corpus ({exc}); using --corpus instead")
+        examples, source = corpus_examples, "corpus"
+    held_out = {(e.context, e.question, e.answer) for e in bundle.validation}
+    train = [e for e in examples if (e.context, e.question, e.answer) not in held_out]
+    return list(dict.fromkeys(e.question for e in train)), source
+
+
+# --- the fuzzy baseline ------------------------------------------------------------------------
+def fuzzy_replies(questions: list[str], table: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
+    """question -> (the corpus question difflib finds closest, that question's first answer).
+
+    A question that is itself a corpus question is its own match without the search:
+    ``get_close_matches`` returns the best ratio, only an identical string reaches 1.0, and the
+    candidates are distinct (checked with the ratio itself, as difflib's autojunk heuristic
+    can keep long identical strings below 1.0, which then go through the search)."""
+    candidates = list(table)  # corpus order
+    out = {}
+    for i, question in enumerate(questions):
+        if question in table and difflib.SequenceMatcher(None, question, question).ratio() == 1.0:
+            match = question
+        else:
+            match = difflib.get_close_matches(question, candidates, n=1, cutoff=0.0)[0]
+        out[question] = (match, table[match][0])
+        if (i + 1) % 250 == 0:
+            log(f"fuzzy: {i + 1}/{len(questions)}")
+    return out
+
+
+# --- ChatterBot, in its own virtualenv ---------------------------------------------------------
+def _last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def ensure_chatterbot(venv: Path, install: bool, timeout: int) -> tuple[Path | None, str]:
+    """The virtualenv's python if ``import chatterbot`` works there (installing it first when
+    allowed), else (None, why not)."""
+    python = venv / "bin" / "python"
+
+    def importable() -> tuple[bool, str]:
+        if not python.exists():
+            return False, f"no virtualenv at {venv}"
+        proc = subprocess.run([str(python), "-c", "import chatterbot, sys; print(chatterbot.__version__)"],
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode == 0, (proc.stdout.strip() if proc.returncode == 0 else _last_error_line(proc.stderr))
+
+    ok, why = importable()
+    if ok:
+        return python, why
+    if not install:
+        return None, f"ChatterBot not installed ({why}); run without --quick or --no-install to pip install it there"
+    log(f"installing ChatterBot into {venv} (pip install chatterbot, at most {timeout} s)")
+    began = time.monotonic()
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True,
+                           text=True, timeout=300)
+        proc = subprocess.run([str(python), "-m", "pip", "install", "chatterbot"], capture_output=True,
+                              text=True, timeout=max(1, timeout - (time.monotonic() - began)))
+    except subprocess.TimeoutExpired:
+        return None, f"pip install chatterbot did not finish in {timeout} s"
+    except subprocess.CalledProcessError as exc:
+        return None, f"cannot create a virtualenv at {venv}: {_last_error_line(exc.stderr or '')}"
+    (venv / "pip-install.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        return None, f"pip install chatterbot failed: {_last_error_line(proc.stderr + proc.stdout)}"
+    ok, why = importable()
+    log(f"ChatterBot install took {time.monotonic() - began:.0f} s: {'ok ' + why if ok else why}")
+    return (python, why) if ok else (None, f"installed but cannot import chatterbot: {why}")
+
+
+def run_chatterbot(python: Path, dialogues: list[list[str]], questions: list[str], workers: int,
+                   timeout: int) -> dict:
+    """Train ChatterBot on the dialogues and ask it every question, in a subprocess of the
+    ChatterBot virtualenv running this file's ``--chatterbot-worker`` mode."""
+    with tempfile.TemporaryDirectory(prefix="robustness-chatterbot-") as tmp:
+        request, response = Path(tmp) / "request.json", Path(tmp) / "response.json"
+        request.write_text(json.dumps({"dialogues": dialogues, "questions": questions, "workers": workers}),
+                           encoding="utf-8")
+        began = time.monotonic()
+        try:
+            proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--chatterbot-worker",
+                                   str(request), str(response)], cwd=tmp, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"skipped": f"ChatterBot did not answer {len(questions)} questions in {timeout} s"}
+        if proc.returncode != 0 or not response.exists():
+            return {"skipped": f"ChatterBot run failed: {_last_error_line(proc.stderr)}"}
+        result = json.loads(response.read_text(encoding="utf-8"))
+        result["seconds"] = round(time.monotonic() - began, 1)
+        return result
+
+
+def chatterbot_worker(request_path: str, response_path: str) -> None:
+    """Runs under the ChatterBot virtualenv's python: only the standard library, ChatterBot
+    and its dependencies are available here. Each worker process trains its own in-memory bot
+    (a few seconds) and answers every n-th question."""
+    import multiprocessing
+
+    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+    questions = request["questions"]
+    workers = max(1, min(int(request.get("workers", 1)), len(questions) or 1))
+    jobs = [(request["dialogues"], list(range(w, len(questions), workers)), questions) for w in range(workers)]
+    if workers == 1:
+        parts = [_chatterbot_answer(*jobs[0])]
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.starmap(_chatterbot_answer, jobs)
+    replies: list = [None] * len(questions)
+    for part in parts:
+        for index, text, confidence in part["replies"]:
+            replies[index] = {"text": text, "confidence": confidence}
+    meta = {**parts[0]["meta"], "workers": workers,
+            "errors": sum(part["meta"]["errors"] for part in parts),
+            "train_s": max(part["meta"]["train_s"] for part in parts)}
+    Path(response_path).write_text(json.dumps({"replies": replies, **meta}), encoding="utf-8")
+
+
+def _chatterbot_answer(dialogues, indices, questions) -> dict:
+    import logging
+
+    logging.disable(logging.WARNING)
+    import chatterbot
+    from chatterbot import ChatBot
+    from chatterbot.trainers import ListTrainer
+
+    began = time.monotonic()
+    try:  # ChatterBot's default tagger needs spaCy's en_core_web_sm, which is not on PyPI
+        bot = ChatBot("robustness", database_uri="sqlite://", read_only=True)
+        tagger = "PosLemmaTagger (default)"
+    except Exception as exc:
+        from chatterbot.tagging import LowercaseTagger
+
+        bot = ChatBot("robustness", database_uri="sqlite://", read_only=True, tagger=LowercaseTagger)
+        why = " ".join(str(exc).split())
+        if "en_core_web_sm" in why:
+            why = "spaCy's en_core_web_sm is not installed; spaCy downloads it from GitHub, not PyPI"
+        tagger = f"LowercaseTagger (the default PosLemmaTagger failed: {why[:200]})"
+    trainer = ListTrainer(bot, show_training_progress=False)
+    for dialogue in dialogues:
+        trainer.train(dialogue)
+    train_s = time.monotonic() - began
+    replies, errors = [], 0
+    for index in indices:
+        random.seed(index)  # a match-less question gets a random stored statement: make it repeatable
+        try:
+            reply = bot.get_response(questions[index])
+            replies.append((index, reply.text, float(reply.confidence or 0.0)))
+        except Exception:
+            errors += 1
+            replies.append((index, "", 0.0))
+    return {"replies": replies,
+            "meta": {"version": chatterbot.__version__, "tagger": tagger, "errors": errors,
+                     "train_s": round(train_s, 1), "logic_adapter": "BestMatch (default)",
+                     "trainer": "ListTrainer, one call per corpus dialogue"}}
+
+
+# --- figures ---------------------------------------------------------------------------------
+def set_figures(items: list[Item], replies: dict[str, str], right: dict[tuple, bool],
+                table: dict[str, list[str]], system: str, seen: set[str]) -> dict:
+    """Exact match and chrF of one system on one set, with breakdowns by kind and by whether
+    the original question is in the model's training split."""
+    verdicts = [right[(system, item.set, item.question)] for item in items]
+    out = {"n": len(items), "exact": _rate(verdicts), "right": sum(verdicts),
+           "chrf": round(corpus_chrf([replies[i.question] for i in items],
+                                     [table[i.original] for i in items]), 2)}
+    if items and items[0].set != "training":
+        by_kind: dict[str, list[bool]] = defaultdict(list)
+        for item, verdict in zip(items, verdicts):
+            for kind in dict.fromkeys(item.kind.split("+")):  # "swap+swap" counts once
+                by_kind[kind].append(verdict)
+        if items[0].set == "typos":
+            for item, verdict in zip(items, verdicts):
+                by_kind[f"{item.kind.count('+') + 1}_typos"].append(verdict)
+        out["by_kind"] = {k: {"n": len(v), "exact": _rate(v)} for k, v in sorted(by_kind.items())}
+        seen_v = [v for item, v in zip(items, verdicts) if item.original in seen]
+        unseen_v = [v for item, v in zip(items, verdicts) if item.original not in seen]
+        out["original_trained"] = {"n": len(seen_v), "exact": _rate(seen_v)}
+        out["original_held_out"] = {"n": len(unseen_v), "exact": _rate(unseen_v)}
+    return out
+
+
+def _rate(verdicts: list[bool]) -> float | None:
+    return round(sum(verdicts) / len(verdicts), 4) if verdicts else None
+
+
+def _sample(items: list[Item], count: int, seed: int) -> list[Item]:
+    if count >= len(items):
+        return items
+    keep = set(random.Random(seed).sample(range(len(items)), count))
+    return [item for i, item in enumerate(items) if i in keep]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/default", help="bundle directory or name [models/default]")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS),
+                        help="the corpus the dev sets come from; references, fuzzy and ChatterBot use it [corpora/english]")
+    parser.add_argument("--reworded", default=str(REWORDED), help="reworded dev set [bench/data/reworded.jsonl]")
+    parser.add_argument("--typos", default=str(TYPOS), help="typo dev set [bench/data/typos.jsonl]")
+    parser.add_argument("--batch-size", type=int, default=64, help="questions per generate() call [64]")
+    parser.add_argument("--details", metavar="FILE", help="write every question, reply and verdict as JSONL")
+    parser.add_argument("--no-chatterbot", action="store_true", help="leave ChatterBot out")
+    parser.add_argument("--no-install", action="store_true",
+                        help="use ChatterBot only if its virtualenv is already there (never pip install)")
+    parser.add_argument("--chatterbot-venv", default=str(CHATTERBOT_VENV), help="[/tmp/chatterbot-venv]")
+    parser.add_argument("--chatterbot-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                        help="ChatterBot processes, each trains its own copy [min(4, cores)]")
+    parser.add_argument("--install-timeout", type=int, default=900, help="seconds for pip install chatterbot [900]")
+    parser.add_argument("--chatterbot-timeout", type=int, default=3600, help="seconds for ChatterBot's answers [3600]")
+    parser.add_argument("--seed", type=int, default=1234, help="sample seed of --quick [1234]")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 60 training, 40 reworded, 40 typo questions; ChatterBot only if already installed")
+    parser.add_argument("--chatterbot-worker", nargs=2, metavar=("REQUEST", "RESPONSE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.chatterbot_worker:
+        chatterbot_worker(*args.chatterbot_worker)
+        return
+
+    began = time.perf_counter()
+    corpus = load_corpus_quietly(args.corpus)
+    corpus_examples = corpus.examples(0, True)
+    table = answers_table(corpus_examples)
+    categories = question_categories(corpus_examples)
+    corpus_norm = {normalise(q) for q in table}
+    dev = {"reworded": load_dev_set(args.reworded, "reworded"), "typos": load_dev_set(args.typos, "typos")}
+    for name, items in dev.items():
+        bad = [i.original for i in items if i.original not in table]
+        if bad:
+            sys.exit(f"{name}: {len(bad)} originals are not questions of {args.corpus}, e.g. {bad[0]!r}")
+        clash = [i.question for i in items if normalise(i.question) in corpus_norm]
+        if clash:
+            log(f"warning: {name}: {len(clash)} questions equal a corpus question once normalised, e.g. {clash[0]!r}")
+
+    from chatbot.bot import ChatBot  # TensorFlow from here on
+
+    bot = ChatBot.load(args.model)
+    bot.wait_ready()
+    bundle = bot.bundle
+    log(f"loaded {bundle.path} in {time.perf_counter() - began:.1f}s: {bundle.config.model.cell.upper()} "
+        f"{bundle.config.model.units}, decoding {bundle.config.decoding.strategy}")
+    train_qs, train_source = training_questions(bundle, corpus_examples)
+    seen = set(train_qs)
+    for question in train_qs:  # a bundle trained on another corpus: its own answers count
+        table.setdefault(question, [])
+    if train_source == "bundle":
+        for example in bundle.training_examples():
+            if example.answer.strip() not in table[example.question]:
+                table[example.question].append(example.answer.strip())
+    items = {"training": [Item("training", q, q, "training", (categories.get(q) or [""])[0]) for q in train_qs],
+             **dev}
+    # Dev questions the model was trained on would make the dev sets meaningless.
+    trained_norm = {normalise(q) for q in train_qs}
+    leaked = sum(normalise(i.question) in trained_norm for name in dev for i in dev[name])
+    if args.quick:
+        items = {name: _sample(v, QUICK_SIZES[name], args.seed) for name, v in items.items()}
+    all_items = [item for name in SETS for item in items[name]]
+    questions = list(dict.fromkeys(item.question for item in all_items))
+    log(f"{', '.join(f'{len(items[n])} {n}' for n in SETS)} questions ({len(questions)} distinct); "
+        f"training split from the {train_source}")
+
+    # (a) the model, through the public batched API
+    t0 = time.perf_counter()
+    generated = {}
+    for start in range(0, len(questions), args.batch_size):
+        chunk = questions[start:start + args.batch_size]
+        for question, reply in zip(chunk, bot.generate(chunk)):
+            generated[question] = reply
+        log(f"model: {min(start + args.batch_size, len(questions))}/{len(questions)}")
+    model_s = time.perf_counter() - t0
+
+    # (b) fuzzy retrieval over the corpus' questions
+    t0 = time.perf_counter()
+    fuzzy = fuzzy_replies(questions, table)
+    fuzzy_s = time.perf_counter() - t0
+    log(f"model {model_s:.1f}s, fuzzy {fuzzy_s:.1f}s")
+
+    # (c) ChatterBot, in its own virtualenv
+    chatterbot: dict
+    if args.no_chatterbot:
+        chatterbot = {"skipped": "left out with --no-chatterbot"}
+    else:
+        python, why = ensure_chatterbot(Path(args.chatterbot_venv), not (args.quick or args.no_install),
+                                        args.install_timeout)
+        if python is None:
+            chatterbot = {"skipped": why}
+        else:
+            log(f"ChatterBot {why}: training {args.chatterbot_workers} in-memory copies on "
+                f"{len(corpus.dialogues)} dialogues, then {len(questions)} questions")
+            chatterbot = run_chatterbot(python, [[u.text for u in d.utterances] for d in corpus.dialogues],
+                                        questions, args.chatterbot_workers, args.chatterbot_timeout)
+        if "skipped" in chatterbot:
+            log(f"ChatterBot skipped: {chatterbot['skipped']}")
+
+    replies = {"model": {q: g.text for q, g in generated.items()},
+               "fuzzy": {q: fuzzy[q][1] for q in questions}}
+    if "replies" in chatterbot:
+        replies["chatterbot"] = {q: r["text"] for q, r in zip(questions, chatterbot.pop("replies"))}
+    right = {(system, item.set, item.question): is_right(replies[system][item.question], table[item.original])
+             for system in replies for item in all_items}
+
+    result: dict = {"model_path": str(bundle.path), "corpus": str(args.corpus),
+                    "sets": {name: len(items[name]) for name in SETS},
+                    "exact": {}, "chrf": {}}
+    figures = {system: {name: set_figures(items[name], replies[system], right, table, system, seen)
+                        for name in SETS} for system in replies}
+    for name in SETS:
+        result["exact"][name] = {s: figures[s][name]["exact"] for s in replies}
+        result["chrf"][name] = {s: figures[s][name]["chrf"] for s in replies}
+    for name in SETS:  # how often fuzzy picks a question that has a right answer at all
+        picks = [any(is_right(a, table[i.original]) for a in table[fuzzy[i.question][0]]) for i in items[name]]
+        figures["fuzzy"][name]["match_right"] = _rate(picks)
+        figures["fuzzy"][name]["match_original"] = _rate([fuzzy[i.question][0] == i.original for i in items[name]])
+
+    # The model's score and its confidence (Generation.confidence) as signals of a right reply;
+    # the dialogue manager falls back under dialogue.fallback_threshold (score) or
+    # dialogue.min_confidence (confidence).
+    dialogue = bundle.config.dialogue
+    for signal, bundle_threshold in (("score", dialogue.fallback_threshold),
+                                     ("confidence", dialogue.min_confidence)):
+        report = {"auc": {}, f"mean_{signal}_right": {}, f"mean_{signal}_wrong": {}}
+        for name in (*SETS, "all", "dev"):
+            chosen = all_items if name == "all" else [i for i in all_items if i.set != "training"] \
+                if name == "dev" else items[name]
+            s = [getattr(generated[i.question], signal) for i in chosen]
+            y = [right[("model", i.set, i.question)] for i in chosen]
+            auc = roc_auc(s, y)
+            report["auc"][name] = None if auc is None else round(auc, 4)
+            ok = [v for v, r in zip(s, y) if r]
+            bad = [v for v, r in zip(s, y) if not r]
+            report[f"mean_{signal}_right"][name] = round(sum(ok) / len(ok), 4) if ok else None
+            report[f"mean_{signal}_wrong"][name] = round(sum(bad) / len(bad), 4) if bad else None
+            if name in ("all", "dev"):
+                report[f"best_threshold_{name}"] = best_threshold(s, y)
+                report[f"bundle_threshold_{name}"] = threshold_report(s, y, bundle_threshold)
+        result[signal] = report
+    result["model"] = figures["model"]
+    result["fuzzy"] = {**figures["fuzzy"], "seconds": round(fuzzy_s, 1),
+                       "rule": "difflib.get_close_matches(q, corpus_questions, n=1, cutoff=0.0); "
+                               "reply = first answer of the match in corpus order"}
+    result["chatterbot"] = {**figures["chatterbot"], **chatterbot} if "chatterbot" in figures else chatterbot
+
+    exact = result["exact"]
+    detail = {
+        "training": (exact["training"]["model"] or 0) >= TARGETS["training_exact_min"],
+        "reworded": (exact["reworded"]["model"] or 0) >= TARGETS["reworded_exact_min"],
+        "typos": (exact["typos"]["model"] or 0) >= TARGETS["typos_exact_min"],
+        "not_below_fuzzy": {name: (exact[name]["model"] or 0) >= (exact[name]["fuzzy"] or 0) for name in SETS},
+    }
+    result["targets"] = TARGETS
+    result["pass"] = all(v if isinstance(v, bool) else all(v.values()) for v in detail.values())
+    result["pass_detail"] = detail
+    result["dev_questions_in_training_split"] = leaked
+    result["model_seconds"] = round(model_s, 1)
+    result["model_ms_per_question"] = round(1000 * model_s / max(1, len(questions)), 2)
+    result["decoding"] = dataclasses.asdict(bundle.config.decoding)
+    result["fallback_threshold"] = bundle.config.dialogue.fallback_threshold
+    result["peak_mb"] = peak_rss_mb()
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    result["quick"] = args.quick
+
+    if args.details:
+        with open(args.details, "w", encoding="utf-8") as out:
+            for item in all_items:
+                row = {"set": item.set, "question": item.question, "original": item.original,
+                       "kind": item.kind, "category": item.category,
+                       "model": {"reply": replies["model"][item.question],
+                                 "score": round(generated[item.question].score, 4),
+                                 "confidence": round(generated[item.question].confidence, 4),
+                                 "right": right[("model", item.set, item.question)]},
+                       "fuzzy": {"reply": replies["fuzzy"][item.question], "match": fuzzy[item.question][0],
+                                 "right": right[("fuzzy", item.set, item.question)]}}
+                if "chatterbot" in replies:
+                    row["chatterbot"] = {"reply": replies["chatterbot"][item.question],
+                                         "right": right[("chatterbot", item.set, item.question)]}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        log(f"wrote {len(all_items)} rows to {args.details}")
+    log(" | ".join(f"{name}: " + ", ".join(f"{s} {result['exact'][name][s]}" for s in replies) for name in SETS))
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The robustness dev sets (bench/data) and bench/robustness.py's judging helpers; no TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import make_typos  # noqa: E402  (bench/ is not a package)
+import robustness  # noqa: E402
+
+CORPUS = ROOT / "corpora" / "english"
+REWORD_KINDS = {"synonym", "word_order", "filler", "contraction", "case_punct"}
+TYPO_KINDS = {"adjacent", "drop", "double", "swap"}
+
+
+@pytest.fixture(scope="module")
+def corpus_examples():
+    return robustness.load_corpus_quietly(CORPUS).examples(0, True)
+
+
+@pytest.fixture(scope="module")
+def categories(corpus_examples) -> dict[str, list[str]]:
+    return robustness.question_categories(corpus_examples)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def reworded() -> list[dict]:
+    return read_rows(robustness.REWORDED)
+
+
+@pytest.fixture(scope="module")
+def typos() -> list[dict]:
+    return read_rows(robustness.TYPOS)
+
+
+# --- the dev sets ----------------------------------------------------------------------------
+def test_dev_sets_load_through_the_benchmark():
+    assert len(robustness.load_dev_set(robustness.REWORDED, "reworded")) >= 110
+    assert len(robustness.load_dev_set(robustness.TYPOS, "typos")) >= 110
+
+
+def test_reworded_sizes_kinds_and_categories(reworded, categories):
+    assert len(reworded) >= 110
+    kinds = Counter(row["kind"] for row in reworded)
+    assert set(kinds) == REWORD_KINDS
+    assert min(kinds.values()) >= 15, kinds
+    every_file = {stem for stems in categories.values() for stem in stems}
+    assert {row["category"] for row in reworded} == every_file
+
+
+def test_typo_sizes_kinds_and_categories(typos, categories):
+    assert len(typos) >= 110
+    assert len({row["original"] for row in typos}) == len(typos)  # distinct questions
+    for row in typos:
+        kinds = row["kind"].split("+")
+        assert set(kinds) <= TYPO_KINDS, row
+        assert row["typos"] in (1, 2) and len(kinds) == row["typos"], row
+        original = row["original"]
+        assert len(original.split()) >= 3 or len(original) >= 12, row
+        assert row["question"][0] == original[0], row  # never the first letter
+    every_file = {stem for stems in categories.values() for stem in stems}
+    assert {row["category"] for row in typos} == every_file
+
+
+@pytest.mark.parametrize("name", ["reworded", "typos"])
+def test_originals_are_corpus_questions_of_their_category(name, request, categories):
+    for row in request.getfixturevalue(name):
+        assert row["original"] in categories, row
+        assert row["category"] in categories[row["original"]], row
+
+
+@pytest.mark.parametrize("name", ["reworded", "typos"])
+def test_no_dev_question_is_a_corpus_question(name, request, categories):
+    corpus = {robustness.normalise(q) for q in categories}
+    rows = request.getfixturevalue(name)
+    for row in rows:
+        assert robustness.normalise(row["question"]) not in corpus, row
+    assert len({robustness.normalise(row["question"]) for row in rows}) == len(rows)  # no repeats
+
+
+def test_reworded_and_typo_sets_do_not_overlap(reworded, typos):
+    assert not {r["question"] for r in reworded} & {r["question"] for r in typos}
+
+
+def test_typo_file_is_what_make_typos_generates():
+    rows = make_typos.make_typos(CORPUS, make_typos.COUNT, make_typos.SEED)
+    assert make_typos.render(rows) == robustness.TYPOS.read_text(encoding="utf-8")
+
+
+def test_make_typos_is_seeded():
+    one = make_typos.make_typos(CORPUS, 30, 1)
+    assert one == make_typos.make_typos(CORPUS, 30, 1)
+    assert one != make_typos.make_typos(CORPUS, 30, 2)
+
+
+def test_typo_kinds_do_what_they_say():
+    import random
+
+    rng = random.Random(0)
+    text = "What is your favorite number"
+    for _ in range(50):
+        swapped = make_typos.apply_typo(text, "swap", rng)
+        assert len(swapped) == len(text) and sorted(swapped) == sorted(text) and swapped != text
+        assert len(make_typos.apply_typo(text, "drop", rng)) == len(text) - 1
+        assert len(make_typos.apply_typo(text, "double", rng)) == len(text) + 1
+        adjacent = make_typos.apply_typo(text, "adjacent", rng)
+        diff = [(a, b) for a, b in zip(text, adjacent) if a != b]
+        assert len(diff) == 1 and diff[0][1].lower() in make_typos.QWERTY_NEIGHBOURS[diff[0][0].lower()]
+    assert make_typos.apply_typo("a 1", "swap", rng) is None  # no two adjacent letters after index 0
+
+
+def test_qwerty_neighbours_are_symmetric():
+    for key, neighbours in make_typos.QWERTY_NEIGHBOURS.items():
+        for other in neighbours:
+            assert key in make_typos.QWERTY_NEIGHBOURS[other], (key, other)
+
+
+# --- judging helpers -------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, answers, right", [
+    ("Hello", ["Hello"], True),
+    ("hello.", ["Hello"], True),
+    ("  Hi   there!! ", ["hi there"], True),
+    ("Python", ["Python."], True),
+    ("I am doing well", ["I am doing well.", "Good."], True),
+    ("Good", ["Great", "Fine"], False),
+    ("Hello world", ["Hello"], False),
+    (".Hello", ["Hello"], False),  # only trailing punctuation goes
+    ("It's", ["Its"], False),  # inner punctuation counts
+    ("", ["Hello"], False),
+])
+def test_exact_match(reply, answers, right):
+    assert robustness.is_right(reply, answers) is right
+
+
+def test_normalise():
+    assert robustness.normalise("  What's UP?!  ") == "what's up"
+    assert robustness.normalise("Sort of…") == "sort of"
+    assert robustness.normalise("a\n  b\tc") == "a b c"
+    assert robustness.normalise("?!") == ""
+    assert make_typos.normalise("Hi, How is it going?") == robustness.normalise("Hi, How is it going?")
+
+
+def test_auc_perfect_inverted_and_ties():
+    assert robustness.roc_auc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
+    assert robustness.roc_auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
+    assert robustness.roc_auc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5
+    assert robustness.roc_auc([0.1, 0.9, 0.1, 0.9], [True, True, False, False]) == 0.5
+    # 2 right x 2 wrong pairs: (0.8 > 0.3), (0.8 > 0.6), (0.4 > 0.3), (0.4 < 0.6) -> 3/4
+    assert robustness.roc_auc([0.8, 0.4, 0.3, 0.6], [True, True, False, False]) == 0.75
+    assert robustness.roc_auc([1.0, 2.0], [True, True]) is None
+
+
+def test_auc_of_random_scores_is_near_half():
+    import random
+
+    rng = random.Random(3)
+    scores = [rng.random() for _ in range(4000)]
+    labels = [rng.random() < 0.5 for _ in scores]
+    assert abs(robustness.roc_auc(scores, labels) - 0.5) < 0.03
+
+
+def test_best_threshold():
+    found = robustness.best_threshold([-0.1, -0.2, -1.0, -2.0], [True, True, False, False])
+    assert found["threshold"] == -0.6 and found["accuracy"] == 1.0
+    assert found["precision"] == 1.0 and found["recall"] == 1.0 and found["kept"] == 0.5
+    # all right: keep everything; all wrong: keep nothing
+    assert robustness.best_threshold([-1.0, -3.0], [True, True])["kept"] == 1.0
+    assert robustness.best_threshold([-1.0, -3.0], [False, False])["threshold"] is None
+    # ties are never split: one score, both outcomes
+    tied = robustness.best_threshold([-1.0, -1.0, -1.0], [True, True, False])
+    assert tied["kept"] == 1.0 and tied["accuracy"] == round(2 / 3, 4)
+
+
+def test_corpus_chrf_takes_varying_reference_counts():
+    perfect = robustness.corpus_chrf(["Hello", "Good"], [["Hello"], ["Fine", "Good", "Great"]])
+    assert perfect == pytest.approx(100.0)
+    assert robustness.corpus_chrf(["xyz", "qqq"], [["Hello"], ["Fine", "Good"]]) < 10
