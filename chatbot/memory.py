@@ -2,10 +2,10 @@
 
 People reword and mistype questions. A seq2seq model trained to reproduce a corpus answers
 its own questions well but drifts on inputs it has not seen. The memory finds the training
-questions closest to what was typed (rapidfuzz: an edit-distance ratio for typos and a
-token-set ratio for reordered or padded wordings), and their answers then compete with the
-decoded reply, all scored by the model itself (``Generator.score``). The model still decides;
-the memory only proposes. Inputs with no close training question get the decoded reply alone.
+questions closest to what was typed (rapidfuzz edit-distance ratios, see ``similarity``), and
+their answers then compete with the decoded reply, scored by the model itself
+(``Generator.score``, ranking in ``Generator._rerank``). Inputs with no close training question
+get the decoded reply alone.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ _EXPANSIONS = {
     "where's": "where is", "how's": "how is", "it's": "it is", "that's": "that is",
     "there's": "there is", "i'm": "i am", "im": "i am", "you're": "you are", "youre": "you are",
     "we're": "we are", "they're": "they are", "don't": "do not", "dont": "do not",
-    "doesn't": "does not", "doesnt": "does not", "didn't": "did not", "can't": "can not",
-    "cant": "can not", "wont": "will not", "isnt": "is not", "arent": "are not", "didnt": "did not", "cannot": "can not", "won't": "will not", "isn't": "is not",
-    "aren't": "are not", "i've": "i have", "you've": "you have", "i'll": "i will",
+    "doesn't": "does not", "doesnt": "does not", "didn't": "did not", "didnt": "did not",
+    "can't": "can not", "cant": "can not", "cannot": "can not", "won't": "will not",
+    "wont": "will not", "isn't": "is not", "isnt": "is not", "aren't": "are not",
+    "arent": "are not", "i've": "i have", "you've": "you have", "i'll": "i will",
     "you'll": "you will", "i'd": "i would", "you'd": "you would", "u": "you", "ur": "your",
     "r": "are", "pls": "please", "plz": "please", "wat": "what",
 }
@@ -64,7 +65,7 @@ def similarity(text: str, key: str, other: str, other_key: str) -> float:
 @dataclass(frozen=True)
 class Match:
     question: str
-    similarity: float  # 0..1, the better of the two ratios
+    similarity: float  # 0..1, see ``similarity``
     answers: tuple[str, ...]
 
 
@@ -92,7 +93,7 @@ class AnswerMemory:
         found = {index for scorer in (fuzz.ratio, fuzz.token_sort_ratio)
                  for _, _, index in process.extract(key, self._keys, scorer=scorer, limit=k)}
         scored = ((i, similarity(question, key, self.questions[i], self._keys[i])) for i in found)
-        ranked = sorted(((i, s) for i, s in scored if s >= min_similarity), key=lambda item: -item[1])
+        ranked = sorted(((i, s) for i, s in scored if s >= min_similarity), key=lambda item: (-item[1], item[0]))
         return [Match(self.questions[i], s, self.answers[i]) for i, s in ranked]
 
     def candidates(self, question: str, k: int, min_similarity: float) -> dict[str, float]:
