@@ -164,10 +164,15 @@ def test_evaluation_set_sources_and_limit(tiny_bot, tiny_pairs, tmp_path):
     limited = evaluation_set(bundle, corpus=TINY_PAIRS, limit=3)
     assert [e.question for e in limited.examples] == [q for q, _ in tiny_pairs[:3]]
     assert len(limited.reference) == len(tiny_pairs) and limited.source == str(TINY_PAIRS)
-    changed = dataclasses.replace(bundle, corpus={**bundle.corpus, "sha256": "0" * 64})
+    # The training split comes from the bundle's train.jsonl; without one (older bundles) it
+    # is rebuilt from the recorded corpus, which must still be there, unchanged.
+    assert evaluation_set(bundle, split="train").examples == bundle.train
+    older = dataclasses.replace(bundle, train=[])
+    assert sorted(e.question for e in evaluation_set(older, split="train").examples) == sorted(q for q, _ in tiny_pairs)
+    changed = dataclasses.replace(older, corpus={**bundle.corpus, "sha256": "0" * 64})
     with pytest.raises(CorpusError, match="changed since it was trained"):
         evaluation_set(changed, split="train")
-    moved = dataclasses.replace(bundle, corpus={**bundle.corpus, "path": str(tmp_path / "gone.tsv")})
+    moved = dataclasses.replace(older, corpus={**bundle.corpus, "path": str(tmp_path / "gone.tsv")})
     with pytest.raises(CorpusError, match="no longer here"):
         evaluation_set(moved, split="train")
 
