@@ -135,7 +135,8 @@ class Generator:
         (see ``DecodingConfig.rerank``). Each candidate is ranked by the model's score of it
         given what was typed plus ``SIMILARITY_WEIGHT`` x its question's similarity; the
         decoded reply and beam alternatives count with similarity 0 unless they are one of
-        the memory's answers. The reply keeps the model's score as its score."""
+        the memory's answers. The reply keeps the model's score as its score; the best
+        ``n_best`` candidates become its alternatives."""
         began = time.perf_counter()
         offered = [self.memory.candidates(turns[-1], config.rerank, config.rerank_min_similarity)
                    for turns in inputs]
@@ -157,7 +158,8 @@ class Generator:
                     generated = dataclasses.replace(generated, text=text, score=score, tokens=len(ids),
                                                     token_ids=tuple(ids), origin="memory")
                 confidence = found[text] if text in found else generated.confidence
-                generated = dataclasses.replace(generated, alternatives=tuple(ranked), confidence=confidence)
+                generated = dataclasses.replace(generated, alternatives=tuple(ranked[:config.n_best]),
+                                                confidence=confidence)
             reranked.append(generated)
         return reranked
 

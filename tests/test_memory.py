@@ -62,6 +62,9 @@ def test_rerank_answers_mistyped_and_reworded_questions_from_memory(tiny_bot, ti
     forced = tiny_bot.generator.score([[q] for q in questions], expected)
     assert np.allclose([g.score for g in reranked], forced, atol=1e-4)
     assert reranked[0].alternatives[0] == (expected[0], reranked[0].score)
+    # The n-best list keeps its asked-for length: the best candidates, memory answers included.
+    [nbest] = tiny_bot.generate(questions[:1], decoding={**RERANK, "beam": 3, "n_best": 2})
+    assert len(nbest.alternatives) == 2 and nbest.alternatives[0][0] == expected[0]
     # One by one gives the same replies as the batch.
     assert [tiny_bot.generate([q], decoding=RERANK)[0].text for q in questions] == expected
 
