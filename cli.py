@@ -538,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
+    except OSError as exc:  # disk full, permissions, ... met outside the library's own checks
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"chatbot: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -127,6 +127,9 @@ class Bundle:
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             _fsync_tree(staging)
             _replace_dir(staging, path)
+        except OSError as exc:  # disk full, permissions: the old bundle (if any) is untouched
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BundleError(f"{path}: cannot write the bundle ({exc.strerror or exc})") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

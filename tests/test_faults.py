@@ -1,0 +1,197 @@
+"""Faults injected for real, in subprocesses: kill -9 during training and while chatting, a
+disk that fills up, a read-only database, a database locked by another process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatbot.bundle import WEIGHTS, Bundle
+from chatbot.errors import StoreError
+from chatbot.store import SessionStore
+from chatbot.training import work_dir_for
+from conftest import ROOT, TINY_PAIRS
+
+CLI = [sys.executable, str(ROOT / "cli.py")]
+TINY_FLAGS = ["--units", "64", "--embedding-dim", "32", "--vocab-size", "300", "--learning-rate", "0.02",
+              "--batch-size", "10", "--validation-fraction", "0", "--quiet"]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def logged_epochs(out: Path) -> int:
+    log = work_dir_for(out) / "training_log.csv"
+    return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
+
+
+def test_kill_9_during_training_keeps_the_old_bundle_and_resume_finishes(tiny_bundle_path, tmp_path):
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, out)
+    before = (out / WEIGHTS).read_bytes()
+    command = CLI + ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), "--epochs", "60", *TINY_FLAGS]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: logged_epochs(out) >= 3 or child.poll() is not None, 120, "three epochs")
+        time.sleep(0.3)  # mid-epoch, most likely
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGKILL
+    # The installed bundle never changed and still loads; nothing half-written can be loaded.
+    assert (out / WEIGHTS).read_bytes() == before
+    Bundle.load(out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.tmp-")] == []
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming training" in resumed.stderr
+    bundle = Bundle.load(out)
+    assert 0 < bundle.metrics["epochs_run"] < 60  # the epochs done before the kill were not redone
+    assert not work_dir_for(out).exists()
+
+
+CHATTER = """
+import sys
+from chatbot.store import SessionStore
+store = SessionStore(sys.argv[1])
+sid = store.create_session("victim").id
+n = 0
+while True:
+    user = store.add_message(sid, "user", f"question {n}")
+    store.add_message(sid, "bot", f"answer {n}", score=-0.1, in_reply_to=user.id)
+    print(n, flush=True)  # printed only once both are committed
+    n += 1
+"""
+
+
+def test_kill_9_while_writing_loses_no_committed_message(tmp_path):
+    db = tmp_path / "chat.db"
+    child = subprocess.Popen([sys.executable, "-c", CHATTER, str(db)], stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    confirmed = -1
+    try:
+        for line in child.stdout:
+            confirmed = int(line)
+            if confirmed >= 150:
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+    with SessionStore(db) as store:
+        assert store.integrity_check()
+        texts = [m.text for m in store.history("victim")]
+    pairs = len(texts) // 2
+    assert pairs > confirmed  # every exchange reported as committed is there (maybe one more)
+    expected = [t for n in range(pairs) for t in (f"question {n}", f"answer {n}")]
+    assert texts[:2 * pairs] == expected and texts[2 * pairs:] in ([], [f"question {pairs}"])
+
+
+def test_kill_9_of_chatbot_chat_leaves_a_clean_database(tiny_bundle_path, tiny_pairs, tmp_path):
+    db = tmp_path / "chat.db"
+    child = subprocess.Popen(CLI + ["chat", "--model", str(tiny_bundle_path), "--db", str(db), "--session", "s"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    replies = 0
+    try:
+        for question, _ in tiny_pairs[:6]:
+            child.stdin.write(question + "\n")
+            child.stdin.flush()
+            child.stdout.readline()
+            replies += 1
+        child.stdin.write(tiny_pairs[6][0] + "\n")  # killed while this one is handled
+        child.stdin.flush()
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+    with SessionStore(db) as store:
+        assert store.integrity_check()
+        history = store.history("s")
+    asked = [q for q, _ in tiny_pairs[:7]]
+    assert [m.text for m in history if m.role == "user"] in (asked[:6], asked)
+    assert sum(m.role == "bot" for m in history) >= replies
+
+
+def test_a_locked_database_is_a_clear_error_and_nothing_half_written(tmp_path):
+    db = tmp_path / "chat.db"
+    with SessionStore(db) as store:
+        sid = store.create_session("s").id
+        store.add_message(sid, "user", "before the lock")
+    store = SessionStore(db, busy_timeout_ms=300)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked") as caught:
+            store.add_message(sid, "user", "during the lock")
+        assert time.monotonic() - began >= 0.25 and "\n" not in str(caught.value)
+        with pytest.raises(StoreError, match="database is locked"):  # opening waits, then says so too
+            SessionStore(db, busy_timeout_ms=300)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        store.close()
+    with SessionStore(db) as store:  # reported, not half-stored; the store works again
+        assert [m.text for m in store.history("s")] == ["before the lock"]
+        store.add_message(sid, "user", "after the lock")
+
+
+def test_a_read_only_database_is_a_clear_error(tmp_path):
+    db = tmp_path / "chat.db"
+    with SessionStore(db) as store:
+        store.add_message(store.create_session("s").id, "user", "kept")
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    result = subprocess.run(CLI + ["ask", "--db", url, "--session", "s", "hello"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("chatbot: error: ") and "readonly database" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    with SessionStore(db) as store:
+        assert [m.text for m in store.history("s")] == ["kept"]
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["chatbot"] + sys.argv[2:]
+import cli
+sys.exit(cli.main())
+"""
+
+
+def test_a_full_disk_while_chatting_is_a_clear_error_and_keeps_what_was_stored(tiny_bundle_path, tmp_path):
+    db = tmp_path / "chat.db"
+    with SessionStore(db) as store:
+        store.add_message(store.create_session("s").id, "user", "stored before the disk filled up")
+    questions = "".join(f"question number {n} " + "padding " * 20 + "\n" for n in range(3000))
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(512 * 1024), "ask", "--model", str(tiny_bundle_path),
+                             "--db", str(db), "--session", "s"], input=questions, capture_output=True, text=True,
+                            timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.startswith("chatbot: error: ") and result.stderr.count("\n") == 1
+    # SQLite says "database or disk is full" for ENOSPC and "disk I/O error" for EFBIG (the limit here)
+    assert ("database or disk is full" in result.stderr or "disk I/O error" in result.stderr)
+    assert "Traceback" not in result.stderr
+    answered = len(result.stdout.splitlines())
+    assert answered > 0  # it worked until the disk was full
+    with SessionStore(db) as store:  # everything committed is intact and readable
+        assert store.integrity_check()
+        history = store.history("s")
+    assert history[0].text == "stored before the disk filled up"
+    assert sum(m.role == "bot" for m in history) >= answered
