@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 def sanitize_message(text: str) -> str:
     """What is stored for a user message: control characters removed, nothing else changed.
 
-    Raises ``InputError`` for empty or whitespace-only text.
+    Raises ``InputError`` for empty or whitespace-only text, and for a lone surrogate
+    (``"\\ud800"``: no UTF-8 form, so it can be neither stored nor tokenized).
     """
     if not isinstance(text, str):
         raise InputError(f"a message must be text, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the message is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
+                         f"at position {exc.start}") from None
     kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     if not kept.strip():
         raise InputError("the message is empty")

@@ -177,8 +177,12 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a forbidden character (NUL...): a position, no mark
+            line = text.count("\n", 0, exc.position) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CorpusError(file, line, f"invalid YAML: {problem}") from None
+    except RecursionError:  # the composer recurses once per nesting level
+        raise CorpusError(file, None, "invalid YAML: nested too deeply") from None
     if root is None:
         raise CorpusError(file, None, "empty file: no conversations")
     if not isinstance(root, yaml.MappingNode):
@@ -194,8 +198,14 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
     if isinstance(categories, yaml.SequenceNode) and categories.value:
         first = categories.value[0]
         category = first.value if isinstance(first, yaml.ScalarNode) else ""
+    seen: set[int] = set()  # every node read so far; meeting one again means a YAML alias
     for number, conv in enumerate(conversations.value, start=1):
         line = conv.start_mark.line + 1
+        if _seen_before(conv, seen):
+            # Expanding aliases turns a small file into millions of utterances ("billion laughs").
+            yield CorpusError(file, line, f"conversation {number} repeats earlier text through a "
+                                          "YAML alias (aliases are not supported in conversations)")
+            continue
         if not isinstance(conv, yaml.SequenceNode):
             yield CorpusError(file, line, f"conversation {number} is not a list of utterances")
             continue
@@ -205,6 +215,19 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
                               f"conversation {number}: an utterance must be text, not a {_node_kind(bad)}")
             continue
         yield _dialogue(file, [(u.value, u.start_mark.line + 1) for u in conv.value], line, category)
+
+
+def _seen_before(conv: yaml.Node, seen: set[int]) -> bool:
+    """Whether this conversation node, or one of its items, was already read (an alias);
+    records them. Each distinct node is looked at once, so the work is bounded by the file."""
+    if id(conv) in seen:
+        return True
+    seen.add(id(conv))
+    for item in conv.value if isinstance(conv, yaml.SequenceNode) else ():
+        if id(item) in seen:
+            return True
+        seen.add(id(item))
+    return False
 
 
 def _node_kind(node: yaml.Node) -> str:
@@ -232,6 +255,12 @@ def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             yield CorpusError(file, line_no, f"invalid JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            yield CorpusError(file, line_no, "invalid JSON (nested too deeply)")
+            continue
+        except ValueError:  # an integer over Python's digit limit (sys.get_int_max_str_digits)
+            yield CorpusError(file, line_no, "invalid JSON (a number too long to read)")
             continue
         if not isinstance(obj, dict):
             yield CorpusError(file, line_no, "expected a JSON object")

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .errors import TokenizerError
+from .errors import InputError, TokenizerError
 
 PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
 # Special tokens are spelt with U+FDD0, a Unicode noncharacter that ``encode`` strips from
@@ -32,6 +32,19 @@ def _pre_tokenizer(level: str):
     if level == "word":
         return pre_tokenizers.Sequence([spaces, newlines, pre_tokenizers.Punctuation("isolated")])
     return pre_tokenizers.Sequence([spaces, newlines])
+
+
+def _unencodable(texts) -> InputError:
+    """Why the backend refused these texts, as a typed error."""
+    for text in texts:
+        if not isinstance(text, str):
+            return InputError(f"text to encode must be a string, not {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return InputError(f"text is not valid Unicode: a lone surrogate "
+                              f"U+{ord(text[exc.start]):04X} at position {exc.start}")
+    return InputError("text cannot be encoded")
 
 
 class TextTokenizer:
@@ -72,11 +85,19 @@ class TextTokenizer:
 
     # --- text -> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text.translate(_NONCHARACTERS), add_special_tokens=False).ids
+        try:
+            return self.backend.encode(text.translate(_NONCHARACTERS), add_special_tokens=False).ids
+        except (TypeError, AttributeError, UnicodeEncodeError):
+            raise _unencodable([text]) from None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        texts = [t.translate(_NONCHARACTERS) for t in texts]
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        """Token ids of each text; ``InputError`` for a non-string or a lone surrogate
+        (text that has no UTF-8 form, which the Rust backend cannot take)."""
+        try:
+            texts = [t.translate(_NONCHARACTERS) for t in texts]
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        except (TypeError, AttributeError, UnicodeEncodeError):
+            raise _unencodable(texts) from None
 
     def encode_input(self, turns: Sequence[str], max_tokens: int) -> list[int]:
         """Context turns then the question, joined by [SEP]; keep the last ``max_tokens``.
