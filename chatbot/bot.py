@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .bundle import MODELS_DIR, PROJECT_ROOT, Bundle, resolve_model_path  # noqa: F401 (re-exported)
 from .config import DecodingConfig
-from .corpus import clean_text
+from .corpus import clean_text, unicode_error
 from .errors import DecodingError, InputError
 from .generator import Generation, Generator
 from .memory import AnswerMemory
@@ -33,11 +33,8 @@ def sanitize_message(text: str) -> str:
     """
     if not isinstance(text, str):
         raise InputError(f"a message must be text, not {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"the message is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
-                         f"at position {exc.start}") from None
+    if (error := unicode_error(text, "the message")) is not None:
+        raise error
     kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     if not kept.strip():
         raise InputError("the message is empty")

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import yaml
 
-from .errors import CorpusError
+from .errors import CorpusError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,7 @@ def clean_text(text: str) -> str:
 def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     """Read a corpus file or a directory of them (recursively, in sorted order)."""
     root = Path(path)
-    if not root.exists():
-        raise CorpusError(root, None, "no such file or directory")
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
-        if not files:
-            raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
-    else:
-        if root.suffix.lower() not in CORPUS_SUFFIXES:
-            raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
-                                          f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
-        files = [root]
+    files = corpus_files(root)
 
     digest = hashlib.sha256()
     dialogues: list[Dialogue] = []
@@ -125,6 +115,33 @@ def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
         log.warning("skipped %d malformed entr%s in %s", len(skipped),
                     "y" if len(skipped) == 1 else "ies", root)
     return Corpus(dialogues, files, digest.hexdigest(), skipped, root)
+
+
+def corpus_files(root: Path) -> list[Path]:
+    """The files a corpus path stands for: the file itself, or every corpus file under a
+    directory (recursively, sorted); ``CorpusError`` for a path that holds none."""
+    if not root.exists():
+        raise CorpusError(root, None, "no such file or directory")
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
+        if not files:
+            raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
+        return files
+    if root.suffix.lower() not in CORPUS_SUFFIXES:
+        raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
+                                      f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
+    return [root]
+
+
+def unicode_error(text: str, what: str) -> InputError | None:
+    """An ``InputError`` when ``text`` has no UTF-8 form (a lone surrogate such as "\\ud800"
+    can be neither stored nor tokenized), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return InputError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
+                          f"at position {exc.start}")
+    return None
 
 
 def _is_corpus_file(path: Path) -> bool:

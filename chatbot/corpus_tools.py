@@ -17,11 +17,10 @@ from pathlib import Path
 import yaml
 
 from .corpus import (
-    CORPUS_SUFFIXES,
     Dialogue,
     _decode_utf8,
-    _is_corpus_file,
     _reader_for,
+    corpus_files,
     load_corpus,
     make_examples,
 )
@@ -139,7 +138,7 @@ def validate_corpus(path: str | Path) -> list[CorpusError]:
     not UTF-8 or not YAML is one problem and the other files are still checked."""
     root = Path(path)
     try:
-        files = _corpus_files(root)
+        files = corpus_files(root)
     except CorpusError as exc:
         return [exc]
     problems: list[CorpusError] = []
@@ -159,21 +158,6 @@ def validate_corpus(path: str | Path) -> list[CorpusError]:
     if not dialogues:
         problems.append(CorpusError(root, None, "empty corpus: no question/answer pairs found"))
     return problems
-
-
-def _corpus_files(root: Path) -> list[Path]:
-    """The files ``load_corpus`` would read, with its errors for a path that holds none."""
-    if not root.exists():
-        raise CorpusError(root, None, "no such file or directory")
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
-        if not files:
-            raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
-        return files
-    if root.suffix.lower() not in CORPUS_SUFFIXES:
-        raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
-                                      f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
-    return [root]
 
 
 # --- convert ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .corpus import unicode_error
 from .errors import InputError, TokenizerError
 
 PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
@@ -39,11 +40,8 @@ def _unencodable(texts) -> InputError:
     for text in texts:
         if not isinstance(text, str):
             return InputError(f"text to encode must be a string, not {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return InputError(f"text is not valid Unicode: a lone surrogate "
-                              f"U+{ord(text[exc.start]):04X} at position {exc.start}")
+        if (error := unicode_error(text, "text")) is not None:
+            return error
     return InputError("text cannot be encoded")
 
 

@@ -89,7 +89,10 @@ _LOADER = textwrap.dedent("""
             out = {{"error": type(exc).__name__, "message": str(exc)[:300]}}
         out["mode"] = mode
         out["seconds"] = round(time.monotonic() - start, 2)
-        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and
+        # exec, so under a pytest that holds a model it would report the parent's size.
+        hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+        out["peak_mb"] = int(hwm.split()[1]) // 1024
         print(json.dumps(out), flush=True)
 """).format(limit=MEMORY_LIMIT)
 
