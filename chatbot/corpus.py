@@ -329,11 +329,3 @@ def split_examples(examples: list[Example], validation_fraction: float,
     train = [e for i, e in enumerate(examples) if i not in val_ids]
     val = [e for i, e in enumerate(examples) if i in val_ids]
     return train, val
-
-
-def answers_by_question(examples: Iterable[Example]) -> dict[str, set[str]]:
-    """Every accepted answer of each question (the corpus has several per question)."""
-    table: dict[str, set[str]] = {}
-    for ex in examples:
-        table.setdefault(ex.question, set()).add(ex.answer)
-    return table

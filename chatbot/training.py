@@ -22,7 +22,7 @@ from .bundle import Bundle
 from .config import Config
 from .corpus import Corpus, Example, load_corpus, split_examples
 from .errors import TrainingError
-from .evaluate import check_golden, load_golden
+from .evaluate import answers_by_input, check_golden, distinct_inputs, is_exact, load_golden
 from .memory import AnswerMemory
 from .tokenizer import TextTokenizer
 
@@ -284,8 +284,6 @@ def _write_state(work: Path, config: Config, corpus: Corpus, corpus_path: str, b
 def exact_match(generator, examples: list[Example], reference: list[Example]) -> float:
     """Share of distinct inputs whose reply equals one of their answers in ``reference``
     (compared after stripping surrounding whitespace)."""
-    from .evaluate import answers_by_input, distinct_inputs, is_exact
-
     accepted = answers_by_input(reference)
     inputs = sorted(distinct_inputs(examples))
     if not inputs:

@@ -33,6 +33,12 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def kill_9(child: subprocess.Popen) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+
+
 def logged_epochs(out: Path) -> int:
     log = work_dir_for(out) / "training_log.csv"
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
@@ -47,11 +53,9 @@ def test_kill_9_during_training_keeps_the_old_bundle_and_resume_finishes(tiny_bu
     try:
         wait_for(lambda: logged_epochs(out) >= 3 or child.poll() is not None, 120, "three epochs")
         time.sleep(0.3)  # mid-epoch, most likely
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
+        kill_9(child)
     finally:
         child.kill()
-    assert child.returncode == -signal.SIGKILL
     # The installed bundle never changed and still loads; nothing half-written can be loaded.
     assert (out / WEIGHTS).read_bytes() == before
     Bundle.load(out)
@@ -89,8 +93,7 @@ def test_kill_9_while_writing_loses_no_committed_message(tmp_path):
             confirmed = int(line)
             if confirmed >= 150:
                 break
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
+        kill_9(child)
     finally:
         child.kill()
     with SessionStore(db) as store:
@@ -115,8 +118,7 @@ def test_kill_9_of_chatbot_chat_leaves_a_clean_database(tiny_bundle_path, tiny_p
             replies += 1
         child.stdin.write(tiny_pairs[6][0] + "\n")  # killed while this one is handled
         child.stdin.flush()
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
+        kill_9(child)
     finally:
         child.kill()
     with SessionStore(db) as store:
