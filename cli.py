@@ -513,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a wrapped library error (TensorFlow's, say) may span several."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
     parser = build_parser()
@@ -524,11 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ChatbotError as exc:
-        print(f"chatbot: error: {exc}", file=sys.stderr)
+        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except UsageError as exc:
         parser.print_usage(sys.stderr)
-        print(f"chatbot: error: {exc}", file=sys.stderr)
+        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\nchatbot: interrupted", file=sys.stderr)
@@ -540,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except OSError as exc:  # disk full, permissions, ... met outside the library's own checks
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"chatbot: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"chatbot: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

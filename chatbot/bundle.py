@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from . import __version__
 from .config import Config
 from .corpus import Example, load_corpus
@@ -194,6 +196,10 @@ class Bundle:
             config = Config.from_dict(_read_json(path / CONFIG))
             tokenizer = TextTokenizer.load(path / TOKENIZER)
         except ChatbotError as exc:
+            written_by = manifest.get("chatbot_version")
+            if _newer_version(written_by, __version__):  # e.g. a config key this version lacks
+                raise BundleError(f"{path}: {exc}; the model was made by chatbot {written_by}, newer than "
+                                  f"this one ({__version__}): upgrade the chatbot package") from None
             raise BundleError(f"{path}: {exc}") from None
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
@@ -205,7 +211,11 @@ class Bundle:
         try:
             model.load_weights(path / WEIGHTS)
         except Exception as exc:  # h5py/Keras raise many types; all mean "unusable weights"
-            raise BundleError(f"{path / WEIGHTS}: cannot load weights ({exc})") from None
+            detail = " ".join(str(exc).split())  # Keras' reasons run over several lines
+            if len(detail) > 300:
+                detail = detail[:300] + "..."
+            raise BundleError(f"{path / WEIGHTS}: cannot load weights: they do not fit the model's "
+                              f"config and tokenizer, or the file is damaged ({detail})") from None
         metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
@@ -251,6 +261,13 @@ def list_bundles(directory: str | Path) -> list[BundleSummary]:
                                    (manifest.get("corpus") or {}).get("path"), manifest.get("parameters"),
                                    {k: v for k, v in key.items() if v is not None}, problem))
     return found
+
+
+def _newer_version(version, than: str) -> bool:
+    try:
+        return Version(str(version)) > Version(than)
+    except InvalidVersion:  # missing or unparsable: nothing to say about it
+        return False
 
 
 def _jsonl(examples: list[Example]) -> str:

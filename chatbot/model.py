@@ -14,6 +14,11 @@ the last real token, and attention never looks at padding.
 
 from __future__ import annotations
 
+import io
+import os
+import uuid
+from pathlib import Path
+
 import keras
 from keras import layers, ops
 
@@ -109,10 +114,45 @@ class Seq2Seq(keras.Model):
         logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source_mask, None, False)
         return logits[:, 0, :], new_states
 
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Serialise the weights in memory, then write the file with plain I/O, atomically.
+
+        Keras writes ``.weights.h5`` to disk through HDF5, and an HDF5 write that fails (disk
+        full, quota) leaves the file half-open: pages of h5py errors, then a segfault at exit.
+        A failed plain write is one ``OSError`` and leaves the previous file whole. Keras'
+        checkpoint callbacks and ``Bundle.save`` all save through here.
+        """
+        if max_shard_size is not None or not overwrite or not str(filepath).endswith(".weights.h5"):
+            return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+        # Keras has no public way to save weights into memory; these are what it uses itself.
+        from keras.src.saving.saving_lib import H5IOStore, _save_state
+
+        buffer = io.BytesIO()
+        store = H5IOStore(buffer, mode="w")
+        try:
+            _save_state(self, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        finally:
+            store.close()
+        _write_atomically(Path(filepath), buffer.getvalue())
+
     def build_for_inference(self) -> None:
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
         self((dummy, dummy), training=False)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a sibling temporary file, fsync, then rename over ``path``."""
+    partial = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def masked_accuracy(y_true, y_pred):

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -163,8 +164,13 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     callbacks.extend(extra_callbacks or [])
 
     began = time.perf_counter()
-    history = model.fit(train_set, validation_data=val_set, epochs=config.training.epochs,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+    try:
+        history = model.fit(train_set, validation_data=val_set, epochs=config.training.epochs,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+    except OSError as exc:  # a checkpoint or log could not be written: disk full, quota, permissions
+        kept = f"the model at {out} is unchanged; " if out.exists() else ""
+        raise TrainingError(f"cannot write the training state in {work} ({_os_reason(exc)}); {kept}"
+                            "make room, then run the same command with --resume") from exc
     seconds = time.perf_counter() - began
     if best_weights.exists():
         model.load_weights(best_weights)
@@ -290,6 +296,14 @@ def exact_match(generator, examples: list[Example], reference: list[Example]) ->
         return 0.0
     replies = generator.generate([list(i) for i in inputs])
     return sum(is_exact(r.text, accepted.get(i, ())) for i, r in zip(inputs, replies)) / len(inputs)
+
+
+def _os_reason(exc: OSError) -> str:
+    """The system's reason, e.g. "No space left on device" (h5py wraps it in a page of text)."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _texts(examples: list[Example]):

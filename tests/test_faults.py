@@ -3,6 +3,7 @@ disk that fills up, a read-only database, a database locked by another process."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.bundle import WEIGHTS, Bundle
+import cli
+from chatbot.bundle import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, Bundle, file_sha256
 from chatbot.errors import StoreError
 from chatbot.store import SessionStore
+from chatbot.tokenizer import TextTokenizer
 from chatbot.training import work_dir_for
 from conftest import ROOT, TINY_PAIRS
 
@@ -197,3 +200,141 @@ def test_a_full_disk_while_chatting_is_a_clear_error_and_keeps_what_was_stored(t
         history = store.history("s")
     assert history[0].text == "stored before the disk filled up"
     assert sum(m.role == "bot" for m in history) >= answered
+
+
+def run_with_file_size_limit(limit: int, *cli_args: str, **kwargs) -> subprocess.CompletedProcess:
+    """``chatbot ARGS`` with no file allowed to grow past ``limit`` bytes: writes past it fail
+    as they do on a full disk."""
+    return subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *cli_args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kwargs)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *reasons: str) -> None:
+    assert result.returncode == 1, result.stderr[-2000:]  # not -11: no crash on the way out
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("[chatbot] ")]
+    assert len(errors) == 1 and errors[0].startswith("chatbot: error: "), result.stderr[-2000:]
+    assert any(reason in errors[0] for reason in reasons), errors[0]
+    assert "Traceback" not in result.stderr and "h5py" not in result.stderr
+
+
+def test_a_full_disk_while_training_is_one_line_keeps_the_old_bundle_and_resume_finishes(tiny_bundle_path,
+                                                                                          tmp_path):
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), "--epochs", "3", *TINY_FLAGS]
+    # Big enough for the tokenizer and the logs, too small for a checkpoint of the weights.
+    result = run_with_file_size_limit(150_000, *args)
+    assert_one_line_error(result, "File too large", "No space left on device")
+    assert "--resume" in result.stderr and f"the model at {out} is unchanged" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    Bundle.load(out)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    resumed = subprocess.run(CLI + args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert Bundle.load(out).metrics["epochs_run"] == 3
+
+
+SAVE_WHEN_FULL = """
+import resource, signal, sys
+from chatbot.quiet import import_tensorflow_quietly
+import_tensorflow_quietly()
+from chatbot.bundle import Bundle
+from chatbot.errors import BundleError
+bundle = Bundle.load(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+try:
+    bundle.save(sys.argv[2])
+except BundleError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_while_saving_a_bundle_keeps_the_old_one(tiny_bundle_path, tmp_path):
+    target = tmp_path / "target"
+    shutil.copytree(tiny_bundle_path, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    result = subprocess.run([sys.executable, "-c", SAVE_WHEN_FULL, str(tiny_bundle_path), str(target)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 3, result.stderr[-2000:]  # a BundleError, then a clean exit
+    assert result.stderr.strip().splitlines() == [f"{target}: cannot write the bundle (File too large)"]
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+# --- damaged or mismatched bundles, as the command line reports them ----------------------------
+def resign(bundle: Path, *names: str) -> None:
+    """Record new checksums for edited files, as if the damage had been written by the trainer:
+    the damage itself, not the checksum, must then be what is caught."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"].update({name: file_sha256(bundle / name) for name in names})
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def edit_json(file: Path, change) -> None:
+    data = json.loads(file.read_text())
+    change(data)
+    file.write_text(json.dumps(data))
+
+
+def truncate_weights(bundle: Path) -> None:
+    weights = bundle / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def truncate_weights_resigned(bundle: Path) -> None:
+    truncate_weights(bundle)
+    resign(bundle, WEIGHTS)
+
+
+def newer_config(bundle: Path) -> None:
+    edit_json(bundle / CONFIG, lambda config: config["model"].update(rotary_positions=True))
+    edit_json(bundle / MANIFEST, lambda manifest: manifest.update(chatbot_version="9.0.0"))
+    resign(bundle, CONFIG)
+
+
+def another_models_tokenizer(bundle: Path, *, resigned_vocab: bool) -> None:
+    texts = ["a different corpus", "with other words entirely", "so other token ids"] * 20
+    TextTokenizer.fit(texts, "subword", 120).save(bundle / TOKENIZER)
+    resign(bundle, TOKENIZER)
+    if resigned_vocab:  # even the manifest agrees: only the weights' shapes can tell
+        edit_json(bundle / MANIFEST, lambda manifest: manifest.update(vocab_size=TextTokenizer.load(
+            bundle / TOKENIZER).vocab_size))
+
+
+DAMAGES = {
+    "missing weights": (lambda b: (b / WEIGHTS).unlink(), "missing file"),
+    "truncated weights": (truncate_weights, "corrupt file (checksum mismatch)"),
+    "truncated weights, re-signed": (truncate_weights_resigned, "cannot load weights"),
+    "newer bundle format": (lambda b: edit_json(b / MANIFEST, lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+                            "newer than this chatbot supports"),
+    "config from a newer chatbot": (newer_config, "made by chatbot 9.0.0, newer than this one"),
+    "another model's tokenizer": (lambda b: another_models_tokenizer(b, resigned_vocab=False),
+                                  "tokenizer has"),
+    "another model's tokenizer, re-signed": (lambda b: another_models_tokenizer(b, resigned_vocab=True),
+                                             "cannot load weights"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_bundle_is_one_line_and_leaves_the_database_alone(damage, tiny_bundle_path, tmp_path,
+                                                                   capsys, monkeypatch):
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # what `chatbot ask` would set, undone afterwards
+    bundle = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, bundle)
+    damaging, expected = DAMAGES[damage]
+    damaging(bundle)
+    db = tmp_path / "chat.db"
+    with SessionStore(db) as store:
+        store.add_message(store.create_session("s").id, "user", "stored before")
+    stored = db.read_bytes()
+
+    assert cli.main(["ask", "--model", str(bundle), "--db", str(db), "--session", "s", "hello"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("chatbot: error: "), err
+    assert expected in err and "Traceback" not in err
+    assert db.read_bytes() == stored
