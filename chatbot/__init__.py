@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, PlotError,
-    StoreError, TokenizerError, TrainingError,
+    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, MessageNotStored,
+    PlotError, ReplyNotStored, StoreError, TokenizerError, TrainingError,
 )
 
 
@@ -20,4 +20,5 @@ def __getattr__(name):
 
 
 __all__ = ["ChatBot", "Config", "ChatbotError", "BundleError", "ConfigError", "CorpusError",
-           "DecodingError", "InputError", "PlotError", "StoreError", "TokenizerError", "TrainingError", "__version__"]
+           "DecodingError", "InputError", "MessageNotStored", "PlotError", "ReplyNotStored", "StoreError",
+           "TokenizerError", "TrainingError", "__version__"]

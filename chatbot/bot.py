@@ -14,14 +14,17 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .bundle import MODELS_DIR, PROJECT_ROOT, Bundle, resolve_model_path  # noqa: F401 (re-exported)
 from .config import DecodingConfig
 from .corpus import clean_text, unicode_error
-from .errors import DecodingError, InputError
+from .errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
 from .generator import Generation, Generator
 from .memory import AnswerMemory
+
+if TYPE_CHECKING:
+    from .store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Reply:
 
 
 class ChatBot:
-    def __init__(self, bundle: Bundle, db: str | None = None, warm_up: bool = True,
+    def __init__(self, bundle: Bundle, db: "str | SessionStore | None" = None, warm_up: bool = True,
                  fallback_threshold: float | None = None, fallback_text: str | None = None,
                  min_confidence: float | None = None):
         self.bundle = bundle
@@ -100,12 +103,13 @@ class ChatBot:
         self.generator.warm_up(tuple(strategies))
 
     @classmethod
-    def load(cls, model: str | Path | None = None, db: str | None = None, warm_up: bool = True,
+    def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
              **dialogue) -> "ChatBot":
         """Load a bundle (default: ``models/default``); ``model`` may be a path or a name.
 
         ``db`` is any SQLAlchemy URL (default: ``$CHATBOT_DB`` or a SQLite file in the user's
-        data directory); it is only opened when a session is first used.
+        data directory), opened when a session is first used; or a ``SessionStore`` to share
+        (with its own ``busy_timeout_ms``, say), which the caller closes.
         """
         return cls(Bundle.load(resolve_model_path(model)), db=db, warm_up=warm_up, **dialogue)
 
@@ -120,7 +124,7 @@ class ChatBot:
             if self._store is None:
                 from .store import SessionStore
 
-                self._store = SessionStore(self._db)
+                self._store = self._db if isinstance(self._db, SessionStore) else SessionStore(self._db)
             return self._store
 
     # --- stateless ---------------------------------------------------------------------------
@@ -183,18 +187,7 @@ class ChatBot:
         """
         message = sanitize_message(text)
         config = self.generator.resolve(decoding, max_length)  # a bad setting stores nothing
-        store = self.store
-        if session is None:
-            session_id = store.create_session().id
-        elif isinstance(session, int):
-            session_id = session  # add_message checks it exists; saves a lookup per reply
-        else:
-            session_id = store.get_session(session).id
-        turns = self.bundle.config.data.context_turns
-        recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
-        context = [m.text for m in recent[-turns:]] if turns else []
-        previous = next((m.text for m in reversed(recent) if m.role == "bot"), None) if config.avoid_repeat else None
-        user = store.add_message(session_id, "user", message)  # committed before decoding
+        session_id, context, previous, user = self._store_question(session, message, config)
 
         try:
             generated = self.generate([message], [context], decoding=config)[0]
@@ -207,12 +200,44 @@ class ChatBot:
                 generated = dataclasses.replace(generated, text=different[0][0], score=different[0][1])
         fallback = generated.score < self.fallback_threshold or generated.confidence < self.min_confidence
         text_out = self.fallback_text if fallback else generated.text
-        bot = store.add_message(session_id, "bot", text_out, model_name=self.name,
-                                model_version=self.bundle.manifest.get("created", ""),
-                                decoding=dataclasses.asdict(config), score=generated.score,
-                                latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
-        return Reply(text_out, generated.score, session_id, bot.id, generated.latency_ms, fallback, user.id,
-                     generated.alternatives, generated.confidence)
+        reply = Reply(text_out, generated.score, session_id, None, generated.latency_ms, fallback, user.id,
+                      generated.alternatives, generated.confidence)
+        try:
+            bot = self.store.add_message(session_id, "bot", text_out, model_name=self.name,
+                                    model_version=self.bundle.manifest.get("created", ""),
+                                    decoding=dataclasses.asdict(config), score=generated.score,
+                                    latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
+        except StoreError as exc:
+            raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "
+                                 f"of session {session_id})", reply) from exc
+        return dataclasses.replace(reply, message_id=bot.id)
+
+    def _store_question(self, session, message: str, config: DecodingConfig):
+        """Every database step before decoding: find (or create) the session, read the recent
+        turns, store the user's message. Returns (session id, context, the bot's previous reply
+        when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
+        not stored: ``MessageNotStored`` says so and carries the text to send again."""
+        from .store import SessionNotFound
+
+        try:
+            store = self.store
+            if session is None:
+                session_id = store.create_session().id
+            elif isinstance(session, int):
+                session_id = session  # add_message checks it exists; saves a lookup per reply
+            else:
+                session_id = store.get_session(session).id
+            turns = self.bundle.config.data.context_turns
+            recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
+            user = store.add_message(session_id, "user", message)
+        except SessionNotFound:
+            raise
+        except StoreError as exc:
+            raise MessageNotStored(f"{exc}; your message was not stored", message) from exc
+        context = [m.text for m in recent[-turns:]] if turns else []
+        previous = (next((m.text for m in reversed(recent) if m.role == "bot"), None)
+                    if config.avoid_repeat else None)
+        return session_id, context, previous, user
 
     # --- feedback ----------------------------------------------------------------------------
     def rate(self, message_id: int, rating: str):
@@ -230,7 +255,8 @@ class ChatBot:
             self._warming.join()
         with self._store_lock:
             if self._store is not None:
-                self._store.close()
+                if self._store is not self._db:  # a store handed in belongs to the caller
+                    self._store.close()
                 self._store = None
 
     def __enter__(self) -> "ChatBot":

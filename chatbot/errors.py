@@ -46,5 +46,23 @@ class StoreError(ChatbotError):
     """The conversation database cannot be opened, read or written."""
 
 
+class MessageNotStored(StoreError):
+    """``ChatBot.reply`` could not store the user's message (a locked or full database, say), so
+    nothing was stored and no reply was made: ``text`` is the message, to send again."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
+
+
+class ReplyNotStored(StoreError):
+    """A reply was made and the user's message stored, but the reply itself could not be
+    stored: ``reply`` is what the bot said (its ``message_id`` is None)."""
+
+    def __init__(self, message: str, reply):
+        super().__init__(message)
+        self.reply = reply
+
+
 class PlotError(ChatbotError):
     """A plot cannot be drawn: matplotlib is missing, or there is nothing to plot."""

@@ -36,7 +36,7 @@ from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
 from . import __version__
-from .errors import ChatbotError, StoreError
+from .errors import ChatbotError, MessageNotStored, ReplyNotStored, StoreError
 
 HISTORY_FILE = "chatbot_history"
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
@@ -218,6 +218,9 @@ class ChatRepl:
         self.session_id: int | None = None
         self.session_name: str | None = None
         self._pending: list[Fragments] = []
+        # A message the database refused (locked, full): the next prompt starts with it, so
+        # Enter sends it again.
+        self.retry_text = ""
         if session is not None:
             self._use(session if hasattr(session, "id") else bot.session(session))
 
@@ -308,6 +311,13 @@ class ChatRepl:
                 self._reply(text[1:] if text.startswith("//") else line)
             elif not self.plain:
                 return True  # an empty line at the prompt: nothing to do, nothing to print
+        except MessageNotStored as exc:
+            self.retry_text = "" if self.plain else line
+            again = "" if self.plain else ": press Enter to send it again"
+            self._pending = [[("class:error", f"error: {exc}{again}")]]
+        except ReplyNotStored as exc:  # the user's message is stored: show what the bot said
+            self._show_reply(exc.reply)
+            self._error(f"error: {exc}")
         except ChatbotError as exc:
             self._pending = [[("class:error", f"error: {exc}")]]
         if keep_going or self._pending:
@@ -329,10 +339,10 @@ class ChatRepl:
 
     # --- replies ---------------------------------------------------------------------------
     def _reply(self, text: str) -> None:
+        self._show_reply(self._decode(text))  # the first message creates the session
+
+    def _show_reply(self, result) -> None:
         if self.session_id is None:
-            self._use(self.bot.new_session())
-        result = self._decode(text)
-        if result.session_id is not None:
             self.session_id = result.session_id
         extra = ""
         if self.show_score:
@@ -553,11 +563,13 @@ class ChatRepl:
             self.banner(load_seconds)
         while True:
             try:
-                line = prompt.prompt()
+                line = prompt.prompt(default=self.retry_text)
             except KeyboardInterrupt:
                 continue  # Ctrl-C: the line is dropped, a fresh prompt follows
             except EOFError:
                 return
+            finally:
+                self.retry_text = ""
             try:
                 if not self.handle(line):
                     return

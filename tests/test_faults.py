@@ -3,6 +3,8 @@ disk that fills up, a read-only database, a database locked by another process."
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -11,17 +13,21 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import cli
+from chatbot.bot import ChatBot
 from chatbot.bundle import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, Bundle, file_sha256
-from chatbot.errors import StoreError
+from chatbot.errors import MessageNotStored, StoreError
+from chatbot.repl import ChatRepl
 from chatbot.store import SessionStore
 from chatbot.tokenizer import TextTokenizer
 from chatbot.training import work_dir_for
 from conftest import ROOT, TINY_PAIRS
+from test_repl import CTRL_D, drive
 
 CLI = [sys.executable, str(ROOT / "cli.py")]
 TINY_FLAGS = ["--units", "64", "--embedding-dim", "32", "--vocab-size", "300", "--learning-rate", "0.02",
@@ -154,6 +160,89 @@ def test_a_locked_database_is_a_clear_error_and_nothing_half_written(tmp_path):
     with SessionStore(db) as store:  # reported, not half-stored; the store works again
         assert [m.text for m in store.history("s")] == ["before the lock"]
         store.add_message(sid, "user", "after the lock")
+
+
+@contextmanager
+def write_locked(db: Path):
+    """Another process's view of the database: a write transaction held open."""
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        yield locker
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+
+
+@pytest.fixture
+def impatient_bot(tiny_bot, tmp_path):
+    """The tiny model on a database that gives up on a lock after 300 ms."""
+    store = SessionStore(tmp_path / "chat.db", busy_timeout_ms=300)
+    bot = ChatBot(tiny_bot.bundle, db=store, warm_up=False)
+    bot.generator = tiny_bot.generator
+    yield bot
+    bot.close()
+    store.close()
+
+
+def test_a_locked_database_refuses_the_message_plainly_and_it_can_be_sent_again(impatient_bot, tiny_pairs,
+                                                                                 tmp_path):
+    question, answer = tiny_pairs[0]
+    session = impatient_bot.new_session("s").id
+    with write_locked(tmp_path / "chat.db"):
+        with pytest.raises(MessageNotStored, match="database is locked; your message was not stored") as caught:
+            impatient_bot.reply(question, session=session)
+    assert caught.value.text == question and impatient_bot.history(session) == []
+    assert impatient_bot.reply(caught.value.text, session=session).text == answer  # the lock is gone
+    assert [m.text for m in impatient_bot.history(session)] == [question, answer]
+
+
+def test_a_database_locked_while_decoding_keeps_the_question_and_returns_the_reply(impatient_bot, tiny_pairs,
+                                                                                   tmp_path, monkeypatch):
+    question, answer = tiny_pairs[1]
+    session = impatient_bot.new_session("s").id
+    with contextlib.ExitStack() as stack:
+        decode = impatient_bot.generate
+
+        def decode_then_lock(*args, **kwargs):
+            replies = decode(*args, **kwargs)
+            stack.enter_context(write_locked(tmp_path / "chat.db"))  # taken while the bot thinks
+            return replies
+
+        monkeypatch.setattr(impatient_bot, "generate", decode_then_lock)
+        repl = ChatRepl(impatient_bot, session, output=io.StringIO())
+        repl.handle(question)
+    out = repl.output.getvalue().splitlines()
+    assert out[0] == f"tiny> {answer}"  # what the bot said is shown, though it could not be stored
+    assert out[1].startswith("error: database error") and "database is locked; the reply was not stored" in out[1]
+    [stored] = impatient_bot.history(session)
+    assert stored.text == question and f"your message was, as message {stored.id} " in out[1]
+
+
+def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bot, tiny_pairs, tmp_path):
+    question, answer = tiny_pairs[2]
+    repl = ChatRepl(impatient_bot, "s", output=io.StringIO())
+    store = impatient_bot.store
+    add_message = store.add_message
+    lock = write_locked(tmp_path / "chat.db")
+    lock.__enter__()
+
+    def first_attempt_meets_the_lock(*args, **kwargs):
+        try:
+            return add_message(*args, **kwargs)
+        finally:
+            lock.__exit__(None, None, None)  # released after the first refusal
+
+    store.add_message = first_attempt_meets_the_lock
+    try:
+        out = drive(repl, f"{question}\r\r{CTRL_D}")  # type the question, then only press Enter
+    finally:
+        lock.__exit__(None, None, None)
+        del store.add_message
+    assert "database is locked; your message was not stored: press Enter to send it again" in out
+    assert f"tiny> {answer}" in out
+    assert [m.text for m in impatient_bot.history("s")] == [question, answer]
 
 
 def test_a_read_only_database_is_a_clear_error(tmp_path):
