@@ -58,6 +58,52 @@ def test_bidirectional_decoder_is_twice_as_wide():
     assert model.count_params() > random_model(units=16).count_params()
 
 
+def h5_datasets(path) -> dict[str, np.ndarray]:
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def test_save_weights_writes_what_keras_writes_and_loads_back(tmp_path):
+    """``Seq2Seq.save_weights`` goes through Keras' private in-memory saving; a Keras upgrade
+    that changes it must fail here, not in users' checkpoints."""
+    import keras
+
+    model = random_model(cell="lstm", attention="additive", layers=2)
+    ours, theirs = tmp_path / "ours.weights.h5", tmp_path / "theirs.weights.h5"
+    model.save_weights(ours)
+    keras.Model.save_weights(model, theirs)  # Keras' own HDF5 writer
+    a, b = h5_datasets(ours), h5_datasets(theirs)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+    fresh = random_model(cell="lstm", attention="additive", layers=2)
+    fresh.load_weights(ours)
+    for mine, loaded in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(mine.numpy(), loaded.numpy())
+
+
+def test_a_failed_weights_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import chatbot.model
+
+    path = tmp_path / "model.weights.h5"
+    random_model().save_weights(path)
+    before = path.read_bytes()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(chatbot.model.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        random_model(units=32).save_weights(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
 def test_masked_accuracy_ignores_padding():
     y_true = np.array([[1, 2, PAD, PAD]])
     logits = np.zeros((1, 4, 5), np.float32)
