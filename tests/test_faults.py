@@ -220,26 +220,22 @@ def test_a_database_locked_while_decoding_keeps_the_question_and_returns_the_rep
     assert stored.text == question and f"your message was, as message {stored.id} " in out[1]
 
 
-def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bot, tiny_pairs, tmp_path):
+def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bot, tiny_pairs, tmp_path,
+                                                                    monkeypatch):
     question, answer = tiny_pairs[2]
     repl = ChatRepl(impatient_bot, "s", output=io.StringIO())
-    store = impatient_bot.store
-    add_message = store.add_message
-    lock = write_locked(tmp_path / "chat.db")
-    lock.__enter__()
+    add_message = impatient_bot.store.add_message
+    with write_locked(tmp_path / "chat.db") as locker:
 
-    def first_attempt_meets_the_lock(*args, **kwargs):
-        try:
-            return add_message(*args, **kwargs)
-        finally:
-            lock.__exit__(None, None, None)  # released after the first refusal
+        def first_attempt_meets_the_lock(*args, **kwargs):
+            try:
+                return add_message(*args, **kwargs)
+            finally:
+                if locker.in_transaction:
+                    locker.execute("ROLLBACK")  # released after the first refusal
 
-    store.add_message = first_attempt_meets_the_lock
-    try:
+        monkeypatch.setattr(impatient_bot.store, "add_message", first_attempt_meets_the_lock)
         out = drive(repl, f"{question}\r\r{CTRL_D}")  # type the question, then only press Enter
-    finally:
-        lock.__exit__(None, None, None)
-        del store.add_message
     assert "database is locked; your message was not stored: press Enter to send it again" in out
     assert f"tiny> {answer}" in out
     assert [m.text for m in impatient_bot.history("s")] == [question, answer]
