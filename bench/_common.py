@@ -51,9 +51,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def training_pairs(corpus: str | Path, config):
-    """The training examples exactly as ``chatbot.training.train`` builds them:
+    """The training examples exactly as ``chatbot.training.pipeline.train`` builds them:
     load -> examples (context window, dedup) -> seeded split; returns (train, validation)."""
-    from chatbot.corpus import load_corpus, split_examples
+    from chatbot.data.corpus import load_corpus, split_examples
 
     examples = load_corpus(corpus).examples(config.data.context_turns, config.data.deduplicate)
     return split_examples(examples, config.data.validation_fraction, config.training.seed)

@@ -41,7 +41,7 @@ STRATEGIES = {  # name -> per-call decoding overrides
 def sample_questions(corpus: str, count: int, seed: int) -> list[str]:
     """``count`` distinct corpus questions, a seeded sample (sorted first, so the sample does
     not depend on file order)."""
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
 
     questions = sorted({e.question for e in load_corpus(corpus).examples(0, True)})
     if count > len(questions):
@@ -148,7 +148,7 @@ def padded_source(bot, question: str):
     length. Padding is masked in the encoder and in attention, so replies do not change."""
     import numpy as np
 
-    from chatbot.corpus import clean_text
+    from chatbot.data.text import clean_text
 
     ids = bot.generator.encode_inputs([[clean_text(question)]])
     width = max(bot.bundle.config.data.max_input_tokens, ids.shape[1])
@@ -170,7 +170,7 @@ def predict_loop_reply(encoder_model, decoder_model, tokenizer, source_ids, max_
     """Greedy decoding with one ``predict`` call per token; returns (text, tokens generated)."""
     import numpy as np
 
-    from chatbot.tokenizer import END, START
+    from chatbot.data.tokenizer import END, START
 
     encoder_outputs, mask, *states = predict(encoder_model, source_ids)
     token = np.array([[START]], dtype="int32")
@@ -201,7 +201,7 @@ def main() -> None:
         args.questions, args.batches = min(args.questions, 64), min(args.batches, 1)
         args.baseline_questions = min(args.baseline_questions, 5)
 
-    from chatbot.bot import ChatBot
+    from chatbot.dialogue.bot import ChatBot
 
     began = time.perf_counter()
     bot = ChatBot.load(args.model)  # checks the bundle; the decode loop is traced in the background

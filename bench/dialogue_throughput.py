@@ -48,7 +48,7 @@ WARM_UP_REPLIES = 5
 def sample_questions(corpus: str, count: int, seed: int) -> list[str]:
     """``count`` corpus questions, a seeded sample: distinct while the corpus has enough
     (sorted first, so the sample does not depend on file order), then cycling."""
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
 
     questions = sorted({e.question for e in load_corpus(corpus).examples(0, True)})
     random.Random(seed).shuffle(questions)
@@ -67,8 +67,8 @@ class Transcript:
 
     def __init__(self, bot):
         self.turns_per_input = bot.bundle.config.data.context_turns
-        self.threshold = bot.fallback_threshold
-        self.fallback_text = bot.fallback_text
+        self.threshold = bot.dialogue.fallback_threshold
+        self.fallback_text = bot.dialogue.fallback_text
         self.turns: list[str] = []
 
     def context(self) -> list[str]:
@@ -223,7 +223,7 @@ def main() -> None:
         parser.error("--replies, --sessions, --replies-per-session and --rounds must be at least 1")
     args.rounds = min(args.rounds, args.replies_per_session)
 
-    from chatbot.bot import ChatBot
+    from chatbot.dialogue.bot import ChatBot
 
     with tempfile.TemporaryDirectory(prefix="chatbot-bench-") as tmp:
         db = Path(tmp) / "bench.db"

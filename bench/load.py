@@ -73,7 +73,7 @@ _QUESTIONS: list[str] | None = None
 def corpus_questions(corpus: str) -> list[str]:
     global _QUESTIONS
     if _QUESTIONS is None:
-        from chatbot.corpus import load_corpus
+        from chatbot.data.corpus import load_corpus
 
         _QUESTIONS = sorted({e.question for e in load_corpus(corpus).examples(0, True)})
     return _QUESTIONS
@@ -136,10 +136,10 @@ def summarize(records: list[dict], wall_s: float) -> dict:
 def worker(args) -> None:
     """Line protocol on stdin/stdout: prints READY; on ``go PHASE`` runs sessions until ``stop``
     (always finishing the current one), then prints ``RESULT {json}``; ``quit`` ends it."""
-    from chatbot.quiet import import_tensorflow_quietly
+    from chatbot.cli.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from chatbot.bot import ChatBot
+    from chatbot.dialogue.bot import ChatBot
 
     out = sys.stdout
     bot = ChatBot.load(args.model, db=args.db)
@@ -263,7 +263,7 @@ def run_threads(bot, args, run: str, phase: str, count: int, workers: list[Worke
 def verify(store, expected: list[dict], args, run: str) -> dict:
     """Check each session in ``expected`` against the store; and that the store holds no
     session of this run that is not expected."""
-    from chatbot.bot import sanitize_message
+    from chatbot.data.text import sanitize_message
 
     lost = extra = disorder = text_mismatch = missing_sessions = 0
     first_problem = None
@@ -366,11 +366,11 @@ def main() -> None:
 
 
 def run_bench(args) -> None:
-    from chatbot.quiet import import_tensorflow_quietly
+    from chatbot.cli.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from chatbot.bot import ChatBot
-    from chatbot.store import SessionStore
+    from chatbot.dialogue.bot import ChatBot
+    from chatbot.dialogue.store import SessionStore
 
     run = f"load-{os.getpid()}-{int(time.time())}"
     workers = [Worker(f"p{k}", args, run) for k in range(PROCESSES)]  # they load in parallel with us

@@ -91,7 +91,7 @@ def apply_typo(text: str, kind: str, rng: random.Random) -> str | None:
 
 def corpus_questions(corpus: str | Path = DEFAULT_CORPUS) -> dict[str, str]:
     """Each distinct corpus question -> the file stem it first appears in (corpus order)."""
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
 
     table: dict[str, str] = {}
     for example in load_corpus(corpus).examples(0, True):
@@ -159,7 +159,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import logging
 
-    logging.getLogger("chatbot.corpus").setLevel(logging.ERROR)  # the one malformed trivia entry
+    logging.getLogger("chatbot.data.corpus").setLevel(logging.ERROR)  # the one malformed trivia entry
     text = render(make_typos(args.corpus, args.count, args.seed))
     out = Path(args.output)
     if args.check:

@@ -190,9 +190,9 @@ def load_dev_set(path: str | Path, name: str) -> list[Item]:
 def load_corpus_quietly(corpus: str | Path):
     import logging
 
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
 
-    corpus_log = logging.getLogger("chatbot.corpus")
+    corpus_log = logging.getLogger("chatbot.data.corpus")
     level = corpus_log.level
     corpus_log.setLevel(logging.ERROR)  # the English corpus has one malformed entry, known
     try:
@@ -463,7 +463,7 @@ def main() -> None:
         if clash:
             log(f"warning: {name}: {len(clash)} questions equal a corpus question once normalised, e.g. {clash[0]!r}")
 
-    from chatbot.bot import ChatBot  # TensorFlow from here on
+    from chatbot.dialogue.bot import ChatBot  # TensorFlow from here on
 
     bot = ChatBot.load(args.model)
     bot.wait_ready()

@@ -31,7 +31,7 @@ CLASSIC_UNITS = 256  # keras-io lstm_seq2seq latent_dim
 
 # --- (a) the project's own pipeline ----------------------------------------------------------
 def run_default(args) -> dict:
-    """Train the default config through the same calls ``chatbot.training.train`` makes.
+    """Train the default config through the same calls ``chatbot.training.pipeline.train`` makes.
 
     Validation and checkpoint callbacks are left out: this measures training steps only, the
     same work the classic example does. The first epoch includes tracing of the train
@@ -40,9 +40,9 @@ def run_default(args) -> dict:
     import keras
 
     from chatbot.config import Config
-    from chatbot.dataset import encode_examples, make_dataset
-    from chatbot.model import Seq2Seq, compile_model
-    from chatbot.tokenizer import TextTokenizer
+    from chatbot.data.dataset import encode_examples, make_dataset
+    from chatbot.model.network import Seq2Seq, compile_model
+    from chatbot.data.tokenizer import TextTokenizer
 
     config = Config.load(args.config)
     keras.utils.set_random_seed(config.training.seed)

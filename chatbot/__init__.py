@@ -1,20 +1,28 @@
-"""A conversational chatbot framework on sequence-to-sequence learning (TensorFlow/Keras)."""
+"""A conversational chatbot framework on sequence-to-sequence learning (TensorFlow/Keras).
 
-__version__ = "0.1.0"
+The package mirrors the data flow, each layer importing only those below it (checked by the
+import-linter contracts in ``pyproject.toml``)::
 
-from .errors import (  # noqa: E402
+    data -> model -> inference -> dialogue -> evaluation -> training -> cli
+
+with leaf modules (``config``, ``errors``, ``files``, ``version``) under all of them.
+``ChatBot`` (``chatbot.dialogue.bot``) is the object applications embed.
+"""
+
+from chatbot.errors import (
     BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, MessageNotStored,
     PlotError, ReplyNotStored, StoreError, TokenizerError, TrainingError,
 )
+from chatbot.version import __version__
 
 
 def __getattr__(name):
     # ChatBot pulls in TensorFlow; load it on first use so `import chatbot` stays light.
     if name == "ChatBot":
-        from .bot import ChatBot
+        from chatbot.dialogue.bot import ChatBot
         return ChatBot
     if name == "Config":
-        from .config import Config
+        from chatbot.config import Config
         return Config
     raise AttributeError(f"module 'chatbot' has no attribute {name!r}")
 

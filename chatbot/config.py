@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from chatbot.errors import ConfigError
 
 TOKENIZER_LEVELS = ("char", "word", "subword")
 CELLS = ("lstm", "gru")
@@ -198,6 +198,20 @@ class DialogueConfig:
     # ... and so are replies whose confidence (``Generation.confidence``, 0..1) is under this.
     min_confidence: float = 0.0
     fallback_text: str = "I'm not sure I understand. Could you rephrase that?"
+
+    def with_overrides(self, overrides: "DialogueConfig | dict[str, Any] | None" = None,
+                       prefix: str = "dialogue") -> "DialogueConfig":
+        """This config with some fields replaced (a whole config or a dict), validated."""
+        if overrides is None:
+            config = self
+        elif isinstance(overrides, DialogueConfig):
+            config = overrides
+        elif isinstance(overrides, dict):
+            config = _build(DialogueConfig, {**dataclasses.asdict(self), **overrides}, prefix)
+        else:
+            raise ConfigError(f"'{prefix}' must be a DialogueConfig or a dict, got {type(overrides).__name__}")
+        config.validate(prefix)
+        return config
 
     def validate(self, prefix: str) -> None:
         _check(0.0 <= self.min_confidence <= 1.0, prefix, "min_confidence", "must be in [0, 1]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from chatbot.quiet import import_tensorflow_quietly
+from chatbot.cli.quiet import import_tensorflow_quietly
 
 import_tensorflow_quietly()  # before anything imports TensorFlow: no C++ start-up log lines
 

@@ -32,7 +32,7 @@ def tiny_config(**overrides) -> Config:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_path(tmp_path_factory) -> Path:
-    from chatbot.training import train
+    from chatbot.training.pipeline import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     train(TINY_PAIRS, tiny_config(), out, verbose=0)
@@ -41,7 +41,7 @@ def tiny_bundle_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bot(tiny_bundle_path):
-    from chatbot.bot import ChatBot
+    from chatbot.dialogue.bot import ChatBot
 
     return ChatBot.load(tiny_bundle_path)
 
@@ -54,7 +54,7 @@ def tiny_pairs() -> list[tuple[str, str]]:
 @pytest.fixture
 def bot(tiny_bot, tmp_path):
     """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
-    from chatbot.bot import ChatBot
+    from chatbot.dialogue.bot import ChatBot
 
     b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
     b.generator = tiny_bot.generator

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from chatbot.bot import ChatBot
+from chatbot.dialogue.bot import ChatBot
 from chatbot.errors import DecodingError, InputError
-from chatbot.store import SessionNotFound, SessionStore
+from chatbot.dialogue.store import SessionNotFound, SessionStore
 from test_cli import chatbot
 
 
@@ -65,7 +65,7 @@ def test_a_failed_decode_keeps_the_users_message(bot, monkeypatch):
 
 
 def test_low_confidence_replies_fall_back(bot, tiny_pairs):
-    bot.fallback_threshold, bot.fallback_text = 0.0, "Sorry?"  # every score is below 0
+    bot.dialogue = bot.dialogue.with_overrides({"fallback_threshold": 0.0, "fallback_text": "Sorry?"})  # every score is below 0
     reply = bot.reply(tiny_pairs[0][0])
     assert reply.fallback and reply.text == "Sorry?"
     stored = bot.history(reply.session_id)[-1]
@@ -137,7 +137,7 @@ def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path):
     assert q1 in shown.stdout and a2 in shown.stdout
     exported = tmp_path / "carol.yml"
     assert chatbot("sessions", "export", "carol", "--db", db, "--format", "yaml", "--out", exported).returncode == 0
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
     pairs = [(e.question, e.answer) for e in load_corpus(exported).examples(deduplicate=False)]
     assert pairs == [(q1, a1), (a1, q2), (q2, a2)]
     deleted = chatbot("sessions", "delete", "carol", "--db", db)
@@ -165,7 +165,7 @@ def test_example_application_runs(tiny_bundle_path, tmp_path):
 
 
 def test_background_warm_up_failure_surfaces_on_the_first_reply(tiny_bot, monkeypatch):
-    from chatbot.generator import Generator
+    from chatbot.inference.generator import Generator
 
     def broken(self, strategies=("greedy",)):
         raise RuntimeError("no memory to trace")

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.corpus import (
-    Corpus,
-    Example,
-    clean_text,
-    load_corpus,
-    make_examples,
-    split_examples,
-)
+from chatbot.data.corpus import Corpus, Example, load_corpus, make_examples, split_examples
+
+from chatbot.data.text import clean_text
 from chatbot.errors import CorpusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +258,7 @@ conversations:
 
 def test_conversation_not_a_list_skipped_in_lenient_mode(tmp_path, caplog):
     file = write(tmp_path / "c.yml", NOT_A_LIST)
-    with caplog.at_level(logging.WARNING, logger="chatbot.corpus"):
+    with caplog.at_level(logging.WARNING, logger="chatbot.data.corpus"):
         corpus = load_corpus(file)
     assert pairs(corpus) == [("Hello", "Hi"), ("Bye", "See you")]
     assert len(corpus.skipped) == 1

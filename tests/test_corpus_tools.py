@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from chatbot.corpus import load_corpus
-from chatbot.corpus_tools import convert_corpus, corpus_stats, format_stats, validate_corpus
+import chatbot.cli.main as cli
+from chatbot.data.corpus import load_corpus
+from chatbot.data.corpus_tools import convert_corpus, corpus_stats, format_stats, validate_corpus
 from chatbot.errors import CorpusError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chatbot.dataset import bucket_plan, make_dataset
-from chatbot.tokenizer import END, PAD, START
+from chatbot.data.dataset import bucket_plan, make_dataset
+from chatbot.data.tokenizer import END, PAD, START
 
 
 def random_data(n=300, seed=0):

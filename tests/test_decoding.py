@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.errors import ConfigError
-from chatbot.generator import Generator
-from chatbot.tokenizer import END, PAD, START
+from chatbot.inference.generator import Generator
+from chatbot.data.tokenizer import END, PAD, START
 from test_cli import chatbot
 
 A, B, C, D, E = 5, 6, 7, 8, 9
@@ -309,7 +309,7 @@ def test_a_reply_with_every_token_forbidden_ends():
 def test_repl_set_changes_decoding_settings_for_the_next_replies(bot, tiny_pairs):
     import io
 
-    from chatbot.repl import ChatRepl
+    from chatbot.cli.repl import ChatRepl
 
     question, answer = tiny_pairs[6]
     out = io.StringIO()

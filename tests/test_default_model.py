@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from chatbot.bot import MODELS_DIR, ChatBot
-from chatbot.corpus import load_corpus
+from chatbot.model.bundle import MODELS_DIR
+
+from chatbot.dialogue.bot import ChatBot
+from chatbot.data.corpus import load_corpus
 
 DEFAULT = MODELS_DIR / "default"
 

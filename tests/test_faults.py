@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from chatbot.bot import ChatBot
-from chatbot.bundle import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, Bundle, file_sha256
+import chatbot.cli.main as cli
+from chatbot.dialogue.bot import ChatBot
+from chatbot.model.bundle import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, Bundle, file_sha256
 from chatbot.errors import MessageNotStored, StoreError
-from chatbot.repl import ChatRepl
-from chatbot.store import SessionStore
-from chatbot.tokenizer import TextTokenizer
-from chatbot.training import work_dir_for
+from chatbot.cli.repl import ChatRepl
+from chatbot.dialogue.store import SessionStore
+from chatbot.data.tokenizer import TextTokenizer
+from chatbot.training.pipeline import work_dir_for
 from conftest import ROOT, TINY_PAIRS
 from test_repl import CTRL_D, drive
 
@@ -80,7 +80,7 @@ def test_kill_9_during_training_keeps_the_old_bundle_and_resume_finishes(tiny_bu
 
 CHATTER = """
 import sys
-from chatbot.store import SessionStore
+from chatbot.dialogue.store import SessionStore
 store = SessionStore(sys.argv[1])
 sid = store.create_session("victim").id
 n = 0
@@ -260,7 +260,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
 sys.argv = ["chatbot"] + sys.argv[2:]
-import cli
+import chatbot.cli.main as cli
 sys.exit(cli.main())
 """
 
@@ -323,9 +323,9 @@ def test_a_full_disk_while_training_is_one_line_keeps_the_old_bundle_and_resume_
 
 SAVE_WHEN_FULL = """
 import resource, signal, sys
-from chatbot.quiet import import_tensorflow_quietly
+from chatbot.cli.quiet import import_tensorflow_quietly
 import_tensorflow_quietly()
-from chatbot.bundle import Bundle
+from chatbot.model.bundle import Bundle
 from chatbot.errors import BundleError
 bundle = Bundle.load(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

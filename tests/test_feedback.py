@@ -8,10 +8,10 @@ import sqlite3
 
 import pytest
 
-from chatbot.corpus import load_corpus
+from chatbot.data.corpus import load_corpus
 from chatbot.errors import InputError
-from chatbot.repl import ChatRepl
-from chatbot.store import SCHEMA_VERSION, SessionStore, StoreError
+from chatbot.cli.repl import ChatRepl
+from chatbot.dialogue.store import SCHEMA_VERSION, SessionStore, StoreError
 from test_cli import chatbot
 
 
@@ -98,14 +98,19 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path):
     with SessionStore(path) as store:
         sid = store.create_session("old").id
         exchange(store, sid, "q", "a")
-    with sqlite3.connect(path) as conn:  # what version 1 wrote: no feedback table
+    with sqlite3.connect(path) as conn:  # what version 1 wrote: no feedback table, no columns of 3
         conn.execute("DROP TABLE feedback")
+        conn.execute("ALTER TABLE messages DROP COLUMN confidence")
+        conn.execute("ALTER TABLE messages DROP COLUMN details")
         conn.execute("UPDATE schema_info SET version = 1")
     with SessionStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         reply = store.history("old")[-1]
+        assert reply.text == "a" and reply.confidence is None and reply.details is None
         store.set_feedback(reply.id, rating="good")
         assert store.feedback_pairs() == [("q", "a")]
+        new = store.add_message(sid, "bot", "b", confidence=0.5, details={"retrieved": []})
+        assert store.history("old")[-1] == new and new.confidence == 0.5
 
 
 def test_repl_good_bad_correct_act_on_the_last_reply(bot, tiny_pairs):

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
-from chatbot.corpus import load_corpus
+from chatbot.data.corpus import load_corpus
 from chatbot.errors import BundleError, ChatbotError, CorpusError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def assert_clear(exc: BaseException, file: Path | None = None) -> None:
 _LOADER = textwrap.dedent("""
     import json, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-    from chatbot.corpus import load_corpus
+    from chatbot.data.corpus import load_corpus
     from chatbot.errors import CorpusError
     for spec in sys.argv[1:]:
         mode, path = spec.split(":", 1)
@@ -354,7 +354,7 @@ NASTY_MESSAGES = [
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    from chatbot.tokenizer import TextTokenizer
+    from chatbot.data.tokenizer import TextTokenizer
 
     text = ["Hello there!", "How are you?", "I am fine, thanks.", "What is AI?", "A field of study."]
     return {level: TextTokenizer.fit(text, level=level, vocab_size=80) for level in ("char", "word", "subword")}
@@ -483,7 +483,7 @@ class _Evil:
 
 def _rewrite_checksum(bundle: Path, name: str) -> None:
     """Make the manifest list ``name`` with its current checksum (a forger would)."""
-    from chatbot.bundle import MANIFEST, file_sha256
+    from chatbot.model.bundle import MANIFEST, file_sha256
 
     manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
     manifest["files"][name] = file_sha256(bundle / name)
@@ -494,7 +494,7 @@ def _rewrite_checksum(bundle: Path, name: str) -> None:
 @pytest.mark.parametrize("name", ["evil.pkl", "EVIL.PICKLE", "nested/deeper/evil.pkl", "weights.joblib",
                                   "model.weights.h5"])
 def test_bundle_with_a_pickle_is_refused(tiny_bundle_path, tmp_path, name):
-    from chatbot.bundle import Bundle
+    from chatbot.model.bundle import Bundle
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle_path, bundle)
@@ -512,7 +512,7 @@ def test_bundle_with_a_pickle_is_refused(tiny_bundle_path, tmp_path, name):
 def test_bundle_with_a_keras_lambda_model_is_refused(tiny_bundle_path, tmp_path):
     import keras
 
-    from chatbot.bundle import Bundle
+    from chatbot.model.bundle import Bundle
 
     marker = tmp_path / "code-ran"
 

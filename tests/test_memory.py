@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatbot.bundle import TRAIN, Bundle
-from chatbot.corpus import Example
+from chatbot.model.bundle import TRAIN, Bundle
+from chatbot.data.corpus import Example
 from chatbot.errors import ConfigError
-from chatbot.memory import AnswerMemory, match_key
+from chatbot.inference.retrieval import AnswerMemory
+from chatbot.data.text import match_key
 
 RERANK = {"rerank": 4, "rerank_min_similarity": 0.6}
 

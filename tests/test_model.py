@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import ModelConfig
-from chatbot.model import Seq2Seq, masked_accuracy
-from chatbot.tokenizer import PAD, START
+from chatbot.model.network import Seq2Seq, masked_accuracy
+from chatbot.data.tokenizer import PAD, START
 
 VOCAB = 50
 
@@ -88,7 +88,7 @@ def test_save_weights_writes_what_keras_writes_and_loads_back(tmp_path):
 
 
 def test_a_failed_weights_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    import chatbot.model
+    import chatbot.files
 
     path = tmp_path / "model.weights.h5"
     random_model().save_weights(path)
@@ -97,7 +97,7 @@ def test_a_failed_weights_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(chatbot.model.os, "fsync", disk_full)
+    monkeypatch.setattr(chatbot.files.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         random_model(units=32).save_weights(path)
     assert path.read_bytes() == before

@@ -17,9 +17,11 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from chatbot.bot import ChatBot
-from chatbot.corpus import load_corpus
-from chatbot.repl import SETTINGS, ChatRepl, SlashCompleter, Spinner, color_wanted, history_path
+from chatbot.version import __version__
+from chatbot.dialogue.bot import ChatBot
+from chatbot.data.corpus import load_corpus
+from chatbot.cli.console import Spinner, color_wanted, history_path
+from chatbot.cli.repl import SETTINGS, ChatRepl, SlashCompleter
 from conftest import ROOT
 from test_cli import chatbot
 
@@ -58,7 +60,7 @@ def test_prompt_loop_replies_and_stores_every_turn(bot, tiny_pairs):
     (q1, a1), (q2, a2) = tiny_pairs[0], tiny_pairs[6]
     repl = new_repl(bot)
     out = drive(repl, f"{q1}\r\r{q2}\r/quit\rnot read\r")
-    assert out.startswith("chatbot 0.1.0 - model tiny (greedy, max 40)")
+    assert out.startswith(f"chatbot {__version__} - model tiny (greedy, max 40)")
     assert f"tiny> {a1}\ntiny> {a2}\n" in out
     [session] = bot.sessions()  # one new session, created by the first message
     assert texts(bot, session.id) == [q1, a1, q2, a2]
@@ -270,7 +272,7 @@ def test_cli_missing_model_is_one_line_exit_1(tmp_path):
 
 
 def test_cli_unusable_database_is_one_line_exit_1(tiny_bundle_path, tmp_path, capsys, monkeypatch):
-    import cli
+    import chatbot.cli.main as cli
 
     (tmp_path / "file").write_text("not a directory")
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
@@ -392,7 +394,7 @@ def test_chat_in_a_real_terminal(tiny_bundle_path, tiny_pairs, tmp_path):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0, screen.text()
-    assert before_quit.startswith("chatbot 0.1.0 - model tiny (greedy, max 40), loaded in ")
+    assert before_quit.startswith(f"chatbot {__version__} - model tiny (greedy, max 40), loaded in ")
     assert f"you> {question}\ntiny> {answer}\nyou>" in before_quit
     assert before_quit.splitlines()[-1].strip() == "session #1  |  model tiny  |  greedy, max 40  |  /help"
     assert "loading the model" not in before_quit  # the spinner erased itself

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-from chatbot.bundle import TOKENIZER, WEIGHTS, Bundle
-from chatbot.corpus import Example
+from chatbot.model.bundle import TOKENIZER, WEIGHTS, Bundle
+from chatbot.data.corpus import Example
 from chatbot.errors import BundleError, TrainingError
-from chatbot.generator import Generator
-from chatbot.training import GoldenCheckFailed, exact_match, train
+from chatbot.evaluation.evaluate import exact_match
+from chatbot.training.pipeline import GoldenCheckFailed, train
 from conftest import TINY_PAIRS, tiny_config
 from test_cli import chatbot
 
@@ -28,8 +28,7 @@ NEW_PAIRS = [
 
 def exact(bundle: Bundle, pairs) -> float:
     examples = [Example((), q, a) for q, a in pairs]
-    generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding)
-    return exact_match(generator, examples, examples)
+    return exact_match(bundle, examples, examples)
 
 
 @pytest.fixture

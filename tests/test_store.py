@@ -16,9 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatbot.corpus import load_corpus
+from chatbot.data.corpus import load_corpus
 from chatbot.errors import ChatbotError
-from chatbot.store import (
+from chatbot.dialogue.store import (
     SCHEMA_VERSION, SessionNotFound, SessionStore, StoreError, default_database_url,
     resolve_database_url,
 )
@@ -349,7 +349,7 @@ def test_threads_sharing_one_store_lose_nothing(store):
 WRITER = """
 import sys, time
 from pathlib import Path
-from chatbot.store import SessionStore
+from chatbot.dialogue.store import SessionStore
 url, session, tag, go, n = sys.argv[1:]
 # A generous lock wait: SQLite's busy handler polls, so one tight-looping writer can hold the
 # other off for a long while on a loaded machine. What is tested is that nothing is lost.
@@ -465,6 +465,6 @@ def test_unknown_export_format_is_rejected(store):
 
 
 def test_importing_the_store_does_not_load_tensorflow():
-    code = "import sys, chatbot.store; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    code = "import sys, chatbot.dialogue.store; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

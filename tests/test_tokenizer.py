@@ -10,7 +10,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from chatbot.errors import TokenizerError
-from chatbot.tokenizer import END, PAD, SEP, SPECIAL_TOKENS, START, UNK, TextTokenizer
+from chatbot.data.tokenizer import END, PAD, SEP, SPECIAL_TOKENS, START, UNK, TextTokenizer
 
 LEVELS = ("char", "word", "subword")
 

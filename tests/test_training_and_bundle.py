@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.bot import ChatBot
-from chatbot.bundle import FORMAT_VERSION, MANIFEST, WEIGHTS, Bundle
+from chatbot.dialogue.bot import ChatBot
+from chatbot.model.bundle import FORMAT_VERSION, MANIFEST, WEIGHTS, Bundle
 from chatbot.errors import BundleError, TrainingError
-from chatbot.training import train, work_dir_for
+from chatbot.training.pipeline import train, work_dir_for
 from conftest import TINY_PAIRS, tiny_config
 
 
@@ -72,7 +72,7 @@ def test_weights_that_do_not_match_the_config_are_refused(damaged):
     config = json.loads((damaged / "config.json").read_text())
     config["model"]["units"] = 32
     (damaged / "config.json").write_text(json.dumps(config))
-    from chatbot.bundle import file_sha256
+    from chatbot.model.bundle import file_sha256
     manifest = json.loads((damaged / MANIFEST).read_text())
     manifest["files"]["config.json"] = file_sha256(damaged / "config.json")
     (damaged / MANIFEST).write_text(json.dumps(manifest))
@@ -127,7 +127,7 @@ def test_interrupted_training_resumes_and_keeps_the_old_bundle(tiny_bundle_path,
 
 
 def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, tmp_path):
-    from chatbot.bundle import list_bundles
+    from chatbot.model.bundle import list_bundles
     from test_cli import chatbot
 
     shutil.copytree(tiny_bundle_path, tmp_path / "good")

@@ -8,11 +8,10 @@ so a crash never leaves half a PNG where a good one was.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
-from .errors import PlotError
+from chatbot.errors import PlotError
+from chatbot.files import atomic_path
 
 RIGHT, WRONG = "tab:green", "tab:red"
 
@@ -38,15 +37,12 @@ def _figure(width: float, height: float):
 
 def _save(figure, out_png: str | Path) -> Path:
     out = Path(out_png)
-    temporary = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, out)
+        with atomic_path(out) as partial:
+            figure.savefig(partial, format="png", dpi=100)
     except OSError as exc:
         raise PlotError(f"{out}: cannot write the plot ({exc.strerror or exc})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return out
 
 

@@ -8,95 +8,26 @@ Two kinds of figures, so that a new model can be compared with an old one:
   replies with the model's decoding settings, as users get them.
 
 A question of the corpus often has several accepted answers; a reply that equals any of them
-counts, and every one of them is a BLEU/chrF reference. Golden checks are hand-written
-question -> expected answer cases that a model must pass before it replaces another.
+counts (``metrics.is_exact``), and every one of them is a BLEU/chrF reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from .corpus import JSONL_SUFFIXES, YAML_SUFFIXES, Example, clean_text, load_corpus
-from .errors import BundleError, CorpusError, InputError
+from chatbot.data.corpus import Example, load_corpus
+from chatbot.evaluation.metrics import (
+    answers_by_input, corpus_bleu, corpus_chrf, distinct_inputs, distinct_n, input_key, is_exact, perplexity,
+    sentence_chrf,
+)
+from chatbot.errors import BundleError, CorpusError, InputError
+from chatbot.evaluation.golden import as_chatbot
 
 log = logging.getLogger(__name__)
-
-Input = tuple[str, ...]  # what the model is asked: the context turns, then the question
-
-
-# --- shared helpers (training's exact match uses them too) ------------------------------------
-def input_key(example: Example) -> Input:
-    return example.context + (example.question,)
-
-
-def distinct_inputs(examples: Iterable[Example]) -> list[Input]:
-    """Each input once, in first-seen order: a question with three answers is asked once."""
-    return list(dict.fromkeys(input_key(e) for e in examples))
-
-
-def answers_by_input(reference: Iterable[Example]) -> dict[Input, list[str]]:
-    """Every accepted answer of each input, stripped, each once, in corpus order."""
-    table: dict[Input, list[str]] = {}
-    for ex in reference:
-        answers = table.setdefault(input_key(ex), [])
-        answer = ex.answer.strip()
-        if answer not in answers:
-            answers.append(answer)
-    return table
-
-
-def is_exact(reply: str, accepted: Iterable[str]) -> bool:
-    """A reply is right when it equals one accepted answer, surrounding whitespace aside."""
-    return reply.strip() in {a.strip() for a in accepted}
-
-
-# --- metrics on plain text ---------------------------------------------------------------------
-def perplexity(loss: float) -> float:
-    """exp(mean token cross-entropy), capped so a diverged model gives a number, not inf."""
-    return math.exp(min(float(loss), 50.0))
-
-
-def distinct_n(replies: Sequence[str], n: int) -> float:
-    """Distinct n-grams / all n-grams over all replies (whitespace words): 1.0 means no reply
-    repeats another's wording, a low value means the model says the same few things."""
-    grams = [tuple(words[i:i + n]) for words in (r.split() for r in replies)
-             for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
-    """sacrebleu wants one stream per reference slot; inputs with fewer answers get None
-    there (sacrebleu drops it), so a varying number of references per input is scored right."""
-    if any(not refs for refs in references):
-        raise InputError("every reply needs at least one reference answer")
-    width = max((len(refs) for refs in references), default=0)
-    return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
-
-
-def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU (sacrebleu, 0-100); ``references[i]`` are all accepted answers of reply i."""
-    from sacrebleu.metrics import BLEU
-
-    return BLEU().corpus_score(list(replies), _reference_streams(references)).score
-
-
-def corpus_chrf(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus chrF (sacrebleu, 0-100): character n-grams, kinder than BLEU to short replies."""
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().corpus_score(list(replies), _reference_streams(references)).score
-
-
-def sentence_chrf(reply: str, references: Sequence[str]) -> float:
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().sentence_score(reply, list(references)).score
-
 
 # --- the report ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -160,18 +91,11 @@ class EvaluationReport:
                 "decoding": self.decoding}
 
 
-def _as_bot(bot):
-    """A ``ChatBot``, or a ``Bundle`` wrapped in one (training checks a model before saving it)."""
-    from .bot import ChatBot
-
-    return bot if isinstance(bot, ChatBot) else ChatBot(bot, warm_up=False)
-
-
 def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | None]:
     """(loss, token accuracy) from the model's compiled Keras ``evaluate``: the training loss
     on the same tf.data pipeline, so the numbers match the training log's ``val_loss``."""
-    from .dataset import encode_examples, make_dataset
-    from .model import compile_model
+    from chatbot.data.dataset import encode_examples, make_dataset
+    from chatbot.model.network import compile_model
 
     config, model = bundle.config, bundle.model
     if not getattr(model, "compiled", False):  # a loaded bundle is not; a training model keeps its own
@@ -194,18 +118,18 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
     """
     import numpy as np
 
-    from .tokenizer import END
+    from chatbot.data.tokenizer import END
 
     if not examples:
         raise InputError("nothing to evaluate: no question/answer pairs")
-    bot = _as_bot(bot)
-    config = bot.generator.resolve(decoding)  # a bad setting fails before any work
+    bot = as_chatbot(bot)
+    config = bot.resolve_decoding(decoding)  # a bad setting fails before any work
     bot.wait_ready()
     loss, accuracy = teacher_forced(bot.bundle, examples)
 
     accepted = answers_by_input([*(reference or ()), *examples])
     inputs = distinct_inputs(examples)
-    generated = bot.generator.generate([list(i) for i in inputs], decoding=config)
+    generated = bot.generate([i[-1] for i in inputs], [i[:-1] for i in inputs], decoding=config)
     replies = [g.text for g in generated]
     references = [accepted[i] for i in inputs]
     items = [ItemResult(context=i[:-1], question=i[-1], reply=g.text, references=tuple(refs),
@@ -279,90 +203,14 @@ def evaluation_set(bundle, split: str = "validation", corpus: str | Path | None 
     return result
 
 
-# --- golden checks -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GoldenCase:
-    question: str
-    answers: tuple[str, ...]  # any of them passes
-    source: str  # "file:line" of the case's first line
-
-
-@dataclass(frozen=True)
-class GoldenOutcome:
-    case: GoldenCase
-    reply: str
-    score: float
-
-
-@dataclass
-class GoldenResult:
-    passed: list[GoldenOutcome]
-    failed: list[GoldenOutcome]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_json(self) -> dict:
-        return {"passed": len(self.passed), "failed": [
-            {"question": o.case.question, "reply": o.reply, "expected": list(o.case.answers),
-             "source": o.case.source} for o in self.failed]}
-
-
-def load_golden(path: str | Path) -> list[GoldenCase]:
-    """Golden cases from ``question<TAB>expected answer`` lines (``.tsv``/``.txt``; blank
-    lines and ``#`` comments skipped; the same question on several lines accepts any of those
-    answers), or from a YAML/JSONL corpus (each pair a case; multi-line answers need these).
-
-    Any bad line is a ``CorpusError`` naming the file and line: a golden file must be exact.
-    """
-    path = Path(path)
-    if path.suffix.lower() in YAML_SUFFIXES + JSONL_SUFFIXES:
-        pairs = [(e.question, e.answer, e.source) for e in load_corpus(path, strict=True).examples()]
-    else:
-        pairs = list(_golden_lines(path))
-    cases: dict[str, GoldenCase] = {}
-    for question, answer, where in pairs:
-        case = cases.get(question)
-        if case is None:
-            cases[question] = GoldenCase(question, (answer,), where)
-        elif answer not in case.answers:
-            cases[question] = dataclasses.replace(case, answers=case.answers + (answer,))
-    if not cases:
-        raise CorpusError(path, None, "no golden cases (expected 'question<TAB>expected answer' lines)")
-    return list(cases.values())
-
-
-def _golden_lines(path: Path):
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(path, None, f"cannot read golden file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, raw[:exc.start].count(b"\n") + 1, "invalid UTF-8") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        question, tab, answer = line.partition("\t")
-        if not tab:
-            raise CorpusError(path, number, "expected 'question<TAB>expected answer', found no tab")
-        question, answer = clean_text(question), clean_text(answer)
-        if not question or not answer:
-            raise CorpusError(path, number, f"empty {'question' if not question else 'expected answer'}")
-        yield question, answer, f"{path}:{number}"
-
-
-def check_golden(bot, cases: Sequence[GoldenCase], decoding=None) -> GoldenResult:
-    """Ask a model (a ``ChatBot`` or a ``Bundle``) every golden question in one batch; a case
-    passes when the reply equals one of its answers, surrounding whitespace aside."""
-    bot = _as_bot(bot)
-    config = bot.generator.resolve(decoding)
-    bot.wait_ready()
-    replies = bot.generator.generate([[case.question] for case in cases], decoding=config) if cases else []
-    result = GoldenResult([], [])
-    for case, reply in zip(cases, replies):
-        outcome = GoldenOutcome(case, reply.text, reply.score)
-        (result.passed if is_exact(reply.text, case.answers) else result.failed).append(outcome)
-    return result
+def exact_match(bot, examples: Sequence[Example], reference: Sequence[Example]) -> float:
+    """Share of the distinct inputs of ``examples`` whose reply (from a ``ChatBot`` or a
+    ``Bundle``, through the public reply path) equals one of their answers in ``reference``
+    (``metrics.is_exact``). What the training summary reports."""
+    inputs = distinct_inputs(examples)
+    if not inputs:
+        return 0.0
+    bot = as_chatbot(bot)
+    accepted = answers_by_input(reference)
+    replies = bot.generate([i[-1] for i in inputs], [i[:-1] for i in inputs])
+    return sum(is_exact(r.text, accepted.get(i, ())) for i, r in zip(inputs, replies)) / len(inputs)

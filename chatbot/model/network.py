@@ -15,15 +15,13 @@ the last real token, and attention never looks at padding.
 from __future__ import annotations
 
 import io
-import os
-import uuid
-from pathlib import Path
 
 import keras
 from keras import layers, ops
 
-from .config import ModelConfig
-from .tokenizer import PAD
+from chatbot.config import ModelConfig
+from chatbot.files import write_atomically
+from chatbot.data.tokenizer import PAD
 
 
 def _rnn(cell: str, units: int, name: str) -> layers.Layer:
@@ -133,26 +131,12 @@ class Seq2Seq(keras.Model):
             _save_state(self, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
         finally:
             store.close()
-        _write_atomically(Path(filepath), buffer.getvalue())
+        write_atomically(filepath, buffer.getvalue())
 
     def build_for_inference(self) -> None:
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
         self((dummy, dummy), training=False)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a sibling temporary file, fsync, then rename over ``path``."""
-    partial = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def masked_accuracy(y_true, y_pred):

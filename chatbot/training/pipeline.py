@@ -16,16 +16,17 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .bundle import Bundle
-from .config import Config
-from .corpus import Corpus, Example, load_corpus, split_examples
-from .errors import TrainingError
-from .evaluate import answers_by_input, check_golden, distinct_inputs, is_exact, load_golden
-from .memory import AnswerMemory
-from .tokenizer import TextTokenizer
+from chatbot.config import Config
+from chatbot.data.corpus import Corpus, Example, load_corpus, split_examples
+from chatbot.data.tokenizer import TextTokenizer
+from chatbot.errors import PlotError, TrainingError
+from chatbot.evaluation.evaluate import exact_match
+from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
+from chatbot.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,28 @@ UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new
 
 def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.training"
+
+
+@dataclass
+class Plan:
+    """Everything a run decided before fitting: the data, its split, the tokenizer, the base."""
+
+    config: Config
+    corpus: Corpus
+    work: Path
+    examples: list[Example]  # every example of the corpus
+    train: list[Example]
+    validation: list[Example]
+    reference: list[Example]  # every accepted answer, for exact match
+    new_pairs: list[Example]  # the corpus' own training pairs (mixed-in ones left out)
+    tokenizer: TextTokenizer | None = None
+    base: Bundle | None = None
+    mix_base_corpus: bool = False
+    rebuild_vocab: bool = False
+
+    @property
+    def fine_tuning(self) -> bool:
+        return self.base is not None and not self.rebuild_vocab
 
 
 def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: bool = False,
@@ -51,28 +74,33 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     ``rebuild_vocab`` fits a new tokenizer and starts from fresh weights instead, for a
     corpus that the base vocabulary does not cover.
 
-    ``golden``: a file of question -> expected answer checks (see ``evaluate.load_golden``).
+    ``golden``: a file of question -> expected answer checks (see ``golden.load_golden``).
     A model that fails any is not installed at ``out`` (an existing bundle there stays);
     it is saved beside it as ``OUT.rejected`` and ``GoldenCheckFailed`` is raised.
     """
-    import keras  # deferred so that importing the package stays fast
-
-    from .dataset import encode_examples, make_dataset
-    from .generator import Generator
-    from .model import Seq2Seq, compile_model
-
     stage = on_stage or (lambda message: log.info(message))
     out = Path(out)
-    work = work_dir_for(out)
-    config = config.validate()
-
     golden_cases = load_golden(golden) if golden is not None else None  # a bad file fails now
+    plan = plan_run(corpus, config.validate(), out, resume, base, mix_base_corpus, rebuild_vocab, stage)
+    unknown_rate = prepare_tokenizer(plan, stage)
+    model, train_set, val_set = build(plan, stage)
+    history, seconds = fit(model, train_set, val_set, plan, resume, verbose, extra_callbacks)
+    stage("measuring the trained model")
+    bundle = assemble(model, plan, history, seconds, unknown_rate, val_set)
+    return install(bundle, plan, out, golden, golden_cases)
+
+
+def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_corpus: bool,
+             rebuild_vocab: bool, stage: Callable[[str], None]) -> Plan:
+    """Step 1: read the corpus, restore or start the work directory, split the examples."""
+    import keras  # deferred so that importing the package stays fast
+
+    work = work_dir_for(out)
     corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    corpus_path = str(corpus_obj.root)
     examples = corpus_obj.examples(config.data.context_turns, config.data.deduplicate)
     if base is not None and not isinstance(base, Bundle):
         base = Bundle.load(base)
-
+    tokenizer = None
     if resume:
         state = _read_state(work)
         if base is None and state.get("base"):  # the same fine-tuning, even without --from
@@ -90,97 +118,125 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
             log.warning("discarding the unfinished training in %s", work)
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        tokenizer = None
     if base is not None and not rebuild_vocab:
         _check_same_architecture(base, config)
 
     keras.utils.set_random_seed(config.training.seed)
     train_examples, val_examples = split_examples(examples, config.data.validation_fraction,
                                                   config.training.seed)
-    new_pairs = list(train_examples)
-    reference = examples  # every accepted answer, for exact match
+    plan = Plan(config, corpus_obj, work, examples, train_examples, val_examples, examples,
+                list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab)
     if base is not None and mix_base_corpus:
         old = base.training_examples()
         held_out = {_pair(e) for e in base.validation}
         known = {_pair(e) for e in examples}
-        train_examples += [e for e in old if _pair(e) not in held_out | known]
-        val_examples += [e for e in base.validation if _pair(e) not in known]
-        reference = examples + [e for e in old if _pair(e) not in known]
+        plan.train += [e for e in old if _pair(e) not in held_out | known]
+        plan.validation += [e for e in base.validation if _pair(e) not in known]
+        plan.reference = examples + [e for e in old if _pair(e) not in known]
         stage(f"mixing in {len(old)} pairs of {base.name}'s corpus ({len(held_out)} of them held out)")
-    if base is not None and not rebuild_vocab and tokenizer is None:
-        tokenizer = base.tokenizer
-        tokenizer.save(work / "tokenizer.json")
-        _write_state(work, config, corpus_obj, corpus_path, base, mix_base_corpus, rebuild_vocab)
-    if tokenizer is None:
-        stage(f"fitting a {config.tokenizer.level} tokenizer on {len(train_examples)} training pairs")
-        tokenizer = TextTokenizer.fit(_texts(train_examples), config.tokenizer.level,
-                                      config.tokenizer.vocab_size, config.tokenizer.min_frequency)
-        tokenizer.save(work / "tokenizer.json")
-        _write_state(work, config, corpus_obj, corpus_path, base, mix_base_corpus, rebuild_vocab)
-    unknown_rate = tokenizer.unknown_rate(_texts(new_pairs))
-    if base is not None and not rebuild_vocab:
-        stage(f"fine-tuning {base.name} ({base.path}); unknown tokens in the new training pairs: "
+    return plan
+
+
+def prepare_tokenizer(plan: Plan, stage: Callable[[str], None]) -> float:
+    """Step 2: the base model's tokenizer, the one saved in the work directory, or a new one
+    fitted on the training split. Returns the new pairs' unknown-token rate."""
+    config = plan.config
+    if plan.tokenizer is None:
+        if plan.fine_tuning:
+            plan.tokenizer = plan.base.tokenizer
+        else:
+            stage(f"fitting a {config.tokenizer.level} tokenizer on {len(plan.train)} training pairs")
+            plan.tokenizer = TextTokenizer.fit(_texts(plan.train), config.tokenizer.level,
+                                               config.tokenizer.vocab_size, config.tokenizer.min_frequency)
+        plan.tokenizer.save(plan.work / "tokenizer.json")
+        _write_state(plan)
+    unknown_rate = plan.tokenizer.unknown_rate(_texts(plan.new_pairs))
+    if plan.fine_tuning:
+        stage(f"fine-tuning {plan.base.name} ({plan.base.path}); unknown tokens in the new training pairs: "
               f"{unknown_rate:.1%}")
         if unknown_rate > UNKNOWN_RATE_WARNING:
             log.warning("%.1f%% of the new corpus' tokens are unknown to %s's vocabulary: "
-                        "consider --rebuild-vocab", unknown_rate * 100, base.name)
+                        "consider --rebuild-vocab", unknown_rate * 100, plan.base.name)
+    return unknown_rate
 
-    data = config.data
-    train_src, train_tgt = encode_examples(train_examples, tokenizer, data.max_input_tokens, data.max_output_tokens)
+
+def build(plan: Plan, stage: Callable[[str], None]):
+    """Step 3: the tf.data pipelines and the compiled network (from the base's weights when
+    fine-tuning). Returns (model, train set, validation set or None)."""
+    from chatbot.data.dataset import encode_examples, make_dataset
+    from chatbot.model.network import Seq2Seq, compile_model
+
+    config, tokenizer, data = plan.config, plan.tokenizer, plan.config.data
+    train_src, train_tgt = encode_examples(plan.train, tokenizer, data.max_input_tokens, data.max_output_tokens)
     train_set = make_dataset(train_src, train_tgt, config.training.batch_size, shuffle=True,
                              seed=config.training.seed)
     val_set = None
-    if val_examples:
-        val_src, val_tgt = encode_examples(val_examples, tokenizer, data.max_input_tokens, data.max_output_tokens)
+    if plan.validation:
+        val_src, val_tgt = encode_examples(plan.validation, tokenizer, data.max_input_tokens,
+                                           data.max_output_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
-    monitor = config.training.monitor if val_set is not None else "loss"
 
     model = Seq2Seq(tokenizer.vocab_size, config.model)
     model.build_for_inference()
-    if base is not None and not rebuild_vocab:
-        model.set_weights(base.model.get_weights())  # resume=True then restores its own backup
+    if plan.fine_tuning:
+        model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
     compile_model(model, config.training.learning_rate, config.training.clipnorm)
     stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
           f"attention {config.model.attention}, {model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
+    return model, train_set, val_set
 
-    best_weights = work / "best.weights.h5"
-    log_file = work / "training_log.csv"
+
+def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra_callbacks: list | None):
+    """Step 4: ``model.fit`` with checkpoints (resumable), the CSV and TensorBoard logs, LR decay
+    and early stopping; the best weights are loaded back. Returns (history, seconds)."""
+    import keras
+
+    training = plan.config.training
+    monitor = training.monitor if val_set is not None else "loss"
+    best_weights = plan.work / "best.weights.h5"
+    log_file = plan.work / "training_log.csv"
     best_so_far = _best_logged(log_file, monitor) if resume else None
-    save_freq = config.training.checkpoint_every_steps or "epoch"
+    save_freq = training.checkpoint_every_steps or "epoch"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=save_freq, double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(plan.work / "backup"), save_freq=save_freq, double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(log_file), append=resume),
-        keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False, profile_batch=0),
+        keras.callbacks.TensorBoard(str(plan.work / "tensorboard"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
-    if config.training.lr_decay_patience:
+    if training.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=0.5, patience=config.training.lr_decay_patience, min_lr=1e-5))
-    if config.training.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.training.patience))
+            monitor=monitor, factor=0.5, patience=training.lr_decay_patience, min_lr=1e-5))
+    if training.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=training.patience))
     callbacks.extend(extra_callbacks or [])
 
     began = time.perf_counter()
     try:
-        history = model.fit(train_set, validation_data=val_set, epochs=config.training.epochs,
+        history = model.fit(train_set, validation_data=val_set, epochs=training.epochs,
                             callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     except OSError as exc:  # a checkpoint or log could not be written: disk full, quota, permissions
+        out = plan.work.parent / plan.work.name[1:-len(".training")]
         kept = f"the model at {out} is unchanged; " if out.exists() else ""
-        raise TrainingError(f"cannot write the training state in {work} ({_os_reason(exc)}); {kept}"
+        raise TrainingError(f"cannot write the training state in {plan.work} ({_os_reason(exc)}); {kept}"
                             "make room, then run the same command with --resume") from exc
     seconds = time.perf_counter() - began
     if best_weights.exists():
         model.load_weights(best_weights)
+    return history, seconds
 
-    # A clean copy without optimizer state: the bundle holds only what inference needs.
-    final = Seq2Seq(tokenizer.vocab_size, config.model)
+
+def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, val_set) -> Bundle:
+    """Step 5: an inference-only copy of the network in a bundle, with its figures: the
+    training history, validation loss, and exact match measured as the bot will reply."""
+    from chatbot.model.network import Seq2Seq
+
+    config, tokenizer = plan.config, plan.tokenizer
+    final = Seq2Seq(tokenizer.vocab_size, config.model)  # without optimizer state
     final.build_for_inference()
     final.set_weights(model.get_weights())
-
-    stage("measuring the trained model")
     metrics = {
         "epochs_run": len(history.history.get("loss", [])),
         "train_seconds": round(seconds, 1),
@@ -192,31 +248,38 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         metrics["validation"] = {"loss": round(float(val_loss), 5),
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
-    # Measured as the bot will reply: with the training pairs as its answer memory.
-    generator = Generator(final, tokenizer, config.data, config.decoding, memory=AnswerMemory(train_examples))
-    metrics["train_exact_match"] = round(exact_match(generator, train_examples, reference), 5)
-    if val_examples:
-        metrics["validation"]["exact_match"] = round(exact_match(generator, val_examples, reference), 5)
-
-    corpus_info = {"path": corpus_path, "sha256": corpus_obj.sha256, "examples": len(examples),
-                   "train": len(train_examples), "validation": len(val_examples),
-                   "skipped_entries": len(corpus_obj.skipped)}
-    if base is not None:
+    corpus_info = {"path": str(plan.corpus.root), "sha256": plan.corpus.sha256, "examples": len(plan.examples),
+                   "train": len(plan.train), "validation": len(plan.validation),
+                   "skipped_entries": len(plan.corpus.skipped)}
+    if plan.base is not None:
+        base = plan.base
         corpus_info["base_model"] = {"name": base.name, "path": str(base.path), "created": base.manifest.get("created"),
-                                     "mixed_in": mix_base_corpus, "rebuilt_vocab": rebuild_vocab,
+                                     "mixed_in": plan.mix_base_corpus, "rebuilt_vocab": plan.rebuild_vocab,
                                      "corpus": base.corpus}
-    bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=val_examples,
-                    train=train_examples)
-    attachments = {"tensorboard": work / "tensorboard"}
-    if _plot_history(log_file, work / "training.png", out.name):
-        attachments["training.png"] = work / "training.png"
+    bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=plan.validation,
+                    train=plan.train)
+    with as_chatbot(bundle) as bot:  # the public reply path, as users get it
+        metrics["train_exact_match"] = round(exact_match(bot, plan.train, plan.reference), 5)
+        if plan.validation:
+            metrics["validation"]["exact_match"] = round(exact_match(bot, plan.validation, plan.reference), 5)
+    return bundle
+
+
+def install(bundle: Bundle, plan: Plan, out: Path, golden, golden_cases) -> Bundle:
+    """Step 6: the golden checks (a failing model goes to ``OUT.rejected``), then the bundle is
+    written atomically at ``out`` and the work directory removed."""
+    log_file = plan.work / "training_log.csv"
+    attachments = {"tensorboard": plan.work / "tensorboard"}
+    if _plot_history(log_file, plan.work / "training.png", out.name):
+        attachments["training.png"] = plan.work / "training.png"
     if golden_cases is not None:
         checked = check_golden(bundle, golden_cases)
-        metrics["golden"] = {"file": str(golden), "passed": len(checked.passed), "failed": len(checked.failed)}
+        bundle.metrics["golden"] = {"file": str(golden), "passed": len(checked.passed),
+                                    "failed": len(checked.failed)}
         if not checked.ok:
             rejected = out.parent / f"{out.name}.rejected"
             bundle.save(rejected, training_log=log_file, attachments=attachments)
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(plan.work, ignore_errors=True)
             first = checked.failed[0]
             raise GoldenCheckFailed(
                 f"the new model fails {len(checked.failed)} of {len(golden_cases)} golden checks "
@@ -224,7 +287,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
                 + (f"{out} was left as it was; " if out.exists() else "")
                 + f"the new model is in {rejected}", checked)
     bundle.save(out, training_log=log_file, attachments=attachments)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(plan.work, ignore_errors=True)
     return bundle
 
 
@@ -246,8 +309,7 @@ def _number(text: str) -> float:
 def _plot_history(log_file: Path, out_png: Path, title: str) -> bool:
     """training.png from the CSV log (every epoch, also those before a resume); matplotlib
     is optional, so without it there is simply no plot."""
-    from .errors import PlotError
-    from .plots import plot_training_history
+    from chatbot.evaluation.plots import plot_training_history
 
     if not log_file.exists():
         return False
@@ -278,24 +340,13 @@ def _pair(example: Example) -> tuple:
     return example.context, example.question, example.answer
 
 
-def _write_state(work: Path, config: Config, corpus: Corpus, corpus_path: str, base: Bundle | None,
-                 mix_base_corpus: bool, rebuild_vocab: bool) -> None:
+def _write_state(plan: Plan) -> None:
     """What ``resume`` needs to rebuild the same data and model: config, corpus, base model."""
-    state = {"config": config.to_dict(), "corpus_sha256": corpus.sha256, "corpus_path": corpus_path,
-             "base": str(base.path) if base is not None else None,
-             "mix_base_corpus": mix_base_corpus, "rebuild_vocab": rebuild_vocab}
-    (work / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-
-
-def exact_match(generator, examples: list[Example], reference: list[Example]) -> float:
-    """Share of distinct inputs whose reply equals one of their answers in ``reference``
-    (compared after stripping surrounding whitespace)."""
-    accepted = answers_by_input(reference)
-    inputs = sorted(distinct_inputs(examples))
-    if not inputs:
-        return 0.0
-    replies = generator.generate([list(i) for i in inputs])
-    return sum(is_exact(r.text, accepted.get(i, ())) for i, r in zip(inputs, replies)) / len(inputs)
+    state = {"config": plan.config.to_dict(), "corpus_sha256": plan.corpus.sha256,
+             "corpus_path": str(plan.corpus.root),
+             "base": str(plan.base.path) if plan.base is not None else None,
+             "mix_base_corpus": plan.mix_base_corpus, "rebuild_vocab": plan.rebuild_vocab}
+    (plan.work / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
 
 
 def _os_reason(exc: OSError) -> str:

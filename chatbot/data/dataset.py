@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from .corpus import Example
-from .tokenizer import START, TextTokenizer
+from chatbot.data.corpus import Example
+from chatbot.data.tokenizer import START, TextTokenizer
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_input_tokens: int,

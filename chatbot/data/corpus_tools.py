@@ -1,6 +1,6 @@
 """Corpus tools: statistics, validation and format conversion (``chatbot corpus ...``).
 
-Everything goes through the readers in ``chatbot.corpus``, so what these tools count, flag
+Everything goes through the readers in ``chatbot.data.corpus``, so what these tools count, flag
 and convert is exactly what training would read. Library code: results are returned,
 problems raised as typed errors; no TensorFlow is imported.
 """
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from .corpus import (
+from chatbot.data.corpus import (
     Dialogue,
     _decode_utf8,
     _reader_for,
@@ -24,7 +23,8 @@ from .corpus import (
     load_corpus,
     make_examples,
 )
-from .errors import CorpusError, InputError
+from chatbot.errors import CorpusError, InputError
+from chatbot.files import write_atomically
 
 WORD = re.compile(r"\w+(?:['’]\w+)*")  # "don't" is one word; punctuation is not a word
 PERCENTILES = (50, 90, 99)
@@ -174,13 +174,7 @@ def convert_corpus(src: str | Path, dst: str | Path, format: str | None = None) 
     corpus = load_corpus(src)
     text = {"yaml": _to_yaml, "tsv": _to_tsv, "jsonl": _to_jsonl}[fmt](corpus.dialogues)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(dst, text)
     return {"path": str(dst), "format": fmt, "dialogues": len(corpus.dialogues),
             "pairs": sum(len(d.utterances) - 1 for d in corpus.dialogues),
             "skipped": [str(e) for e in corpus.skipped]}

@@ -29,11 +29,14 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from .errors import StoreError
+from chatbot.errors import StoreError
+from chatbot.files import user_data_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the feedback table (a version-1 database is upgraded on open)
+# 2: the feedback table; 3: a reply's confidence and details (dialogue settings, what retrieval
+# showed the model). Older databases are upgraded in place on open.
+SCHEMA_VERSION = 3
 ROLES = ("user", "bot")
 RATINGS = ("good", "bad")
 DB_ENV = "CHATBOT_DB"
@@ -46,13 +49,8 @@ class SessionNotFound(StoreError, LookupError):
 
 # --- database location -----------------------------------------------------------------------
 def default_database_url() -> str:
-    """``$XDG_DATA_HOME/chatbot/chatbot.db``, else ``~/.local/share/chatbot/chatbot.db``.
-
-    A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec requires.
-    """
-    base = os.environ.get("XDG_DATA_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return _sqlite_url(root / "chatbot" / "chatbot.db")
+    """``chatbot.db`` in the user data directory (``chatbot.files.user_data_dir``)."""
+    return _sqlite_url(user_data_dir() / "chatbot.db")
 
 
 def resolve_database_url(url: str | os.PathLike | None) -> str:
@@ -140,6 +138,8 @@ class MessageRow(Base):
     score: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     fallback: Mapped[bool | None] = mapped_column(Boolean)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
     # Indexed: without it, deleting a session scans the whole table once per deleted message.
     in_reply_to: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"), index=True)
@@ -171,7 +171,7 @@ _INSERT_MESSAGE = insert(_messages).values(
     .where(_messages.c.session_id == bindparam("p_session_id")).scalar_subquery(),
     **{name: bindparam(f"p_{name}", type_=_messages.c[name].type)
        for name in ("session_id", "role", "text", "created_at", "model_name", "model_version",
-                    "decoding", "score", "latency_ms", "fallback", "in_reply_to")},
+                    "decoding", "score", "latency_ms", "fallback", "in_reply_to", "confidence", "details")},
 ).returning(_messages.c.id, _messages.c.position)
 
 
@@ -201,6 +201,8 @@ class Message:
     latency_ms: float | None = None
     fallback: bool | None = None
     in_reply_to: int | None = None
+    confidence: float | None = None  # the model's 0..1 confidence in the reply
+    details: dict | None = None  # {"dialogue": settings in force, "retrieved": what the model was shown}
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ def _session_info(row: SessionRow, count: int, last_message_at: datetime | None)
 def _message(row: MessageRow) -> Message:
     return Message(row.id, row.session_id, row.position, row.role, row.text, row.created_at,
                    row.model_name, row.model_version, row.decoding, row.score, row.latency_ms,
-                   row.fallback, row.in_reply_to)
+                   row.fallback, row.in_reply_to, row.confidence, row.details)
 
 
 def _feedback(row: FeedbackRow) -> Feedback:
@@ -318,6 +320,8 @@ class SessionStore:
                 raise StoreError(f"database {self._shown} has schema version {found}, newer than "
                                  f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
             Base.metadata.create_all(conn)  # also adds tables that an older version lacked
+            if found is not None and found < SCHEMA_VERSION:
+                _add_missing_columns(conn)
             if found is None:
                 s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
             elif found < SCHEMA_VERSION:
@@ -420,7 +424,8 @@ class SessionStore:
                     model_name: str | None = None, model_version: str | None = None,
                     decoding: dict | None = None, score: float | None = None,
                     latency_ms: float | None = None, fallback: bool | None = None,
-                    in_reply_to: int | None = None) -> Message:
+                    in_reply_to: int | None = None, confidence: float | None = None,
+                    details: dict | None = None) -> Message:
         """Append a message at the next position and commit; the text is stored verbatim."""
         if role not in ROLES:
             raise StoreError(f"role must be 'user' or 'bot', not {role!r}")
@@ -428,7 +433,7 @@ class SessionStore:
             raise StoreError(f"message text must be a str, not {type(text).__name__}")
         fields = {"model_name": model_name, "model_version": model_version, "decoding": decoding,
                   "score": score, "latency_ms": latency_ms, "fallback": fallback,
-                  "in_reply_to": in_reply_to}
+                  "in_reply_to": in_reply_to, "confidence": confidence, "details": details}
         if role == "user" and any(v is not None for v in fields.values()):
             given = ", ".join(k for k, v in fields.items() if v is not None)
             raise StoreError(f"bot fields given for a user message: {given}")
@@ -570,7 +575,7 @@ class SessionStore:
     # --- export --------------------------------------------------------------------------------
     def export_session(self, session_id: int | str, format: str = "jsonl") -> str:
         """``jsonl``: one object per message. ``yaml``: the ChatterBot corpus format, the whole
-        session as one conversation, readable by ``chatbot.corpus.load_corpus``.
+        session as one conversation, readable by ``chatbot.data.corpus.load_corpus``.
 
         The corpus reader needs at least two non-blank utterances per conversation.
         """
@@ -624,6 +629,18 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self._shown!r})"
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Columns a newer schema added to existing tables (``create_all`` only adds tables):
+    ``ALTER TABLE ... ADD COLUMN``, nullable, so existing rows read as None."""
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
 
 def _sqlite_file(url: URL) -> bool:

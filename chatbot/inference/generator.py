@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from .config import DataConfig, DecodingConfig
-from .memory import AnswerMemory
-from .model import Seq2Seq
-from .tokenizer import END, PAD, START, TextTokenizer
+from chatbot.config import DataConfig, DecodingConfig
+from chatbot.inference.retrieval import AnswerMemory
+from chatbot.model.network import Seq2Seq
+from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
 
 NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
@@ -58,6 +58,18 @@ class Generation:
     # the input; otherwise the mean token probability, exp(score). On the dev sets of
     # bench/robustness.py it separates right from wrong replies far better than the score.
     confidence: float = 0.0
+
+    def choose(self, index: int) -> "Generation":
+        """This generation with its ``index``-th alternative as the reply: text, score and
+        confidence all come from that hypothesis (never the first one's)."""
+        text, score = self.alternatives[index]
+        return dataclasses.replace(self, text=text, score=score, confidence=confidence_of(score),
+                                   token_ids=() if index else self.token_ids)
+
+
+def confidence_of(score: float) -> float:
+    """A 0..1 confidence from a mean log-probability per token: the mean token probability."""
+    return float(np.exp(score))
 
 
 def _scalar(dtype) -> tf.TensorSpec:
@@ -485,7 +497,7 @@ class Generator:
                 chunk_results.append(Generation(
                     text=self.tokenizer.decode(token_ids),
                     score=score,
-                    confidence=float(np.exp(score)),
+                    confidence=confidence_of(score),
                     tokens=n,
                     latency_ms=latency,
                     alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),

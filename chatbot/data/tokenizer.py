@@ -13,15 +13,14 @@ from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .corpus import unicode_error
-from .errors import InputError, TokenizerError
+from chatbot.data.text import strip_special_marks, unicode_error
+from chatbot.errors import InputError, TokenizerError
 
 PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
 # Special tokens are spelt with U+FDD0, a Unicode noncharacter that ``encode`` strips from
 # input: a user typing "[END]" or "<sep>" must get plain text, never a control id.
 _MARK = "\ufdd0"
 SPECIAL_TOKENS = [f"{_MARK}pad", f"{_MARK}unk", f"{_MARK}start", f"{_MARK}end", f"{_MARK}sep"]
-_NONCHARACTERS = {code: None for code in range(0xFDD0, 0xFDF0)}
 
 
 def _pre_tokenizer(level: str):
@@ -84,7 +83,7 @@ class TextTokenizer:
     # --- text -> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         try:
-            return self.backend.encode(text.translate(_NONCHARACTERS), add_special_tokens=False).ids
+            return self.backend.encode(strip_special_marks(text), add_special_tokens=False).ids
         except (TypeError, AttributeError, UnicodeEncodeError):
             raise _unencodable([text]) from None
 
@@ -92,7 +91,7 @@ class TextTokenizer:
         """Token ids of each text; ``InputError`` for a non-string or a lone surrogate
         (text that has no UTF-8 form, which the Rust backend cannot take)."""
         try:
-            texts = [t.translate(_NONCHARACTERS) for t in texts]
+            texts = [strip_special_marks(t) for t in texts]
             return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
         except (TypeError, AttributeError, UnicodeEncodeError):
             raise _unencodable(texts) from None

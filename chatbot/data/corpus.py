@@ -13,14 +13,14 @@ import hashlib
 import json
 import logging
 import random
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import yaml
 
-from .errors import CorpusError, InputError
+from chatbot.data.text import clean_text
+from chatbot.errors import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,6 @@ class Corpus:
         return make_examples(self.dialogues, context_turns, deduplicate)
 
 
-def clean_text(text: str) -> str:
-    """Canonical form of an utterance: NFC, Unix newlines, no control characters, stripped.
-
-    Inner spaces and newlines are kept: answers may hold indented code.
-    """
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
-    return text.replace("\t", " ").strip()
-
-
 # --- loading ---------------------------------------------------------------------------------
 def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     """Read a corpus file or a directory of them (recursively, in sorted order)."""
@@ -131,17 +121,6 @@ def corpus_files(root: Path) -> list[Path]:
         raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
                                       f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
     return [root]
-
-
-def unicode_error(text: str, what: str) -> InputError | None:
-    """An ``InputError`` when ``text`` has no UTF-8 form (a lone surrogate such as "\\ud800"
-    can be neither stored nor tokenized), else None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return InputError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
-                          f"at position {exc.start}")
-    return None
 
 
 def _is_corpus_file(path: Path) -> bool:

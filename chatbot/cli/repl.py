@@ -18,11 +18,8 @@ This module is an interface, so it prints; it never exits the process.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
@@ -31,14 +28,14 @@ from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.formatted_text import FormattedText
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.history import History, InMemoryHistory
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
-from . import __version__
-from .errors import ChatbotError, MessageNotStored, ReplyNotStored, StoreError
+from chatbot.cli.console import open_history
+from chatbot.version import __version__
+from chatbot.errors import ChatbotError, MessageNotStored, ReplyNotStored, StoreError
 
-HISTORY_FILE = "chatbot_history"
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
 DEFAULT_HISTORY = 10  # /history without N
 MAX_LENGTH_LIMIT = 10_000  # /set max_length: a model that never ends would otherwise run for ages
@@ -99,7 +96,7 @@ def _float(raw: str) -> float:
 
 
 def _strategy(raw: str) -> str:
-    from .config import DECODING_STRATEGIES
+    from chatbot.config import DECODING_STRATEGIES
 
     if raw not in DECODING_STRATEGIES:
         raise ValueError(f"expected one of {', '.join(DECODING_STRATEGIES)}, got {raw!r}")
@@ -236,7 +233,7 @@ class ChatRepl:
 
     def decoding(self):
         """The decoding settings the next reply uses: the model's, with /set overrides."""
-        return dataclasses.replace(self.bot.generator.decoding, **self.settings)
+        return dataclasses.replace(self.bot.decoding, **self.settings)
 
     def decoding_label(self) -> str:
         d = self.decoding()
@@ -390,15 +387,14 @@ class ChatRepl:
             self._cmd_new("")
             return
         base = re.sub(r"-\d+$", "", self.session_name) or self.session_name
-        store = self.bot.store
         for n in range(2, 10_000):
             candidate = f"{base}-{n}"
-            if store.find_session(candidate) is not None:
+            if self.bot.find_session(candidate) is not None:
                 continue
             try:
                 self._use(self.bot.new_session(candidate))
             except StoreError:
-                if store.find_session(candidate) is None:  # not a lost race for the name
+                if self.bot.find_session(candidate) is None:  # not a lost race for the name
                     raise
                 continue
             self._info(f"new session {self.session_label}")
@@ -474,7 +470,7 @@ class ChatRepl:
             self._error(f"invalid value for {key}: {exc}")
             return
         try:  # the whole config must stay valid, e.g. n_best <= beam
-            resolved = self.bot.generator.resolve({**self.settings, key: value})
+            resolved = self.bot.resolve_decoding({**self.settings, key: value})
         except ChatbotError as exc:
             self._error(str(exc))
             return
@@ -496,7 +492,7 @@ class ChatRepl:
             return
         path = Path(arg).expanduser()
         fmt = "yaml" if path.suffix.lower() in (".yml", ".yaml") else "jsonl"
-        text = self.bot.store.export_session(self.session_id, format=fmt)
+        text = self.bot.export_session(self.session_id, format=fmt)
         try:
             path.write_text(text, encoding="utf-8")
         except OSError as exc:
@@ -583,119 +579,3 @@ class ChatRepl:
         for line in lines:
             if not self.handle(line.rstrip("\r\n")):
                 return
-
-
-# --- helpers for the command line ---------------------------------------------------------------
-def data_dir() -> Path:
-    """``$XDG_DATA_HOME/chatbot`` (an absolute path only, per the XDG spec), else
-    ``~/.local/share/chatbot``."""
-    base = os.environ.get("XDG_DATA_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return root / "chatbot"
-
-
-def history_path(db_url: str) -> Path:
-    """The input history file: next to a SQLite database file, else in the user's data directory."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        url = make_url(db_url)
-    except Exception:  # noqa: BLE001 - an unparsable URL was already reported by the store
-        return data_dir() / HISTORY_FILE
-    database = url.database or ""
-    if (url.get_backend_name() == "sqlite" and database and database != ":memory:"
-            and not database.startswith("file:") and url.query.get("mode") != "memory"):
-        return Path(database).expanduser().parent / HISTORY_FILE
-    return data_dir() / HISTORY_FILE
-
-
-def open_history(path: Path) -> History:
-    """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
-    stderr), so a read-only directory does not stop the chat."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
-    except OSError as exc:
-        print(f"chatbot: warning: input history not saved ({path}: {exc.strerror or exc})", file=sys.stderr)
-        return InMemoryHistory()
-    return FileHistory(str(path))
-
-
-def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:
-    """Colours unless --no-color, a non-empty NO_COLOR (https://no-color.org) or a non-terminal."""
-    if no_color_flag or os.environ.get("NO_COLOR"):
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-class Spinner:
-    """A one-line spinner on a terminal while something slow runs (``with Spinner(...):``).
-
-    It writes to a duplicate of the stream's file descriptor, so it keeps turning while the
-    original descriptor is muted (as during the TensorFlow import), and it erases itself on exit,
-    whether the block succeeded or raised. Disabled (silent) when the stream is not a terminal.
-    """
-
-    FRAMES = "|/-\\"
-
-    def __init__(self, message: str, stream: TextIO | None = None, enabled: bool | None = None,
-                 interval: float = 0.1):
-        self.message = message
-        self.stream = stream if stream is not None else sys.stderr
-        if enabled is None:
-            try:
-                enabled = self.stream.isatty()
-            except (AttributeError, ValueError):
-                enabled = False
-        self.enabled = enabled
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._out: TextIO | None = None
-        self._own_out = False
-        self._width = 0
-
-    def __enter__(self) -> "Spinner":
-        if not self.enabled:
-            return self
-        try:
-            self._out = os.fdopen(os.dup(self.stream.fileno()), "w", encoding="utf-8", errors="replace")
-            self._own_out = True
-        except (AttributeError, OSError, ValueError):  # no real descriptor (e.g. a StringIO)
-            self._out = self.stream
-        self._thread = threading.Thread(target=self._spin, name="chatbot-spinner", daemon=True)
-        self._thread.start()
-        return self
-
-    def _spin(self) -> None:
-        began = time.monotonic()
-        frame = 0
-        while True:
-            text = f"{self.FRAMES[frame % len(self.FRAMES)]} {self.message} ({time.monotonic() - began:.0f} s)"
-            self._width = max(self._width, len(text))
-            try:
-                self._out.write("\r" + text)
-                self._out.flush()
-            except (OSError, ValueError):
-                return
-            frame += 1
-            if self._stop.wait(self.interval):
-                return
-
-    def __exit__(self, *exc_info) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        try:
-            self._out.write("\r" + " " * self._width + "\r")
-            self._out.flush()
-        except (OSError, ValueError):
-            pass
-        if self._own_out:
-            self._out.close()
-        self._out = None

@@ -32,11 +32,11 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from . import __version__
-from .config import Config
-from .corpus import Example, load_corpus
-from .errors import BundleError, ChatbotError, CorpusError
-from .tokenizer import TextTokenizer
+from chatbot.version import __version__
+from chatbot.config import Config
+from chatbot.data.corpus import Example, load_corpus
+from chatbot.errors import BundleError, ChatbotError, CorpusError
+from chatbot.data.tokenizer import TextTokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
@@ -52,8 +52,17 @@ REQUIRED = (CONFIG, TOKENIZER, WEIGHTS)
 UNSAFE_SUFFIXES = (".pkl", ".pickle", ".keras", ".pb", ".joblib", ".npy", ".npz")
 
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = PROJECT_ROOT / "models"
+def _models_dir() -> Path:
+    """Where named models live: ``models/`` of a source checkout (an editable install), else
+    the copy a wheel carries inside the package (``chatbot/bundled_models``)."""
+    package = Path(__file__).resolve().parent.parent
+    checkout = package.parent / "models"
+    if (checkout / "default" / CONFIG).is_file():
+        return checkout
+    return package / "bundled_models"
+
+
+MODELS_DIR = _models_dir()
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
@@ -146,12 +155,13 @@ class Bundle:
         if not recorded:
             raise BundleError(f"{self.path}: the bundle does not record its training corpus")
         path = Path(recorded)
-        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-            path = PROJECT_ROOT / path  # recorded relative to the project, read from elsewhere
+        project = MODELS_DIR.parent  # the checkout, or the installed package
+        if not path.is_absolute() and not path.exists() and (project / path).exists():
+            path = project / path  # recorded relative to the project, read from elsewhere
         if not path.exists():
             raise CorpusError(path, None, f"the training corpus of model {self.name} is no longer here")
         # Its skipped entries were reported when the model was trained: say nothing again.
-        corpus_log = logging.getLogger("chatbot.corpus")
+        corpus_log = logging.getLogger("chatbot.data.corpus")
         level = corpus_log.level
         corpus_log.setLevel(logging.ERROR)
         try:
@@ -204,7 +214,7 @@ class Bundle:
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
                               f"expect {manifest.get('vocab_size')}")
-        from .model import Seq2Seq  # deferred: TensorFlow is slow to import
+        from chatbot.model.network import Seq2Seq  # deferred: TensorFlow is slow to import
 
         model = Seq2Seq(tokenizer.vocab_size, config.model)
         model.build_for_inference()

@@ -10,40 +10,16 @@ get the decoded reply alone.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from .corpus import Example
+from chatbot.data.corpus import Example
+from chatbot.data.text import match_key
 
-# Contractions and chat spellings that change a question's characters a lot but not its
-# meaning; expanded before matching (only for matching: the model sees what was typed).
-_EXPANSIONS = {
-    "what's": "what is", "whats": "what is", "who's": "who is", "whos": "who is",
-    "where's": "where is", "how's": "how is", "it's": "it is", "that's": "that is",
-    "there's": "there is", "i'm": "i am", "im": "i am", "you're": "you are", "youre": "you are",
-    "we're": "we are", "they're": "they are", "don't": "do not", "dont": "do not",
-    "doesn't": "does not", "doesnt": "does not", "didn't": "did not", "didnt": "did not",
-    "can't": "can not", "cant": "can not", "cannot": "can not", "won't": "will not",
-    "wont": "will not", "isn't": "is not", "isnt": "is not", "aren't": "are not",
-    "arent": "are not", "i've": "i have", "you've": "you have", "i'll": "i will",
-    "you'll": "you will", "i'd": "i would", "you'd": "you would", "u": "you", "ur": "your",
-    "r": "are", "pls": "please", "plz": "please", "wat": "what",
-}
-_WORD = re.compile(r"[\w']+")
 RAW_WEIGHT = 0.02  # share of the similarity taken from the raw text (see ``similarity``)
-
-
-def match_key(text: str) -> str:
-    """What questions are compared on: case, accents' forms, punctuation and contractions
-    folded away."""
-    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
-    words = [_EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
-    return " ".join(w.strip("'") for w in words if w.strip("'"))
 
 
 def similarity(text: str, key: str, other: str, other_key: str) -> float:

@@ -11,38 +11,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .bundle import MODELS_DIR, PROJECT_ROOT, Bundle, resolve_model_path  # noqa: F401 (re-exported)
-from .config import DecodingConfig
-from .corpus import clean_text, unicode_error
-from .errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
-from .generator import Generation, Generator
-from .memory import AnswerMemory
+from chatbot.config import DecodingConfig, DialogueConfig
+from chatbot.data.text import clean_text, sanitize_message
+from chatbot.model.bundle import Bundle, resolve_model_path
+from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
+from chatbot.inference.generator import Generation, Generator
+from chatbot.inference.retrieval import AnswerMemory
 
 if TYPE_CHECKING:
-    from .store import SessionStore
+    from chatbot.dialogue.store import SessionStore
 
 log = logging.getLogger(__name__)
-
-def sanitize_message(text: str) -> str:
-    """What is stored for a user message: control characters removed, nothing else changed.
-
-    Raises ``InputError`` for empty or whitespace-only text, and for a lone surrogate
-    (``"\\ud800"``: no UTF-8 form, so it can be neither stored nor tokenized).
-    """
-    if not isinstance(text, str):
-        raise InputError(f"a message must be text, not {type(text).__name__}")
-    if (error := unicode_error(text, "the message")) is not None:
-        raise error
-    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
-    if not kept.strip():
-        raise InputError("the message is empty")
-    return kept
-
 
 @dataclass(frozen=True)
 class Reply:
@@ -59,15 +42,14 @@ class Reply:
 
 class ChatBot:
     def __init__(self, bundle: Bundle, db: "str | SessionStore | None" = None, warm_up: bool = True,
-                 fallback_threshold: float | None = None, fallback_text: str | None = None,
-                 min_confidence: float | None = None):
+                 dialogue: DialogueConfig | dict[str, Any] | None = None):
+        """``dialogue`` overrides the bundle's ``dialogue`` settings (a whole ``DialogueConfig``
+        or a dict of some of its fields, validated like a config file); the settings in force
+        are stored with every reply."""
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
                                    memory=AnswerMemory(bundle.train) if bundle.train else None)
-        dialogue = bundle.config.dialogue
-        self.fallback_threshold = dialogue.fallback_threshold if fallback_threshold is None else fallback_threshold
-        self.min_confidence = dialogue.min_confidence if min_confidence is None else min_confidence
-        self.fallback_text = fallback_text or dialogue.fallback_text
+        self.dialogue = bundle.config.dialogue.with_overrides(dialogue)
         self._db = db
         self._store = None
         self._store_lock = threading.Lock()
@@ -104,14 +86,14 @@ class ChatBot:
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
-             **dialogue) -> "ChatBot":
+             dialogue: DialogueConfig | dict[str, Any] | None = None) -> "ChatBot":
         """Load a bundle (default: ``models/default``); ``model`` may be a path or a name.
 
         ``db`` is any SQLAlchemy URL (default: ``$CHATBOT_DB`` or a SQLite file in the user's
         data directory), opened when a session is first used; or a ``SessionStore`` to share
         (with its own ``busy_timeout_ms``, say), which the caller closes.
         """
-        return cls(Bundle.load(resolve_model_path(model)), db=db, warm_up=warm_up, **dialogue)
+        return cls(Bundle.load(resolve_model_path(model)), db=db, warm_up=warm_up, dialogue=dialogue)
 
     @property
     def name(self) -> str:
@@ -122,10 +104,21 @@ class ChatBot:
         """The session store, opened on first use (stateless ``ask`` never touches a database)."""
         with self._store_lock:
             if self._store is None:
-                from .store import SessionStore
+                from chatbot.dialogue.store import SessionStore
 
                 self._store = self._db if isinstance(self._db, SessionStore) else SessionStore(self._db)
             return self._store
+
+    @property
+    def decoding(self) -> DecodingConfig:
+        """The model's own decoding settings (what a call without overrides uses)."""
+        return self.generator.decoding
+
+    def resolve_decoding(self, decoding: DecodingConfig | dict[str, Any] | None = None,
+                         max_length: int | None = None) -> DecodingConfig:
+        """The settings a call would use: the model's, overridden by ``decoding`` (a whole
+        config or a dict of some fields) and ``max_length``; ``ConfigError`` for a bad value."""
+        return self.generator.resolve(decoding, max_length)
 
     # --- stateless ---------------------------------------------------------------------------
     def ask(self, question: str, context: Sequence[str] = (),
@@ -141,7 +134,7 @@ class ChatBot:
         ``decoding`` overrides the model's decoding settings for this call: a whole
         ``DecodingConfig`` or a dict of some of its fields, e.g. ``{"beam": 5, "n_best": 3}``
         (validated: a bad value raises ``ConfigError`` naming the key)."""
-        config = self.generator.resolve(decoding, max_length)  # fails before any decoding
+        config = self.resolve_decoding(decoding, max_length)  # fails before any decoding
         self.wait_ready()
         contexts = contexts or [()] * len(questions)
         turns_per_input = self.bundle.config.data.context_turns
@@ -158,7 +151,7 @@ class ChatBot:
 
     def session(self, id_or_name: int | str, create: bool = True):
         """An existing session by id or name; a missing *name* is created when ``create``."""
-        from .store import SessionNotFound, is_session_id
+        from chatbot.dialogue.store import SessionNotFound, is_session_id
 
         try:
             return self.store.get_session(id_or_name)
@@ -167,8 +160,21 @@ class ChatBot:
                 raise
             return self.store.create_session(str(id_or_name))
 
+    def find_session(self, name: str):
+        """The session called ``name``, or None (never creates one)."""
+        return self.store.find_session(name)
+
     def sessions(self):
         return self.store.list_sessions()
+
+    def export_session(self, session: int | str, format: str = "jsonl") -> str:
+        """A session as JSON lines (every message with its details) or corpus YAML."""
+        return self.store.export_session(session, format=format)
+
+    @property
+    def database_url(self) -> str:
+        """The session database's URL (opening it now, so a bad one fails here)."""
+        return self.store.url
 
     def history(self, session: int | str, last: int | None = None):
         return self.store.history(session, last=last)
@@ -186,7 +192,7 @@ class ChatBot:
         n-best list that differs from the bot's previous reply in the session.
         """
         message = sanitize_message(text)
-        config = self.generator.resolve(decoding, max_length)  # a bad setting stores nothing
+        config = self.resolve_decoding(decoding, max_length)  # a bad setting stores nothing
         session_id, context, previous, user = self._store_question(session, message, config)
 
         try:
@@ -195,17 +201,20 @@ class ChatBot:
             raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
                                 f"as message {user.id} of session {session_id}") from exc
         if previous is not None and generated.text == previous:
-            different = [(t, s) for t, s in generated.alternatives if t != previous]
+            different = [i for i, (t, _) in enumerate(generated.alternatives) if t != previous]
             if different:
-                generated = dataclasses.replace(generated, text=different[0][0], score=different[0][1])
-        fallback = generated.score < self.fallback_threshold or generated.confidence < self.min_confidence
-        text_out = self.fallback_text if fallback else generated.text
+                generated = generated.choose(different[0])  # its own score and confidence
+        fallback = (generated.score < self.dialogue.fallback_threshold
+                    or generated.confidence < self.dialogue.min_confidence)
+        text_out = self.dialogue.fallback_text if fallback else generated.text
         reply = Reply(text_out, generated.score, session_id, None, generated.latency_ms, fallback, user.id,
                       generated.alternatives, generated.confidence)
         try:
             bot = self.store.add_message(session_id, "bot", text_out, model_name=self.name,
                                     model_version=self.bundle.manifest.get("created", ""),
                                     decoding=dataclasses.asdict(config), score=generated.score,
+                                    confidence=generated.confidence,
+                                    details={"dialogue": dataclasses.asdict(self.dialogue)},
                                     latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
         except StoreError as exc:
             raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "
@@ -217,7 +226,7 @@ class ChatBot:
         turns, store the user's message. Returns (session id, context, the bot's previous reply
         when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
         not stored: ``MessageNotStored`` says so and carries the text to send again."""
-        from .store import SessionNotFound
+        from chatbot.dialogue.store import SessionNotFound
 
         try:
             store = self.store

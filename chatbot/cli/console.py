@@ -1,0 +1,126 @@
+"""Console helpers for the command line: the input history file, colour choice, a spinner.
+
+Interfaces print; these are the small pieces ``chatbot.cli.main`` and the REPL share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+
+from chatbot.files import user_data_dir
+
+HISTORY_FILE = "chatbot_history"
+
+
+def history_path(db_url: str) -> Path:
+    """The input history file: next to a SQLite database file, else in the user's data directory."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(db_url)
+    except Exception:  # noqa: BLE001 - an unparsable URL was already reported by the store
+        return user_data_dir() / HISTORY_FILE
+    database = url.database or ""
+    if (url.get_backend_name() == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:") and url.query.get("mode") != "memory"):
+        return Path(database).expanduser().parent / HISTORY_FILE
+    return user_data_dir() / HISTORY_FILE
+
+
+def open_history(path: Path) -> History:
+    """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
+    stderr), so a read-only directory does not stop the chat."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    except OSError as exc:
+        print(f"chatbot: warning: input history not saved ({path}: {exc.strerror or exc})", file=sys.stderr)
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
+def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:
+    """Colours unless --no-color, a non-empty NO_COLOR (https://no-color.org) or a non-terminal."""
+    if no_color_flag or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Spinner:
+    """A one-line spinner on a terminal while something slow runs (``with Spinner(...):``).
+
+    It writes to a duplicate of the stream's file descriptor, so it keeps turning while the
+    original descriptor is muted (as during the TensorFlow import), and it erases itself on exit,
+    whether the block succeeded or raised. Disabled (silent) when the stream is not a terminal.
+    """
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, message: str, stream: TextIO | None = None, enabled: bool | None = None,
+                 interval: float = 0.1):
+        self.message = message
+        self.stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            try:
+                enabled = self.stream.isatty()
+            except (AttributeError, ValueError):
+                enabled = False
+        self.enabled = enabled
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._out: TextIO | None = None
+        self._own_out = False
+        self._width = 0
+
+    def __enter__(self) -> "Spinner":
+        if not self.enabled:
+            return self
+        try:
+            self._out = os.fdopen(os.dup(self.stream.fileno()), "w", encoding="utf-8", errors="replace")
+            self._own_out = True
+        except (AttributeError, OSError, ValueError):  # no real descriptor (e.g. a StringIO)
+            self._out = self.stream
+        self._thread = threading.Thread(target=self._spin, name="chatbot-spinner", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        began = time.monotonic()
+        frame = 0
+        while True:
+            text = f"{self.FRAMES[frame % len(self.FRAMES)]} {self.message} ({time.monotonic() - began:.0f} s)"
+            self._width = max(self._width, len(text))
+            try:
+                self._out.write("\r" + text)
+                self._out.flush()
+            except (OSError, ValueError):
+                return
+            frame += 1
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc_info) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        try:
+            self._out.write("\r" + " " * self._width + "\r")
+            self._out.flush()
+        except (OSError, ValueError):
+            pass
+        if self._own_out:
+            self._out.close()
+        self._out = None

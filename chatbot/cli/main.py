@@ -1,0 +1,555 @@
+"""The ``chatbot`` command: parses arguments, calls the library, prints, maps errors to exit codes.
+
+Exit codes: 0 success, 1 a library error (bad corpus, bundle, config, input), 2 bad usage,
+130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _stderr_quiet_import(inference: bool = True) -> None:
+    from chatbot.cli.quiet import import_tensorflow_quietly
+
+    if inference:
+        # Replies are decoded one small step at a time: one intra-op thread decodes a batch-1
+        # reply as fast as two (faster, measured) and leaves the other core to the database and
+        # other sessions. Set TF_NUM_INTRAOP_THREADS yourself to override.
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    import_tensorflow_quietly()
+
+
+# --- train ---------------------------------------------------------------------------------
+TRAIN_FLAGS = {  # command-line flag -> config key
+    "epochs": "training.epochs",
+    "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "seed": "training.seed",
+    "level": "tokenizer.level",
+    "vocab_size": "tokenizer.vocab_size",
+    "cell": "model.cell",
+    "units": "model.units",
+    "layers": "model.layers",
+    "embedding_dim": "model.embedding_dim",
+    "dropout": "model.dropout",
+    "attention": "model.attention",
+    "context_turns": "data.context_turns",
+    "validation_fraction": "data.validation_fraction",
+}
+
+
+def cmd_train(args) -> int:
+    from chatbot.config import Config
+    from chatbot.data.corpus import load_corpus
+    from chatbot.errors import ConfigError
+
+    base = None
+    if args.base:  # fine-tuning: the base model's settings unless a config file is given
+        from chatbot.model.bundle import CONFIG, resolve_model_path
+
+        base = resolve_model_path(args.base)
+        config = Config.load(args.config or base / CONFIG)
+    else:
+        if args.mix_old or args.rebuild_vocab:
+            raise UsageError("--mix-old and --rebuild-vocab go with --from MODEL")
+        config = Config.load(args.config) if args.config else Config()
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
+                 if getattr(args, flag) is not None}
+    if args.bidirectional:
+        overrides["model.bidirectional"] = True
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    config = config.with_overrides(overrides)
+
+    corpus = load_corpus(args.corpus, strict=args.strict)  # logs a warning per skipped entry
+    _stderr_quiet_import(inference=False)
+    from chatbot.training.pipeline import train
+
+    bundle = train(corpus, config, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
+                   on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
+                   base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
+                   golden=args.golden)
+    metrics = bundle.metrics
+    summary = {"model": str(bundle.path), "epochs": metrics["epochs_run"], "seconds": metrics["train_seconds"],
+               "train_exact_match": metrics.get("train_exact_match")}
+    if "golden" in metrics:
+        summary["golden_passed"] = metrics["golden"]["passed"]
+    summary.update({f"validation_{k}": v for k, v in metrics.get("validation", {}).items()})
+    print(json.dumps(summary))
+    return 0
+
+
+# --- ask -----------------------------------------------------------------------------------
+DECODING_FLAGS = {  # command-line flag -> DecodingConfig field
+    "strategy": "strategy", "max_length": "max_length", "beam": "beam", "n_best": "n_best",
+    "length_penalty": "length_penalty", "temperature": "temperature", "top_k": "top_k",
+    "top_p": "top_p", "seed": "seed", "no_repeat_ngram": "no_repeat_ngram_size",
+    "repetition_penalty": "repetition_penalty", "min_length": "min_length",
+}
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+
+
+def decoding_overrides(args) -> dict:
+    """The decoding settings given on the command line, as a dict of DecodingConfig fields.
+    A sampling flag without --strategy (and without --beam > 1) means sampling."""
+    overrides = {field: getattr(args, flag) for flag, field in DECODING_FLAGS.items()
+                 if getattr(args, flag, None) is not None}
+    if getattr(args, "avoid_repeat", False):
+        overrides["avoid_repeat"] = True
+    if ("strategy" not in overrides and (overrides.get("beam") or 1) == 1
+            and any(flag in overrides for flag in SAMPLING_FLAGS)):
+        overrides["strategy"] = "sample"
+    return overrides
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser):
+    """The decoding flags shared by ask and evaluate (read back with ``decoding_overrides``);
+    returns the argument group so a command can add its own."""
+    decoding = parser.add_argument_group("decoding (default: the model's decoding config)")
+    decoding.add_argument("--max-length", type=int, help="tokens generated at most per reply")
+    decoding.add_argument("--strategy", choices=("greedy", "beam", "sample"),
+                          help="greedy, beam or sample (a sampling flag alone means sample)")
+    decoding.add_argument("--beam", type=int, help="beam search with this many hypotheses")
+    decoding.add_argument("--n-best", type=int, help="hypotheses returned (<= --beam); ask --json lists them")
+    decoding.add_argument("--length-penalty", type=float, help="GNMT alpha for ranking beams (default 0.6)")
+    decoding.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    decoding.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: all)")
+    decoding.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with this mass, in (0, 1]")
+    decoding.add_argument("--seed", type=int, help="sampling seed: the same replies every run")
+    decoding.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of this size in a reply")
+    decoding.add_argument("--repetition-penalty", type=float, help="CTRL penalty on repeated tokens (>= 1)")
+    decoding.add_argument("--min-length", type=int, help="tokens before the end of a reply, at least")
+    return decoding
+
+
+def cmd_ask(args) -> int:
+    _stderr_quiet_import()
+    from chatbot.dialogue.bot import ChatBot
+    from chatbot.data.text import clean_text
+
+    bot = ChatBot.load(args.model, db=args.db)
+    decoding = decoding_overrides(args)
+    config = bot.resolve_decoding(decoding)  # bad settings fail once, before any question
+    if config.effective_strategy == "beam":
+        bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
+    session = bot.session(args.session).id if args.session else None
+
+    def answer(question: str) -> str:
+        if not clean_text(question):  # an empty line still gets exactly one (empty) reply line
+            return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if args.json else ""
+        if session is not None:
+            result = bot.reply(question, session=session, decoding=config)
+        else:
+            result = bot.generate([question], decoding=config)[0]
+        if args.json:
+            out = {"reply": result.text, "score": round(result.score, 4),
+                   "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2)}
+            if config.n_best > 1:
+                out["alternatives"] = [{"reply": text, "score": round(score, 4)}
+                                       for text, score in result.alternatives]
+            return json.dumps(out, ensure_ascii=False)
+        return " ".join(result.text.splitlines())
+
+    with bot:
+        if args.question:
+            for question in args.question:
+                print(answer(question), flush=True)
+            return 0
+        for line in sys.stdin:
+            print(answer(line.rstrip("\n")), flush=True)
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    from chatbot.evaluation.golden import load_golden
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    cases = load_golden(args.golden) if args.golden else None  # a bad file fails before the model loads
+    if args.plot:
+        from chatbot.evaluation.plots import ensure_matplotlib
+
+        ensure_matplotlib()
+    _stderr_quiet_import()
+    from chatbot.dialogue.bot import ChatBot
+    from chatbot.evaluation.golden import check_golden
+    from chatbot.evaluation.evaluate import evaluate, evaluation_set
+
+    with ChatBot.load(args.model) as bot:
+        decoding = decoding_overrides(args)
+        bot.resolve_decoding(decoding)  # bad settings fail before the data is read
+        data = evaluation_set(bot.bundle, split=args.split or "validation", corpus=args.corpus, limit=args.limit)
+        report = evaluate(bot, data.examples, data.reference, decoding, source=data.source)
+        golden = check_golden(bot, cases, decoding) if cases else None
+        model_path = bot.bundle.path
+    if args.details:
+        Path(args.details).write_text("".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n"
+                                              for item in report.items), encoding="utf-8")
+    if args.plot:
+        from chatbot.evaluation.plots import plot_evaluation
+
+        plot_evaluation(report, args.plot)
+    if args.json:
+        out = report.summary()
+        if golden is not None:
+            out["golden"] = golden.to_json()
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(_evaluation_table(report, model_path, golden, args.golden))
+    if golden is not None and not golden.ok:
+        print(f"chatbot: {len(golden.failed)} of {len(cases)} golden cases failed ({args.golden})", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _evaluation_table(report, model_path, golden, golden_path) -> str:
+    d = report.decoding
+    strategy = f"beam {d['beam']}" if d["strategy"] == "beam" else d["strategy"]
+    source = f"{report.source} split" if report.source in ("validation", "train") else report.source
+    accuracy = "-" if report.token_accuracy is None else f"{report.token_accuracy:.1%}"
+    latency = report.latency_ms
+    lines = [
+        f"model           {report.model} ({model_path})",
+        f"evaluated on    {source}: {report.pairs:,} pairs, {report.inputs:,} distinct questions",
+        f"decoding        {strategy}, max {d['max_length']}",
+        f"perplexity      {report.perplexity:,.2f}  (loss {report.loss:.4f}, teacher-forced)",
+        f"token accuracy  {accuracy}",
+        f"exact match     {report.exact_match:.1%}  ({report.exact_count} of {report.inputs})",
+        f"BLEU            {report.bleu:.2f}",
+        f"chrF            {report.chrf:.2f}",
+        f"distinct-1/2    {report.distinct_1:.3f} / {report.distinct_2:.3f}",
+        f"reply length    {report.reply_tokens:.1f} tokens, {report.reply_words:.1f} words (mean)",
+        f"latency         {latency['mean']:.2f} ms per reply (p50 {latency['p50']:.2f}, "
+        f"p90 {latency['p90']:.2f}; batched)",
+    ]
+    if golden is not None:
+        lines.append(f"golden          {len(golden.passed)} of {len(golden.passed) + len(golden.failed)} "
+                     f"passed ({golden_path})")
+        for o in golden.failed:
+            lines += [f"  FAIL {o.case.source}: {o.case.question}", f"       reply:    {o.reply}",
+                      f"       expected: {' | '.join(o.case.answers)}"]
+    return "\n".join(lines)
+
+
+# --- chat ----------------------------------------------------------------------------------
+def cmd_chat(args) -> int:
+    from chatbot.cli.console import Spinner, color_wanted, history_path
+    from chatbot.cli.repl import ChatRepl
+
+    # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    began = time.perf_counter()
+    with Spinner("loading the model", stream=sys.stderr, enabled=interactive and sys.stderr.isatty()):
+        _stderr_quiet_import()
+        from chatbot.dialogue.bot import ChatBot
+
+        bot = ChatBot.load(args.model, db=args.db)  # warms the compiled decoder up
+        try:
+            database_url = bot.database_url  # open the database now: a bad --db fails before the prompt
+            session = bot.session(args.session) if args.session else None
+        except BaseException:
+            bot.close()
+            raise
+    with bot:
+        color = interactive and color_wanted(args.no_color, sys.stdout)
+        repl = ChatRepl(bot, session, output=sys.stdout, color=color, plain=not interactive)
+        if interactive:
+            repl.run_interactive(history_path(database_url), load_seconds=time.perf_counter() - began)
+        else:
+            repl.run_plain(sys.stdin)
+    return 0
+
+
+# --- corpus --------------------------------------------------------------------------------
+def cmd_corpus(args) -> int:
+    from chatbot.data import corpus_tools  # no TensorFlow: these commands stay fast
+
+    if args.action == "stats":
+        stats = corpus_tools.corpus_stats(args.path)
+        print(json.dumps(stats, ensure_ascii=False) if args.json else corpus_tools.format_stats(stats))
+        return 0
+    if args.action == "validate":
+        problems = corpus_tools.validate_corpus(args.path)
+        if args.json:
+            print(json.dumps({"path": args.path, "problems": [
+                {"file": p.file, "line": p.line, "problem": p.why} for p in problems]}, ensure_ascii=False))
+        else:
+            for problem in problems:
+                print(problem)
+            count = len(problems)
+            print(f"{args.path}: {count or 'no'} problem{'s' * (count != 1)}", file=sys.stderr)
+        return EXIT_ERROR if problems else 0
+    result = corpus_tools.convert_corpus(args.input, args.output, args.format)
+    print(f"wrote {result['path']} ({result['format']}): {result['dialogues']:,} dialogues, "
+          f"{result['pairs']:,} pairs")
+    if result["skipped"]:
+        print(f"{len(result['skipped'])} malformed entr{'y' if len(result['skipped']) == 1 else 'ies'} "
+              f"left out (see: chatbot corpus validate {args.input})")
+    return 0
+
+
+# --- sessions ------------------------------------------------------------------------------
+def cmd_sessions(args) -> int:
+    from chatbot.dialogue.store import SessionStore
+
+    if args.feedback and args.action != "export":
+        raise UsageError("--feedback goes with 'sessions export'")
+    with SessionStore(args.db) as store:
+        if args.action == "export" and args.feedback:  # every session's, unless one is named
+            fmt = args.format or "yaml"
+            _write_export(store.export_feedback(args.target, format=fmt), args.out)
+            pairs = len(store.feedback_pairs(args.target))
+            print(f"{pairs} question/answer pair{'s' if pairs != 1 else ''} from feedback ({fmt})",
+                  file=sys.stderr)
+            return 0
+        if args.action == "list":
+            rows = store.list_sessions()
+            if args.json:
+                for s in rows:
+                    print(json.dumps({"id": s.id, "name": s.name, "messages": s.message_count,
+                                      "created": s.created_at.isoformat(), "updated": s.updated_at.isoformat()}))
+                return 0
+            if not rows:
+                print(f"no sessions in {store.url}")
+                return 0
+            print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  UPDATED")
+            for s in rows:
+                print(f"{s.id:>5}  {(s.name or '-'):<20} {s.message_count:>8}  "
+                      f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+            return 0
+        if args.target is None:
+            raise UsageError(f"sessions {args.action} needs a session id or name")
+        if args.action == "show":
+            info = store.get_session(args.target)
+            print(f"session {info.id}" + (f" ({info.name})" if info.name else "")
+                  + f", {info.message_count} messages")
+            feedback = store.session_feedback(info.id)
+            for m in store.history(info.id, last=args.last):
+                extra = f"  [score {m.score:.3f}{', fallback' if m.fallback else ''}]" if m.role == "bot" else ""
+                verdict = feedback.get(m.id)
+                if verdict and verdict.rating:
+                    extra += f" [rated {verdict.rating}]"
+                if verdict and verdict.correction:
+                    extra += f" [correction: {verdict.correction}]"
+                print(f"{m.position:>4} {m.role:>4}: {m.text}{extra}")
+        elif args.action == "export":
+            _write_export(store.export_session(args.target, format=args.format or "jsonl"), args.out)
+        elif args.action == "delete":
+            info = store.get_session(args.target)
+            store.delete_session(info.id)
+            print(f"deleted session {info.id}" + (f" ({info.name})" if info.name else "")
+                  + f" and its {info.message_count} messages")
+    return 0
+
+
+# --- models --------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from chatbot.model.bundle import MODELS_DIR, list_bundles
+
+    bundles = list_bundles(args.dir or MODELS_DIR)
+    if args.json:
+        for b in bundles:
+            print(json.dumps({"name": b.name, "path": str(b.path), "size_bytes": b.size_bytes,
+                              "created": b.created, "corpus": b.corpus, "parameters": b.parameters,
+                              "metrics": b.metrics, "problem": b.problem}))
+        return 0
+    if not bundles:
+        print(f"no model bundles in {args.dir or MODELS_DIR}")
+        return 0
+    print(f"{'NAME':<16} {'SIZE':>8} {'CREATED':<17} {'CORPUS':<24} {'TRAIN EXACT':>11} "
+          f"{'VAL EXACT':>9} {'VAL PPL':>8}")
+    for b in bundles:
+        if b.problem:
+            print(f"{b.name:<16} {b.size_bytes / 2**20:>6.1f}MB  unusable: {b.problem}")
+            continue
+        created = b.created.replace("T", " ")[:16] if b.created else "-"
+        m = b.metrics
+
+        def figure(key, fmt):
+            return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
+
+        print(f"{b.name:<16} {b.size_bytes / 2**20:>6.1f}MB {created:<17} {(b.corpus or '-'):<24} "
+              f"{figure('train_exact_match', '.1%'):>11} {figure('exact_match', '.1%'):>9} "
+              f"{figure('perplexity', ',.0f'):>8}")
+    return 0
+
+
+def _write_export(text: str, out: str | None) -> None:
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+class UsageError(Exception):
+    """Bad command-line usage found after parsing (exit code 2)."""
+
+
+# --- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from chatbot.version import __version__
+
+    parser = argparse.ArgumentParser(prog="chatbot", description="A seq2seq chatbot: train it, ask it, chat with it.")
+    parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model on a corpus and save it as a bundle")
+    train.add_argument("--corpus", required=True, help="corpus file or directory (YAML, TSV, JSONL)")
+    train.add_argument("--config", help="JSON or TOML config file (defaults for keys left out)")
+    train.add_argument("--out", default="models/mine", help="bundle directory to write (default: models/mine)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted training of --out")
+    train.add_argument("--from", dest="base", metavar="MODEL",
+                       help="fine-tune this bundle (path or name under models/): start from its weights, "
+                            "keep its tokenizer and settings")
+    train.add_argument("--mix-old", action="store_true",
+                       help="with --from: also train on the base model's corpus (its validation pairs "
+                            "stay held out)")
+    train.add_argument("--rebuild-vocab", action="store_true",
+                       help="with --from: fit a new vocabulary and start from fresh weights (when the "
+                            "new corpus has many unknown tokens)")
+    train.add_argument("--golden", metavar="FILE",
+                       help="question<TAB>expected answer checks the new model must pass, or it is not "
+                            "installed at --out (it is saved as OUT.rejected instead)")
+    train.add_argument("--strict", action="store_true", help="fail on the first malformed corpus entry")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress bar")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set model.dropout=0.1 (repeatable)")
+    for flag, key in TRAIN_FLAGS.items():
+        kind = {"learning_rate": float, "dropout": float, "validation_fraction": float,
+                "level": str, "cell": str, "attention": str}.get(flag, int)
+        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"sets {key}")
+    train.add_argument("--bidirectional", action="store_true", help="sets model.bidirectional")
+    train.set_defaults(func=cmd_train)
+
+    ask = sub.add_parser("ask", help="answer questions given as arguments, or one per stdin line")
+    ask.add_argument("question", nargs="*", help="questions; without any, read stdin line by line")
+    ask.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
+    ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms "
+                                                         "(and alternatives when --n-best > 1)")
+    decoding = add_decoding_arguments(ask)
+    decoding.add_argument("--avoid-repeat", action="store_true",
+                          help="with --session: do not repeat the previous reply (uses the n-best list)")
+    ask.add_argument("--session", metavar="NAME_OR_ID",
+                     help="continue (or start) a stored session: history is used and both turns are stored")
+    ask.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "
+                                  "~/.local/share/chatbot/chatbot.db)")
+    ask.set_defaults(func=cmd_ask)
+
+    chat = sub.add_parser("chat", help="talk with a model in the terminal (sessions, history, slash commands)")
+    chat.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
+    chat.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "
+                                   "~/.local/share/chatbot/chatbot.db)")
+    chat.add_argument("--session", metavar="NAME", help="resume (or create) this session; default: a new one")
+    chat.add_argument("--no-color", action="store_true", help="no colours (also when $NO_COLOR is set)")
+    chat.set_defaults(func=cmd_chat)
+
+    sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
+    sessions.add_argument("action", choices=("list", "show", "export", "delete"))
+    sessions.add_argument("target", nargs="?", metavar="ID_OR_NAME", help="the session (not for list)")
+    sessions.add_argument("--db", help="SQLAlchemy database URL or SQLite file")
+    sessions.add_argument("--last", type=int, help="show: only the last N messages")
+    sessions.add_argument("--format", choices=("jsonl", "yaml"),
+                          help="export format (default jsonl; yaml with --feedback); yaml is the "
+                               "ChatterBot corpus format (trainable)")
+    sessions.add_argument("--feedback", action="store_true",
+                          help="export: ratings and corrections as a corpus to retrain on (all sessions "
+                               "unless one is named): corrections as pairs, replies rated bad left out")
+    sessions.add_argument("--out", help="export: write to this file instead of stdout")
+    sessions.add_argument("--json", action="store_true", help="list: JSON lines")
+    sessions.set_defaults(func=cmd_sessions)
+
+    models = sub.add_parser("models", help="list the model bundles under models/ with their key figures")
+    models.add_argument("action", choices=("list",))
+    models.add_argument("--dir", help="directory of bundles (default: the project's models/)")
+    models.add_argument("--json", action="store_true", help="one JSON object per bundle")
+    models.set_defaults(func=cmd_models)
+
+    corpus = sub.add_parser("corpus", help="corpus tools: stats, validate, convert between YAML, TSV and JSONL")
+    corpus_sub = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = corpus_sub.add_parser("stats", help="pairs, duplicates, conflicting answers, lengths, vocabulary")
+    stats.add_argument("path", help="corpus file or directory")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    validate = corpus_sub.add_parser("validate", help="every problem with file and line; exit 1 if any")
+    validate.add_argument("path", help="corpus file or directory")
+    validate.add_argument("--json", action="store_true", help="one JSON object with the list of problems")
+    convert = corpus_sub.add_parser("convert", help="write a corpus (file or directory) as one YAML, TSV or JSONL file")
+    convert.add_argument("input", help="corpus file or directory")
+    convert.add_argument("output", help="file to write; its suffix gives the format (.yml .yaml .tsv .txt .jsonl)")
+    convert.add_argument("--format", choices=("yaml", "tsv", "jsonl"), help="output format (default: from the suffix)")
+    corpus.set_defaults(func=cmd_corpus)
+
+    evaluate = sub.add_parser("evaluate", help="measure a model: perplexity, exact match, BLEU, chrF, "
+                                               "distinct-n, length, latency; golden checks")
+    evaluate.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
+    data = evaluate.add_mutually_exclusive_group()
+    data.add_argument("--corpus", help="evaluate on every pair of this corpus file or directory")
+    data.add_argument("--split", choices=("validation", "train"),
+                      help="the bundle's held-out pairs (default) or the pairs it was trained on")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N distinct questions")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    evaluate.add_argument("--details", metavar="FILE.jsonl",
+                          help="write every question, reply, references, exact, score and chrF (JSON lines)")
+    evaluate.add_argument("--golden", metavar="FILE", help="question<TAB>expected answer cases that must all "
+                                                           "pass (exit 1 and list the failures otherwise)")
+    evaluate.add_argument("--plot", metavar="FILE.png", help="save reply-length and score distributions")
+    add_decoding_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a wrapped library error (TensorFlow's, say) may span several."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    from chatbot.errors import ChatbotError
+
+    try:
+        return args.func(args)
+    except ChatbotError as exc:
+        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nchatbot: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); exit quietly like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as exc:  # disk full, permissions, ... met outside the library's own checks
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"chatbot: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Text normalisation, in one place: what every layer does to text before using it.
+
+* ``unicode_error`` / ``sanitize_message``: what may be stored (valid Unicode, no control
+  characters, not empty);
+* ``clean_text``: the canonical form of an utterance, for corpora and model inputs alike;
+* ``strip_special_marks``: removes the noncharacters that spell the tokenizer's special tokens,
+  so typed text never becomes a control id;
+* ``match_key``: the folded form retrieval compares questions on (case, punctuation,
+  contractions and chat spellings folded away);
+* ``normalise_answer``: the form in which a reply and an answer are compared for exact
+  match (``chatbot.evaluation.metrics.is_exact``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from chatbot.errors import InputError
+
+# The tokenizer spells its special tokens with U+FDD0..U+FDEF, Unicode noncharacters.
+SPECIAL_MARKS = {code: None for code in range(0xFDD0, 0xFDF0)}
+
+# Contractions and chat spellings that change a question's characters a lot but not its
+# meaning; expanded before matching (only for matching: the model sees what was typed).
+EXPANSIONS = {
+    "what's": "what is", "whats": "what is", "who's": "who is", "whos": "who is",
+    "where's": "where is", "how's": "how is", "it's": "it is", "that's": "that is",
+    "there's": "there is", "i'm": "i am", "im": "i am", "you're": "you are", "youre": "you are",
+    "we're": "we are", "they're": "they are", "don't": "do not", "dont": "do not",
+    "doesn't": "does not", "doesnt": "does not", "didn't": "did not", "didnt": "did not",
+    "can't": "can not", "cant": "can not", "cannot": "can not", "won't": "will not",
+    "wont": "will not", "isn't": "is not", "isnt": "is not", "aren't": "are not",
+    "arent": "are not", "i've": "i have", "you've": "you have", "i'll": "i will",
+    "you'll": "you will", "i'd": "i would", "you'd": "you would", "u": "you", "ur": "your",
+    "r": "are", "pls": "please", "plz": "please", "wat": "what",
+}
+_WORD = re.compile(r"[\w']+")
+
+
+def unicode_error(text: str, what: str) -> InputError | None:
+    """An ``InputError`` when ``text`` has no UTF-8 form (a lone surrogate such as "\\ud800"
+    can be neither stored nor tokenized), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return InputError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
+                          f"at position {exc.start}")
+    return None
+
+
+def sanitize_message(text: str) -> str:
+    """What is stored for a user message: control characters removed, nothing else changed.
+
+    Raises ``InputError`` for empty or whitespace-only text, and for a lone surrogate
+    (``"\\ud800"``: no UTF-8 form, so it can be neither stored nor tokenized).
+    """
+    if not isinstance(text, str):
+        raise InputError(f"a message must be text, not {type(text).__name__}")
+    if (error := unicode_error(text, "the message")) is not None:
+        raise error
+    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    if not kept.strip():
+        raise InputError("the message is empty")
+    return kept
+
+
+def clean_text(text: str) -> str:
+    """Canonical form of an utterance: NFC, Unix newlines, no control characters, stripped.
+
+    Inner spaces and newlines are kept: answers may hold indented code.
+    """
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    return text.replace("\t", " ").strip()
+
+
+def strip_special_marks(text: str) -> str:
+    return text.translate(SPECIAL_MARKS)
+
+
+def match_key(text: str) -> str:
+    """What questions are compared on: case, accents' forms, punctuation and contractions
+    folded away."""
+    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    words = [EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
+
+
+def normalise_answer(text: str) -> str:
+    """The form in which replies and answers are compared for exact match: lower case,
+    whitespace runs as one space, no trailing punctuation or whitespace ("Hi." == "hi";
+    inner and leading punctuation still count: "It's" != "Its")."""
+    text = " ".join(text.lower().split())
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[:end]

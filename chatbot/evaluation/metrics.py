@@ -1,0 +1,84 @@
+"""Metrics on plain text: exact match, perplexity, BLEU/chrF (sacrebleu), distinct-n.
+
+One definition of exact match for the whole project (evaluation, training summaries, golden
+checks, benchmarks): a reply is right when it equals one accepted answer after
+``chatbot.data.text.normalise_answer`` (case, whitespace runs and trailing punctuation aside).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from chatbot.data.corpus import Example
+from chatbot.data.text import normalise_answer
+from chatbot.errors import InputError
+
+Input = tuple[str, ...]  # what the model is asked: the context turns, then the question
+
+
+def input_key(example: Example) -> Input:
+    return example.context + (example.question,)
+
+
+def distinct_inputs(examples: Iterable[Example]) -> list[Input]:
+    """Each input once, in first-seen order: a question with three answers is asked once."""
+    return list(dict.fromkeys(input_key(e) for e in examples))
+
+
+def answers_by_input(reference: Iterable[Example]) -> dict[Input, list[str]]:
+    """Every accepted answer of each input, stripped, each once, in corpus order."""
+    table: dict[Input, list[str]] = {}
+    for ex in reference:
+        answers = table.setdefault(input_key(ex), [])
+        answer = ex.answer.strip()
+        if answer not in answers:
+            answers.append(answer)
+    return table
+
+
+def is_exact(reply: str, accepted: Iterable[str]) -> bool:
+    """A reply is right when it equals one accepted answer after ``normalise_answer``."""
+    return normalise_answer(reply) in {normalise_answer(a) for a in accepted}
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token cross-entropy), capped so a diverged model gives a number, not inf."""
+    return math.exp(min(float(loss), 50.0))
+
+
+def distinct_n(replies: Sequence[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over all replies (whitespace words): 1.0 means no reply
+    repeats another's wording, a low value means the model says the same few things."""
+    grams = [tuple(words[i:i + n]) for words in (r.split() for r in replies)
+             for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """sacrebleu wants one stream per reference slot; inputs with fewer answers get None
+    there (sacrebleu drops it), so a varying number of references per input is scored right."""
+    if any(not refs for refs in references):
+        raise InputError("every reply needs at least one reference answer")
+    width = max((len(refs) for refs in references), default=0)
+    return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
+
+
+def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU (sacrebleu, 0-100); ``references[i]`` are all accepted answers of reply i."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU().corpus_score(list(replies), _reference_streams(references)).score
+
+
+def corpus_chrf(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus chrF (sacrebleu, 0-100): character n-grams, kinder than BLEU to short replies."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().corpus_score(list(replies), _reference_streams(references)).score
+
+
+def sentence_chrf(reply: str, references: Sequence[str]) -> float:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(reply, list(references)).score
