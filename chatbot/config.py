@@ -1,5 +1,10 @@
 """One configuration tree for everything that shapes a model, serialised inside its bundle.
 
+Every field is declared once with ``setting(default, help, min=..., max=..., choices=...)``:
+its help text and bounds live in the field's metadata, and validation, the CLI's decoding
+flags and the REPL's ``/set`` are all generated from it, so they cannot drift apart. Each
+section writes by hand only the rules that tie two fields together.
+
 Reading is strict on purpose: a misspelt key silently falling back to a default would train
 a different model from the one the user asked for, so unknown keys and bad values raise
 ``ConfigError`` naming the dotted key.
@@ -8,7 +13,9 @@ a different model from the one the user asked for, so unknown keys and bad value
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -22,143 +29,205 @@ CELLS = ("lstm", "gru")
 ATTENTIONS = ("none", "dot", "additive")
 DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
+MAX_TOKENS = 10_000  # any length in tokens: a model that never ends would otherwise run for ages
+MAX_SEED = 2 ** 31 - 1  # seeds reach TensorFlow as int32
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            above: float | None = None, below: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text and bounds in one declaration. ``min``/``max`` are
+    inclusive bounds, ``above``/``below`` exclusive ones (e.g. a probability in (0, 1])."""
+    bounds = {"min": min, "max": max, "above": above, "below": below, "choices": choices}
+    return field(default=default, metadata={"help": help, **{k: v for k, v in bounds.items() if v is not None}})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting as declared: its name, type and the metadata given to ``setting``."""
+
+    name: str
+    hint: Any  # the annotation, e.g. int or ``int | None``
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def optional(self) -> bool:
+        """None is a valid value (e.g. ``decoding.seed``: a fresh seed per call)."""
+        return type(None) in typing.get_args(self.hint)
+
+    @property
+    def type(self) -> type:
+        """bool, int, float or str."""
+        return next((a for a in typing.get_args(self.hint) if a is not type(None)), self.hint)
+
+    @property
+    def bounds(self) -> str | None:
+        """What a valid value is, in words: "between 1 and 64", "> 0 and <= 100", ..."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.min is not None and self.max is not None:
+            return f"between {self.min} and {self.max}"
+        low = f">= {self.min}" if self.min is not None else f"> {self.above}" if self.above is not None else None
+        high = f"<= {self.max}" if self.max is not None else f"< {self.below}" if self.below is not None else None
+        return " and ".join(part for part in (low, high) if part) or None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` (already of the right type) is refused, or None."""
+        if value is None:
+            return None
+        if self.choices:
+            return None if value in self.choices else f"must be {self.bounds}"
+        if self.type is str:
+            return None if value.strip() else "must not be blank"
+        if self.type is bool:
+            return None
+        if not math.isfinite(value):
+            return "must be a finite number"
+        inside = ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+                  and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+        return None if inside else f"must be {self.bounds}"
+
+
+@functools.cache
+def specs(cls: type) -> tuple[Spec, ...]:
+    """The settings of a config section, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(Spec(f.name, hints[f.name], f.default, **f.metadata) for f in dataclasses.fields(cls))
+
+
+class Section:
+    """A config section: each field is checked against its own metadata; ``check_combinations``
+    adds the rules that involve several fields."""
+
+    def validate(self, prefix: str) -> None:
+        for spec in specs(type(self)):
+            value = getattr(self, spec.name)
+            dotted = f"{prefix}.{spec.name}"
+            _coerce(value, spec.hint, dotted)  # also built directly or by dataclasses.replace
+            why = spec.problem(value)
+            if why:
+                raise ConfigError(f"invalid value for '{dotted}': {why}, got {value!r}")
+        self.check_combinations(prefix)
+
+    def check_combinations(self, prefix: str) -> None:
+        """Rules between fields; none unless a section says otherwise."""
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """How corpus dialogues become (context + question -> answer) examples."""
 
-    context_turns: int = 0  # previous turns prepended to the question, joined by [SEP]
-    max_input_tokens: int = 64  # longer inputs keep their last tokens (the question)
-    max_output_tokens: int = 128  # longer answers are cut here for training
-    validation_fraction: float = 0.1
-    deduplicate: bool = True
-
-    def validate(self, prefix: str) -> None:
-        _check(self.context_turns >= 0, prefix, "context_turns", "must be >= 0")
-        _check(self.max_input_tokens >= 1, prefix, "max_input_tokens", "must be >= 1")
-        _check(self.max_output_tokens >= 1, prefix, "max_output_tokens", "must be >= 1")
-        _check(0.0 <= self.validation_fraction < 1.0, prefix, "validation_fraction",
-               "must be in [0, 1)")
-
-
-@dataclass
-class TokenizerConfig:
-    level: str = "subword"
-    vocab_size: int = 2000  # upper bound for word and subword vocabularies
-    min_frequency: int = 1
-
-    def validate(self, prefix: str) -> None:
-        _check(self.level in TOKENIZER_LEVELS, prefix, "level", f"must be one of {TOKENIZER_LEVELS}")
-        _check(self.vocab_size >= 10, prefix, "vocab_size", "must be >= 10")
-        _check(self.min_frequency >= 1, prefix, "min_frequency", "must be >= 1")
+    context_turns: int = setting(0, "previous turns prepended to the question, joined by [SEP]", min=0, max=100)
+    max_input_tokens: int = setting(64, "longer inputs keep their last tokens (the question)", min=1, max=MAX_TOKENS)
+    max_output_tokens: int = setting(128, "longer answers are cut here for training", min=1, max=MAX_TOKENS)
+    validation_fraction: float = setting(0.1, "share of the pairs held out to validate on", min=0, below=1)
+    deduplicate: bool = setting(True, "drop repeated (context, question, answer) examples")
+    retrieved_pairs: int = setting(
+        2, "retrieve and refine: the encoder also reads this many training pairs whose questions are "
+           "most like the input, and learns to copy or ignore them (0: off)", min=0, max=8)
+    max_retrieved_answer_tokens: int = setting(512, "a retrieved answer longer than this is cut",
+                                               min=1, max=MAX_TOKENS)
+    noisy_copies: int = setting(
+        2, "noisy variants (typos, dropped/doubled/swapped words, chat spellings) of each training "
+           "question, trained with what retrieval finds for them, so the model learns what users type",
+        min=0, max=20)
+    leave_out_own: float = setting(
+        0.25, "share of training examples whose own pair is left out of what they are shown, so the "
+              "model also learns to answer when retrieval found nothing useful", min=0, max=1)
 
 
 @dataclass
-class ModelConfig:
-    cell: str = "gru"
-    embedding_dim: int = 128
-    units: int = 256
-    layers: int = 1
-    dropout: float = 0.0
-    bidirectional: bool = False
-    attention: str = "dot"
-
-    def validate(self, prefix: str) -> None:
-        _check(self.cell in CELLS, prefix, "cell", f"must be one of {CELLS}")
-        _check(self.attention in ATTENTIONS, prefix, "attention", f"must be one of {ATTENTIONS}")
-        _check(self.embedding_dim >= 1, prefix, "embedding_dim", "must be >= 1")
-        _check(self.units >= 1, prefix, "units", "must be >= 1")
-        _check(1 <= self.layers <= 8, prefix, "layers", "must be between 1 and 8")
-        _check(0.0 <= self.dropout < 1.0, prefix, "dropout", "must be in [0, 1)")
+class TokenizerConfig(Section):
+    level: str = setting("subword", "what a token is", choices=TOKENIZER_LEVELS)
+    vocab_size: int = setting(2000, "upper bound for word and subword vocabularies", min=10, max=1_000_000)
+    min_frequency: int = setting(1, "tokens seen fewer times are left out of the vocabulary",
+                                 min=1, max=1_000_000)
 
 
 @dataclass
-class TrainingConfig:
-    epochs: int = 100
-    batch_size: int = 32
-    learning_rate: float = 0.002
-    clipnorm: float = 1.0
-    early_stopping: bool = True
+class ModelConfig(Section):
+    cell: str = setting("gru", "recurrent cell of encoder and decoder", choices=CELLS)
+    embedding_dim: int = setting(128, "size of the token embeddings", min=1, max=16_384)
+    units: int = setting(256, "units per recurrent layer", min=1, max=16_384)
+    layers: int = setting(1, "recurrent layers in encoder and decoder", min=1, max=8)
+    dropout: float = setting(0.0, "dropout between layers while training", min=0, below=1)
+    bidirectional: bool = setting(False, "the encoder also reads the input backwards")
+    attention: str = setting("dot", "how the decoder looks at the encoded input", choices=ATTENTIONS)
+    copy_attention: bool = setting(
+        True, "pointer-generator copying (See et al. 2017): a learned switch mixes the vocabulary "
+              "distribution with the attention over the input's tokens, so long retrieved answers "
+              "come out exact; needs attention")
+
+    def check_combinations(self, prefix: str) -> None:
+        _check(not (self.copy_attention and self.attention == "none"), prefix, "copy_attention",
+               "needs attention ('dot' or 'additive')")
+
+
+@dataclass
+class TrainingConfig(Section):
+    epochs: int = setting(100, "passes over the training data at most", min=1, max=100_000)
+    batch_size: int = setting(32, "examples per training step", min=1, max=65_536)
+    learning_rate: float = setting(0.002, "Adam's learning rate", above=0, max=10)
+    clipnorm: float = setting(1.0, "gradient norm clipping (0: off)", min=0, max=1_000)
+    early_stopping: bool = setting(True, "stop when the monitored loss stops improving")
     # Question/answer corpora hold one or a few answers per question, and a chatbot must give
-    # them back exactly: by default keep the weights with the lowest *training* loss. Use
-    # "val_loss" for corpora where unseen inputs should be generalised to (e.g. translation).
-    monitor: str = "loss"
-    patience: int = 8
-    lr_decay_patience: int = 3  # halve the learning rate after this many epochs without progress; 0: never
-    seed: int = 1234
-    checkpoint_every_steps: int = 0  # 0: checkpoint at each epoch end only
-
-    def validate(self, prefix: str) -> None:
-        _check(self.epochs >= 1, prefix, "epochs", "must be >= 1")
-        _check(self.batch_size >= 1, prefix, "batch_size", "must be >= 1")
-        _check(self.learning_rate > 0, prefix, "learning_rate", "must be > 0")
-        _check(self.clipnorm >= 0, prefix, "clipnorm", "must be >= 0 (0 disables clipping)")
-        _check(self.monitor in MONITORS, prefix, "monitor", f"must be one of {MONITORS}")
-        _check(self.patience >= 0, prefix, "patience", "must be >= 0")
-        _check(self.lr_decay_patience >= 0, prefix, "lr_decay_patience", "must be >= 0")
-        _check(self.checkpoint_every_steps >= 0, prefix, "checkpoint_every_steps", "must be >= 0")
+    # them back exactly: by default keep the weights with the lowest *training* loss.
+    monitor: str = setting("loss", "the loss that picks the weights kept (val_loss for corpora whose unseen "
+                                   "inputs should be generalised to, e.g. translation)", choices=MONITORS)
+    patience: int = setting(8, "epochs without progress before early stopping", min=0, max=100_000)
+    lr_decay_patience: int = setting(3, "halve the learning rate after this many epochs without progress "
+                                        "(0: never)", min=0, max=100_000)
+    seed: int = setting(1234, "seed for weights, shuffling and the validation split", min=0, max=MAX_SEED)
+    checkpoint_every_steps: int = setting(0, "also checkpoint every this many steps (0: at each epoch end only)",
+                                          min=0, max=10 ** 9)
 
 
 @dataclass
-class DecodingConfig:
+class DecodingConfig(Section):
     """How replies are generated. Every numeric setting reaches the compiled loops as a scalar
     tensor, so changing one (per call, or with ``/set``) never retraces them.
 
-    * ``strategy``: "greedy" (argmax), "beam" (beam search) or "sample". A "greedy" config
-      with ``beam`` > 1 is beam search; ``resolved()`` writes the strategy actually used.
-    * beam search: ``beam`` hypotheses, ranked by the sum of log-probabilities divided by the
-      GNMT length penalty ((5 + length) / 6) ** ``length_penalty``; ``n_best`` of them come
-      back (best first) as alternatives. ``beam`` 1 is exactly greedy.
-    * sampling: ``temperature``, ``top_k`` (0: off), ``top_p`` (1: off), ``seed`` (None: a
-      fresh random seed per call; a number: the same replies for the same inputs). ``top_k``
-      1 is greedy. These four are ignored by greedy and beam search.
-    * all strategies: ``no_repeat_ngram_size`` (0: off) never lets a reply repeat an n-gram
-      of its own, ``repetition_penalty`` (CTRL, 1: off) makes tokens already in the reply
-      less likely, ``min_length`` forbids the end token before that many tokens.
-    * ``avoid_repeat``: in a session, ``ChatBot.reply`` takes the best of the n-best list
-      that differs from the bot's previous reply (needs ``n_best`` > 1 to have a choice).
-    * ``rerank``: the answers of up to this many training questions most like the input
-      (at least ``rerank_min_similarity`` alike, 0..1) compete with the decoded reply; the
-      one the model itself scores highest is the reply (0: off). Needs a bundle that stores
-      its training pairs (``train.jsonl``); inputs with no close question are decoded only.
+    A "greedy" config with ``beam`` > 1 is beam search (``resolved()`` writes the strategy
+    actually used); ``beam`` 1 is exactly greedy, and so is sampling with ``top_k`` 1. Beams are
+    ranked by the sum of log-probabilities divided by the GNMT length penalty
+    ((5 + length) / 6) ** ``length_penalty``. The sampling settings are ignored by greedy and
+    beam search.
     """
 
-    strategy: str = "greedy"
-    max_length: int = 128  # tokens generated at most, end token included
-    beam: int = 1
-    n_best: int = 1
-    length_penalty: float = 0.6  # GNMT alpha; 0: rank beams by the plain sum of log-probs
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    min_length: int = 0  # tokens before the end token, at least
-    avoid_repeat: bool = False
-    rerank: int = 0
-    rerank_min_similarity: float = 0.6
+    strategy: str = setting("greedy", "greedy, beam or sample", choices=DECODING_STRATEGIES)
+    max_length: int = setting(128, "tokens generated at most per reply", min=1, max=MAX_TOKENS)
+    beam: int = setting(1, "beam search width (1: greedy)", min=1, max=64)
+    n_best: int = setting(1, "hypotheses returned from the beam, best first (<= beam)", min=1, max=64)
+    length_penalty: float = setting(0.6, "GNMT alpha ranking beams by length (0: plain sum of log-probs)",
+                                    min=0, max=10)
+    temperature: float = setting(1.0, "sampling temperature", above=0, max=100)
+    top_k: int = setting(0, "sample from the k most likely tokens (0: all)", min=0, max=1_000_000)
+    top_p: float = setting(1.0, "nucleus sampling: the smallest set of tokens with this much "
+                                "probability (1: all)", above=0, max=1)
+    seed: int | None = setting(None, "sampling seed: the same replies for the same inputs "
+                                     "(none: a fresh seed per call)", min=0, max=MAX_SEED)
+    no_repeat_ngram_size: int = setting(0, "never repeat an n-gram of this size within a reply (0: off)",
+                                        min=0, max=MAX_TOKENS)
+    repetition_penalty: float = setting(1.0, "CTRL penalty on tokens already in the reply (1: off)",
+                                        min=1, max=100)
+    min_length: int = setting(0, "tokens before the end of a reply, at least", min=0, max=MAX_TOKENS)
+    avoid_repeat: bool = setting(False, "in a session, do not repeat the previous reply (takes the best "
+                                        "different one of the n-best list)")
+    retrieval: bool = setting(True, "show the model the training pairs most like the input (models trained "
+                                    "with data.retrieved_pairs > 0); the reply is decoded either way")
 
-    def validate(self, prefix: str) -> None:
-        _check(self.strategy in DECODING_STRATEGIES, prefix, "strategy",
-               f"must be one of {DECODING_STRATEGIES}")
-        _check(self.max_length >= 1, prefix, "max_length", "must be >= 1")
-        _check(1 <= self.beam <= 64, prefix, "beam", "must be between 1 and 64")
+    def check_combinations(self, prefix: str) -> None:
         _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",
                "must be 1 when strategy is 'sample'")
-        _check(1 <= self.n_best <= self.beam, prefix, "n_best", f"must be between 1 and beam ({self.beam})")
-        _check(0.0 <= self.length_penalty <= 10.0, prefix, "length_penalty", "must be between 0 and 10")
-        _check(self.temperature > 0, prefix, "temperature", "must be > 0")
-        _check(self.top_k >= 0, prefix, "top_k", "must be >= 0 (0 disables it)")
-        _check(0.0 < self.top_p <= 1.0, prefix, "top_p", "must be in (0, 1]")
-        _check(self.seed is None or 0 <= self.seed < 2 ** 31, prefix, "seed", "must be in [0, 2**31)")
-        _check(self.no_repeat_ngram_size >= 0, prefix, "no_repeat_ngram_size", "must be >= 0 (0 disables it)")
-        _check(self.repetition_penalty >= 1.0, prefix, "repetition_penalty", "must be >= 1.0 (1 disables it)")
-        _check(0 <= self.min_length < self.max_length, prefix, "min_length",
-               f"must be >= 0 and below max_length ({self.max_length})")
-        _check(0 <= self.rerank <= 100, prefix, "rerank", "must be between 0 (off) and 100")
-        _check(0.0 <= self.rerank_min_similarity <= 1.0, prefix, "rerank_min_similarity", "must be in [0, 1]")
+        _check(self.n_best <= self.beam, prefix, "n_best", f"must be between 1 and beam ({self.beam})")
+        _check(self.min_length < self.max_length, prefix, "min_length",
+               f"must be below max_length ({self.max_length})")
 
     @property
     def effective_strategy(self) -> str:
@@ -189,15 +258,16 @@ class DecodingConfig:
 
 
 @dataclass
-class DialogueConfig:
+class DialogueConfig(Section):
     """How the dialogue manager uses the model inside a conversation."""
 
-    # Replies whose score (mean log-probability per token) is under this are replaced by
-    # ``fallback_text`` and recorded as fallbacks.
-    fallback_threshold: float = -5.0
-    # ... and so are replies whose confidence (``Generation.confidence``, 0..1) is under this.
-    min_confidence: float = 0.0
-    fallback_text: str = "I'm not sure I understand. Could you rephrase that?"
+    fallback_threshold: float = setting(
+        -5.0, "replies whose score (mean log-probability per token) is under this are replaced by "
+              "fallback_text and recorded as fallbacks", min=-1000, max=0)
+    min_confidence: float = setting(0.0, "... and so are replies whose confidence (0..1) is under this",
+                                    min=0, max=1)
+    fallback_text: str = setting("I'm not sure I understand. Could you rephrase that?",
+                                 "what the bot says when its reply is not good enough")
 
     def with_overrides(self, overrides: "DialogueConfig | dict[str, Any] | None" = None,
                        prefix: str = "dialogue") -> "DialogueConfig":
@@ -213,11 +283,6 @@ class DialogueConfig:
         config.validate(prefix)
         return config
 
-    def validate(self, prefix: str) -> None:
-        _check(0.0 <= self.min_confidence <= 1.0, prefix, "min_confidence", "must be in [0, 1]")
-        _check(self.fallback_threshold <= 0, prefix, "fallback_threshold",
-               "must be <= 0 (scores are mean log-probabilities)")
-        _check(bool(self.fallback_text.strip()), prefix, "fallback_text", "must not be empty")
 
 
 @dataclass

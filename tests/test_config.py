@@ -1,18 +1,24 @@
-"""Config: defaults, JSON/TOML files, strict key and value checking, overrides."""
+"""Config: defaults, JSON/TOML files, strict key and value checking, overrides, and the field
+metadata that validation, the CLI flags and the REPL's /set are generated from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from chatbot.cli.main import build_parser, decoding_overrides, main
+from chatbot.cli.repl import SETTINGS
 from chatbot.config import (
     Config,
     DataConfig,
     DecodingConfig,
+    DialogueConfig,
     ModelConfig,
     TokenizerConfig,
     TrainingConfig,
+    specs,
 )
 from chatbot.errors import ConfigError
 
@@ -159,7 +165,6 @@ def test_out_of_range_value_raises_naming_key(key, value):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("model.attention", "none"),
     ("model.attention", "additive"),
     ("model.dropout", 0.0),
     ("model.dropout", 0.99),
@@ -174,6 +179,13 @@ def test_boundary_values_accepted(key, value):
     section, name = key.split(".")
     config = Config.from_dict({section: {name: value}})
     assert getattr(getattr(config, section), name) == value
+
+
+def test_no_attention_goes_with_no_copy_attention():
+    config = Config.from_dict({"model": {"attention": "none", "copy_attention": False}})
+    assert config.model.attention == "none"
+    with pytest.raises(ConfigError, match="'model.copy_attention': needs attention"):
+        Config.from_dict({"model": {"attention": "none"}})  # copying is on by default
 
 
 def test_bad_value_in_file_names_file_and_key(tmp_path):
@@ -223,7 +235,8 @@ def test_invalid_utf8_file_raises(tmp_path):
 def test_with_overrides_returns_changed_copy():
     base = Config()
     changed = base.with_overrides({"training.epochs": 3, "model.attention": "none",
-                                   "model.dropout": 0, "data.deduplicate": False})
+                                   "model.copy_attention": False, "model.dropout": 0,
+                                   "data.deduplicate": False})
     assert changed.training.epochs == 3
     assert changed.model.attention == "none"
     assert changed.model.dropout == 0.0 and isinstance(changed.model.dropout, float)
@@ -279,3 +292,118 @@ def test_to_dict_is_a_copy():
     data = config.to_dict()
     data["model"]["units"] = 1
     assert config.model.units == 256
+
+
+# --- one source for every setting --------------------------------------------------------------
+SECTIONS = [(f.name, type(getattr(Config(), f.name))) for f in dataclasses.fields(Config)]
+NUMBERS = [(section, spec) for section, cls in SECTIONS for spec in specs(cls) if spec.type in (int, float)]
+
+
+def _sample_text(spec) -> str:
+    """A valid value for ``spec``, as typed on a command line."""
+    return spec.choices[-1] if spec.choices else {int: "3", float: "0.5", str: "x"}[spec.type]
+
+
+@pytest.mark.parametrize("section, cls", SECTIONS)
+def test_every_setting_has_help_and_every_number_both_bounds(section, cls):
+    for spec in specs(cls):
+        assert spec.help.strip(), f"{section}.{spec.name} has no help text"
+        if spec.type in (int, float):
+            assert spec.min is not None or spec.above is not None, f"{section}.{spec.name}: no lower bound"
+            assert spec.max is not None or spec.below is not None, f"{section}.{spec.name}: no upper bound"
+
+
+@pytest.mark.parametrize("command", ["ask", "evaluate"])
+def test_every_decoding_field_has_a_cli_flag(command):
+    parser = build_parser()
+    for spec in specs(DecodingConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type is bool:
+            on = decoding_overrides(parser.parse_args([command, flag]))
+            off = decoding_overrides(parser.parse_args([command, "--no-" + flag[2:]]))
+            assert on[spec.name] is True and off[spec.name] is False
+        else:
+            value = decoding_overrides(parser.parse_args([command, flag, _sample_text(spec)]))[spec.name]
+            assert value == spec.type(_sample_text(spec))
+    assert decoding_overrides(parser.parse_args([command])) == {}
+
+
+def test_older_flag_spellings_still_work():
+    args = build_parser().parse_args(["ask", "--no-repeat-ngram", "2", "--avoid-repeat", "--top-k", "5"])
+    assert decoding_overrides(args) == {"no_repeat_ngram_size": 2, "avoid_repeat": True, "top_k": 5,
+                                        "strategy": "sample"}  # a sampling flag alone means sample
+
+
+def test_every_decoding_field_has_a_set_name():
+    assert list(SETTINGS) == [spec.name for spec in specs(DecodingConfig)]
+    for spec in specs(DecodingConfig):
+        setting = SETTINGS[spec.name]
+        assert setting.help == spec.help
+        if spec.type is bool:
+            assert setting.parse("on") is True and setting.parse("off") is False
+        else:
+            assert setting.parse(_sample_text(spec)) == spec.type(_sample_text(spec))
+    assert SETTINGS["seed"].parse("none") is None
+    with pytest.raises(ValueError, match="expected a positive integer, got 'x'"):
+        SETTINGS["max_length"].parse("x")
+
+
+@pytest.mark.parametrize("section, spec", NUMBERS, ids=lambda x: getattr(x, "name", x))
+def test_every_number_out_of_bounds_is_refused_naming_the_key(section, spec):
+    high = spec.max + 1 if spec.max is not None else spec.below
+    low = spec.min - 1 if spec.min is not None else spec.above
+    for value in (high, low, float("nan")) if spec.type is float else (high, low):
+        with pytest.raises(ConfigError, match=f"^invalid value for '{section}.{spec.name}': must be "):
+            Config.from_dict({section: {spec.name: value}})
+
+
+ABSURD = 5_000_000_000
+
+
+def test_absurd_value_in_a_config_file_is_one_line_naming_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[decoding]\nmax_length = {ABSURD}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    assert str(info.value) == (f"{path}: invalid value for 'decoding.max_length': "
+                               f"must be between 1 and 10000, got {ABSURD}")
+
+
+@pytest.mark.parametrize("item, key", [(f"decoding.max_length={ABSURD}", "decoding.max_length"),
+                                       ("training.epochs=1000000", "training.epochs"),
+                                       ("training.batch_size=100000", "training.batch_size"),
+                                       (f"data.max_output_tokens={ABSURD}", "data.max_output_tokens")])
+def test_absurd_value_given_with_set_is_one_line_exit_1(tmp_path, capsys, item, key):
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("hello\tworld\n", encoding="utf-8")
+    code = main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), "--set", item])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"invalid value for '{key}'" in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"max_length": ABSURD}, "max_length"),
+    ({"beam": 65}, "beam"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"top_k": ABSURD}, "top_k"),
+    ({"seed": 2 ** 31}, "seed"),
+    ({"min_length": 10, "max_length": 10}, "min_length"),
+    ({"strategy": "sample", "beam": 2}, "beam"),
+    ({"n_best": 3}, "n_best"),
+])
+def test_bad_per_call_decoding_dict_is_refused_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"^invalid value for 'decoding.{key}'"):
+        DecodingConfig().with_overrides(overrides)
+    with pytest.raises(ConfigError, match="^invalid value for 'decoding.max_length'"):
+        DecodingConfig().with_overrides(None, max_length=ABSURD)
+
+
+def test_configs_built_in_python_are_validated_too():
+    with pytest.raises(ConfigError, match="'decoding.beam': expected int"):
+        DecodingConfig().with_overrides(DecodingConfig(beam="5"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'model.copy_attention': needs attention"):
+        Config(model=ModelConfig(attention="none")).validate()
+    with pytest.raises(ConfigError, match="'dialogue.fallback_text': must not be blank"):
+        Config(dialogue=DialogueConfig(fallback_text=" ")).validate()

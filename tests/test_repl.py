@@ -113,7 +113,7 @@ def test_set_max_length_shortens_the_next_replies_and_bad_input_gets_one_line(bo
     assert full == short  # settings stay until changed
     assert bot.generator.decoding.max_length == 40  # the shared generator is left as it was
     for message in ["max_length = 2 for the next replies",
-                    "invalid value for max_length: must be between 1 and 10000, got 0",
+                    "invalid value for 'decoding.max_length': must be between 1 and 10000, got 0",
                     "invalid value for max_length: expected a positive integer, got 'many'",
                     "unknown setting 'width' (settable: " + ", ".join(SETTINGS) + ")",
                     "usage: /set max_length VALUE",

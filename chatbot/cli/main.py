@@ -95,45 +95,39 @@ def cmd_train(args) -> int:
 
 
 # --- ask -----------------------------------------------------------------------------------
-DECODING_FLAGS = {  # command-line flag -> DecodingConfig field
-    "strategy": "strategy", "max_length": "max_length", "beam": "beam", "n_best": "n_best",
-    "length_penalty": "length_penalty", "temperature": "temperature", "top_k": "top_k",
-    "top_p": "top_p", "seed": "seed", "no_repeat_ngram": "no_repeat_ngram_size",
-    "repetition_penalty": "repetition_penalty", "min_length": "min_length",
-}
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+FLAG_ALIASES = {"no_repeat_ngram_size": ("--no-repeat-ngram",)}  # spellings older than the generated flags
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed")
 
 
 def decoding_overrides(args) -> dict:
     """The decoding settings given on the command line, as a dict of DecodingConfig fields.
     A sampling flag without --strategy (and without --beam > 1) means sampling."""
-    overrides = {field: getattr(args, flag) for flag, field in DECODING_FLAGS.items()
-                 if getattr(args, flag, None) is not None}
-    if getattr(args, "avoid_repeat", False):
-        overrides["avoid_repeat"] = True
+    from chatbot.config import DecodingConfig, specs
+
+    overrides = {spec.name: getattr(args, spec.name) for spec in specs(DecodingConfig)
+                 if getattr(args, spec.name, None) is not None}
     if ("strategy" not in overrides and (overrides.get("beam") or 1) == 1
-            and any(flag in overrides for flag in SAMPLING_FLAGS)):
+            and any(name in overrides for name in SAMPLING_FIELDS)):
         overrides["strategy"] = "sample"
     return overrides
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser):
-    """The decoding flags shared by ask and evaluate (read back with ``decoding_overrides``);
-    returns the argument group so a command can add its own."""
-    decoding = parser.add_argument_group("decoding (default: the model's decoding config)")
-    decoding.add_argument("--max-length", type=int, help="tokens generated at most per reply")
-    decoding.add_argument("--strategy", choices=("greedy", "beam", "sample"),
-                          help="greedy, beam or sample (a sampling flag alone means sample)")
-    decoding.add_argument("--beam", type=int, help="beam search with this many hypotheses")
-    decoding.add_argument("--n-best", type=int, help="hypotheses returned (<= --beam); ask --json lists them")
-    decoding.add_argument("--length-penalty", type=float, help="GNMT alpha for ranking beams (default 0.6)")
-    decoding.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
-    decoding.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: all)")
-    decoding.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with this mass, in (0, 1]")
-    decoding.add_argument("--seed", type=int, help="sampling seed: the same replies every run")
-    decoding.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of this size in a reply")
-    decoding.add_argument("--repetition-penalty", type=float, help="CTRL penalty on repeated tokens (>= 1)")
-    decoding.add_argument("--min-length", type=int, help="tokens before the end of a reply, at least")
+    """One flag per DecodingConfig field, generated from its metadata (read back with
+    ``decoding_overrides``); returns the argument group so a command can add its own. Values
+    are only parsed here: ``ChatBot`` checks them against the same metadata."""
+    from chatbot.config import DecodingConfig, specs
+
+    decoding = parser.add_argument_group("decoding (default: the model's decoding config; "
+                                         "a sampling flag alone means --strategy sample)")
+    for spec in specs(DecodingConfig):
+        names = (f"--{spec.name.replace('_', '-')}", *FLAG_ALIASES.get(spec.name, ()))
+        if spec.type is bool:
+            decoding.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction, help=spec.help)
+        else:
+            bounds = f" [{spec.bounds}]" if spec.bounds and not spec.choices else ""
+            decoding.add_argument(*names, dest=spec.name, type=spec.type, choices=spec.choices,
+                                  help=spec.help + bounds)
     return decoding
 
 
@@ -444,9 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
     ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms "
                                                          "(and alternatives when --n-best > 1)")
-    decoding = add_decoding_arguments(ask)
-    decoding.add_argument("--avoid-repeat", action="store_true",
-                          help="with --session: do not repeat the previous reply (uses the n-best list)")
+    add_decoding_arguments(ask)
     ask.add_argument("--session", metavar="NAME_OR_ID",
                      help="continue (or start) a stored session: history is used and both turns are stored")
     ask.add_argument("--db", help="SQLAlchemy database URL or SQLite file (default: $CHATBOT_DB or "

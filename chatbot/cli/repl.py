@@ -33,12 +33,12 @@ from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
 from chatbot.cli.console import open_history
+from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.version import __version__
 from chatbot.errors import ChatbotError, MessageNotStored, ReplyNotStored, StoreError
 
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
 DEFAULT_HISTORY = 10  # /history without N
-MAX_LENGTH_LIMIT = 10_000  # /set max_length: a model that never ends would otherwise run for ages
 
 STYLE = Style.from_dict({
     "prompt": "ansigreen bold",
@@ -63,7 +63,8 @@ class Setting:
     help: str
 
 
-def _positive_int(raw: str, limit: int = MAX_LENGTH_LIMIT) -> int:
+def _positive_int(raw: str, limit: int) -> int:
+    """/history's N."""
     try:
         value = int(raw)
     except ValueError:
@@ -73,68 +74,32 @@ def _positive_int(raw: str, limit: int = MAX_LENGTH_LIMIT) -> int:
     return value
 
 
-def _int_at_least(low: int, limit: int = MAX_LENGTH_LIMIT) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _parser(spec: Spec) -> Callable[[str], Any]:
+    """Typed text to a value of ``spec``'s type. Bounds are not checked here: ``ChatBot``
+    validates the whole config against the same metadata (once, in ``resolve_decoding``)."""
+
+    def parse(raw: str) -> Any:
+        if spec.optional and raw.lower() in ("none", "random", "off"):
+            return None
+        if spec.type is bool:
+            value = {"on": True, "true": True, "yes": True, "1": True,
+                     "off": False, "false": False, "no": False, "0": False}.get(raw.lower())
+            if value is None:
+                raise ValueError(f"expected on or off, got {raw!r}")
+            return value
         try:
-            value = int(raw)
+            value = spec.type(raw)
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-        if not low <= value <= limit:
-            raise ValueError(f"must be between {low} and {limit}, got {value}")
+            expected = {int: "a positive integer" if (spec.min or 0) >= 1 else "an integer",
+                        float: "a number"}[spec.type]
+            raise ValueError(f"expected {expected}, got {raw!r}") from None
         return value
     return parse
 
 
-def _float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"expected a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"expected a finite number, got {raw!r}")
-    return value
-
-
-def _strategy(raw: str) -> str:
-    from chatbot.config import DECODING_STRATEGIES
-
-    if raw not in DECODING_STRATEGIES:
-        raise ValueError(f"expected one of {', '.join(DECODING_STRATEGIES)}, got {raw!r}")
-    return raw
-
-
-def _seed(raw: str) -> int | None:
-    if raw.lower() in ("none", "random", "off"):
-        return None
-    return _int_at_least(0, 2 ** 31 - 1)(raw)
-
-
-def _flag(raw: str) -> bool:
-    value = raw.lower()
-    if value in ("on", "true", "yes", "1"):
-        return True
-    if value in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(f"expected on or off, got {raw!r}")
-
-
-# Keys are the fields of ``DecodingConfig``; after parsing, the whole config is validated too
-# (e.g. n_best <= beam), so a value that parses can still be refused.
-SETTINGS: dict[str, Setting] = {
-    "max_length": Setting(_positive_int, "tokens generated at most per reply"),
-    "strategy": Setting(_strategy, "greedy, beam or sample"),
-    "beam": Setting(_int_at_least(1, 64), "beam search width (1: greedy)"),
-    "n_best": Setting(_int_at_least(1, 64), "hypotheses kept from the beam (<= beam)"),
-    "length_penalty": Setting(_float, "GNMT alpha ranking beams by length (0: plain sum)"),
-    "temperature": Setting(_float, "sampling temperature (> 0)"),
-    "top_k": Setting(_int_at_least(0), "sample from the k most likely tokens (0: all)"),
-    "top_p": Setting(_float, "nucleus sampling mass, in (0, 1]"),
-    "seed": Setting(_seed, "sampling seed (none: random)"),
-    "no_repeat_ngram_size": Setting(_int_at_least(0), "never repeat an n-gram of this size (0: off)"),
-    "repetition_penalty": Setting(_float, "CTRL penalty on repeated tokens (1: off)"),
-    "min_length": Setting(_int_at_least(0), "tokens before the end of a reply, at least"),
-    "avoid_repeat": Setting(_flag, "do not repeat the previous reply (on/off; uses n_best)"),
-}
+# One per field of ``DecodingConfig``, generated from its metadata. A value that parses is then
+# validated with the whole config (its bounds, and rules like n_best <= beam), so it can still be refused.
+SETTINGS: dict[str, Setting] = {spec.name: Setting(_parser(spec), spec.help) for spec in specs(DecodingConfig)}
 
 
 # --- slash commands ---------------------------------------------------------------------------
