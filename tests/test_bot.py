@@ -11,7 +11,7 @@ import pytest
 from chatbot.dialogue.bot import ChatBot
 from chatbot.errors import DecodingError, InputError
 from chatbot.dialogue.store import SessionNotFound, SessionStore
-from test_cli import chatbot
+from helpers import chatbot
 
 
 def test_reply_stores_both_turns_with_model_identity(bot, tiny_pairs):

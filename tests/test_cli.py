@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import DATA, ROOT
-
-
-def chatbot(*args, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+from conftest import DATA
+from helpers import chatbot  # test_decoding.py still imports it from this module
 
 
 def test_ask_answers_arguments_in_order(tiny_bundle_path, tiny_pairs):

@@ -16,7 +16,7 @@ from chatbot.evaluation.metrics import answers_by_input, corpus_bleu, corpus_chr
 from chatbot.evaluation.golden import check_golden, load_golden
 from chatbot.evaluation.evaluate import evaluate, evaluation_set
 from conftest import TINY_PAIRS
-from test_cli import chatbot
+from helpers import chatbot
 
 
 def png_size(path) -> tuple[int, int]:
@@ -163,7 +163,11 @@ def test_evaluate_counts_wrong_replies_and_other_accepted_answers(tiny_bot, tiny
 def test_evaluation_set_sources_and_limit(tiny_bot, tiny_pairs, tmp_path):
     bundle = tiny_bot.bundle
     with pytest.raises(BundleError, match="no validation split"):
-        evaluation_set(bundle)  # the tiny model kept nothing back
+        evaluation_set(bundle, split="validation")  # the tiny model kept nothing back
+    default = evaluation_set(bundle)  # so by default: the training split, and it says so
+    assert default.source == "train" and default.examples == bundle.train
+    with_validation = dataclasses.replace(bundle, validation=bundle.train[:2])
+    assert evaluation_set(with_validation).source == "validation"  # preferred when there is one
     limited = evaluation_set(bundle, corpus=TINY_PAIRS, limit=3)
     assert [e.question for e in limited.examples] == [q for q, _ in tiny_pairs[:3]]
     assert len(limited.reference) == len(tiny_pairs) and limited.source == str(TINY_PAIRS)
@@ -258,6 +262,19 @@ def test_cli_evaluate_errors_are_one_line(tiny_bundle_path, tmp_path):
     result = chatbot("evaluate", "--model", tiny_bundle_path, "--golden", bad)
     assert result.returncode == 1 and result.stderr == f"chatbot: error: {bad}:2: expected 'question<TAB>" \
                                                        "expected answer', found no tab\n"
-    result = chatbot("evaluate", "--model", tiny_bundle_path)
+    result = chatbot("evaluate", "--model", tiny_bundle_path, "--split", "validation")
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no validation split" in result.stderr
     assert chatbot("evaluate", "--split", "test").returncode == 2
+
+
+def test_cli_bare_evaluate_without_a_validation_split_uses_the_training_split(tiny_bundle_path, tiny_pairs):
+    """The tiny model, like models/default, is trained with data.validation_fraction 0: a bare
+    ``chatbot evaluate`` evaluates on the training questions and says so (table, stderr, JSON)."""
+    result = chatbot("evaluate", "--model", tiny_bundle_path)
+    assert result.returncode == 0, result.stderr
+    assert f"evaluated on    train split: {len(tiny_pairs)} pairs" in result.stdout
+    assert result.stderr.count("\n") == 1 and "no validation split" in result.stderr
+    assert "training questions" in result.stderr
+    as_json = chatbot("evaluate", "--model", tiny_bundle_path, "--json", "--limit", 3)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["source"] == "train" and "training questions" in as_json.stderr

@@ -12,7 +12,7 @@ from chatbot.data.corpus import load_corpus
 from chatbot.errors import InputError
 from chatbot.cli.repl import ChatRepl
 from chatbot.dialogue.store import SCHEMA_VERSION, SessionStore, StoreError
-from test_cli import chatbot
+from helpers import chatbot
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
 """Hostile input (issue 8, "Bad input"): corpus files, messages and model bundles built to
 break the library. Each must give a reply or a clear typed error (one line, naming the file and
-line where there is one), in bounded time and memory, and loading never runs code.
+line where there is one), with bounded work and memory, and loading never runs code.
 
 The nasty corpus files live in ``tests/data/nasty/`` (small, committed); the big ones (10 MB
 lines, 10,000-deep nesting, an alias fan-out that expands to millions of utterances) are built
 in ``tmp_path`` by the tests. Corpus loads of those run in a subprocess with an address-space
-limit and a timeout, so a hang or a memory blow-up fails the test instead of the machine.
+limit, so a memory blow-up fails the test instead of the machine.
+
+No test here asserts a wall-clock time (speed is for benchmarks: ``bench/hostile_input.py``
+times these same inputs). The bound is on work done: a load cleans no more characters than
+the file holds (so nothing is expanded: billion laughs, alias fan-outs), and its peak memory
+stays under ``PEAK_MB``. A generous subprocess timeout only keeps a hang from stalling CI.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
+import chatbot.data.corpus as corpus_module
 from chatbot.data.corpus import load_corpus
 from chatbot.errors import BundleError, ChatbotError, CorpusError, InputError
 
@@ -34,6 +40,7 @@ NASTY = Path(__file__).parent / "data" / "nasty"
 MEMORY_LIMIT = 3 * 2**30  # address space of a corpus-loading subprocess
 PEAK_MB = 1024  # what a load may use at most (resident), huge files included
 MB10 = 10 * 2**20
+HANG_GUARD = 600  # seconds: a safety net against a hang, far above any healthy load; not a timing check
 
 # Any code point, lone surrogates included (categories=() blacklists nothing), with the
 # hostile kinds (surrogates, combining marks, RTL, emoji, controls, specials) made common.
@@ -73,13 +80,22 @@ def assert_clear(exc: BaseException, file: Path | None = None) -> None:
 
 # --- corpus loading in a bounded subprocess ------------------------------------------------
 _LOADER = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+    import chatbot.data.corpus as corpus_module
     from chatbot.data.corpus import load_corpus
     from chatbot.errors import CorpusError
+    # The work done: every utterance goes through clean_text once; count the calls and characters.
+    cleaned = {{"calls": 0, "chars": 0}}
+    real_clean = corpus_module.clean_text
+    def counting_clean(text):
+        cleaned["calls"] += 1
+        cleaned["chars"] += len(text)
+        return real_clean(text)
+    corpus_module.clean_text = counting_clean
     for spec in sys.argv[1:]:
         mode, path = spec.split(":", 1)
-        start = time.monotonic()
+        cleaned.update(calls=0, chars=0)
         try:
             corpus = load_corpus(path, strict=mode == "strict")
             out = {{"dialogues": len(corpus.dialogues), "skipped": [str(e) for e in corpus.skipped]}}
@@ -88,7 +104,8 @@ _LOADER = textwrap.dedent("""
         except BaseException as exc:
             out = {{"error": type(exc).__name__, "message": str(exc)[:300]}}
         out["mode"] = mode
-        out["seconds"] = round(time.monotonic() - start, 2)
+        out["cleaned_calls"], out["cleaned_chars"] = cleaned["calls"], cleaned["chars"]
+        out["utterances"] = sum(len(d.utterances) for d in corpus.dialogues) if "dialogues" in out else 0
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and
         # exec, so under a pytest that holds a model it would report the parent's size.
         hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
@@ -97,21 +114,35 @@ _LOADER = textwrap.dedent("""
 """).format(limit=MEMORY_LIMIT)
 
 
-def load_bounded(path: Path, modes=("lenient", "strict"), timeout: float = 20.0) -> tuple[dict, str]:
-    """Load ``path`` in each mode in one subprocess (memory-limited, timed out): the result of
-    each mode by name, and what the loads logged (skipped entries are logged as warnings)."""
+def corpus_chars(path: Path) -> int:
+    """An upper bound on the characters a corpus path holds: its files' size in bytes."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def load_bounded(path: Path, modes=("lenient", "strict")) -> tuple[dict, str]:
+    """Load ``path`` in each mode in one subprocess (memory-limited): the result of each mode
+    by name, and what the loads logged (skipped entries are logged as warnings). Every load
+    must stay under ``PEAK_MB`` and clean at most as many characters as the file holds."""
     args = [f"{mode}:{path}" for mode in modes]
     try:
         done = subprocess.run([sys.executable, "-c", _LOADER, *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=HANG_GUARD)
     except subprocess.TimeoutExpired as exc:
         finished = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        pytest.fail(f"loading {path.name} did not finish within {timeout} s (hang?); finished: {finished!r}")
+        pytest.fail(f"loading {path.name} hung (no end after {HANG_GUARD} s); finished: {finished!r}")
     results = {r["mode"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert set(results) == set(modes), f"the loader died (rc {done.returncode}): {done.stderr[-2000:]}"
+    size = corpus_chars(path)
     for mode, result in results.items():
         assert result.get("error", "CorpusError") == "CorpusError", f"{path.name} ({mode}): {result}"
         assert result["peak_mb"] < PEAK_MB, f"{path.name} ({mode}) used {result['peak_mb']} MB"
+        # Work done: nothing is expanded (each character of the file is cleaned once at most),
+        # and the count is live (every utterance loaded was counted).
+        assert result["cleaned_chars"] <= size, f"{path.name} ({mode}) cleaned {result['cleaned_chars']:,} " \
+                                                f"characters from {size:,} bytes: {result}"
+        assert result["cleaned_calls"] >= result["utterances"], result
         if "error" in result:
             assert "\n" not in result["message"] and str(path) in result["message"], result
     return results, done.stderr
@@ -156,7 +187,6 @@ def test_nasty_corpus_file(name):
     results, logged = load_bounded(path)
     lenient, strict = results["lenient"], results["strict"]
     assert "error" in strict and strict["line"] == strict_line, strict
-    assert strict["seconds"] < 5 and lenient["seconds"] < 5, results
     if lenient_dialogues is None:
         assert "error" in lenient, lenient
     else:
@@ -237,10 +267,11 @@ def test_alias_fan_out_is_not_expanded(tmp_path):
     path = tmp_path / "fanout.yml"
     path.write_text("a: &a [" + ", ".join(["lol"] * n) + "]\nconversations: [" + ", ".join(["*a"] * n) + "]\n",
                     encoding="utf-8")
-    results, _ = load_bounded(path, timeout=30)
+    results, _ = load_bounded(path)
     assert results["lenient"]["dialogues"] == 1 and len(results["lenient"]["skipped"]) == n - 1
     assert results["strict"]["line"] == 1 and "alias" in results["strict"]["message"]
-    assert max(r["seconds"] for r in results.values()) < 5, results
+    # 3,000 utterances cleaned (the one list, once), not 9 million.
+    assert results["lenient"]["cleaned_calls"] == n, results
 
 
 def test_scalar_alias_fan_out_is_not_expanded(tmp_path):
@@ -248,8 +279,9 @@ def test_scalar_alias_fan_out_is_not_expanded(tmp_path):
     path = tmp_path / "fanout.yml"
     path.write_text("big: &s " + "x" * 2**20 + "\nconversations:\n- [Hi, Hello]\n"
                     + "".join(f"- [q{i}, *s]\n" for i in range(5000)), encoding="utf-8")
-    results, _ = load_bounded(path, timeout=30)
+    results, _ = load_bounded(path)
     assert results["lenient"]["dialogues"] == 2 and len(results["lenient"]["skipped"]) == 4999
+    assert results["lenient"]["cleaned_calls"] == 4  # [Hi, Hello] and [q0, *s]: the megabyte once
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl", ".yml"])
@@ -261,18 +293,17 @@ def test_ten_megabyte_line(tmp_path, suffix):
                       + big + "\n",
             ".yml": f"conversations:\n- - {big}\n  - y\n- [Hi, Hello]\n"}[suffix]
     path.write_text(text, encoding="utf-8")
-    results, _ = load_bounded(path, modes=("lenient",), timeout=60)
+    results, _ = load_bounded(path, modes=("lenient",))
     result = results["lenient"]
     assert result["dialogues"] == 2, result
     if suffix != ".yml":  # the third line is 10 MB of junk: skipped, named by line
         assert [re.search(rf"huge\{suffix}:(\d+): ", s)[1] for s in result["skipped"]] == ["3"]
-    assert result["seconds"] < 30, result
 
 
 def test_ten_megabytes_of_invalid_utf8_names_the_line(tmp_path):
     path = tmp_path / "huge.tsv"
     path.write_bytes(b"Hi\tHello\n" * 3 + b"x" * MB10 + b"\xff\n")
-    results, _ = load_bounded(path, timeout=30)
+    results, _ = load_bounded(path)
     assert results["strict"]["line"] == 4 and "invalid UTF-8" in results["strict"]["message"]
 
 
@@ -304,22 +335,41 @@ def _corpus_text(tokens):
                      .map(lambda parts: "".join(parts).encode("utf-8")))
 
 
+@contextmanager
+def cleaning_counted():
+    """Count what the corpus readers clean (calls and characters): the work a load does."""
+    real = corpus_module.clean_text
+    count = {"calls": 0, "chars": 0}
+
+    def counting(text):
+        count["calls"] += 1
+        count["chars"] += len(text)
+        return real(text)
+
+    corpus_module.clean_text = counting
+    try:
+        yield count
+    finally:
+        corpus_module.clean_text = real
+
+
 def _check_load(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     for strict in (False, True):
-        start = time.monotonic()
-        try:
-            corpus = load_corpus(path, strict=strict)
-        except CorpusError as exc:
-            note(f"{'strict' if strict else 'lenient'}: CorpusError")
-            assert_clear(exc, path)
-        else:
-            note(f"{'strict' if strict else 'lenient'}: loaded")
-            assert corpus.dialogues and all(len(d.utterances) >= 2 for d in corpus.dialogues)
-            assert all(u.text for d in corpus.dialogues for u in d.utterances)
-            if strict:
-                assert not corpus.skipped
-        assert time.monotonic() - start < 5
+        with cleaning_counted() as cleaned:
+            try:
+                corpus = load_corpus(path, strict=strict)
+            except CorpusError as exc:
+                note(f"{'strict' if strict else 'lenient'}: CorpusError")
+                assert_clear(exc, path)
+            else:
+                note(f"{'strict' if strict else 'lenient'}: loaded")
+                assert corpus.dialogues and all(len(d.utterances) >= 2 for d in corpus.dialogues)
+                assert all(u.text for d in corpus.dialogues for u in d.utterances)
+                if strict:
+                    assert not corpus.skipped
+                assert cleaned["calls"] >= sum(len(d.utterances) for d in corpus.dialogues)
+        assert cleaned["chars"] <= len(data), cleaned  # bounded work: nothing expanded
 
 
 @HOSTILE
@@ -361,7 +411,6 @@ def tokenizers():
 
 
 def _check_tokenize(tokenizer, text: str) -> None:
-    start = time.monotonic()
     try:
         ids = tokenizer.encode(text)
     except InputError as exc:
@@ -374,7 +423,6 @@ def _check_tokenize(tokenizer, text: str) -> None:
     assert all(i > 4 for i in ids if i != 1), "user text produced a special token id"
     batch = tokenizer.encode_input([text, text], max_tokens=16)
     assert len(batch) <= 16
-    assert time.monotonic() - start < 5
 
 
 @pytest.mark.parametrize("level", ["char", "word", "subword"])
@@ -392,9 +440,8 @@ def test_tokenizer_on_any_unicode(tokenizers, text, level):
 @pytest.mark.parametrize("level", ["char", "word", "subword"])
 def test_tokenizer_on_a_megabyte(tokenizers, level):
     text = ("Hello there! \u05e9\u05dc\u05d5\u05dd e\u0301 \U0001F600 " * 40_000)[: 2**20]
-    start = time.monotonic()
-    ids = tokenizers[level].encode(text)
-    assert ids and time.monotonic() - start < 20
+    ids = tokenizers[level].encode(text)  # how fast: bench/hostile_input.py
+    assert ids
     assert len(tokenizers[level].encode_input([text], max_tokens=40)) == 40
 
 
@@ -406,7 +453,6 @@ def test_tokenizer_refuses_non_text(tokenizers):
 
 # --- ChatBot.reply and ChatBot.ask ---------------------------------------------------------
 def _check_reply(bot, text: str) -> None:
-    start = time.monotonic()
     try:
         reply = bot.reply(text)
     except InputError as exc:
@@ -421,7 +467,6 @@ def _check_reply(bot, text: str) -> None:
     assert [m.role for m in stored] == ["user", "bot"]
     assert stored[0].text == without_controls(text)  # the input, less its control characters
     assert stored[0].id == reply.user_message_id and stored[1].text == reply.text
-    assert time.monotonic() - start < 20
 
 
 def _check_ask(bot, text: str) -> None:
@@ -455,9 +500,7 @@ def test_ask_on_any_unicode(tiny_bot, text):
 
 def test_reply_to_a_megabyte(bot):
     text = ("What is AI? \u05e9\u05dc\u05d5\u05dd \U0001F600\x07 " * 40_000)[: 2**20]
-    start = time.monotonic()
-    reply = bot.reply(text)
-    assert time.monotonic() - start < 30
+    reply = bot.reply(text)  # how fast: bench/hostile_input.py
     assert bot.history(reply.session_id)[0].text == without_controls(text)
     assert isinstance(bot.ask(text), str)
 

@@ -7,15 +7,12 @@ import io
 import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
-from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output import DummyOutput
 
 from chatbot.version import __version__
 from chatbot.dialogue.bot import ChatBot
@@ -23,28 +20,7 @@ from chatbot.data.corpus import load_corpus
 from chatbot.cli.console import Spinner, color_wanted, history_path
 from chatbot.cli.repl import SETTINGS, ChatRepl, SlashCompleter
 from conftest import ROOT
-from test_cli import chatbot
-
-CTRL_C, CTRL_D, UP = "\x03", "\x04", "\x1b[A"
-
-
-def drive(repl: ChatRepl, keys: str, history=None, close: bool = False, later: str = "") -> str:
-    """Type ``keys`` into the real PromptSession loop (then ``later``, half a second on, as a
-    person would after pressing Tab); returns what the REPL printed."""
-    with create_pipe_input() as pipe:
-        pipe.send_text(keys)
-        if close:
-            pipe.close()
-        typist = threading.Timer(0.5, pipe.send_text, [later])
-        if later:
-            typist.start()
-        try:
-            repl.run_interactive(history, input=pipe, output=DummyOutput())
-        finally:
-            typist.cancel()
-            if later:
-                typist.join()
-    return repl.output.getvalue()
+from helpers import CTRL_C, CTRL_D, UP, chatbot, drive
 
 
 def new_repl(bot, session=None, **kw) -> ChatRepl:

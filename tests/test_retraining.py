@@ -15,7 +15,7 @@ from chatbot.errors import BundleError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.training.pipeline import GoldenCheckFailed, train
 from conftest import TINY_PAIRS, tiny_config
-from test_cli import chatbot
+from helpers import chatbot
 
 NEW_PAIRS = [
     ("What is your favourite food?", "I like pizza with olives."),

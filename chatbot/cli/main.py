@@ -188,7 +188,10 @@ def cmd_evaluate(args) -> int:
     with ChatBot.load(args.model) as bot:
         decoding = decoding_overrides(args)
         bot.resolve_decoding(decoding)  # bad settings fail before the data is read
-        data = evaluation_set(bot.bundle, split=args.split or "validation", corpus=args.corpus, limit=args.limit)
+        data = evaluation_set(bot.bundle, split=args.split, corpus=args.corpus, limit=args.limit)
+        if args.split is None and args.corpus is None and data.source == "train":
+            print("chatbot: this model has no validation split (trained with data.validation_fraction 0); "
+                  "evaluating on its training questions, which it has seen", file=sys.stderr, flush=True)
         report = evaluate(bot, data.examples, data.reference, decoding, source=data.source)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path

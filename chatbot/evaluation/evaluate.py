@@ -160,20 +160,25 @@ class EvaluationSet:
     source: str
 
 
-def evaluation_set(bundle, split: str = "validation", corpus: str | Path | None = None,
+def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None = None,
                    limit: int | None = None) -> EvaluationSet:
     """The examples to evaluate a bundle (or a ``ChatBot``) on.
 
     * ``corpus``: every pair of that corpus file or directory;
-    * ``split="validation"`` (default): the bundle's held-out pairs, so the numbers are on
-      unseen data. Answers that the same questions have in the training split also count;
-    * ``split="train"``: the pairs the model was trained on, re-read from the bundle's corpus
-      (a ``CorpusError`` if it moved or changed since).
+    * ``split="validation"``: the bundle's held-out pairs, so the numbers are on unseen data.
+      Answers that the same questions have in the training split also count. A
+      ``BundleError`` if the model kept none back (``data.validation_fraction`` 0);
+    * ``split="train"``: the pairs the model was trained on (the bundle's ``train.jsonl``, or
+      for older bundles re-read from its corpus: a ``CorpusError`` if it moved or changed since);
+    * ``split=None`` (default): the validation split if the model has one, else the training
+      split. ``EvaluationSet.source`` says which ("validation" or "train").
 
     ``limit`` keeps the first N distinct inputs (a quick look at a large set).
     """
     bundle = getattr(bundle, "bundle", bundle)
     data = bundle.config.data
+    if split is None and corpus is None:
+        split = "validation" if bundle.validation else "train"
     if corpus is not None:
         examples = load_corpus(corpus).examples(data.context_turns, data.deduplicate)
         result = EvaluationSet(examples, examples, str(corpus))

@@ -1,0 +1,40 @@
+"""Helpers shared by several test modules (fixtures live in ``conftest.py``): the ``chatbot``
+command run as users run it, and typing keys into the REPL's real prompt loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from conftest import ROOT
+
+CTRL_C, CTRL_D, UP = "\x03", "\x04", "\x1b[A"
+
+
+def chatbot(*args, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python cli.py ARGS`` from the checkout: a real subprocess, its real exit code."""
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def drive(repl, keys: str, history=None, close: bool = False, later: str = "") -> str:
+    """Type ``keys`` into the real PromptSession loop of a ``ChatRepl`` (then ``later``, half a
+    second on, as a person would after pressing Tab); returns what the REPL printed."""
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        if close:
+            pipe.close()
+        typist = threading.Timer(0.5, pipe.send_text, [later])
+        if later:
+            typist.start()
+        try:
+            repl.run_interactive(history, input=pipe, output=DummyOutput())
+        finally:
+            typist.cancel()
+            if later:
+                typist.join()
+    return repl.output.getvalue()
