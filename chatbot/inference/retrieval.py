@@ -1,11 +1,10 @@
-"""The answer memory: the pairs a model was trained on, searchable by fuzzy question match.
+"""Retrieval over the pairs a model was trained on: what the model is shown beside the input.
 
-People reword and mistype questions. A seq2seq model trained to reproduce a corpus answers
-its own questions well but drifts on inputs it has not seen. The memory finds the training
-questions closest to what was typed (rapidfuzz edit-distance ratios, see ``similarity``), and
-their answers then compete with the decoded reply, scored by the model itself
-(``Generator.score``, ranking in ``Generator._rerank``). Inputs with no close training question
-get the decoded reply alone.
+People reword and mistype questions. Retrieve and refine (Weston, Dinan & Miller 2018): the
+training questions closest to what was typed (rapidfuzz edit-distance ratios, see
+``similarity``) and their answers are added to the encoder's input, each marked with how
+alike its question is; the decoder learns to copy a fitting answer and to ignore the rest.
+Retrieval never replaces the reply: the reply is always the decoded text.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
@@ -20,6 +20,11 @@ from chatbot.data.corpus import Example
 from chatbot.data.text import match_key
 
 RAW_WEIGHT = 0.02  # share of the similarity taken from the raw text (see ``similarity``)
+# A memory of at least this many questions builds a trigram index (``GramIndex``) and
+# ``nearest`` scores only the index's candidates; a smaller one scans every question (exact).
+INDEX_MIN_QUESTIONS = 5000
+INDEX_CANDIDATES = 256  # questions the index hands to the exact scorers per lookup (at least)
+INDEX_MAX_POSTINGS = 150_000  # posting entries read per lookup, rarest grams first
 
 
 def similarity(text: str, key: str, other: str, other_key: str) -> float:
@@ -36,6 +41,84 @@ def similarity(text: str, key: str, other: str, other_key: str) -> float:
     edits = (fuzz.ratio(key, other_key) / 100 + OSA.normalized_similarity(key, other_key)) / 2
     keyed = max(edits, fuzz.token_sort_ratio(key, other_key) / 100)
     return (1 - RAW_WEIGHT) * keyed + RAW_WEIGHT * fuzz.ratio(text, other) / 100
+
+
+def _grams(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The character trigrams of folded keys, each word padded with a space on both sides
+    (" do", "do ") so that the grams ignore word order, as ``token_sort_ratio`` does, and a
+    typo spoils at most three of them. Returns (gram codes, the key each came from): a gram is
+    three code points in one 63-bit integer. Keys are joined as " w1  w2 " (words one space
+    apart in a key, as ``match_key`` writes them): exactly the grams whose middle character is
+    not a space lie inside one padded word."""
+    text = "".join(f" {key.replace(' ', '  ')} " for key in keys)
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    if len(points) < 3:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    codes = (points[:-2] << np.uint64(42)) | (points[1:-1] << np.uint64(21)) | points[2:]
+    lengths = np.fromiter((len(key) + key.count(" ") + 2 for key in keys), dtype=np.int64, count=len(keys))
+    owner = np.repeat(np.arange(len(keys), dtype=np.int64), lengths)[:-2]
+    inside = points[1:-1] != ord(" ")
+    return codes[inside], owner[inside]
+
+
+class GramIndex:
+    """Candidate questions for a lookup without a scan: an inverted index from character
+    trigrams of the folded keys to the questions holding them (all numpy: a 100k-question
+    memory builds in about a second).
+
+    A lookup sums, per question, the IDF weights (log N/df) of the trigrams it shares with the
+    query (``np.bincount`` over the concatenated posting arrays), divides by the two keys'
+    total weights (a weighted Dice coefficient, close to what an edit-distance ratio rewards)
+    and keeps the best ``count``. Posting lists are read rarest first up to
+    ``INDEX_MAX_POSTINGS`` entries: grams found in a large share of the questions carry little
+    information and would dominate the work. The exact scorers then rank the candidates.
+    """
+
+    def __init__(self, keys: list[str]):
+        self.size = len(keys)
+        codes, owner = _grams(keys)
+        order = np.argsort(codes, kind="stable")  # by gram, then by question (owner ascends)
+        codes, owner = codes[order], owner[order]
+        first = np.ones(len(codes), dtype=bool)
+        first[1:] = codes[1:] != codes[:-1]
+        gram = np.cumsum(first) - 1  # gram ids, in code order
+        self._codes = codes[first]
+        once = first.copy()  # one posting per (gram, question): a word may repeat a gram
+        once[1:] |= owner[1:] != owner[:-1]
+        gram, self._postings = gram[once], owner[once].astype(np.int32)
+        self._df = np.bincount(gram, minlength=len(self._codes)).astype(np.int64)
+        self._offsets = np.concatenate(([0], np.cumsum(self._df)))
+        self._idf = np.log(self.size / np.maximum(self._df, 1))
+        self._unseen = float(np.log(self.size + 1))  # the weight of a gram no stored key has
+        self._weight = np.bincount(self._postings, weights=self._idf[gram], minlength=self.size)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self._codes, self._postings, self._df, self._offsets, self._idf,
+                                      self._weight))
+
+    def candidates(self, key: str, count: int, least: int) -> np.ndarray | None:
+        """Up to ``count`` question indices (ascending) sharing the most weighted trigrams with
+        ``key``; None when fewer than ``least`` share any (the caller then scans everything)."""
+        codes = np.unique(_grams([key])[0])
+        where = np.minimum(np.searchsorted(self._codes, codes), max(len(self._codes) - 1, 0))
+        known = self._codes[where] == codes if len(self._codes) else np.zeros(len(codes), bool)
+        grams = where[known]
+        grams = grams[np.argsort(self._df[grams], kind="stable")]  # rarest first
+        query_weight = self._idf[grams].sum() + (len(codes) - len(grams)) * self._unseen
+        budget = np.cumsum(self._df[grams])
+        grams = grams[:max(1, int(np.searchsorted(budget, INDEX_MAX_POSTINGS, side="right")))]
+        if not len(grams):
+            return None
+        postings = np.concatenate([self._postings[self._offsets[g]:self._offsets[g + 1]] for g in grams])
+        shared = np.bincount(postings, weights=np.repeat(self._idf[grams], self._df[grams]),
+                             minlength=self.size)
+        found = np.flatnonzero(shared > 0)
+        if len(found) < least:
+            return None
+        score = shared[found] / (query_weight + self._weight[found])
+        best = found[np.argpartition(-score, count - 1)[:count]] if len(found) > count else found
+        return np.sort(best)
 
 
 @dataclass(frozen=True)
@@ -57,6 +140,7 @@ class AnswerMemory:
         self.questions = list(answers)
         self.answers = [tuple(answers[q]) for q in self.questions]
         self._keys = [match_key(q) for q in self.questions]
+        self._index = GramIndex(self._keys) if len(self._keys) >= INDEX_MIN_QUESTIONS else None
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -66,16 +150,29 @@ class AnswerMemory:
         key = match_key(question)
         if not key or not self._keys or k <= 0:
             return []
-        found = {index for scorer in (fuzz.ratio, fuzz.token_sort_ratio)
-                 for _, _, index in process.extract(key, self._keys, scorer=scorer, limit=k)}
+        keys, indices = self._keys, None
+        if self._index is not None:  # a large memory: score the index's candidates only
+            indices = self._index.candidates(key, max(INDEX_CANDIDATES, 8 * k), k)
+            if indices is not None:
+                keys = [self._keys[i] for i in indices]
+        found = {index if indices is None else int(indices[index])
+                 for scorer in (fuzz.ratio, fuzz.token_sort_ratio)
+                 for _, _, index in process.extract(key, keys, scorer=scorer, limit=k)}
         scored = ((i, similarity(question, key, self.questions[i], self._keys[i])) for i in found)
         ranked = sorted(((i, s) for i, s in scored if s >= min_similarity), key=lambda item: (-item[1], item[0]))
         return [Match(self.questions[i], s, self.answers[i]) for i, s in ranked]
 
-    def candidates(self, question: str, k: int, min_similarity: float) -> dict[str, float]:
-        """The distinct answers of the nearest questions, each with its question's similarity."""
-        found: dict[str, float] = {}
-        for match in self.nearest(question, k, min_similarity):
-            for answer in match.answers:
-                found.setdefault(answer, match.similarity)  # nearest first: the best similarity
-        return found
+    def retrieve(self, question: str, k: int, exclude: str | None = None,
+                 prefer: str | None = None) -> list[tuple[str, str, float]]:
+        """What the model is shown: up to ``k`` (question, answer, similarity) pairs, most alike
+        first, one per distinct training question. A question with several answers shows its
+        first one, or ``prefer`` when it is among them (training shows an example its own
+        answer). ``exclude`` leaves that training question out (training's leave-own-out)."""
+        found = self.nearest(question, k + (exclude is not None), 0.0)
+        shown = []
+        for match in found:
+            if match.question == exclude:
+                continue
+            answer = prefer if prefer in match.answers else match.answers[0]
+            shown.append((match.question, answer, match.similarity))
+        return shown[:k]
