@@ -28,10 +28,40 @@ def log(message: str) -> None:
     print(f"[{time.perf_counter() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def emit(result: dict) -> None:
-    """The figures: one JSON object, the last line on stdout."""
+RESULTS = ROOT / "bench" / "results"
+
+
+def emit(result: dict, name: str | None = None) -> None:
+    """The figures: one JSON object, the last line on stdout, also written (with the command,
+    date and machine) to ``bench/results/NAME.json`` so that docs quote committed output.
+    ``name`` defaults to the script's name; a ``--quick`` or otherwise partial run should pass
+    ``name=None`` and set ``result["partial"] = True`` to leave the committed file alone."""
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=False), flush=True)
+    if result.get("partial"):
+        return
+    name = name or Path(sys.argv[0]).stem
+    record = {"command": "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+              "result": result}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import platform
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def peak_rss_mb() -> float:

@@ -25,6 +25,7 @@ def tiny_config(**overrides) -> Config:
         "training.epochs": 40, "training.batch_size": 10, "training.learning_rate": 0.02,
         "training.monitor": "loss", "training.patience": 15, "training.seed": 7,
         "data.validation_fraction": 0.0, "data.max_output_tokens": 40, "decoding.max_length": 40,
+        "data.noisy_copies": 1,  # retrieval stays on (the default); one noisy copy teaches copying
     }
     base.update(overrides)
     return Config().with_overrides(base)
@@ -35,7 +36,8 @@ def tiny_bundle_path(tmp_path_factory) -> Path:
     from chatbot.training.pipeline import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    train(TINY_PAIRS, tiny_config(), out, verbose=0)
+    # Two noisy copies per pair: enough mistyped questions to learn to copy what retrieval shows.
+    train(TINY_PAIRS, tiny_config(**{"data.noisy_copies": 2}), out, verbose=0)
     return out
 
 

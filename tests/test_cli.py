@@ -37,10 +37,16 @@ def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert set(row) == {"reply", "score", "confidence", "latency_ms"}
+        assert set(row) == {"reply", "score", "confidence", "latency_ms", "retrieved"}
         assert 0 <= row["confidence"] <= 1
         assert row["reply"] == answer
         assert row["score"] <= 0 and row["latency_ms"] > 0
+        # What the model was shown: the question's own pair first, then the next nearest.
+        assert row["retrieved"][0] == {"question": question, "answer": answer, "similarity": 1.0}
+        assert len(row["retrieved"]) == 2 and set(row["retrieved"][1]) == {"question", "answer", "similarity"}
+    plain = chatbot("ask", "--model", tiny_bundle_path, "--json", "--no-retrieval", question)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["retrieved"] == []
 
 
 def test_ask_with_a_missing_model_fails_with_one_line(tmp_path):

@@ -49,7 +49,7 @@ class ToyModel:
 
 
 class ToyTokenizer:
-    def encode_input(self, turns, max_tokens):
+    def encode_input(self, turns, max_tokens, retrieved=(), max_answer_tokens=0):
         return [A]
 
     def decode(self, ids):

@@ -57,7 +57,8 @@ def test_training_words_cover_all_positions():
 # --- special tokens --------------------------------------------------------------------------
 def test_special_id_constants():
     assert (PAD, UNK, START, END, SEP) == (0, 1, 2, 3, 4)
-    assert len(SPECIAL_TOKENS) == 5 and len(set(SPECIAL_TOKENS)) == 5
+    # pad, unk, start, end, sep, then the retrieval markers: ret, ans and four similarity levels
+    assert len(SPECIAL_TOKENS) == 11 and len(set(SPECIAL_TOKENS)) == 11
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -69,7 +70,8 @@ def test_special_ids_fixed(level):
         assert tok.backend.id_to_token(token_id) == token
     assert tok.vocab_size > 5
     ids = tok.encode(TRAIN[0])
-    assert ids and min(ids) > SEP
+    assert ids and min(ids) >= len(SPECIAL_TOKENS)
+    assert tok.reads_retrieval
 
 
 def test_fit_rejects_unknown_level_and_no_text():
@@ -302,3 +304,19 @@ def test_unreadable_tokenizer_file_raises(tmp_path):
     bad.write_bytes(b'{"level": "word", "tokenizer": "\xff\xfe"}')
     with pytest.raises(TokenizerError, match="cannot read tokenizer"):
         TextTokenizer.load(bad)
+
+
+def test_retrieved_pairs_come_before_the_question_best_last_and_decode_away():
+    from chatbot.data.tokenizer import ANS, RET, SIM_TOKENS
+
+    tok = tokenizer("subword")
+    question = tok.encode("Hello world")
+    ids = tok.encode_input(["Hello world"], 64, retrieved=[("Hi", "Hello there", 0.97), ("Bye", "Good bye", 0.5)],
+                           max_answer_tokens=2)
+    assert ids[-len(question) - 1:] == [SEP] + question  # the question stays at the end
+    assert ids.count(RET) == 2 and ids.count(ANS) == 2
+    assert ids[:2] == [RET, SIM_TOKENS[0]]  # the least alike first ...
+    best = ids.index(RET, 1)
+    assert ids[best + 1] == SIM_TOKENS[-1]  # ... the best nearest the question
+    assert len(ids[ids.index(ANS, best) + 1:ids.index(SEP)]) <= 2  # answers cut to max_answer_tokens
+    assert tok.decode(ids) == tok.decode([i for i in ids if i >= len(SPECIAL_TOKENS)])

@@ -133,8 +133,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser):
 
 def cmd_ask(args) -> int:
     _stderr_quiet_import()
-    from chatbot.dialogue.bot import ChatBot
     from chatbot.data.text import clean_text
+    from chatbot.dialogue.bot import ChatBot, retrieved_json
 
     bot = ChatBot.load(args.model, db=args.db)
     decoding = decoding_overrides(args)
@@ -152,7 +152,8 @@ def cmd_ask(args) -> int:
             result = bot.generate([question], decoding=config)[0]
         if args.json:
             out = {"reply": result.text, "score": round(result.score, 4),
-                   "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2)}
+                   "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2),
+                   "retrieved": retrieved_json(result.retrieved)}
             if config.n_best > 1:
                 out["alternatives"] = [{"reply": text, "score": round(score, 4)}
                                        for text, score in result.alternatives]

@@ -16,9 +16,12 @@ from chatbot.data.tokenizer import START, TextTokenizer
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_input_tokens: int,
-                    max_output_tokens: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Source ids (context turns + question) and target ids (answer + [END])."""
-    sources = [tokenizer.encode_input(list(e.context) + [e.question], max_input_tokens) for e in examples]
+                    max_output_tokens: int, retrieved: Sequence[Sequence[tuple[str, str, float]]] | None = None,
+                    max_answer_tokens: int = 512) -> tuple[list[list[int]], list[list[int]]]:
+    """Source ids (what retrieval showed, context turns, question) and target ids (answer + [END])."""
+    retrieved = retrieved if retrieved is not None else [()] * len(examples)
+    sources = [tokenizer.encode_input(list(e.context) + [e.question], max_input_tokens, shown, max_answer_tokens)
+               for e, shown in zip(examples, retrieved)]
     targets = [tokenizer.encode_target(e.answer, max_output_tokens) for e in examples]
     return sources, targets
 

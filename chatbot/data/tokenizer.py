@@ -17,10 +17,21 @@ from chatbot.data.text import strip_special_marks, unicode_error
 from chatbot.errors import InputError, TokenizerError
 
 PAD, UNK, START, END, SEP = 0, 1, 2, 3, 4
+# Retrieve and refine: each retrieved pair is [RET] [SIMn] question [ANS] answer, where SIMn
+# says how alike its question is to the input (SIM_TOKENS[0]: least, [-1]: most).
+RET, ANS = 5, 6
+SIM_TOKENS = (7, 8, 9, 10)
+SIM_EDGES = (0.7, 0.85, 0.95)  # similarity at or above edge i -> SIM_TOKENS[i + 1]
 # Special tokens are spelt with U+FDD0, a Unicode noncharacter that ``encode`` strips from
 # input: a user typing "[END]" or "<sep>" must get plain text, never a control id.
 _MARK = "\ufdd0"
-SPECIAL_TOKENS = [f"{_MARK}pad", f"{_MARK}unk", f"{_MARK}start", f"{_MARK}end", f"{_MARK}sep"]
+BASE_SPECIAL_TOKENS = [f"{_MARK}pad", f"{_MARK}unk", f"{_MARK}start", f"{_MARK}end", f"{_MARK}sep"]
+SPECIAL_TOKENS = BASE_SPECIAL_TOKENS + [f"{_MARK}ret", f"{_MARK}ans"] + [f"{_MARK}sim{i}" for i in range(4)]
+
+
+def similarity_token(similarity: float) -> int:
+    """The marker that tells the model how alike a retrieved question is (0..1)."""
+    return SIM_TOKENS[sum(similarity >= edge for edge in SIM_EDGES)]
 
 
 def _pre_tokenizer(level: str):
@@ -50,9 +61,11 @@ class TextTokenizer:
     def __init__(self, backend: Tokenizer, level: str):
         self.backend = backend
         self.level = level
-        for token_id, token in enumerate(SPECIAL_TOKENS):
+        for token_id, token in enumerate(BASE_SPECIAL_TOKENS):
             if backend.token_to_id(token) != token_id:
                 raise TokenizerError(f"tokenizer: special token {token} must have id {token_id}")
+        # Tokenizers fitted before retrieve and refine lack the retrieval markers.
+        self.reads_retrieval = all(backend.token_to_id(t) == i for i, t in enumerate(SPECIAL_TOKENS))
 
     @classmethod
     def fit(cls, texts: Iterable[str], level: str = "subword", vocab_size: int = 2000,
@@ -96,18 +109,35 @@ class TextTokenizer:
         except (TypeError, AttributeError, UnicodeEncodeError):
             raise _unencodable(texts) from None
 
-    def encode_input(self, turns: Sequence[str], max_tokens: int) -> list[int]:
+    def encode_input(self, turns: Sequence[str], max_tokens: int,
+                     retrieved: Sequence[tuple[str, str, float]] = (), max_answer_tokens: int = 512) -> list[int]:
         """Context turns then the question, joined by [SEP]; keep the last ``max_tokens``.
 
         Keeping the tail means an over-long input loses its oldest context first and the
         question's own end last, which is what a reply depends on most.
+
+        ``retrieved`` (question, answer, similarity) pairs, best first, come before it, the
+        best one last, nearest the question: ``[RET] [SIMn] question [ANS] answer ... [SEP]
+        turns``. Each retrieved question keeps its first ``max_tokens``, each answer its first
+        ``max_answer_tokens``.
         """
         ids: list[int] = []
         for i, part in enumerate(self.encode_batch(turns)):
             if i:
                 ids.append(SEP)
             ids.extend(part)
-        return ids[-max_tokens:] if len(ids) > max_tokens else ids
+        ids = ids[-max_tokens:] if len(ids) > max_tokens else ids
+        if not retrieved:
+            return ids
+        if not self.reads_retrieval:
+            raise TokenizerError("this tokenizer has no retrieval markers (fitted before retrieve and refine)")
+        shown: list[int] = []
+        texts = self.encode_batch([text for q, a, _ in retrieved for text in (q, a)])
+        for rank in reversed(range(len(retrieved))):
+            question, answer = texts[2 * rank], texts[2 * rank + 1]
+            shown += [RET, similarity_token(retrieved[rank][2]), *question[:max_tokens], ANS,
+                      *answer[:max_answer_tokens]]
+        return shown + [SEP] + ids
 
     def encode_target(self, text: str, max_tokens: int) -> list[int]:
         """Answer ids ending in [END]; an over-long answer is cut to fit ``max_tokens``."""

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def retrieved_json(retrieved) -> list[dict]:
+    """What retrieval showed the model, as stored with a reply and printed by ``ask --json``."""
+    return [{"question": q, "answer": a, "similarity": round(s, 4)} for q, a, s in retrieved]
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str
@@ -38,6 +43,7 @@ class Reply:
     user_message_id: int | None = None
     alternatives: tuple[tuple[str, float], ...] = ()  # the n-best list (text, score), best first
     confidence: float = 0.0  # see Generation.confidence; under dialogue.min_confidence: fallback
+    retrieved: tuple[tuple[str, str, float], ...] = ()  # what the model was shown (question, answer, similarity)
 
 
 class ChatBot:
@@ -208,13 +214,14 @@ class ChatBot:
                     or generated.confidence < self.dialogue.min_confidence)
         text_out = self.dialogue.fallback_text if fallback else generated.text
         reply = Reply(text_out, generated.score, session_id, None, generated.latency_ms, fallback, user.id,
-                      generated.alternatives, generated.confidence)
+                      generated.alternatives, generated.confidence, generated.retrieved)
         try:
             bot = self.store.add_message(session_id, "bot", text_out, model_name=self.name,
                                     model_version=self.bundle.manifest.get("created", ""),
                                     decoding=dataclasses.asdict(config), score=generated.score,
                                     confidence=generated.confidence,
-                                    details={"dialogue": dataclasses.asdict(self.dialogue)},
+                                    details={"dialogue": dataclasses.asdict(self.dialogue),
+                                             "retrieved": retrieved_json(generated.retrieved)},
                                     latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
         except StoreError as exc:
             raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "

@@ -34,11 +34,6 @@ from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
 
 NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
-# In reranking, 0.01 of question similarity weighs as much as 1 nat of mean log-probability:
-# a closer question wins unless the model finds its answer far less likely. Measured on the
-# dev sets of bench/robustness.py: weights of 5, 10 and 30 let a memorising model's scores
-# override clearly closer questions and lost 4-15 points of exact match.
-SIMILARITY_WEIGHT = 100.0
 
 
 @dataclass(frozen=True)
@@ -51,13 +46,12 @@ class Generation:
     # greedy decoding and sampling.
     alternatives: tuple[tuple[str, float], ...] = ()
     token_ids: tuple[int, ...] = ()  # the generated ids, [END] included when it was reached
-    # "decoded" (the decode loop's reply) or "memory" (a training answer the model scored
-    # higher, see DecodingConfig.rerank)
-    origin: str = "decoded"
-    # How likely the reply is right, 0..1: for a memory answer, its question's similarity to
-    # the input; otherwise the mean token probability, exp(score). On the dev sets of
-    # bench/robustness.py it separates right from wrong replies far better than the score.
+    # How likely the reply is right, 0..1, from the model alone: the mean token probability,
+    # exp(score) (``confidence_of``).
     confidence: float = 0.0
+    # What retrieval showed the model beside the input: (question, answer, similarity), most
+    # alike first; empty when retrieval is off or the model does not read it.
+    retrieved: tuple[tuple[str, str, float], ...] = ()
 
     def choose(self, index: int) -> "Generation":
         """This generation with its ``index``-th alternative as the reply: text, score and
@@ -107,8 +101,6 @@ class Generator:
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
             self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
-        if self.memory is not None and self.decoding.rerank:  # replies will score memory answers
-            self._score(source, tf.constant([[END]], tf.int32))
 
     @property
     def trace_count(self) -> int:
@@ -138,42 +130,9 @@ class Generator:
             target = np.zeros((len(ids), max(len(i) for i in ids)), dtype=np.int32)
             for row, seq in enumerate(ids):
                 target[row, :len(seq)] = seq
-            scores.append(self._score(tf.constant(self.encode_inputs(inputs[chunk])), tf.constant(target)).numpy())
+            source = self.encode_inputs(inputs[chunk], self.retrieve(inputs[chunk]))
+            scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
-
-    def _rerank(self, inputs: Sequence[Sequence[str]], generations: list[Generation],
-                config: DecodingConfig) -> list[Generation]:
-        """Let the answers of the nearest training questions compete with each decoded reply
-        (see ``DecodingConfig.rerank``). Each candidate is ranked by the model's score of it
-        given what was typed plus ``SIMILARITY_WEIGHT`` x its question's similarity; the
-        decoded reply and beam alternatives count with similarity 0 unless they are one of
-        the memory's answers. The reply keeps the model's score as its score; the best
-        ``n_best`` candidates become its alternatives."""
-        began = time.perf_counter()
-        offered = [self.memory.candidates(turns[-1], config.rerank, config.rerank_min_similarity)
-                   for turns in inputs]
-        decoded = [dict(g.alternatives or ((g.text, g.score),)) for g in generations]
-        to_score = [(row, answer) for row, found in enumerate(offered) for answer in found
-                    if answer not in decoded[row]]
-        scores = iter(self.score([inputs[row] for row, _ in to_score], [a for _, a in to_score],
-                                 config.max_length) if to_score else [])
-        extra_ms = (time.perf_counter() - began) * 1000 / len(inputs)
-        reranked = []
-        for found, known, generated in zip(offered, decoded, generations):
-            generated = dataclasses.replace(generated, latency_ms=generated.latency_ms + extra_ms)
-            if found:
-                pool = {**known, **{a: float(next(scores)) for a in found if a not in known}}
-                ranked = sorted(pool.items(), key=lambda item: -(item[1] + SIMILARITY_WEIGHT * found.get(item[0], 0.0)))
-                text, score = ranked[0]
-                if text != generated.text:
-                    ids = self.tokenizer.encode_target(text, config.max_length)
-                    generated = dataclasses.replace(generated, text=text, score=score, tokens=len(ids),
-                                                    token_ids=tuple(ids), origin="memory")
-                confidence = found[text] if text in found else generated.confidence
-                generated = dataclasses.replace(generated, alternatives=tuple(ranked[:config.n_best]),
-                                                confidence=confidence)
-            reranked.append(generated)
-        return reranked
 
     # --- shared: repetition control ----------------------------------------------------------
     def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
@@ -248,7 +207,7 @@ class Generator:
         """Greedy decoding or sampling for a batch. Rows that end leave the batch (their
         results are written out at once), so the remaining steps cost only what the rows
         still running need: a batch no longer pays full price until its longest reply ends."""
-        encoder_outputs, states, source_mask = self.model.encode(source, training=False)
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
         positions = tf.range(max_length)
         out_ids = tf.zeros([batch, max_length], tf.int32)
@@ -266,9 +225,9 @@ class Generator:
                     tf.tensor_scatter_nd_update(out_logprob, where, tf.boolean_mask(total, done)),
                     tf.tensor_scatter_nd_update(out_lengths, where, tf.fill(tf.shape(where)[:1], length)))
 
-        def body(step, rows, token, history, total, states, encoder_outputs, source_mask,
+        def body(step, rows, token, history, total, states, encoder_outputs, source_ids,
                  out_ids, out_logprob, out_lengths):
-            logits, states = self.model.decode_step(token, states, encoder_outputs, source_mask)
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
             scores = self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
@@ -283,23 +242,23 @@ class Generator:
                 outs = write(ended, rows, history, total, step + 1, out_ids, out_logprob, out_lengths)
                 keep = tf.logical_not(ended)
                 running = [tf.boolean_mask(t, keep) for t in
-                           (rows, best, history, total, encoder_outputs, source_mask)]
+                           (rows, best, history, total, encoder_outputs, source_ids)]
                 return (*running, [tf.boolean_mask(s, keep) for s in states], *outs)
 
             def keep_all():
-                return (rows, best, history, total, encoder_outputs, source_mask, states,
+                return (rows, best, history, total, encoder_outputs, source_ids, states,
                         out_ids, out_logprob, out_lengths)
 
-            (rows, token, history, total, encoder_outputs, source_mask, states,
+            (rows, token, history, total, encoder_outputs, source_ids, states,
              out_ids, out_logprob, out_lengths) = tf.cond(tf.reduce_any(ended), drop_ended, keep_all)
-            return (step + 1, rows, token, history, total, states, encoder_outputs, source_mask,
+            return (step + 1, rows, token, history, total, states, encoder_outputs, source_ids,
                     out_ids, out_logprob, out_lengths)
 
         def running(step, rows, *_):
             return tf.logical_and(step < max_length, tf.size(rows) > 0)
 
         unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
-        loop_vars = (tf.constant(0), rows, token, history, total, states, encoder_outputs, source_mask,
+        loop_vars = (tf.constant(0), rows, token, history, total, states, encoder_outputs, source_ids,
                      out_ids, out_logprob, out_lengths)
         (step, rows, _, history, total, _, _, _, out_ids, out_logprob, out_lengths) = tf.while_loop(
             running, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
@@ -325,9 +284,9 @@ class Generator:
         batch = tf.shape(source)[0]
         k = beam
         rows = batch * k
-        encoder_outputs, states, source_mask = self.model.encode(source, training=False)
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         encoder_outputs = tf.repeat(encoder_outputs, k, axis=0)
-        source_mask = tf.repeat(source_mask, k, axis=0)
+        source_ids = tf.repeat(source_ids, k, axis=0)
         states = [tf.repeat(s, k, axis=0) for s in states]
 
         def penalty(length):
@@ -357,11 +316,11 @@ class Generator:
             return tuple(tf.tensor_scatter_nd_update(out, where, tf.boolean_mask(tf.gather(t, best, batch_dims=1), done))
                          for out, t in zip(outputs, (history, raw, lengths, keys)))
 
-        def body(step, inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+        def body(step, inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
                  finished, decided, history, outputs):
             searching = tf.shape(inputs)[0]
             rows = searching * k
-            logits, states = self.model.decode_step(token, states, encoder_outputs, source_mask)
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             raw_logprobs = tf.reshape(tf.nn.log_softmax(logits), [searching, k * vocab])
             constrained = self._constrain(logits, tf.reshape(history, [rows, max_length]), step,
@@ -402,23 +361,23 @@ class Generator:
                 keep = tf.logical_not(done)
                 keep_rows = tf.repeat(keep, k)
                 per_input = [tf.boolean_mask(t, keep) for t in (inputs, sums, raw, lengths, finished, decided, history)]
-                per_row = [tf.boolean_mask(t, keep_rows) for t in (token, encoder_outputs, source_mask)]
+                per_row = [tf.boolean_mask(t, keep_rows) for t in (token, encoder_outputs, source_ids)]
                 return (*per_input, *per_row, [tf.boolean_mask(s, keep_rows) for s in states], new_outputs)
 
             def keep_all():
                 return (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs,
-                        source_mask, states, outputs)
+                        source_ids, states, outputs)
 
-            (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs, source_mask,
+            (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs, source_ids,
              states, outputs) = tf.cond(tf.reduce_any(done), drop_done, keep_all)
-            return (step + 1, inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+            return (step + 1, inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
                     finished, decided, history, outputs)
 
         def searching(step, inputs, *_):
             return tf.logical_and(step < max_length, tf.size(inputs) > 0)
 
         unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
-        loop_vars = (tf.constant(0), inputs, token, states, encoder_outputs, source_mask, sums, raw, lengths,
+        loop_vars = (tf.constant(0), inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
                      finished, decided, history, outputs)
         (_, inputs, _, _, _, _, sums, raw, lengths, finished, decided, history, outputs) = tf.while_loop(
             searching, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
@@ -449,10 +408,27 @@ class Generator:
                 tf.constant(config.length_penalty, tf.float32),
                 *self._constraint_args(config)]
 
-    def encode_inputs(self, inputs: Sequence[Sequence[str]]) -> np.ndarray:
-        """Each input is a list of turns (context..., question); returns padded ids."""
-        ids = [self.tokenizer.encode_input(list(turns), self.data.max_input_tokens) or [PAD]
-               for turns in inputs]
+    @property
+    def reads_retrieval(self) -> bool:
+        """Whether the model was trained to read retrieved pairs (and has them to read)."""
+        return self.data.retrieved_pairs > 0 and self.memory is not None and len(self.memory) > 0
+
+    def retrieve(self, inputs: Sequence[Sequence[str]], config: DecodingConfig | None = None
+                 ) -> list[tuple[tuple[str, str, float], ...]]:
+        """What the model is shown beside each input (by its question, the last turn)."""
+        if not self.reads_retrieval or not (config or self.decoding).retrieval:
+            return [()] * len(inputs)
+        return [tuple(self.memory.retrieve(turns[-1], self.data.retrieved_pairs)) if turns else ()
+                for turns in inputs]
+
+    def encode_inputs(self, inputs: Sequence[Sequence[str]],
+                      retrieved: Sequence[Sequence[tuple[str, str, float]]] | None = None) -> np.ndarray:
+        """Each input is a list of turns (context..., question), with what retrieval found for
+        it; returns padded ids."""
+        retrieved = retrieved or [()] * len(inputs)
+        ids = [self.tokenizer.encode_input(list(turns), self.data.max_input_tokens, shown,
+                                           self.data.max_retrieved_answer_tokens) or [PAD]
+               for turns, shown in zip(inputs, retrieved)]
         width = max(len(i) for i in ids)
         batch = np.zeros((len(ids), width), dtype=np.int32)
         for row, seq in enumerate(ids):
@@ -475,7 +451,8 @@ class Generator:
         for start in range(0, len(inputs), self.max_batch):
             chunk = inputs[start:start + self.max_batch]
             began = time.perf_counter()
-            source = tf.constant(self.encode_inputs(chunk))
+            shown = self.retrieve(chunk, config)
+            source = tf.constant(self.encode_inputs(chunk, shown))
             if beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
             else:
@@ -502,8 +479,7 @@ class Generator:
                     latency_ms=latency,
                     alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),
                     token_ids=tuple(int(t) for t in token_ids),
+                    retrieved=shown[row],
                 ))
-            if config.rerank and self.memory is not None:
-                chunk_results = self._rerank(chunk, chunk_results, config)
             results.extend(chunk_results)
         return results

@@ -38,7 +38,9 @@ from chatbot.data.corpus import Example, load_corpus
 from chatbot.errors import BundleError, ChatbotError, CorpusError
 from chatbot.data.tokenizer import TextTokenizer
 
-FORMAT_VERSION = 1
+# 1: the first format; 2: retrieve and refine (data.retrieved_pairs, model.copy_attention,
+# decoding.retrieval replace decoding.rerank). A format-1 bundle still loads, as the model it was.
+FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -203,7 +205,7 @@ class Bundle:
                 raise BundleError(f"{file}: corrupt file (checksum mismatch)")
 
         try:
-            config = Config.from_dict(_read_json(path / CONFIG))
+            config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), version))
             tokenizer = TextTokenizer.load(path / TOKENIZER)
         except ChatbotError as exc:
             written_by = manifest.get("chatbot_version")
@@ -230,6 +232,26 @@ class Bundle:
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
                    path=path, manifest=manifest)
+
+
+def upgrade_config(raw: dict, format_version: int) -> dict:
+    """A config as written by an older bundle format, in today's keys, meaning the same model:
+    format 1 predates retrieve and refine (its models read the question alone and have no copy
+    switch) and ranked stored answers with ``decoding.rerank``, which no longer exists (a
+    reply is always the decoded text)."""
+    if format_version >= 2 or not isinstance(raw, dict):
+        return raw
+    raw = json.loads(json.dumps(raw))  # a copy
+    data, model, decoding = (raw.setdefault(k, {}) for k in ("data", "model", "decoding"))
+    if isinstance(data, dict):
+        data.setdefault("retrieved_pairs", 0)
+        data.setdefault("noisy_copies", 0)
+    if isinstance(model, dict):
+        model.setdefault("copy_attention", False)
+    if isinstance(decoding, dict):
+        for legacy in ("rerank", "rerank_min_similarity"):
+            decoding.pop(legacy, None)
+    return raw
 
 
 @dataclass(frozen=True)

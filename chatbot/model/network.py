@@ -8,6 +8,13 @@ decoder sequence in one call, and inference reuses the same layers one step at a
 * ``call((source, decoder_input))``: teacher forcing, returns logits ``[B, T, V]``;
 * ``encode(source)`` then ``decode_step(token, states, ...)``: what the generator compiles.
 
+With ``copy_attention`` (a pointer-generator, See, Liu & Manning 2017) the output is a mixture:
+a learned switch ``p_gen`` weighs the vocabulary distribution against the attention weights
+scattered onto the input's token ids, so a retrieved answer in the input can be copied token
+by token, exactly, however long. Source and target share one vocabulary, so no extended
+vocabulary is needed. The outputs are then log-probabilities rather than logits; both go
+through the same ``log_softmax`` (a no-op on log-probabilities), loss and decode loops.
+
 Padding (id 0) is masked explicitly everywhere: the encoder's final state is the state at
 the last real token, and attention never looks at padding.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import io
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from chatbot.config import ModelConfig
@@ -58,10 +66,12 @@ class Seq2Seq(keras.Model):
                                   if self.attention is not None else None)
         self.dropout = layers.Dropout(config.dropout, name="dropout")
         self.output_projection = layers.Dense(vocab_size, name="output_projection")
+        self.copy_switch = (layers.Dense(1, activation="sigmoid", name="copy_switch")
+                            if config.copy_attention and self.attention is not None else None)
 
     # --- encoder -------------------------------------------------------------------------
     def encode(self, source, training=False):
-        """Returns (encoder outputs, flat list of initial decoder states, source mask)."""
+        """Returns (encoder outputs, flat list of initial decoder states, source ids)."""
         source_mask = ops.not_equal(source, PAD)
         x = self.dropout(self.embedding(source), training=training)
         states = []
@@ -75,23 +85,33 @@ class Seq2Seq(keras.Model):
             states.extend(layer_states)
             if i + 1 < len(self.encoder_rnns):
                 x = self.dropout(x, training=training)
-        return x, states, source_mask
+        return x, states, source
 
     # --- decoder -------------------------------------------------------------------------
     def _layer_states(self, states, i):
         n = self.states_per_layer
         return list(states[i * n:(i + 1) * n])
 
-    def _project(self, decoder_outputs, encoder_outputs, source_mask, query_mask, training):
-        if self.attention is not None:
-            context = self.attention([decoder_outputs, encoder_outputs],
-                                     mask=[query_mask, source_mask], training=training)
-            decoder_outputs = self.attention_combine(ops.concatenate([decoder_outputs, context], axis=-1))
-        return self.output_projection(self.dropout(decoder_outputs, training=training))
+    def _project(self, decoder_outputs, encoder_outputs, source, training):
+        """Decoder outputs ``[B, T, units]`` -> logits, or log-probabilities with copying."""
+        if self.attention is None:
+            return self.output_projection(self.dropout(decoder_outputs, training=training))
+        source_mask = ops.not_equal(source, PAD)
+        context, weights = self.attention([decoder_outputs, encoder_outputs], mask=[None, source_mask],
+                                          return_attention_scores=True, training=training)
+        combined = self.attention_combine(ops.concatenate([decoder_outputs, context], axis=-1))
+        logits = self.output_projection(self.dropout(combined, training=training))
+        if self.copy_switch is None:
+            return logits
+        generate = self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1))  # [B, T, 1]
+        vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        copied = scatter_to_vocabulary(ops.cast(weights, "float32"), source, self.vocab_size)
+        generate = ops.cast(generate, "float32")
+        return ops.log(generate * vocabulary + (1.0 - generate) * copied + 1e-9)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
-        encoder_outputs, states, source_mask = self.encode(source, training=training)
+        encoder_outputs, states, _ = self.encode(source, training=training)
         # No mask on the decoder side: padding only follows the real tokens, so it cannot
         # change their outputs, and the loss ignores padded positions. Skipping the mask
         # saves a select per RNN step.
@@ -100,16 +120,16 @@ class Seq2Seq(keras.Model):
             x = rnn(x, initial_state=self._layer_states(states, i), training=training)[0]
             if i + 1 < len(self.decoder_rnns):
                 x = self.dropout(x, training=training)
-        return self._project(x, encoder_outputs, source_mask, None, training)
+        return self._project(x, encoder_outputs, source, training)
 
-    def decode_step(self, token, states, encoder_outputs, source_mask):
+    def decode_step(self, token, states, encoder_outputs, source):
         """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states."""
         x = self.embedding(token)
         new_states = []
         for i, rnn in enumerate(self.decoder_rnns):
             x, layer_states = rnn.cell(x, self._layer_states(states, i), training=False)
             new_states.extend(layer_states if isinstance(layer_states, (list, tuple)) else [layer_states])
-        logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source_mask, None, False)
+        logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False)
         return logits[:, 0, :], new_states
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):
@@ -137,6 +157,18 @@ class Seq2Seq(keras.Model):
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
         self((dummy, dummy), training=False)
+
+
+def scatter_to_vocabulary(weights, source, vocab_size: int):
+    """Attention weights ``[B, T, S]`` summed per source token id: ``[B, T, V]``.
+
+    A segment sum over (row, token id) rather than a one-hot matmul: its memory is that of
+    the output, not ``B x S x V`` (a long retrieved answer makes S several hundred)."""
+    batch, steps, width = tf.shape(weights)[0], tf.shape(weights)[1], tf.shape(weights)[2]
+    per_source = tf.reshape(tf.transpose(weights, [0, 2, 1]), [batch * width, steps])
+    segments = tf.reshape(tf.cast(source, tf.int32) + vocab_size * tf.range(batch)[:, None], [-1])
+    summed = tf.math.unsorted_segment_sum(per_source, segments, batch * vocab_size)
+    return tf.transpose(tf.reshape(summed, [batch, vocab_size, steps]), [0, 2, 1])
 
 
 def masked_accuracy(y_true, y_pred):

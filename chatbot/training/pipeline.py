@@ -10,10 +10,12 @@ once training has finished.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,10 +24,12 @@ from typing import Callable
 
 from chatbot.config import Config
 from chatbot.data.corpus import Corpus, Example, load_corpus, split_examples
+from chatbot.data.noise import noisy
 from chatbot.data.tokenizer import TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
+from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -167,13 +171,23 @@ def build(plan: Plan, stage: Callable[[str], None]):
     from chatbot.model.network import Seq2Seq, compile_model
 
     config, tokenizer, data = plan.config, plan.tokenizer, plan.config.data
-    train_src, train_tgt = encode_examples(plan.train, tokenizer, data.max_input_tokens, data.max_output_tokens)
+    if data.retrieved_pairs and not tokenizer.reads_retrieval:
+        raise TrainingError("data.retrieved_pairs needs a tokenizer with retrieval markers; this one "
+                            "predates them: use --rebuild-vocab, or --set data.retrieved_pairs=0")
+    examples, shown = augment(plan)
+    stage(f"{len(examples)} training inputs from {len(plan.train)} pairs "
+          f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
+    train_src, train_tgt = encode_examples(examples, tokenizer, data.max_input_tokens, data.max_output_tokens,
+                                           shown, data.max_retrieved_answer_tokens)
     train_set = make_dataset(train_src, train_tgt, config.training.batch_size, shuffle=True,
                              seed=config.training.seed)
     val_set = None
     if plan.validation:
+        memory = AnswerMemory(plan.train)
+        shown = [memory.retrieve(e.question, data.retrieved_pairs) if data.retrieved_pairs else ()
+                 for e in plan.validation]
         val_src, val_tgt = encode_examples(plan.validation, tokenizer, data.max_input_tokens,
-                                           data.max_output_tokens)
+                                           data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
 
     model = Seq2Seq(tokenizer.vocab_size, config.model)
@@ -182,9 +196,35 @@ def build(plan: Plan, stage: Callable[[str], None]):
         model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
     compile_model(model, config.training.learning_rate, config.training.clipnorm)
     stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
-          f"attention {config.model.attention}, {model.count_params():,} parameters, "
+          f"attention {config.model.attention}{' with copying' if config.model.copy_attention else ''}, "
+          f"{model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
     return model, train_set, val_set
+
+
+def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
+    """The training inputs, as the model will meet them: each pair's question as written and
+    in ``data.noisy_copies`` seeded noisy variants, each once alone (the decoder must answer
+    without help) and, with retrieval, once beside what retrieval finds for it. A share
+    ``data.leave_out_own`` of those leave the pair itself out of what is shown, so the model
+    learns both to trust a close retrieved answer and to answer when none fits."""
+    data = plan.config.data
+    rng = random.Random(plan.config.training.seed)
+    memory = AnswerMemory(plan.train) if data.retrieved_pairs else None
+    examples: list[Example] = []
+    shown: list[tuple] = []
+    for example in plan.train:
+        variants = [example.question] + [noisy(example.question, rng) for _ in range(data.noisy_copies)]
+        for question in variants:
+            variant = dataclasses.replace(example, question=question)
+            examples.append(variant)
+            shown.append(())
+            if memory is not None:
+                exclude = example.question if rng.random() < data.leave_out_own else None
+                examples.append(variant)
+                shown.append(tuple(memory.retrieve(question, data.retrieved_pairs, exclude=exclude,
+                                                   prefer=example.answer)))
+    return examples, shown
 
 
 def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra_callbacks: list | None):

@@ -1,0 +1,85 @@
+"""Noisy variants of questions, so the model trains on what people actually type.
+
+Users mistype, drop and repeat words, reorder them, write "u" for "you" and ignore case and
+punctuation. Training on seeded noisy copies of each training question (with what retrieval
+finds for the noisy text) teaches the decoder to cope with that, and teaches it to judge the
+retrieved pairs rather than trust the nearest one blindly.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from chatbot.data.text import EXPANSIONS
+
+_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+_NEIGHBOURS: dict[str, str] = {}
+for _r, _row in enumerate(_ROWS):
+    for _c, _key in enumerate(_row):
+        near = [_row[j] for j in (_c - 1, _c + 1) if 0 <= j < len(_row)]
+        for _other in (_r - 1, _r + 1):
+            if 0 <= _other < len(_ROWS):
+                near += [_ROWS[_other][j] for j in (_c - 1, _c, _c + 1) if 0 <= j < len(_ROWS[_other])]
+        _NEIGHBOURS[_key] = "".join(near)
+# Chat spellings: the reverse of the expansions retrieval folds away ("you" -> "u").
+_CONTRACTIONS = {}
+for _short, _long in EXPANSIONS.items():
+    _CONTRACTIONS.setdefault(_long, []).append(_short)
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    letters = [i for i, ch in enumerate(word) if ch.isalpha()]
+    if len(letters) < 2:
+        return word
+    i = rng.choice(letters)
+    kind = rng.randrange(4)
+    if kind == 0 and word[i].lower() in _NEIGHBOURS:  # a neighbouring key
+        return word[:i] + rng.choice(_NEIGHBOURS[word[i].lower()]) + word[i + 1:]
+    if kind == 1:  # a dropped letter
+        return word[:i] + word[i + 1:]
+    if kind == 2 and i + 1 < len(word):  # swapped letters
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i] + word[i:]  # a doubled letter
+
+
+def _contract(words: list[str], rng: random.Random) -> list[str]:
+    text = " ".join(words)
+    lowered = text.lower()
+    options = [(long, short) for long, shorts in _CONTRACTIONS.items() for short in shorts
+               if f" {long} " in f" {lowered} "]
+    if not options:
+        return words
+    long, short = rng.choice(options)
+    start = f" {lowered} ".index(f" {long} ")
+    return (text[:start] + short + text[start + len(long):]).split()
+
+
+def noisy(text: str, rng: random.Random) -> str:
+    """One noisy variant of ``text``: one to three edits of the kinds above, case and final
+    punctuation sometimes changed. Never empty; may equal ``text`` for very short inputs."""
+    words = text.split()
+    if not words:
+        return text
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        kind = rng.randrange(6)
+        if kind <= 1:  # typos are the commonest noise
+            i = rng.randrange(len(words))
+            words[i] = _typo(words[i], rng)
+        elif kind == 2 and len(words) > 2:
+            del words[rng.randrange(len(words))]
+        elif kind == 3:
+            i = rng.randrange(len(words))
+            words.insert(i, words[i])
+        elif kind == 4 and len(words) > 1:
+            i = rng.randrange(len(words) - 1)
+            words[i], words[i + 1] = words[i + 1], words[i]
+        else:
+            words = _contract(words, rng)
+    out = " ".join(words)
+    style = rng.randrange(4)
+    if style == 0:
+        out = out.lower()
+    elif style == 1:
+        out = out.rstrip(string.punctuation + " ") or out
+    return out or text

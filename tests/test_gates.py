@@ -1,0 +1,51 @@
+"""The gates judge the model: a model trained one epoch fails the training summary's exact
+match, the golden checks and ``chatbot evaluate``, even though retrieval finds the right pair
+for every question (retrieval only feeds the decoder; it cannot answer for it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chatbot.evaluation.evaluate import evaluate, evaluation_set
+from chatbot.evaluation.golden import check_golden, load_golden
+from chatbot.training.pipeline import train
+from conftest import ROOT, TINY_PAIRS, tiny_config
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gates") / "one-epoch"
+    return train(TINY_PAIRS, tiny_config(**{"training.epochs": 1, "decoding.max_length": 12}), out, verbose=0)
+
+
+def test_one_epoch_fails_the_training_summary(one_epoch):
+    assert one_epoch.metrics["train_exact_match"] < 0.2
+    # Retrieval alone would have been right: every training question retrieves its own pair first.
+    from chatbot.inference.retrieval import AnswerMemory
+
+    memory = AnswerMemory(one_epoch.train)
+    assert all(memory.retrieve(e.question, 1)[0][1] == e.answer for e in one_epoch.train)
+
+
+def test_one_epoch_fails_golden_checks_and_evaluate(one_epoch, tmp_path):
+    golden = tmp_path / "golden.tsv"
+    golden.write_text(TINY_PAIRS.read_text(encoding="utf-8"), encoding="utf-8")
+    assert not check_golden(one_epoch, load_golden(golden)).ok
+    report = evaluate(one_epoch, evaluation_set(one_epoch, split="train").examples)
+    assert report.exact_match < 0.2
+
+
+def test_one_epoch_fails_cli_evaluate_golden(one_epoch, tmp_path):
+    golden = tmp_path / "golden.tsv"
+    golden.write_text(TINY_PAIRS.read_text(encoding="utf-8"), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "evaluate", "--model", str(one_epoch.path),
+                             "--split", "train", "--golden", str(golden), "--json"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert "golden cases failed" in result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["exact_match"] < 0.2

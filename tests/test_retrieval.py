@@ -1,0 +1,116 @@
+"""Retrieval feeds the decoder: the training pairs nearest to what was typed are added to the
+model's input, and the reply is always what the decode loop produced."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from chatbot.model.bundle import TRAIN, Bundle
+from chatbot.data.corpus import Example
+from chatbot.inference.retrieval import AnswerMemory
+from chatbot.data.text import match_key
+
+
+def test_match_key_folds_case_punctuation_and_contractions():
+    assert match_key("What's  YOUR name?!") == match_key("what is your name") == "what is your name"
+    assert match_key("I can’t hear") == match_key("i cannot hear") == "i can not hear"
+    assert match_key("whats ur name") == "what is your name"
+    assert match_key("?!") == ""
+
+
+def test_nearest_finds_typos_and_reordering_and_respects_the_threshold():
+    memory = AnswerMemory([Example((), "Tell me a joke", "Knock knock."),
+                           Example((), "Tell me a joke", "Why not?"),
+                           Example((), "Where are you from?", "The cloud."),
+                           Example((), "What is two plus two?", "Four."),
+                           Example(("Hi",), "Who are you?", "Skipped: it has context.")])
+    assert len(memory) == 3  # the example with context turns is not a single question
+    best = memory.nearest("tell me a jkoe", k=2, min_similarity=0.6)[0]
+    assert best.question == "Tell me a joke" and best.answers == ("Knock knock.", "Why not?")
+    assert 0.9 < best.similarity < 1.0
+    assert memory.nearest("from where are you", k=2, min_similarity=0.6)[0].question == "Where are you from?"
+    assert memory.nearest("Explain quantum chromodynamics", k=3, min_similarity=0.6) == []
+    [(question, answer, alike)] = memory.retrieve("Tell me a joke!", 1)
+    assert (question, answer) == ("Tell me a joke", "Knock knock.") and 0.99 < alike < 1.0
+    # Equal keys: the raw text breaks the tie.
+    twins = AnswerMemory([Example((), "I'm also good.", "Good to hear."), Example((), "I am also good.", "Good.")])
+    assert [m.question for m in twins.nearest("I am alos good.", 2, 0.6)] == ["I am also good.", "I'm also good."]
+    # A swapped pair of letters costs one edit: "ahet" is nearer "hate" than "eat".
+    swapped = AnswerMemory([Example((), "do you eat", "No."), Example((), "Do you hate?", "Never.")])
+    assert swapped.nearest("Do you ahet?", 2, 0.6)[0].question == "Do you hate?"
+
+
+def test_bundles_store_their_training_pairs(tiny_bundle_path, tiny_pairs):
+    bundle = Bundle.load(tiny_bundle_path)
+    assert TRAIN in bundle.manifest["files"]
+    assert sorted((e.question, e.answer) for e in bundle.train) == sorted(tiny_pairs)
+
+
+def test_retrieve_shows_one_answer_per_question_and_can_leave_one_out():
+    memory = AnswerMemory([Example((), "Tell me a joke", "Knock knock."),
+                           Example((), "Tell me a joke", "Why not?"),
+                           Example((), "Where are you from?", "The cloud.")])
+    shown = memory.retrieve("tell me a jkoe", 2)
+    assert [(q, a) for q, a, _ in shown] == [("Tell me a joke", "Knock knock."), ("Where are you from?", "The cloud.")]
+    assert shown[0][2] > shown[1][2]  # most alike first
+    assert memory.retrieve("tell me a joke", 1, prefer="Why not?")[0][1] == "Why not?"  # training shows its own
+    assert [q for q, _, _ in memory.retrieve("tell me a joke", 2, exclude="Tell me a joke")] == ["Where are you from?"]
+
+
+def test_the_reply_is_always_the_decoded_text(tiny_bot, tiny_pairs):
+    """Retrieval only adds to the model's input: every reply's ids are the decode loop's own,
+    and its text is exactly those ids decoded, with or without retrieval."""
+    questions = ["waht is yuor name", "the capital of France is what?", "xylophone quantum zebra"]
+    for decoding in ({}, {"retrieval": False}, {"beam": 3, "n_best": 2}):
+        for g in tiny_bot.generate(questions, decoding=decoding):
+            assert g.text == tiny_bot.bundle.tokenizer.decode(g.token_ids)
+            assert 0.0 <= g.confidence <= 1.0 and np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
+
+
+def test_retrieval_helps_the_model_with_mistyped_questions(tiny_bot):
+    questions = ["waht is yuor name", "how old are yuo", "What is the capitl of France"]
+    expected = ["My name is Tiny.", "I was trained a moment ago.", "Paris is the capital of France."]
+    with_retrieval = tiny_bot.generate(questions)
+    assert [g.text for g in with_retrieval] == expected
+    assert all(g.retrieved and g.retrieved[0][1] == answer for g, answer in zip(with_retrieval, expected))
+    alone = tiny_bot.generate(questions, decoding={"retrieval": False})
+    assert all(g.retrieved == () for g in alone)
+    # One by one gives the same replies as the batch.
+    assert [tiny_bot.generate([q])[0].text for q in questions] == expected
+
+
+def test_what_the_model_was_shown_is_stored_with_the_reply(bot, tiny_pairs):
+    reply = bot.reply("waht is yuor name")
+    assert reply.retrieved and reply.retrieved[0][0] == "What is your name?"
+    stored = bot.history(reply.session_id)[-1]
+    assert stored.details["retrieved"][0] == {"question": "What is your name?", "answer": "My name is Tiny.",
+                                              "similarity": round(reply.retrieved[0][2], 4)}
+    assert stored.confidence == reply.confidence and stored.details["dialogue"]["min_confidence"] == 0.0
+
+
+def test_retrieval_does_not_retrace(tiny_bot, tiny_pairs):
+    tiny_bot.generate(["warm up"] + [q for q, _ in tiny_pairs[:2]])
+    before = tiny_bot.generator.trace_count
+    for n in range(1, 12):
+        tiny_bot.generate([q[:-1] + "??" for q, _ in tiny_pairs[:n]])
+        tiny_bot.generate([q for q, _ in tiny_pairs[:n]], decoding={"retrieval": False})
+    assert tiny_bot.generator.trace_count == before
+
+
+def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path):
+    """Bundles written before retrieve and refine (decoding.rerank, no retrieval markers) load
+    with retrieval and copying off; their old rerank setting is dropped."""
+    from chatbot.model.bundle import CONFIG, upgrade_config
+
+    raw = json.loads((tiny_bundle_path / CONFIG).read_text())
+    for key in ("retrieved_pairs", "noisy_copies"):
+        raw["data"].pop(key)
+    raw["model"].pop("copy_attention")
+    raw["decoding"]["retrieval"] = True
+    raw["decoding"].update(rerank=8, rerank_min_similarity=0.6)
+    old = upgrade_config(raw, 1)
+    assert old["data"]["retrieved_pairs"] == 0 and old["model"]["copy_attention"] is False
+    assert "rerank" not in old["decoding"] and "rerank" in raw["decoding"]  # the input is left alone
+    assert upgrade_config(raw, 2) is raw
