@@ -10,8 +10,10 @@ decoder sequence in one call, and inference reuses the same layers one step at a
 
 With ``copy_attention`` (a pointer-generator, See, Liu & Manning 2017) the output is a mixture:
 a learned switch ``p_gen`` weighs the vocabulary distribution against the attention weights
-scattered onto the input's token ids, so a retrieved answer in the input can be copied token
-by token, exactly, however long. Source and target share one vocabulary, so no extended
+over the retrieved answers in the input, scattered onto their token ids, so a retrieved answer
+can be copied token by token, exactly, however long. Only retrieved answers are copyable (not
+the user's question, whose typos would otherwise be copied into replies); an input without
+retrieved pairs is pure generation. Source and target share one vocabulary, so no extended
 vocabulary is needed. The outputs are then log-probabilities rather than logits; both go
 through the same ``log_softmax`` (a no-op on log-probabilities), loss and decode loops.
 
@@ -29,7 +31,7 @@ from keras import layers, ops
 
 from chatbot.config import ModelConfig
 from chatbot.files import write_atomically
-from chatbot.data.tokenizer import PAD
+from chatbot.data.tokenizer import ANS, PAD, RET, SEP
 
 
 def _rnn(cell: str, units: int, name: str) -> layers.Layer:
@@ -103,10 +105,14 @@ class Seq2Seq(keras.Model):
         logits = self.output_projection(self.dropout(combined, training=training))
         if self.copy_switch is None:
             return logits
-        generate = self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1))  # [B, T, 1]
+        generate = ops.cast(self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1)), "float32")
         vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-        copied = scatter_to_vocabulary(ops.cast(weights, "float32"), source, self.vocab_size)
-        generate = ops.cast(generate, "float32")
+        copyable = ops.cast(retrieved_answer_positions(source), "float32")[:, None, :]  # [B, 1, S]
+        weights = ops.cast(weights, "float32") * copyable
+        mass = ops.sum(weights, axis=-1, keepdims=True)
+        copied = scatter_to_vocabulary(weights / ops.maximum(mass, 1e-9), source, self.vocab_size)
+        # Nothing to copy (no retrieved pairs): the vocabulary alone.
+        generate = ops.where(ops.any(copyable > 0, axis=-1, keepdims=True), generate, 1.0)
         return ops.log(generate * vocabulary + (1.0 - generate) * copied + 1e-9)
 
     def call(self, inputs, training=False):
@@ -157,6 +163,16 @@ class Seq2Seq(keras.Model):
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
         self((dummy, dummy), training=False)
+
+
+def retrieved_answer_positions(source):
+    """True at the tokens of retrieved answers in ``[B, S]`` source ids. The input reads
+    ``[RET] [SIMn] question [ANS] answer ... [SEP] turns``: a position is inside an answer when
+    as many answers have opened ([ANS]) as segments have ([RET], [SEP]) and at least one has."""
+    source = tf.cast(source, tf.int32)
+    opened = tf.cumsum(tf.cast(tf.equal(source, ANS), tf.int32), axis=1)
+    segments = tf.cumsum(tf.cast(tf.logical_or(tf.equal(source, RET), tf.equal(source, SEP)), tf.int32), axis=1)
+    return tf.logical_and(tf.logical_and(opened > 0, tf.equal(opened, segments)), tf.not_equal(source, ANS))
 
 
 def scatter_to_vocabulary(weights, source, vocab_size: int):
