@@ -6,10 +6,12 @@ There are two compiled loops, one per strategy family:
   a boolean tensor;
 * ``_beam_loop``: beam search with a GNMT length penalty and an n-best list.
 
-Both take a fixed signature (``[batch, time]`` int32 source ids and scalar tensors for every
-setting, including the max length), so each is traced once per generator and never per
-question or per setting, and no Python runs per generated token. Repetition control
-(``no_repeat_ngram_size``, ``repetition_penalty``, ``min_length``) is shared by both.
+Both run on one skeleton, ``_decode_until_done``, which owns the bookkeeping they share
+(inputs that finish are written out and leave the running batch), so each loop body holds
+only its strategy. Both take a fixed signature (``[batch, time]`` int32 source ids and scalar
+tensors for every setting, including the max length), so each is traced once per generator
+and never per question or per setting, and no Python runs per generated token. Repetition
+control (``no_repeat_ngram_size``, ``repetition_penalty``, ``min_length``) is shared by both.
 
 Scores are always computed from the model's own log-probabilities (temperature 1, no
 penalties), so they stay comparable across strategies and settings: ``Generation.score`` is
@@ -68,6 +70,50 @@ def confidence_of(score: float) -> float:
 
 def _scalar(dtype) -> tf.TensorSpec:
     return tf.TensorSpec([], dtype)
+
+
+def _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
+                       rows_per_input=None):
+    """Step ``advance`` until every input is done or ``max_length`` steps have run; returns
+    ``outputs`` (``batch`` rows each) with every input's ``results`` written to its row.
+
+    ``search`` holds per-input tensors, ``decoder`` per-row ones (token, states, encoder
+    outputs: ``rows_per_input`` rows per input, one when None). ``advance(step, search,
+    decoder)`` returns both updated and a ``done`` mask over the inputs. Done inputs are
+    written out at once (``results(steps, search)``: one tensor per output, by input) and
+    leave the batch, so later steps cost only what still runs; inputs running at
+    ``max_length`` are written as they stand. The batch shrinks, so no shape is invariant.
+    """
+    def write(index, done, steps, search, outputs):
+        where = tf.boolean_mask(index, done)[:, None]
+        return tuple(tf.tensor_scatter_nd_update(out, where, tf.boolean_mask(value, done))
+                     for out, value in zip(outputs, results(steps, search)))
+
+    def body(step, index, search, decoder, outputs):
+        search, decoder, done = advance(step, search, decoder)
+        steps = step + 1
+
+        def drop_done():
+            keep = tf.logical_not(done)
+            keep_rows = keep if rows_per_input is None else tf.repeat(keep, rows_per_input)
+            mask = lambda tensors, kept: tf.nest.map_structure(  # noqa: E731
+                lambda t: tf.boolean_mask(t, kept), tensors)
+            return (mask(index, keep), mask(search, keep), mask(decoder, keep_rows),
+                    write(index, done, steps, search, outputs))
+
+        def keep_all():
+            return index, search, decoder, outputs
+
+        return (steps, *tf.cond(tf.reduce_any(done), drop_done, keep_all))
+
+    def running(step, index, *_):
+        return tf.logical_and(step < max_length, tf.size(index) > 0)
+
+    unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
+    loop_vars = (tf.constant(0), tf.range(batch), search, decoder, outputs)
+    step, index, search, _, outputs = tf.while_loop(
+        running, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
+    return write(index, tf.ones_like(index, tf.bool), step, search, outputs)
 
 
 class Generator:
@@ -204,29 +250,17 @@ class Generator:
 
     def _step_loop(self, source, max_length, sample, temperature, top_k, top_p,
                    repetition_penalty, ngram, min_length, seed):
-        """Greedy decoding or sampling for a batch. Rows that end leave the batch (their
-        results are written out at once), so the remaining steps cost only what the rows
-        still running need: a batch no longer pays full price until its longest reply ends."""
+        """Greedy decoding or sampling for a batch: ids ``[B, max_length]``, the model's own
+        log-prob sums and lengths, each ``[B]``. A row that ends leaves the batch at once
+        (``_decode_until_done``), so a batch does not pay full price until its longest
+        reply ends."""
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
         positions = tf.range(max_length)
-        out_ids = tf.zeros([batch, max_length], tf.int32)
-        out_logprob = tf.zeros([batch], tf.float32)
-        out_lengths = tf.zeros([batch], tf.int32)
-        # The running rows: their batch row, last token, tokens so far and log-prob sum.
-        rows = tf.range(batch)
-        token = tf.fill([batch], START)
-        history = tf.zeros([batch, max_length], tf.int32)
-        total = tf.zeros([batch], tf.float32)
 
-        def write(done, rows, history, total, length, out_ids, out_logprob, out_lengths):
-            where = tf.boolean_mask(rows, done)[:, None]
-            return (tf.tensor_scatter_nd_update(out_ids, where, tf.boolean_mask(history, done)),
-                    tf.tensor_scatter_nd_update(out_logprob, where, tf.boolean_mask(total, done)),
-                    tf.tensor_scatter_nd_update(out_lengths, where, tf.fill(tf.shape(where)[:1], length)))
-
-        def body(step, rows, token, history, total, states, encoder_outputs, source_ids,
-                 out_ids, out_logprob, out_lengths):
+        def advance(step, search, decoder):
+            history, total = search  # tokens so far, log-prob sum
+            token, states, encoder_outputs, source_ids = decoder
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
@@ -236,36 +270,17 @@ class Generator:
                            lambda: tf.argmax(scores, axis=-1, output_type=tf.int32))
             total += tf.gather(logprobs, best, axis=1, batch_dims=1)
             history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
-            ended = tf.equal(best, END)
+            return (history, total), (best, states, encoder_outputs, source_ids), tf.equal(best, END)
 
-            def drop_ended():
-                outs = write(ended, rows, history, total, step + 1, out_ids, out_logprob, out_lengths)
-                keep = tf.logical_not(ended)
-                running = [tf.boolean_mask(t, keep) for t in
-                           (rows, best, history, total, encoder_outputs, source_ids)]
-                return (*running, [tf.boolean_mask(s, keep) for s in states], *outs)
+        def results(steps, search):
+            history, total = search
+            return history, total, tf.fill(tf.shape(total), steps)
 
-            def keep_all():
-                return (rows, best, history, total, encoder_outputs, source_ids, states,
-                        out_ids, out_logprob, out_lengths)
-
-            (rows, token, history, total, encoder_outputs, source_ids, states,
-             out_ids, out_logprob, out_lengths) = tf.cond(tf.reduce_any(ended), drop_ended, keep_all)
-            return (step + 1, rows, token, history, total, states, encoder_outputs, source_ids,
-                    out_ids, out_logprob, out_lengths)
-
-        def running(step, rows, *_):
-            return tf.logical_and(step < max_length, tf.size(rows) > 0)
-
-        unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
-        loop_vars = (tf.constant(0), rows, token, history, total, states, encoder_outputs, source_ids,
-                     out_ids, out_logprob, out_lengths)
-        (step, rows, _, history, total, _, _, _, out_ids, out_logprob, out_lengths) = tf.while_loop(
-            running, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
-        # Rows still running at max_length end there.
-        out_ids, out_logprob, out_lengths = write(tf.ones_like(rows, tf.bool), rows, history, total, step,
-                                                  out_ids, out_logprob, out_lengths)
-        return out_ids, out_logprob, out_lengths
+        outputs = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32),
+                   tf.zeros([batch], tf.int32))
+        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32))
+        decoder = (tf.fill([batch], START), states, encoder_outputs, source_ids)
+        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results)
 
     # --- beam search -------------------------------------------------------------------------
     def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
@@ -274,16 +289,15 @@ class Generator:
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
-        out; the search stops when all hypotheses in every beam have ended, or, per input,
-        when live hypotheses can no longer enter its n-best. Hypotheses are
-        ranked by sum of log-probs / ((5 + length) / 6) ** length_penalty (GNMT).
+        out; an input is done (``_decode_until_done`` writes its n-best and drops it) when all
+        its hypotheses have ended, or when live hypotheses can no longer enter its n-best.
+        Hypotheses are ranked by sum of log-probs / ((5 + length) / 6) ** length_penalty (GNMT).
         Returns ids ``[B, n_best, max_length]``, the model's own log-prob sums, lengths and
         ranking keys, each ``[B, n_best]``, best first.
         """
         vocab = self.model.vocab_size
         batch = tf.shape(source)[0]
         k = beam
-        rows = batch * k
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         encoder_outputs = tf.repeat(encoder_outputs, k, axis=0)
         source_ids = tf.repeat(source_ids, k, axis=0)
@@ -292,33 +306,15 @@ class Generator:
         def penalty(length):
             return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, length_penalty)
 
-        token = tf.fill([rows], START)
-        first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
-        sums = tf.tile(first_only[None, :], [batch, 1])  # ranking sums (with constraints)
-        raw = tf.zeros([batch, k], tf.float32)  # the model's own log-prob sums
-        lengths = tf.zeros([batch, k], tf.int32)
-        finished = tf.zeros([batch, k], tf.bool)
-        decided = tf.zeros([batch], tf.bool)  # inputs whose n-best can no longer change
-        history = tf.zeros([batch, k, max_length], tf.int32)
-        inputs = tf.range(batch)  # the batch row of each input still searching
         positions = tf.range(max_length)
         pad_only = tf.equal(tf.range(vocab), PAD)[None, None, :]
-        outputs = (tf.zeros([batch, n_best, max_length], tf.int32), tf.zeros([batch, n_best], tf.float32),
-                   tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best], tf.float32))
 
-        def write(done, inputs, history, raw, lengths, sums, finished, decided, outputs):
-            """The n-best of the ``done`` inputs, written to their rows of ``outputs``."""
-            # A decided input's live hypotheses cannot reach its n-best: leave them out.
-            keys = tf.where(tf.logical_or(finished, tf.logical_not(decided)[:, None]),
-                            sums / penalty(lengths), NEG_INF)
-            best = tf.math.top_k(keys, n_best).indices
-            where = tf.boolean_mask(inputs, done)[:, None]
-            return tuple(tf.tensor_scatter_nd_update(out, where, tf.boolean_mask(tf.gather(t, best, batch_dims=1), done))
-                         for out, t in zip(outputs, (history, raw, lengths, keys)))
-
-        def body(step, inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
-                 finished, decided, history, outputs):
-            searching = tf.shape(inputs)[0]
+        def advance(step, search, decoder):
+            # sums: ranking sums (with constraints); raw: the model's own log-prob sums;
+            # decided: inputs whose n-best can no longer change.
+            sums, raw, lengths, finished, decided, history = search
+            token, states, encoder_outputs, source_ids = decoder
+            searching = tf.shape(sums)[0]
             rows = searching * k
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
@@ -355,35 +351,27 @@ class Generator:
             best_live = tf.reduce_max(tf.where(finished, NEG_INF, sums / penalty(max_length)), axis=1)
             decided = tf.logical_or(decided, tf.logical_and(nth_ended > NEG_INF, nth_ended > best_live))
             done = tf.logical_or(decided, tf.reduce_all(finished, axis=1))
+            return ((sums, raw, lengths, finished, decided, history),
+                    (token, states, encoder_outputs, source_ids), done)
 
-            def drop_done():  # finished inputs leave the batch, their n-best written out
-                new_outputs = write(done, inputs, history, raw, lengths, sums, finished, decided, outputs)
-                keep = tf.logical_not(done)
-                keep_rows = tf.repeat(keep, k)
-                per_input = [tf.boolean_mask(t, keep) for t in (inputs, sums, raw, lengths, finished, decided, history)]
-                per_row = [tf.boolean_mask(t, keep_rows) for t in (token, encoder_outputs, source_ids)]
-                return (*per_input, *per_row, [tf.boolean_mask(s, keep_rows) for s in states], new_outputs)
+        def results(_, search):
+            """Each input's n-best: ids, raw sums, lengths and keys, best first."""
+            sums, raw, lengths, finished, decided, history = search
+            # A decided input's live hypotheses cannot reach its n-best: leave them out.
+            keys = tf.where(tf.logical_or(finished, tf.logical_not(decided)[:, None]),
+                            sums / penalty(lengths), NEG_INF)
+            best = tf.math.top_k(keys, n_best).indices
+            return tuple(tf.gather(t, best, batch_dims=1) for t in (history, raw, lengths, keys))
 
-            def keep_all():
-                return (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs,
-                        source_ids, states, outputs)
-
-            (inputs, sums, raw, lengths, finished, decided, history, token, encoder_outputs, source_ids,
-             states, outputs) = tf.cond(tf.reduce_any(done), drop_done, keep_all)
-            return (step + 1, inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
-                    finished, decided, history, outputs)
-
-        def searching(step, inputs, *_):
-            return tf.logical_and(step < max_length, tf.size(inputs) > 0)
-
-        unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
-        loop_vars = (tf.constant(0), inputs, token, states, encoder_outputs, source_ids, sums, raw, lengths,
-                     finished, decided, history, outputs)
-        (_, inputs, _, _, _, _, sums, raw, lengths, finished, decided, history, outputs) = tf.while_loop(
-            searching, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
-        # Inputs still searching at max_length: their hypotheses end there.
-        return write(tf.ones_like(inputs, tf.bool), inputs, history, raw, lengths, sums, finished, decided,
-                     outputs)
+        first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
+        search = (tf.tile(first_only[None, :], [batch, 1]), tf.zeros([batch, k], tf.float32),
+                  tf.zeros([batch, k], tf.int32), tf.zeros([batch, k], tf.bool),
+                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, max_length], tf.int32))
+        decoder = (tf.fill([batch * k], START), states, encoder_outputs, source_ids)
+        outputs = (tf.zeros([batch, n_best, max_length], tf.int32), tf.zeros([batch, n_best], tf.float32),
+                   tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best], tf.float32))
+        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
+                                  rows_per_input=k)
 
     # --- the public side ---------------------------------------------------------------------
     @staticmethod
