@@ -25,7 +25,9 @@ def tiny_config(**overrides) -> Config:
         "training.epochs": 40, "training.batch_size": 10, "training.learning_rate": 0.02,
         "training.monitor": "loss", "training.patience": 15, "training.seed": 7,
         "data.validation_fraction": 0.0, "data.max_output_tokens": 40, "decoding.max_length": 40,
-        "data.noisy_copies": 1,  # retrieval stays on (the default); one noisy copy teaches copying
+        # The decoder alone, as fast as it gets: tests of training, bundles and faults do not need
+        # retrieval. The shared tiny model (``tiny_bundle_path``) reads retrieved pairs.
+        "data.retrieved_pairs": 0, "data.noisy_copies": 0,
     }
     base.update(overrides)
     return Config().with_overrides(base)
@@ -36,8 +38,9 @@ def tiny_bundle_path(tmp_path_factory) -> Path:
     from chatbot.training.pipeline import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    # Two noisy copies per pair: enough mistyped questions to learn to copy what retrieval shows.
-    train(TINY_PAIRS, tiny_config(**{"data.noisy_copies": 2}), out, verbose=0)
+    # Retrieve and refine, as the default recipe: two retrieved pairs and two noisy copies per
+    # pair, enough mistyped questions to learn to copy what retrieval shows.
+    train(TINY_PAIRS, tiny_config(**{"data.retrieved_pairs": 2, "data.noisy_copies": 2}), out, verbose=0)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import replace
 
@@ -181,3 +182,22 @@ def test_replies_wait_for_the_background_warm_up(tiny_bot, tiny_pairs):
     question, answer = tiny_pairs[0]
     assert b.ask(question) == answer  # called at once: waits for tracing, then answers
     assert b.generator.trace_count >= 1
+
+
+def test_avoid_repeat_takes_the_alternatives_own_confidence_and_falls_back_on_it(bot, tiny_pairs):
+    """A reply swapped for an n-best alternative (avoid_repeat) carries that alternative's own
+    score and confidence, and the fallback is decided on them, not on the first hypothesis'."""
+    question = tiny_pairs[0][0]
+    settings = {"avoid_repeat": True, "beam": 3, "n_best": 3}
+    probe, again = bot.session("probe").id, bot.session("again").id
+    first = bot.reply(question, session=probe, decoding=settings)
+    second = bot.reply(question, session=probe, decoding=settings)
+    assert second.text != first.text and (second.text, second.score) in second.alternatives
+    assert second.confidence == pytest.approx(math.exp(second.score)) and second.confidence < first.confidence
+
+    between = (first.confidence + second.confidence) / 2
+    bot.dialogue = bot.dialogue.with_overrides({"min_confidence": between})
+    assert not bot.reply(question, session=again, decoding=settings).fallback
+    swapped = bot.reply(question, session=again, decoding=settings)
+    assert swapped.fallback and swapped.text == bot.dialogue.fallback_text
+    assert bot.history(again)[-1].confidence == pytest.approx(second.confidence)

@@ -19,7 +19,9 @@ from conftest import ROOT, TINY_PAIRS, tiny_config
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
     out = tmp_path_factory.mktemp("gates") / "one-epoch"
-    return train(TINY_PAIRS, tiny_config(**{"training.epochs": 1, "decoding.max_length": 12}), out, verbose=0)
+    config = tiny_config(**{"training.epochs": 1, "decoding.max_length": 12, "data.retrieved_pairs": 2,
+                            "data.noisy_copies": 2})
+    return train(TINY_PAIRS, config, out, verbose=0)
 
 
 def test_one_epoch_fails_the_training_summary(one_epoch):
