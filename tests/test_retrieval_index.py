@@ -93,22 +93,27 @@ def test_indexed_nearest_finds_what_the_exact_scan_finds(pairs, small_index, mon
     real = sorted({e.question for e in pairs if e.answer != "A made-up answer."})
     sample = rng.sample(real, 60)
     kinds = {"typo": typo, "reorder": reorder, "contract": contract, "noisy": noisy}
-    filtered = same_two = 0
+    filtered = same_two = same_best = 0
     for question in sample:
         for kind, change in kinds.items():
             query = change(question, rng)
             candidates = memory._index.candidates(match_key(query), retrieval.INDEX_CANDIDATES, 2)
             filtered += candidates is not None and len(candidates) <= retrieval.INDEX_CANDIDATES
             got, want = memory.nearest(query, 2, 0.0), exact.nearest(query, 2, 0.0)
-            assert got[0] == want[0], (kind, query, question)  # the same best match and score
+            same_best += got[0] == want[0]  # the same best match and score
+            # A miss is a near tie, never a far-off question.
+            assert got[0].similarity >= want[0].similarity - 0.15, (kind, query, got[0], want[0])
             shown, best = memory.retrieve(query, 2), exact.retrieve(query, 2)
             same_two += shown == best
             # Where the second pair differs, both are far-off questions (about 0.6 alike here)
-            # and the index's is about as alike as the scan's.
-            assert shown[1][2] >= best[1][2] - 0.05, (kind, query, shown, best)
+            # and the index's is nearly as alike as the scan's (filler words cost a little more).
+            assert shown[1][2] >= best[1][2] - 0.1, (kind, query, shown, best)
     lookups = len(sample) * len(kinds)
     assert filtered == lookups  # every lookup went through the index's candidates
     assert same_two >= 0.9 * lookups  # 226 of 240 when written
+    # Recall of the best match at these tight settings (64 candidates, about one posting per
+    # question); bench/retrieval_speed.py measures it at the shipped ones.
+    assert same_best >= 0.97 * lookups
 
 
 def test_queries_the_index_cannot_place_fall_back_to_the_exact_scan(pairs, small_index, monkeypatch):

@@ -55,14 +55,28 @@ def _contract(words: list[str], rng: random.Random) -> list[str]:
     return (text[:start] + short + text[start + len(long):]).split()
 
 
+# Words people add around a question without changing it.
+_FILLERS_BEFORE = ("so", "hey", "well", "ok", "please", "tell me", "i wonder", "can you tell me", "do you know")
+_FILLERS_AFTER = ("please", "then", "by the way", "at all", "really", "now", "exactly")
+
+
 def noisy(text: str, rng: random.Random) -> str:
-    """One noisy variant of ``text``: one to three edits of the kinds above, case and final
-    punctuation sometimes changed. Never empty; may equal ``text`` for very short inputs."""
+    """One noisy variant of ``text``: one to three edits of the kinds above (typos, dropped,
+    doubled or swapped words, chat spellings, a filler before or after), case and final
+    punctuation sometimes changed. Rewordings of this kind leave a question only moderately
+    alike its original, so the model also sees retrieval right at middling similarity, not
+    only near 1. Never empty; may equal ``text`` for very short inputs."""
     words = text.split()
     if not words:
         return text
     for _ in range(rng.choice((1, 1, 2, 3))):
-        kind = rng.randrange(6)
+        kind = rng.randrange(7)
+        if kind == 6:
+            if rng.random() < 0.5:
+                words = rng.choice(_FILLERS_BEFORE).split() + words
+            else:
+                words = words + rng.choice(_FILLERS_AFTER).split()
+            continue
         if kind <= 1:  # typos are the commonest noise
             i = rng.randrange(len(words))
             words[i] = _typo(words[i], rng)
