@@ -498,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = evaluate.add_mutually_exclusive_group()
     data.add_argument("--corpus", help="evaluate on every pair of this corpus file or directory")
     data.add_argument("--split", choices=("validation", "train"),
-                      help="the bundle's held-out pairs (default) or the pairs it was trained on")
+                      help="the bundle's held-out pairs, or the pairs it was trained on "
+                           "(default: validation when the model has one, else train)")
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N distinct questions")
     evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     evaluate.add_argument("--details", metavar="FILE.jsonl",
