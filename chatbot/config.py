@@ -118,6 +118,21 @@ class Section:
     def check_combinations(self, prefix: str) -> None:
         """Rules between fields; none unless a section says otherwise."""
 
+    def with_overrides(self, overrides=None, prefix: str = ""):
+        """This section with some fields replaced: a whole section of the same type or a dict of
+        some of its fields (type-checked like a config file); validated."""
+        cls = type(self)
+        if overrides is None:
+            config = self
+        elif isinstance(overrides, cls):
+            config = overrides
+        elif isinstance(overrides, dict):
+            config = _build(cls, {**dataclasses.asdict(self), **overrides}, prefix)
+        else:
+            raise ConfigError(f"'{prefix}' must be a {cls.__name__} or a dict, got {type(overrides).__name__}")
+        config.validate(prefix)
+        return config
+
 
 @dataclass
 class DataConfig(Section):
@@ -241,20 +256,15 @@ class DecodingConfig(Section):
 
     def with_overrides(self, overrides: "DecodingConfig | dict[str, Any] | None" = None,
                        max_length: int | None = None, prefix: str = "decoding") -> "DecodingConfig":
-        """This config with per-call overrides: a whole ``DecodingConfig`` or a dict of some of
-        its fields (type-checked like a config file); validated, strategy resolved."""
-        if overrides is None:
-            config = self
-        elif isinstance(overrides, DecodingConfig):
-            config = overrides
-        elif isinstance(overrides, dict):
-            config = _build(DecodingConfig, {**dataclasses.asdict(self), **overrides}, prefix)
-        else:
-            raise ConfigError(f"'{prefix}' must be a DecodingConfig or a dict, got {type(overrides).__name__}")
+        """This config with per-call overrides (``Section.with_overrides``) and an optional
+        ``max_length``, validated together; strategy resolved."""
         if max_length is not None:
-            config = dataclasses.replace(config, max_length=_coerce(max_length, int, f"{prefix}.max_length"))
-        config.validate(prefix)
-        return config.resolved()
+            max_length = _coerce(max_length, int, f"{prefix}.max_length")
+            if overrides is None or isinstance(overrides, dict):
+                overrides = {**(overrides or {}), "max_length": max_length}
+            elif isinstance(overrides, DecodingConfig):
+                overrides = dataclasses.replace(overrides, max_length=max_length)
+        return super().with_overrides(overrides, prefix).resolved()
 
 
 @dataclass
@@ -271,17 +281,7 @@ class DialogueConfig(Section):
 
     def with_overrides(self, overrides: "DialogueConfig | dict[str, Any] | None" = None,
                        prefix: str = "dialogue") -> "DialogueConfig":
-        """This config with some fields replaced (a whole config or a dict), validated."""
-        if overrides is None:
-            config = self
-        elif isinstance(overrides, DialogueConfig):
-            config = overrides
-        elif isinstance(overrides, dict):
-            config = _build(DialogueConfig, {**dataclasses.asdict(self), **overrides}, prefix)
-        else:
-            raise ConfigError(f"'{prefix}' must be a DialogueConfig or a dict, got {type(overrides).__name__}")
-        config.validate(prefix)
-        return config
+        return super().with_overrides(overrides, prefix)
 
 
 
