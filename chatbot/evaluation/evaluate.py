@@ -103,8 +103,8 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
         compile_model(model, config.training.learning_rate, config.training.clipnorm)
     retrieved = None
     if config.data.retrieved_pairs and bundle.train and config.decoding.retrieval:  # as replies see them
-        memory = AnswerMemory(bundle.train)
-        retrieved = [memory.retrieve(e.question, config.data.retrieved_pairs) for e in examples]
+        retrieved = AnswerMemory(bundle.train).retrieve_each([e.question for e in examples],
+                                                             config.data.retrieved_pairs)
     sources, targets = encode_examples(examples, bundle.tokenizer, config.data.max_input_tokens,
                                        config.data.max_output_tokens, retrieved,
                                        config.data.max_retrieved_answer_tokens)

@@ -406,8 +406,8 @@ class Generator:
         """What the model is shown beside each input (by its question, the last turn)."""
         if not self.reads_retrieval or not (config or self.decoding).retrieval:
             return [()] * len(inputs)
-        return [tuple(self.memory.retrieve(turns[-1], self.data.retrieved_pairs)) if turns else ()
-                for turns in inputs]
+        return self.memory.retrieve_each([turns[-1] if turns else "" for turns in inputs],
+                                         self.data.retrieved_pairs)
 
     def encode_inputs(self, inputs: Sequence[Sequence[str]],
                       retrieved: Sequence[Sequence[tuple[str, str, float]]] | None = None) -> np.ndarray:

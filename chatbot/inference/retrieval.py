@@ -162,6 +162,11 @@ class AnswerMemory:
         ranked = sorted(((i, s) for i, s in scored if s >= min_similarity), key=lambda item: (-item[1], item[0]))
         return [Match(self.questions[i], s, self.answers[i]) for i, s in ranked]
 
+    def retrieve_each(self, questions, k: int) -> list[tuple[tuple[str, str, float], ...]]:
+        """What the model is shown beside each question (nothing for an empty one or k 0): the
+        one mapping replies, validation and teacher-forced evaluation all use."""
+        return [tuple(self.retrieve(q, k)) if k and q else () for q in questions]
+
     def retrieve(self, question: str, k: int, exclude: str | None = None,
                  prefer: str | None = None) -> list[tuple[str, str, float]]:
         """What the model is shown: up to ``k`` (question, answer, similarity) pairs, most alike

@@ -48,7 +48,7 @@ class Plan:
 
     config: Config
     corpus: Corpus
-    work: Path
+    out: Path  # where the bundle is installed
     examples: list[Example]  # every example of the corpus
     train: list[Example]
     validation: list[Example]
@@ -58,6 +58,11 @@ class Plan:
     base: Bundle | None = None
     mix_base_corpus: bool = False
     rebuild_vocab: bool = False
+
+    @property
+    def work(self) -> Path:
+        """The hidden work directory beside ``out`` that holds the resumable training state."""
+        return work_dir_for(self.out)
 
     @property
     def fine_tuning(self) -> bool:
@@ -91,7 +96,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     history, seconds = fit(model, train_set, val_set, plan, resume, verbose, extra_callbacks)
     stage("measuring the trained model")
     bundle = assemble(model, plan, history, seconds, unknown_rate, val_set)
-    return install(bundle, plan, out, golden, golden_cases)
+    return install(bundle, plan, golden, golden_cases)
 
 
 def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_corpus: bool,
@@ -128,7 +133,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
     keras.utils.set_random_seed(config.training.seed)
     train_examples, val_examples = split_examples(examples, config.data.validation_fraction,
                                                   config.training.seed)
-    plan = Plan(config, corpus_obj, work, examples, train_examples, val_examples, examples,
+    plan = Plan(config, corpus_obj, out, examples, train_examples, val_examples, examples,
                 list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab)
     if base is not None and mix_base_corpus:
         old = base.training_examples()
@@ -183,9 +188,8 @@ def build(plan: Plan, stage: Callable[[str], None]):
                              seed=config.training.seed)
     val_set = None
     if plan.validation:
-        memory = AnswerMemory(plan.train)
-        shown = [memory.retrieve(e.question, data.retrieved_pairs) if data.retrieved_pairs else ()
-                 for e in plan.validation]
+        shown = AnswerMemory(plan.train).retrieve_each([e.question for e in plan.validation],
+                                                       data.retrieved_pairs)
         val_src, val_tgt = encode_examples(plan.validation, tokenizer, data.max_input_tokens,
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
@@ -258,8 +262,7 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         history = model.fit(train_set, validation_data=val_set, epochs=training.epochs,
                             callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     except OSError as exc:  # a checkpoint or log could not be written: disk full, quota, permissions
-        out = plan.work.parent / plan.work.name[1:-len(".training")]
-        kept = f"the model at {out} is unchanged; " if out.exists() else ""
+        kept = f"the model at {plan.out} is unchanged; " if plan.out.exists() else ""
         raise TrainingError(f"cannot write the training state in {plan.work} ({_os_reason(exc)}); {kept}"
                             "make room, then run the same command with --resume") from exc
     seconds = time.perf_counter() - began
@@ -305,9 +308,10 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
     return bundle
 
 
-def install(bundle: Bundle, plan: Plan, out: Path, golden, golden_cases) -> Bundle:
+def install(bundle: Bundle, plan: Plan, golden, golden_cases) -> Bundle:
     """Step 6: the golden checks (a failing model goes to ``OUT.rejected``), then the bundle is
-    written atomically at ``out`` and the work directory removed."""
+    written atomically at ``plan.out`` and the work directory removed."""
+    out = plan.out
     log_file = plan.work / "training_log.csv"
     attachments = {"tensorboard": plan.work / "tensorboard"}
     if _plot_history(log_file, plan.work / "training.png", out.name):
