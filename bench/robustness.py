@@ -21,7 +21,7 @@ the model itself contributes):
   the bundle's own decoding settings (retrieval feeding the decoder): what users get;
 * decoder_alone: the same with ``decoding.retrieval`` off: the network reads only the question;
 * retrieval_alone: no model: the first answer of the nearest training question found by the
-  same retrieval (``AnswerMemory.retrieve``);
+  same retrieval (``AnswerMemory.retrieve`` with the model's ``data.retriever``);
 * untrained: the shipped pipeline (retrieval on) with freshly initialised weights;
 * fuzzy: ``difflib.get_close_matches(question, corpus_questions, n=1, cutoff=0.0)`` over the
   corpus' distinct questions, replying with the first answer (in corpus order) of the question
@@ -542,10 +542,11 @@ def main() -> None:
     generated = ask_all(bot, questions, args.batch_size, "model")
     model_s = time.perf_counter() - t0
     alone = ask_all(bot, questions, args.batch_size, "decoder alone", {"retrieval": False})
-    # (c) retrieval alone: the first answer of the nearest training question, no model
+    # (c) retrieval alone: the first answer of the nearest training question, no model, found
+    # by the model's own retriever (its data.retriever, its stored question embeddings)
     from chatbot.inference.retrieval import AnswerMemory
 
-    memory = AnswerMemory(bundle.train)
+    memory = AnswerMemory(bundle.train, bundle.config.data.retriever, bundle.question_vectors)
     nearest = {q: (memory.retrieve(q, 1) or [("", "", 0.0)])[0] for q in questions}
     # (d) the shipped pipeline with freshly initialised weights (capped length: it never ends)
     untrained = ask_all(untrained_bot(bundle), questions, args.batch_size, "untrained", {"max_length": 64})
@@ -648,6 +649,7 @@ def main() -> None:
     result["model_seconds"] = round(model_s, 1)
     result["model_ms_per_question"] = round(1000 * model_s / max(1, len(questions)), 2)
     result["decoding"] = dataclasses.asdict(bundle.config.decoding)
+    result["retriever"] = bundle.config.data.retriever if bundle.config.data.retrieved_pairs else None
     result["fallback_threshold"] = bundle.config.dialogue.fallback_threshold
     result["peak_mb"] = peak_rss_mb()
     result["seconds"] = round(time.perf_counter() - began, 1)

@@ -26,6 +26,7 @@ from chatbot.errors import ConfigError
 
 TOKENIZER_LEVELS = ("char", "word", "subword")
 CELLS = ("lstm", "gru")
+RETRIEVERS = ("lexical", "hybrid")
 ATTENTIONS = ("none", "dot", "additive")
 DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
@@ -146,6 +147,10 @@ class DataConfig(Section):
     retrieved_pairs: int = setting(
         2, "retrieve and refine: the encoder also reads this many training pairs whose questions are "
            "most like the input, and learns to copy or ignore them (0: off)", min=0, max=8)
+    retriever: str = setting(
+        "hybrid", "how retrieval finds training questions like the input: 'lexical' (edit distance: "
+                  "typos, reordered words) or 'hybrid' (also sentence embeddings: rewordings, synonyms)",
+        choices=RETRIEVERS)
     max_retrieved_answer_tokens: int = setting(512, "a retrieved answer longer than this is cut",
                                                min=1, max=MAX_TOKENS)
     noisy_copies: int = setting(

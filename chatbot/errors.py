@@ -30,6 +30,10 @@ class BundleError(ChatbotError):
     """A model bundle is missing, corrupt, or from a newer format."""
 
 
+class EncoderUnavailable(ChatbotError):
+    """The sentence encoder of semantic retrieval is not installed or its files are unreadable."""
+
+
 class TrainingError(ChatbotError):
     """Training cannot start or resume."""
 

@@ -105,7 +105,7 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     from chatbot.model.bundle import CONFIG, upgrade_config
 
     raw = json.loads((tiny_bundle_path / CONFIG).read_text())
-    for key in ("retrieved_pairs", "noisy_copies"):
+    for key in ("retrieved_pairs", "noisy_copies", "retriever"):
         raw["data"].pop(key)
     raw["model"].pop("copy_attention")
     raw["decoding"]["retrieval"] = True
@@ -113,4 +113,15 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     old = upgrade_config(raw, 1)
     assert old["data"]["retrieved_pairs"] == 0 and old["model"]["copy_attention"] is False
     assert "rerank" not in old["decoding"] and "rerank" in raw["decoding"]  # the input is left alone
-    assert upgrade_config(raw, 2) is raw
+    assert old["data"]["retriever"] == "lexical"
+    assert upgrade_config(raw, 3) is raw
+
+
+def test_a_format_2_bundle_keeps_the_lexical_retrieval_it_was_trained_with(tiny_bundle_path):
+    from chatbot.model.bundle import CONFIG, upgrade_config
+
+    raw = json.loads((tiny_bundle_path / CONFIG).read_text())
+    raw["data"].pop("retriever")
+    upgraded = upgrade_config(raw, 2)
+    assert upgraded["data"]["retriever"] == "lexical"
+    assert upgraded["data"]["retrieved_pairs"] == raw["data"]["retrieved_pairs"]  # nothing else changes

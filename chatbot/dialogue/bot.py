@@ -20,7 +20,7 @@ from chatbot.data.text import clean_text, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
 from chatbot.inference.generator import Generation, Generator
-from chatbot.inference.retrieval import AnswerMemory
+from chatbot.inference.retrieval import memory_for
 
 if TYPE_CHECKING:
     from chatbot.dialogue.store import SessionStore
@@ -54,7 +54,7 @@ class ChatBot:
         are stored with every reply."""
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
-                                   memory=AnswerMemory(bundle.train) if bundle.train else None)
+                                   memory=memory_for(bundle.config.data, bundle.train, bundle.question_vectors))
         self.dialogue = bundle.config.dialogue.with_overrides(dialogue)
         self._db = db
         self._store = None

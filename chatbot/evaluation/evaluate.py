@@ -95,16 +95,16 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
     """(loss, token accuracy) from the model's compiled Keras ``evaluate``: the training loss
     on the same tf.data pipeline, so the numbers match the training log's ``val_loss``."""
     from chatbot.data.dataset import encode_examples, make_dataset
-    from chatbot.inference.retrieval import AnswerMemory
+    from chatbot.inference.retrieval import memory_for
     from chatbot.model.network import compile_model
 
     config, model = bundle.config, bundle.model
     if not getattr(model, "compiled", False):  # a loaded bundle is not; a training model keeps its own
         compile_model(model, config.training.learning_rate, config.training.clipnorm)
     retrieved = None
-    if config.data.retrieved_pairs and bundle.train and config.decoding.retrieval:  # as replies see them
-        retrieved = AnswerMemory(bundle.train).retrieve_each([e.question for e in examples],
-                                                             config.data.retrieved_pairs)
+    memory = memory_for(config.data, bundle.train, bundle.question_vectors)
+    if memory is not None and config.decoding.retrieval:  # as replies see them
+        retrieved = memory.retrieve_each([e.question for e in examples], config.data.retrieved_pairs)
     sources, targets = encode_examples(examples, bundle.tokenizer, config.data.max_input_tokens,
                                        config.data.max_output_tokens, retrieved,
                                        config.data.max_retrieved_answer_tokens)

@@ -2,13 +2,15 @@
 
 People reword and mistype questions. Retrieve and refine (Weston, Dinan & Miller 2018): the
 training questions closest to what was typed (rapidfuzz edit-distance ratios, see
-``similarity``) and their answers are added to the encoder's input, each marked with how
-alike its question is; the decoder learns to copy a fitting answer and to ignore the rest.
+``similarity``, fused with sentence embeddings for the hybrid retriever, see ``AnswerMemory``)
+and their answers are added to the encoder's input, each marked with how alike its question
+is; the decoder learns to copy a fitting answer and to ignore the rest.
 Retrieval never replaces the reply: the reply is always the decoded text.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -25,6 +27,7 @@ RAW_WEIGHT = 0.02  # share of the similarity taken from the raw text (see ``simi
 INDEX_MIN_QUESTIONS = 5000
 INDEX_CANDIDATES = 256  # questions the index hands to the exact scorers per lookup (at least)
 INDEX_MAX_POSTINGS = 150_000  # posting entries read per lookup, rarest grams first
+HYBRID_CANDIDATES = 4  # the hybrid retriever ranks at least this many candidates per measure
 
 
 def similarity(text: str, key: str, other: str, other_key: str) -> float:
@@ -124,12 +127,31 @@ class GramIndex:
 @dataclass(frozen=True)
 class Match:
     question: str
-    similarity: float  # 0..1, see ``similarity``
+    similarity: float  # 0..1, see ``similarity`` and ``AnswerMemory``
     answers: tuple[str, ...]
 
 
+def fingerprint(questions: list[str]) -> str:
+    """Identifies a memory's questions in order: stored vectors are used only for the same list."""
+    return hashlib.sha256("\n".join(questions).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class AnswerMemory:
-    def __init__(self, examples: Iterable[Example]):
+    """The training questions and their answers, searched by how alike a question is.
+
+    ``retriever`` "lexical" scores with ``similarity`` (edit distance: typos, reordering);
+    "hybrid" also embeds every question with a sentence encoder (all-MiniLM-L6-v2, see
+    ``sentence_encoder``): candidates are the best of both, ranked by the mean of the
+    edit-distance similarity and the cosine of the embeddings (clipped at 0), and a match's
+    ``similarity`` (what the model is shown) is the higher of the two: either measure alone
+    is evidence that the questions mean the same. Measured on the dev halves of bench/data:
+    top-1 right question, reworded 0.926 lexical, 0.979 embeddings alone, 0.989 ranked by the
+    mean (0.968 by the higher); typos 1.0, 0.76, 1.0. Right matches told from the nearest
+    wrong one (ROC AUC): 0.963 by the higher of the two, 0.895 by the mean, 0.933 lexical.
+    """
+
+    def __init__(self, examples: Iterable[Example], retriever: str = "lexical",
+                 vectors: tuple[np.ndarray, str] | None = None):
         answers: dict[str, list[str]] = {}
         for ex in examples:
             if ex.context:  # the memory answers single questions; context examples are left out
@@ -139,41 +161,94 @@ class AnswerMemory:
                 known.append(ex.answer)
         self.questions = list(answers)
         self.answers = [tuple(answers[q]) for q in self.questions]
+        self.retriever = retriever
         self._keys = [match_key(q) for q in self.questions]
         self._index = GramIndex(self._keys) if len(self._keys) >= INDEX_MIN_QUESTIONS else None
+        self._row = {q: i for i, q in enumerate(self.questions)}
+        self.vectors: np.ndarray | None = None
+        if retriever == "hybrid":
+            from chatbot.inference.sentence_encoder import shared
+
+            self._encoder = shared()
+            stored, stored_for = vectors if vectors is not None else (None, None)
+            if stored is not None and stored_for == self.fingerprint and stored.shape[0] == len(self.questions):
+                self.vectors = np.asarray(stored, np.float32)
+            else:  # none stored, or stored for other questions: embed them now
+                self.vectors = self._encoder.encode(self.questions)
 
     def __len__(self) -> int:
         return len(self.questions)
 
-    def nearest(self, question: str, k: int, min_similarity: float) -> list[Match]:
-        """Up to ``k`` training questions per measure, at least ``min_similarity`` alike, best first."""
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.questions)
+
+    def embed(self, questions: list[str]) -> list[np.ndarray | None]:
+        """Query vectors for the hybrid retriever (None each for the lexical one), batched; a
+        stored question reuses its stored vector (the same text embeds the same)."""
+        if self.vectors is None:
+            return [None] * len(questions)
+        out: list[np.ndarray | None] = [self.vectors[self._row[q]] if q in self._row else None
+                                        for q in questions]
+        todo = [i for i, v in enumerate(out) if v is None]
+        for i, vector in zip(todo, self._encoder.encode([questions[i] for i in todo])):
+            out[i] = vector
+        return out
+
+    def nearest(self, question: str, k: int, min_similarity: float,
+                vector: np.ndarray | None = None) -> list[Match]:
+        """The best ``k`` training questions per measure (at least ``HYBRID_CANDIDATES`` for the
+        hybrid retriever), at least ``min_similarity`` alike, best first."""
         key = match_key(question)
         if not key or not self._keys or k <= 0:
             return []
         keys, indices = self._keys, None
+        limit = k if self.vectors is None else max(k, HYBRID_CANDIDATES)
         if self._index is not None:  # a large memory: score the index's candidates only
-            indices = self._index.candidates(key, max(INDEX_CANDIDATES, 8 * k), k)
+            indices = self._index.candidates(key, max(INDEX_CANDIDATES, 8 * limit), limit)
             if indices is not None:
                 keys = [self._keys[i] for i in indices]
         found = {index if indices is None else int(indices[index])
                  for scorer in (fuzz.ratio, fuzz.token_sort_ratio)
-                 for _, _, index in process.extract(key, keys, scorer=scorer, limit=k)}
-        scored = ((i, similarity(question, key, self.questions[i], self._keys[i])) for i in found)
-        ranked = sorted(((i, s) for i, s in scored if s >= min_similarity), key=lambda item: (-item[1], item[0]))
-        return [Match(self.questions[i], s, self.answers[i]) for i, s in ranked]
+                 for _, _, index in process.extract(key, keys, scorer=scorer, limit=limit)}
+        cosines = None
+        if self.vectors is not None:
+            if vector is None:
+                vector = self.embed([question])[0]
+            cosines = self.vectors @ vector
+            top = (np.argpartition(-cosines, limit - 1)[:limit] if len(cosines) > limit
+                   else np.arange(len(cosines)))
+            found.update(int(i) for i in top)
+
+        def scores(i: int) -> tuple[float, float]:  # (rank by, shown as)
+            lexical = similarity(question, key, self.questions[i], self._keys[i])
+            if cosines is None:
+                return lexical, lexical
+            meaning = max(float(cosines[i]), 0.0)
+            return (lexical + meaning) / 2, max(lexical, meaning)
+
+        scored = [(i, *scores(i)) for i in found]
+        ranked = sorted(((i, r, s) for i, r, s in scored if s >= min_similarity),
+                        key=lambda item: (-item[1], item[0]))
+        return [Match(self.questions[i], s, self.answers[i]) for i, _, s in ranked]
 
     def retrieve_each(self, questions, k: int) -> list[tuple[tuple[str, str, float], ...]]:
         """What the model is shown beside each question (nothing for an empty one or k 0): the
         one mapping replies, validation and teacher-forced evaluation all use."""
-        return [tuple(self.retrieve(q, k)) if k and q else () for q in questions]
+        questions = list(questions)
+        wanted = [i for i, q in enumerate(questions) if k and q]
+        vectors = dict(zip(wanted, self.embed([questions[i] for i in wanted])))
+        return [tuple(self.retrieve(q, k, vector=vectors[i])) if i in vectors else ()
+                for i, q in enumerate(questions)]
 
     def retrieve(self, question: str, k: int, exclude: str | None = None,
-                 prefer: str | None = None) -> list[tuple[str, str, float]]:
+                 prefer: str | None = None, vector: np.ndarray | None = None) -> list[tuple[str, str, float]]:
         """What the model is shown: up to ``k`` (question, answer, similarity) pairs, most alike
         first, one per distinct training question. A question with several answers shows its
         first one, or ``prefer`` when it is among them (training shows an example its own
-        answer). ``exclude`` leaves that training question out (training's leave-own-out)."""
-        found = self.nearest(question, k + (exclude is not None), 0.0)
+        answer). ``exclude`` leaves that training question out (training's leave-own-out);
+        ``vector`` is the question's embedding when the caller batched them (``embed``)."""
+        found = self.nearest(question, k + (exclude is not None), 0.0, vector)
         shown = []
         for match in found:
             if match.question == exclude:
@@ -181,3 +256,11 @@ class AnswerMemory:
             answer = prefer if prefer in match.answers else match.answers[0]
             shown.append((match.question, answer, match.similarity))
         return shown[:k]
+
+
+def memory_for(data, train: list[Example], vectors: tuple[np.ndarray, str] | None = None) -> AnswerMemory | None:
+    """The answer memory a model with this ``DataConfig`` reads, or None when it reads none
+    (no retrieved pairs, or no training pairs kept): the one place that decides it."""
+    if not data.retrieved_pairs or not train:
+        return None
+    return AnswerMemory(train, data.retriever, vectors)

