@@ -34,6 +34,14 @@ def history_path(db_url: str) -> Path:
     return user_data_dir() / HISTORY_FILE
 
 
+def warn_if_in_memory(store, stream: TextIO | None = None) -> None:
+    """One warning line when the store is an in-memory database (``--db sqlite://``): what is
+    written there is gone when the command ends, and there is nothing in it to read."""
+    if getattr(store, "in_memory", False):
+        print("chatbot: warning: the database is in memory (sqlite://): it starts empty and nothing "
+              "will be kept", file=stream or sys.stderr)
+
+
 def open_history(path: Path) -> History:
     """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
     stderr), so a read-only directory does not stop the chat."""

@@ -304,11 +304,14 @@ def cmd_corpus(args) -> int:
 
 # --- sessions ------------------------------------------------------------------------------
 def cmd_sessions(args) -> int:
+    from chatbot.cli.console import warn_if_in_memory
     from chatbot.dialogue.store import SessionStore
 
     if args.feedback and args.action != "export":
         raise UsageError("--feedback goes with 'sessions export'")
-    with SessionStore(args.db) as store:
+    # Only delete writes: the others open the database read-only and never create it.
+    with SessionStore(args.db, read_only=args.action != "delete") as store:
+        warn_if_in_memory(store)
         if args.action == "export" and args.feedback:  # every session's, unless one is named
             fmt = args.format or "yaml"
             _write_export(store.export_feedback(args.target, format=fmt), args.out)

@@ -4,6 +4,11 @@ The default is a SQLite file in the user's data directory. Every method opens it
 session and returns frozen dataclasses, so one ``SessionStore`` can be shared between threads
 and callers never hold ORM objects. Message positions are allocated inside a write transaction
 (``BEGIN IMMEDIATE`` on SQLite), so several processes can append to one conversation safely.
+
+A database is only ever changed when it is empty or carries this project's schema marker (the
+``schema_info`` table): another application's database is refused untouched. A store opened
+``read_only`` never creates or alters anything (SQLite: ``mode=ro``, ``immutable`` where the
+WAL files cannot be created).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -45,6 +53,10 @@ _POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the
 
 class SessionNotFound(StoreError, LookupError):
     """No session has the given id or name."""
+
+
+class SessionExists(StoreError):
+    """A session with this name already exists (``get_or_create_session`` reads it instead)."""
 
 
 # --- database location -----------------------------------------------------------------------
@@ -157,10 +169,14 @@ class FeedbackRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
 
 
+MAX_ID = 2 ** 63 - 1  # SQLite's (and BIGINT's) largest integer: a larger one names no row
+
+
 def is_session_id(id_or_name: int | str) -> bool:
-    """Sessions are named by an int id, a string of ASCII digits (an id), or any other name."""
-    return isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isascii()
-                                          and id_or_name.isdigit())
+    """Sessions are named by an int id, a string of ASCII digits (an id), or any other name.
+    A bool is neither (``True`` is not session 1)."""
+    return (isinstance(id_or_name, int) and not isinstance(id_or_name, bool)) or (
+        isinstance(id_or_name, str) and id_or_name.isascii() and id_or_name.isdigit())
 
 
 # --- prepared statements of the write path ------------------------------------------------------
@@ -241,10 +257,15 @@ class SessionStore:
     """Sessions and messages in one database.
 
     One instance is safe to share between threads; any number of processes may open the same
-    database at once.
+    database at once, a brand-new one included.
+
+    ``read_only``: never create or change anything (the file, its directory, the schema);
+    a SQLite file must exist and is opened ``mode=ro``, so read-only media work. Every write
+    method then raises ``StoreError``.
     """
 
-    def __init__(self, url: str | os.PathLike | None = None, busy_timeout_ms: int = 5000):
+    def __init__(self, url: str | os.PathLike | None = None, busy_timeout_ms: int = 5000,
+                 read_only: bool = False):
         self.url = resolve_database_url(url)
         try:
             parsed = make_url(self.url)
@@ -255,22 +276,21 @@ class SessionStore:
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._wal = False  # set once the schema version is known to be ours
         self._closed = False
-        memory = self._sqlite and not _sqlite_file(parsed)
+        self.in_memory = self._sqlite and not _sqlite_file(parsed)
+        # Nothing of an in-memory database outlives the store: there is nothing to protect.
+        self.read_only = bool(read_only) and not self.in_memory
         # SQLite has one writer at a time anyway. This process's threads queue on a lock, which
         # waits as long as needed; SQLite's busy handler only polls, and under heavy contention
         # a thread can miss every chance and fail after busy_timeout_ms.
         # An in-memory database is a single shared connection, so reads take the lock too.
         lock = threading.RLock()
         self._write_lock = lock if self._sqlite else contextlib.nullcontext()
-        self._read_lock = lock if memory else contextlib.nullcontext()
+        self._read_lock = lock if self.in_memory else contextlib.nullcontext()
         kwargs: dict[str, Any] = {}
-        if memory:
+        if self.in_memory:
             kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         elif self._sqlite and not parsed.query.get("uri"):  # a file: URI is SQLite's to parse
-            try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot open database {self._shown}: {exc.strerror or exc}") from None
+            parsed = self._prepare_sqlite_file(parsed)
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (SQLAlchemyError, ImportError) as exc:
@@ -286,7 +306,22 @@ class SessionStore:
         except BaseException:
             self.engine.dispose()
             raise
-        log.debug("opened %s (schema version %d)", self._shown, SCHEMA_VERSION)
+        log.debug("opened %s (schema version %d%s)", self._shown, SCHEMA_VERSION,
+                  ", read-only" if self.read_only else "")
+
+    def _prepare_sqlite_file(self, parsed: URL) -> URL:
+        """A file database: its folder is created for writing; for reading, the file must exist
+        and is opened as a read-only URI (nothing is created, not even a journal)."""
+        path = Path(parsed.database)
+        if not self.read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open database {self._shown}: {exc.strerror or exc}") from None
+            return parsed
+        if not path.is_file():
+            raise StoreError(f"no database at {path}")
+        return parsed.set(database=_read_only_uri(path), query={**parsed.query, "uri": "true"})
 
     # SQLite connection handling: the documented pysqlite recipe (SQLAlchemy emits BEGIN itself)
     def _on_connect(self, dbapi_connection, _record) -> None:
@@ -310,15 +345,23 @@ class SessionStore:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     def _open(self) -> None:
-        """Check the stored schema version before writing anything, then create what is missing."""
+        """Check what the database holds before writing anything, then create what is missing.
+
+        The check and the creation are one write transaction, so processes opening a brand-new
+        database at once create the schema exactly once; a read-only store only checks."""
+        if self.read_only:
+            with self._session() as s:
+                found = self._schema_marker(s.connection())
+            if found is None:
+                raise StoreError(f"database {self._shown} holds no chatbot data yet (no tables)")
+            if found < SCHEMA_VERSION:
+                raise StoreError(f"database {self._shown} has schema version {found}, older than this "
+                                 f"chatbot's ({SCHEMA_VERSION}); a command that writes (chatbot chat) "
+                                 "upgrades it, a read-only one cannot")
+            return
         with self._session(write=True) as s:
             conn = s.connection()
-            found = None
-            if inspect(conn).has_table(SchemaInfo.__tablename__):
-                found = s.scalar(select(func.max(SchemaInfo.version)))
-            if found is not None and found > SCHEMA_VERSION:
-                raise StoreError(f"database {self._shown} has schema version {found}, newer than "
-                                 f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
+            found = self._schema_marker(conn)
             Base.metadata.create_all(conn)  # also adds tables that an older version lacked
             if found is not None and found < SCHEMA_VERSION:
                 _add_missing_columns(conn)
@@ -328,18 +371,56 @@ class SessionStore:
                 log.info("upgraded %s from schema version %d to %d", self._shown, found, SCHEMA_VERSION)
                 s.execute(SchemaInfo.__table__.update().values(version=SCHEMA_VERSION))
         if self._sqlite:
+            self._switch_to_wal()
             self._wal = True
-            raw = self.engine.raw_connection()  # PRAGMA journal_mode cannot run inside BEGIN
+
+    def _schema_marker(self, conn: Connection) -> int | None:
+        """The schema version of a database of ours; None when it is empty (or our own
+        interrupted creation). ``StoreError`` for another application's database, whatever
+        its table names, and for a newer schema: both are left exactly as they are."""
+        inspector = inspect(conn)
+        present = set(inspector.get_table_names()) | set(inspector.get_view_names())
+        marker = SchemaInfo.__tablename__
+        found = None
+        if marker in present:
+            columns = {c["name"] for c in inspector.get_columns(marker)}
+            if {"id", "version"} <= columns:
+                found = conn.scalar(select(func.max(SchemaInfo.version)))
+        if found is None and present and not (marker in present and present <= set(Base.metadata.tables)):
+            shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
+            raise StoreError(f"{self._shown} is not a chatbot database (it has tables {shown} but no "
+                             "chatbot schema marker); refusing to change it")
+        if found is not None and found > SCHEMA_VERSION:
+            raise StoreError(f"database {self._shown} has schema version {found}, newer than "
+                             f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
+        return found
+
+    def _switch_to_wal(self) -> None:
+        """WAL lets readers and a writer work at once. The switch needs every other connection
+        out of the way and can fail at once with "database is locked" (SQLite skips the busy
+        handler where waiting could deadlock): when several processes open a new file
+        together, it is retried until the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.005
+        while True:
             try:
-                raw.driver_connection.execute("PRAGMA journal_mode=WAL").fetchall()
-            finally:
-                raw.close()
+                raw = self.engine.raw_connection()  # PRAGMA journal_mode cannot run inside BEGIN
+                try:
+                    raw.driver_connection.execute("PRAGMA journal_mode=WAL").fetchall()
+                    return
+                finally:
+                    raw.close()
+            except (sqlite3.OperationalError, SQLAlchemyError) as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open database {self._shown}: {_one_line(exc)}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
         """A new ORM session in one transaction, committed on success; DB errors -> StoreError."""
-        if self._closed:
-            raise StoreError("the session store is closed")
+        self._check_usable(write)
         with self._write_lock if write else self._read_lock:
             try:
                 with (self._writes if write else self._reads).begin() as session:
@@ -347,10 +428,19 @@ class SessionStore:
             except SQLAlchemyError as exc:
                 raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
 
+    def _check_usable(self, write: bool) -> None:
+        if self._closed:
+            raise StoreError("the session store is closed")
+        if write and self.read_only:
+            raise StoreError(f"database {self._shown} was opened read-only: nothing can be written")
+
     def _row(self, s: Session, id_or_name: int | str, lock: bool = False) -> SessionRow:
         query = select(SessionRow)
         if is_session_id(id_or_name):
-            query, missing = query.where(SessionRow.id == int(id_or_name)), f"no session with id {id_or_name}"
+            missing = f"no session with id {id_or_name}"
+            if _row_id(id_or_name) is None:
+                raise SessionNotFound(missing)
+            query = query.where(SessionRow.id == _row_id(id_or_name))
         elif isinstance(id_or_name, str):
             query, missing = query.where(SessionRow.name == id_or_name), f"no session named {id_or_name!r}"
         else:
@@ -371,26 +461,37 @@ class SessionStore:
 
     # --- sessions ------------------------------------------------------------------------------
     def create_session(self, name: str | None = None, metadata: dict | None = None) -> SessionInfo:
+        """A new session; ``SessionExists`` when the name is taken. The unique constraint
+        decides (no read first), so two writers racing for a name cannot both win, on SQLite
+        or on any other database."""
         if name is not None:
-            if not isinstance(name, str) or not name.strip():
-                raise StoreError("a session name must be a non-empty string")
-            if is_session_id(name):
-                raise StoreError(f"session name {name!r} is all digits and would read as an id")
+            _check_session_name(name)
         if metadata is not None and not isinstance(metadata, dict):
             raise StoreError("session metadata must be a dict")
         try:
             with self._session(write=True) as s:
-                if name is not None and s.scalar(select(SessionRow.id).where(SessionRow.name == name)):
-                    raise StoreError(f"session name {name!r} already exists")
                 now = _now()
                 row = SessionRow(name=name, meta=dict(metadata or {}), created_at=now, updated_at=now)
                 s.add(row)
                 s.flush()
                 return _session_info(row, 0, None)
         except StoreError as exc:
-            if isinstance(exc.__cause__, IntegrityError):  # lost a race for the name
-                raise StoreError(f"session name {name!r} already exists") from exc.__cause__
+            if isinstance(exc.__cause__, IntegrityError):  # the name is taken
+                raise SessionExists(f"session name {name!r} already exists") from exc.__cause__
             raise
+
+    def get_or_create_session(self, name: str, metadata: dict | None = None) -> SessionInfo:
+        """The session called ``name``, created when there is none: atomic, whoever else
+        (thread or process) asks for the same name at the same time. Read first (the usual
+        case), else insert; an insert that loses the race for the name reads the winner."""
+        _check_session_name(name)
+        found = self.find_session(name)
+        if found is not None:
+            return found
+        try:
+            return self.create_session(name, metadata)
+        except SessionExists:
+            return self.get_session(name)
 
     def get_session(self, id_or_name: int | str) -> SessionInfo:
         """An int or a digit string is an id; anything else is a name."""
@@ -399,6 +500,8 @@ class SessionStore:
             return _session_info(row, *self._activity(s, row.id))
 
     def find_session(self, name: str) -> SessionInfo | None:
+        if not isinstance(name, str):  # None would match every unnamed session (name IS NULL)
+            raise StoreError(f"a session name must be a string, not {type(name).__name__}")
         with self._session() as s:
             row = s.scalar(select(SessionRow).where(SessionRow.name == name))
             return None if row is None else _session_info(row, *self._activity(s, row.id))
@@ -456,8 +559,7 @@ class SessionStore:
     @contextmanager
     def _write_connection(self) -> Iterator[Connection]:
         """A Core connection in one write transaction: the hot path skips the ORM session."""
-        if self._closed:
-            raise StoreError("the session store is closed")
+        self._check_usable(write=True)
         with self._write_lock:
             try:
                 with self._writer.begin() as conn:
@@ -467,7 +569,10 @@ class SessionStore:
 
     def _session_id(self, id_or_name: int | str) -> int:
         if is_session_id(id_or_name):
-            return int(id_or_name)
+            sid = _row_id(id_or_name)
+            if sid is None:
+                raise SessionNotFound(f"no session with id {id_or_name}")
+            return sid
         return self.get_session(id_or_name).id
 
     def _exists(self, session_id: int) -> bool:
@@ -481,7 +586,8 @@ class SessionStore:
         """
         reply_to = fields["in_reply_to"]
         if reply_to is not None:
-            owner = conn.execute(_MESSAGE_OWNER, {"p_id": reply_to}).scalar()
+            owner = (conn.execute(_MESSAGE_OWNER, {"p_id": reply_to}).scalar()
+                     if _message_id(reply_to) is not None else None)
             if owner != sid:
                 raise StoreError(f"in_reply_to={reply_to} is not a message of session {sid}")
         values = {"session_id": sid, "role": role, "text": text, "created_at": _now(), **fields}
@@ -490,8 +596,12 @@ class SessionStore:
 
     def history(self, session_id: int | str, last: int | None = None) -> list[Message]:
         """The session's messages, oldest first; only the last ``last`` when given."""
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int)):
+            raise StoreError(f"last must be an int, not {type(last).__name__}")
         if last is not None and last < 0:
             raise StoreError(f"last must be >= 0, not {last}")
+        if last is not None and last > MAX_ID:
+            last = None  # more than any table can hold: all of them
         with self._session() as s:
             return self._messages(s, self._row(s, session_id).id, last)
 
@@ -514,7 +624,7 @@ class SessionStore:
         if rating is None and correction is None:
             raise StoreError("give a rating, a correction or both")
         with self._session(write=True) as s:
-            message = s.get(MessageRow, message_id)
+            message = s.get(MessageRow, message_id) if _message_id(message_id) is not None else None
             if message is None or message.role != "bot":
                 raise StoreError(f"message {message_id} is not a stored bot reply")
             row = s.get(FeedbackRow, message_id) or FeedbackRow(message_id=message_id)
@@ -528,6 +638,8 @@ class SessionStore:
             return _feedback(row)
 
     def get_feedback(self, message_id: int) -> Feedback | None:
+        if _message_id(message_id) is None:
+            return None
         with self._session() as s:
             row = s.get(FeedbackRow, message_id)
             return None if row is None else _feedback(row)
@@ -629,6 +741,40 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self._shown!r})"
+
+
+def _check_session_name(name) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise StoreError("a session name must be a non-empty string")
+    if is_session_id(name):
+        raise StoreError(f"session name {name!r} is all digits and would read as an id")
+
+
+def _row_id(value: int | str) -> int | None:
+    """An id as an int for a query; None when no row can have it (beyond a 64-bit integer,
+    which no database column holds and the driver would refuse with ``OverflowError``)."""
+    if isinstance(value, str) and len(value.lstrip("0")) > len(str(MAX_ID)):
+        return None  # also spares int() a string of thousands of digits (a ValueError)
+    number = int(value)
+    return number if -MAX_ID <= number <= MAX_ID else None
+
+
+def _message_id(value) -> int | None:
+    """A message id to look up; None when no row can have it. Not an int: ``StoreError``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise StoreError(f"a message id must be an int, not {type(value).__name__}")
+    return _row_id(value)
+
+
+def _read_only_uri(path: Path) -> str:
+    """A ``file:`` URI that opens ``path`` read-only. ``immutable`` when the WAL files cannot
+    be created beside it (a read-only directory or file system): SQLite then reads the file
+    alone, without locks, which is right for media nobody can write to either."""
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    wal_files = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    if not os.access(path.parent, os.W_OK) and not all(f.exists() for f in wal_files):
+        uri += "&immutable=1"
+    return uri
 
 
 def _add_missing_columns(conn: Connection) -> None:
