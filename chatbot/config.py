@@ -283,6 +283,9 @@ class DialogueConfig(Section):
                                     min=0, max=1)
     fallback_text: str = setting("I'm not sure I understand. Could you rephrase that?",
                                  "what the bot says when its reply is not good enough")
+    max_message_chars: int = setting(
+        20_000, "longer messages are refused before anything is stored (the model reads only the "
+                "last data.max_input_tokens tokens of a message anyway)", min=1, max=100_000_000)
 
     def with_overrides(self, overrides: "DialogueConfig | dict[str, Any] | None" = None,
                        prefix: str = "dialogue") -> "DialogueConfig":

@@ -215,6 +215,20 @@ def test_read_only_commands_never_create_a_database(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_models_list_creates_and_changes_nothing(tmp_path):
+    """Neither in the models folder nor in the home directory (caches, config files)."""
+    models, home = tmp_path / "models", tmp_path / "home"
+    (models / "mine").mkdir(parents=True)
+    (models / "mine" / "bundle.json").write_text('{"format_version": 1}', encoding="utf-8")
+    home.mkdir()
+    before = snapshot(tmp_path)
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": "", "XDG_CACHE_HOME": "", "XDG_CONFIG_HOME": ""}
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "models", "list", "--dir", str(models)],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "mine" in result.stdout, result
+    assert snapshot(tmp_path) == before
+
+
 def test_read_only_commands_use_no_default_location_they_would_create(tmp_path):
     """Without --db, the default database is not created either (nor its directory)."""
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "CHATBOT_DB": ""}

@@ -3,6 +3,8 @@
 * ``unicode_error`` / ``sanitize_message``: what may be stored (valid Unicode, no control
   characters, not empty);
 * ``clean_text``: the canonical form of an utterance, for corpora and model inputs alike;
+* ``model_tail``: the end of a message that a model reading its last N tokens can see, cut
+  before cleaning and tokenising so that a huge message costs what a short one does;
 * ``strip_special_marks``: removes the noncharacters that spell the tokenizer's special tokens,
   so typed text never becomes a control id;
 * ``match_key``: the folded form retrieval compares questions on (case, punctuation,
@@ -36,16 +38,26 @@ EXPANSIONS = {
     "r": "are", "pls": "please", "plz": "please", "wat": "what",
 }
 _WORD = re.compile(r"[\w']+")
+# Whole-message checks run in C (re), not character by character in Python: a message may be
+# megabytes long. Category Cc is exactly U+0000-U+001F and U+007F-U+009F.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc less newline and tab
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTENT = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]")  # neither whitespace nor Cc (\s is str.isspace)
+# A token covers a few characters, rarely 20; 64 per token (and 4,096 at least) is a margin that
+# no tokenizer of ours exhausts short of one unknown "word" thousands of characters long.
+TAIL_CHARS_PER_TOKEN = 64
+MIN_TAIL_CHARS = 4096
 
 
 def unicode_error(text: str, what: str) -> InputError | None:
     """An ``InputError`` when ``text`` has no UTF-8 form (a lone surrogate such as "\\ud800"
     can be neither stored nor tokenized), else None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return InputError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} "
-                          f"at position {exc.start}")
+    if text.isascii():  # O(1): CPython knows
+        return None
+    found = _SURROGATES.search(text)
+    if found is not None:
+        return InputError(f"{what} is not valid Unicode: a lone surrogate U+{ord(found.group()):04X} "
+                          f"at position {found.start()}")
     return None
 
 
@@ -59,10 +71,23 @@ def sanitize_message(text: str) -> str:
         raise InputError(f"a message must be text, not {type(text).__name__}")
     if (error := unicode_error(text, "the message")) is not None:
         raise error
-    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
-    if not kept.strip():
+    if _CONTENT.search(text) is None:
         raise InputError("the message is empty")
-    return kept
+    return _CONTROLS.sub("", text)  # the same object when there is nothing to remove
+
+
+def model_tail(text: str, max_tokens: int) -> str:
+    """The end of ``text`` that can reach a model reading only its last ``max_tokens`` tokens,
+    with a generous margin (``TAIL_CHARS_PER_TOKEN``); short text is returned as it is.
+
+    Cleaning and tokenising a whole 10 MB message to keep 64 tokens of it would cost seconds
+    and gigabytes: cutting first bounds the work by the model instead of by the message.
+    Trailing whitespace goes first (cleaning strips it anyway), so it cannot push the words out.
+    """
+    keep = max(MIN_TAIL_CHARS, TAIL_CHARS_PER_TOKEN * max_tokens)
+    if len(text) <= keep:
+        return text
+    return text.rstrip()[-keep:]
 
 
 def clean_text(text: str) -> str:

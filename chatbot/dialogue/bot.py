@@ -13,10 +13,10 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from chatbot.config import DecodingConfig, DialogueConfig
-from chatbot.data.text import clean_text, sanitize_message
+from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
+from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
 from chatbot.inference.generator import Generation, Generator
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from chatbot.dialogue.store import SessionStore
 
 log = logging.getLogger(__name__)
+
+MAX_ID = 2 ** 63 - 1  # as store.MAX_ID (not imported: stateless use never loads SQLAlchemy)
+
 
 def retrieved_json(retrieved) -> list[dict]:
     """What retrieval showed the model, as stored with a reply and printed by ``ask --json``."""
@@ -44,6 +47,63 @@ class Reply:
     alternatives: tuple[tuple[str, float], ...] = ()  # the n-best list (text, score), best first
     confidence: float = 0.0  # see Generation.confidence; under dialogue.min_confidence: fallback
     retrieved: tuple[tuple[str, str, float], ...] = ()  # what the model was shown (question, answer, similarity)
+
+
+# --- argument checks: a wrong type is a one-line InputError, never a raw TypeError -----------
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _session_ref(value: int | str) -> int | str:
+    """A session id (an int; not a bool, ``True`` is not session 1) or a name (a str)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InputError(f"a session is an id (int) or a name (str), not {_type_name(value)}")
+    if isinstance(value, int) and not -MAX_ID <= value <= MAX_ID:
+        raise InputError(f"session id out of range: a {value.bit_length()}-bit number (ids fit in 64 bits)")
+    return value
+
+
+def _message_ref(value: int) -> int:
+    """A stored message's id (``Reply.message_id``): an int that fits in 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"a message id is an int, not {_type_name(value)}")
+    if not -MAX_ID <= value <= MAX_ID:
+        raise InputError(f"message id out of range: a {value.bit_length()}-bit number (ids fit in 64 bits)")
+    return value
+
+
+def _last_count(last: int | None) -> int | None:
+    """How many of the newest messages: None (all) or an int >= 0; beyond any id, all."""
+    if last is None:
+        return None
+    if isinstance(last, bool) or not isinstance(last, int):
+        raise InputError(f"last must be an int, not {_type_name(last)}")
+    if last < 0:
+        raise InputError(f"last must be >= 0, not {last}")
+    return None if last > MAX_ID else last
+
+
+def _text_list(values, what: str) -> list:
+    """A list from a sequence of texts. A str (or bytes) is refused: iterating over it would
+    make one input per character."""
+    if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, Iterable):
+        raise InputError(f"{what} must be a list of strings, not {_type_name(values)}")
+    return list(values)
+
+
+def _contexts(contexts, count: int) -> list[list[str]]:
+    """One list of previous turns (strings) per question."""
+    if contexts is None:
+        return [[] for _ in range(count)]
+    contexts = _text_list(contexts, "contexts")
+    if len(contexts) != count:
+        raise InputError(f"got {len(contexts)} contexts for {count} questions (one list of turns each)")
+    turns = [_text_list(context, "each context") for context in contexts]
+    for context in turns:
+        for turn in context:
+            if not isinstance(turn, str):
+                raise InputError(f"a context turn must be a string, not {_type_name(turn)}")
+    return turns
 
 
 class ChatBot:
@@ -87,8 +147,12 @@ class ChatBot:
 
     def warm_up(self, strategies=("greedy",)) -> None:
         """Trace the decode loops of these strategies now ("greedy", "sample", "beam")."""
+        strategies = tuple(_text_list(strategies, "strategies"))
+        unknown = [s for s in strategies if s not in DECODING_STRATEGIES]
+        if unknown:
+            raise InputError(f"unknown decoding strategy {unknown[0]!r} (expected {', '.join(DECODING_STRATEGIES)})")
         self.wait_ready()
-        self.generator.warm_up(tuple(strategies))
+        self.generator.warm_up(strategies)
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
@@ -130,7 +194,7 @@ class ChatBot:
     def ask(self, question: str, context: Sequence[str] = (),
             decoding: DecodingConfig | dict[str, Any] | None = None) -> str:
         """A stateless reply to one question, optionally after some previous turns."""
-        return self.generate([question], [context], decoding=decoding)[0].text
+        return self.generate([question], [_text_list(context, "context")], decoding=decoding)[0].text
 
     def generate(self, questions: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
                  max_length: int | None = None,
@@ -139,16 +203,43 @@ class ChatBot:
 
         ``decoding`` overrides the model's decoding settings for this call: a whole
         ``DecodingConfig`` or a dict of some of its fields, e.g. ``{"beam": 5, "n_best": 3}``
-        (validated: a bad value raises ``ConfigError`` naming the key)."""
+        (validated: a bad value raises ``ConfigError`` naming the key).
+
+        ``questions`` is a list of strings; ``contexts``, when given, one list of previous turns
+        per question. Wrong types and messages over ``dialogue.max_message_chars`` raise
+        ``InputError`` before any decoding."""
+        questions = _text_list(questions, "questions")
+        contexts = _contexts(contexts, len(questions))
         config = self.resolve_decoding(decoding, max_length)  # fails before any decoding
+        messages = [self._check_message(question) for question in questions]
+        return self._generate(messages, contexts, config)
+
+    def _check_message(self, text: str) -> str:
+        """A message as it may be stored and answered (``sanitize_message``), after the length
+        limit: a message over ``dialogue.max_message_chars`` costs nothing to refuse."""
+        if not isinstance(text, str):
+            raise InputError(f"a message must be text, not {_type_name(text)}")
+        limit = self.dialogue.max_message_chars
+        if len(text) > limit:
+            raise InputError(f"the message is {len(text):,} characters long, over the limit of {limit:,} "
+                             "(dialogue.max_message_chars)")
+        return sanitize_message(text)
+
+    def _generate(self, messages: list[str], contexts: list[list[str]], config: DecodingConfig) -> list[Generation]:
+        """Decode checked messages. Only the end of each text that the model can read is
+        cleaned and tokenised (``model_tail``): the work is bounded by the model, not by the
+        message."""
         self.wait_ready()
-        contexts = contexts or [()] * len(questions)
-        turns_per_input = self.bundle.config.data.context_turns
+        data = self.bundle.config.data
+        turns_per_input = data.context_turns
+
+        def prepared(text: str) -> str:
+            return clean_text(model_tail(text, data.max_input_tokens))
+
         inputs = []
-        for question, context in zip(questions, contexts):
-            cleaned = clean_text(sanitize_message(question))
-            recent = [clean_text(t) for t in context][-turns_per_input:] if turns_per_input else []
-            inputs.append([t for t in recent if t] + [cleaned])
+        for message, context in zip(messages, contexts):
+            recent = [prepared(t) for t in context[-turns_per_input:]] if turns_per_input else []
+            inputs.append([t for t in recent if t] + [prepared(message)])
         return self.generator.generate(inputs, decoding=config)
 
     # --- sessions ----------------------------------------------------------------------------
@@ -156,18 +247,19 @@ class ChatBot:
         return self.store.create_session(name, metadata)
 
     def session(self, id_or_name: int | str, create: bool = True):
-        """An existing session by id or name; a missing *name* is created when ``create``."""
-        from chatbot.dialogue.store import SessionNotFound, is_session_id
+        """An existing session by id or name; a missing *name* is created when ``create``,
+        atomically: threads and processes asking for the same new name get the same session."""
+        from chatbot.dialogue.store import is_session_id
 
-        try:
-            return self.store.get_session(id_or_name)
-        except SessionNotFound:
-            if not create or is_session_id(id_or_name):
-                raise
-            return self.store.create_session(str(id_or_name))
+        id_or_name = _session_ref(id_or_name)
+        if create and not is_session_id(id_or_name):
+            return self.store.get_or_create_session(id_or_name)
+        return self.store.get_session(id_or_name)
 
     def find_session(self, name: str):
         """The session called ``name``, or None (never creates one)."""
+        if not isinstance(name, str):
+            raise InputError(f"a session name is a str, not {_type_name(name)}")
         return self.store.find_session(name)
 
     def sessions(self):
@@ -175,7 +267,7 @@ class ChatBot:
 
     def export_session(self, session: int | str, format: str = "jsonl") -> str:
         """A session as JSON lines (every message with its details) or corpus YAML."""
-        return self.store.export_session(session, format=format)
+        return self.store.export_session(_session_ref(session), format=format)
 
     @property
     def database_url(self) -> str:
@@ -183,10 +275,11 @@ class ChatBot:
         return self.store.url
 
     def history(self, session: int | str, last: int | None = None):
-        return self.store.history(session, last=last)
+        """The session's messages, oldest first; only the newest ``last`` when given."""
+        return self.store.history(_session_ref(session), last=_last_count(last))
 
     def delete_session(self, session: int | str) -> None:
-        self.store.delete_session(session)
+        self.store.delete_session(_session_ref(session))
 
     def reply(self, text: str, session: int | str | None = None, max_length: int | None = None,
               decoding: DecodingConfig | dict[str, Any] | None = None) -> Reply:
@@ -197,12 +290,14 @@ class ChatBot:
         used are stored with the reply. With ``avoid_repeat``, the reply is the best of the
         n-best list that differs from the bot's previous reply in the session.
         """
-        message = sanitize_message(text)
+        if session is not None:
+            session = _session_ref(session)
+        message = self._check_message(text)
         config = self.resolve_decoding(decoding, max_length)  # a bad setting stores nothing
         session_id, context, previous, user = self._store_question(session, message, config)
 
         try:
-            generated = self.generate([message], [context], decoding=config)[0]
+            generated = self._generate([message], [context], config)[0]
         except Exception as exc:
             raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
                                 f"as message {user.id} of session {session_id}") from exc
@@ -258,13 +353,14 @@ class ChatBot:
     # --- feedback ----------------------------------------------------------------------------
     def rate(self, message_id: int, rating: str):
         """Mark a stored reply "good" or "bad" (``Reply.message_id``)."""
-        return self.store.set_feedback(message_id, rating=rating)
+        return self.store.set_feedback(_message_ref(message_id), rating=rating)
 
     def correct(self, message_id: int, better_answer: str):
         """Record the answer a reply should have been; it is exported as a training pair."""
+        message_id = _message_ref(message_id)
         if isinstance(better_answer, str) and not better_answer.strip():
             raise InputError("a correction must not be empty")
-        return self.store.set_feedback(message_id, correction=sanitize_message(better_answer))
+        return self.store.set_feedback(message_id, correction=self._check_message(better_answer))
 
     def close(self) -> None:
         if self._warming is not None:
