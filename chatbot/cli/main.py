@@ -57,11 +57,11 @@ def cmd_train(args) -> int:
         from chatbot.model.bundle import CONFIG, resolve_model_path
 
         base = resolve_model_path(args.base)
-        config = Config.load(args.config or base / CONFIG)
+        config = _load_config(args.config or base / CONFIG)
     else:
         if args.mix_old or args.rebuild_vocab:
             raise UsageError("--mix-old and --rebuild-vocab go with --from MODEL")
-        config = Config.load(args.config) if args.config else Config()
+        config = _load_config(args.config) if args.config else Config()
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None}
     if args.bidirectional:
@@ -92,6 +92,18 @@ def cmd_train(args) -> int:
     summary.update({f"validation_{k}": v for k, v in metrics.get("validation", {}).items()})
     print(json.dumps(summary))
     return 0
+
+
+def _load_config(path):
+    """``Config.load``, with a file nested too deeply for the JSON/TOML parsers (which recurse
+    once per level) reported as the one-line ``ConfigError`` it is."""
+    from chatbot.config import Config
+    from chatbot.errors import ConfigError
+
+    try:
+        return Config.load(path)
+    except RecursionError:
+        raise ConfigError(f"{path}: not a valid config file (nested too deeply)") from None
 
 
 # --- ask -----------------------------------------------------------------------------------
@@ -132,42 +144,73 @@ def add_decoding_arguments(parser: argparse.ArgumentParser):
 
 
 def cmd_ask(args) -> int:
+    """One reply line per question (argument or stdin line), in order. A question that cannot be
+    answered (not UTF-8, not usable text, a failed decode or store) gets an empty line, or with
+    --json an object with an ``error``, and a one-line warning on stderr; the others are still
+    answered, and the exit status is 1 if any failed."""
     _stderr_quiet_import()
-    from chatbot.data.text import clean_text
-    from chatbot.dialogue.bot import ChatBot, retrieved_json
+    from chatbot.cli.repl import UnreadableLine, input_lines
+    from chatbot.dialogue.bot import ChatBot
+    from chatbot.errors import ChatbotError, ReplyNotStored
 
-    bot = ChatBot.load(args.model, db=args.db)
-    decoding = decoding_overrides(args)
-    config = bot.resolve_decoding(decoding)  # bad settings fail once, before any question
-    if config.effective_strategy == "beam":
-        bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
-    session = bot.session(args.session).id if args.session else None
-
-    def answer(question: str) -> str:
-        if not clean_text(question):  # an empty line still gets exactly one (empty) reply line
-            return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if args.json else ""
-        if session is not None:
-            result = bot.reply(question, session=session, decoding=config)
-        else:
-            result = bot.generate([question], decoding=config)[0]
-        if args.json:
-            out = {"reply": result.text, "score": round(result.score, 4),
-                   "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2),
-                   "retrieved": retrieved_json(result.retrieved)}
-            if config.n_best > 1:
-                out["alternatives"] = [{"reply": text, "score": round(score, 4)}
-                                       for text, score in result.alternatives]
-            return json.dumps(out, ensure_ascii=False)
-        return " ".join(result.text.splitlines())
-
-    with bot:
-        if args.question:
-            for question in args.question:
-                print(answer(question), flush=True)
-            return 0
-        for line in sys.stdin:
-            print(answer(line.rstrip("\n")), flush=True)
+    with ChatBot.load(args.model, db=args.db) as bot:
+        config = bot.resolve_decoding(decoding_overrides(args))  # bad settings fail once, before any question
+        if config.effective_strategy == "beam":
+            bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
+        session = bot.session(args.session).id if args.session else None
+        kind = "question" if args.question else "line"
+        failed = 0
+        for number, question in enumerate(args.question or input_lines(sys.stdin), start=1):
+            try:
+                if isinstance(question, UnreadableLine):
+                    raise _Unanswerable(question.problem)
+                print(_answer(bot, question, config, session, args.json), flush=True)
+                continue
+            except ReplyNotStored as exc:  # answered, but the reply could not be stored
+                print(_reply_line(exc.reply, config, args.json), flush=True)
+                problem = one_line(exc)
+            except (ChatbotError, _Unanswerable) as exc:
+                print(json.dumps({"reply": "", "error": one_line(exc)}, ensure_ascii=False)
+                      if args.json else "", flush=True)
+                problem = one_line(exc)
+            failed += 1
+            print(f"chatbot: warning: {kind} {number}: {problem}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"chatbot: error: {failed} {kind}{'s' * (failed != 1)} not answered (see the warnings)",
+              file=sys.stderr)
+        return EXIT_ERROR
     return 0
+
+
+class _Unanswerable(Exception):
+    """An input line that is not text: ``ask`` answers it with an empty line and a warning."""
+
+
+def _answer(bot, question: str, config, session: int | None, as_json: bool) -> str:
+    """The reply line for one question (``ChatbotError`` when it cannot be answered)."""
+    from chatbot.data.text import clean_text
+
+    if not clean_text(question):  # an empty line still gets exactly one (empty) reply line
+        return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if as_json else ""
+    if session is not None:
+        result = bot.reply(question, session=session, decoding=config)
+    else:
+        result = bot.generate([question], decoding=config)[0]
+    return _reply_line(result, config, as_json)
+
+
+def _reply_line(result, config, as_json: bool) -> str:
+    """A reply on one line: its text with line breaks joined, or the --json object."""
+    from chatbot.dialogue.bot import retrieved_json
+
+    if not as_json:
+        return " ".join(result.text.splitlines())
+    out = {"reply": result.text, "score": round(result.score, 4),
+           "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2),
+           "retrieved": retrieved_json(result.retrieved)}
+    if config.n_best > 1:
+        out["alternatives"] = [{"reply": text, "score": round(score, 4)} for text, score in result.alternatives]
+    return json.dumps(out, ensure_ascii=False)
 
 
 # --- evaluate ------------------------------------------------------------------------------
@@ -248,7 +291,7 @@ def _evaluation_table(report, model_path, golden, golden_path) -> str:
 # --- chat ----------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from chatbot.cli.console import Spinner, color_wanted, history_path
-    from chatbot.cli.repl import ChatRepl
+    from chatbot.cli.repl import ChatRepl, input_lines
 
     # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -270,7 +313,7 @@ def cmd_chat(args) -> int:
         if interactive:
             repl.run_interactive(history_path(database_url), load_seconds=time.perf_counter() - began)
         else:
-            repl.run_plain(sys.stdin)
+            repl.run_plain(input_lines(sys.stdin))  # a line that is not UTF-8 gets an error line
     return 0
 
 
@@ -529,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatbot.errors import ChatbotError
 
     try:
+        _check_database_argument(getattr(args, "db", None))
         return args.func(args)
     except ChatbotError as exc:
         print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
@@ -549,6 +593,32 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"chatbot: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except RecursionError:  # a structure too deep to handle, from a file no check above knew
+        print("chatbot: error: input nested too deeply to read", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        print("chatbot: error: out of memory", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        if args.verbose:
+            logging.getLogger("chatbot").error("unexpected error", exc_info=True)
+        print(f"chatbot: error: unexpected {type(exc).__name__}: {one_line(exc)} "
+              "(a bug: please report it; -v shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _check_database_argument(db: str | None) -> None:
+    """A database URL or file name with a NUL byte (``%00`` once URL-decoded) names no file:
+    SQLite's driver would raise a bare ValueError on connecting."""
+    from urllib.parse import unquote
+
+    from chatbot.errors import StoreError
+
+    for source, value in (("--db", db), ("$CHATBOT_DB", os.environ.get("CHATBOT_DB"))):
+        if value is not None and "\x00" in unquote(value):
+            raise StoreError(f"{source}: a database URL or file name cannot contain a NUL byte (%00)")
+        if value is not None:
+            return  # --db given: $CHATBOT_DB is not used
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
@@ -539,8 +539,41 @@ class ChatRepl:
                 self._error("interrupted")
                 self._flush()
 
-    def run_plain(self, lines: Iterable[str]) -> None:
-        """One output line per input line, flushed after each, until the input ends or /quit."""
+    def run_plain(self, lines: Iterable["str | UnreadableLine"]) -> None:
+        """One output line per input line, flushed after each, until the input ends or /quit.
+        A line that is not text (``input_lines``) gets an error line and the loop goes on."""
         for line in lines:
-            if not self.handle(line.rstrip("\r\n")):
+            if isinstance(line, UnreadableLine):
+                self._error(f"error: {line}")
+                self._flush()
+            elif not self.handle(line.rstrip("\r\n")):
                 return
+
+
+# --- reading standard input -----------------------------------------------------------------
+@dataclass(frozen=True)
+class UnreadableLine:
+    """An input line that is not text, and why, e.g. "line 2: invalid UTF-8 at byte 5 (0xff)"."""
+
+    number: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"line {self.number}: {self.problem}"
+
+
+def input_lines(stream) -> Iterator["str | UnreadableLine"]:
+    """The lines of ``stream`` (standard input), each decoded on its own as strict UTF-8, with
+    its line ending removed. Decoding per line is what lets ``chat`` and ``ask`` answer the lines
+    after a bad one: a line that is not UTF-8 comes as an ``UnreadableLine`` naming the byte,
+    where a text stream would stop at it (or pass it on as lone surrogates, which fail later
+    with a less useful message). A text-only stream (no ``buffer``: tests) is read as text."""
+    source = getattr(stream, "buffer", stream)
+    for number, raw in enumerate(source, start=1):
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield UnreadableLine(number, f"invalid UTF-8 at byte {exc.start + 1} (0x{raw[exc.start]:02x})")
+                continue
+        yield raw.rstrip("\r\n")

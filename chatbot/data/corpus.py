@@ -57,8 +57,15 @@ class Example:
 
     @classmethod
     def from_json(cls, data: dict) -> "Example":
-        return cls(tuple(data.get("context", ())), data["question"], data["answer"],
-                   data.get("source", ""))
+        """The inverse of ``to_json``; ``ValueError`` naming what is wrong for anything else
+        (the files it reads, in a bundle, may have been edited by hand)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        context = data.get("context", [])
+        texts = [data.get("question"), data.get("answer"), data.get("source", "")]
+        if not isinstance(context, list) or not all(isinstance(t, str) for t in context + texts):
+            raise ValueError("'question', 'answer', 'source' must be strings and 'context' a list of strings")
+        return cls(tuple(context), *texts)
 
 
 @dataclass
@@ -71,6 +78,34 @@ class Corpus:
 
     def examples(self, context_turns: int = 0, deduplicate: bool = True) -> list[Example]:
         return make_examples(self.dialogues, context_turns, deduplicate)
+
+
+# --- JSON from files we did not write ---------------------------------------------------------
+MAX_JSON_DEPTH = 64  # nesting deeper than any file of ours; far below Python's recursion limit
+
+
+class JSONTooDeep(ValueError):
+    """A JSON text nests arrays/objects deeper than ``MAX_JSON_DEPTH``."""
+
+
+def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH):
+    """``json.loads`` for untrusted files: nesting deeper than ``max_depth`` raises
+    ``JSONTooDeep`` (as does what would hit the recursion limit), an integer too long to read
+    ``ValueError``, bad syntax ``json.JSONDecodeError``. Bounding the depth here keeps every
+    later step (repr in an error message, a recursive walk, ``json.dumps``) far from a
+    ``RecursionError``, whatever the file holds."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise JSONTooDeep(f"nested more than {max_depth} levels deep") from None
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack:  # iterative: a deep value cannot overflow the walk itself
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise JSONTooDeep(f"nested more than {max_depth} levels deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return data
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -248,11 +283,11 @@ def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads_bounded(line)
         except json.JSONDecodeError as exc:
             yield CorpusError(file, line_no, f"invalid JSON ({exc.msg})")
             continue
-        except RecursionError:
+        except JSONTooDeep:
             yield CorpusError(file, line_no, "invalid JSON (nested too deeply)")
             continue
         except ValueError:  # an integer over Python's digit limit (sys.get_int_max_str_digits)

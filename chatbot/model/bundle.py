@@ -35,7 +35,7 @@ from packaging.version import InvalidVersion, Version
 
 from chatbot.version import __version__
 from chatbot.config import Config
-from chatbot.data.corpus import Example, load_corpus
+from chatbot.data.corpus import Example, JSONTooDeep, load_corpus, loads_bounded
 from chatbot.errors import BundleError, ChatbotError, CorpusError
 from chatbot.data.tokenizer import TextTokenizer
 
@@ -190,10 +190,8 @@ class Bundle:
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"{path}: no model bundle here (not a directory)")
-        manifest = _read_json(path / MANIFEST)
-        version = manifest.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{path / MANIFEST}: missing or invalid 'format_version'")
+        manifest = _read_manifest(path / MANIFEST)
+        version = manifest["format_version"]
         if version > FORMAT_VERSION:
             raise BundleError(f"{path}: bundle format {version} is newer than this chatbot "
                               f"supports ({FORMAT_VERSION}); upgrade the chatbot package")
@@ -201,7 +199,7 @@ class Bundle:
         if unsafe:
             raise BundleError(f"{path}: refusing to load a bundle containing {', '.join(sorted(unsafe))} "
                               "(formats that can execute code)")
-        listed = manifest.get("files", {})
+        listed = manifest["files"]
         for name in REQUIRED:
             if name not in listed:
                 raise BundleError(f"{path / MANIFEST}: '{name}' is not listed")
@@ -236,7 +234,7 @@ class Bundle:
                 detail = detail[:300] + "..."
             raise BundleError(f"{path / WEIGHTS}: cannot load weights: they do not fit the model's "
                               f"config and tokenizer, or the file is damaged ({detail})") from None
-        metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
+        metrics = _read_metrics(path / METRICS)
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
                    path=path, manifest=manifest, question_vectors=_read_vectors(path / QUESTION_VECTORS))
@@ -292,15 +290,15 @@ def list_bundles(directory: str | Path) -> list[BundleSummary]:
             continue  # not a bundle (e.g. a folder of configs)
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         try:
-            manifest = _read_json(path / MANIFEST)
-            metrics = _read_json(path / METRICS) if (path / METRICS).exists() else {}
+            manifest = _read_manifest(path / MANIFEST)
+            metrics = _read_metrics(path / METRICS)
         except BundleError as exc:
             found.append(BundleSummary(path.name, path, size, problem=str(exc)))
             continue
         key = {"train_exact_match": metrics.get("train_exact_match"), **metrics.get("validation", {})}
-        version = manifest.get("format_version")
+        version = manifest["format_version"]
         problem = (f"format {version} is newer than this chatbot supports"
-                   if isinstance(version, int) and version > FORMAT_VERSION else None)
+                   if version > FORMAT_VERSION else None)
         found.append(BundleSummary(path.name, path, size, manifest.get("created"),
                                    (manifest.get("corpus") or {}).get("path"), manifest.get("parameters"),
                                    {k: v for k, v in key.items() if v is not None}, problem))
@@ -322,9 +320,18 @@ def _read_examples(file: Path) -> list[Example]:
     if not file.exists():  # optional: older bundles lack train.jsonl
         return []
     try:
-        return [Example.from_json(json.loads(line)) for line in file.read_text(encoding="utf-8").splitlines() if line]
-    except (ValueError, KeyError, TypeError) as exc:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"{file}: unreadable examples ({exc})") from None
+    examples = []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            examples.append(Example.from_json(loads_bounded(line)))
+        except ValueError as exc:  # bad JSON, too deep, or not an example (Example.from_json)
+            raise BundleError(f"{file}:{number}: unreadable example ({exc})") from None
+    return examples
 
 
 def _write_vectors(file: Path, vectors, questions_fingerprint: str) -> None:
@@ -345,21 +352,65 @@ def _read_vectors(file: Path) -> tuple[Any, str] | None:
     try:
         with safe_open(str(file), framework="numpy") as stored:
             fingerprint = (stored.metadata() or {}).get("questions_sha256", "")
-            return stored.get_tensor("questions").astype(np.float32), fingerprint
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            vectors = stored.get_tensor("questions").astype(np.float32)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"{file}: cannot read the question embeddings ({exc})") from None
+    if vectors.ndim != 2 or not np.isfinite(vectors).all():
+        raise BundleError(f"{file}: the question embeddings must be a finite matrix, got shape {vectors.shape}")
+    return vectors, fingerprint
 
 
 def _read_json(file: Path) -> dict:
+    """A JSON object from a bundle file, nesting bounded (``loads_bounded``): a hostile file is
+    a ``BundleError`` naming it, never a ``RecursionError`` here or in what reads it next."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = loads_bounded(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{file}: missing file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except JSONTooDeep as exc:
+        raise BundleError(f"{file}: unreadable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, a number too long
         raise BundleError(f"{file}: unreadable or corrupt JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BundleError(f"{file}: expected a JSON object")
     return data
+
+
+def _read_manifest(file: Path) -> dict:
+    """``bundle.json``, with every field that loading and listing rely on checked for its type,
+    so that a hand-edited or hostile manifest is one ``BundleError`` naming the field rather
+    than a ``TypeError`` somewhere later."""
+    manifest = _read_json(file)
+    version = manifest.get("format_version")
+    if type(version) is not int or version < 1:
+        raise BundleError(f"{file}: missing or invalid 'format_version'")
+    files = manifest.setdefault("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise BundleError(f"{file}: 'files' must map file names to sha256 digests")
+    outside = next((name for name in files if not _inside_bundle(name)), None)
+    if outside is not None:
+        raise BundleError(f"{file}: 'files' lists {outside!r}, which is not a file name inside the bundle")
+    for key, kind in (("corpus", dict), ("created", str), ("chatbot_version", str),
+                      ("vocab_size", int), ("parameters", int)):
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+            raise BundleError(f"{file}: '{key}' must be a {kind.__name__}, got {type(manifest[key]).__name__}")
+    return manifest
+
+
+def _inside_bundle(name: str) -> bool:
+    """A manifest's file name is relative and stays inside the bundle directory (no "..")."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\x00" not in name
+
+
+def _read_metrics(file: Path) -> dict:
+    """``metrics.json`` (optional); its ``validation`` figures, when present, are an object."""
+    if not file.exists():
+        return {}
+    metrics = _read_json(file)
+    if not isinstance(metrics.get("validation", {}), dict):
+        raise BundleError(f"{file}: 'validation' must be an object")
+    return metrics
 
 
 def _fsync_tree(directory: Path) -> None:
