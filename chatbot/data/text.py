@@ -43,6 +43,7 @@ _WORD = re.compile(r"[\w']+")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc less newline and tab
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CONTENT = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]")  # neither whitespace nor Cc (\s is str.isspace)
+_ASCII_CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"
 # A token covers a few characters, rarely 20; 64 per token (and 4,096 at least) is a margin that
 # no tokenizer of ours exhausts short of one unknown "word" thousands of characters long.
 TAIL_CHARS_PER_TOKEN = 64
@@ -73,7 +74,17 @@ def sanitize_message(text: str) -> str:
         raise error
     if _CONTENT.search(text) is None:
         raise InputError("the message is empty")
-    return _CONTROLS.sub("", text)  # the same object when there is nothing to remove
+    return _without_controls(text)
+
+
+def _without_controls(text: str) -> str:
+    """``text`` less its control characters; the same object when it has none. ASCII text
+    (most of it) goes through ``bytes.translate``, twice as fast as a regex on megabytes."""
+    if not text.isascii():
+        return _CONTROLS.sub("", text)
+    data = text.encode("ascii")
+    kept = data.translate(None, _ASCII_CONTROLS)
+    return text if len(kept) == len(data) else kept.decode("ascii")
 
 
 def model_tail(text: str, max_tokens: int) -> str:
