@@ -769,7 +769,8 @@ def _message_id(value) -> int | None:
 def _read_only_uri(path: Path) -> str:
     """A ``file:`` URI that opens ``path`` read-only. ``immutable`` when the WAL files cannot
     be created beside it (a read-only directory or file system): SQLite then reads the file
-    alone, without locks, which is right for media nobody can write to either."""
+    alone, without locks, which is right for media nobody can write to either (a ``-wal`` file
+    left there without its ``-shm`` is not read then: its last commits are not seen)."""
     uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
     wal_files = [Path(f"{path}-wal"), Path(f"{path}-shm")]
     if not os.access(path.parent, os.W_OK) and not all(f.exists() for f in wal_files):
