@@ -74,7 +74,13 @@ def cmd_train(args) -> int:
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key] = raw
-    config = config.with_overrides(overrides)
+    if args.resume and not args.config:  # the saved training's settings, changed only by the flags given
+        _stderr_quiet_import(inference=False)
+        from chatbot.training.pipeline import saved_config
+
+        config = saved_config(args.out, overrides)  # what may not change is refused by train()
+    else:
+        config = config.with_overrides(overrides)
 
     corpus = load_corpus(args.corpus, strict=args.strict)  # logs a warning per skipped entry
     _stderr_quiet_import(inference=False)
@@ -459,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--corpus", required=True, help="corpus file or directory (YAML, TSV, JSONL)")
     train.add_argument("--config", help="JSON or TOML config file (defaults for keys left out)")
     train.add_argument("--out", default="models/mine", help="bundle directory to write (default: models/mine)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted training of --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted training of --out with its saved settings; flags may "
+                            "change the epochs, stopping rules, dropout, decoding.* and dialogue.*, not the "
+                            "data, tokenizer, network shape or optimizer")
     train.add_argument("--from", dest="base", metavar="MODEL",
                        help="fine-tune this bundle (path or name under models/): start from its weights, "
                             "keep its tokenizer and settings")

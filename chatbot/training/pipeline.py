@@ -5,6 +5,11 @@ the tokenizer and split fixed at the start, Keras ``BackupAndRestore`` checkpoin
 weights and the CSV log. A kill at any moment leaves that directory resumable with
 ``resume=True`` and leaves the bundle at ``out`` untouched; the bundle is only written, atomically,
 once training has finished.
+
+On resume, the config given is compared with the saved one: the settings in ``RESUMABLE`` (the
+length of the run, its stopping rules, dropout, decoding and dialogue) take their new values,
+and a change to any other (the data, the tokenizer, the network's shapes, the optimizer state
+kept in the checkpoints) is refused with a ``TrainingError`` naming them.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ from pathlib import Path
 from typing import Callable
 
 from chatbot.config import Config
-from chatbot.data.corpus import Corpus, Example, load_corpus, split_examples
+from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_examples
 from chatbot.data.noise import noisy
 from chatbot.data.tokenizer import TextTokenizer
-from chatbot.errors import PlotError, TrainingError
+from chatbot.errors import ConfigError, PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
 from chatbot.inference.retrieval import AnswerMemory, memory_for
@@ -36,6 +41,13 @@ log = logging.getLogger(__name__)
 
 STATE = "state.json"
 UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new vocabulary
+# What ``resume`` may change: settings read only after the saved state is restored. Every other
+# one fixes what the checkpoints hold: the data and its split (data.*, training.seed,
+# training.batch_size: steps per epoch, which a mid-epoch checkpoint counts in), the tokenizer,
+# the network's shapes (model.* but dropout), or the optimizer state (training.learning_rate is
+# restored from the checkpoint, decayed as it was) and the best weights so far (training.monitor).
+RESUMABLE = ("training.epochs", "training.early_stopping", "training.patience", "training.lr_decay_patience",
+             "training.clipnorm", "training.checkpoint_every_steps", "model.dropout", "decoding.*", "dialogue.*")
 
 
 def work_dir_for(out: Path) -> Path:
@@ -111,18 +123,22 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
     if base is not None and not isinstance(base, Bundle):
         base = Bundle.load(base)
     tokenizer = None
+    changes: list[str] = []
     if resume:
         state = _read_state(work)
+        _check_same_run(state, base, mix_base_corpus, rebuild_vocab, work)
         if base is None and state.get("base"):  # the same fine-tuning, even without --from
             base = Bundle.load(state["base"])
         mix_base_corpus = state.get("mix_base_corpus", mix_base_corpus)
         rebuild_vocab = state.get("rebuild_vocab", rebuild_vocab)
-        if state["corpus_sha256"] != corpus_obj.sha256:
+        if state.get("corpus_sha256") != corpus_obj.sha256:
             raise TrainingError(f"{work}: the corpus changed since this training started; "
                                 "train again without --resume")
-        config = Config.from_dict(state["config"])
+        changes = resume_changes(state["config"], config, work)  # refuses what may not change
         tokenizer = TextTokenizer.load(work / "tokenizer.json")
         stage(f"resuming training in {work}")
+        if changes:
+            stage(f"resuming with changed settings: {', '.join(changes)}")
     else:
         if work.exists():
             log.warning("discarding the unfinished training in %s", work)
@@ -136,6 +152,8 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
                                                   config.training.seed)
     plan = Plan(config, corpus_obj, out, examples, train_examples, val_examples, examples,
                 list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab)
+    if changes:
+        _write_state(plan)  # a later resume continues with the changed settings
     if base is not None and mix_base_corpus:
         old = base.training_examples()
         held_out = {_pair(e) for e in base.validation}
@@ -389,6 +407,64 @@ def _check_same_architecture(base: Bundle, config: Config) -> None:
                                     "base model; drop the override or use --rebuild-vocab to train afresh")
 
 
+def resumable(key: str) -> bool:
+    """Whether a dotted config key may change when a training is resumed (``RESUMABLE``)."""
+    return key in RESUMABLE or f"{key.partition('.')[0]}.*" in RESUMABLE
+
+
+def saved_config(out: str | Path, overrides: dict | None = None) -> Config:
+    """The config of the unfinished training of ``out``, with dotted ``overrides`` applied
+    (``{"training.epochs": 50}``): what ``chatbot train --resume`` asks for when no config file is
+    given. The overrides go into the saved values before they are validated, so that one can
+    correct a saved value that is no longer valid."""
+    data = {**Config().to_dict(), **_read_state(work_dir_for(Path(out)))["config"]}
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(data.get(section), dict) or not key:
+            raise ConfigError(f"unknown config key '{dotted}'")
+        data[section][key] = value
+    return Config.from_dict(data)
+
+
+def resume_changes(saved: dict, config: Config, work: Path) -> list[str]:
+    """The settings ``config`` changes from the ``saved`` one, as "key old -> new" (all in
+    ``RESUMABLE``); ``TrainingError`` naming every other setting that differs."""
+    before = {**_flat(Config().to_dict()), **_flat(saved)}  # keys added since it was saved: their defaults
+    after = _flat(config.to_dict())
+    changed = [key for key in after if before.get(key) != after[key]]
+    refused = [key for key in changed if not resumable(key)]
+    if refused:
+        listed = ", ".join(f"{key} ({before.get(key)!r} -> {after[key]!r})" for key in refused)
+        raise TrainingError(f"--resume cannot change {listed}: these settings fix the data, tokenizer, "
+                            f"network shape or optimizer state of the training saved in {work}; leave them "
+                            "out, or train again without --resume")
+    return [f"{key} {before.get(key)!r} -> {after[key]!r}" for key in changed]
+
+
+def _flat(config: dict) -> dict:
+    """``{"training": {"epochs": 3}}`` -> ``{"training.epochs": 3}``."""
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def _check_same_run(state: dict, base, mix_base_corpus: bool, rebuild_vocab: bool, work: Path) -> None:
+    """A resumed run is the same fine-tuning (or none): --from, --mix-old and --rebuild-vocab
+    given now must be the saved ones (left out, the saved ones apply)."""
+    saved_base = state.get("base")
+    if base is not None:
+        given = Path(base.path if isinstance(base, Bundle) else base).resolve()
+        if saved_base is None or given != Path(saved_base).resolve():
+            was = f"fine-tuned {saved_base}" if saved_base else "not a fine-tuning"
+            raise TrainingError(f"--resume: the training saved in {work} {'was ' + was}; "
+                                f"--from {base if not isinstance(base, Bundle) else base.path} cannot change that")
+    for flag, given, key in (("--mix-old", mix_base_corpus, "mix_base_corpus"),
+                             ("--rebuild-vocab", rebuild_vocab, "rebuild_vocab")):
+        if given and not state.get(key):
+            raise TrainingError(f"--resume: the training saved in {work} was started without {flag}; "
+                                "leave it out, or train again without --resume")
+
+
 def _pair(example: Example) -> tuple:
     return example.context, example.question, example.answer
 
@@ -419,11 +495,14 @@ def _texts(examples: list[Example]):
 
 def _read_state(work: Path) -> dict:
     try:
-        return json.loads((work / STATE).read_text(encoding="utf-8"))
+        state = loads_bounded((work / STATE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"nothing to resume: no unfinished training in {work}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # bad JSON, too deep, ...
         raise TrainingError(f"{work / STATE}: unreadable training state ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise TrainingError(f"{work / STATE}: unreadable training state (no config)")
+    return state
 
 
 def _best_logged(log_file: Path, monitor: str) -> float | None:

@@ -1,0 +1,122 @@
+"""Issue 19, item 1: ``chatbot train --resume`` applies the flags that may change on resume (and
+says so) and refuses, in one line naming them, those that may not; it no longer ignores them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import pytest
+
+import chatbot.cli.main as cli
+from chatbot.config import Config
+from chatbot.errors import ConfigError, TrainingError
+from chatbot.training.pipeline import (STATE, resumable, resume_changes, saved_config, train,
+                                       work_dir_for)
+from conftest import TINY_PAIRS, tiny_config
+
+SMALL = {"model.units": 16, "model.embedding_dim": 8, "tokenizer.vocab_size": 120, "training.epochs": 3}
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Ctrl-C at the end of the first epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def interrupted(tmp_path) -> Path:
+    """An unfinished training of ``tmp_path/model``: one epoch of three done."""
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, tiny_config(**SMALL), out, verbose=0, extra_callbacks=[Interrupt()])
+    assert (work_dir_for(out) / STATE).exists()
+    return out
+
+
+def resume(capsys, out: Path, *flags) -> tuple[int, str, str]:
+    code = cli.main(["train", "--corpus", str(TINY_PAIRS), "--out", str(out), "--quiet", "--resume",
+                     *map(str, flags)])
+    out_text, err = capsys.readouterr()
+    return code, out_text, err
+
+
+def test_resume_applies_the_flags_that_may_change_and_says_so(interrupted, capsys):
+    code, out, err = resume(capsys, interrupted, "--epochs", 4, "--set", "decoding.max_length=7",
+                            "--set", "dialogue.min_confidence=0.5", "--dropout", 0.1)
+    assert code == 0, err
+    assert "[chatbot] resuming training in" in err
+    changed = next(line for line in err.splitlines() if "resuming with changed settings" in line)
+    for change in ("training.epochs 3 -> 4", "decoding.max_length 40 -> 7", "dialogue.min_confidence 0.0 -> 0.5",
+                   "model.dropout 0.0 -> 0.1"):
+        assert change in changed
+    config = json.loads((interrupted / "config.json").read_text())
+    assert config["decoding"]["max_length"] == 7 and config["training"]["epochs"] == 4
+    assert config["dialogue"]["min_confidence"] == 0.5 and config["model"]["units"] == 16  # saved, kept
+    assert json.loads(out.splitlines()[-1])["epochs"] == 3  # epochs 2-4: the first was not redone
+
+
+def test_resume_refuses_what_may_not_change_in_one_line_and_keeps_the_state(interrupted, capsys):
+    code, out, err = resume(capsys, interrupted, "--units", 32, "--learning-rate", 0.5,
+                            "--set", "data.max_input_tokens=10", "--epochs", 5)
+    assert (code, out) == (1, "")
+    error = [line for line in err.splitlines() if line.startswith("chatbot: error:")]
+    assert len(error) == 1 and "Traceback" not in err
+    assert "--resume cannot change" in error[0]
+    for key in ("model.units (16 -> 32)", "training.learning_rate (0.02 -> 0.5)", "data.max_input_tokens (64 -> 10)"):
+        assert key in error[0]
+    assert "training.epochs" not in error[0]  # that one may change
+    assert (work_dir_for(interrupted) / STATE).exists() and not interrupted.exists()  # still resumable
+    code, _, err = resume(capsys, interrupted)  # the same command without the refused flags finishes
+    assert code == 0, err
+    assert "changed settings" not in err
+
+
+def test_resume_with_the_original_flags_changes_nothing(interrupted, capsys):
+    """The documented recovery: the same command again, with --resume."""
+    code, _, err = resume(capsys, interrupted, "--units", 16, "--embedding-dim", 8, "--vocab-size", 120,
+                          "--epochs", 3)
+    assert code == 0, err
+    assert "resuming training" in err and "changed settings" not in err
+
+
+def test_resume_changes_lists_resumable_keys_and_refuses_the_rest(tmp_path):
+    saved = tiny_config(**SMALL).to_dict()
+    same = Config.from_dict(saved)
+    assert resume_changes(saved, same, tmp_path) == []
+    changed = same.with_overrides({"training.epochs": 9, "training.patience": 2, "decoding.beam": 3,
+                                   "training.checkpoint_every_steps": 5})
+    assert resume_changes(saved, changed, tmp_path) == [
+        "training.epochs 3 -> 9", "training.patience 15 -> 2", "training.checkpoint_every_steps 0 -> 5",
+        "decoding.beam 1 -> 3"]
+    for key, value in {"tokenizer.level": "char", "model.cell": "lstm", "training.batch_size": 4,
+                       "training.seed": 1, "training.monitor": "val_loss", "data.context_turns": 1}.items():
+        assert not resumable(key)
+        with pytest.raises(TrainingError, match=rf"cannot change {key} \("):
+            resume_changes(saved, same.with_overrides({key: value}), tmp_path)
+
+
+def test_a_key_the_saved_state_lacks_compares_with_its_default(tmp_path):
+    """A training saved by an older version: keys added since read as their defaults, not as changes."""
+    saved = tiny_config(**SMALL).to_dict()
+    del saved["data"]["retriever"]
+    assert resume_changes(saved, Config.from_dict(tiny_config(**SMALL).to_dict()), tmp_path) == []
+
+
+def test_saved_config_takes_overrides_before_validation(interrupted):
+    state_file = work_dir_for(interrupted) / STATE
+    state = json.loads(state_file.read_text())
+    state["config"]["decoding"]["max_length"] = 5_000_000_000  # saved before bounds existed
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="decoding.max_length"):
+        saved_config(interrupted)
+    assert saved_config(interrupted, {"decoding.max_length": 50}).decoding.max_length == 50
+    with pytest.raises(ConfigError, match="unknown config key 'nosuch.key'"):
+        saved_config(interrupted, {"nosuch.key": 1})
+
+
+def test_resume_cannot_turn_into_another_fine_tuning(interrupted, tiny_bundle_path):
+    with pytest.raises(TrainingError, match="was not a fine-tuning"):
+        train(TINY_PAIRS, tiny_config(**SMALL), interrupted, resume=True, verbose=0, base=tiny_bundle_path)
