@@ -499,6 +499,7 @@ def test_ask_on_any_unicode(tiny_bot, text):
 
 
 def test_reply_to_a_megabyte(bot):
+    bot.dialogue = bot.dialogue.with_overrides({"max_message_chars": 2**21})  # the default refuses it
     text = ("What is AI? \u05e9\u05dc\u05d5\u05dd \U0001F600\x07 " * 40_000)[: 2**20]
     reply = bot.reply(text)  # how fast: bench/hostile_input.py
     assert bot.history(reply.session_id)[0].text == without_controls(text)
