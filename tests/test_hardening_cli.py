@@ -336,3 +336,51 @@ def test_ask_through_a_real_pipe_answers_three_lines(tiny_bundle_path):
     assert result.returncode == 1
     assert result.stdout.count(b"\n") == 3 and result.stdout.split(b"\n")[1] == b""
     assert b"line 2: invalid UTF-8 at byte 5 (0xff)" in result.stderr and b"Traceback" not in result.stderr
+
+
+# --- item 9: corpus stats streams -----------------------------------------------------------------
+def test_stats_rank_conflicts_by_answers_then_corpus_order(tmp_path):
+    from chatbot.data.corpus_tools import corpus_stats
+
+    rows = ["b\t1", "a\t1", "a\t2", "c\t1", "c\t2", "b\t2", "d\t1", "d\t2", "d\t3", "a\t2", "e\t1", "e\t2"]
+    path = tmp_path / "c.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    s = corpus_stats(path, conflict_examples=3)
+    assert (s["pairs"], s["unique_pairs"], s["duplicate_pairs"], s["duplicate_copies"]) == (12, 11, 1, 1)
+    assert (s["questions"], s["conflicting_questions"]) == (5, 5)
+    # d has three answers; then a, b, c, e with two, in the order they first appear: b, a, c
+    assert s["conflict_examples"] == [{"question": "d", "answers": ["1", "2", "3"]},
+                                      {"question": "b", "answers": ["1", "2"]},
+                                      {"question": "a", "answers": ["1", "2"]}]
+    assert corpus_stats(path, conflict_examples=0)["conflict_examples"] == []
+
+
+STATS_MEMORY = """
+import resource, sys
+from chatbot.data.corpus_tools import corpus_stats
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = corpus_stats(sys.argv[1])
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(stats["pairs"], stats["conflicting_questions"], grown // 1024)
+"""
+
+
+def test_stats_of_a_big_corpus_do_not_hold_every_pair(tmp_path):
+    """300,000 distinct pairs (6 MB): the statistics keep counts, histograms and hashes, so the
+    peak grows by a few times the file, not by the ~300 MB that holding every pair as objects took."""
+    import random
+    import subprocess
+
+    from conftest import ROOT
+
+    rng = random.Random(3)
+    path = tmp_path / "big.tsv"
+    with open(path, "w") as f:
+        for n in range(300_000):
+            f.write(f"q{n % 150_000} w{rng.randrange(5000)}?\tanswer {n} w{rng.randrange(5000)}.\n")
+    result = subprocess.run([sys.executable, "-c", STATS_MEMORY, str(path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    pairs, conflicting, grown_mb = map(int, result.stdout.split())
+    assert pairs == 300_000 and conflicting > 0
+    assert grown_mb < 100, f"peak memory grew by {grown_mb} MB"

@@ -111,35 +111,62 @@ def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH):
 # --- loading ---------------------------------------------------------------------------------
 def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     """Read a corpus file or a directory of them (recursively, in sorted order)."""
-    root = Path(path)
-    files = corpus_files(root)
+    reader = CorpusReader(path, strict)
+    dialogues = list(reader)
+    return Corpus(dialogues, reader.files, reader.sha256, reader.skipped, reader.root)
 
-    digest = hashlib.sha256()
-    dialogues: list[Dialogue] = []
-    skipped: list[CorpusError] = []
-    for file in files:
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise CorpusError(file, None, f"cannot read file ({exc.strerror})") from None
-        digest.update(file.relative_to(root).as_posix().encode() if root.is_dir() else file.name.encode())
-        digest.update(hashlib.sha256(raw).digest())
-        text = _decode_utf8(file, raw)
-        reader = _reader_for(file)
-        for item in reader(file, text):
-            if isinstance(item, CorpusError):
-                if strict:
-                    raise item
-                log.warning("skipped %s", item)
-                skipped.append(item)
-            else:
-                dialogues.append(item)
-    if not dialogues:
-        raise CorpusError(root, None, "empty corpus: no question/answer pairs found")
-    if skipped:
-        log.warning("skipped %d malformed entr%s in %s", len(skipped),
-                    "y" if len(skipped) == 1 else "ies", root)
-    return Corpus(dialogues, files, digest.hexdigest(), skipped, root)
+
+class CorpusReader:
+    """A corpus read one dialogue at a time: iterating yields its dialogues in file order, as
+    ``load_corpus`` (which keeps them all) would hold them, so that a pass over a big corpus
+    (``chatbot corpus stats``) needs memory for one file's text, not for every dialogue.
+
+    Malformed entries are logged and collected in ``skipped`` (or raised, with ``strict``);
+    ``quiet`` leaves the logging out, for a second pass over the same files. After a full pass,
+    ``sha256`` identifies the data read; a pass that found no dialogue raises ``CorpusError``."""
+
+    def __init__(self, path: str | Path, strict: bool = False, quiet: bool = False):
+        self.root = Path(path)
+        self.files = corpus_files(self.root)
+        self.strict = strict
+        self.quiet = quiet
+        self.skipped: list[CorpusError] = []
+        self.dialogues = 0
+        self._digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def __iter__(self) -> Iterator[Dialogue]:
+        for file in self.files:
+            try:
+                raw = file.read_bytes()
+            except OSError as exc:
+                raise CorpusError(file, None, f"cannot read file ({exc.strerror})") from None
+            name = file.relative_to(self.root).as_posix() if self.root.is_dir() else file.name
+            self._digest.update(name.encode())
+            self._digest.update(hashlib.sha256(raw).digest())
+            text = _decode_utf8(file, raw)
+            del raw  # one copy of the file at a time
+            for item in _reader_for(file)(file, text):
+                if isinstance(item, CorpusError):
+                    self._skip(item)
+                else:
+                    self.dialogues += 1
+                    yield item
+        if not self.dialogues:
+            raise CorpusError(self.root, None, "empty corpus: no question/answer pairs found")
+        if self.skipped and not self.quiet:
+            log.warning("skipped %d malformed entr%s in %s", len(self.skipped),
+                        "y" if len(self.skipped) == 1 else "ies", self.root)
+
+    def _skip(self, error: CorpusError) -> None:
+        if self.strict:
+            raise error
+        if not self.quiet:
+            log.warning("skipped %s", error)
+        self.skipped.append(error)
 
 
 def corpus_files(root: Path) -> list[Path]:
@@ -265,9 +292,18 @@ def _node_kind(node: yaml.Node) -> str:
     return "list" if isinstance(node, yaml.SequenceNode) else "mapping"
 
 
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\\n")`` one line at a time: a file of a million lines is not held twice."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
+
+
 def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
     """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored."""
-    for line_no, line in enumerate(text.split("\n"), start=1):
+    for line_no, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         columns = line.rstrip("\r").split("\t")
@@ -279,7 +315,7 @@ def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
 
 def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
     """One JSON object per line: ``{"question", "answer"}`` or ``{"turns": [...]}``."""
-    for line_no, line in enumerate(text.split("\n"), start=1):
+    for line_no, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:

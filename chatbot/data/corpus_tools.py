@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from chatbot.data.corpus import (
+    CorpusReader,
     Dialogue,
     _decode_utf8,
     _reader_for,
     corpus_files,
     load_corpus,
-    make_examples,
 )
 from chatbot.errors import CorpusError, InputError
 from chatbot.files import write_atomically
@@ -39,41 +41,108 @@ def corpus_stats(path: str | Path, conflict_examples: int = 3) -> dict:
     """Figures that tell whether a corpus is fit to train on: size, redundancy, ambiguity
     (questions with several answers), lengths (to choose ``max_length``) and vocabulary
     coverage (to choose the tokenizer's ``vocab_size``). Pairs are counted as training sees
-    them with ``context_turns=0``, before deduplication."""
-    corpus = load_corpus(path)
-    examples = make_examples(corpus.dialogues, 0, deduplicate=False)
-    pair_counts = Counter((e.question, e.answer) for e in examples)
-    answers: dict[str, dict[str, None]] = {}  # question -> its distinct answers, in corpus order
-    for e in examples:
-        answers.setdefault(e.question, {})[e.answer] = None
-    conflicts = sorted((q for q, a in answers.items() if len(a) > 1), key=lambda q: -len(answers[q]))
-    words = Counter(w.lower() for d in corpus.dialogues for u in d.utterances for w in WORD.findall(u.text))
-    total = sum(words.values())
-    ranked = [n for _, n in words.most_common()]
+    them with ``context_turns=0``, before deduplication.
+
+    Streamed, so that a corpus of millions of pairs fits in memory: one pass over the dialogues
+    keeps counts, length histograms and two 64-bit hashes per pair, never the pairs themselves;
+    a second pass, only when some question has several answers, collects the texts of the few
+    shown as examples. (Distinct pairs and questions are told apart by Python's 64-bit string
+    hash: two different ones sharing a hash, about one chance in 10^8 at a million pairs,
+    would count as one.)"""
+    reader = CorpusReader(path)  # logs a warning per skipped entry, as training would
+    tally = _Tally()
+    for dialogue in reader:
+        tally.add([u.text for u in dialogue.utterances])
+    pairs, unique_pairs, duplicate_pairs, questions, conflicts = tally.pair_figures()
+    ranked = [n for _, n in tally.words.most_common()]
+    total = sum(ranked)
     return {
         "path": str(path),
-        "files": len(corpus.files),
-        "dialogues": len(corpus.dialogues),
-        "skipped": [str(e) for e in corpus.skipped],
-        "pairs": len(examples),
-        "unique_pairs": len(pair_counts),
-        "duplicate_pairs": sum(1 for n in pair_counts.values() if n > 1),
-        "duplicate_copies": len(examples) - len(pair_counts),
-        "questions": len(answers),
+        "files": len(reader.files),
+        "dialogues": reader.dialogues,
+        "skipped": [str(e) for e in reader.skipped],
+        "pairs": pairs,
+        "unique_pairs": unique_pairs,
+        "duplicate_pairs": duplicate_pairs,
+        "duplicate_copies": pairs - unique_pairs,
+        "questions": questions,
         "conflicting_questions": len(conflicts),
-        "conflict_examples": [{"question": q, "answers": list(answers[q])}
-                              for q in conflicts[:conflict_examples]],
-        "lengths": {side: {"chars": _percentiles([len(t) for t in texts]),
-                           "words": _percentiles([len(WORD.findall(t)) for t in texts])}
-                    for side, texts in (("question", [e.question for e in examples]),
-                                        ("answer", [e.answer for e in examples]))},
-        "vocabulary": len(words),
+        "conflict_examples": _conflict_examples(path, conflicts[:conflict_examples]),
+        "lengths": {side: {unit: _percentiles(tally.lengths[side, unit]) for unit in ("chars", "words")}
+                    for side in ("question", "answer")},
+        "vocabulary": len(ranked),
         "words": total,
         "singletons": sum(1 for n in ranked if n == 1),
         "coverage": {str(top): round(sum(ranked[:top]) / total, 4) if total else 0.0
                      for top in COVERAGE_TOPS},
         "words_for_coverage": {f"{p}%": _words_for(ranked, p) for p in COVERAGE_PERCENTS},
     }
+
+
+class _Tally:
+    """What ``corpus_stats`` counts in its one pass. Memory grows with the vocabulary, the
+    number of distinct lengths and 16 bytes per pair (the pair's and the question's hash), not
+    with the text: a million pairs take 16 MB here."""
+
+    def __init__(self):
+        self.pair_hashes = array("q")
+        self.question_hashes = array("q")
+        self.words: Counter[str] = Counter()  # lower-cased word -> occurrences
+        # (side, unit) -> histogram: length -> how many questions (answers) have it
+        self.lengths: dict[tuple[str, str], Counter[int]] = {
+            (side, unit): Counter() for side in ("question", "answer") for unit in ("chars", "words")}
+
+    def add(self, texts: list[str]) -> None:
+        """One dialogue's utterances: each consecutive two are a question and its answer."""
+        words = [len(self._count_words(text)) for text in texts]
+        for i in range(len(texts) - 1):
+            self.pair_hashes.append(hash((texts[i], texts[i + 1])))
+            self.question_hashes.append(hash(texts[i]))
+            self.lengths["question", "chars"][len(texts[i])] += 1
+            self.lengths["question", "words"][words[i]] += 1
+            self.lengths["answer", "chars"][len(texts[i + 1])] += 1
+            self.lengths["answer", "words"][words[i + 1]] += 1
+
+    def _count_words(self, text: str) -> list[str]:
+        """The utterance's words, counted into the vocabulary (each utterance once)."""
+        found = WORD.findall(text)
+        self.words.update(map(str.lower, found))
+        return found
+
+    def pair_figures(self) -> tuple[int, int, int, int, list[tuple[int, int]]]:
+        """(pairs, distinct pairs, pairs seen more than once, distinct questions, and the
+        questions with more than one answer as (hash, distinct answers): most answers first,
+        then in corpus order)."""
+        pairs = np.frombuffer(self.pair_hashes, dtype=np.int64)
+        questions = np.frombuffer(self.question_hashes, dtype=np.int64)
+        _, first_of_pair, copies = np.unique(pairs, return_index=True, return_counts=True)
+        distinct_questions, first_of_question = np.unique(questions, return_index=True)
+        # Answers per question: its distinct pairs (np.unique sorts both by the question's hash).
+        _, answers = np.unique(questions[first_of_pair], return_counts=True)
+        several = answers > 1
+        order = np.lexsort((first_of_question[several], -answers[several]))
+        conflicts = [(int(h), int(n)) for h, n in zip(distinct_questions[several][order], answers[several][order])]
+        return len(pairs), len(copies), int((copies > 1).sum()), len(distinct_questions), conflicts
+
+
+def _conflict_examples(path: str | Path, wanted: list[tuple[int, int]]) -> list[dict]:
+    """The ``wanted`` questions, given as (hash, distinct answers), with their answers in corpus
+    order: a second, quiet pass (the first reported the skipped entries), which stops as soon
+    as every answer of them has been seen."""
+    found: dict[int, tuple[str, dict[str, None]]] = {}
+    missing = sum(n for _, n in wanted)
+    keys = {key for key, _ in wanted}
+    for dialogue in CorpusReader(path, quiet=True) if wanted else ():
+        texts = [u.text for u in dialogue.utterances]
+        for question, answer in zip(texts, texts[1:]):
+            key = hash(question)
+            if key in keys:
+                answers = found.setdefault(key, (question, {}))[1]
+                missing -= answer not in answers
+                answers[answer] = None
+        if not missing:
+            break
+    return [{"question": found[key][0], "answers": list(found[key][1])} for key, _ in wanted if key in found]
 
 
 def _words_for(ranked: list[int], percent: int) -> int:
@@ -86,11 +155,20 @@ def _words_for(ranked: list[int], percent: int) -> int:
     return len(ranked)
 
 
-def _percentiles(values: list[int]) -> dict[str, int]:
-    """Nearest-rank percentiles: always a value that occurs, easy to check by hand."""
-    ordered = sorted(values)
-    out = {f"p{p}": ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] for p in PERCENTILES}
-    out["max"] = ordered[-1]
+def _percentiles(histogram: Counter[int]) -> dict[str, int]:
+    """Nearest-rank percentiles of the values a histogram (value -> how often) counts: always
+    a value that occurs, easy to check by hand."""
+    ordered = sorted(histogram.items())
+    total = sum(histogram.values())
+    out = {}
+    for p in PERCENTILES:
+        rank, seen = max(1, math.ceil(p / 100 * total)), 0  # the rank-th smallest value, from 1
+        for value, count in ordered:
+            seen += count
+            if seen >= rank:
+                out[f"p{p}"] = value
+                break
+    out["max"] = ordered[-1][0]
     return out
 
 
