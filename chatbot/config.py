@@ -333,6 +333,8 @@ class Config:
                 data = json.loads(raw.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} file ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a table/object at the top level")
         try:

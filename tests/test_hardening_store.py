@@ -327,3 +327,25 @@ def test_read_only_commands_work_in_a_read_only_directory(tmp_path, journal):
         folder.chmod(0o755)
         path.chmod(0o644)
     assert snapshot(folder) == before
+
+
+def test_ask_with_a_session_in_memory_warns_too(tiny_bundle_path):
+    result = chatbot("ask", "--model", str(tiny_bundle_path), "--db", "sqlite://", "--session", "s", "hello")
+    assert result.returncode == 0, result
+    assert "in memory" in result.stderr and result.stdout.count("\n") == 1
+
+
+def test_a_nul_byte_in_a_database_url_is_a_store_error():
+    for url in ("sqlite:////tmp/a%00b.db", "sqlite:////tmp/a\x00b.db"):
+        with pytest.raises(StoreError, match="NUL byte"):
+            SessionStore(url)
+
+
+def test_a_deeply_nested_config_file_is_a_config_error(tmp_path):
+    from chatbot.config import Config
+    from chatbot.errors import ConfigError
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="deep.json"):
+        Config.load(deep)

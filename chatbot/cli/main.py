@@ -155,6 +155,7 @@ def cmd_ask(args) -> int:
     --json an object with an ``error``, and a one-line warning on stderr; the others are still
     answered, and the exit status is 1 if any failed."""
     _stderr_quiet_import()
+    from chatbot.cli.console import warn_if_in_memory
     from chatbot.cli.repl import UnreadableLine, input_lines
     from chatbot.dialogue.bot import ChatBot
     from chatbot.errors import ChatbotError, ReplyNotStored
@@ -163,6 +164,8 @@ def cmd_ask(args) -> int:
         config = bot.resolve_decoding(decoding_overrides(args))  # bad settings fail once, before any question
         if config.effective_strategy == "beam":
             bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
+        if args.session:
+            warn_if_in_memory(bot.store)
         session = bot.session(args.session).id if args.session else None
         kind = "question" if args.question else "line"
         failed = 0
@@ -196,7 +199,7 @@ def _answer(bot, question: str, config, session: int | None, as_json: bool) -> s
     """The reply line for one question (``ChatbotError`` when it cannot be answered)."""
     from chatbot.data.text import clean_text
 
-    if not clean_text(question):  # an empty line still gets exactly one (empty) reply line
+    if not question.strip() or not clean_text(question[:4096]):  # an empty line still gets one (empty) reply line
         return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if as_json else ""
     if session is not None:
         result = bot.reply(question, session=session, decoding=config)
@@ -297,6 +300,7 @@ def _evaluation_table(report, model_path, golden, golden_path) -> str:
 # --- chat ----------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
     from chatbot.cli.console import Spinner, color_wanted, history_path
+    from chatbot.cli.console import warn_if_in_memory
     from chatbot.cli.repl import ChatRepl, input_lines
 
     # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
@@ -309,6 +313,7 @@ def cmd_chat(args) -> int:
         bot = ChatBot.load(args.model, db=args.db)  # warms the compiled decoder up
         try:
             database_url = bot.database_url  # open the database now: a bad --db fails before the prompt
+            warn_if_in_memory(bot.store)
             session = bot.session(args.session) if args.session else None
         except BaseException:
             bot.close()

@@ -267,6 +267,8 @@ class SessionStore:
     def __init__(self, url: str | os.PathLike | None = None, busy_timeout_ms: int = 5000,
                  read_only: bool = False):
         self.url = resolve_database_url(url)
+        if "\x00" in str(self.url) or "%00" in str(self.url):  # the driver would raise ValueError
+            raise StoreError("invalid database URL: it contains a NUL byte")
         try:
             parsed = make_url(self.url)
         except ArgumentError as exc:
