@@ -147,6 +147,8 @@ class Generator:
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
             self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
+        if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
+            self.memory.embed(["warm up"])
 
     @property
     def trace_count(self) -> int:
