@@ -38,3 +38,24 @@ def drive(repl, keys: str, history=None, close: bool = False, later: str = "") -
             if later:
                 typist.join()
     return repl.output.getvalue()
+
+
+def all_at_once(call, threads: int = 16) -> tuple[list, list]:
+    """Run ``call()`` in ``threads`` threads released together by a barrier; returns (results,
+    exceptions raised), for the races a shared object must survive."""
+    start = threading.Barrier(threads)
+    results, errors = [], []
+
+    def worker():
+        try:
+            start.wait()
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return results, errors

@@ -4,32 +4,18 @@ and typed errors for every wrong type the public methods can be handed."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 
 import chatbot.dialogue.bot as bot_module
 from chatbot.config import Config, DialogueConfig, specs
 from chatbot.errors import ConfigError, InputError
+from helpers import all_at_once
 
 
 # --- item 2 ----------------------------------------------------------------------------------
 def test_sixteen_threads_get_or_create_one_named_session(bot):
-    start = threading.Barrier(16)
-    got, errors = [], []
-
-    def worker():
-        try:
-            start.wait()
-            got.append(bot.session("racy").id)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got, errors = all_at_once(lambda: bot.session("racy").id)
     assert errors == [], errors[:1]
     assert len(got) == 16 and len(set(got)) == 1
     assert [s.name for s in bot.sessions()] == ["racy"]

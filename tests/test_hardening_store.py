@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from chatbot.dialogue.store import SessionStore, StoreError
 from conftest import ROOT
-from helpers import chatbot
+from helpers import all_at_once, chatbot
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -58,21 +57,7 @@ def our_database(path: Path) -> Path:
 # --- item 2: get-or-create is atomic ---------------------------------------------------------
 def test_threads_get_or_create_one_named_session(tmp_path):
     with SessionStore(tmp_path / "chat.db") as store:
-        start = threading.Barrier(16)
-        got, errors = [], []
-
-        def worker():
-            try:
-                start.wait()
-                got.append(store.get_or_create_session("racy").id)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        got, errors = all_at_once(lambda: store.get_or_create_session("racy").id)
         assert errors == [] and len(got) == 16 and len(set(got)) == 1
         assert [s.name for s in store.list_sessions()] == ["racy"]
 
