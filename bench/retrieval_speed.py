@@ -147,7 +147,7 @@ def main() -> None:
         t0 = time.perf_counter()
         query_vectors.append(encoder.encode([q])[0])
         embed_ms.append((time.perf_counter() - t0) * 1000)
-    log(f"embedding one query (all-MiniLM-L6-v2, numpy): p50 {percentile(embed_ms, 50):.2f} ms")
+    log(f"embedding one query (all-MiniLM-L6-v2): p50 {percentile(embed_ms, 50):.2f} ms")
 
     results = {}
     for size in sizes:
