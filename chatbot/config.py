@@ -334,7 +334,7 @@ class Config:
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} file ({exc})") from None
         except RecursionError:
-            raise ConfigError(f"{path}: nested too deeply to be a config") from None
+            raise ConfigError(f"{path}: not a valid config file (nested too deeply)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a table/object at the top level")
         try:

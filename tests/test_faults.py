@@ -205,14 +205,14 @@ def test_a_database_locked_while_decoding_keeps_the_question_and_returns_the_rep
     question, answer = tiny_pairs[1]
     session = impatient_bot.new_session("s").id
     with contextlib.ExitStack() as stack:
-        decode = impatient_bot.generate
+        decode = impatient_bot.generator.generate
 
         def decode_then_lock(*args, **kwargs):
             replies = decode(*args, **kwargs)
             stack.enter_context(write_locked(tmp_path / "chat.db"))  # taken while the bot thinks
             return replies
 
-        monkeypatch.setattr(impatient_bot, "generate", decode_then_lock)
+        monkeypatch.setattr(impatient_bot.generator, "generate", decode_then_lock)
         repl = ChatRepl(impatient_bot, session, output=io.StringIO())
         repl.handle(question)
     out = repl.output.getvalue().splitlines()

@@ -34,10 +34,10 @@ def history_path(db_url: str) -> Path:
     return user_data_dir() / HISTORY_FILE
 
 
-def warn_if_in_memory(store, stream: TextIO | None = None) -> None:
-    """One warning line when the store is an in-memory database (``--db sqlite://``): what is
-    written there is gone when the command ends, and there is nothing in it to read."""
-    if getattr(store, "in_memory", False):
+def warn_if_in_memory(in_memory: bool, stream: TextIO | None = None) -> None:
+    """One warning line when the database is in memory (``--db sqlite://``): what is written
+    there is gone when the command ends, and there is nothing in it to read."""
+    if in_memory:
         print("chatbot: warning: the database is in memory (sqlite://): it starts empty and nothing "
               "will be kept", file=stream or sys.stderr)
 

@@ -57,11 +57,11 @@ def cmd_train(args) -> int:
         from chatbot.model.bundle import CONFIG, resolve_model_path
 
         base = resolve_model_path(args.base)
-        config = _load_config(args.config or base / CONFIG)
+        config = Config.load(args.config or base / CONFIG)
     else:
         if args.mix_old or args.rebuild_vocab:
             raise UsageError("--mix-old and --rebuild-vocab go with --from MODEL")
-        config = _load_config(args.config) if args.config else Config()
+        config = Config.load(args.config) if args.config else Config()
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None}
     if args.bidirectional:
@@ -98,18 +98,6 @@ def cmd_train(args) -> int:
     summary.update({f"validation_{k}": v for k, v in metrics.get("validation", {}).items()})
     print(json.dumps(summary))
     return 0
-
-
-def _load_config(path):
-    """``Config.load``, with a file nested too deeply for the JSON/TOML parsers (which recurse
-    once per level) reported as the one-line ``ConfigError`` it is."""
-    from chatbot.config import Config
-    from chatbot.errors import ConfigError
-
-    try:
-        return Config.load(path)
-    except RecursionError:
-        raise ConfigError(f"{path}: not a valid config file (nested too deeply)") from None
 
 
 # --- ask -----------------------------------------------------------------------------------
@@ -151,21 +139,22 @@ def add_decoding_arguments(parser: argparse.ArgumentParser):
 
 def cmd_ask(args) -> int:
     """One reply line per question (argument or stdin line), in order. A question that cannot be
-    answered (not UTF-8, not usable text, a failed decode or store) gets an empty line, or with
-    --json an object with an ``error``, and a one-line warning on stderr; the others are still
-    answered, and the exit status is 1 if any failed."""
+    answered (not UTF-8, not usable text, a failed decode) gets an empty line, or with --json an
+    object with an ``error``, and a one-line warning on stderr; the others are still answered,
+    and the exit status is 1 if any failed. A database that refuses a write (read-only, full,
+    locked past its timeout) stops the run with one error: every later line would fail alike."""
     _stderr_quiet_import()
     from chatbot.cli.console import warn_if_in_memory
     from chatbot.cli.repl import UnreadableLine, input_lines
     from chatbot.dialogue.bot import ChatBot
-    from chatbot.errors import ChatbotError, ReplyNotStored
+    from chatbot.errors import ChatbotError, ReplyNotStored, StoreError
 
     with ChatBot.load(args.model, db=args.db) as bot:
         config = bot.resolve_decoding(decoding_overrides(args))  # bad settings fail once, before any question
         if config.effective_strategy == "beam":
             bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
         if args.session:
-            warn_if_in_memory(bot.store)
+            warn_if_in_memory(bot.database_in_memory)
         session = bot.session(args.session).id if args.session else None
         kind = "question" if args.question else "line"
         failed = 0
@@ -175,9 +164,11 @@ def cmd_ask(args) -> int:
                     raise _Unanswerable(question.problem)
                 print(_answer(bot, question, config, session, args.json), flush=True)
                 continue
-            except ReplyNotStored as exc:  # answered, but the reply could not be stored
+            except ReplyNotStored as exc:  # answered, but the database took no more: the last line
                 print(_reply_line(exc.reply, config, args.json), flush=True)
-                problem = one_line(exc)
+                raise
+            except StoreError:  # the database, not this line, is the problem: stop with one error
+                raise
             except (ChatbotError, _Unanswerable) as exc:
                 print(json.dumps({"reply": "", "error": one_line(exc)}, ensure_ascii=False)
                       if args.json else "", flush=True)
@@ -313,7 +304,7 @@ def cmd_chat(args) -> int:
         bot = ChatBot.load(args.model, db=args.db)  # warms the compiled decoder up
         try:
             database_url = bot.database_url  # open the database now: a bad --db fails before the prompt
-            warn_if_in_memory(bot.store)
+            warn_if_in_memory(bot.database_in_memory)
             session = bot.session(args.session) if args.session else None
         except BaseException:
             bot.close()
@@ -365,7 +356,7 @@ def cmd_sessions(args) -> int:
         raise UsageError("--feedback goes with 'sessions export'")
     # Only delete writes: the others open the database read-only and never create it.
     with SessionStore(args.db, read_only=args.action != "delete") as store:
-        warn_if_in_memory(store)
+        warn_if_in_memory(store.in_memory)
         if args.action == "export" and args.feedback:  # every session's, unless one is named
             fmt = args.format or "yaml"
             _write_export(store.export_feedback(args.target, format=fmt), args.out)

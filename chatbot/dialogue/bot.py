@@ -274,6 +274,11 @@ class ChatBot:
         """The session database's URL (opening it now, so a bad one fails here)."""
         return self.store.url
 
+    @property
+    def database_in_memory(self) -> bool:
+        """Whether the session database lives in memory only (``sqlite://``): nothing is kept."""
+        return self.store.in_memory
+
     def history(self, session: int | str, last: int | None = None):
         """The session's messages, oldest first; only the newest ``last`` when given."""
         return self.store.history(_session_ref(session), last=_last_count(last))
