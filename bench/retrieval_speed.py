@@ -17,7 +17,10 @@ both ways.
 The hybrid retriever (``data.retriever = "hybrid"``, the default model's) adds a sentence
 embedding per query and a dot product with every stored question's embedding: ``hybrid`` at
 each size times ``retrieve(q, k, vector=...)`` with the query embedded beforehand, and
-``embed_query`` times the embedding alone (it does not grow with the memory). The real
+``embed_query`` times the embedding alone (it does not grow with the memory). From
+``INDEX_MIN_QUESTIONS`` on, the embeddings are searched through ``VectorIndex`` (an inverted
+file) instead of a product with every one; ``source_top1`` says whether it still finds the
+query's own question. The real
 questions carry their real embeddings; synthetic ones carry seeded random unit vectors (the
 cost of a lookup does not depend on the values; embedding 100k made-up questions would take
 minutes). Progress goes to stderr; the figures are one JSON object on the last line of stdout.
