@@ -56,19 +56,23 @@ def _type_name(value) -> str:
 
 def _session_ref(value: int | str) -> int | str:
     """A session id (an int; not a bool, ``True`` is not session 1) or a name (a str)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"a session is an id (int) or a name (str), not {_type_name(value)}")
-    if isinstance(value, int) and not -MAX_ID <= value <= MAX_ID:
-        raise InputError(f"session id out of range: a {value.bit_length()}-bit number (ids fit in 64 bits)")
-    return value
+    return _stored_id(value, "session")
 
 
 def _message_ref(value: int) -> int:
     """A stored message's id (``Reply.message_id``): an int that fits in 64 bits."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"a message id is an int, not {_type_name(value)}")
+    return _stored_id(value, "message")
+
+
+def _stored_id(value: int, what: str) -> int:
     if not -MAX_ID <= value <= MAX_ID:
-        raise InputError(f"message id out of range: a {value.bit_length()}-bit number (ids fit in 64 bits)")
+        raise InputError(f"{what} id out of range: a {value.bit_length()}-bit number (ids fit in 64 bits)")
     return value
 
 

@@ -200,7 +200,6 @@ class AnswerMemory:
                 known.append(ex.answer)
         self.questions = list(answers)
         self.answers = [tuple(answers[q]) for q in self.questions]
-        self.retriever = retriever
         self._keys = [match_key(q) for q in self.questions]
         self._index = GramIndex(self._keys) if len(self._keys) >= INDEX_MIN_QUESTIONS else None
         self._row = {q: i for i, q in enumerate(self.questions)}
@@ -263,7 +262,7 @@ class AnswerMemory:
                 top = (np.argpartition(-cosines, limit - 1)[:limit] if len(cosines) > limit
                        else np.arange(len(cosines)))
             found.update(int(i) for i in top)
-            cosine = lambda i: float(self.vectors[i] @ vector)  # noqa: E731
+            cosine = lambda i: float(self.vectors[i] @ vector)
 
         def scores(i: int) -> tuple[float, float]:  # (rank by, shown as)
             lexical = similarity(question, key, self.questions[i], self._keys[i])

@@ -53,23 +53,22 @@ class SentenceEncoder:
         def dense(prefix: str) -> tuple[np.ndarray, np.ndarray]:  # x @ kernel + bias, kernel contiguous
             return np.ascontiguousarray(w(prefix + ".weight").T), w(prefix + ".bias")
 
-        self.words = w("embeddings.word_embeddings.weight")
-        self.positions = w("embeddings.position_embeddings.weight")
-        self.segment = w("embeddings.token_type_embeddings.weight")[0]
-        self.norm = (w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"))
-        self.layers = []
+        layers = []
         for i in range(sum(1 for k in weights if k.endswith(".attention.self.query.weight"))):
             p = f"encoder.layer.{i}."
             q, k, v = (dense(p + f"attention.self.{name}") for name in ("query", "key", "value"))
-            self.layers.append((
+            layers.append((
                 np.concatenate([q[0], k[0], v[0]], axis=1), np.concatenate([q[1], k[1], v[1]]),
                 dense(p + "attention.output.dense"),
                 (w(p + "attention.output.LayerNorm.weight"), w(p + "attention.output.LayerNorm.bias")),
                 dense(p + "intermediate.dense"), dense(p + "output.dense"),
                 (w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias")),
             ))
-
-        self._forward = self._build_forward()
+        # Only the compiled function keeps the weights (as TensorFlow constants).
+        self._forward = _build_forward(
+            w("embeddings.word_embeddings.weight"), w("embeddings.position_embeddings.weight"),
+            w("embeddings.token_type_embeddings.weight")[0],
+            (w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias")), layers)
 
     @classmethod
     def load(cls, path: Path | None = None) -> SentenceEncoder:
@@ -106,39 +105,40 @@ class SentenceEncoder:
             mask[row, :len(ids_row)] = 1
         return self._forward(ids, mask).numpy()
 
-    def _build_forward(self):
-        """The BERT forward pass as one ``tf.function`` over [batch, length] ids and a padding
-        mask: mean-pooled, L2-normalised. Traced once (any shape): no Python per layer, and the
-        thread settings of the decode loop apply to it too. (XLA compiled it per input shape, a
-        second each; numpy's BLAS threads fought TensorFlow's for the two cores.)"""
-        import tensorflow as tf
 
-        width = DIMENSION // _HEADS
-        words, positions = tf.constant(self.words), tf.constant(self.positions)
-        segment, norm = tf.constant(self.segment), tuple(tf.constant(n) for n in self.norm)
-        layers = [tf.nest.map_structure(tf.constant, layer) for layer in self.layers]
+def _build_forward(words, positions, segment, norm, layers):
+    """The BERT forward pass as one ``tf.function`` over [batch, length] ids and a padding mask:
+    mean-pooled, L2-normalised. Traced once (any shape): no Python per layer, and the thread
+    settings of the decode loop apply to it too. (XLA compiled it per input shape, a second
+    each; numpy's BLAS threads fought TensorFlow's for the two cores.) GELU is the tanh form:
+    embeddings agree with the erf form of the reference model to 1e-4 in cosine."""
+    import tensorflow as tf
 
-        def layer_norm(x, gain, bias):
-            x = x - tf.reduce_mean(x, -1, keepdims=True)
-            return x * tf.math.rsqrt(tf.reduce_mean(x * x, -1, keepdims=True) + 1e-12) * gain + bias
+    width = DIMENSION // _HEADS
+    words, positions, segment = tf.constant(words), tf.constant(positions), tf.constant(segment)
+    norm = tuple(tf.constant(n) for n in norm)
+    layers = [tf.nest.map_structure(tf.constant, layer) for layer in layers]
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                                        tf.TensorSpec([None, None], tf.float32)])
-        def forward(ids, mask):
-            batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
-            x = layer_norm(tf.gather(words, ids) + positions[:length] + segment, *norm)
-            masked = ((1 - mask) * -1e9)[:, None, None, :]  # padding is never attended to
-            for qkv, qkv_bias, (out_k, out_b), norm1, (in_k, in_b), (ff_k, ff_b), norm2 in layers:
-                heads = tf.reshape(x @ qkv + qkv_bias, [batch, length, 3, _HEADS, width])
-                q, k, v = tf.unstack(tf.transpose(heads, [2, 0, 3, 1, 4]))
-                scores = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * (1 / math.sqrt(width)) + masked)
-                attended = tf.reshape(tf.transpose(scores @ v, [0, 2, 1, 3]), [batch, length, DIMENSION])
-                x = layer_norm(x + attended @ out_k + out_b, *norm1)
-                x = layer_norm(x + tf.nn.gelu(x @ in_k + in_b, approximate=True) @ ff_k + ff_b, *norm2)
-            pooled = tf.reduce_sum(x * mask[:, :, None], 1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1)
-            return pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
+    def layer_norm(x, gain, bias):
+        x = x - tf.reduce_mean(x, -1, keepdims=True)
+        return x * tf.math.rsqrt(tf.reduce_mean(x * x, -1, keepdims=True) + 1e-12) * gain + bias
 
-        return forward
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+    def forward(ids, mask):
+        batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+        x = layer_norm(tf.gather(words, ids) + positions[:length] + segment, *norm)
+        masked = ((1 - mask) * -1e9)[:, None, None, :]  # padding is never attended to
+        for qkv, qkv_bias, (out_k, out_b), norm1, (in_k, in_b), (ff_k, ff_b), norm2 in layers:
+            heads = tf.reshape(x @ qkv + qkv_bias, [batch, length, 3, _HEADS, width])
+            q, k, v = tf.unstack(tf.transpose(heads, [2, 0, 3, 1, 4]))
+            scores = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * (1 / math.sqrt(width)) + masked)
+            attended = tf.reshape(tf.transpose(scores @ v, [0, 2, 1, 3]), [batch, length, DIMENSION])
+            x = layer_norm(x + attended @ out_k + out_b, *norm1)
+            x = layer_norm(x + tf.nn.gelu(x @ in_k + in_b, approximate=True) @ ff_k + ff_b, *norm2)
+        pooled = tf.reduce_sum(x * mask[:, :, None], 1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1)
+        return pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    return forward
 
 
 _shared: SentenceEncoder | None = None
