@@ -344,13 +344,19 @@ class Config:
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with dotted keys replaced, e.g. ``{"training.epochs": 3}``."""
-        data = self.to_dict()
-        for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
-            if section not in data or not key:
-                raise ConfigError(f"unknown config key '{dotted}'")
-            data[section][key] = value
-        return Config.from_dict(data)
+        return Config.from_dict(apply_dotted(self.to_dict(), overrides))
+
+
+def apply_dotted(data: dict, overrides: dict[str, Any]) -> dict:
+    """``data`` (a config as nested dicts) with dotted keys replaced, before validation, so an
+    override can also repair a value that is no longer valid; the sections are copied."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(data.get(section), dict) or not key:
+            raise ConfigError(f"unknown config key '{dotted}'")
+        data[section][key] = value
+    return data
 
 
 def _check(ok: bool, prefix: str, key: str, why: str) -> None:

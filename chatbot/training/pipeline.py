@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from chatbot.config import Config
+from chatbot.config import Config, apply_dotted
 from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_examples
 from chatbot.data.noise import noisy
 from chatbot.data.tokenizer import TextTokenizer
-from chatbot.errors import ConfigError, PlotError, TrainingError
+from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
 from chatbot.inference.retrieval import AnswerMemory, memory_for
@@ -418,13 +418,7 @@ def saved_config(out: str | Path, overrides: dict | None = None) -> Config:
     given. The overrides go into the saved values before they are validated, so that one can
     correct a saved value that is no longer valid."""
     data = {**Config().to_dict(), **_read_state(work_dir_for(Path(out)))["config"]}
-    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not isinstance(data.get(section), dict) or not key:
-            raise ConfigError(f"unknown config key '{dotted}'")
-        data[section][key] = value
-    return Config.from_dict(data)
+    return Config.from_dict(apply_dotted(data, overrides or {}))
 
 
 def resume_changes(saved: dict, config: Config, work: Path) -> list[str]:
