@@ -21,7 +21,8 @@ the model itself contributes):
   the bundle's own decoding settings (retrieval feeding the decoder): what users get;
 * decoder_alone: the same with ``decoding.retrieval`` off: the network reads only the question;
 * retrieval_alone: no model: the first answer of the nearest training question found by the
-  same retrieval (``AnswerMemory.retrieve`` with the model's ``data.retriever``);
+  same retrieval (``AnswerMemory.retrieve`` with the model's ``data.retriever``) for the
+  question as the model reads it (spelling corrected when the model has ``data.spelling``);
 * untrained: the shipped pipeline (retrieval on) with freshly initialised weights;
 * fuzzy: ``difflib.get_close_matches(question, corpus_questions, n=1, cutoff=0.0)`` over the
   corpus' distinct questions, replying with the first answer (in corpus order) of the question
@@ -543,11 +544,13 @@ def main() -> None:
     model_s = time.perf_counter() - t0
     alone = ask_all(bot, questions, args.batch_size, "decoder alone", {"retrieval": False})
     # (c) retrieval alone: the first answer of the nearest training question, no model, found
-    # by the model's own retriever (its data.retriever, its stored question embeddings)
+    # by the model's own retriever (its data.retriever, its stored question embeddings) for the
+    # question as the model reads it (its data.spelling)
     from chatbot.inference.retrieval import AnswerMemory
 
     memory = AnswerMemory(bundle.train, bundle.config.data.retriever, bundle.question_vectors)
-    nearest = {q: (memory.retrieve(q, 1) or [("", "", 0.0)])[0] for q in questions}
+    read = {q: bot.generator.read([[q]])[0][-1] for q in questions}
+    nearest = {q: (memory.retrieve(read[q], 1) or [("", "", 0.0)])[0] for q in questions}
     # (d) the shipped pipeline with freshly initialised weights (capped length: it never ends)
     untrained = ask_all(untrained_bot(bundle), questions, args.batch_size, "untrained", {"max_length": 64})
 

@@ -160,6 +160,10 @@ class DataConfig(Section):
     leave_out_own: float = setting(
         0.25, "share of training examples whose own pair is left out of what they are shown, so the "
               "model also learns to answer when retrieval found nothing useful", min=0, max=1)
+    spelling: bool = setting(
+        True, "correct words neither the corpus nor a general English word list knows to the nearest "
+              "corpus word (1 edit, 2 for words of 8+ letters) before retrieval and the model read them, "
+              "in training and at reply time alike")
 
 
 @dataclass
@@ -183,6 +187,9 @@ class ModelConfig(Section):
         True, "pointer-generator copying (See et al. 2017): a learned switch mixes the vocabulary "
               "distribution with the attention over the input's tokens, so long retrieved answers "
               "come out exact; needs attention")
+    copy_continuation: bool = setting(
+        True, "with copying and dot attention: attention favours the retrieved-answer token that "
+              "follows the last one or two emitted, so a copy runs on without jumping or garbling")
 
     def check_combinations(self, prefix: str) -> None:
         _check(not (self.copy_attention and self.attention == "none"), prefix, "copy_attention",

@@ -37,7 +37,8 @@ def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert set(row) == {"reply", "score", "confidence", "latency_ms", "retrieved"}
+        assert set(row) == {"reply", "score", "confidence", "latency_ms", "read_as", "retrieved"}
+        assert row["read_as"] == question
         assert 0 <= row["confidence"] <= 1
         assert row["reply"] == answer
         assert row["score"] <= 0 and row["latency_ms"] > 0
@@ -47,6 +48,11 @@ def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
     plain = chatbot("ask", "--model", tiny_bundle_path, "--json", "--no-retrieval", question)
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["retrieved"] == []
+    # A typo is read as the corpus word it was (data.spelling), and answered as the question.
+    typo = chatbot("ask", "--model", tiny_bundle_path, "--json", "How oldd are youu?")
+    assert typo.returncode == 0, typo.stderr
+    assert json.loads(typo.stdout)["read_as"] == "How old are you?"
+    assert json.loads(typo.stdout)["reply"] == answer
 
 
 def test_ask_with_a_missing_model_fails_with_one_line(tmp_path):

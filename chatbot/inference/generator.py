@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig
+from chatbot.data.spelling import Speller
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import Seq2Seq
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
@@ -54,6 +55,8 @@ class Generation:
     # What retrieval showed the model beside the input: (question, answer, similarity), most
     # alike first; empty when retrieval is off or the model does not read it.
     retrieved: tuple[tuple[str, str, float], ...] = ()
+    # The question as the model read it: after spelling normalisation (``data.spelling``).
+    read_as: str = ""
 
     def choose(self, index: int) -> "Generation":
         """This generation with its ``index``-th alternative as the reply: text, score and
@@ -118,8 +121,10 @@ def _decode_until_done(batch, max_length, outputs, search, decoder, advance, res
 
 class Generator:
     def __init__(self, model: Seq2Seq, tokenizer: TextTokenizer, data: DataConfig,
-                 decoding: DecodingConfig, max_batch: int = 64, memory: AnswerMemory | None = None):
+                 decoding: DecodingConfig, max_batch: int = 64, memory: AnswerMemory | None = None,
+                 speller: Speller | None = None):
         self.model = model
+        self.speller = speller
         self.tokenizer = tokenizer
         self.data = data
         self.decoding = decoding
@@ -178,7 +183,8 @@ class Generator:
             target = np.zeros((len(ids), max(len(i) for i in ids)), dtype=np.int32)
             for row, seq in enumerate(ids):
                 target[row, :len(seq)] = seq
-            source = self.encode_inputs(inputs[chunk], self.retrieve(inputs[chunk]))
+            read = self.read(inputs[chunk])
+            source = self.encode_inputs(read, self.retrieve(read))
             scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
@@ -403,6 +409,13 @@ class Generator:
         """Whether the model was trained to read retrieved pairs (and has them to read)."""
         return self.data.retrieved_pairs > 0 and self.memory is not None and len(self.memory) > 0
 
+    def read(self, inputs: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The turns as the model reads them (and retrieval searches them): spelling corrected
+        when the model was trained so."""
+        if self.speller is None:
+            return [list(turns) for turns in inputs]
+        return [[self.speller.correct(turn) for turn in turns] for turns in inputs]
+
     def retrieve(self, inputs: Sequence[Sequence[str]], config: DecodingConfig | None = None
                  ) -> list[tuple[tuple[str, str, float], ...]]:
         """What the model is shown beside each input (by its question, the last turn)."""
@@ -439,8 +452,8 @@ class Generator:
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
-            chunk = inputs[start:start + self.max_batch]
             began = time.perf_counter()
+            chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
             source = tf.constant(self.encode_inputs(chunk, shown))
             if beam:
@@ -470,6 +483,7 @@ class Generator:
                     alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),
                     token_ids=tuple(int(t) for t in token_ids),
                     retrieved=shown[row],
+                    read_as=chunk[row][-1] if chunk[row] else "",
                 ))
             results.extend(chunk_results)
         return results

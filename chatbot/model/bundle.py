@@ -41,8 +41,9 @@ from chatbot.data.tokenizer import TextTokenizer
 
 # 1: the first format; 2: retrieve and refine (data.retrieved_pairs, model.copy_attention,
 # decoding.retrieval replace decoding.rerank); 3: data.retriever (hybrid retrieval) and the
-# stored question embeddings. Older bundles still load, as the models they were.
-FORMAT_VERSION = 3
+# stored question embeddings; 4: data.spelling and model.copy_continuation. Older bundles
+# still load, as the models they were.
+FORMAT_VERSION = 4
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -244,11 +245,18 @@ def upgrade_config(raw: dict, format_version: int) -> dict:
     """A config as written by an older bundle format, in today's keys, meaning the same model:
     format 1 predates retrieve and refine (its models read the question alone and have no copy
     switch) and ranked stored answers with ``decoding.rerank``, which no longer exists (a
-    reply is always the decoded text); formats 1 and 2 retrieved by edit distance alone."""
-    if format_version >= 3 or not isinstance(raw, dict):
+    reply is always the decoded text); formats 1 and 2 retrieved by edit distance alone;
+    formats 1 to 3 read words as typed and copy without the continuation bonus."""
+    if format_version >= 4 or not isinstance(raw, dict):
         return raw
     raw = json.loads(json.dumps(raw))  # a copy
     data, model, decoding = (raw.setdefault(k, {}) for k in ("data", "model", "decoding"))
+    if isinstance(data, dict):
+        data.setdefault("spelling", False)
+    if isinstance(model, dict):
+        model.setdefault("copy_continuation", False)
+    if format_version >= 3:
+        return raw
     if isinstance(data, dict):
         data.setdefault("retriever", "lexical")
     if format_version >= 2:

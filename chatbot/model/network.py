@@ -17,6 +17,14 @@ retrieved pairs is pure generation. Source and target share one vocabulary, so n
 vocabulary is needed. The outputs are then log-probabilities rather than logits; both go
 through the same ``log_softmax`` (a no-op on log-probabilities), loss and decode loops.
 
+With ``copy_continuation`` (dot attention and copying) the attention scores get two learned
+bonuses: for the answer token that follows the token just emitted, and more for the one that
+follows the last two (an answer's first token counts as following [START]). A copy then runs on
+through the answer instead of jumping to another occurrence of the same token or back to
+generating: what garbled long copies before. The features need only the previous two tokens,
+so teacher forcing still runs in one call, and the decode loop carries the token before last
+as one more state.
+
 Padding (id 0) is masked explicitly everywhere: the encoder's final state is the state at
 the last real token, and attention never looks at padding.
 """
@@ -31,7 +39,7 @@ from keras import layers, ops
 
 from chatbot.config import ModelConfig
 from chatbot.files import write_atomically
-from chatbot.data.tokenizer import ANS, PAD, RET, SEP
+from chatbot.data.tokenizer import ANS, PAD, RET, SEP, START
 
 
 def _rnn(cell: str, units: int, name: str) -> layers.Layer:
@@ -58,7 +66,11 @@ class Seq2Seq(keras.Model):
             self.encoder_rnns.append(rnn)
         self.decoder_rnns = [_rnn(config.cell, self.decoder_units, f"decoder_{i}")
                              for i in range(config.layers)]
-        if config.attention == "dot":
+        # The continuation bonus needs the copy switch and dot attention (see the module doc).
+        self.continuation = config.copy_continuation and config.copy_attention and config.attention == "dot"
+        if self.continuation:
+            self.attention = ContinuingAttention(name="attention")
+        elif config.attention == "dot":
             self.attention = layers.Attention(name="attention")
         elif config.attention == "additive":
             self.attention = layers.AdditiveAttention(name="attention")
@@ -87,6 +99,8 @@ class Seq2Seq(keras.Model):
             states.extend(layer_states)
             if i + 1 < len(self.encoder_rnns):
                 x = self.dropout(x, training=training)
+        if self.continuation:  # the token before the last one: none yet
+            states.append(ops.full((ops.shape(source)[0],), -1, dtype="int32"))
         return x, states, source
 
     # --- decoder -------------------------------------------------------------------------
@@ -94,13 +108,18 @@ class Seq2Seq(keras.Model):
         n = self.states_per_layer
         return list(states[i * n:(i + 1) * n])
 
-    def _project(self, decoder_outputs, encoder_outputs, source, training):
-        """Decoder outputs ``[B, T, units]`` -> logits, or log-probabilities with copying."""
+    def _project(self, decoder_outputs, encoder_outputs, source, training, previous=None):
+        """Decoder outputs ``[B, T, units]`` -> logits, or log-probabilities with copying.
+        ``previous``: the tokens fed at each step and the ones before them, each ``[B, T]``
+        (read by ``copy_continuation``)."""
         if self.attention is None:
             return self.output_projection(self.dropout(decoder_outputs, training=training))
         source_mask = ops.not_equal(source, PAD)
-        context, weights = self.attention([decoder_outputs, encoder_outputs], mask=[None, source_mask],
-                                          return_attention_scores=True, training=training)
+        if self.continuation:
+            context, weights = self.attention(decoder_outputs, encoder_outputs, source, *previous)
+        else:
+            context, weights = self.attention([decoder_outputs, encoder_outputs], mask=[None, source_mask],
+                                              return_attention_scores=True, training=training)
         combined = self.attention_combine(ops.concatenate([decoder_outputs, context], axis=-1))
         logits = self.output_projection(self.dropout(combined, training=training))
         if self.copy_switch is None:
@@ -126,7 +145,9 @@ class Seq2Seq(keras.Model):
             x = rnn(x, initial_state=self._layer_states(states, i), training=training)[0]
             if i + 1 < len(self.decoder_rnns):
                 x = self.dropout(x, training=training)
-        return self._project(x, encoder_outputs, source, training)
+        decoder_input = ops.cast(decoder_input, "int32")
+        before = ops.pad(decoder_input[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+        return self._project(x, encoder_outputs, source, training, previous=(decoder_input, before))
 
     def decode_step(self, token, states, encoder_outputs, source):
         """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states."""
@@ -135,7 +156,12 @@ class Seq2Seq(keras.Model):
         for i, rnn in enumerate(self.decoder_rnns):
             x, layer_states = rnn.cell(x, self._layer_states(states, i), training=False)
             new_states.extend(layer_states if isinstance(layer_states, (list, tuple)) else [layer_states])
-        logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False)
+        previous = None
+        if self.continuation:
+            token = ops.cast(token, "int32")
+            previous = (token[:, None], ops.cast(states[-1], "int32")[:, None])
+            new_states.append(token)
+        logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False, previous=previous)
         return logits[:, 0, :], new_states
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):
@@ -163,6 +189,32 @@ class Seq2Seq(keras.Model):
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
         self((dummy, dummy), training=False)
+
+
+class ContinuingAttention(layers.Layer):
+    """Dot attention as ``keras.layers.Attention`` computes it, plus ``copy_continuation``'s
+    bonus ``w1 * follows(last token) + w2 * follows(last two tokens)`` at each retrieved
+    answer's positions. Returns (context ``[B, T, D]``, weights ``[B, T, S]``)."""
+
+    def build(self, *_):
+        self.bonus = self.add_weight(shape=(2,), initializer="zeros", name="bonus")
+
+    def call(self, query, value, source, last, before_last):
+        source = tf.cast(source, tf.int32)
+        # An answer's first token follows [ANS]: it continues from [START].
+        marks = tf.where(tf.equal(source, ANS), START, source)
+        width = tf.shape(source)[1]
+        after_one = tf.pad(marks, [[0, 0], [1, 0]], constant_values=-1)[:, :width]  # the token before j
+        after_two = tf.pad(marks, [[0, 0], [2, 0]], constant_values=-1)[:, :width]
+        copyable = retrieved_answer_positions(source)[:, None, :]
+        follows_one = tf.logical_and(copyable, tf.equal(after_one[:, None, :], last[:, :, None]))
+        follows_two = tf.logical_and(follows_one, tf.equal(after_two[:, None, :], before_last[:, :, None]))
+        bonus = tf.cast(self.bonus, query.dtype)
+        scores = tf.matmul(query, value, transpose_b=True)
+        scores += bonus[0] * tf.cast(follows_one, query.dtype) + bonus[1] * tf.cast(follows_two, query.dtype)
+        scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
+        weights = tf.nn.softmax(scores, axis=-1)
+        return tf.matmul(weights, value), weights
 
 
 def retrieved_answer_positions(source):

@@ -30,6 +30,7 @@ from typing import Callable
 from chatbot.config import Config, apply_dotted
 from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_examples
 from chatbot.data.noise import noisy
+from chatbot.data.spelling import Speller, speller_for
 from chatbot.data.tokenizer import TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
@@ -71,6 +72,7 @@ class Plan:
     mix_base_corpus: bool = False
     rebuild_vocab: bool = False
     memory: AnswerMemory | None = None  # what retrieval searches, built with the datasets
+    speller: Speller | None = None  # the spelling normalisation of data.spelling, likewise
 
     @property
     def work(self) -> Path:
@@ -201,6 +203,7 @@ def build(plan: Plan, stage: Callable[[str], None]):
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
+    plan.speller = speller_for(data, [(e.question, e.answer) for e in plan.train])
     examples, shown = augment(plan)
     stage(f"{len(examples)} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
@@ -210,9 +213,10 @@ def build(plan: Plan, stage: Callable[[str], None]):
                              seed=config.training.seed)
     val_set = None
     if plan.validation:
-        shown = (plan.memory.retrieve_each([e.question for e in plan.validation], data.retrieved_pairs)
+        validation = [dataclasses.replace(e, question=spelled(plan, e.question)) for e in plan.validation]
+        shown = (plan.memory.retrieve_each([e.question for e in validation], data.retrieved_pairs)
                  if plan.memory is not None else None)
-        val_src, val_tgt = encode_examples(plan.validation, tokenizer, data.max_input_tokens,
+        val_src, val_tgt = encode_examples(validation, tokenizer, data.max_input_tokens,
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
 
@@ -237,7 +241,7 @@ def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
     data = plan.config.data
     rng = random.Random(plan.config.training.seed)
     memory = plan.memory
-    variants = [(example, question) for example in plan.train
+    variants = [(example, spelled(plan, question)) for example in plan.train
                 for question in [example.question] + [noisy(example.question, rng)
                                                       for _ in range(data.noisy_copies)]]
     vectors = memory.embed([question for _, question in variants]) if memory is not None else []
@@ -253,6 +257,11 @@ def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
             shown.append(tuple(memory.retrieve(question, data.retrieved_pairs, exclude=exclude,
                                                prefer=example.answer, vector=vectors[number])))
     return examples, shown
+
+
+def spelled(plan: Plan, text: str) -> str:
+    """``text`` as the model will read it (``data.spelling``), in training as at reply time."""
+    return plan.speller.correct(text) if plan.speller is not None else text
 
 
 def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra_callbacks: list | None):

@@ -1,0 +1,66 @@
+"""data.spelling: unknown words become the nearest corpus word, for training and replies alike."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings, strategies as st
+
+from chatbot.data.spelling import Speller, english_words
+
+PAIRS = [
+    ("What is basketball?", "A game with tall players."),
+    ("Do you get embarrassed?", "That is a pretty common human emotion."),
+    ("What is your favorite programming language?", "Python, for its readability."),
+    ("Who invented the steam engine?", "James Watt improved it."),
+    ("Do you hate me?", "No."),
+]
+
+
+def speller(general=("hey", "furious", "warm")) -> Speller:
+    return Speller.from_pairs(PAIRS, general=general)
+
+
+def test_typos_become_the_corpus_words_they_were():
+    spell = speller()
+    assert spell.correct("what is bbasketball") == "what is basketball"
+    assert spell.correct("Do you get embarassed?") == "Do you get embarrassed?"
+    assert spell.correct("whoo invnted the steam engien") == "who invented the steam engine"
+
+
+def test_the_typed_case_pattern_is_kept():
+    spell = speller()
+    assert spell.correct("WHAT IS BASKETBAL") == "WHAT IS BASKETBALL"
+    assert spell.correct("Programing") == "Programming"
+
+
+def test_known_words_short_words_and_far_words_are_left_as_typed():
+    spell = speller()
+    # "hey" and "furious" are English (the general list), "warmest" an inflection of "warm";
+    # "te" is too short to judge (2 letters), "xylophone" is 2+ edits from every corpus word.
+    for text in ("hey you", "you make me furious", "the warmest", "te engine", "a xylophone"):
+        assert spell.correct(text) == text
+
+
+def test_ties_go_to_the_more_frequent_corpus_word():
+    spell = Speller(Counter({"cat": 5, "car": 1}), general=())
+    assert spell.correct("cax") == "cat"
+    spell = Speller(Counter({"cat": 1, "car": 5}), general=())
+    assert spell.correct("cax") == "car"
+
+
+def test_the_general_word_list_is_the_sentence_encoders_vocabulary():
+    words = english_words()
+    assert len(words) > 15_000
+    assert {"furious", "insane", "hello"} <= words
+    assert not any(w.startswith("##") for w in words)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABC ?!'é"), max_size=60))
+def test_correcting_twice_changes_nothing_more_and_keeps_everything_but_letters(text):
+    spell = speller()
+    once = spell.correct(text)
+    assert spell.correct(once) == once  # a correction is a corpus word, which is known
+    strip = lambda s: "".join(c for c in s if not c.isalpha())  # noqa: E731
+    assert strip(once) == strip(text)  # spaces and punctuation are never touched
