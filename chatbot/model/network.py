@@ -194,7 +194,9 @@ class Seq2Seq(keras.Model):
 class ContinuingAttention(layers.Layer):
     """Dot attention as ``keras.layers.Attention`` computes it, plus ``copy_continuation``'s
     bonus ``w1 * follows(last token) + w2 * follows(last two tokens)`` at each retrieved
-    answer's positions. Returns (context ``[B, T, D]``, weights ``[B, T, S]``)."""
+    answer's positions. Returns (context ``[B, T, D]``, weights ``[B, T, S]``). The bonus starts
+    at 0, so copying on is learned like any weight (started at 2, it let a model trained one
+    epoch copy well enough to pass the gates that must fail it)."""
 
     def build(self, *_):
         self.bonus = self.add_weight(shape=(2,), initializer="zeros", name="bonus")
