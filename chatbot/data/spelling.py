@@ -119,10 +119,11 @@ class Speller:
         return fixed
 
 
-def speller_for(data, pairs: Iterable[tuple[str, str]]) -> Speller | None:
-    """The speller a model with this ``DataConfig`` reads through, or None (``data.spelling``
-    off, or no pairs to learn words from): the one place that decides it."""
+def speller_for(data, examples: Iterable) -> Speller | None:
+    """The speller a model with this ``DataConfig`` reads through, learning its words from its
+    training examples (``Example``), or None (``data.spelling`` off, or no words to learn):
+    the one place that decides it."""
     if not getattr(data, "spelling", False):
         return None
-    speller = Speller.from_pairs(pairs)
+    speller = Speller.from_pairs((e.question, e.answer) for e in examples)
     return speller if speller.words else None

@@ -121,7 +121,7 @@ class ChatBot:
         self.bundle = bundle
         self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
                                    memory=memory_for(bundle.config.data, bundle.train, bundle.question_vectors),
-                                   speller=speller_for(bundle.config.data, [(e.question, e.answer) for e in bundle.train]))
+                                   speller=speller_for(bundle.config.data, bundle.train))
         self.dialogue = bundle.config.dialogue.with_overrides(dialogue)
         self._db = db
         self._store = None

@@ -103,7 +103,7 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
     if not getattr(model, "compiled", False):  # a loaded bundle is not; a training model keeps its own
         compile_model(model, config.training.learning_rate, config.training.clipnorm)
     retrieved = None
-    speller = speller_for(config.data, [(e.question, e.answer) for e in bundle.train])
+    speller = speller_for(config.data, bundle.train)
     if speller is not None:  # the questions as the model reads them
         examples = [dataclasses.replace(e, question=speller.correct(e.question)) for e in examples]
     memory = memory_for(config.data, bundle.train, bundle.question_vectors)

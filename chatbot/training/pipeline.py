@@ -203,7 +203,7 @@ def build(plan: Plan, stage: Callable[[str], None]):
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
-    plan.speller = speller_for(data, [(e.question, e.answer) for e in plan.train])
+    plan.speller = speller_for(data, plan.train)
     examples, shown = augment(plan)
     stage(f"{len(examples)} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
