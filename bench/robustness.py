@@ -549,7 +549,7 @@ def main() -> None:
     from chatbot.inference.retrieval import AnswerMemory
 
     memory = AnswerMemory(bundle.train, bundle.config.data.retriever, bundle.question_vectors)
-    read = {q: bot.generator.read([[q]])[0][-1] for q in questions}
+    read = dict(zip(questions, (turns[-1] for turns in bot.generator.read([[q] for q in questions]))))
     nearest = {q: (memory.retrieve(read[q], 1) or [("", "", 0.0)])[0] for q in questions}
     # (d) the shipped pipeline with freshly initialised weights (capped length: it never ends)
     untrained = ask_all(untrained_bot(bundle), questions, args.batch_size, "untrained", {"max_length": 64})

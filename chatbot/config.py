@@ -162,7 +162,7 @@ class DataConfig(Section):
               "model also learns to answer when retrieval found nothing useful", min=0, max=1)
     spelling: bool = setting(
         True, "correct words neither the corpus nor a general English word list knows to the nearest "
-              "corpus word (1 edit, 2 for words of 8+ letters) before retrieval and the model read them, "
+              "corpus word (1 edit, 2 for words of 7+ letters) before retrieval and the model read them, "
               "in training and at reply time alike")
 
 

@@ -9,7 +9,7 @@ so the model is trained on what it meets.
 A word is left as typed when the corpus or a general English word list knows it (the whole
 words of the sentence encoder's BERT vocabulary, about 22,000, already installed with the
 package; an inflection of one, such as "warmest", counts), when it is shorter than 3 letters,
-or when no corpus word is within 1 edit (2 for words of 8 letters or more; Damerau-Levenshtein,
+or when no corpus word is within 1 edit (2 for words of 7 letters or more; Damerau-Levenshtein,
 by rapidfuzz). Ties go to the word the corpus uses most. The typed case pattern is kept.
 """
 
