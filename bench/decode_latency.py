@@ -41,7 +41,7 @@ STRATEGY_TARGETS = {"beam5_over_greedy_batch1_max": 3, "batch64_over_single_gree
 DECODE_ONLY = {"retrieval": False}
 # (b) What a user waits for: the model's own decoding settings, greedy, retrieval on.
 ASK = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": True}
-TRACE_BOUND = 3  # compiled functions (greedy/sampling loop, beam loop, scoring): one trace each
+TRACE_BOUND = 4  # compiled functions (XLA greedy loop, greedy/sampling loop, beam loop, scoring): one trace each
 STRATEGIES = {  # name -> per-call decoding overrides
     "greedy": {**DECODE_ONLY},
     "beam5": {**DECODE_ONLY, "beam": 5},

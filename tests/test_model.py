@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chatbot.config import ModelConfig
+from chatbot.config import DataConfig, DecodingConfig, ModelConfig
+from chatbot.inference.generator import Generator
 from chatbot.model.network import Seq2Seq, masked_accuracy
-from chatbot.data.tokenizer import PAD, START
+from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
 VOCAB = 50
 
@@ -152,3 +153,41 @@ def test_empty_question_is_a_clear_error(tiny_bot):
 
     with pytest.raises(InputError, match="empty"):
         tiny_bot.ask("   \n\t ")
+
+
+XLA_ARCHITECTURES = ARCHITECTURES + [{"cell": "gru", "attention": "dot", "copy_attention": True,
+                                      "copy_continuation": True}]
+
+
+@pytest.mark.parametrize("arch", XLA_ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
+def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
+    """``_greedy_loop`` (XLA, input padded to a power-of-two width) must decode exactly what
+    ``_step_loop`` decodes, scores included; it compiles once per width, not per input."""
+    tf.random.set_seed(3)
+    model = random_model(**arch)
+    generator = Generator(model, None, DataConfig(), DecodingConfig(max_length=24))
+    rng = np.random.default_rng(0)
+    retrieved = [RET, SIM_TOKENS[-1], 20, 21, ANS, 30, 31, 32, 33, 30, 31, 34, SEP]
+    sources = [rng.integers(11, VOCAB, (1, width)).astype(np.int32) for width in (1, 3, 16, 17, 40)]
+    sources.append(np.array([retrieved + [20, 22]], np.int32))
+    for source, min_length in zip(sources, (0, 0, 5, 0, 0, 2)):
+        config = DecodingConfig(max_length=24, min_length=min_length)
+        assert generator.uses_xla(config, 1)
+        ids, total, lengths = (t.numpy() for t in generator._greedy_one(source, 24, min_length))
+        want_ids, want_total, want_lengths = (t.numpy() for t in generator._step(
+            tf.constant(source), *generator._step_args(config, 0)))
+        assert lengths[0] == want_lengths[0] >= min_length
+        assert ids[0, :lengths[0]].tolist() == want_ids[0, :lengths[0]].tolist()
+        np.testing.assert_allclose(total, want_total, rtol=1e-4, atol=1e-4)
+    assert generator.compiled_widths == {16, 32, 64}
+    assert generator._greedy.experimental_get_tracing_count() == 1
+
+
+def test_the_xla_loop_is_used_only_where_it_computes_the_same(tiny_bot):
+    generator = tiny_bot.generator
+    greedy = generator.resolve({})
+    assert generator.uses_xla(greedy, 1)
+    assert not generator.uses_xla(greedy, 2)  # batches shrink as replies end: the graph loop
+    for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"strategy": "sample"},
+                     {"beam": 2}, {"max_length": generator.capacity + 1}):
+        assert not generator.uses_xla(generator.resolve(settings), 1), settings

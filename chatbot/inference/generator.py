@@ -1,10 +1,19 @@
 """Inference: encode once, then a ``tf.function``-compiled decoding loop over decoder steps.
 
-There are two compiled loops, one per strategy family:
+There are three compiled loops:
 
+* ``_greedy_loop``: greedy decoding of one input, compiled with XLA (below);
 * ``_step_loop``: greedy decoding and sampling (temperature, top-k, top-p), chosen per call by
-  a boolean tensor;
+  a boolean tensor, for batches and for the repetition controls;
 * ``_beam_loop``: beam search with a GNMT length penalty and an n-best list.
+
+A reply decoded one step at a time is mostly per-step overhead: one GRU step is a few MFLOP,
+but the graph loop runs dozens of small kernels, conditionals and bookkeeping ops per token.
+XLA fuses the whole loop into a few kernels: about 3x faster per reply at batch 1 (bench/
+decode_latency.py). XLA needs static shapes, so ``_greedy_loop`` takes the input padded to a
+power-of-two width (padding is masked, so the tokens are the same; a test compares them) and
+writes into a history as long as the generator's ``max_length``: it compiles once per width
+used (at most ``log2`` of the longest input), never per question.
 
 Both run on one skeleton, ``_decode_until_done``, which owns the bookkeeping they share
 (inputs that finish are written out and leave the running batch), so each loop body holds
@@ -37,6 +46,12 @@ from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
 
 NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
+XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
+
+
+def xla_width(width: int) -> int:
+    """The padded width an input of ``width`` tokens is decoded at by ``_greedy_loop``."""
+    return max(XLA_MIN_WIDTH, 1 << (max(width, 1) - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,11 @@ class Generator:
         self.max_batch = max_batch
         self.memory = memory
         source = tf.TensorSpec([None, None], tf.int32)
+        # ``_greedy_loop``'s history has this many columns: longer replies take ``_step_loop``.
+        self.capacity = decoding.max_length
+        self.compiled_widths: set[int] = set()  # input widths ``_greedy_loop`` was compiled for
+        self._greedy = tf.function(self._greedy_loop, jit_compile=True, input_signature=[
+            source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
         self._score = tf.function(self._score_batch, input_signature=[source, source])
         self._step = tf.function(self._step_loop, input_signature=[
             source, _scalar(tf.int32),  # max_length
@@ -146,8 +166,15 @@ class Generator:
 
     def warm_up(self, strategies: Sequence[str] = ("greedy",)) -> None:
         """Trace and run the compiled loops once, so the first real reply does not pay for it.
-        Beam search is traced on its first use unless "beam" is asked for here."""
+        Beam search is traced on its first use unless "beam" is asked for here. The XLA greedy
+        loop is compiled here for a bare question and for one with what retrieval finds (the
+        widths most replies need), and for other widths on first use (a quarter second each)."""
         source = tf.constant([[START]], tf.int32)
+        if "greedy" in strategies:
+            self._greedy_one(source.numpy(), 2, 0)
+            if self.reads_retrieval:  # a question with what retrieval finds is much wider
+                read = self.read([["hello"]])
+                self._greedy_one(self.encode_inputs(read, self.retrieve(read)), 2, 0)
         if "greedy" in strategies or "sample" in strategies:
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
@@ -158,7 +185,8 @@ class Generator:
     @property
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
-        return sum(f.experimental_get_tracing_count() for f in (self._step, self._beam, self._score))
+        return sum(f.experimental_get_tracing_count()
+                   for f in (self._greedy, self._step, self._beam, self._score))
 
     # --- scoring given answers ---------------------------------------------------------------
     def _score_batch(self, source, target):
@@ -289,6 +317,50 @@ class Generator:
         search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32))
         decoder = (tf.fill([batch], START), states, encoder_outputs, source_ids)
         return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results)
+
+    # --- greedy, one input, XLA ---------------------------------------------------------------
+    def _greedy_loop(self, source, max_length, min_length):
+        """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
+        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``. Nothing changes shape
+        inside the loop (rows that end emit padding until all have), as XLA needs."""
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
+        batch = tf.shape(source)[0]
+        positions = tf.range(self.capacity)
+        too_early = tf.equal(tf.range(self.model.vocab_size), END)[None, :]  # [END] before min_length
+
+        def running(step, token, states, history, total, lengths, done):
+            return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
+
+        def body(step, token, states, history, total, lengths, done):
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
+            logits = tf.cast(logits, tf.float32)
+            logprobs = tf.nn.log_softmax(logits)
+            allowed = tf.where(tf.logical_and(step < min_length, too_early), NEG_INF, logits)
+            best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
+            total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
+            lengths += tf.cast(tf.logical_not(done), tf.int32)
+            history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
+            return step + 1, best, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END))
+
+        start = (tf.constant(0), tf.fill([batch], START), states, tf.zeros([batch, self.capacity], tf.int32),
+                 tf.zeros([batch], tf.float32), tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool))
+        _, _, _, history, total, lengths, _ = tf.while_loop(running, body, start)
+        return history, total, lengths
+
+    def _greedy_one(self, source: np.ndarray, max_length: int, min_length: int):
+        """``_greedy_loop`` on ``source`` padded to its XLA width."""
+        width = xla_width(source.shape[1])
+        padded = np.zeros((source.shape[0], width), np.int32)
+        padded[:, :source.shape[1]] = source
+        self.compiled_widths.add(width)
+        return self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
+                            tf.constant(min_length, tf.int32))
+
+    def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
+        """Whether a call decodes with ``_greedy_loop``: one input, greedy, no repetition
+        controls (they need shapes XLA cannot compile), a reply fitting its history."""
+        return (batch == 1 and config.effective_strategy == "greedy" and config.max_length <= self.capacity
+                and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- beam search -------------------------------------------------------------------------
     def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
@@ -455,9 +527,14 @@ class Generator:
             began = time.perf_counter()
             chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
-            source = tf.constant(self.encode_inputs(chunk, shown))
+            padded_ids = self.encode_inputs(chunk, shown)
+            source = tf.constant(padded_ids)
             if beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
+            elif self.uses_xla(config, len(chunk)):
+                ids, logprob, lengths = (t.numpy()[:, None] for t in self._greedy_one(
+                    padded_ids, config.max_length, config.min_length))
+                keys = logprob
             else:
                 # Chunks after the first draw from another random stream of the same seed.
                 ids, logprob, lengths = (t.numpy() for t in self._step(
