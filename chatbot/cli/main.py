@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
     bundle = train(corpus, config, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
                    on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
                    base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
-                   golden=args.golden)
+                   golden=args.golden, extra_callbacks=None if args.quiet else _progress_callbacks(config, args))
     metrics = bundle.metrics
     summary = {"model": str(bundle.path), "epochs": metrics["epochs_run"], "seconds": metrics["train_seconds"],
                "train_exact_match": metrics.get("train_exact_match")}
@@ -98,6 +98,21 @@ def cmd_train(args) -> int:
     summary.update({f"validation_{k}": v for k, v in metrics.get("validation", {}).items()})
     print(json.dumps(summary))
     return 0
+
+
+def _progress_callbacks(config, args) -> list:
+    """Keras' per-epoch bar, then one overall line per epoch on stderr (``TrainingProgress``).
+    The bar is passed explicitly so that it comes first: Keras would append its own after
+    these, and our line would then be printed before the bar had finished its epoch."""
+    import keras
+
+    from chatbot.training.progress import TrainingProgress, best_logged
+
+    monitor = config.training.monitor
+    return [keras.callbacks.ProgbarLogger(), TrainingProgress(
+        lambda progress: print(f"[chatbot] {progress.line()}", file=sys.stderr, flush=True),
+        monitor=monitor, early_stopping=config.training.early_stopping,
+        best_before=best_logged(args.out, monitor) if args.resume else None)]
 
 
 # --- ask -----------------------------------------------------------------------------------
@@ -478,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="question<TAB>expected answer checks the new model must pass, or it is not "
                             "installed at --out (it is saved as OUT.rejected instead)")
     train.add_argument("--strict", action="store_true", help="fail on the first malformed corpus entry")
-    train.add_argument("--quiet", action="store_true", help="no per-epoch progress bar")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress (the bar and the overall line)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.dropout=0.1 (repeatable)")
     for flag, key in TRAIN_FLAGS.items():

@@ -1,0 +1,104 @@
+"""``chatbot train``'s overall line per epoch: epoch k of n, elapsed, time left, best loss, lr."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import keras
+
+import chatbot.cli.main as cli
+from chatbot.training import pipeline
+from chatbot.training.pipeline import train
+from chatbot.training.progress import TrainingProgress
+from conftest import TINY_PAIRS
+
+TINY = ["--units", "16", "--embedding-dim", "8", "--vocab-size", "100", "--set", "data.retrieved_pairs=0",
+        "--set", "data.noisy_copies=0", "--set", "data.spelling=false", "--set", "decoding.max_length=8"]
+LINE = re.compile(r"^\[chatbot\] epoch (\d+)/(\d+): ", re.M)
+
+
+class FakeRun:
+    """Drives the callback as ``model.fit`` would, with a clock and optimizer of our own."""
+
+    def __init__(self, epochs: int, **kwargs):
+        self.now = 100.0
+        self.records = []
+        self.model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=0.003), stop_training=False)
+        self.callback = TrainingProgress(self.records.append, clock=lambda: self.now, **kwargs)
+        self.callback.set_params({"epochs": epochs, "steps": None, "verbose": 1})
+        self.callback.set_model(self.model)
+        self.callback.on_train_begin()
+
+    def epoch(self, index: int, seconds: float, logs: dict, new_lr: float | None = None, stop: bool = False):
+        self.callback.on_epoch_begin(index)
+        self.now += seconds
+        if new_lr is not None:  # ReduceLROnPlateau runs before us in the epoch's end
+            self.model.optimizer.learning_rate = new_lr
+        self.model.stop_training = stop
+        self.callback.on_epoch_end(index, logs)
+        return self.records[-1].line()
+
+
+def test_lines_for_a_sequence_of_epochs():
+    run = FakeRun(4, monitor="loss", early_stopping=True)
+    assert run.epoch(0, 30, {"loss": 2.0}) == (
+        "epoch 1/4: 30s elapsed, about 1m30s left (sooner if early stopping ends it), best loss 2, lr 0.003")
+    # Left: the mean epoch so far (20 s) times the 2 epochs to go; the best is the lowest so far,
+    # and the rate the epoch trained with is shown with the one the next starts with.
+    assert run.epoch(1, 10, {"loss": 2.5}, new_lr=0.0015) == (
+        "epoch 2/4: 40s elapsed, about 40s left (sooner if early stopping ends it), best loss 2, "
+        "lr 0.003 -> 0.0015")
+    assert run.epoch(2, 20, {"loss": 1.25}) == (
+        "epoch 3/4: 1m00s elapsed, about 20s left (sooner if early stopping ends it), best loss 1.25, lr 0.0015")
+    assert run.epoch(3, 20, {"loss": float("nan")}) == (
+        "epoch 4/4: 1m20s elapsed, last epoch, best loss 1.25, lr 0.0015")
+
+
+def test_validation_monitor_early_stop_and_no_early_stopping_note():
+    run = FakeRun(10, monitor="val_loss", early_stopping=False)
+    assert run.epoch(0, 5, {"loss": 1.0, "val_loss": 3.0}) == (
+        "epoch 1/10: 5s elapsed, about 45s left, best val_loss 3, lr 0.003")
+    line = run.epoch(1, 5, {"loss": 0.5, "val_loss": 3.5}, stop=True)
+    assert line == "epoch 2/10: 10s elapsed, stopping here, best val_loss 3, lr 0.003"
+    assert run.records[-1].remaining is None
+    # Without a validation set train() monitors "loss"; so does the line.
+    run = FakeRun(3, monitor="val_loss")
+    assert "best loss 0.7" in run.epoch(0, 1, {"loss": 0.7})
+
+
+def test_a_resumed_run_counts_on_from_its_initial_epoch():
+    # Keras starts a resumed fit at BackupAndRestore's initial_epoch: here 4 of 8 were done.
+    run = FakeRun(8, monitor="loss", best_before=0.5)
+    assert run.epoch(4, 60, {"loss": 0.6}) == (
+        "epoch 5/8: 1m00s since resuming, about 3m00s left, best loss 0.5, lr 0.003")
+    assert run.records[-1].resumed and run.records[-1].best == 0.5
+
+
+def progress_lines(err: str) -> list[tuple[int, int]]:
+    return [(int(k), int(n)) for k, n in LINE.findall(err)]
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Ctrl-C at the end of the first epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_cli_train_one_line_per_epoch_none_when_quiet_and_resumed_counts_on(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, extra_callbacks=None, **kw):
+        return train(*a, extra_callbacks=[*(extra_callbacks or []), Interrupt()], **kw)
+
+    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(tmp_path / "model"), *TINY]
+    # A --quiet run, interrupted (Ctrl-C) at the end of its first epoch of three: no overall line.
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "train", interrupted)
+        assert cli.main([*args, "--epochs", "3", "--quiet"]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert progress_lines(err) == [] and "[chatbot] model:" in err, err
+    # Resumed with progress: one line per epoch it runs, counted on from the interrupted one.
+    assert cli.main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert progress_lines(err) == [(2, 3), (3, 3)], err
+    assert "since resuming" in err
