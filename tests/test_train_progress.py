@@ -43,15 +43,16 @@ class FakeRun:
 def test_lines_for_a_sequence_of_epochs():
     run = FakeRun(4, monitor="loss", early_stopping=True)
     assert run.epoch(0, 30, {"loss": 2.0}) == (
-        "epoch 1/4: 30s elapsed, about 1m30s left (sooner if early stopping ends it), best loss 2, lr 0.003")
+        "epoch 1/4: 30s elapsed, about 1m30s left (less if it stops early), best loss 2, lr 0.003")
     # Left: the mean epoch so far (20 s) times the 2 epochs to go; the best is the lowest so far,
     # and the rate the epoch trained with is shown with the one the next starts with.
     assert run.epoch(1, 10, {"loss": 2.5}, new_lr=0.0015) == (
-        "epoch 2/4: 40s elapsed, about 40s left (sooner if early stopping ends it), best loss 2, "
+        "epoch 2/4: 40s elapsed, about 40s left (less if it stops early), best loss 2, "
         "lr 0.003 -> 0.0015")
     assert run.epoch(2, 20, {"loss": 1.25}) == (
-        "epoch 3/4: 1m00s elapsed, about 20s left (sooner if early stopping ends it), best loss 1.25, lr 0.0015")
-    assert run.epoch(3, 20, {"loss": float("nan")}) == (
+        "epoch 3/4: 1m00s elapsed, about 20s left (less if it stops early), best loss 1.25, lr 0.0015")
+    # No next epoch, so no next rate.
+    assert run.epoch(3, 20, {"loss": float("nan")}, new_lr=0.00075) == (
         "epoch 4/4: 1m20s elapsed, last epoch, best loss 1.25, lr 0.0015")
 
 

@@ -32,21 +32,23 @@ class EpochProgress:
     stopping: bool = False  # a callback (early stopping, a NaN loss) ends training after this epoch
 
     def line(self) -> str:
-        """One line for people, e.g. ``epoch 3/26: 2m31s elapsed, about 19m40s left (sooner if
-        early stopping ends it), best loss 0.8123, lr 0.003 -> 0.0015``."""
+        """One line for people, e.g. ``epoch 3/26: 2m31s elapsed, about 19m40s left (less if it
+        stops early), best loss 0.8123, lr 0.003 -> 0.0015``."""
         parts = [f"{_duration(self.elapsed)} {'since resuming' if self.resumed else 'elapsed'}"]
         if self.stopping:
             parts.append("stopping here")
         elif self.remaining is not None and self.epoch < self.epochs:
             parts.append(f"about {_duration(self.remaining)} left"
-                         + (" (sooner if early stopping ends it)" if self.early_stopping else ""))
+                         + (" (less if it stops early)" if self.early_stopping else ""))
         else:
             parts.append("last epoch")
         if self.best is not None:
             parts.append(f"best {self.monitor} {self.best:.4g}")
         if self.learning_rate is not None:
             lr = f"lr {self.learning_rate:.3g}"
-            if self.next_learning_rate is not None and not math.isclose(self.next_learning_rate, self.learning_rate):
+            following = not self.stopping and self.epoch < self.epochs
+            if (following and self.next_learning_rate is not None
+                    and not math.isclose(self.next_learning_rate, self.learning_rate)):
                 lr += f" -> {self.next_learning_rate:.3g}"
             parts.append(lr)
         return f"epoch {self.epoch}/{self.epochs}: " + ", ".join(parts)
