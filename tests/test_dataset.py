@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chatbot.data.dataset import bucket_plan, make_dataset
+from chatbot.data.dataset import batch_size_for, make_dataset
 from chatbot.data.tokenizer import END, PAD, START
 
 
@@ -50,6 +50,17 @@ def test_decoder_input_is_the_target_shifted_behind_start():
 
 
 def test_very_long_buckets_get_smaller_batches():
-    edges, sizes = bucket_plan(5000, 64)
-    assert sizes[0] == 64 and sizes[-1] <= 8
+    sizes = [batch_size_for(length, 64) for length in (4, 256, 512, 1024, 5000)]
+    assert sizes[:3] == [64, 64, 64] and sizes[-1] <= 8
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_short_answers_beside_long_inputs_are_not_padded_to_long_answers():
+    """Retrieval makes inputs long while most answers stay short: the decoder side of a batch
+    must be padded to answers of its own length, not to those of inputs as long."""
+    rng = np.random.default_rng(1)
+    sources = [list(map(int, rng.integers(5, 50, 80))) for _ in range(200)]
+    targets = [list(map(int, rng.integers(5, 50, n))) + [END] for n in [5] * 150 + [90] * 50]
+    real = sum(len(t) for t in targets)
+    padded = sum(int(tgt.shape[0] * tgt.shape[1]) for (_, _), tgt in make_dataset(sources, targets, 16))
+    assert padded < 1.1 * real
