@@ -47,7 +47,38 @@ def _rnn(cell: str, units: int, name: str) -> layers.Layer:
     return kind(units, return_sequences=True, return_state=True, name=name)
 
 
-class Seq2Seq(keras.Model):
+class EncoderDecoder(keras.Model):
+    """What every model kind shares: the interface the generator compiles (``call``, ``encode``,
+    ``decode_step``, ``vocab_size``), weights written atomically, and building before loading."""
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Serialise the weights in memory, then write the file with plain I/O, atomically.
+
+        Keras writes ``.weights.h5`` to disk through HDF5, and an HDF5 write that fails (disk
+        full, quota) leaves the file half-open: pages of h5py errors, then a segfault at exit.
+        A failed plain write is one ``OSError`` and leaves the previous file whole. Keras'
+        checkpoint callbacks and ``Bundle.save`` all save through here.
+        """
+        if max_shard_size is not None or not overwrite or not str(filepath).endswith(".weights.h5"):
+            return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+        # Keras has no public way to save weights into memory; these are what it uses itself.
+        from keras.src.saving.saving_lib import H5IOStore, _save_state
+
+        buffer = io.BytesIO()
+        store = H5IOStore(buffer, mode="w")
+        try:
+            _save_state(self, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        finally:
+            store.close()
+        write_atomically(filepath, buffer.getvalue())
+
+    def build_for_inference(self) -> None:
+        """Create every weight by running one tiny batch (needed before loading weights)."""
+        dummy = ops.ones((1, 2), dtype="int32")
+        self((dummy, dummy), training=False)
+
+
+class Seq2Seq(EncoderDecoder):
     def __init__(self, vocab_size: int, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -124,15 +155,8 @@ class Seq2Seq(keras.Model):
         logits = self.output_projection(self.dropout(combined, training=training))
         if self.copy_switch is None:
             return logits
-        generate = ops.cast(self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1)), "float32")
-        vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-        copyable = ops.cast(retrieved_answer_positions(source), "float32")[:, None, :]  # [B, 1, S]
-        weights = ops.cast(weights, "float32") * copyable
-        mass = ops.sum(weights, axis=-1, keepdims=True)
-        copied = scatter_to_vocabulary(weights / ops.maximum(mass, 1e-9), source, self.vocab_size)
-        # Nothing to copy (no retrieved pairs): the vocabulary alone.
-        generate = ops.where(ops.any(copyable > 0, axis=-1, keepdims=True), generate, 1.0)
-        return ops.log(generate * vocabulary + (1.0 - generate) * copied + 1e-9)
+        generate = self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1))
+        return mix_in_copies(logits, generate, weights, source, self.vocab_size)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
@@ -164,32 +188,6 @@ class Seq2Seq(keras.Model):
         logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False, previous=previous)
         return logits[:, 0, :], new_states
 
-    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
-        """Serialise the weights in memory, then write the file with plain I/O, atomically.
-
-        Keras writes ``.weights.h5`` to disk through HDF5, and an HDF5 write that fails (disk
-        full, quota) leaves the file half-open: pages of h5py errors, then a segfault at exit.
-        A failed plain write is one ``OSError`` and leaves the previous file whole. Keras'
-        checkpoint callbacks and ``Bundle.save`` all save through here.
-        """
-        if max_shard_size is not None or not overwrite or not str(filepath).endswith(".weights.h5"):
-            return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
-        # Keras has no public way to save weights into memory; these are what it uses itself.
-        from keras.src.saving.saving_lib import H5IOStore, _save_state
-
-        buffer = io.BytesIO()
-        store = H5IOStore(buffer, mode="w")
-        try:
-            _save_state(self, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
-        finally:
-            store.close()
-        write_atomically(filepath, buffer.getvalue())
-
-    def build_for_inference(self) -> None:
-        """Create every weight by running one tiny batch (needed before loading weights)."""
-        dummy = ops.ones((1, 2), dtype="int32")
-        self((dummy, dummy), training=False)
-
 
 class ContinuingAttention(layers.Layer):
     """Dot attention as ``keras.layers.Attention`` computes it, plus ``copy_continuation``'s
@@ -217,6 +215,21 @@ class ContinuingAttention(layers.Layer):
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
         return tf.matmul(weights, value), weights
+
+
+def mix_in_copies(logits, generate, weights, source, vocab_size: int):
+    """The pointer-generator's log-probabilities ``[B, T, V]``: the vocabulary distribution of
+    ``logits`` weighed by the switch ``generate`` ``[B, T, 1]`` against the attention ``weights``
+    ``[B, T, S]`` over the retrieved answers' tokens, scattered onto their ids."""
+    generate = ops.cast(generate, "float32")
+    vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+    copyable = ops.cast(retrieved_answer_positions(source), "float32")[:, None, :]  # [B, 1, S]
+    weights = ops.cast(weights, "float32") * copyable
+    mass = ops.sum(weights, axis=-1, keepdims=True)
+    copied = scatter_to_vocabulary(weights / ops.maximum(mass, 1e-9), source, vocab_size)
+    # Nothing to copy (no retrieved pairs): the vocabulary alone.
+    generate = ops.where(ops.any(copyable > 0, axis=-1, keepdims=True), generate, 1.0)
+    return ops.log(generate * vocabulary + (1.0 - generate) * copied + 1e-9)
 
 
 def retrieved_answer_positions(source):
@@ -249,7 +262,7 @@ def masked_accuracy(y_true, y_pred):
     return ops.sum(hits * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def compile_model(model: Seq2Seq, learning_rate: float, clipnorm: float) -> None:
+def compile_model(model: EncoderDecoder, learning_rate: float, clipnorm: float) -> None:
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm or None)
     # ignore_class rescales the mean over real tokens only, so padding never counts.
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD)
