@@ -25,7 +25,7 @@ from typing import Any
 from chatbot.errors import ConfigError
 
 TOKENIZER_LEVELS = ("char", "word", "subword")
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "transformer")
 RETRIEVERS = ("lexical", "hybrid")
 ATTENTIONS = ("none", "dot", "additive")
 DECODING_STRATEGIES = ("greedy", "beam", "sample")
@@ -176,22 +176,35 @@ class TokenizerConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    cell: str = setting("gru", "recurrent cell of encoder and decoder", choices=CELLS)
-    embedding_dim: int = setting(128, "size of the token embeddings", min=1, max=16_384)
-    units: int = setting(256, "units per recurrent layer", min=1, max=16_384)
-    layers: int = setting(1, "recurrent layers in encoder and decoder", min=1, max=8)
+    cell: str = setting("gru", "recurrent cell of encoder and decoder, or 'transformer' (self-attention "
+                               "layers: chatbot/model/transformer.py)", choices=CELLS)
+    embedding_dim: int = setting(128, "size of the token embeddings (ignored by a transformer: its "
+                                      "embeddings are units wide)", min=1, max=16_384)
+    units: int = setting(256, "units per recurrent layer; a transformer's model width", min=1, max=16_384)
+    layers: int = setting(1, "recurrent layers in encoder and decoder; a transformer's encoder layers and "
+                             "as many decoder layers", min=1, max=8)
     dropout: float = setting(0.0, "dropout between layers while training", min=0, below=1)
-    bidirectional: bool = setting(False, "the encoder also reads the input backwards")
-    attention: str = setting("dot", "how the decoder looks at the encoded input", choices=ATTENTIONS)
+    bidirectional: bool = setting(False, "the encoder also reads the input backwards (recurrent cells; a "
+                                         "transformer's encoder always reads both ways)")
+    attention: str = setting("dot", "how the decoder looks at the encoded input (recurrent cells; a "
+                                    "transformer always attends: ignored)", choices=ATTENTIONS)
     copy_attention: bool = setting(
         True, "pointer-generator copying (See et al. 2017): a learned switch mixes the vocabulary "
               "distribution with the attention over the input's tokens, so long retrieved answers "
-              "come out exact; needs attention")
+              "come out exact; needs attention (a transformer has a pointer attention of its own)")
     copy_continuation: bool = setting(
         True, "with copying and dot attention: attention favours the retrieved-answer token that "
-              "follows the last one or two emitted, so a copy runs on without jumping or garbling")
+              "follows the last one or two emitted, so a copy runs on without jumping or garbling "
+              "(recurrent cells; a transformer ignores it)")
+    heads: int = setting(4, "transformer: attention heads per layer (must divide units)", min=1, max=256)
+    feed_forward: int = setting(0, "transformer: width of each layer's feed-forward block (0: 4 x units)",
+                                min=0, max=65_536)
 
     def check_combinations(self, prefix: str) -> None:
+        if self.cell == "transformer":
+            _check(self.units % self.heads == 0, prefix, "heads",
+                   f"must divide units ({self.units}) for a transformer, got {self.heads}")
+            return
         _check(not (self.copy_attention and self.attention == "none"), prefix, "copy_attention",
                "needs attention ('dot' or 'additive')")
 

@@ -95,7 +95,7 @@ def file_sha256(path: Path) -> str:
 class Bundle:
     config: Config
     tokenizer: TextTokenizer
-    model: Any  # Seq2Seq; typed loosely so importing this module stays cheap
+    model: Any  # an EncoderDecoder; typed loosely so importing this module stays cheap
     metrics: dict = field(default_factory=dict)
     corpus: dict = field(default_factory=dict)  # {"path", "sha256", "examples", "train", "validation"}
     validation: list[Example] = field(default_factory=list)
@@ -223,9 +223,9 @@ class Bundle:
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
                               f"expect {manifest.get('vocab_size')}")
-        from chatbot.model.network import Seq2Seq  # deferred: TensorFlow is slow to import
+        from chatbot.model.network import build_model  # deferred: TensorFlow is slow to import
 
-        model = Seq2Seq(tokenizer.vocab_size, config.model)
+        model = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)
         model.build_for_inference()
         try:
             model.load_weights(path / WEIGHTS)

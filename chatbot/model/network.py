@@ -27,6 +27,10 @@ as one more state.
 
 Padding (id 0) is masked explicitly everywhere: the encoder's final state is the state at
 the last real token, and attention never looks at padding.
+
+``build_model`` makes this network or, for ``model.cell = "transformer"``, the one in
+``chatbot.model.transformer``; both are ``EncoderDecoder``s, so the generator, the training
+pipeline and bundles treat them alike.
 """
 
 from __future__ import annotations
@@ -260,6 +264,16 @@ def masked_accuracy(y_true, y_pred):
     mask = ops.cast(ops.not_equal(y_true, PAD), "float32")
     hits = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
     return ops.sum(hits * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def build_model(vocab_size: int, config: ModelConfig, max_output_tokens: int) -> EncoderDecoder:
+    """The network ``config`` describes. ``max_output_tokens`` (``data.max_output_tokens``) bounds
+    a transformer's decoder cache; a recurrent decoder has no such bound."""
+    if config.cell == "transformer":
+        from chatbot.model.transformer import Transformer  # it builds on this module
+
+        return Transformer(vocab_size, config, max_output_tokens)
+    return Seq2Seq(vocab_size, config)
 
 
 def compile_model(model: EncoderDecoder, learning_rate: float, clipnorm: float) -> None:

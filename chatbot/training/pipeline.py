@@ -194,7 +194,7 @@ def build(plan: Plan, stage: Callable[[str], None]):
     """Step 3: the tf.data pipelines and the compiled network (from the base's weights when
     fine-tuning). Returns (model, train set, validation set or None)."""
     from chatbot.data.dataset import encode_examples, make_dataset
-    from chatbot.model.network import Seq2Seq, compile_model
+    from chatbot.model.network import build_model, compile_model
 
     config, tokenizer, data = plan.config, plan.tokenizer, plan.config.data
     if data.retrieved_pairs and not tokenizer.reads_retrieval:
@@ -220,13 +220,15 @@ def build(plan: Plan, stage: Callable[[str], None]):
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
 
-    model = Seq2Seq(tokenizer.vocab_size, config.model)
+    model = build_model(tokenizer.vocab_size, config.model, data.max_output_tokens)
     model.build_for_inference()
     if plan.fine_tuning:
         model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
     compile_model(model, config.training.learning_rate, config.training.clipnorm)
+    shape = (f"{config.model.heads} heads" if config.model.cell == "transformer"
+             else f"attention {config.model.attention}")
     stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
-          f"attention {config.model.attention}{' with copying' if config.model.copy_attention else ''}, "
+          f"{shape}{' with copying' if config.model.copy_attention else ''}, "
           f"{model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
     return model, train_set, val_set
@@ -307,10 +309,10 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
 def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, val_set) -> Bundle:
     """Step 5: an inference-only copy of the network in a bundle, with its figures: the
     training history, validation loss, and exact match measured as the bot will reply."""
-    from chatbot.model.network import Seq2Seq
+    from chatbot.model.network import build_model
 
     config, tokenizer = plan.config, plan.tokenizer
-    final = Seq2Seq(tokenizer.vocab_size, config.model)  # without optimizer state
+    final = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)  # no optimizer state
     final.build_for_inference()
     final.set_weights(model.get_weights())
     metrics = {
