@@ -134,13 +134,14 @@ class DecoderLayer(layers.Layer):
     def call(self, x, visible, cross_keys, cross_values, source_visible, cache=None, training=False):
         """``x`` ``[B, T, units]`` -> (output, this layer's self-attention keys and values).
         Teacher forcing: ``visible`` is the causal mask over ``x``'s own positions. One step
-        (``cache``: keys, values and the bool slot ``[B, capacity, 1]`` to write): ``x`` is one
-        position, written into the cache, and ``visible`` covers the cache's slots."""
+        (``cache``: keys, values and the (row, slot) pairs ``[B, 2]`` to write): ``x`` is one
+        position, written into the cache in place, and ``visible`` covers the cache's slots."""
         h = self.self_attention_norm(x)
         keys, values = self.self_attention.keys_values(h)
         if cache is not None:
             cached_keys, cached_values, slot = cache
-            keys, values = tf.where(slot, keys, cached_keys), tf.where(slot, values, cached_values)
+            keys = tf.tensor_scatter_nd_update(cached_keys, slot, keys[:, 0])
+            values = tf.tensor_scatter_nd_update(cached_values, slot, values[:, 0])
         x = x + self.dropout(self.self_attention(h, keys, values, visible), training=training)
         h = self.cross_attention_norm(x)
         x = x + self.dropout(self.cross_attention(h, cross_keys, cross_values, source_visible),
@@ -246,7 +247,9 @@ class Transformer(EncoderDecoder):
         memory, cross, copy_keys = self._unstack(encoder_outputs)
         x = self._embed(token[:, None], position[:, None], False)
         slots = tf.range(self.capacity)[None, :]
-        slot = tf.equal(slots, position[:, None])[:, :, None]  # [B, capacity, 1]
+        # (row, position) to write. Decoding goes past the cache only where min_length forbids
+        # the forced [END]; those positions overwrite the last slot (out of range is an error).
+        slot = tf.stack([tf.range(tf.shape(position)[0]), tf.minimum(position, self.capacity - 1)], axis=1)
         visible = (slots <= position[:, None])[:, None, :]  # [B, 1, capacity]
         source_visible = tf.not_equal(source, PAD)[:, None, :]
         new_states = [position + 1]
