@@ -54,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports Te
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -345,6 +346,8 @@ def run_pipeline(args, config, extra_callbacks=(), probe=None) -> dict:
         if profiler is not None:
             profiler.disable()
         total = time.perf_counter() - began
+        if args.keep:  # the trained bundle, kept to be measured further (bench/robustness.py)
+            shutil.copytree(Path(tmp) / "model", args.keep, dirs_exist_ok=False)
     if profiler is not None:
         write_profile(profiler, Path(args.profile_out))
     plan = captured["plan"]
@@ -590,6 +593,7 @@ def child_result(name: str, args, corpus: str) -> dict:
                "--warmup-batches", str(args.warmup_batches), "--probe-every", str(args.probe_every),
                "--profile-out", str(args.profile_out)]
     command += ["--quick"] * args.quick + ["--profile"] * (args.profile and name != "classic")
+    command += ["--keep", str(Path(args.keep).resolve())] if args.keep and name != "classic" else []
     log(f"starting the {name} run")
     began = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
@@ -669,6 +673,7 @@ def main() -> None:
                         help="train the whole recipe from scratch, probing training exact match; no classic run")
     parser.add_argument("--probe-every", type=int, default=2,
                         help="--to-quality: epochs between probes [2; --quick: 1]")
+    parser.add_argument("--keep", metavar="DIR", help="copy the bundle trained by (a) to DIR (must not exist)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_PAIRS} pairs, a tiny network, 1 epoch of (a), 2 timed batches "
                              "of (b); writes no results file")
