@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.generator import Generator
+from chatbot.inference.generator import Generator, xla_width
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
@@ -191,3 +191,14 @@ def test_the_xla_loop_is_used_only_where_it_computes_the_same(tiny_bot):
     for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"strategy": "sample"},
                      {"beam": 2}, {"max_length": generator.capacity + 1}):
         assert not generator.uses_xla(generator.resolve(settings), 1), settings
+
+
+def test_warm_widths_compiles_ahead_what_a_reply_would_compile(tiny_bot):
+    generator = tiny_bot.generator
+    read = generator.read([["What is your name?"]])
+    width = xla_width(generator.encode_inputs(read, generator.retrieve(read)).shape[1])
+    generator.warm_widths((width, 200))
+    assert {width, 256} <= generator.compiled_widths
+    compiled = set(generator.compiled_widths)
+    tiny_bot.generate(["What is your name?"])
+    assert generator.compiled_widths == compiled

@@ -18,8 +18,10 @@ This module is an interface, so it prints; it never exits the process.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
@@ -522,6 +524,10 @@ class ChatRepl:
         prompt = self.prompt_session(history, input=input, output=output)
         if banner:
             self.banner(load_seconds)
+        # While the first message is typed, compile the greedy loop for the input widths most
+        # replies need (each would cost its first reply a quarter second or more). Not a
+        # daemon: TensorFlow must not be torn down under a running compilation.
+        threading.Thread(target=self._warm_widths, name="chatbot-warm-widths").start()
         while True:
             try:
                 line = prompt.prompt(default=self.retry_text)
@@ -538,6 +544,13 @@ class ChatRepl:
                 self._pending = []
                 self._error("interrupted")
                 self._flush()
+
+    def _warm_widths(self) -> None:
+        try:
+            self.bot.wait_ready()
+            self.bot.generator.warm_widths()
+        except Exception as exc:  # the first reply that needs the loop compiles it and reports
+            logging.getLogger("chatbot").debug("warming the decode loop up failed: %s", exc)
 
     def run_plain(self, lines: Iterable["str | UnreadableLine"]) -> None:
         """One output line per input line, flushed after each, until the input ends or /quit.

@@ -47,6 +47,7 @@ from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
 NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
 XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
+COMMON_WIDTHS = (32, 64, 128, 256)  # what most inputs with retrieved pairs pad to
 
 
 def xla_width(width: int) -> int:
@@ -166,21 +167,29 @@ class Generator:
 
     def warm_up(self, strategies: Sequence[str] = ("greedy",)) -> None:
         """Trace and run the compiled loops once, so the first real reply does not pay for it.
-        Beam search is traced on its first use unless "beam" is asked for here. The XLA greedy
-        loop is compiled here for a bare question and for one with what retrieval finds (the
-        widths most replies need), and for other widths on first use (a quarter second each)."""
+        "greedy" compiles the XLA loop that one question decodes with, for a bare question and
+        one with what retrieval finds, and for other widths on first use (a quarter second
+        each; ``warm_widths``); the graph loop of batches and sampling is traced here for
+        "sample", else on its first use, as is beam search unless "beam" is asked for."""
         source = tf.constant([[START]], tf.int32)
         if "greedy" in strategies:
             self._greedy_one(source.numpy(), 2, 0)
             if self.reads_retrieval:  # a question with what retrieval finds is much wider
                 read = self.read([["hello"]])
                 self._greedy_one(self.encode_inputs(read, self.retrieve(read)), 2, 0)
-        if "greedy" in strategies or "sample" in strategies:
+        if "sample" in strategies:  # batches trace it on first use: one question never needs it
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
             self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
+
+    def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS) -> None:
+        """Compile the XLA greedy loop for these input widths now (a quarter second each), so
+        that a conversation's first reply at each width does not wait for it."""
+        for width in widths:
+            if xla_width(width) not in self.compiled_widths:
+                self._greedy_one(np.full((1, width), START, np.int32), 2, 0)
 
     @property
     def trace_count(self) -> int:
