@@ -547,8 +547,7 @@ class ChatRepl:
 
     def _warm_widths(self) -> None:
         try:
-            self.bot.wait_ready()
-            self.bot.generator.warm_widths()
+            self.bot.warm_widths()
         except Exception as exc:  # the first reply that needs the loop compiles it and reports
             logging.getLogger("chatbot").debug("warming the decode loop up failed: %s", exc)
 

@@ -161,6 +161,13 @@ class ChatBot:
         self.wait_ready()
         self.generator.warm_up(strategies)
 
+    def warm_widths(self) -> None:
+        """Compile the greedy loop for the input widths most replies need
+        (``Generator.warm_widths``): an interactive front end calls it in the background while
+        the first message is typed, so that no early reply waits for a compilation."""
+        self.wait_ready()
+        self.generator.warm_widths()
+
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
              dialogue: DialogueConfig | dict[str, Any] | None = None) -> "ChatBot":
