@@ -15,9 +15,9 @@ power-of-two width (padding is masked, so the tokens are the same; a test compar
 writes into a history as long as the generator's ``max_length``: it compiles once per width
 used (at most ``log2`` of the longest input), never per question.
 
-Both run on one skeleton, ``_decode_until_done``, which owns the bookkeeping they share
-(inputs that finish are written out and leave the running batch), so each loop body holds
-only its strategy. Both take a fixed signature (``[batch, time]`` int32 source ids and scalar
+The two graph loops run on one skeleton, ``_decode_until_done``, which owns the bookkeeping
+they share (inputs that finish are written out and leave the running batch), so each loop body
+holds only its strategy. Both take a fixed signature (``[batch, time]`` int32 source ids and scalar
 tensors for every setting, including the max length), so each is traced once per generator
 and never per question or per setting, and no Python runs per generated token. Repetition
 control (``no_repeat_ngram_size``, ``repetition_penalty``, ``min_length``) is shared by both.
