@@ -588,6 +588,8 @@ def quick_corpus(corpus: str, folder: Path, seed: int) -> Path:
 
 def child_result(name: str, args, corpus: str) -> dict:
     """Run one side in a fresh interpreter; its last stdout line is its JSON result."""
+    if Path(corpus).resolve().is_relative_to(Path.cwd()):  # bundles record the path as given
+        corpus = os.path.relpath(corpus)
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--config", str(args.config),
                "--corpus", corpus, "--epochs", str(args.epochs), "--steps", str(args.steps),
                "--warmup-batches", str(args.warmup_batches), "--probe-every", str(args.probe_every),
