@@ -461,10 +461,10 @@ def untrained_bot(bundle):
 
     from chatbot.dialogue.bot import ChatBot
     from chatbot.model.bundle import Bundle
-    from chatbot.model.network import Seq2Seq
+    from chatbot.model.network import build_model
 
     keras.utils.set_random_seed(0)
-    model = Seq2Seq(bundle.tokenizer.vocab_size, bundle.config.model)
+    model = build_model(bundle.tokenizer.vocab_size, bundle.config.model, bundle.config.data.max_output_tokens)
     model.build_for_inference()
     return ChatBot(Bundle(bundle.config, bundle.tokenizer, model, train=bundle.train), warm_up=False)
 

@@ -275,7 +275,7 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     monitor = training.monitor if val_set is not None else "loss"
     best_weights = plan.work / "best.weights.h5"
     log_file = plan.work / "training_log.csv"
-    best_so_far = _best_logged(log_file, monitor) if resume else None
+    best_so_far = best_in_log(log_file, monitor) if resume else None
     save_freq = training.checkpoint_every_steps or "epoch"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(plan.work / "backup"), save_freq=save_freq, double_checkpoint=True),
@@ -510,7 +510,7 @@ def _read_state(work: Path) -> dict:
     return state
 
 
-def _best_logged(log_file: Path, monitor: str) -> float | None:
+def best_in_log(log_file: Path, monitor: str) -> float | None:
     """Best monitored value logged before an interruption, so checkpoints keep improving on it."""
     if not log_file.exists():
         return None

@@ -118,11 +118,11 @@ def best_logged(out: str | Path, monitor: str) -> float | None:
     """The best monitored loss in the log of the unfinished training of ``out`` (``"loss"``
     when the log has no ``monitor`` column, as ``train`` falls back without validation), so
     that a resumed run's "best so far" includes the epochs before the interruption."""
-    from chatbot.training.pipeline import _best_logged, work_dir_for
+    from chatbot.training.pipeline import best_in_log, work_dir_for
 
     log_file = work_dir_for(Path(out)) / "training_log.csv"
-    best = _best_logged(log_file, monitor)
-    return best if best is not None else _best_logged(log_file, "loss")
+    best = best_in_log(log_file, monitor)
+    return best if best is not None else best_in_log(log_file, "loss")
 
 
 def _duration(seconds: float) -> str:
