@@ -3,7 +3,7 @@
 The package mirrors the data flow, each layer importing only those below it (checked by the
 import-linter contracts in ``pyproject.toml``)::
 
-    data -> model -> inference -> dialogue -> evaluation -> training -> cli
+    data -> model -> inference -> dialogue -> evaluation -> training -> serving -> cli
 
 with leaf modules (``config``, ``errors``, ``files``, ``version``) under all of them.
 ``ChatBot`` (``chatbot.dialogue.bot``) is the object applications embed.
@@ -18,15 +18,15 @@ from chatbot.version import __version__
 
 def __getattr__(name):
     # ChatBot pulls in TensorFlow; load it on first use so `import chatbot` stays light.
-    if name == "ChatBot":
-        from chatbot.dialogue.bot import ChatBot
-        return ChatBot
+    if name in ("ChatBot", "ReplyRequest"):
+        from chatbot.dialogue import bot
+        return getattr(bot, name)
     if name == "Config":
         from chatbot.config import Config
         return Config
     raise AttributeError(f"module 'chatbot' has no attribute {name!r}")
 
 
-__all__ = ["ChatBot", "Config", "ChatbotError", "BundleError", "ConfigError", "CorpusError",
+__all__ = ["ChatBot", "ReplyRequest", "Config", "ChatbotError", "BundleError", "ConfigError", "CorpusError",
            "DecodingError", "InputError", "MessageNotStored", "PlotError", "ReplyNotStored", "StoreError",
            "TokenizerError", "TrainingError", "__version__"]

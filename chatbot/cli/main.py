@@ -334,6 +334,13 @@ def cmd_chat(args) -> int:
     return 0
 
 
+# --- serve ---------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from chatbot.cli.serve import serve
+
+    return serve(args)
+
+
 # --- corpus --------------------------------------------------------------------------------
 def cmd_corpus(args) -> int:
     from chatbot.data import corpus_tools  # no TensorFlow: these commands stay fast
@@ -522,6 +529,28 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", metavar="NAME", help="resume (or create) this session; default: a new one")
     chat.add_argument("--no-color", action="store_true", help="no colours (also when $NO_COLOR is set)")
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="serve the model over HTTP: an OpenAI-compatible API, a REST API "
+                                         "and a web chat page")
+    serve.add_argument("--model", help="bundle directory or bundled model name [default]")
+    serve.add_argument("--db", help="session database: a SQLAlchemy URL or SQLite file [$CHATBOT_DB or the "
+                                    "default file]; PostgreSQL for several workers")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    serve.add_argument("--port", type=int, default=8000, help="[8000]")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with the model loaded [1]")
+    serve.add_argument("--api-key", action="append", metavar="KEY",
+                       help="accept this bearer token (repeatable; also $CHATBOT_API_KEYS, comma-separated)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow listening beyond loopback without API keys")
+    serve.add_argument("--max-batch", type=int, default=32, help="requests decoded together at most [32]")
+    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
+                       help="how long a decode waits for more requests to join it [2]")
+    serve.add_argument("--rate-limit", type=float, default=600.0, help="requests per minute per key [600]")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                       help="allow browser pages from this origin to call the API (repeatable)")
+    serve.add_argument("--drain-seconds", type=int, default=30,
+                       help="on SIGTERM, wait this long for requests in flight [30]")
+    serve.set_defaults(func=cmd_serve)
 
     sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
     sessions.add_argument("action", choices=("list", "show", "export", "delete"))

@@ -49,6 +49,44 @@ class Reply:
     confidence: float = 0.0  # see Generation.confidence; under dialogue.min_confidence: fallback
     retrieved: tuple[tuple[str, str, float], ...] = ()  # what the model was shown (question, answer, similarity)
     read_as: str = ""  # the question as the model read it (spelling corrected, see data.spelling)
+    tokens: int = 0  # tokens the decoder generated for the reply ([END] included)
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """One message to answer, for ``ChatBot.reply_many``.
+
+    ``store`` True: in ``session`` (an id or a name; None starts a new session), both turns
+    stored, the context read from the stored history. ``store`` False: stateless, the context
+    is ``context`` (earlier turns, oldest first) and nothing is stored. ``owner`` restricts the
+    session to one owner's (the server's API keys); None, no restriction."""
+
+    text: str
+    session: int | str | None = None
+    decoding: DecodingConfig | dict[str, Any] | None = None
+    max_length: int | None = None
+    context: Sequence[str] | None = None
+    store: bool = True
+    owner: str | None = None
+
+
+@dataclass
+class _Pending:
+    """A request checked (and its message stored) and waiting for its decode."""
+
+    message: str
+    config: DecodingConfig
+    context: list[str]
+    session_id: int | None = None
+    previous: str | None = None  # the bot's previous reply, when avoid_repeat needs it
+    user: Any = None  # the stored user message, in a session
+
+    def decoding_failed(self, exc: Exception) -> Exception:
+        where = (f"; your message was stored as message {self.user.id} of session {self.session_id}"
+                 if self.user is not None else "")
+        error = DecodingError(f"could not generate a reply ({exc}){where}")
+        error.__cause__ = exc
+        return error
 
 
 # --- argument checks: a wrong type is a one-line InputError, never a raw TypeError -----------
@@ -225,10 +263,10 @@ class ChatBot:
         questions = _text_list(questions, "questions")
         contexts = _contexts(contexts, len(questions))
         config = self.resolve_decoding(decoding, max_length)  # fails before any decoding
-        messages = [self._check_message(question) for question in questions]
+        messages = [self.check_message(question) for question in questions]
         return self._generate(messages, contexts, config)
 
-    def _check_message(self, text: str) -> str:
+    def check_message(self, text: str) -> str:
         """A message as it may be stored and answered (``sanitize_message``), after the length
         limit: a message over ``dialogue.max_message_chars`` costs nothing to refuse."""
         if not isinstance(text, str):
@@ -255,6 +293,10 @@ class ChatBot:
             recent = [prepared(t) for t in context[-turns_per_input:]] if turns_per_input else []
             inputs.append([t for t in recent if t] + [prepared(message)])
         return self.generator.generate(inputs, decoding=config)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens the model's tokenizer makes of ``text`` (usage counts of the API)."""
+        return len(self.generator.tokenizer.encode(text))
 
     # --- sessions ----------------------------------------------------------------------------
     def new_session(self, name: str | None = None, metadata: dict | None = None):
@@ -309,17 +351,67 @@ class ChatBot:
         used are stored with the reply. With ``avoid_repeat``, the reply is the best of the
         n-best list that differs from the bot's previous reply in the session.
         """
-        if session is not None:
-            session = _session_ref(session)
-        message = self._check_message(text)
-        config = self.resolve_decoding(decoding, max_length)  # a bad setting stores nothing
-        session_id, context, previous, user = self._store_question(session, message, config)
+        request = ReplyRequest(text, session=session, decoding=decoding, max_length=max_length)
+        return self.reply_many([request])[0]
 
-        try:
-            generated = self._generate([message], [context], config)[0]
-        except Exception as exc:
-            raise DecodingError(f"could not generate a reply ({exc}); your message was stored "
-                                f"as message {user.id} of session {session_id}") from exc
+    def reply_many(self, requests: Sequence["ReplyRequest"],
+                   return_exceptions: bool = False) -> list["Reply | Exception"]:
+        """Replies to many requests (sessions or stateless), decoded together: one batched
+        decode per distinct decoding setting. This is what a server does with the requests
+        that arrived during the previous decode.
+
+        Each request goes through ``reply``'s order (store the message, build the context,
+        decode, store the reply); a request that fails does not fail the others. With
+        ``return_exceptions`` its exception takes its place in the result, as in
+        ``asyncio.gather``; otherwise the first one is raised after every request is done."""
+        pending: list[_Pending | Exception] = []
+        for request in requests:
+            try:
+                pending.append(self._prepare(request))
+            except Exception as exc:  # noqa: BLE001 - it is that request's result
+                pending.append(exc)
+        results: list[Reply | Exception] = list(pending)  # type: ignore[arg-type]
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(pending):
+            if isinstance(item, _Pending):
+                groups.setdefault(repr(item.config), []).append(index)
+        for indices in groups.values():
+            batch = [pending[i] for i in indices]
+            try:
+                generated = self._generate([p.message for p in batch], [p.context for p in batch],
+                                           batch[0].config)
+            except Exception as exc:  # noqa: BLE001
+                for i, p in zip(indices, batch):
+                    results[i] = p.decoding_failed(exc)
+                continue
+            for i, p, g in zip(indices, batch, generated):
+                try:
+                    results[i] = self._finish(p, g)
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = exc
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
+
+    def _prepare(self, request: "ReplyRequest") -> "_Pending":
+        """Checks, then every database step before decoding (nothing is stored for a request
+        that fails its checks)."""
+        if not isinstance(request, ReplyRequest):
+            raise InputError(f"a reply request is a ReplyRequest, not {_type_name(request)}")
+        message = self.check_message(request.text)
+        config = self.resolve_decoding(request.decoding, request.max_length)  # a bad setting stores nothing
+        if not request.store:
+            context = _contexts([request.context or []], 1)[0]
+            return _Pending(message, config, context)
+        session = _session_ref(request.session) if request.session is not None else None
+        session_id, context, previous, user = self._store_question(session, message, config, request.owner)
+        return _Pending(message, config, context, session_id, previous, user)
+
+    def _finish(self, pending: "_Pending", generated: Generation) -> Reply:
+        """The fallback decision, then the stored reply (when the request is in a session)."""
+        previous = pending.previous
         if previous is not None and generated.text == previous:
             different = [i for i, (t, _) in enumerate(generated.alternatives) if t != previous]
             if different:
@@ -327,37 +419,44 @@ class ChatBot:
         fallback = (generated.score < self.dialogue.fallback_threshold
                     or generated.confidence < self.dialogue.min_confidence)
         text_out = self.dialogue.fallback_text if fallback else generated.text
-        reply = Reply(text_out, generated.score, session_id, None, generated.latency_ms, fallback, user.id,
-                      generated.alternatives, generated.confidence, generated.retrieved, generated.read_as)
+        user = pending.user
+        reply = Reply(text_out, generated.score, pending.session_id, None, generated.latency_ms, fallback,
+                      user.id if user else None, generated.alternatives, generated.confidence,
+                      generated.retrieved, generated.read_as, generated.tokens)
+        if user is None:
+            return reply
         try:
-            bot = self.store.add_message(session_id, "bot", text_out, model_name=self.name,
-                                    model_version=self.bundle.manifest.get("created", ""),
-                                    decoding=dataclasses.asdict(config), score=generated.score,
-                                    confidence=generated.confidence,
-                                    details={"dialogue": dataclasses.asdict(self.dialogue),
-                                             "retrieved": retrieved_json(generated.retrieved),
-                                             "read_as": generated.read_as},
-                                    latency_ms=generated.latency_ms, fallback=fallback, in_reply_to=user.id)
+            bot = self.store.add_message(pending.session_id, "bot", text_out, model_name=self.name,
+                                         model_version=self.bundle.manifest.get("created", ""),
+                                         decoding=dataclasses.asdict(pending.config), score=generated.score,
+                                         confidence=generated.confidence,
+                                         details={"dialogue": dataclasses.asdict(self.dialogue),
+                                                  "retrieved": retrieved_json(generated.retrieved),
+                                                  "read_as": generated.read_as},
+                                         latency_ms=generated.latency_ms, fallback=fallback,
+                                         in_reply_to=user.id)
         except StoreError as exc:
             raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "
-                                 f"of session {session_id})", reply) from exc
+                                 f"of session {pending.session_id})", reply) from exc
         return dataclasses.replace(reply, message_id=bot.id)
 
-    def _store_question(self, session, message: str, config: DecodingConfig):
+    def _store_question(self, session, message: str, config: DecodingConfig, owner: str | None = None):
         """Every database step before decoding: find (or create) the session, read the recent
         turns, store the user's message. Returns (session id, context, the bot's previous reply
         when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
-        not stored: ``MessageNotStored`` says so and carries the text to send again."""
+        not stored: ``MessageNotStored`` says so and carries the text to send again. With an
+        ``owner``, only that owner's sessions are found and new ones are made for it."""
         from chatbot.dialogue.store import SessionNotFound
 
+        owned = {} if owner is None else {"owner": owner}
         try:
             store = self.store
             if session is None:
-                session_id = store.create_session().id
-            elif isinstance(session, int):
+                session_id = store.create_session(**owned).id
+            elif isinstance(session, int) and owner is None:
                 session_id = session  # add_message checks it exists; saves a lookup per reply
             else:
-                session_id = store.get_session(session).id
+                session_id = store.get_session(session, **owned).id
             turns = self.bundle.config.data.context_turns
             recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
             user = store.add_message(session_id, "user", message)
@@ -380,7 +479,7 @@ class ChatBot:
         message_id = _message_ref(message_id)
         if isinstance(better_answer, str) and not better_answer.strip():
             raise InputError("a correction must not be empty")
-        return self.store.set_feedback(message_id, correction=self._check_message(better_answer))
+        return self.store.set_feedback(message_id, correction=self.check_message(better_answer))
 
     def close(self) -> None:
         if self._warming is not None:

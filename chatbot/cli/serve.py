@@ -1,0 +1,61 @@
+"""``chatbot serve``: the HTTP server (uvicorn running ``chatbot.serving.app.create_app``).
+
+Uvicorn's worker processes import ``app_from_environment`` on their own, so the command
+hands its settings over in environment variables; each worker loads the model once and all
+share the session database (PostgreSQL for several workers, see the README)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+
+ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def app_from_environment():
+    """The app as ``chatbot serve`` configured it (a uvicorn factory, one call per worker)."""
+    from chatbot.cli.main import _stderr_quiet_import
+
+    _stderr_quiet_import()
+    from chatbot.serving.app import create_app
+    from chatbot.serving.settings import ServerSettings, keys_from_environment
+
+    overrides = json.loads(os.environ.get(ENV_SETTINGS) or "{}")
+    overrides["cors_origins"] = tuple(overrides.get("cors_origins", ()))
+    settings = ServerSettings(api_keys=keys_from_environment(), **overrides)
+    return create_app(os.environ.get(ENV_MODEL) or None, os.environ.get(ENV_DB) or None, settings=settings)
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from chatbot.cli.main import UsageError
+    from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
+
+    keys = tuple(args.api_key or ()) + keys_from_environment()
+    settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+                "rate_per_minute": args.rate_limit, "cors_origins": tuple(args.cors_origin or ())}
+    ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
+    if not keys and not args.insecure and not is_loopback(args.host):
+        raise UsageError(f"--host {args.host}: without API keys (--api-key or ${KEYS_VARIABLE}) the server "
+                         "only listens on loopback; give keys, or --insecure to serve everyone without them")
+    os.environ[KEYS_VARIABLE] = ",".join(keys)
+    os.environ[ENV_SETTINGS] = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
+    if args.model:
+        os.environ[ENV_MODEL] = str(args.model)
+    if args.db:
+        os.environ[ENV_DB] = args.db
+    uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="info" if args.verbose else "warning",
+                timeout_graceful_shutdown=args.drain_seconds, server_header=False)
+    return 0

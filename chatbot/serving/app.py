@@ -1,0 +1,189 @@
+"""``create_app``: the ASGI application behind ``chatbot serve``, importable to mount in
+another service (``app.mount("/bot", create_app("models/default"))``).
+
+The model loads in the background once the app starts: ``/healthz`` answers at once,
+``/readyz`` says when the model is ready, and requests that arrive before then wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatbot.serving import errors, native_api, openai_api
+from chatbot.serving.batching import DecodeBatcher
+from chatbot.serving.metrics import Metrics
+from chatbot.serving.security import KeyRing, RateLimiter
+from chatbot.serving.settings import ServerSettings, keys_from_environment
+from chatbot.serving.state import ServerState, state_of
+from chatbot.version import __version__
+
+log = logging.getLogger("chatbot.serving")
+STATIC = Path(__file__).parent / "static"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over {limit:,} bytes")
+
+
+class LimitAndMeasure:
+    """Refuses bodies over the limit (by Content-Length, or while reading one without it) and
+    counts every request by route template and status, with its latency."""
+
+    def __init__(self, app, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.state.settings.max_body_bytes
+        started = time.perf_counter()
+        status = {"code": 500}
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            response = errors.error_response(413, "body_too_large", f"the request body is over {limit:,} bytes")
+            await response(scope, receive, send)
+            return self._count(scope, 413, started)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def measured_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, measured_send)
+        finally:
+            self._count(scope, status["code"], started)
+
+    def _count(self, scope, status: int, started: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        metrics = self.state.metrics
+        metrics.requests.labels(scope.get("method", ""), route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def create_app(model: str | Path | None = None, db: str | None = None, *, bot=None,
+               settings: ServerSettings | None = None, warm_up: bool = True) -> FastAPI:
+    """The app serving ``model`` (a bundle directory or a bundled name; the default model when
+    None) with sessions in ``db`` (a SQLAlchemy URL; the default database when None), or an
+    already loaded ``ChatBot`` given as ``bot`` (the app then never closes it)."""
+    settings = settings or ServerSettings(api_keys=keys_from_environment())
+    state = ServerState(settings, KeyRing(settings.api_keys),
+                        RateLimiter(settings.rate_per_minute, settings.rate_burst), Metrics())
+
+    def load():
+        from chatbot.dialogue.bot import ChatBot
+
+        loaded = bot if bot is not None else ChatBot.load(model, db=db, warm_up=False)
+        if warm_up:
+            loaded.warm_up()
+        loaded.store  # open (and migrate) the database now: a bad URL fails the load, not a request
+        return loaded
+
+    async def load_in_background():
+        try:
+            loaded = await state.batcher.run_blocking(load)
+            manifest = loaded.bundle.manifest
+            state.model_name = loaded.name
+            created = manifest.get("created", "")
+            try:
+                state.model_created = int(datetime.fromisoformat(created).timestamp())
+            except (TypeError, ValueError):
+                state.model_created = 0
+            state.model_fingerprint = f"chatbot-{__version__}-{created}"
+            state.bot = loaded
+            state.metrics.ready.set(1)
+            log.info("model %s ready", loaded.name)
+            if warm_up:  # the other common input widths, before most conversations need them
+                await state.batcher.run_blocking(loaded.warm_widths)
+        except Exception as exc:  # noqa: BLE001 - /readyz reports it
+            state.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("could not load the model: %s", state.load_error)
+        finally:
+            state.ready.set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.ready = asyncio.Event()
+        state.batcher = DecodeBatcher(lambda requests, keep: state.bot.reply_many(requests, keep),
+                                      settings.max_batch, settings.batch_wait_ms,
+                                      on_batch=state.metrics.batch_size.observe,
+                                      on_queue=state.metrics.queue.set)
+        state.batcher.start()
+        loading = asyncio.get_running_loop().create_task(load_in_background())
+        try:
+            yield
+        finally:
+            await loading
+            await state.batcher.stop()
+            if bot is None and state.bot is not None:
+                state.bot.close()
+
+    app = FastAPI(title="chatbot", version=__version__, lifespan=lifespan,
+                  description="A seq2seq chatbot: an OpenAI-compatible chat API and a native REST API "
+                              "over its dialogue manager.")
+    app.state.chatbot = state
+    errors.install(app)
+    app.add_middleware(LimitAndMeasure, state=state)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["*"], allow_headers=["*"])
+    app.include_router(openai_api.router)
+    app.include_router(native_api.router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(request: Request):
+        current = state_of(request)
+        if current.bot is not None:
+            return {"status": "ready", "model": current.model_name}
+        if current.load_error:
+            return JSONResponse({"status": "failed", "error": current.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics(request: Request):
+        return Response(state_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/model", tags=["operations"])
+    async def model_info(request: Request):
+        current = state_of(request)
+        loaded = await current.bot_when_ready()
+        import dataclasses
+
+        return {"name": current.model_name, "created": loaded.bundle.manifest.get("created"),
+                "chatbot_version": __version__, "decoding": dataclasses.asdict(loaded.decoding),
+                "auth": current.keys.required}
+
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def page():
+            return FileResponse(STATIC / "index.html")
+    return app

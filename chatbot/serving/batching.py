@@ -1,0 +1,93 @@
+"""Requests that arrive while a decode runs join the next one.
+
+One decode runs at a time, in one worker thread (the compiled loops and the model are not
+shared between threads). Requests queue up meanwhile; the next decode takes them all (at most
+``max_batch``), so under load each decode serves many requests for about the price of one,
+and alone a request waits at most ``wait_ms`` for company."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from chatbot.dialogue.bot import Reply, ReplyRequest
+
+
+class DecodeBatcher:
+    def __init__(self, reply_many: Callable[[Sequence[ReplyRequest], bool], list], max_batch: int = 32,
+                 wait_ms: float = 2.0, on_batch: Callable[[int], None] | None = None,
+                 on_queue: Callable[[int], None] | None = None):
+        self._reply_many = reply_many
+        self.max_batch = max_batch
+        self.wait = wait_ms / 1000.0
+        self._on_batch = on_batch or (lambda size: None)
+        self._on_queue = on_queue or (lambda size: None)
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatbot-decode")
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="chatbot-batcher")
+
+    async def stop(self) -> None:
+        """After the server has drained: nothing is queued any more."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def run_blocking(self, function, *args):
+        """Run ``function`` in the decode thread (e.g. loading the model, warming it up)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def submit(self, requests: Sequence[ReplyRequest]) -> list[Reply | Exception]:
+        """Replies to ``requests`` (decoded with whatever else is waiting), in order; a failed
+        request's place holds its exception."""
+        if self._queue is None:
+            raise RuntimeError("the batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((list(requests), future))
+        self._on_queue(self._queue.qsize())
+        return await future
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            waiting = [await queue.get()]
+            size = len(waiting[0][0])
+            deadline = time.monotonic() + self.wait
+            while size < self.max_batch:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                waiting.append(item)
+                size += len(item[0])
+            self._on_queue(queue.qsize())
+            live = [(requests, future) for requests, future in waiting if not future.cancelled()]
+            if not live:
+                continue
+            flat = [r for requests, _ in live for r in requests]
+            self._on_batch(len(flat))
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._reply_many, flat, True)
+            except Exception as exc:  # noqa: BLE001 - every waiting request learns of it
+                results = [exc] * len(flat)
+            start = 0
+            for requests, future in live:
+                if not future.done():
+                    future.set_result(results[start:start + len(requests)])
+                start += len(requests)

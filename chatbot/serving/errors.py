@@ -1,0 +1,88 @@
+"""Every error leaves the server as one JSON shape, OpenAI's:
+``{"error": {"message": ..., "type": ..., "code": ...}}``, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatbot.errors import ConfigError, DecodingError, InputError, StoreError
+
+log = logging.getLogger("chatbot.serving")
+
+# Status -> OpenAI's error ``type``.
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def from_library(exc: Exception) -> ApiError:
+    """A library exception as the HTTP error a client can act on."""
+    from chatbot.dialogue.store import SessionNotFound
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, SessionNotFound):
+        return ApiError(404, "session_not_found", "no such session")
+    if isinstance(exc, (InputError, ConfigError)):
+        return ApiError(400, "invalid_request", text)
+    if isinstance(exc, StoreError) and "is not a stored bot reply" in text:
+        return ApiError(404, "message_not_found", "no such bot reply")
+    if isinstance(exc, StoreError):
+        log.error("store: %s", text)
+        return ApiError(503, "store_unavailable", "the session database is unavailable; retry later",
+                        {"Retry-After": "1"})
+    if isinstance(exc, DecodingError):
+        log.error("decode: %s", text)
+        return ApiError(500, "decoding_failed", "the model could not generate a reply")
+    log.exception("unexpected error", exc_info=exc)
+    return ApiError(500, "internal_error", "internal server error")
+
+
+def _one_line_validation(exc: RequestValidationError) -> str:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return "the body is not valid JSON"
+    return f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        return error_response(400, "invalid_request", _one_line_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message,
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, exc: RecursionError):
+        return error_response(400, "invalid_request", "the body is nested too deeply")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception):
+        error = from_library(exc)
+        return error_response(error.status, error.code, error.message, error.headers)

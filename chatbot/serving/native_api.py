@@ -1,0 +1,180 @@
+"""The native REST API over the dialogue manager: sessions, messages (with score, confidence,
+latency, alternatives and what retrieval showed the model), history pages and feedback.
+
+A caller sees only its own sessions: with API keys each key owns the sessions made with it,
+and another key's session is answered exactly like a missing one (404)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbot.dialogue.bot import ReplyRequest, retrieved_json
+from chatbot.serving.errors import ApiError, from_library
+from chatbot.serving.openai_api import words
+from chatbot.serving.state import owner, state_of
+
+router = APIRouter(prefix="/api", tags=["sessions"])
+
+
+class NewSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    decoding: dict[str, Any] | None = None  # e.g. {"beam": 5, "n_best": 3}, as ask --set
+    stream: bool = False
+
+
+class NewFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Literal["good", "bad"] | None = None
+    correction: str | None = None
+
+
+def session_ref(value: str) -> int | str:
+    """A path segment as a session id (ASCII digits) or a name."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
+
+
+def session_json(info) -> dict:
+    return {"id": info.id, "name": info.name, "created_at": info.created_at.isoformat(),
+            "updated_at": info.updated_at.isoformat(), "message_count": info.message_count,
+            "metadata": info.metadata}
+
+
+def message_json(message) -> dict:
+    out = {"id": message.id, "session_id": message.session_id, "position": message.position,
+           "role": message.role, "text": message.text, "created_at": message.created_at.isoformat()}
+    if message.role == "bot":
+        out.update(score=message.score, confidence=message.confidence, fallback=message.fallback,
+                   latency_ms=message.latency_ms, in_reply_to=message.in_reply_to,
+                   retrieved=(message.details or {}).get("retrieved", []))
+    return out
+
+
+def reply_json(reply) -> dict:
+    return {"id": reply.message_id, "session_id": reply.session_id, "in_reply_to": reply.user_message_id,
+            "text": reply.text, "score": round(reply.score, 4), "confidence": round(reply.confidence, 4),
+            "fallback": reply.fallback, "latency_ms": round(reply.latency_ms, 2),
+            "alternatives": [{"text": t, "score": round(s, 4)} for t, s in reply.alternatives],
+            "retrieved": retrieved_json(reply.retrieved), "read_as": reply.read_as}
+
+
+async def _store(request: Request, call):
+    """A store call in the decode thread's company (off the event loop), errors mapped."""
+    state = state_of(request)
+    await state.bot_when_ready()
+    try:
+        return await state.batcher.run_blocking(call, state.bot.store)
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise from_library(exc) from None
+
+
+@router.post("/sessions", status_code=201)
+async def create_session(body: NewSession, request: Request, who: str = Depends(owner)):
+    try:
+        json.dumps(body.metadata)
+    except (TypeError, ValueError):
+        raise ApiError(400, "invalid_request", "metadata: must be plain JSON") from None
+    if len(json.dumps(body.metadata)) > 4096:
+        raise ApiError(400, "invalid_request", "metadata: at most 4096 characters of JSON")
+    if body.name is not None and body.name.isascii() and body.name.isdigit():
+        raise ApiError(400, "invalid_request", "name: a session name must not be a number (ids are)")
+
+    def create(store):
+        from chatbot.dialogue.store import SessionExists
+
+        try:
+            return store.create_session(body.name, body.metadata, owner=who)
+        except SessionExists:
+            raise ApiError(409, "session_exists", "a session with this name exists") from None
+    return session_json(await _store(request, create))
+
+
+@router.get("/sessions")
+async def list_sessions(request: Request, who: str = Depends(owner)):
+    return {"sessions": [session_json(s) for s in await _store(request, lambda st: st.list_sessions(owner=who))]}
+
+
+@router.get("/sessions/{session}")
+async def get_session(session: str, request: Request, who: str = Depends(owner)):
+    return session_json(await _store(request, lambda st: st.get_session(session_ref(session), owner=who)))
+
+
+@router.delete("/sessions/{session}", status_code=204)
+async def delete_session(session: str, request: Request, who: str = Depends(owner)):
+    await _store(request, lambda st: st.delete_session(session_ref(session), owner=who))
+    return Response(status_code=204)
+
+
+@router.get("/sessions/{session}/messages")
+async def history(session: str, request: Request, who: str = Depends(owner),
+                  limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=2 ** 63 - 1)):
+    state = state_of(request)
+    limit = min(limit, state.settings.page_limit)
+    messages, next_before = await _store(
+        request, lambda st: st.history_page(session_ref(session), limit=limit, before=before, owner=who))
+    return {"messages": [message_json(m) for m in messages], "next_before": next_before}
+
+
+@router.post("/sessions/{session}/messages")
+async def post_message(session: str, body: NewMessage, request: Request, who: str = Depends(owner)):
+    state = state_of(request)
+    bot = await state.bot_when_ready()
+    if body.decoding:
+        limit = body.decoding.get("max_length")
+        if isinstance(limit, int) and limit > state.settings.max_tokens:
+            raise ApiError(400, "invalid_request", f"decoding.max_length: at most {state.settings.max_tokens}")
+        beam = body.decoding.get("beam")
+        if isinstance(beam, int) and beam > state.settings.max_n * 2:
+            raise ApiError(400, "invalid_request", f"decoding.beam: at most {state.settings.max_n * 2}")
+    info = await _store(request, lambda st: st.get_session(session_ref(session), owner=who))
+    (reply,) = await state.batcher.submit(
+        [ReplyRequest(body.text, session=info.id, decoding=body.decoding, owner=who)])
+    if isinstance(reply, Exception):
+        raise from_library(reply)
+    state.count_replies([reply])
+    del bot
+    out = reply_json(reply)
+    if not body.stream:
+        return out
+
+    async def events():
+        for piece in words(reply.text, state.settings.stream_chunk_words):
+            yield f"event: delta\ndata: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
+        yield f"event: reply\ndata: {json.dumps(out, ensure_ascii=False)}\n\n"
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/messages/{message_id}/feedback")
+async def feedback(message_id: int, body: NewFeedback, request: Request, who: str = Depends(owner)):
+    if body.rating is None and body.correction is None:
+        raise ApiError(400, "invalid_request", "give a rating, a correction or both")
+    state = state_of(request)
+    bot = await state.bot_when_ready()
+    correction = None
+    if body.correction is not None:
+        if not body.correction.strip():
+            raise ApiError(400, "invalid_request", "correction: must not be empty")
+        try:
+            correction = bot.check_message(body.correction)
+        except Exception as exc:  # noqa: BLE001
+            raise from_library(exc) from None
+    if message_id > 2 ** 63 - 1:
+        raise ApiError(404, "message_not_found", "no such bot reply")
+    saved = await _store(request, lambda st: st.set_feedback(message_id, rating=body.rating,
+                                                             correction=correction, owner=who))
+    return {"message_id": saved.message_id, "rating": saved.rating, "correction": saved.correction,
+            "updated_at": saved.updated_at.isoformat()}

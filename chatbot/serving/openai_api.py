@@ -1,0 +1,233 @@
+"""OpenAI-compatible chat completions: ``POST /v1/chat/completions``, ``GET /v1/models``.
+
+The last user message is the input; earlier user and assistant turns are its context
+(``system`` messages are accepted and ignored: the model has no instructions to follow).
+With an ``X-Session`` header (a session name or id) the server keeps the conversation itself:
+the context comes from the stored history and both turns are stored. The reply is decoded in
+one call (a few milliseconds); ``stream`` then sends it as chunks, as the official API does."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbot.dialogue.bot import ReplyRequest, retrieved_json
+from chatbot.serving.errors import ApiError, from_library
+from chatbot.serving.state import owner, state_of
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+SESSION_HEADER = "x-session"
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content if part.type == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's request this server uses; others are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, le=2 ** 31 - 1)
+    stop: str | list[str] | None = None
+    user: str | None = None
+
+
+def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
+    """OpenAI's sampling fields as the model's decoding settings. No temperature and no top_p:
+    the model's own settings (greedy by default); temperature 0: greedy; otherwise sampling.
+    ``n`` > 1 without sampling takes the n best of a beam search."""
+    if body.n > settings.max_n:
+        raise ApiError(400, "invalid_request", f"n: at most {settings.max_n}")
+    decoding: dict = {}
+    limit = body.max_completion_tokens or body.max_tokens
+    if limit is not None:
+        if limit > settings.max_tokens:
+            raise ApiError(400, "invalid_request", f"max_tokens: at most {settings.max_tokens}")
+        decoding["max_length"] = limit
+    sampling = bool(body.temperature) or (body.top_p is not None and body.top_p < 1)
+    if sampling:
+        decoding.update(strategy="sample", beam=1, n_best=1, temperature=body.temperature or 1.0,
+                        top_p=body.top_p if body.top_p is not None else 1.0)
+    elif body.temperature == 0:
+        decoding.update(strategy="greedy", beam=1, n_best=1)
+    if body.seed is not None:
+        decoding["seed"] = body.seed
+    if body.n > 1 and not sampling:
+        decoding.update(strategy="beam", beam=max(body.n, model_decoding.beam), n_best=body.n)
+    return decoding
+
+
+def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _choices(body, replies, bot) -> list[dict]:
+    """(text, finish_reason, completion tokens) per choice."""
+    limit = body.max_completion_tokens or body.max_tokens or bot.decoding.max_length
+    if len(replies) == 1 and body.n > 1:  # n best of one beam search
+        reply = replies[0]
+        texts = [reply.text] + [t for t, _ in reply.alternatives[1:body.n]]
+        counted = [reply.tokens] + [bot.count_tokens(t) + 1 for t in texts[1:]]
+    else:
+        texts = [r.text for r in replies]
+        counted = [r.tokens for r in replies]
+    out = []
+    for text, tokens in zip(texts, counted):
+        text, stopped = _cut_at_stop(text, body.stop)
+        out.append((text, "length" if tokens >= limit and not stopped else "stop", tokens))
+    return out
+
+
+@router.get("/models")
+async def list_models(request: Request, _: str = Depends(owner)):
+    state = state_of(request)
+    await state.bot_when_ready()
+    return {"object": "list", "data": [_model_card(state)]}
+
+
+@router.get("/models/{model_id}")
+async def get_model(model_id: str, request: Request, _: str = Depends(owner)):
+    state = state_of(request)
+    await state.bot_when_ready()
+    if model_id != state.model_name:
+        raise ApiError(404, "model_not_found", f"no model {model_id!r}; this server has {state.model_name!r}")
+    return _model_card(state)
+
+
+def _model_card(state) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.model_created, "owned_by": "chatbot"}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, who: str = Depends(owner)):
+    state = state_of(request)
+    settings = state.settings
+    bot = await state.bot_when_ready()
+    if body.model != state.model_name:
+        raise ApiError(404, "model_not_found",
+                       f"no model {body.model!r}; this server has {state.model_name!r}")
+    if len(body.messages) > settings.max_messages:
+        raise ApiError(400, "invalid_request", f"messages: at most {settings.max_messages}")
+    if body.messages[-1].role != "user":
+        raise ApiError(400, "invalid_request", "messages: the last message must be the user's")
+    decoding = decoding_for(body, settings, bot.decoding)
+    question = body.messages[-1].text()
+    session = request.headers.get(SESSION_HEADER)
+    sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
+    if session is not None:
+        if sampled_choices > 1:
+            raise ApiError(400, "invalid_request", "n > 1 with sampling cannot be stored in a session")
+        session_id = await _session_for(state, session, who)
+        requests = [ReplyRequest(question, session=session_id, decoding=decoding, owner=who)]
+    else:
+        context = [m.text() for m in body.messages[:-1] if m.role in ("user", "assistant")]
+        requests = [ReplyRequest(question, decoding=decoding, context=context, store=False)] * sampled_choices
+    replies = await state.batcher.submit(requests)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise from_library(reply)
+    state.count_replies(replies)
+    choices = _choices(body, replies, bot)
+    turns = bot.bundle.config.data.context_turns
+    read = [question] + ([m.text() for m in body.messages[:-1]][-turns:] if turns else [])
+    prompt_tokens = sum(bot.count_tokens(t) for t in read)
+    completion_tokens = sum(tokens for _, _, tokens in choices)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    first = replies[0]
+    extra = {"session_id": first.session_id, "message_id": first.message_id, "score": round(first.score, 4),
+             "confidence": round(first.confidence, 4), "fallback": first.fallback,
+             "latency_ms": round(first.latency_ms, 2), "retrieved": retrieved_json(first.retrieved)}
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(completion_id, created, state.model_name, choices, usage if include_usage else None,
+                    settings.stream_chunk_words),
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": state.model_name,
+        "system_fingerprint": state.model_fingerprint,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": reason} for i, (text, reason, _) in enumerate(choices)],
+        "usage": usage, "chatbot": extra})
+
+
+async def _session_for(state, session: str, who: str) -> int:
+    """The caller's session named (or numbered) by the header; a new name is created."""
+    store = state.bot.store
+    if session.isascii() and session.isdigit():
+        return (await state.batcher.run_blocking(lambda: store.get_session(int(session), owner=who))).id
+    if not session.strip() or len(session) > 200:
+        raise ApiError(400, "invalid_request", "X-Session: a session name of 1 to 200 characters")
+    return (await state.batcher.run_blocking(lambda: store.get_or_create_session(session, owner=who))).id
+
+
+def words(text: str, per_chunk: int) -> list[str]:
+    """``text`` cut into chunks of ``per_chunk`` words, each with the space before it, so that
+    joining the chunks gives the text back exactly."""
+    pieces, start, count = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch.isspace() and i > 0 and not text[i - 1].isspace():
+            count += 1
+            if count == per_chunk:
+                pieces.append(text[start:i])
+                start, count = i, 0
+    pieces.append(text[start:])
+    return [p for p in pieces if p]
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _stream(completion_id, created, model, choices, usage, per_chunk):
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None}
+    for index, (text, reason, _) in enumerate(choices):
+        yield _event({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}]})
+        for piece in words(text, per_chunk):
+            yield _event({**base, "choices": [{"index": index, "delta": {"content": piece},
+                                               "logprobs": None, "finish_reason": None}]})
+        yield _event({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                           "finish_reason": reason}]})
+    if usage is not None:
+        yield _event({**base, "choices": [], "usage": usage})
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,72 @@
+"""What every route needs: the bot (once loaded), the decode batcher, keys, limits, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from chatbot.serving.batching import DecodeBatcher
+from chatbot.serving.errors import ApiError
+from chatbot.serving.metrics import Metrics
+from chatbot.serving.security import KeyRing, RateLimiter
+from chatbot.serving.settings import ServerSettings
+
+READY_WAIT_S = 120.0  # a request that arrives while the model loads waits this long for it
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    keys: KeyRing
+    limiter: RateLimiter
+    metrics: Metrics
+    batcher: DecodeBatcher | None = None
+    bot: object | None = None  # ChatBot, once loaded
+    load_error: str | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    model_name: str = ""
+    model_created: int = 0
+    model_fingerprint: str = ""
+
+    def count_replies(self, replies) -> None:
+        self.metrics.replies.inc(len(replies))
+        self.metrics.fallbacks.inc(sum(1 for r in replies if r.fallback))
+
+    async def bot_when_ready(self):
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), READY_WAIT_S)
+            except asyncio.TimeoutError:
+                raise ApiError(503, "model_loading", "the model is still loading; retry shortly",
+                               {"Retry-After": "5"}) from None
+        if self.bot is None:
+            raise ApiError(503, "model_unavailable", "the model could not be loaded")
+        return self.bot
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.chatbot
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def owner(request: Request) -> str:
+    """The caller's owner id (a FastAPI dependency): checks the key, then the rate limit."""
+    state = state_of(request)
+    found = state.keys.owner(bearer_token(request))
+    if found is None:
+        raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer <key>)",
+                       {"WWW-Authenticate": "Bearer"})
+    client = found if state.keys.required else (request.client.host if request.client else "local")
+    wait = state.limiter.take(client)
+    if wait > 0:
+        raise ApiError(429, "rate_limited", "too many requests; slow down",
+                       {"Retry-After": str(max(1, math.ceil(wait)))})
+    return found
