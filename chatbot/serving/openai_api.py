@@ -149,6 +149,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
     question = body.messages[-1].text()
     session = request.headers.get(SESSION_HEADER)
     sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
+    try:  # a bad message or setting must not create the session either
+        bot.check_message(question)
+        bot.resolve_decoding(decoding)
+    except Exception as exc:  # noqa: BLE001
+        raise from_library(exc) from None
     if session is not None:
         if sampled_choices > 1:
             raise ApiError(400, "invalid_request", "n > 1 with sampling cannot be stored in a session")
