@@ -18,6 +18,7 @@ import pytest
 from chatbot.dialogue.store import SessionStore, StoreError
 from conftest import ROOT
 from helpers import all_at_once, chatbot
+from test_migrations import legacy_database
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -68,7 +69,7 @@ def test_get_or_create_reads_the_winner_after_losing_the_insert(tmp_path, monkey
     with SessionStore(tmp_path / "chat.db") as store:
         winner = store.create_session("taken")
         real_find = store.find_session
-        monkeypatch.setattr(store, "find_session", lambda name: None)  # "not there yet" when read
+        monkeypatch.setattr(store, "find_session", lambda name, **_: None)  # "not there yet" when read
         try:
             assert store.get_or_create_session("taken") == real_find("taken") == store.get_session(winner.id)
         finally:
@@ -253,12 +254,10 @@ def test_read_only_store_refuses_a_missing_file(tmp_path):
 
 
 def test_read_only_store_refuses_an_older_schema_instead_of_upgrading_it(tmp_path):
-    path = our_database(tmp_path / "chat.db")
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_info SET version = 1")
-    conn.close()
+    """A database of schema_info version 1, as chatbot wrote it before Alembic."""
+    path = legacy_database(tmp_path / "chat.db", version=1)
     before = path.read_bytes()
-    with pytest.raises(StoreError, match="schema version 1"):
+    with pytest.raises(StoreError, match="schema version 1, older"):
         SessionStore(path, read_only=True)
     assert path.read_bytes() == before
 

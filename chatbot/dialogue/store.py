@@ -5,15 +5,24 @@ session and returns frozen dataclasses, so one ``SessionStore`` can be shared be
 and callers never hold ORM objects. Message positions are allocated inside a write transaction
 (``BEGIN IMMEDIATE`` on SQLite), so several processes can append to one conversation safely.
 
-A database is only ever changed when it is empty or carries this project's schema marker (the
-``schema_info`` table): another application's database is refused untouched. A store opened
-``read_only`` never creates or alters anything (SQLite: ``mode=ro``, ``immutable`` where the
-WAL files cannot be created).
+The schema is managed by Alembic (``chatbot/dialogue/migrations``): opening a store upgrades
+its database to the newest revision, inside one write transaction, so that processes opening a
+database together migrate it once. A database is only ever changed when it is empty or carries
+this project's schema (an Alembic revision of ours, or the ``schema_info`` marker that versions
+before Alembic wrote): another application's database is refused untouched, and so is one newer
+than this code. A store opened ``read_only`` never creates or alters anything (SQLite:
+``mode=ro``, ``immutable`` where the WAL files cannot be created).
+
+Sessions have an owner: '' for sessions made without one (the library, the CLI), else what the
+caller (``chatbot serve``: a hash of the API key) gives. Session names are unique per owner. A
+method given ``owner=None`` is not restricted; given a string, it sees only that owner's
+sessions, and another owner's session is reported exactly as a missing one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,17 +51,35 @@ from chatbot.files import user_data_dir
 
 log = logging.getLogger(__name__)
 
-# 2: the feedback table; 3: a reply's confidence and details (dialogue settings, what retrieval
-# showed the model). Older databases are upgraded in place on open.
-SCHEMA_VERSION = 3
+# The schema's Alembic revisions live in migrations/versions; the newest is HEAD_REVISION (a
+# database at it is opened without loading Alembic). 0001: the baseline, the schema of
+# schema_info version 3 (2 added the feedback table, 3 a reply's confidence and details);
+# 0002: session owners.
+HEAD_REVISION = "0002"
+MIGRATIONS = Path(__file__).with_name("migrations")
+# schema_info.version, which chatbot versions from before Alembic read and refuse when it is
+# newer than theirs: each revision that they would misread raises it.
+SCHEMA_VERSION = 4
+LEGACY_VERSION = 3  # the last version written without Alembic; revision 0001 adopts 1 to 3
+_OUR_TABLES = frozenset({"schema_info", "sessions", "messages", "feedback", "alembic_version"})
+_MIGRATION_LOCK = 0x63686174626F74  # PostgreSQL advisory lock ("chatbot") held while migrating
+# Alembic's ``op`` and ``context`` are module globals while it runs: one migration at a time
+# per process (taken inside the database's own lock, so never the other way round).
+_ALEMBIC_LOCK = threading.Lock()
 ROLES = ("user", "bot")
 RATINGS = ("good", "bad")
+OWNER_MAX = 64  # characters of sessions.owner
 DB_ENV = "CHATBOT_DB"
 _POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the same position
 
 
 class SessionNotFound(StoreError, LookupError):
-    """No session has the given id or name."""
+    """No session has the given id or name (or it belongs to another owner)."""
+
+
+class MessageNotFound(StoreError, LookupError):
+    """No stored message (for feedback: no stored bot reply) has the given id, or it is in
+    another owner's session."""
 
 
 class SessionExists(StoreError):
@@ -115,8 +142,12 @@ class SchemaInfo(Base):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
+    # Names are unique per owner; the constraint's index (owner first) also serves the lookups
+    # by owner, so owner has no index of its own.
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_sessions_owner_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(200), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(OWNER_MAX), nullable=False, default="", server_default=text("''"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
     # ``metadata`` is reserved on declarative classes; the column keeps the name.
@@ -181,7 +212,10 @@ def is_session_id(id_or_name: int | str) -> bool:
 
 # --- prepared statements of the write path ------------------------------------------------------
 _messages = MessageRow.__table__
-_MESSAGE_OWNER = select(_messages.c.session_id).where(_messages.c.id == bindparam("p_id"))
+_sessions = SessionRow.__table__
+_MESSAGE_SESSION = select(_messages.c.session_id).where(_messages.c.id == bindparam("p_id"))
+_OWNED_SESSION = select(_sessions.c.id).where(_sessions.c.id == bindparam("p_session_id"),
+                                              _sessions.c.owner == bindparam("p_owner"))
 _INSERT_MESSAGE = insert(_messages).values(
     position=select(func.coalesce(func.max(_messages.c.position) + 1, 0))
     .where(_messages.c.session_id == bindparam("p_session_id")).scalar_subquery(),
@@ -200,6 +234,7 @@ class SessionInfo:
     updated_at: datetime
     metadata: dict
     message_count: int
+    owner: str = ""  # '' for sessions made without an owner (library, CLI, a server without keys)
 
 
 @dataclass(frozen=True)
@@ -233,7 +268,7 @@ def _session_info(row: SessionRow, count: int, last_message_at: datetime | None)
     # A session's "updated" time is its last message's, read rather than written: appending a
     # message then needs no second statement to touch the session row.
     updated = max(row.updated_at, last_message_at) if last_message_at else row.updated_at
-    return SessionInfo(row.id, row.name, row.created_at, updated, dict(row.meta or {}), count)
+    return SessionInfo(row.id, row.name, row.created_at, updated, dict(row.meta or {}), count, row.owner)
 
 
 def _message(row: MessageRow) -> Message:
@@ -308,7 +343,7 @@ class SessionStore:
         except BaseException:
             self.engine.dispose()
             raise
-        log.debug("opened %s (schema version %d%s)", self._shown, SCHEMA_VERSION,
+        log.debug("opened %s (schema revision %s%s)", self._shown, HEAD_REVISION,
                   ", read-only" if self.read_only else "")
 
     def _prepare_sqlite_file(self, parsed: URL) -> URL:
@@ -347,55 +382,127 @@ class SessionStore:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     def _open(self) -> None:
-        """Check what the database holds before writing anything, then create what is missing.
+        """Check what the database holds before writing anything, then migrate it to the newest
+        revision when it is not there yet.
 
-        The check and the creation are one write transaction, so processes opening a brand-new
-        database at once create the schema exactly once; a read-only store only checks."""
-        if self.read_only:
-            with self._session() as s:
-                found = self._schema_marker(s.connection())
-            if found is None:
-                raise StoreError(f"database {self._shown} holds no chatbot data yet (no tables)")
-            if found < SCHEMA_VERSION:
-                raise StoreError(f"database {self._shown} has schema version {found}, older than this "
-                                 f"chatbot's ({SCHEMA_VERSION}); a command that writes (chatbot chat) "
-                                 "upgrades it, a read-only one cannot")
-            return
-        with self._session(write=True) as s:
-            conn = s.connection()
-            found = self._schema_marker(conn)
-            Base.metadata.create_all(conn)  # also adds tables that an older version lacked
-            if found is not None and found < SCHEMA_VERSION:
-                _add_missing_columns(conn)
-            if found is None:
-                s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
-            elif found < SCHEMA_VERSION:
-                log.info("upgraded %s from schema version %d to %d", self._shown, found, SCHEMA_VERSION)
-                s.execute(SchemaInfo.__table__.update().values(version=SCHEMA_VERSION))
+        The fast path (a database at the newest revision) only reads and never loads Alembic.
+        Otherwise the check is repeated and the migration run in one write transaction (SQLite:
+        ``BEGIN IMMEDIATE``; PostgreSQL: under an advisory lock), so that processes opening a
+        brand-new or older database at once migrate it exactly once. A read-only store only
+        checks."""
+        with self._session() as s:
+            schema = self._schema(s.connection())
+        if not schema.current:
+            if self.read_only:
+                raise self._not_current(schema)
+            with self._migration_connection() as conn:
+                schema = self._schema(conn)  # another process may have migrated it meanwhile
+                if not schema.current:
+                    self._migrate(conn, "head")
+                    log.info("upgraded %s from %s to schema revision %s", self._shown, schema, HEAD_REVISION)
         if self._sqlite:
             self._switch_to_wal()
             self._wal = True
 
-    def _schema_marker(self, conn: Connection) -> int | None:
-        """The schema version of a database of ours; None when it is empty (or our own
-        interrupted creation). ``StoreError`` for another application's database, whatever
-        its table names, and for a newer schema: both are left exactly as they are."""
+    def _schema(self, conn: Connection) -> "_Schema":
+        """What the database holds: nothing, or our schema at some revision. ``StoreError``
+        for another application's database, whatever its table names, and for a schema newer
+        than this code: both are left exactly as they are."""
         inspector = inspect(conn)
         present = set(inspector.get_table_names()) | set(inspector.get_view_names())
-        marker = SchemaInfo.__tablename__
-        found = None
-        if marker in present:
-            columns = {c["name"] for c in inspector.get_columns(marker)}
-            if {"id", "version"} <= columns:
-                found = conn.scalar(select(func.max(SchemaInfo.version)))
-        if found is None and present and not (marker in present and present <= set(Base.metadata.tables)):
+        if not present:
+            return _Schema()
+
+        def columns(table: str) -> set[str]:
+            return {c["name"] for c in inspector.get_columns(table)} if table in present else set()
+
+        version = None
+        if {"id", "version"} <= columns("schema_info"):
+            version = conn.scalar(select(func.max(SchemaInfo.version)))
+        revisions: tuple[str, ...] = ()
+        if "version_num" in columns("alembic_version"):
+            revisions = tuple(sorted(conn.scalars(text("SELECT version_num FROM alembic_version"))))
+        known = [r for r in revisions if r == HEAD_REVISION or _known_revision(r)]
+        # Ours: a marker, a revision of ours, or only our tables (an interrupted creation).
+        ours = (version is not None or bool(known)
+                or (present <= _OUR_TABLES and bool(present & {"schema_info", "alembic_version"})))
+        if not ours:
             shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
             raise StoreError(f"{self._shown} is not a chatbot database (it has tables {shown} but no "
                              "chatbot schema marker); refusing to change it")
-        if found is not None and found > SCHEMA_VERSION:
-            raise StoreError(f"database {self._shown} has schema version {found}, newer than "
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"database {self._shown} has schema version {version}, newer than "
                              f"this chatbot supports ({SCHEMA_VERSION}); upgrade chatbot to open it")
-        return found
+        unknown = sorted(set(revisions) - set(known))
+        if unknown:
+            raise StoreError(f"database {self._shown} has schema revision {unknown[0]}, newer than "
+                             f"this chatbot supports ({HEAD_REVISION}); upgrade chatbot to open it")
+        if not revisions and version is not None and version > LEGACY_VERSION:
+            raise StoreError(f"database {self._shown} has schema version {version} but no migration "
+                             "record (table alembic_version); refusing to change it")
+        return _Schema(revisions, version, empty=False)
+
+    def _not_current(self, schema: "_Schema") -> StoreError:
+        """Why a read-only store cannot open a database that is not at the newest revision."""
+        if schema.empty:
+            return StoreError(f"database {self._shown} holds no chatbot data yet (no tables)")
+        return StoreError(f"database {self._shown} has {schema}, older than this chatbot's (schema "
+                          f"revision {HEAD_REVISION}); a command that writes (chatbot chat) upgrades "
+                          "it, a read-only one cannot")
+
+    @contextmanager
+    def _migration_connection(self) -> Iterator[Connection]:
+        """A connection in one write transaction to migrate on.
+
+        SQLite: foreign keys are off while migrating, as Alembic's batch mode needs: it copies
+        a table to alter it, and dropping the old ``sessions`` with foreign keys on would
+        delete every message (ON DELETE CASCADE). The pragma is a no-op inside a transaction,
+        so it is set before ``BEGIN IMMEDIATE``, and set back before the connection returns to
+        the pool; ``PRAGMA foreign_key_check`` must find no more dangling references after the
+        migration than before it, else everything is rolled back. PostgreSQL: a transaction-
+        scoped advisory lock makes concurrent openers wait for the first migration."""
+        self._check_usable(write=True)
+        with self._write_lock:
+            try:
+                conn = self._writer.connect()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot open database {self._shown}: {_one_line(exc)}") from exc
+            driver = None
+            try:
+                if self._sqlite:
+                    driver = conn.connection.driver_connection
+                    driver.execute("PRAGMA foreign_keys=OFF")
+                with conn.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                    dangling = len(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) if driver else 0
+                    yield conn
+                    if driver is not None:
+                        after = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if len(after) > dangling:
+                            raise StoreError(f"upgrading {self._shown} left {len(after) - dangling} "
+                                             "dangling foreign keys; nothing was changed")
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
+            finally:
+                if driver is not None:
+                    try:
+                        driver.execute("PRAGMA foreign_keys=ON")
+                    except sqlite3.Error:
+                        if not self.in_memory:  # its only connection is the database itself
+                            conn.invalidate()  # never back into the pool without foreign keys
+                conn.close()
+
+    def _migrate(self, conn: Connection, revision: str, downgrade: bool = False) -> None:
+        """Alembic's upgrade (or downgrade) to ``revision`` on ``conn``, in its transaction."""
+        from alembic import command
+
+        try:
+            with _ALEMBIC_LOCK:
+                (command.downgrade if downgrade else command.upgrade)(migration_config(conn), revision)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the transaction is rolled back
+            raise StoreError(f"cannot migrate database {self._shown} to schema revision "
+                             f"{HEAD_REVISION if revision == 'head' else revision}: {_one_line(exc)}") from exc
 
     def _switch_to_wal(self) -> None:
         """WAL lets readers and a writer work at once. The switch needs every other connection
@@ -436,15 +543,21 @@ class SessionStore:
         if write and self.read_only:
             raise StoreError(f"database {self._shown} was opened read-only: nothing can be written")
 
-    def _row(self, s: Session, id_or_name: int | str, lock: bool = False) -> SessionRow:
+    def _row(self, s: Session, id_or_name: int | str, lock: bool = False, owner: str | None = None) -> SessionRow:
+        """The session with this id (of ``owner``, when given) or this name (among ``owner``'s
+        sessions, '' when None); another owner's is ``SessionNotFound`` as a missing one is."""
+        _check_owner(owner, optional=True)
         query = select(SessionRow)
         if is_session_id(id_or_name):
             missing = f"no session with id {id_or_name}"
             if _row_id(id_or_name) is None:
                 raise SessionNotFound(missing)
             query = query.where(SessionRow.id == _row_id(id_or_name))
+            if owner is not None:
+                query = query.where(SessionRow.owner == owner)
         elif isinstance(id_or_name, str):
-            query, missing = query.where(SessionRow.name == id_or_name), f"no session named {id_or_name!r}"
+            query = query.where(SessionRow.name == id_or_name, SessionRow.owner == (owner or ""))
+            missing = f"no session named {id_or_name!r}"
         else:
             raise StoreError(f"a session is named by an id or a name, not {type(id_or_name).__name__}")
         if lock:
@@ -462,18 +575,20 @@ class SessionStore:
         return count or 0, last
 
     # --- sessions ------------------------------------------------------------------------------
-    def create_session(self, name: str | None = None, metadata: dict | None = None) -> SessionInfo:
-        """A new session; ``SessionExists`` when the name is taken. The unique constraint
-        decides (no read first), so two writers racing for a name cannot both win, on SQLite
-        or on any other database."""
+    def create_session(self, name: str | None = None, metadata: dict | None = None, *,
+                       owner: str = "") -> SessionInfo:
+        """A new session of ``owner``; ``SessionExists`` when the owner has a session of that
+        name. The unique constraint decides (no read first), so two writers racing for a name
+        cannot both win, on SQLite or on any other database."""
         if name is not None:
             _check_session_name(name)
         if metadata is not None and not isinstance(metadata, dict):
             raise StoreError("session metadata must be a dict")
+        _check_owner(owner)
         try:
             with self._session(write=True) as s:
                 now = _now()
-                row = SessionRow(name=name, meta=dict(metadata or {}), created_at=now, updated_at=now)
+                row = SessionRow(name=name, owner=owner, meta=dict(metadata or {}), created_at=now, updated_at=now)
                 s.add(row)
                 s.flush()
                 return _session_info(row, 0, None)
@@ -482,47 +597,54 @@ class SessionStore:
                 raise SessionExists(f"session name {name!r} already exists") from exc.__cause__
             raise
 
-    def get_or_create_session(self, name: str, metadata: dict | None = None) -> SessionInfo:
-        """The session called ``name``, created when there is none: atomic, whoever else
-        (thread or process) asks for the same name at the same time. Read first (the usual
-        case), else insert; an insert that loses the race for the name reads the winner."""
+    def get_or_create_session(self, name: str, metadata: dict | None = None, *, owner: str = "") -> SessionInfo:
+        """``owner``'s session called ``name``, created when there is none: atomic, whoever
+        else (thread or process) asks for the same name at the same time. Read first (the
+        usual case), else insert; an insert that loses the race for the name reads the winner."""
         _check_session_name(name)
-        found = self.find_session(name)
+        found = self.find_session(name, owner=owner)
         if found is not None:
             return found
         try:
-            return self.create_session(name, metadata)
+            return self.create_session(name, metadata, owner=owner)
         except SessionExists:
-            return self.get_session(name)
+            return self.get_session(name, owner=owner)
 
-    def get_session(self, id_or_name: int | str) -> SessionInfo:
-        """An int or a digit string is an id; anything else is a name."""
+    def get_session(self, id_or_name: int | str, *, owner: str | None = None) -> SessionInfo:
+        """An int or a digit string is an id; anything else is a name, among ``owner``'s
+        sessions ('' when None). With an ``owner``, another owner's session is not found."""
         with self._session() as s:
-            row = self._row(s, id_or_name)
+            row = self._row(s, id_or_name, owner=owner)
             return _session_info(row, *self._activity(s, row.id))
 
-    def find_session(self, name: str) -> SessionInfo | None:
+    def find_session(self, name: str, *, owner: str = "") -> SessionInfo | None:
+        """``owner``'s session called ``name``, or None."""
         if not isinstance(name, str):  # None would match every unnamed session (name IS NULL)
             raise StoreError(f"a session name must be a string, not {type(name).__name__}")
+        _check_owner(owner, optional=True)
         with self._session() as s:
-            row = s.scalar(select(SessionRow).where(SessionRow.name == name))
+            row = s.scalar(select(SessionRow).where(SessionRow.name == name, SessionRow.owner == (owner or "")))
             return None if row is None else _session_info(row, *self._activity(s, row.id))
 
-    def list_sessions(self) -> list[SessionInfo]:
-        """Every session with its message count, most recently updated first."""
+    def list_sessions(self, *, owner: str | None = None) -> list[SessionInfo]:
+        """Every session (only ``owner``'s, when given) with its message count, most recently
+        updated first."""
+        _check_owner(owner, optional=True)
         activity = (select(MessageRow.session_id, func.count(MessageRow.id).label("n"),
                            func.max(MessageRow.created_at).label("last"))
                     .group_by(MessageRow.session_id).subquery())
         updated = func.coalesce(activity.c.last, SessionRow.updated_at)
+        query = (select(SessionRow, activity.c.n, activity.c.last)
+                 .outerjoin(activity, activity.c.session_id == SessionRow.id)
+                 .order_by(updated.desc(), SessionRow.id.desc()))
+        if owner is not None:
+            query = query.where(SessionRow.owner == owner)
         with self._session() as s:
-            rows = s.execute(select(SessionRow, activity.c.n, activity.c.last)
-                             .outerjoin(activity, activity.c.session_id == SessionRow.id)
-                             .order_by(updated.desc(), SessionRow.id.desc()))
-            return [_session_info(row, n or 0, last) for row, n, last in rows]
+            return [_session_info(row, n or 0, last) for row, n, last in s.execute(query)]
 
-    def delete_session(self, id_or_name: int | str) -> None:
+    def delete_session(self, id_or_name: int | str, *, owner: str | None = None) -> None:
         with self._session(write=True) as s:
-            s.delete(self._row(s, id_or_name, lock=True))
+            s.delete(self._row(s, id_or_name, lock=True, owner=owner))
 
     # --- messages ------------------------------------------------------------------------------
     def add_message(self, session_id: int | str, role: str, text: str, *,
@@ -530,23 +652,25 @@ class SessionStore:
                     decoding: dict | None = None, score: float | None = None,
                     latency_ms: float | None = None, fallback: bool | None = None,
                     in_reply_to: int | None = None, confidence: float | None = None,
-                    details: dict | None = None) -> Message:
-        """Append a message at the next position and commit; the text is stored verbatim."""
+                    details: dict | None = None, owner: str | None = None) -> Message:
+        """Append a message at the next position and commit; the text is stored verbatim.
+        With an ``owner``, the session must be that owner's (checked in the same transaction)."""
         if role not in ROLES:
             raise StoreError(f"role must be 'user' or 'bot', not {role!r}")
         if not isinstance(text, str):
             raise StoreError(f"message text must be a str, not {type(text).__name__}")
+        _check_owner(owner, optional=True)
         fields = {"model_name": model_name, "model_version": model_version, "decoding": decoding,
                   "score": score, "latency_ms": latency_ms, "fallback": fallback,
                   "in_reply_to": in_reply_to, "confidence": confidence, "details": details}
         if role == "user" and any(v is not None for v in fields.values()):
             given = ", ".join(k for k, v in fields.items() if v is not None)
             raise StoreError(f"bot fields given for a user message: {given}")
-        sid = self._session_id(session_id)
+        sid = self._session_id(session_id, owner)
         for attempt in range(1, _POSITION_RETRIES + 1):
             try:
                 with self._write_connection() as conn:
-                    return self._append(conn, sid, role, text, fields)
+                    return self._append(conn, sid, role, text, fields, owner)
             except StoreError as exc:
                 if isinstance(exc.__cause__, IntegrityError) and not self._exists(sid):
                     raise SessionNotFound(f"no session with id {sid}") from None
@@ -569,34 +693,37 @@ class SessionStore:
             except SQLAlchemyError as exc:
                 raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
 
-    def _session_id(self, id_or_name: int | str) -> int:
+    def _session_id(self, id_or_name: int | str, owner: str | None = None) -> int:
         if is_session_id(id_or_name):
             sid = _row_id(id_or_name)
             if sid is None:
                 raise SessionNotFound(f"no session with id {id_or_name}")
             return sid
-        return self.get_session(id_or_name).id
+        return self.get_session(id_or_name, owner=owner).id
 
     def _exists(self, session_id: int) -> bool:
         with self._session() as s:
             return s.scalar(select(SessionRow.id).where(SessionRow.id == session_id)) is not None
 
-    def _append(self, conn: Connection, sid: int, role: str, text: str, fields: dict) -> Message:
+    def _append(self, conn: Connection, sid: int, role: str, text: str, fields: dict,
+                owner: str | None = None) -> Message:
         """One prepared Core INSERT instead of the ORM unit of work: a reply writes twice, both
         on its critical path. The next position is chosen inside the statement, within the
         write transaction; a missing session fails the foreign key (-> SessionNotFound).
         """
+        if owner is not None and conn.execute(_OWNED_SESSION, {"p_session_id": sid, "p_owner": owner}).first() is None:
+            raise SessionNotFound(f"no session with id {sid}")
         reply_to = fields["in_reply_to"]
         if reply_to is not None:
-            owner = (conn.execute(_MESSAGE_OWNER, {"p_id": reply_to}).scalar()
-                     if _message_id(reply_to) is not None else None)
-            if owner != sid:
+            session_of_reply = (conn.execute(_MESSAGE_SESSION, {"p_id": reply_to}).scalar()
+                                if _message_id(reply_to) is not None else None)
+            if session_of_reply != sid:
                 raise StoreError(f"in_reply_to={reply_to} is not a message of session {sid}")
         values = {"session_id": sid, "role": role, "text": text, "created_at": _now(), **fields}
         row = conn.execute(_INSERT_MESSAGE, {f"p_{k}": v for k, v in values.items()}).one()
         return Message(id=row.id, position=row.position, **values)
 
-    def history(self, session_id: int | str, last: int | None = None) -> list[Message]:
+    def history(self, session_id: int | str, last: int | None = None, *, owner: str | None = None) -> list[Message]:
         """The session's messages, oldest first; only the last ``last`` when given."""
         if last is not None and (isinstance(last, bool) or not isinstance(last, int)):
             raise StoreError(f"last must be an int, not {type(last).__name__}")
@@ -605,7 +732,54 @@ class SessionStore:
         if last is not None and last > MAX_ID:
             last = None  # more than any table can hold: all of them
         with self._session() as s:
-            return self._messages(s, self._row(s, session_id).id, last)
+            return self._messages(s, self._row(s, session_id, owner=owner).id, last)
+
+    def history_page(self, session_id: int | str, *, limit: int = 50, before: int | None = None,
+                     owner: str | None = None) -> tuple[list[Message], int | None]:
+        """One page of a session's messages, newest pages first: the newest ``limit`` messages
+        with an id below ``before`` (all when None), oldest first, and the ``before`` of the
+        next older page (None when there are no older messages).
+
+        Within a session ids grow with positions (a message's position is chosen after every
+        earlier one was committed), so a ``before`` that is a message of the session is turned
+        into its position and the page read from the (session_id, position) index; any other
+        int is compared with the ids as it is."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise StoreError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 1:
+            raise StoreError(f"limit must be >= 1, not {limit}")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise StoreError(f"before must be a message id (an int), not {type(before).__name__}")
+        limit = min(limit, MAX_ID - 1)
+        if before is not None and before > MAX_ID:
+            before = None  # above every id
+        with self._session() as s:
+            sid = self._row(s, session_id, owner=owner).id
+            if before is not None and before < 1:
+                return [], None  # no id is that low
+            query = select(MessageRow).where(MessageRow.session_id == sid)
+            if before is not None:
+                position = s.scalar(select(MessageRow.position)
+                                    .where(MessageRow.id == before, MessageRow.session_id == sid))
+                query = query.where(MessageRow.position < position if position is not None
+                                    else MessageRow.id < before)
+            rows = s.scalars(query.order_by(MessageRow.position.desc()).limit(limit + 1)).all()
+        page = rows[:limit]
+        return [_message(r) for r in reversed(page)], (page[-1].id if len(rows) > limit else None)
+
+    def message_session_id(self, message_id: int, *, owner: str | None = None) -> int:
+        """The id of the session holding a message (``owner``'s, when given), else
+        ``MessageNotFound``."""
+        _check_owner(owner, optional=True)
+        number = _message_id(message_id)
+        query = select(MessageRow.session_id).where(MessageRow.id == number)
+        if owner is not None:
+            query = query.join(SessionRow, SessionRow.id == MessageRow.session_id).where(SessionRow.owner == owner)
+        with self._session() as s:
+            sid = None if number is None else s.scalar(query)
+        if sid is None:
+            raise MessageNotFound(f"no message with id {message_id}")
+        return sid
 
     @staticmethod
     def _messages(s: Session, session_id: int, last: int | None = None) -> list[Message]:
@@ -617,18 +791,22 @@ class SessionStore:
 
     # --- feedback ------------------------------------------------------------------------------
     def set_feedback(self, message_id: int, rating: str | None = None,
-                     correction: str | None = None) -> Feedback:
-        """Rate a bot reply and/or record a better answer; fields left None keep their value."""
+                     correction: str | None = None, *, owner: str | None = None) -> Feedback:
+        """Rate a bot reply and/or record a better answer; fields left None keep their value.
+        Not a stored bot reply (or, with an ``owner``, not in that owner's session):
+        ``MessageNotFound``."""
         if rating is not None and rating not in RATINGS:
             raise StoreError(f"rating must be 'good' or 'bad', not {rating!r}")
         if correction is not None and (not isinstance(correction, str) or not correction.strip()):
             raise StoreError("a correction must be a non-empty string")
         if rating is None and correction is None:
             raise StoreError("give a rating, a correction or both")
+        _check_owner(owner, optional=True)
         with self._session(write=True) as s:
             message = s.get(MessageRow, message_id) if _message_id(message_id) is not None else None
-            if message is None or message.role != "bot":
-                raise StoreError(f"message {message_id} is not a stored bot reply")
+            if (message is None or message.role != "bot"
+                    or (owner is not None and s.get(SessionRow, message.session_id).owner != owner)):
+                raise MessageNotFound(f"message {message_id} is not a stored bot reply")
             row = s.get(FeedbackRow, message_id) or FeedbackRow(message_id=message_id)
             if rating is not None:
                 row.rating = rating
@@ -639,34 +817,45 @@ class SessionStore:
             s.flush()
             return _feedback(row)
 
-    def get_feedback(self, message_id: int) -> Feedback | None:
+    def get_feedback(self, message_id: int, *, owner: str | None = None) -> Feedback | None:
+        """The feedback on a reply; None when there is none (or, with an ``owner``, when the
+        reply is not in that owner's session)."""
+        _check_owner(owner, optional=True)
         if _message_id(message_id) is None:
             return None
+        query = select(FeedbackRow).where(FeedbackRow.message_id == message_id)
+        if owner is not None:
+            query = (query.join(MessageRow, MessageRow.id == FeedbackRow.message_id)
+                     .join(SessionRow, SessionRow.id == MessageRow.session_id).where(SessionRow.owner == owner))
         with self._session() as s:
-            row = s.get(FeedbackRow, message_id)
+            row = s.scalar(query)
             return None if row is None else _feedback(row)
 
-    def session_feedback(self, session_id: int | str) -> dict[int, Feedback]:
+    def session_feedback(self, session_id: int | str, *, owner: str | None = None) -> dict[int, Feedback]:
         """The feedback on a session's replies, by message id."""
         with self._session() as s:
-            sid = self._row(s, session_id).id
+            sid = self._row(s, session_id, owner=owner).id
             rows = s.scalars(select(FeedbackRow).join(MessageRow, MessageRow.id == FeedbackRow.message_id)
                              .where(MessageRow.session_id == sid))
             return {r.message_id: _feedback(r) for r in rows}
 
-    def feedback_pairs(self, session_id: int | str | None = None) -> list[tuple[str, str]]:
+    def feedback_pairs(self, session_id: int | str | None = None, *,
+                       owner: str | None = None) -> list[tuple[str, str]]:
         """(question, answer) pairs to retrain on: a correction replaces the reply, a reply
         rated good stands as it was, a reply rated bad (uncorrected) is left out. Fallback
-        replies count only when corrected. Oldest first."""
+        replies count only when corrected. Oldest first. Only ``owner``'s sessions, when given."""
+        _check_owner(owner, optional=True)
         question = aliased(MessageRow)
         query = (select(question.text, MessageRow.text, MessageRow.fallback, FeedbackRow.rating,
                         FeedbackRow.correction)
                  .join(MessageRow, MessageRow.id == FeedbackRow.message_id)
                  .join(question, question.id == MessageRow.in_reply_to)
                  .order_by(MessageRow.session_id, MessageRow.position))
+        if owner is not None:
+            query = query.join(SessionRow, SessionRow.id == MessageRow.session_id).where(SessionRow.owner == owner)
         with self._session() as s:
             if session_id is not None:
-                query = query.where(MessageRow.session_id == self._row(s, session_id).id)
+                query = query.where(MessageRow.session_id == self._row(s, session_id, owner=owner).id)
             rows = s.execute(query).all()
         pairs = []
         for asked, replied, fallback, rating, correction in rows:
@@ -676,18 +865,19 @@ class SessionStore:
                 pairs.append((asked, replied))
         return pairs
 
-    def export_feedback(self, session_id: int | str | None = None, format: str = "yaml") -> str:
+    def export_feedback(self, session_id: int | str | None = None, format: str = "yaml", *,
+                        owner: str | None = None) -> str:
         """``feedback_pairs`` as a trainable corpus: ChatterBot YAML or question/answer JSONL."""
         if format not in ("jsonl", "yaml"):
             raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
-        pairs = self.feedback_pairs(session_id)
+        pairs = self.feedback_pairs(session_id, owner=owner)
         if format == "yaml":
             doc = {"categories": ["feedback"], "conversations": [[q, a] for q, a in pairs]}
             return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
         return "".join(_json_line({"question": q, "answer": a}) + "\n" for q, a in pairs)
 
     # --- export --------------------------------------------------------------------------------
-    def export_session(self, session_id: int | str, format: str = "jsonl") -> str:
+    def export_session(self, session_id: int | str, format: str = "jsonl", *, owner: str | None = None) -> str:
         """``jsonl``: one object per message. ``yaml``: the ChatterBot corpus format, the whole
         session as one conversation, readable by ``chatbot.data.corpus.load_corpus``.
 
@@ -696,7 +886,7 @@ class SessionStore:
         if format not in ("jsonl", "yaml"):
             raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
         with self._session() as s:  # one snapshot: the session and its messages agree
-            session = self._row(s, session_id)
+            session = self._row(s, session_id, owner=owner)
             messages = self._messages(s, session.id)
         if format == "yaml":
             doc = {"categories": [session.name or f"session {session.id}"],
@@ -712,8 +902,14 @@ class SessionStore:
 
     # --- maintenance ---------------------------------------------------------------------------
     def schema_version(self) -> int:
+        """``schema_info.version`` (``SCHEMA_VERSION``), the marker versions before Alembic read."""
         with self._session() as s:
             return int(s.scalar(select(func.max(SchemaInfo.version))))
+
+    def schema_revision(self) -> str:
+        """The database's Alembic revision (``HEAD_REVISION`` once opened)."""
+        with self._session() as s:
+            return s.scalar(text("SELECT version_num FROM alembic_version"))
 
     def integrity_check(self) -> bool:
         """SQLite: ``PRAGMA integrity_check`` is 'ok' and no foreign key is dangling.
@@ -743,6 +939,16 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self._shown!r})"
+
+
+def _check_owner(owner, optional: bool = False) -> None:
+    """An owner is a string of at most ``OWNER_MAX`` characters ('' for none); None only
+    where it means "any owner"."""
+    if owner is None and optional:
+        return
+    if not isinstance(owner, str) or len(owner) > OWNER_MAX:
+        raise StoreError(f"a session owner must be a string of at most {OWNER_MAX} characters, "
+                         f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
 
 
 def _check_session_name(name) -> None:
@@ -780,16 +986,51 @@ def _read_only_uri(path: Path) -> str:
     return uri
 
 
-def _add_missing_columns(conn: Connection) -> None:
-    """Columns a newer schema added to existing tables (``create_all`` only adds tables):
-    ``ALTER TABLE ... ADD COLUMN``, nullable, so existing rows read as None."""
-    inspector = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in present:
-                kind = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+@dataclass(frozen=True)
+class _Schema:
+    """What a database holds: its Alembic revisions and its ``schema_info`` version."""
+
+    revisions: tuple[str, ...] = ()
+    version: int | None = None
+    empty: bool = True
+
+    @property
+    def current(self) -> bool:
+        return self.revisions == (HEAD_REVISION,)
+
+    def __str__(self) -> str:
+        if self.empty:
+            return "no tables"
+        if self.revisions:
+            return "schema revision " + ", ".join(self.revisions)
+        if self.version is not None:
+            return f"schema version {self.version}"
+        return "an unfinished chatbot schema"
+
+
+def migration_config(connection: Connection | None = None):
+    """An ``alembic.config.Config`` for the store's migrations (no alembic.ini): the package's
+    ``migrations`` folder, and ``connection``, the one ``env.py`` migrates on (in its current
+    transaction)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@functools.lru_cache(maxsize=1)
+def _revision_ids() -> frozenset[str]:
+    from alembic.script import ScriptDirectory
+
+    return frozenset(script.revision for script in ScriptDirectory.from_config(migration_config()).walk_revisions())
+
+
+def _known_revision(revision: str) -> bool:
+    """A revision of this code's migrations (exactly: Alembic would also take a prefix)."""
+    return revision in _revision_ids()
 
 
 def _sqlite_file(url: URL) -> bool:
