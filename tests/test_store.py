@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chatbot.data.corpus import load_corpus
 from chatbot.errors import ChatbotError
 from chatbot.dialogue.store import (
-    SCHEMA_VERSION, SessionNotFound, SessionStore, StoreError, default_database_url,
+    SCHEMA_VERSION, MessageNotFound, SessionExists, SessionNotFound, SessionStore, StoreError, default_database_url,
     resolve_database_url,
 )
 
@@ -126,6 +126,21 @@ def test_history_query_uses_the_session_position_index(store, db_path):
             "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE session_id = 1 "
             "ORDER BY position DESC LIMIT 5"))
     assert "INDEX" in plan and "TEMP B-TREE" not in plan
+
+
+def test_history_pages_and_owner_lookups_use_indexes(store, db_path):
+    sid = store.create_session("x", owner=KEY_A).id
+    message = store.add_message(sid, "user", "x")
+    store.history_page(sid, before=message.id)
+    with sqlite3.connect(db_path) as conn:
+        def plan(sql: str) -> str:
+            return " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+
+        page = plan("SELECT * FROM messages WHERE session_id = 1 AND position < 7 ORDER BY position DESC LIMIT 51")
+        assert "INDEX" in page and "TEMP B-TREE" not in page
+        for sql in ("SELECT * FROM sessions WHERE owner = 'k'",
+                    "SELECT * FROM sessions WHERE owner = 'k' AND name = 'x'"):
+            assert "USING INDEX" in plan(sql) or "USING COVERING INDEX" in plan(sql), plan(sql)
 
 
 def test_list_sessions_has_counts_and_newest_update_first(store):
@@ -249,6 +264,150 @@ def test_any_text_round_trips_exactly(tmp_path):
             assert message.text == text
 
         check()
+
+
+# --- owners ----------------------------------------------------------------------------------
+# Backend-neutral: tests/test_store_postgres.py runs these on PostgreSQL too.
+KEY_A, KEY_B = "a" * 64, "b" * 64  # what chatbot serve stores: a hash of the API key
+
+
+def test_sessions_have_an_owner_and_names_are_unique_per_owner(store):
+    mine = store.create_session("alice")
+    a = store.create_session("alice", {"k": 1}, owner=KEY_A)
+    b = store.get_or_create_session("alice", owner=KEY_B)
+    assert (mine.owner, a.owner, b.owner) == ("", KEY_A, KEY_B)
+    assert len({mine.id, a.id, b.id}) == 3
+    with pytest.raises(SessionExists, match="session name 'alice' already exists"):
+        store.create_session("alice", owner=KEY_A)
+    assert store.get_or_create_session("alice", owner=KEY_A) == store.get_session(a.id)
+    assert store.find_session("alice", owner=KEY_A).id == a.id
+    assert store.find_session("alice").id == mine.id  # no owner: the sessions made without one
+    assert store.find_session("bob", owner=KEY_A) is None
+    store.create_session(owner=KEY_A)  # unnamed sessions never clash
+    store.create_session(owner=KEY_A)
+    assert len(store.list_sessions()) == 5  # no owner given: every session
+    assert [s.id for s in store.list_sessions(owner=KEY_B)] == [b.id]
+    assert {s.owner for s in store.list_sessions(owner=KEY_A)} == {KEY_A}
+    assert store.list_sessions(owner="nobody") == []
+
+
+def test_a_name_without_an_owner_resolves_among_sessions_without_one(store):
+    theirs = store.create_session("carol", owner=KEY_A)
+    with pytest.raises(SessionNotFound):
+        store.get_session("carol")
+    with pytest.raises(SessionNotFound):
+        store.history("carol")
+    assert store.get_session(theirs.id).owner == KEY_A  # an id finds any session without an owner
+    assert store.get_session("carol", owner=KEY_A).id == theirs.id
+    store.add_message("carol", "user", "by name", owner=KEY_A)
+    assert [m.text for m in store.history(theirs.id)] == ["by name"]
+
+
+def test_another_owners_session_is_reported_as_missing(store):
+    """Same exception, same message as for a session that does not exist: nothing says it does."""
+    theirs = store.create_session("dave", owner=KEY_A)
+    question = store.add_message(theirs.id, "user", "private")
+    reply = store.add_message(theirs.id, "bot", "secret", in_reply_to=question.id)
+    store.set_feedback(reply.id, rating="good")
+    missing = 10 ** 6
+    calls = {
+        "get_session": lambda key: store.get_session(key, owner=KEY_B),
+        "history": lambda key: store.history(key, owner=KEY_B),
+        "history_page": lambda key: store.history_page(key, owner=KEY_B),
+        "add_message": lambda key: store.add_message(key, "user", "intrusion", owner=KEY_B),
+        "delete_session": lambda key: store.delete_session(key, owner=KEY_B),
+        "export_session": lambda key: store.export_session(key, owner=KEY_B),
+        "session_feedback": lambda key: store.session_feedback(key, owner=KEY_B),
+    }
+    for name, call in calls.items():
+        for key, shown in ((theirs.id, theirs.id), (str(theirs.id), theirs.id), ("dave", "'dave'")):
+            with pytest.raises(SessionNotFound) as found:
+                call(key)
+            absent = missing if isinstance(key, int) else str(missing) if key.isdigit() else "nobody"
+            with pytest.raises(SessionNotFound) as not_found:
+                call(absent)
+            assert str(found.value) == str(not_found.value).replace(str(absent), str(shown).strip("'")), name
+    with pytest.raises(MessageNotFound, match=f"message {reply.id} is not a stored bot reply"):
+        store.set_feedback(reply.id, rating="bad", owner=KEY_B)
+    with pytest.raises(MessageNotFound, match=f"message {missing} is not a stored bot reply"):
+        store.set_feedback(missing, rating="bad", owner=KEY_B)
+    with pytest.raises(MessageNotFound, match=f"no message with id {reply.id}"):
+        store.message_session_id(reply.id, owner=KEY_B)
+    assert store.get_feedback(reply.id, owner=KEY_B) is None
+    assert store.feedback_pairs(owner=KEY_B) == [] and store.export_feedback(owner=KEY_B, format="jsonl") == ""
+    # Nothing of the other owner's changed; its owner sees all of it.
+    assert [m.text for m in store.history(theirs.id, owner=KEY_A)] == ["private", "secret"]
+    assert store.get_feedback(reply.id, owner=KEY_A).rating == "good"
+    assert store.message_session_id(reply.id, owner=KEY_A) == store.message_session_id(reply.id) == theirs.id
+    assert store.feedback_pairs(owner=KEY_A) == [("private", "secret")]
+    store.set_feedback(reply.id, correction="better", owner=KEY_A)
+    store.delete_session("dave", owner=KEY_A)
+    assert store.list_sessions() == []
+
+
+def test_owners_are_validated(store):
+    for bad in (None, 7, b"key", "x" * 65):
+        with pytest.raises(StoreError, match="owner"):
+            store.create_session("s", owner=bad)
+    for bad in (7, "x" * 65):
+        with pytest.raises(StoreError, match="owner"):
+            store.list_sessions(owner=bad)
+    assert store.create_session("s", owner="x" * 64).owner == "x" * 64
+
+
+def test_message_session_id(store):
+    sid = store.create_session().id
+    message = store.add_message(sid, "user", "x")
+    assert store.message_session_id(message.id) == sid
+    for missing in (message.id + 1, 2 ** 70, -1):
+        with pytest.raises(MessageNotFound, match="no message with id"):
+            store.message_session_id(missing)
+    with pytest.raises(StoreError):
+        store.message_session_id("1")
+
+
+# --- history pages -------------------------------------------------------------------------------
+def test_history_pages_give_every_message_once_in_order(store):
+    sid = store.create_session("long").id
+    other = store.create_session().id
+    sent = []
+    for i in range(120):
+        sent.append(store.add_message(sid, "user" if i % 2 == 0 else "bot", f"m{i}"))
+        if i % 7 == 0:
+            store.add_message(other, "user", "interleaved")  # ids of another session in between
+    pages, before = [], None
+    while True:
+        page, before = store.history_page("long", limit=50, before=before)
+        pages.append(page)
+        if before is None:
+            break
+        assert before == page[0].id
+    assert [len(p) for p in pages] == [50, 50, 20]
+    assert [m for p in reversed(pages) for m in p] == sent == store.history(sid)
+    assert store.history_page(sid, limit=50, before=pages[-1][0].id) == ([], None)
+    assert store.history_page(sid, limit=120) == (sent, None)
+    assert store.history_page(sid, limit=119) == (sent[1:], sent[1].id)
+    assert store.history_page(sid, limit=10 ** 30)[0] == sent  # beyond any table: all
+
+
+def test_history_page_edges(store):
+    sid = store.create_session().id
+    assert store.history_page(sid) == ([], None)
+    sent = [store.add_message(sid, "user", str(i)) for i in range(5)]
+    other = store.add_message(store.create_session().id, "user", "elsewhere")
+    assert store.history_page(sid, limit=2, before=sent[3].id) == (sent[1:3], sent[1].id)
+    # An int that is no message of this session is compared with the ids as it is.
+    assert store.history_page(sid, limit=10, before=other.id) == (sent, None)
+    assert store.history_page(sid, limit=10, before=sent[2].id) == (sent[:2], None)
+    assert store.history_page(sid, before=sent[0].id) == ([], None)
+    assert store.history_page(sid, before=2 ** 70) == (sent, None)
+    assert store.history_page(sid, before=0) == ([], None) == store.history_page(sid, before=-(2 ** 70))
+    for bad in ({"limit": 0}, {"limit": -1}, {"limit": True}, {"limit": "5"}, {"before": "3"},
+                {"before": 1.5}, {"before": True}):
+        with pytest.raises(StoreError):
+            store.history_page(sid, **bad)
+    with pytest.raises(SessionNotFound):
+        store.history_page(10 ** 6)
 
 
 # --- SQLite specifics ------------------------------------------------------------------------

@@ -214,8 +214,14 @@ def is_session_id(id_or_name: int | str) -> bool:
 _messages = MessageRow.__table__
 _sessions = SessionRow.__table__
 _MESSAGE_SESSION = select(_messages.c.session_id).where(_messages.c.id == bindparam("p_id"))
-_OWNED_SESSION = select(_sessions.c.id).where(_sessions.c.id == bindparam("p_session_id"),
-                                              _sessions.c.owner == bindparam("p_owner"))
+# The session row a message is appended to, locked on server databases (FOR NO KEY UPDATE:
+# the messages' foreign key checks still pass) so that appends to one session queue instead of
+# racing for a position; SQLite's BEGIN IMMEDIATE already serialises them (and ignores FOR UPDATE).
+_LOCK_SESSION = (select(_sessions.c.id).where(_sessions.c.id == bindparam("p_session_id"))
+                 .with_for_update(key_share=True))
+_LOCK_OWNED_SESSION = (select(_sessions.c.id).where(_sessions.c.id == bindparam("p_session_id"),
+                                                    _sessions.c.owner == bindparam("p_owner"))
+                       .with_for_update(key_share=True))
 _INSERT_MESSAGE = insert(_messages).values(
     position=select(func.coalesce(func.max(_messages.c.position) + 1, 0))
     .where(_messages.c.session_id == bindparam("p_session_id")).scalar_subquery(),
@@ -709,10 +715,16 @@ class SessionStore:
                 owner: str | None = None) -> Message:
         """One prepared Core INSERT instead of the ORM unit of work: a reply writes twice, both
         on its critical path. The next position is chosen inside the statement, within the
-        write transaction; a missing session fails the foreign key (-> SessionNotFound).
+        write transaction; a missing session fails the foreign key (-> SessionNotFound). On a
+        server database the session row is locked first: concurrent appends to one session
+        wait for each other (each then reads the committed positions), and the position retry
+        in ``add_message`` stays a fallback.
         """
-        if owner is not None and conn.execute(_OWNED_SESSION, {"p_session_id": sid, "p_owner": owner}).first() is None:
-            raise SessionNotFound(f"no session with id {sid}")
+        if owner is not None or not self._sqlite:
+            found = conn.execute(_LOCK_SESSION if owner is None else _LOCK_OWNED_SESSION,
+                                 {"p_session_id": sid, "p_owner": owner}).first()
+            if found is None:
+                raise SessionNotFound(f"no session with id {sid}")
         reply_to = fields["in_reply_to"]
         if reply_to is not None:
             session_of_reply = (conn.execute(_MESSAGE_SESSION, {"p_id": reply_to}).scalar()
