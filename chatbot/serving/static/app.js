@@ -1,0 +1,523 @@
+// The web chat page of `chatbot serve`: plain JavaScript over the native REST API (/api/...).
+// Server text (replies, names, errors) only ever goes into the page through textContent.
+"use strict";
+
+(function () {
+  const KEY_STORAGE = "chatbot.apiKey";
+  const PAGE = 50;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    model: $("model"), forgetKey: $("forget-key"),
+    error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
+    newSession: $("new-session"), newSessionName: $("new-session-name"),
+    sessions: $("sessions"), noSessions: $("no-sessions"),
+    title: $("session-title"), conversation: $("conversation"), log: $("log"), loadOlder: $("load-older"),
+    composer: $("composer"), message: $("message"), send: $("send"),
+    keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyReason: $("key-reason"),
+    correctionTemplate: $("correction-template"),
+  };
+
+  const state = {
+    key: readKey(),
+    auth: false,
+    sessions: [],
+    current: null,      // the shown session's id, null before the first message of a new one
+    nextBefore: null,   // the id to page older messages from, null when there are none
+    busy: false,
+    keyWait: null,      // the promise of a key being asked for
+  };
+
+  // --- errors ---------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, message, code) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function showError(error) {
+    let text = error && error.message ? error.message : String(error);
+    if (error instanceof TypeError) text = "Cannot reach the server (" + text + ")";
+    el.errorText.textContent = text;
+    el.error.hidden = false;
+  }
+
+  function clearError() {
+    el.error.hidden = true;
+    el.errorText.textContent = "";
+  }
+
+  // --- the API key ----------------------------------------------------------------------------
+  function readKey() {
+    try { return localStorage.getItem(KEY_STORAGE) || ""; } catch (e) { return ""; }
+  }
+
+  function storeKey(key) {
+    state.key = key;
+    try {
+      if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+    } catch (e) { /* storage refused (private mode): the key lasts as long as the page */ }
+    el.forgetKey.hidden = !key;
+  }
+
+  // Asks for the key once, however many requests were refused meanwhile.
+  function askForKey(reason) {
+    if (!state.keyWait) {
+      state.keyWait = new Promise((resolve) => {
+        el.keyReason.textContent = reason;
+        el.keyInput.value = "";
+        const done = (event) => {
+          event.preventDefault();
+          const key = el.keyInput.value.trim();
+          if (!key) return;
+          el.keyForm.removeEventListener("submit", done);
+          el.keyDialog.removeEventListener("cancel", keep);
+          el.keyDialog.close();
+          storeKey(key);
+          state.keyWait = null;
+          resolve(key);
+        };
+        const keep = (event) => event.preventDefault(); // nothing works without it: Escape keeps it
+        el.keyForm.addEventListener("submit", done);
+        el.keyDialog.addEventListener("cancel", keep);
+        if (!el.keyDialog.open) el.keyDialog.showModal();
+        el.keyInput.focus();
+      });
+    }
+    return state.keyWait;
+  }
+
+  // --- HTTP -----------------------------------------------------------------------------------
+  function headers(extra) {
+    const out = Object.assign({ "Accept": "application/json" }, extra || {});
+    if (state.key) out["Authorization"] = "Bearer " + state.key;
+    return out;
+  }
+
+  async function errorOf(response) {
+    let message = "HTTP " + response.status + " " + response.statusText;
+    let code = "";
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.message) {
+        message = body.error.message;
+        code = body.error.code || "";
+      }
+    } catch (e) { /* not JSON: the status line says it */ }
+    if (response.status === 429) {
+      const wait = response.headers.get("Retry-After");
+      if (wait) message += " (retry in " + wait + " s)";
+    }
+    return new ApiError(response.status, message, code);
+  }
+
+  // A fetch of the API (a path relative to the page, so that a mounted app works too) with the
+  // key; a 401 asks for the key and tries again. Resolves to the Response when it is a success.
+  async function request(path, options) {
+    options = options || {};
+    for (let attempt = 0; ; attempt++) {
+      const init = {
+        method: options.method || "GET",
+        headers: headers(options.body !== undefined ? { "Content-Type": "application/json" } : null),
+      };
+      if (options.body !== undefined) init.body = JSON.stringify(options.body);
+      if (options.accept) init.headers["Accept"] = options.accept;
+      const response = await fetch(path, init);
+      if (response.status === 401 && attempt < 5) {
+        const refused = !!state.key;
+        storeKey("");
+        await askForKey(refused ? "That key was refused: enter a valid API key." : "This server needs an API key.");
+        continue;
+      }
+      if (!response.ok) throw await errorOf(response);
+      return response;
+    }
+  }
+
+  async function api(path, options) {
+    const response = await request(path, options);
+    return response.status === 204 ? null : response.json();
+  }
+
+  // Reads a text/event-stream body: calls onEvent(name, data) per frame (a frame ends with a
+  // blank line; `data:` lines join with newlines, as EventSource does).
+  async function readEvents(response, onEvent) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    const dispatch = (frame) => {
+      let name = "message";
+      const data = [];
+      for (const line of frame.split("\n")) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") name = value;
+        else if (field === "data") data.push(value);
+      }
+      if (data.length) onEvent(name, data.join("\n"));
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      buffer = buffer.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+      if (done) break;
+    }
+    if (buffer.trim()) dispatch(buffer);
+  }
+
+  // --- rendering ------------------------------------------------------------------------------
+  function node(tag, className, text) {
+    const n = document.createElement(tag);
+    if (className) n.className = className;
+    if (text !== undefined && text !== null) n.textContent = text;
+    return n;
+  }
+
+  // Icons as inline SVG (drawn for this page): they show without an emoji font.
+  const ICONS = {
+    good: ["M3 10h3v11H3z", "M8 10l4-7c1.5 0 2.6 1.1 2.2 2.7L13.5 9h6c1.4 0 2.3 1.3 1.9 2.6l-2.1 7.7A2.4 2.4 0 0 1 17 21H8z"],
+    trash: ["M4 7h16", "M9 7V4h6v3", "M6 7l1 13h10l1-13", "M10 11v6", "M14 11v6"],
+  };
+
+  function icon(name) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    svg.classList.add("icon");
+    const group = document.createElementNS("http://www.w3.org/2000/svg", "g");
+    if (name === "bad") group.setAttribute("transform", "matrix(1 0 0 -1 0 24)"); // thumb down
+    for (const d of ICONS[name === "bad" ? "good" : name]) {
+      const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+      path.setAttribute("d", d);
+      group.append(path);
+    }
+    svg.append(group);
+    return svg;
+  }
+
+  function sessionLabel(session) {
+    return session.name ? session.name : "#" + session.id;
+  }
+
+  function renderSessions() {
+    el.sessions.replaceChildren();
+    el.noSessions.hidden = state.sessions.length > 0;
+    for (const session of state.sessions) {
+      const item = node("li", "session");
+      item.dataset.sessionId = session.id;
+      const open = node("button", "open");
+      open.type = "button";
+      open.append(node("span", "name", sessionLabel(session)),
+                  node("span", "count", session.message_count + (session.message_count === 1 ? " message" : " messages")));
+      if (session.id === state.current) {
+        item.classList.add("current");
+        open.setAttribute("aria-current", "true");
+      }
+      open.addEventListener("click", () => run(() => openSession(session.id)));
+      const remove = node("button", "delete link");
+      remove.append(icon("trash"));
+      remove.type = "button";
+      remove.title = "Delete this session";
+      remove.setAttribute("aria-label", "Delete session " + sessionLabel(session));
+      remove.addEventListener("click", () => run(() => deleteSession(session)));
+      item.append(open, remove);
+      el.sessions.append(item);
+    }
+  }
+
+  function showTitle() {
+    const session = state.sessions.find((s) => s.id === state.current);
+    el.title.textContent = session ? sessionLabel(session) : "New conversation";
+  }
+
+  function percent(value) {
+    return Math.round(Math.max(0, Math.min(1, value)) * 100) + "%";
+  }
+
+  function userBubble(message) {
+    const item = node("li", "message user");
+    item.dataset.role = "user";
+    if (message.id) item.dataset.messageId = message.id;
+    item.append(node("span", "visually-hidden", "You: "), node("div", "text", message.text));
+    return item;
+  }
+
+  function botBubble(message) {
+    const item = node("li", "message bot");
+    item.dataset.role = "bot";
+    item.append(node("span", "visually-hidden", "Bot: "), node("div", "text", message ? message.text : ""));
+    if (message) finishBot(item, message);
+    return item;
+  }
+
+  // A bot reply's details and actions, once it is stored (it has an id).
+  function finishBot(item, message) {
+    item.dataset.messageId = message.id;
+    item.classList.remove("pending");
+    item.removeAttribute("aria-busy");
+    item.querySelector(".text").textContent = message.text;
+    const meta = node("div", "meta");
+    if (message.fallback) {
+      item.classList.add("fallback");
+      const badge = node("span", "badge", "fallback");
+      badge.title = "The model was not confident: this is the fallback answer";
+      meta.append(badge);
+    }
+    if (typeof message.confidence === "number") {
+      const confidence = node("span", "confidence", "confidence " + percent(message.confidence));
+      const details = ["score " + (typeof message.score === "number" ? message.score.toFixed(3) : "?")];
+      if (typeof message.latency_ms === "number") details.push(Math.round(message.latency_ms) + " ms");
+      confidence.title = details.join(", ");
+      meta.append(confidence);
+    }
+    const actions = node("span", "actions");
+    const good = feedbackButton(item, "good", "Good reply (👍)");
+    const bad = feedbackButton(item, "bad", "Bad reply (👎)");
+    const correct = node("button", "correct link", "correct");
+    correct.type = "button";
+    correct.setAttribute("aria-label", "Correct this reply");
+    correct.addEventListener("click", () => openCorrection(item));
+    actions.append(good, bad, correct);
+    meta.append(actions);
+    item.append(meta);
+  }
+
+  function feedbackButton(item, rating, label) {
+    const button = node("button", "rate " + rating);
+    button.append(icon(rating));
+    button.type = "button";
+    button.dataset.rating = rating;
+    button.setAttribute("aria-label", label);
+    button.setAttribute("aria-pressed", "false");
+    button.title = label;
+    button.addEventListener("click", () => run(async () => {
+      const saved = await api("api/messages/" + item.dataset.messageId + "/feedback",
+                              { method: "POST", body: { rating } });
+      for (const b of item.querySelectorAll("button.rate")) {
+        b.setAttribute("aria-pressed", String(b.dataset.rating === saved.rating));
+      }
+    }));
+    return button;
+  }
+
+  function openCorrection(item) {
+    const existing = item.querySelector("form.correction");
+    if (existing) { existing.querySelector("textarea").focus(); return; }
+    const form = el.correctionTemplate.content.firstElementChild.cloneNode(true);
+    const box = form.querySelector("textarea");
+    form.querySelector(".cancel").addEventListener("click", () => form.remove());
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = box.value.trim();
+      if (!text) return;
+      run(async () => {
+        await api("api/messages/" + item.dataset.messageId + "/feedback",
+                  { method: "POST", body: { correction: text } });
+        form.remove();
+        item.querySelector(".meta").append(node("span", "corrected", "correction saved"));
+      });
+    });
+    box.addEventListener("keydown", (event) => { if (event.key === "Escape") form.remove(); });
+    item.append(form);
+    box.focus();
+  }
+
+  function renderMessage(message) {
+    return message.role === "bot" ? botBubble(message) : userBubble(message);
+  }
+
+  function scrollToEnd() {
+    el.conversation.scrollTop = el.conversation.scrollHeight;
+  }
+
+  // --- actions --------------------------------------------------------------------------------
+  // Runs an action: clears the last error, shows the new one; never fails silently.
+  async function run(action) {
+    clearError();
+    try {
+      await action();
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  async function loadSessions() {
+    const body = await api("api/sessions");
+    state.sessions = body.sessions;
+    renderSessions();
+    showTitle();
+  }
+
+  async function openSession(id) {
+    const page = await api("api/sessions/" + id + "/messages?limit=" + PAGE);
+    state.current = id;
+    state.nextBefore = page.next_before;
+    el.log.replaceChildren(...page.messages.map(renderMessage));
+    el.loadOlder.hidden = page.next_before === null;
+    renderSessions();
+    showTitle();
+    scrollToEnd();
+    el.message.focus();
+  }
+
+  async function loadOlder() {
+    if (state.current === null || state.nextBefore === null) return;
+    const id = state.current;
+    const page = await api("api/sessions/" + id + "/messages?limit=" + PAGE + "&before=" + state.nextBefore);
+    if (state.current !== id) return;
+    const height = el.conversation.scrollHeight;
+    el.log.prepend(...page.messages.map(renderMessage));
+    state.nextBefore = page.next_before;
+    el.loadOlder.hidden = page.next_before === null;
+    el.conversation.scrollTop += el.conversation.scrollHeight - height; // keep the reader's place
+  }
+
+  function startNew() {
+    state.current = null;
+    state.nextBefore = null;
+    el.log.replaceChildren();
+    el.loadOlder.hidden = true;
+    renderSessions();
+    showTitle();
+  }
+
+  async function createSession(name) {
+    const body = name ? { name } : {};
+    const session = await api("api/sessions", { method: "POST", body });
+    state.sessions.unshift(session);
+    return session;
+  }
+
+  async function deleteSession(session) {
+    if (!window.confirm("Delete the session " + sessionLabel(session) + " and its messages?")) return;
+    await api("api/sessions/" + session.id, { method: "DELETE" });
+    if (state.current === session.id) startNew();
+    await loadSessions();
+  }
+
+  async function send(text) {
+    if (state.current === null) {
+      const session = await createSession(null);
+      state.current = session.id;
+      renderSessions();
+      showTitle();
+    }
+    const sessionId = state.current;
+    const mine = userBubble({ text });
+    const reply = botBubble(null);
+    reply.classList.add("pending");
+    reply.setAttribute("aria-busy", "true");
+    reply.dataset.deltas = "0";
+    el.log.append(mine, reply);
+    scrollToEnd();
+    try {
+      const response = await request("api/sessions/" + sessionId + "/messages",
+                                     { method: "POST", body: { text, stream: true }, accept: "text/event-stream" });
+      let streamed = "";
+      let final = null;
+      let failure = null;
+      await readEvents(response, (name, data) => {
+        const payload = JSON.parse(data);
+        if (name === "delta") {
+          streamed += payload.text;
+          reply.querySelector(".text").textContent = streamed;
+          reply.dataset.deltas = String(Number(reply.dataset.deltas) + 1);
+          scrollToEnd();
+        } else if (name === "reply") {
+          final = payload;
+        } else if (name === "error" || payload.error) {
+          failure = payload.error || payload;
+        }
+      });
+      if (failure) throw new ApiError(0, failure.message || "the reply failed", failure.code);
+      if (!final) throw new Error("The reply stream ended before the reply");
+      if (state.current !== sessionId) return; // the reader moved on; the reply is stored
+      mine.dataset.messageId = final.in_reply_to;
+      finishBot(reply, final);
+      scrollToEnd();
+    } catch (error) {
+      mine.classList.add("failed");
+      reply.remove();
+      throw error;
+    } finally {
+      loadSessions().catch(showError);
+    }
+  }
+
+  // --- wiring ---------------------------------------------------------------------------------
+  function setBusy(busy) {
+    state.busy = busy;
+    el.send.disabled = busy;
+    el.composer.setAttribute("aria-busy", String(busy));
+  }
+
+  el.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = el.message.value.trim();
+    if (!text || state.busy) return;
+    setBusy(true);
+    run(async () => {
+      el.message.value = "";
+      try {
+        await send(text);
+      } catch (error) {
+        if (!el.message.value) el.message.value = text; // give the text back to try again
+        throw error;
+      }
+    }).finally(() => {
+      setBusy(false);
+      el.message.focus();
+    });
+  });
+
+  el.message.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      el.composer.requestSubmit();
+    }
+  });
+
+  el.newSession.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = el.newSessionName.value.trim();
+    run(async () => {
+      if (!name) { startNew(); el.message.focus(); return; } // made on its first message
+      const session = await createSession(name);
+      el.newSessionName.value = "";
+      await openSession(session.id);
+    });
+  });
+
+  el.loadOlder.addEventListener("click", () => run(loadOlder));
+  el.errorClose.addEventListener("click", clearError);
+  el.forgetKey.addEventListener("click", () => {
+    storeKey("");
+    state.sessions = [];
+    startNew();
+    if (state.auth) run(start);
+  });
+
+  async function start() {
+    const model = await api("api/model");
+    state.auth = !!model.auth;
+    el.model.textContent = model.name + " · chatbot " + model.chatbot_version;
+    document.title = model.name + " · chatbot";
+    if (state.auth && !state.key) await askForKey("This server needs an API key.");
+    await loadSessions();
+    if (state.current === null && state.sessions.length) await openSession(state.sessions[0].id);
+  }
+
+  storeKey(state.key);
+  run(start);
+})();
