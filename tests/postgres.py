@@ -73,7 +73,8 @@ class PostgresServer:
         why = unavailable()
         if why:
             raise PostgresUnavailable(why)
-        self.dir = Path(tempfile.mkdtemp(prefix="chatbot-pg-"))
+        # /tmp keeps the socket path short (107 bytes at most) and reachable by the server user.
+        self.dir = Path(tempfile.mkdtemp(prefix="chatbot-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
         if os.geteuid() == 0:  # the server's user must own its directory (root's is 0700)
             user = pwd.getpwnam(SERVER_USER)
             os.chown(self.dir, user.pw_uid, user.pw_gid)

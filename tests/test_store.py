@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chatbot.data.corpus import load_corpus
 from chatbot.errors import ChatbotError
 from chatbot.dialogue.store import (
-    SCHEMA_VERSION, MessageNotFound, SessionExists, SessionNotFound, SessionStore, StoreError, default_database_url,
+    HEAD_REVISION, SCHEMA_VERSION, MessageNotFound, SessionExists, SessionNotFound, SessionStore, StoreError, default_database_url,
     resolve_database_url,
 )
 
@@ -451,9 +451,10 @@ def test_reopening_keeps_data_and_version(db_path):
         sid = store.create_session("persist").id
         store.add_message(sid, "user", "still here")
     with SessionStore(f"sqlite:///{db_path}") as store:
-        assert store.schema_version() == SCHEMA_VERSION
+        assert store.schema_version() == SCHEMA_VERSION and store.schema_revision() == HEAD_REVISION
         assert [m.text for m in store.history("persist")] == ["still here"]
     assert raw_count(db_path, "SELECT count(*) FROM schema_info") == 1
+    assert raw_count(db_path, "SELECT count(*) FROM alembic_version") == 1
 
 
 def test_integrity_check_passes_on_a_used_database(store):
