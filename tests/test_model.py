@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.generator import Generator, xla_width
+from chatbot.inference.generator import XLA_MAX_BATCH, Generator, xla_width
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
@@ -186,11 +186,27 @@ def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
 def test_the_xla_loop_is_used_only_where_it_computes_the_same(tiny_bot):
     generator = tiny_bot.generator
     greedy = generator.resolve({})
-    assert generator.uses_xla(greedy, 1)
-    assert not generator.uses_xla(greedy, 2)  # batches shrink as replies end: the graph loop
+    assert generator.uses_xla(greedy, 1) and generator.uses_xla(greedy, XLA_MAX_BATCH)
+    # Larger batches shrink as replies end, in the graph loop; XLA would run every row to the longest.
+    assert not generator.uses_xla(greedy, XLA_MAX_BATCH + 1)
     for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"strategy": "sample"},
                      {"beam": 2}, {"max_length": generator.capacity + 1}):
         assert not generator.uses_xla(generator.resolve(settings), 1), settings
+
+
+def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(tiny_bot, tiny_pairs):
+    generator = tiny_bot.generator
+    questions = [[q] for q, _ in tiny_pairs[:3]] + [["something it never saw"]]  # 4 rows, then 3 (padded to 4)
+    for rows in (questions, questions[:3]):
+        source = generator.encode_inputs(generator.read(rows), generator.retrieve(generator.read(rows)))
+        xla_ids, xla_total, xla_lengths = (t.numpy() for t in generator._greedy_one(source, 30, 0))
+        graph = generator._step(tf.constant(source), *generator._step_args(generator.resolve({"max_length": 30}), 0))
+        ids, total, lengths = (t.numpy() for t in graph)
+        assert (xla_lengths == lengths).all()
+        for row, n in enumerate(lengths):
+            assert list(xla_ids[row, :n]) == list(ids[row, :n])
+        np.testing.assert_allclose(xla_total, total, rtol=1e-4, atol=1e-4)
+    assert (4, xla_width(source.shape[1])) in generator.compiled_shapes
 
 
 def test_warm_widths_compiles_ahead_what_a_reply_would_compile(tiny_bot):

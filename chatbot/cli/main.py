@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accept this bearer token (repeatable; also $CHATBOT_API_KEYS, comma-separated)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow listening beyond loopback without API keys")
-    serve.add_argument("--max-batch", type=int, default=32, help="requests decoded together at most [32]")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most [8]")
     serve.add_argument("--batch-wait-ms", type=float, default=2.0,
                        help="how long a decode waits for more requests to join it [2]")
     serve.add_argument("--rate-limit", type=float, default=600.0, help="requests per minute per key [600]")

@@ -48,11 +48,21 @@ NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
 XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
 COMMON_WIDTHS = (32, 64, 128, 256)  # what most inputs with retrieved pairs pad to
+# Batches up to this size decode greedily in ``_greedy_loop`` too (a server's requests that
+# arrived together): every row runs until the longest reply ends, which at this size still
+# beats the graph loop that drops finished rows (bench/results/serve_load.json).
+XLA_MAX_BATCH = 8
 
 
 def xla_width(width: int) -> int:
     """The padded width an input of ``width`` tokens is decoded at by ``_greedy_loop``."""
     return max(XLA_MIN_WIDTH, 1 << (max(width, 1) - 1).bit_length())
+
+
+def xla_batch(rows: int) -> int:
+    """The padded batch ``rows`` inputs are decoded in by ``_greedy_loop``: a power of two, so
+    that it is compiled for a few batch sizes only."""
+    return 1 << (max(rows, 1) - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,8 @@ class Generator:
         source = tf.TensorSpec([None, None], tf.int32)
         # ``_greedy_loop``'s history has this many columns: longer replies take ``_step_loop``.
         self.capacity = decoding.max_length
-        self.compiled_widths: set[int] = set()  # input widths ``_greedy_loop`` was compiled for
+        self.compiled_widths: set[int] = set()  # input widths ``_greedy_loop`` was compiled for, one input
+        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width), every batch size
         self._greedy = tf.function(self._greedy_loop, jit_compile=True, input_signature=[
             source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
         self._score = tf.function(self._score_batch, input_signature=[source, source])
@@ -184,12 +195,14 @@ class Generator:
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
 
-    def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS) -> None:
-        """Compile the XLA greedy loop for these input widths now (a quarter second each), so
-        that a conversation's first reply at each width does not wait for it."""
-        for width in widths:
-            if xla_width(width) not in self.compiled_widths:
-                self._greedy_one(np.full((1, width), START, np.int32), 2, 0)
+    def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS, batches: Sequence[int] = (1,)) -> None:
+        """Compile the XLA greedy loop for these input widths (and batch sizes: a server's
+        batches) now, a quarter second each, so that no reply waits for it later."""
+        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH):
+            # A batch pads to its widest input: batches of several are mostly the widest widths.
+            for width in (widths if batch == 1 else widths[-2:]):
+                if (batch, xla_width(width)) not in self.compiled_shapes:
+                    self._greedy_one(np.full((batch, width), START, np.int32), 2, 0)
 
     @property
     def trace_count(self) -> int:
@@ -357,18 +370,23 @@ class Generator:
         return history, total, lengths
 
     def _greedy_one(self, source: np.ndarray, max_length: int, min_length: int):
-        """``_greedy_loop`` on ``source`` padded to its XLA width."""
-        width = xla_width(source.shape[1])
-        padded = np.zeros((source.shape[0], width), np.int32)
-        padded[:, :source.shape[1]] = source
-        self.compiled_widths.add(width)
-        return self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
-                            tf.constant(min_length, tf.int32))
+        """``_greedy_loop`` on ``source`` padded to its XLA width and batch; the padding rows
+        copy the first input, so they end with it and cost no extra steps."""
+        rows, width = source.shape[0], xla_width(source.shape[1])
+        padded = np.zeros((xla_batch(rows), width), np.int32)
+        padded[:, :source.shape[1]] = source[0]
+        padded[:rows, :source.shape[1]] = source
+        if rows == 1:
+            self.compiled_widths.add(width)
+        self.compiled_shapes.add(padded.shape)
+        out = self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
+                           tf.constant(min_length, tf.int32))
+        return tuple(t[:rows] for t in out)
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
-        """Whether a call decodes with ``_greedy_loop``: one input, greedy, no repetition
-        controls (they need shapes XLA cannot compile), a reply fitting its history."""
-        return (batch == 1 and config.effective_strategy == "greedy" and config.max_length <= self.capacity
+        """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
+        no repetition controls (they need shapes XLA cannot compile), a reply fitting its history."""
+        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "greedy" and config.max_length <= self.capacity
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- beam search -------------------------------------------------------------------------

@@ -111,11 +111,11 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             except (TypeError, ValueError):
                 state.model_created = 0
             state.model_fingerprint = f"chatbot-{__version__}-{created}"
+            if warm_up:  # the common input widths and batch sizes: no request waits for XLA
+                await state.batcher.run_blocking(loaded.warm_widths, (1, 2, 4, 8))
             state.bot = loaded
             state.metrics.ready.set(1)
             log.info("model %s ready", loaded.name)
-            if warm_up:  # the other common input widths, before most conversations need them
-                await state.batcher.run_blocking(loaded.warm_widths)
         except Exception as exc:  # noqa: BLE001 - /readyz reports it
             state.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.error("could not load the model: %s", state.load_error)
@@ -139,7 +139,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             if bot is None and state.bot is not None:
                 state.bot.close()
 
-    app = FastAPI(title="chatbot", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="chatbot", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A seq2seq chatbot: an OpenAI-compatible chat API and a native REST API "
                               "over its dialogue manager.")
     app.state.chatbot = state
@@ -180,6 +180,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
                 "chatbot_version": __version__, "decoding": dataclasses.asdict(loaded.decoding),
                 "auth": current.keys.required}
 
+    _offline_docs(app)
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -187,3 +188,19 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         async def page():
             return FileResponse(STATIC / "index.html")
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the swagger-ui-bundle package's files, not a CDN: the
+    docs pages work where the server has no way out."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="chatbot API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")

@@ -22,9 +22,9 @@ class ServerSettings:
     max_tokens: int = 512  # the most a request may ask to generate (max_tokens)
     max_n: int = 8  # the most choices per chat completion
     page_limit: int = 200  # the most messages per history page
-    rate_per_minute: float = 600.0  # requests per key (or per client address without keys)
+    rate_per_minute: float = 600.0  # requests per API key (no limit without keys: loopback only)
     rate_burst: int = 60  # requests a key may send at once before the rate applies
-    max_batch: int = 32  # requests decoded together at most
+    max_batch: int = 8  # requests decoded together at most (see generator.XLA_MAX_BATCH)
     batch_wait_ms: float = 2.0  # how long a decode waits for more requests to join it
     stream_chunk_words: int = 1  # words per streamed chunk
     cors_origins: tuple[str, ...] = field(default_factory=tuple)

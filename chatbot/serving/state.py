@@ -64,8 +64,9 @@ async def owner(request: Request) -> str:
     if found is None:
         raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer <key>)",
                        {"WWW-Authenticate": "Bearer"})
-    client = found if state.keys.required else (request.client.host if request.client else "local")
-    wait = state.limiter.take(client)
+    # Per key. Without keys the server listens on loopback only (unless --insecure), where
+    # every client has the same address: a per-address limit would throttle them all as one.
+    wait = state.limiter.take(found) if state.keys.required else 0.0
     if wait > 0:
         raise ApiError(429, "rate_limited", "too many requests; slow down",
                        {"Retry-After": str(max(1, math.ceil(wait)))})

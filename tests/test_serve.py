@@ -1,0 +1,321 @@
+"""``chatbot serve``'s app: the OpenAI-compatible API, the native REST API, keys, limits,
+batching and errors, through FastAPI's TestClient on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from chatbot.serving.app import create_app
+from chatbot.serving.batching import DecodeBatcher
+from chatbot.serving.openai_api import words
+from chatbot.serving.security import KeyRing, RateLimiter, owner_of
+from chatbot.serving.settings import ServerSettings
+
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+
+
+def client_for(bot, **settings) -> TestClient:
+    return TestClient(create_app(bot=bot, settings=ServerSettings(**settings), warm_up=False))
+
+
+@pytest.fixture
+def api(bot):
+    with client_for(bot) as client:
+        yield client
+
+
+def chat(client, content, headers=None, **fields):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], **fields}
+    return client.post("/v1/chat/completions", json=body, headers=headers or {})
+
+
+def stream_events(response) -> list:
+    frames = [f for f in response.text.split("\n\n") if f.strip()]
+    assert all(f.startswith("data: ") for f in frames)
+    assert frames[-1] == "data: [DONE]"
+    return [json.loads(f[len("data: "):]) for f in frames[:-1]]
+
+
+# --- OpenAI-compatible ------------------------------------------------------------------------
+def test_chat_completion_is_the_models_decoded_reply(api, bot, tiny_pairs):
+    question, answer = tiny_pairs[2]
+    response = chat(api, question)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    [choice] = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": answer, "refusal": None}
+    assert choice["finish_reason"] == "stop"
+    generated = bot.generate([question])[0]
+    assert choice["message"]["content"] == generated.text
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == bot.count_tokens(question)
+    assert usage["completion_tokens"] == generated.tokens
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["chatbot"]["confidence"] == pytest.approx(generated.confidence, abs=1e-3)
+    assert body["chatbot"]["session_id"] is None  # stateless: nothing stored
+    assert bot.sessions() == []
+
+
+def test_models_lists_the_served_model_and_other_names_are_404(api):
+    assert [m["id"] for m in api.get("/v1/models").json()["data"]] == ["tiny"]
+    assert api.get("/v1/models/tiny").json()["object"] == "model"
+    wrong = chat(api, "hi", model="gpt-4")
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+
+
+def test_streaming_sends_the_same_reply_in_chunks(api, tiny_pairs):
+    question, answer = tiny_pairs[0]
+    events = stream_events(chat(api, question, stream=True, stream_options={"include_usage": True}))
+    ids = {e["id"] for e in events}
+    assert len(ids) == 1 and all(e["object"] == "chat.completion.chunk" for e in events)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == answer
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+    assert len(events) >= 2 + len(answer.split())  # one chunk per word
+
+
+def test_n_best_and_seeded_sampling(api, bot, tiny_pairs):
+    question = tiny_pairs[1][0]
+    beam = chat(api, question, n=3).json()["choices"]
+    expected = bot.generate([question], decoding={"beam": 3, "n_best": 3})[0].alternatives
+    assert [c["message"]["content"] for c in beam] == [t for t, _ in expected]
+    first = chat(api, question, n=2, temperature=1.5, seed=11).json()["choices"]
+    again = chat(api, question, n=2, temperature=1.5, seed=11).json()["choices"]
+    assert [c["message"]["content"] for c in first] == [c["message"]["content"] for c in again]
+
+
+def test_max_tokens_and_stop(api, tiny_pairs):
+    question, answer = tiny_pairs[2]  # "Paris is the capital of France."
+    cut = chat(api, question, max_tokens=2).json()
+    assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 2
+    stopped = chat(api, question, stop=[" capital"]).json()["choices"][0]
+    assert stopped["message"]["content"] == answer.split(" capital")[0] and stopped["finish_reason"] == "stop"
+
+
+def test_earlier_turns_are_accepted_as_context(api, tiny_pairs):
+    question, answer = tiny_pairs[0]
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": [{"type": "text", "text": question}]}]
+    response = api.post("/v1/chat/completions", json={"model": "tiny", "messages": messages})
+    assert response.json()["choices"][0]["message"]["content"] == answer
+
+
+def test_a_named_session_keeps_the_conversation(api, bot, tiny_pairs):
+    for question, _ in tiny_pairs[:2]:
+        response = chat(api, question, headers={"X-Session": "support-42"})
+        assert response.status_code == 200
+    session = bot.find_session("support-42")
+    history = bot.history(session.id)
+    assert [m.text for m in history] == [tiny_pairs[0][0], tiny_pairs[0][1], tiny_pairs[1][0], tiny_pairs[1][1]]
+    assert response.json()["chatbot"]["message_id"] == history[-1].id
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"{not json", 400),
+    (b"\xff\xfe\x00", 400),  # not UTF-8
+    (b"[" * 20000 + b"]" * 20000, 400),  # nested too deeply
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "\ud800"}]}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": "hello"}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": []}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": [{"role": "assistant", "content": "hi"}]}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 99}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10 ** 6}).encode(), 400),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 70000}]}).encode(), 413),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 30000}]}).encode(), 400),
+])
+def test_hostile_bodies_get_a_json_4xx_and_store_nothing(api, bot, body, status):
+    response = api.post("/v1/chat/completions", content=body,
+                        headers={"content-type": "application/json", "X-Session": "victim"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["code"] and "Traceback" not in response.text
+    assert bot.sessions() == []
+
+
+def test_message_length_limit_is_the_dialogue_setting(api, bot):
+    limit = bot.dialogue.max_message_chars
+    assert limit < 30000  # the case above is over it
+
+
+# --- native REST API --------------------------------------------------------------------------
+def test_sessions_messages_history_and_feedback(api, tiny_pairs):
+    created = api.post("/api/sessions", json={"name": "alice", "metadata": {"plan": "pro"}})
+    assert created.status_code == 201
+    sid = created.json()["id"]
+    assert api.post("/api/sessions", json={"name": "alice"}).status_code == 409
+    question, answer = tiny_pairs[0]
+    reply = api.post(f"/api/sessions/{sid}/messages", json={"text": question}).json()
+    assert reply["text"] == answer and reply["session_id"] == sid and 0 < reply["confidence"] <= 1
+    assert reply["latency_ms"] > 0 and reply["alternatives"][0]["text"] == answer
+    assert api.get("/api/sessions/alice").json()["message_count"] == 2
+    page = api.get(f"/api/sessions/{sid}/messages").json()
+    assert [m["role"] for m in page["messages"]] == ["user", "bot"] and page["next_before"] is None
+    assert page["messages"][1]["id"] == reply["id"] and page["messages"][1]["in_reply_to"] == reply["in_reply_to"]
+    rated = api.post(f"/api/messages/{reply['id']}/feedback", json={"rating": "good", "correction": "Tiny."})
+    assert rated.json()["rating"] == "good" and rated.json()["correction"] == "Tiny."
+    assert api.post(f"/api/messages/{reply['in_reply_to']}/feedback", json={"rating": "bad"}).status_code == 404
+    assert [s["name"] for s in api.get("/api/sessions").json()["sessions"]] == ["alice"]
+    assert api.delete(f"/api/sessions/{sid}").status_code == 204
+    assert api.get(f"/api/sessions/{sid}").status_code == 404
+    assert api.get("/api/sessions/../../etc/passwd").status_code == 404
+
+
+def test_history_pages_cover_every_message_once(api, bot):
+    session = bot.new_session()
+    for i in range(25):
+        bot.store.add_message(session.id, "user", f"m{i}")
+    seen, before = [], None
+    while True:
+        params = {"limit": 10} | ({"before": before} if before else {})
+        page = api.get(f"/api/sessions/{session.id}/messages", params=params).json()
+        seen = [m["text"] for m in page["messages"]] + seen
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == [f"m{i}" for i in range(25)]
+
+
+def test_streamed_native_reply(api, tiny_pairs):
+    sid = api.post("/api/sessions", json={}).json()["id"]
+    response = api.post(f"/api/sessions/{sid}/messages", json={"text": tiny_pairs[3][0], "stream": True})
+    frames = [f for f in response.text.split("\n\n") if f.strip()]
+    deltas = [json.loads(f.split("data: ", 1)[1])["text"] for f in frames if f.startswith("event: delta")]
+    final = json.loads(frames[-1].split("data: ", 1)[1])
+    assert frames[-1].startswith("event: reply") and "".join(deltas) == final["text"] == tiny_pairs[3][1]
+
+
+# --- keys, ownership, limits ------------------------------------------------------------------
+def test_keys_are_required_and_each_key_sees_only_its_own_sessions(bot, tiny_pairs):
+    a, b = ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
+    with client_for(bot, api_keys=(KEY_A, KEY_B)) as client:
+        assert client.get("/api/sessions").status_code == 401
+        wrong = client.get("/api/sessions", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert chat(client, "hi").status_code == 401
+        sid = client.post("/api/sessions", json={"name": "mine"}, headers=a).json()["id"]
+        reply = client.post(f"/api/sessions/{sid}/messages", json={"text": tiny_pairs[0][0]}, headers=a).json()
+        before = [m.text for m in bot.history(sid)]
+        for method, path, body in [
+            ("get", f"/api/sessions/{sid}", None), ("get", "/api/sessions/mine", None),
+            ("get", f"/api/sessions/{sid}/messages", None), ("delete", f"/api/sessions/{sid}", None),
+            ("post", f"/api/sessions/{sid}/messages", {"text": "hello"}),
+            ("post", f"/api/messages/{reply['id']}/feedback", {"rating": "bad"}),
+        ]:
+            response = client.request(method, path, json=body, headers=b)
+            assert response.status_code == 404, (method, path)
+            assert "mine" not in response.text and tiny_pairs[0][0] not in response.text
+        assert client.get("/api/sessions", headers=b).json() == {"sessions": []}
+        # B's own "mine" is another session; A's is untouched
+        assert chat(client, "hello", headers={**b, "X-Session": "mine"}).status_code == 200
+        assert [m.text for m in bot.history(sid)] == before
+        assert bot.store.get_session(sid).owner == owner_of(KEY_A)
+        assert bot.store.list_sessions()[0].owner == owner_of(KEY_B)
+        assert KEY_A not in json.dumps([s.metadata for s in bot.store.list_sessions()])
+
+
+def test_rate_limit_answers_429_with_retry_after(bot):
+    a, b = ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
+    with client_for(bot, api_keys=(KEY_A, KEY_B), rate_per_minute=1, rate_burst=2) as client:
+        codes = [client.get("/api/sessions", headers=a).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        limited = client.get("/api/sessions", headers=a)
+        assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["code"] == "rate_limited"
+        assert client.get("/api/sessions", headers=b).status_code == 200  # another key has its own budget
+
+
+def test_key_ring_and_rate_limiter_units():
+    ring = KeyRing((KEY_A,))
+    assert ring.owner(KEY_A) == owner_of(KEY_A) and len(owner_of(KEY_A)) == 32 and KEY_A not in owner_of(KEY_A)
+    assert ring.owner(KEY_A + "x") is None and ring.owner(None) is None and ring.owner("\udcff") is None
+    assert KeyRing(()).owner(None) == ""
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=1, clock=lambda: now[0])
+    assert limiter.take("k") == 0 and limiter.take("k") == pytest.approx(1.0)
+    now[0] = 1.0
+    assert limiter.take("k") == 0 and limiter.take("other") == 0
+
+
+def test_short_keys_are_refused():
+    from chatbot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 16"):
+        ServerSettings(api_keys=("short",))
+
+
+# --- operations ---------------------------------------------------------------------------------
+def test_health_readiness_and_metrics(api, tiny_pairs):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    chat(api, tiny_pairs[0][0])  # waits for the model
+    assert api.get("/readyz").json() == {"status": "ready", "model": "tiny"}
+    metrics = api.get("/metrics").text
+    assert 'chatbot_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in metrics
+    assert "chatbot_replies_total 1.0" in metrics and "chatbot_decode_batch_size_count 1.0" in metrics
+    assert api.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
+    docs = api.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert api.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_readyz_reports_a_model_that_failed_to_load(tmp_path):
+    app = create_app(tmp_path / "missing", "sqlite://", settings=ServerSettings())
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["status"] == "failed"
+        assert chat(client, "hi").json()["error"]["code"] == "model_unavailable"
+
+
+def test_requests_arriving_during_a_decode_join_the_next_one():
+    sizes, release = [], threading.Event()
+
+    def reply_many(requests, keep):
+        sizes.append(len(requests))
+        release.wait(5)
+        return [f"reply to {r}" for r in requests]
+
+    async def scenario():
+        batcher = DecodeBatcher(reply_many, max_batch=8, wait_ms=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["q0"]))
+        await asyncio.sleep(0.05)  # q0's decode is running
+        rest = [asyncio.create_task(batcher.submit([f"q{i}"])) for i in range(1, 11)]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r[0] for r in results] == [f"reply to q{i}" for i in range(11)]
+    assert sizes == [1, 8, 2]  # q1..q10 waited together, at most max_batch at once
+
+
+def test_concurrent_clients_get_their_own_replies(bot, tiny_pairs):
+    with client_for(bot, batch_wait_ms=20) as client:
+        out = {}
+
+        def ask(i):
+            question = tiny_pairs[i % 5][0]
+            out[i] = (question, chat(client, question).json()["choices"][0]["message"]["content"])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        answers = dict(tiny_pairs)
+        assert all(reply == answers[q] for q, reply in out.values()) and len(out) == 10
+        metrics = client.get("/metrics").text
+        count = float(metrics.split("chatbot_decode_batch_size_count ")[1].split()[0])
+        assert count < 10  # some requests were decoded together
+
+
+def test_words_rejoin_exactly():
+    for text in ["", "one", "two words", "  lead and  double  spaces ", "line\nbreak\n\ncode  x"]:
+        assert "".join(words(text, 1)) == text and "".join(words(text, 3)) == text
