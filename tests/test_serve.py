@@ -163,6 +163,8 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     rated = api.post(f"/api/messages/{reply['id']}/feedback", json={"rating": "good", "correction": "Tiny."})
     assert rated.json()["rating"] == "good" and rated.json()["correction"] == "Tiny."
     assert api.post(f"/api/messages/{reply['in_reply_to']}/feedback", json={"rating": "bad"}).status_code == 404
+    stored = api.get(f"/api/sessions/{sid}/messages").json()["messages"][1]["feedback"]
+    assert (stored["rating"], stored["correction"]) == ("good", "Tiny.")
     assert [s["name"] for s in api.get("/api/sessions").json()["sessions"]] == ["alice"]
     assert api.delete(f"/api/sessions/{sid}").status_code == 204
     assert api.get(f"/api/sessions/{sid}").status_code == 404

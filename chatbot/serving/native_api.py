@@ -51,13 +51,20 @@ def session_json(info) -> dict:
             "metadata": info.metadata}
 
 
-def message_json(message) -> dict:
+def feedback_json(feedback) -> dict | None:
+    if feedback is None:
+        return None
+    return {"message_id": feedback.message_id, "rating": feedback.rating, "correction": feedback.correction,
+            "updated_at": feedback.updated_at.isoformat()}
+
+
+def message_json(message, feedback=None) -> dict:
     out = {"id": message.id, "session_id": message.session_id, "position": message.position,
            "role": message.role, "text": message.text, "created_at": message.created_at.isoformat()}
     if message.role == "bot":
         out.update(score=message.score, confidence=message.confidence, fallback=message.fallback,
                    latency_ms=message.latency_ms, in_reply_to=message.in_reply_to,
-                   retrieved=(message.details or {}).get("retrieved", []))
+                   retrieved=(message.details or {}).get("retrieved", []), feedback=feedback_json(feedback))
     return out
 
 
@@ -123,9 +130,13 @@ async def history(session: str, request: Request, who: str = Depends(owner),
                   limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=2 ** 63 - 1)):
     state = state_of(request)
     limit = min(limit, state.settings.page_limit)
-    messages, next_before = await _store(
-        request, lambda st: st.history_page(session_ref(session), limit=limit, before=before, owner=who))
-    return {"messages": [message_json(m) for m in messages], "next_before": next_before}
+    def page(store):
+        ref = session_ref(session)
+        messages, next_before = store.history_page(ref, limit=limit, before=before, owner=who)
+        return messages, next_before, store.session_feedback(ref, owner=who)
+
+    messages, next_before, feedback = await _store(request, page)
+    return {"messages": [message_json(m, feedback.get(m.id)) for m in messages], "next_before": next_before}
 
 
 @router.post("/sessions/{session}/messages")
@@ -176,5 +187,4 @@ async def feedback(message_id: int, body: NewFeedback, request: Request, who: st
         raise ApiError(404, "message_not_found", "no such bot reply")
     saved = await _store(request, lambda st: st.set_feedback(message_id, rating=body.rating,
                                                              correction=correction, owner=who))
-    return {"message_id": saved.message_id, "rating": saved.rating, "correction": saved.correction,
-            "updated_at": saved.updated_at.isoformat()}
+    return feedback_json(saved)

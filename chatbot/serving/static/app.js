@@ -291,6 +291,11 @@
     actions.append(good, bad, correct);
     meta.append(actions);
     item.append(meta);
+    const feedback = message.feedback;  // stored earlier (history pages carry it)
+    if (feedback) {
+      for (const b of [good, bad]) b.setAttribute("aria-pressed", String(b.dataset.rating === feedback.rating));
+      if (feedback.correction) meta.append(node("span", "corrected", "correction saved"));
+    }
   }
 
   function feedbackButton(item, rating, label) {
