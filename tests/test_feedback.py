@@ -13,6 +13,7 @@ from chatbot.errors import InputError
 from chatbot.cli.repl import ChatRepl
 from chatbot.dialogue.store import SCHEMA_VERSION, SessionStore, StoreError
 from helpers import chatbot
+from test_migrations import legacy_database
 
 
 @pytest.fixture
@@ -94,17 +95,19 @@ def test_export_is_a_corpus_with_exactly_the_feedback_pairs(store, tmp_path):
 
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path):
-    path = tmp_path / "old.db"
+    """schema_info version 1, as chatbot wrote it before Alembic: no feedback table, no
+    confidence/details columns (tests/test_migrations.py checks every row of every version)."""
+    path = legacy_database(tmp_path / "old.db", version=1, rows=False)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO sessions VALUES (1, 'old', '2026-12-01 10:00:00', '2026-12-01 10:00:00', '{}')")
+        conn.execute("INSERT INTO messages (id, session_id, position, role, text, created_at) "
+                     "VALUES (1, 1, 0, 'user', 'q', '2026-12-01 10:00:01')")
+        conn.execute("INSERT INTO messages (id, session_id, position, role, text, created_at, score, in_reply_to) "
+                     "VALUES (2, 1, 1, 'bot', 'a', '2026-12-01 10:00:02', -0.1, 1)")
+    conn.close()
     with SessionStore(path) as store:
-        sid = store.create_session("old").id
-        exchange(store, sid, "q", "a")
-    with sqlite3.connect(path) as conn:  # what version 1 wrote: no feedback table, no columns of 3
-        conn.execute("DROP TABLE feedback")
-        conn.execute("ALTER TABLE messages DROP COLUMN confidence")
-        conn.execute("ALTER TABLE messages DROP COLUMN details")
-        conn.execute("UPDATE schema_info SET version = 1")
-    with SessionStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION
+        sid = store.get_session("old").id
         reply = store.history("old")[-1]
         assert reply.text == "a" and reply.confidence is None and reply.details is None
         store.set_feedback(reply.id, rating="good")
