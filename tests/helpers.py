@@ -1,8 +1,11 @@
 """Helpers shared by several test modules (fixtures live in ``conftest.py``): the ``chatbot``
-command run as users run it, and typing keys into the REPL's real prompt loop."""
+command run as users run it (a subprocess) or in-process, and typing keys into the REPL's real
+prompt loop."""
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
 import threading
@@ -19,6 +22,26 @@ def chatbot(*args, stdin: str | None = None, timeout: int = 300) -> subprocess.C
     """``python cli.py ARGS`` from the checkout: a real subprocess, its real exit code."""
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_cli(capsys, monkeypatch, *argv, stdin: str | bytes = b"") -> tuple[int, str, str]:
+    """``chatbot ARGV`` in-process, with ``stdin`` as its standard input: (exit status, stdout,
+    stderr). TensorFlow and the model's encoder are then loaded once per test session, not once
+    per command (3-8 s each on 2 cores). For what a command prints and returns; what only the
+    process shows (start-up noise on stderr, signals, a terminal, a real pipe) is tested with
+    ``chatbot`` above. ``ask`` and ``chat`` set TF_NUM_INTRAOP_THREADS for their process; here
+    that is undone after the test, so that it does not reach later tests' subprocesses."""
+    import chatbot.cli.main as cli
+
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", os.environ.get("TF_NUM_INTRAOP_THREADS", "1"))
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse: bad usage
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def drive(repl, keys: str, history=None, close: bool = False, later: str = "") -> str:

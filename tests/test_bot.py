@@ -12,7 +12,7 @@ import pytest
 from chatbot.dialogue.bot import ChatBot
 from chatbot.errors import DecodingError, InputError
 from chatbot.dialogue.store import SessionNotFound, SessionStore
-from helpers import chatbot
+from helpers import chatbot, run_cli
 
 
 def test_reply_stores_both_turns_with_model_identity(bot, tiny_pairs):
@@ -125,12 +125,14 @@ def test_threads_each_on_their_own_session(bot, tiny_pairs):
         assert [m.text for m in history[1::2]] == [a for _, a in tiny_pairs[:6]]
 
 
-def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path):
+def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path, capsys, monkeypatch):
+    """``chatbot ask`` in-process (it loads TensorFlow), the ``sessions`` commands as real processes."""
     db = tmp_path / "cli.db"
     (q1, a1), (q2, a2) = tiny_pairs[:2]
-    asked = chatbot("ask", "--model", tiny_bundle_path, "--db", db, "--session", "carol", q1, q2)
-    assert asked.returncode == 0, asked.stderr
-    assert asked.stdout.splitlines() == [a1, a2]
+    code, out, err = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--db", db,
+                             "--session", "carol", q1, q2)
+    assert code == 0, err
+    assert out.splitlines() == [a1, a2]
     listed = chatbot("sessions", "list", "--db", db, "--json")
     [row] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["name"] == "carol" and row["messages"] == 4

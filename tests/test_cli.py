@@ -1,4 +1,6 @@
-"""The ``chatbot`` command as users run it: real subprocesses, real exit codes."""
+"""The ``chatbot`` command as users run it: real subprocesses, real exit codes. Tests of what a
+command prints for its input run it in-process (``run_cli``: TensorFlow is not imported again
+for each); a real stdin pipe is tested in test_hardening_cli.py."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 import pytest
 
 from conftest import DATA
-from helpers import chatbot  # test_decoding.py still imports it from this module
+from helpers import chatbot, run_cli  # test_decoding.py still imports chatbot from this module
 
 
 def test_ask_answers_arguments_in_order(tiny_bundle_path, tiny_pairs):
@@ -18,23 +20,25 @@ def test_ask_answers_arguments_in_order(tiny_bundle_path, tiny_pairs):
     assert result.stderr == ""  # no TensorFlow start-up noise
 
 
-def test_ask_reads_stdin_one_reply_line_per_input_line(tiny_bundle_path, tiny_pairs):
+def test_ask_reads_stdin_one_reply_line_per_input_line(tiny_bundle_path, tiny_pairs, capsys, monkeypatch):
     questions = [q for q, _ in tiny_pairs[:5]]
     lines = questions[:2] + [""] + questions[2:] + ["¿qué? 😀"]
-    result = chatbot("ask", "--model", tiny_bundle_path, stdin="\n".join(lines) + "\n")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout.split("\n")
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path,
+                                   stdin="\n".join(lines) + "\n")
+    assert code == 0, stderr
+    out = stdout.split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)
     assert out[:2] == [a for _, a in tiny_pairs[:2]]
     assert out[2] == ""  # an empty input line gets an empty reply line, keeping lines aligned
     assert out[3:6] == [a for _, a in tiny_pairs[2:5]]
 
 
-def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
+def test_ask_json_lines(tiny_bundle_path, tiny_pairs, capsys, monkeypatch):
     question, answer = tiny_pairs[1]
-    result = chatbot("ask", "--model", tiny_bundle_path, "--json", stdin=f"{question}\n{question}\n")
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--json",
+                                   stdin=f"{question}\n{question}\n")
+    assert code == 0, stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
     assert len(rows) == 2
     for row in rows:
         assert set(row) == {"reply", "score", "confidence", "latency_ms", "read_as", "retrieved"}
@@ -45,21 +49,24 @@ def test_ask_json_lines(tiny_bundle_path, tiny_pairs):
         # What the model was shown: the question's own pair first, then the next nearest.
         assert row["retrieved"][0] == {"question": question, "answer": answer, "similarity": 1.0}
         assert len(row["retrieved"]) == 2 and set(row["retrieved"][1]) == {"question", "answer", "similarity"}
-    plain = chatbot("ask", "--model", tiny_bundle_path, "--json", "--no-retrieval", question)
-    assert plain.returncode == 0, plain.stderr
-    assert json.loads(plain.stdout)["retrieved"] == []
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--json",
+                                   "--no-retrieval", question)
+    assert code == 0, stderr
+    assert json.loads(stdout)["retrieved"] == []
     # A typo is read as the corpus word it was (data.spelling), and answered as the question.
-    typo = chatbot("ask", "--model", tiny_bundle_path, "--json", "How oldd are youu?")
-    assert typo.returncode == 0, typo.stderr
-    assert json.loads(typo.stdout)["read_as"] == "How old are you?"
-    assert json.loads(typo.stdout)["reply"] == answer
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--json",
+                                   "How oldd are youu?")
+    assert code == 0, stderr
+    assert json.loads(stdout)["read_as"] == "How old are you?"
+    assert json.loads(stdout)["reply"] == answer
 
 
-def test_ask_with_a_missing_model_fails_with_one_line(tmp_path):
-    result = chatbot("ask", "--model", tmp_path / "nope", "hello")
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "no such model" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_ask_with_a_missing_model_fails_with_one_line(tmp_path, capsys, monkeypatch):
+    """In-process; test_repl.py runs ``chatbot chat`` on a missing model as a real process."""
+    code, _, stderr = run_cli(capsys, monkeypatch, "ask", "--model", tmp_path / "nope", "hello")
+    assert code == 1
+    assert stderr.count("\n") == 1 and "no such model" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_train_reports_corpus_errors_with_file_and_line(tmp_path):
@@ -80,13 +87,15 @@ def test_train_rejects_unknown_config_keys(tmp_path):
     assert "model.unitz" in result.stderr
 
 
-def test_train_then_ask_through_the_cli(tmp_path):
+def test_train_then_ask_through_the_cli(tmp_path, capsys, monkeypatch):
+    """Trained in-process; the model it wrote then answers a real ``chatbot ask`` process."""
     out = tmp_path / "cli_model"
-    result = chatbot("train", "--corpus", DATA / "tiny_pairs.tsv", "--out", out, "--quiet",
-                     "--epochs", 3, "--units", 16, "--embedding-dim", 8, "--vocab-size", 100,
-                     "--validation-fraction", 0.2, "--set", "decoding.max_length=8")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.splitlines()[-1])
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", DATA / "tiny_pairs.tsv", "--out",
+                                   out, "--quiet", "--epochs", 3, "--units", 16, "--embedding-dim", 8,
+                                   "--vocab-size", 100, "--validation-fraction", 0.2,
+                                   "--set", "decoding.max_length=8")
+    assert code == 0, stderr
+    summary = json.loads(stdout.splitlines()[-1])
     assert summary["epochs"] == 3 and "validation_loss" in summary
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["units"] == 16 and config["decoding"]["max_length"] == 8

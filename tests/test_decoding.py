@@ -20,7 +20,7 @@ from chatbot.config import DataConfig, DecodingConfig
 from chatbot.errors import ConfigError
 from chatbot.inference.generator import Generator
 from chatbot.data.tokenizer import END, PAD, START
-from test_cli import chatbot
+from helpers import run_cli
 
 A, B, C, D, E = 5, 6, 7, 8, 9
 TOY_VOCAB = 10
@@ -283,19 +283,21 @@ def test_avoid_repeat_takes_the_best_different_alternative(bot, tiny_pairs):
     assert plain.text == answer  # without avoid_repeat the best is repeated
 
 
-def test_cli_ask_beam_n_best_json(tiny_bundle_path, tiny_pairs):
+def test_cli_ask_beam_n_best_json(tiny_bundle_path, tiny_pairs, capsys, monkeypatch):
+    """``chatbot ask`` in-process (test_cli.py runs it as a real process)."""
     question, answer = tiny_pairs[1]
-    result = chatbot("ask", "--model", tiny_bundle_path, "--beam", 4, "--n-best", 3, "--json", question)
-    assert result.returncode == 0, result.stderr
-    line = json.loads(result.stdout)
+    code, out, err = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--beam", 4, "--n-best", 3,
+                             "--json", question)
+    assert code == 0, err
+    line = json.loads(out)
     assert line["reply"] == answer and len(line["alternatives"]) == 3
     assert line["alternatives"][0] == {"reply": answer, "score": line["score"]}
-    sampled = chatbot("ask", "--model", tiny_bundle_path, "--temperature", 0.7, "--top-p", 0.9,
-                      "--top-k", 5, "--seed", 1, "--json", question)
-    assert sampled.returncode == 0, sampled.stderr
-    assert "alternatives" not in json.loads(sampled.stdout)
-    bad = chatbot("ask", "--model", tiny_bundle_path, "--top-p", 2, question)
-    assert bad.returncode == 1 and "decoding.top_p" in bad.stderr
+    code, out, err = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--temperature", 0.7,
+                             "--top-p", 0.9, "--top-k", 5, "--seed", 1, "--json", question)
+    assert code == 0, err
+    assert "alternatives" not in json.loads(out)
+    code, _, err = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--top-p", 2, question)
+    assert code == 1 and "decoding.top_p" in err
 
 
 def test_a_reply_with_every_token_forbidden_ends():

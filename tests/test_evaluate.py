@@ -16,7 +16,7 @@ from chatbot.evaluation.metrics import answers_by_input, corpus_bleu, corpus_chr
 from chatbot.evaluation.golden import check_golden, load_golden
 from chatbot.evaluation.evaluate import evaluate, evaluation_set
 from conftest import TINY_PAIRS
-from helpers import chatbot
+from helpers import chatbot, run_cli
 
 
 def png_size(path) -> tuple[int, int]:
@@ -240,13 +240,14 @@ def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, ti
     assert png_size(plot)[0] >= 600 and plot.stat().st_size > 5000
 
 
-def test_cli_evaluate_json_on_a_corpus(tiny_bundle_path, tiny_pairs, tmp_path):
+def test_cli_evaluate_json_on_a_corpus(tiny_bundle_path, tiny_pairs, tmp_path, capsys, monkeypatch):
+    """In-process, as the two below (the test above runs ``chatbot evaluate`` as a real process)."""
     golden = tmp_path / "golden.tsv"
     golden.write_text("".join(f"{q}\t{a}\n" for q, a in tiny_pairs[:3]), encoding="utf-8")
-    result = chatbot("evaluate", "--model", tiny_bundle_path, "--corpus", TINY_PAIRS, "--limit", 5,
-                     "--json", "--golden", golden, "--max-length", 30)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--corpus", TINY_PAIRS,
+                             "--limit", 5, "--json", "--golden", golden, "--max-length", 30)
+    assert code == 0, err
+    report = json.loads(out)
     assert {"model", "source", "pairs", "inputs", "loss", "perplexity", "token_accuracy", "exact_match",
             "bleu", "chrf", "distinct_1", "distinct_2", "reply_tokens", "reply_words", "latency_ms",
             "decoding", "golden"} <= set(report)
@@ -256,25 +257,25 @@ def test_cli_evaluate_json_on_a_corpus(tiny_bundle_path, tiny_pairs, tmp_path):
     assert report["golden"] == {"passed": 3, "failed": []}
 
 
-def test_cli_evaluate_errors_are_one_line(tiny_bundle_path, tmp_path):
+def test_cli_evaluate_errors_are_one_line(tiny_bundle_path, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.tsv"
     bad.write_text("Hi\tHello\nno tab\n")
-    result = chatbot("evaluate", "--model", tiny_bundle_path, "--golden", bad)
-    assert result.returncode == 1 and result.stderr == f"chatbot: error: {bad}:2: expected 'question<TAB>" \
-                                                       "expected answer', found no tab\n"
-    result = chatbot("evaluate", "--model", tiny_bundle_path, "--split", "validation")
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no validation split" in result.stderr
-    assert chatbot("evaluate", "--split", "test").returncode == 2
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--golden", bad)
+    assert code == 1 and err == f"chatbot: error: {bad}:2: expected 'question<TAB>expected answer', found no tab\n"
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--split", "validation")
+    assert code == 1 and err.count("\n") == 1 and "no validation split" in err
+    assert chatbot("evaluate", "--split", "test").returncode == 2  # a real process: argparse's exit
 
 
-def test_cli_bare_evaluate_without_a_validation_split_uses_the_training_split(tiny_bundle_path, tiny_pairs):
+def test_cli_bare_evaluate_without_a_validation_split_uses_the_training_split(tiny_bundle_path, tiny_pairs,
+                                                                              capsys, monkeypatch):
     """The tiny model, like models/default, is trained with data.validation_fraction 0: a bare
     ``chatbot evaluate`` evaluates on the training questions and says so (table, stderr, JSON)."""
-    result = chatbot("evaluate", "--model", tiny_bundle_path)
-    assert result.returncode == 0, result.stderr
-    assert f"evaluated on    train split: {len(tiny_pairs)} pairs" in result.stdout
-    assert result.stderr.count("\n") == 1 and "no validation split" in result.stderr
-    assert "training questions" in result.stderr
-    as_json = chatbot("evaluate", "--model", tiny_bundle_path, "--json", "--limit", 3)
-    assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["source"] == "train" and "training questions" in as_json.stderr
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path)
+    assert code == 0, err
+    assert f"evaluated on    train split: {len(tiny_pairs)} pairs" in out
+    assert err.count("\n") == 1 and "no validation split" in err
+    assert "training questions" in err
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--json", "--limit", 3)
+    assert code == 0, err
+    assert json.loads(out)["source"] == "train" and "training questions" in err

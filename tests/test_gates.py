@@ -5,15 +5,14 @@ for every question (retrieval only feeds the decoder; it cannot answer for it)."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from chatbot.evaluation.evaluate import evaluate, evaluation_set
 from chatbot.evaluation.golden import check_golden, load_golden
 from chatbot.training.pipeline import train
-from conftest import ROOT, TINY_PAIRS, tiny_config
+from conftest import TINY_PAIRS, tiny_config
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +40,13 @@ def test_one_epoch_fails_golden_checks_and_evaluate(one_epoch, tmp_path):
     assert report.exact_match < 0.2
 
 
-def test_one_epoch_fails_cli_evaluate_golden(one_epoch, tmp_path):
+def test_one_epoch_fails_cli_evaluate_golden(one_epoch, tmp_path, capsys, monkeypatch):
+    """``chatbot evaluate`` in-process (test_evaluate.py runs it as a real process)."""
     golden = tmp_path / "golden.tsv"
     golden.write_text(TINY_PAIRS.read_text(encoding="utf-8"), encoding="utf-8")
-    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "evaluate", "--model", str(one_epoch.path),
-                             "--split", "train", "--golden", str(golden), "--json"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 1, result.stderr
-    assert "golden cases failed" in result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", one_epoch.path, "--split", "train",
+                             "--golden", golden, "--json")
+    assert code == 1, err
+    assert "golden cases failed" in err
+    report = json.loads(out.strip().splitlines()[-1])
     assert report["exact_match"] < 0.2

@@ -8,7 +8,6 @@ last resort) and fails the walk just as a traceback would.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sys
@@ -20,19 +19,14 @@ import chatbot.cli.main as cli
 from chatbot.errors import BundleError, TokenizerError
 from chatbot.model.bundle import MANIFEST, Bundle, file_sha256
 from conftest import DATA
+from helpers import run_cli
 
 DEEP = 100_000  # nesting levels: far past Python's recursion limit
 
 
 def run(capsys, monkeypatch, *argv, stdin: bytes = b"") -> tuple[int, str, str]:
     """``chatbot ARGV`` in-process with ``stdin`` as bytes: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse: bad usage
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, monkeypatch, *argv, stdin=stdin)
 
 
 def assert_one_line_at_most(code, err: str, verdict: bool = False) -> None:
