@@ -15,7 +15,7 @@ from chatbot.errors import BundleError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.training.pipeline import GoldenCheckFailed, train
 from conftest import TINY_PAIRS, tiny_config
-from helpers import chatbot
+from helpers import chatbot, run_cli
 
 NEW_PAIRS = [
     ("What is your favourite food?", "I like pizza with olives."),
@@ -42,7 +42,7 @@ def test_fine_tuning_learns_the_new_pairs_and_keeps_the_old_ones(tiny_bundle_pat
                                                                  tmp_path):
     base = Bundle.load(tiny_bundle_path)
     assert exact(base, NEW_PAIRS) <= 0.2  # the base model does not know them
-    config = tiny_config(**{"training.epochs": 30, "training.learning_rate": 0.01})
+    config = tiny_config(**{"training.epochs": 15, "training.learning_rate": 0.01})  # 1.0 and 1.0 measured
     tuned = train(new_corpus, config, tmp_path / "tuned", verbose=0, base=tiny_bundle_path, mix_base_corpus=True)
 
     assert exact(tuned, NEW_PAIRS) >= 0.8
@@ -79,32 +79,36 @@ def test_unknown_tokens_are_reported_and_rebuild_vocab_fits_a_new_vocabulary(tin
     assert rebuilt.corpus["base_model"]["rebuilt_vocab"] is True
 
 
-def test_cli_fine_tuning_flags(tiny_bundle_path, new_corpus, tmp_path):
+def test_cli_fine_tuning_flags(tiny_bundle_path, new_corpus, tmp_path, capsys, monkeypatch):
     misuse = chatbot("train", "--corpus", new_corpus, "--mix-old", "--out", tmp_path / "m")
     assert misuse.returncode == 2 and "--mix-old and --rebuild-vocab go with --from MODEL" in misuse.stderr
-    result = chatbot("train", "--corpus", new_corpus, "--from", tiny_bundle_path, "--out", tmp_path / "m",
-                     "--epochs", "2", "--quiet", "--validation-fraction", "0")
-    assert result.returncode == 0, result.stderr
-    assert f"fine-tuning tiny ({tiny_bundle_path}); unknown tokens in the new training pairs: 0.0%" in result.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "train", "--corpus", new_corpus, "--from", tiny_bundle_path,
+                           "--out", tmp_path / "m", "--epochs", "2", "--quiet", "--validation-fraction", "0")
+    assert code == 0, err
+    assert f"fine-tuning tiny ({tiny_bundle_path}); unknown tokens in the new training pairs: 0.0%" in err
     assert (tmp_path / "m" / TOKENIZER).read_text() == (tiny_bundle_path / TOKENIZER).read_text()
 
 
-def test_a_model_failing_its_golden_checks_does_not_replace_the_bundle(tiny_bundle_path, tiny_pairs, tmp_path):
+def test_a_model_failing_its_golden_checks_does_not_replace_the_bundle(tiny_bundle_path, tiny_bot, tiny_pairs,
+                                                                       tmp_path):
+    """The gate judges whatever training made; the new models here are one-epoch fine-tunings of
+    the tiny model at a small learning rate, which answer as it does (11 s each, not 35)."""
     out = tmp_path / "installed"
     shutil.copytree(tiny_bundle_path, out)
     before = (out / WEIGHTS).read_bytes()
+    config = tiny_bot.bundle.config.with_overrides({"training.epochs": 1, "training.learning_rate": 1e-4})
     golden = tmp_path / "golden.tsv"
     golden.write_text("# the bot must know this\nWhat is your name?\tMy name is Tiny.\n"
                       "Goodbye\tThis answer was never in the corpus.\n", encoding="utf-8")
 
     with pytest.raises(GoldenCheckFailed, match=rf"fails 1 of 2 golden checks \(first: {golden}:3: 'Goodbye'"):
-        train(TINY_PAIRS, tiny_config(), out, verbose=0, golden=golden)
+        train(TINY_PAIRS, config, out, verbose=0, golden=golden, base=tiny_bundle_path)
     assert (out / WEIGHTS).read_bytes() == before  # the installed bundle is untouched
     rejected = Bundle.load(tmp_path / "installed.rejected")
     assert rejected.metrics["golden"] == {"file": str(golden), "passed": 1, "failed": 1}
 
     golden.write_text("".join(f"{q}\t{a}\n" for q, a in tiny_pairs[:5]), encoding="utf-8")
-    bundle = train(TINY_PAIRS, tiny_config(), out, verbose=0, golden=golden)
+    bundle = train(TINY_PAIRS, config, out, verbose=0, golden=golden, base=tiny_bundle_path)
     assert bundle.metrics["golden"]["failed"] == 0 and (out / WEIGHTS).read_bytes() != before
 
     # Every bundle carries its TensorBoard logs and a plot of the run, checksummed like the rest.
@@ -116,10 +120,11 @@ def test_a_model_failing_its_golden_checks_does_not_replace_the_bundle(tiny_bund
         Bundle.load(out)
 
 
-def test_a_bad_golden_file_fails_before_training(tmp_path):
+def test_a_bad_golden_file_fails_before_training(tmp_path, capsys, monkeypatch):
     golden = tmp_path / "golden.tsv"
     golden.write_text("What is your name?\tMy name is Tiny.\nno tab on this line\n", encoding="utf-8")
-    result = chatbot("train", "--corpus", TINY_PAIRS, "--golden", golden, "--out", tmp_path / "m")
-    assert result.returncode == 1
-    assert result.stderr.strip().endswith(f"{golden}:2: expected 'question<TAB>expected answer', found no tab")
+    code, _, err = run_cli(capsys, monkeypatch, "train", "--corpus", TINY_PAIRS, "--golden", golden,
+                           "--out", tmp_path / "m")
+    assert code == 1
+    assert err.strip().endswith(f"{golden}:2: expected 'question<TAB>expected answer', found no tab")
     assert not (tmp_path / "m").exists() and not (tmp_path / ".m.training").exists()
