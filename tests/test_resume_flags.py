@@ -4,6 +4,7 @@ says so) and refuses, in one line naming them, those that may not; it no longer 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -26,13 +27,22 @@ class Interrupt(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
-@pytest.fixture
-def interrupted(tmp_path) -> Path:
-    """An unfinished training of ``tmp_path/model``: one epoch of three done."""
-    out = tmp_path / "model"
+@pytest.fixture(scope="module")
+def interrupted_once(tmp_path_factory) -> Path:
+    """An unfinished training: one epoch of three done. Made once; each test resumes a copy."""
+    out = tmp_path_factory.mktemp("interrupted") / "model"
     with pytest.raises(KeyboardInterrupt):
         train(TINY_PAIRS, tiny_config(**SMALL), out, verbose=0, extra_callbacks=[Interrupt()])
-    assert (work_dir_for(out) / STATE).exists()
+    assert (work_dir_for(out) / STATE).exists() and not out.exists()
+    return out
+
+
+@pytest.fixture
+def interrupted(interrupted_once, tmp_path) -> Path:
+    """An unfinished training of ``tmp_path/model``: a copy of ``interrupted_once``'s work
+    directory, all that an interrupted run leaves (its state names the corpus, not itself)."""
+    out = tmp_path / "model"
+    shutil.copytree(work_dir_for(interrupted_once), work_dir_for(out))
     return out
 
 
