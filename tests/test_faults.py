@@ -247,16 +247,15 @@ def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bo
     assert [m.text for m in impatient_bot.history("s")] == [question, answer]
 
 
-def test_a_read_only_database_is_a_clear_error(tmp_path):
+def test_a_read_only_database_is_a_clear_error(tmp_path, capsys, monkeypatch):
     db = tmp_path / "chat.db"
     with SessionStore(db) as store:
         store.add_message(store.create_session("s").id, "user", "kept")
     url = f"sqlite:///file:{db}?mode=ro&uri=true"
-    result = subprocess.run(CLI + ["ask", "--db", url, "--session", "s", "hello"], capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.startswith("chatbot: error: ") and "readonly database" in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "ask", "--db", url, "--session", "s", "hello")  # in-process
+    assert code == 1
+    assert err.startswith("chatbot: error: ") and "readonly database" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
     with SessionStore(db) as store:
         assert [m.text for m in store.history("s")] == ["kept"]
 
