@@ -209,6 +209,30 @@ def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(ti
     assert (4, xla_width(source.shape[1])) in generator.compiled_shapes
 
 
+@pytest.mark.parametrize("beam, n_best", [(3, 1), (4, 3)])
+def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny_pairs, beam, n_best):
+    generator = tiny_bot.generator
+    config = generator.resolve({"beam": beam, "n_best": n_best, "max_length": 30})
+    assert generator.uses_xla_beam(config, 1) and generator.uses_xla_beam(config, XLA_MAX_BATCH)
+    questions = [[q] for q, _ in tiny_pairs[:2]] + [["something it never saw"]]  # 3 rows, padded to 4
+    for rows in (questions[:1], questions):
+        read = generator.read(rows)
+        source = generator.encode_inputs(read, generator.retrieve(read))
+        xla = [t.numpy() for t in generator._beam_one(source, config)]
+        graph = [t.numpy() for t in generator._beam(tf.constant(source), *generator._beam_args(config))]
+        assert (xla[2] == graph[2]).all()  # lengths
+        for row in range(len(rows)):
+            for j in range(n_best):
+                n = graph[2][row, j]
+                assert list(xla[0][row, j, :n]) == list(graph[0][row, j, :n])
+        np.testing.assert_allclose(xla[1], graph[1], rtol=1e-4, atol=1e-4)
+    assert (beam, n_best, 4, xla_width(source.shape[1])) in generator.compiled_beam_shapes
+    for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"beam": 9},
+                     {"max_length": generator.capacity + 1}):
+        assert not generator.uses_xla_beam(generator.resolve({"beam": beam, **settings}), 1), settings
+    assert not generator.uses_xla_beam(config, XLA_MAX_BATCH + 1)
+
+
 def test_warm_widths_compiles_ahead_what_a_reply_would_compile(tiny_bot):
     generator = tiny_bot.generator
     read = generator.read([["What is your name?"]])

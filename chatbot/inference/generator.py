@@ -30,6 +30,7 @@ the mean log-probability per generated token, end token included.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ class Generator:
         self.capacity = decoding.max_length
         self.compiled_widths: set[int] = set()  # input widths ``_greedy_loop`` was compiled for, one input
         self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width), every batch size
+        self.compiled_beam_shapes: set[tuple[int, int, int, int]] = set()  # (beam, n_best, batch, width)
         self._greedy = tf.function(self._greedy_loop, jit_compile=True, input_signature=[
             source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
         self._score = tf.function(self._score_batch, input_signature=[source, source])
@@ -170,18 +172,23 @@ class Generator:
             _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
             tf.TensorSpec([2], tf.int32),  # seed
         ])
+        self._beam_xla: dict[tuple[int, int], Any] = {}  # (beam, n_best) -> ``_beam_xla_loop``, compiled
         self._beam = tf.function(self._beam_loop, input_signature=[
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.int32), _scalar(tf.int32), _scalar(tf.float32),  # beam, n_best, length penalty
             _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
         ])
 
-    def warm_up(self, strategies: Sequence[str] = ("greedy",)) -> None:
+    def warm_up(self, strategies: Sequence[str] | None = None) -> None:
         """Trace and run the compiled loops once, so the first real reply does not pay for it.
         "greedy" compiles the XLA loop that one question decodes with, for a bare question and
         one with what retrieval finds, and for other widths on first use (a quarter second
         each; ``warm_widths``); the graph loop of batches and sampling is traced here for
-        "sample", else on its first use, as is beam search unless "beam" is asked for."""
+        "sample", else on its first use, as is beam search unless "beam" is asked for (the
+        model's own beam search compiles its XLA loop, as greedy does). None: greedy and the
+        model's own strategy."""
+        if strategies is None:
+            strategies = ("greedy", self.decoding.effective_strategy)
         source = tf.constant([[START]], tf.int32)
         if "greedy" in strategies:
             self._greedy_one(source.numpy(), 2, 0)
@@ -191,24 +198,38 @@ class Generator:
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
-            self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
+            own = self.decoding
+            if self.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
+                config = dataclasses.replace(own, max_length=2, min_length=0)
+                self._beam_one(source.numpy(), config)
+                if self.reads_retrieval:
+                    read = self.read([["hello"]])
+                    self._beam_one(self.encode_inputs(read, self.retrieve(read)), config)
+            else:
+                self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
 
     def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS, batches: Sequence[int] = (1,)) -> None:
-        """Compile the XLA greedy loop for these input widths (and batch sizes: a server's
-        batches) now, a quarter second each, so that no reply waits for it later."""
+        """Compile the XLA loop of the model's own decoding (greedy, or beam search) for these
+        input widths and batch sizes (a server's batches) now, a quarter second each, so that
+        no reply waits for it later."""
         for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH):
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-2:]):
-                if (batch, xla_width(width)) not in self.compiled_shapes:
-                    self._greedy_one(np.full((batch, width), START, np.int32), 2, 0)
+                source = np.full((batch, width), START, np.int32)
+                if self.uses_xla_beam(self.decoding, batch):
+                    config = dataclasses.replace(self.decoding, max_length=2, min_length=0)
+                    if (config.beam, config.n_best, batch, xla_width(width)) not in self.compiled_beam_shapes:
+                        self._beam_one(source, config)
+                elif (batch, xla_width(width)) not in self.compiled_shapes:
+                    self._greedy_one(source, 2, 0)
 
     @property
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
         return sum(f.experimental_get_tracing_count()
-                   for f in (self._greedy, self._step, self._beam, self._score))
+                   for f in (self._greedy, self._step, self._beam, self._score, *self._beam_xla.values()))
 
     # --- scoring given answers ---------------------------------------------------------------
     def _score_batch(self, source, target):
@@ -390,21 +411,19 @@ class Generator:
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- beam search -------------------------------------------------------------------------
-    def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
-                   repetition_penalty, ngram, min_length):
-        """Beam search over ``beam`` hypotheses per input, all inputs in one batch.
+    def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
+        """One beam search, for ``_beam_loop`` (any batch, a graph loop) and ``_beam_xla_loop``
+        (one input, XLA): the start state and its ``advance`` and ``results`` functions.
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
-        out; an input is done (``_decode_until_done`` writes its n-best and drops it) when all
-        its hypotheses have ended, or when live hypotheses can no longer enter its n-best.
-        Hypotheses are ranked by sum of log-probs / ((5 + length) / 6) ** length_penalty (GNMT).
-        Returns ids ``[B, n_best, max_length]``, the model's own log-prob sums, lengths and
-        ranking keys, each ``[B, n_best]``, best first.
+        out; an input is done when all its hypotheses have ended, or when live hypotheses can
+        no longer enter its n-best. Hypotheses are ranked by sum of log-probs /
+        ((5 + length) / 6) ** length_penalty (GNMT). ``width`` is the history's width (at
+        least ``max_length``); ``constrain(logits, history, step)`` forbids tokens.
         """
         vocab = self.model.vocab_size
         batch = tf.shape(source)[0]
-        k = beam
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         encoder_outputs = tf.repeat(encoder_outputs, k, axis=0)
         source_ids = tf.repeat(source_ids, k, axis=0)
@@ -413,7 +432,7 @@ class Generator:
         def penalty(length):
             return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, length_penalty)
 
-        positions = tf.range(max_length)
+        positions = tf.range(width)
         pad_only = tf.equal(tf.range(vocab), PAD)[None, None, :]
 
         def advance(step, search, decoder):
@@ -426,8 +445,7 @@ class Generator:
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             raw_logprobs = tf.reshape(tf.nn.log_softmax(logits), [searching, k * vocab])
-            constrained = self._constrain(logits, tf.reshape(history, [rows, max_length]), step,
-                                          repetition_penalty, ngram, min_length)
+            constrained = constrain(logits, tf.reshape(history, [rows, width]), step)
             logprobs = tf.reshape(tf.nn.log_softmax(constrained), [searching, k, vocab])
             extended = sums[:, :, None] + logprobs
             kept = tf.where(pad_only, sums[:, :, None], NEG_INF)  # ended: one candidate, PAD
@@ -473,12 +491,76 @@ class Generator:
         first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
         search = (tf.tile(first_only[None, :], [batch, 1]), tf.zeros([batch, k], tf.float32),
                   tf.zeros([batch, k], tf.int32), tf.zeros([batch, k], tf.bool),
-                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, max_length], tf.int32))
+                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, width], tf.int32))
         decoder = (tf.fill([batch * k], START), states, encoder_outputs, source_ids)
+        return search, decoder, advance, results
+
+    def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
+                   repetition_penalty, ngram, min_length):
+        """Beam search over ``beam`` hypotheses per input, all inputs in one batch
+        (``_beam_parts``); an input leaves the batch when it is done (``_decode_until_done``).
+        Returns ids ``[B, n_best, max_length]``, the model's own log-prob sums, lengths and
+        ranking keys, each ``[B, n_best]``, best first."""
+        def constrain(logits, history, step):
+            return self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
+
+        search, decoder, advance, results = self._beam_parts(source, max_length, max_length, beam, n_best,
+                                                             length_penalty, constrain)
+        batch = tf.shape(source)[0]
         outputs = (tf.zeros([batch, n_best, max_length], tf.int32), tf.zeros([batch, n_best], tf.float32),
                    tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best], tf.float32))
         return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
-                                  rows_per_input=k)
+                                  rows_per_input=beam)
+
+    def _beam_xla_loop(self, source, max_length, length_penalty, min_length, *, beam: int, n_best: int):
+        """``_beam_loop`` for one input as one XLA program: ``beam`` and ``n_best`` are fixed
+        (one compilation each), the history is ``capacity`` wide, and no repetition controls
+        (their shapes change as they run). Returns ``_beam_loop``'s results, ``capacity`` wide."""
+        too_early = tf.equal(tf.range(self.model.vocab_size), END)[None, :]
+
+        def constrain(logits, history, step):
+            return tf.where(tf.logical_and(step < min_length, too_early), NEG_INF, logits)
+
+        search, decoder, advance, results = self._beam_parts(source, max_length, self.capacity, beam, n_best,
+                                                             length_penalty, constrain)
+
+        def body(step, search, decoder, done):
+            search, decoder, done = advance(step, search, decoder)
+            return step + 1, search, decoder, done
+
+        def running(step, search, decoder, done):
+            return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
+
+        done = tf.zeros([tf.shape(source)[0]], tf.bool)
+        steps, search, _, _ = tf.while_loop(running, body, (tf.constant(0), search, decoder, done))
+        return results(steps, search)
+
+    def _beam_one(self, source: np.ndarray, config: DecodingConfig):
+        """``_beam_xla_loop`` on ``source`` padded to its XLA width and batch (padding rows copy
+        the first input, as in ``_greedy_one``), compiled once per beam width and n-best size
+        (and padded shape)."""
+        key = (config.beam, config.n_best)
+        if key not in self._beam_xla:
+            self._beam_xla[key] = tf.function(
+                functools.partial(self._beam_xla_loop, beam=config.beam, n_best=config.n_best),
+                jit_compile=True, input_signature=[tf.TensorSpec([None, None], tf.int32), _scalar(tf.int32),
+                                                   _scalar(tf.float32), _scalar(tf.int32)])
+        rows = source.shape[0]
+        padded = np.zeros((xla_batch(rows), xla_width(source.shape[1])), np.int32)
+        padded[:, :source.shape[1]] = source[0]
+        padded[:rows, :source.shape[1]] = source
+        self.compiled_beam_shapes.add((*key, *padded.shape))
+        out = self._beam_xla[key](tf.constant(padded), tf.constant(config.max_length, tf.int32),
+                                  tf.constant(config.length_penalty, tf.float32),
+                                  tf.constant(config.min_length, tf.int32))
+        return tuple(t[:rows] for t in out)
+
+    def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
+        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
+        beams of at most 8, no repetition controls, a reply fitting its history."""
+        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "beam" and config.beam <= 8
+                and config.max_length <= self.capacity
+                and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- the public side ---------------------------------------------------------------------
     @staticmethod
@@ -556,7 +638,9 @@ class Generator:
             shown = self.retrieve(chunk, config)
             padded_ids = self.encode_inputs(chunk, shown)
             source = tf.constant(padded_ids)
-            if beam:
+            if beam and self.uses_xla_beam(config, len(chunk)):
+                ids, logprob, lengths, keys = (t.numpy() for t in self._beam_one(padded_ids, config))
+            elif beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
             elif self.uses_xla(config, len(chunk)):
                 ids, logprob, lengths = (t.numpy()[:, None] for t in self._greedy_one(
