@@ -213,7 +213,8 @@ def test_batch_gives_the_same_replies_as_one_by_one(tiny_bot, questions, decodin
      {"strategy": "sample", "top_p": 0.8, "repetition_penalty": 1.2}],
 ], ids=["greedy", "beam", "sample"])
 def test_no_retracing_across_questions_and_settings(tiny_bot, settings):
-    tiny_bot.generate(["warm"], decoding=settings[0])  # beam search is traced on first use
+    for setting in settings:  # traced on first use: beam search once per (beam, n_best) in XLA
+        tiny_bot.generate(["warm"], decoding=setting)
     before = tiny_bot.generator.trace_count
     for n in range(1, 51):
         tiny_bot.generate([" ".join(["what"] * n) + "?"], decoding=settings[n % len(settings)])
