@@ -97,7 +97,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         loaded = bot if bot is not None else ChatBot.load(model, db=db, warm_up=False)
         if warm_up:
             loaded.warm_up()
-        loaded.store  # open (and migrate) the database now: a bad URL fails the load, not a request
+        _ = loaded.store  # open (and migrate) the database now: a bad URL fails the load, not a request
         return loaded
 
     async def load_in_background():
