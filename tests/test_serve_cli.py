@@ -1,0 +1,83 @@
+"""``chatbot serve`` as users start it: the loopback rule, bad settings, and a real server
+process that drains the request in flight on SIGTERM and prints no TensorFlow noise."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from conftest import ROOT
+from helpers import run_cli
+
+
+def test_without_keys_only_loopback(capsys, monkeypatch):
+    monkeypatch.delenv("CHATBOT_API_KEYS", raising=False)
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--host", "0.0.0.0")
+    assert code == 2 and "without API keys" in err and "--insecure" in err
+
+
+def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--api-key", "short")
+    assert code == 1 and err.strip().splitlines() == [
+        "chatbot: error: an API key must be at least 16 printable characters without spaces (one given is 5 long)"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):
+    port = _free_port()
+    # A lone request waits 1.5 s for company before its decode: SIGTERM lands while it waits.
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(tiny_bundle_path), "--db",
+         str(tmp_path / "serve.db"), "--port", str(port), "--batch-wait-ms", "1500"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        question, answer = tiny_pairs[0]
+        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": question}]}).encode()
+        result = {}
+
+        def ask():
+            request = urllib.request.Request(base + "/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json", "X-Session": "drain"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                result["status"] = response.status
+                result["reply"] = json.loads(response.read())["choices"][0]["message"]["content"]
+
+        client = threading.Thread(target=ask)
+        client.start()
+        time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert result == {"status": 200, "reply": answer}
+        # uvicorn re-raises the signal once it has drained: the conventional status of SIGTERM.
+        assert server.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    stderr = server.stderr.read()
+    assert "oneDNN" not in stderr and "absl" not in stderr and "cuda" not in stderr.lower(), stderr
+    from chatbot.dialogue.store import SessionStore
+
+    with SessionStore(f"sqlite:///{tmp_path / 'serve.db'}") as store:
+        assert [m.text for m in store.history("drain")] == [question, answer]
