@@ -11,10 +11,26 @@ import urllib.request
 from contextlib import contextmanager
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_ready(base: str, alive, timeout: float = 30) -> None:
+    """Poll ``base``/readyz until it answers 200; RuntimeError if ``alive()`` turns false or
+    ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError("the server did not become ready")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -26,24 +42,13 @@ def serving(bot, **settings):
     from chatbot.serving.settings import ServerSettings
 
     app = create_app(bot=bot, settings=ServerSettings(**settings), warm_up=False)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.05)
     try:
+        wait_until_ready(base, thread.is_alive)
         yield base
     finally:
         server.should_exit = True

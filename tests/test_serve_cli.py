@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import urllib.request
 
 from conftest import ROOT
 from helpers import run_cli
+from live_server import free_port, wait_until_ready
 
 
 def test_without_keys_only_loopback(capsys, monkeypatch):
@@ -28,14 +28,8 @@ def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
         "chatbot: error: an API key must be at least 16 printable characters without spaces (one given is 5 long)"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):
-    port = _free_port()
+    port = free_port()
     # A lone request waits 1.5 s for company before its decode: SIGTERM lands while it waits.
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(tiny_bundle_path), "--db",
@@ -43,16 +37,7 @@ def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_ready(base, lambda: server.poll() is None, timeout=120)
         question, answer = tiny_pairs[0]
         body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": question}]}).encode()
         result = {}
