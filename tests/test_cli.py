@@ -88,7 +88,7 @@ def test_train_rejects_unknown_config_keys(tmp_path):
 
 
 def test_train_then_ask_through_the_cli(tmp_path, capsys, monkeypatch):
-    """Trained in-process; the model it wrote then answers a real ``chatbot ask`` process."""
+    """In-process: ``chatbot ask`` as a real process is tested above."""
     out = tmp_path / "cli_model"
     code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", DATA / "tiny_pairs.tsv", "--out",
                                    out, "--quiet", "--epochs", 3, "--units", 16, "--embedding-dim", 8,
@@ -99,8 +99,8 @@ def test_train_then_ask_through_the_cli(tmp_path, capsys, monkeypatch):
     assert summary["epochs"] == 3 and "validation_loss" in summary
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["units"] == 16 and config["decoding"]["max_length"] == 8
-    asked = chatbot("ask", "--model", out, "What is your name?")
-    assert asked.returncode == 0 and len(asked.stdout.splitlines()) == 1
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "ask", "--model", out, "What is your name?")
+    assert code == 0 and len(stdout.splitlines()) == 1, stderr
 
 
 @pytest.mark.parametrize("args", [["ask", "--max-length", "x"], ["frobnicate"], []])
