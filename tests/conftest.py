@@ -1,7 +1,9 @@
-"""Shared fixtures: one tiny model trained once per test session (a few seconds on CPU)."""
+"""Shared fixtures: one tiny model trained once per test session (about a minute on 2 cores),
+shared by the pytest-xdist workers of a run."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -33,16 +35,31 @@ def tiny_config(**overrides) -> Config:
     return Config().with_overrides(base)
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle_path(tmp_path_factory) -> Path:
+def _train_tiny(out: Path) -> None:
     from chatbot.training.pipeline import train
 
-    out = tmp_path_factory.mktemp("models") / "tiny"
     # Retrieve and refine, as the default recipe: two retrieved pairs and two noisy copies per
     # pair, enough mistyped questions to learn to copy what retrieval shows; 60 epochs, so that it
     # answers all 20 training questions exactly (40 left one of them garbled).
     config = tiny_config(**{"data.retrieved_pairs": 2, "data.noisy_copies": 2, "training.epochs": 60})
     train(TINY_PAIRS, config, out, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_path(tmp_path_factory) -> Path:
+    """The tiny model's bundle, read-only (copy it to change it). Under pytest-xdist, the first
+    worker to need it trains it in the run's shared temporary directory while the others wait."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp("models") / "tiny"
+        _train_tiny(out)
+        return out
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, above each worker's own
+    out = shared / "models" / "tiny"  # alone in its folder, as tests/test_training_and_bundle.py checks
+    with open(shared / "tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if training fails
+        if not (shared / "tiny.done").exists():
+            _train_tiny(out)
+            (shared / "tiny.done").touch()
     return out
 
 
@@ -67,3 +84,20 @@ def bot(tiny_bot, tmp_path):
     b.generator = tiny_bot.generator
     yield b
     b.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order modules run in (pytest-xdist, --dist loadfile, hands whole modules to its
+    workers in this order): the first module that needs the tiny model, so that one worker
+    trains it at once, then the modules that do not need it, which the other worker runs
+    meanwhile, then the rest. Within a module, the order is the file's."""
+    def needs_tiny(item) -> bool:
+        return bool({"tiny_bundle_path", "tiny_bot", "bot"} & set(getattr(item, "fixturenames", ())))
+
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    tiny = [name for name, its in modules.items() if any(map(needs_tiny, its))]
+    first = tiny[:1]
+    rank = {name: 0 if name in first else 2 if name in tiny else 1 for name in modules}
+    items[:] = [item for name in sorted(modules, key=lambda name: rank[name]) for item in modules[name]]
