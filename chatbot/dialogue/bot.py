@@ -199,13 +199,13 @@ class ChatBot:
         self.wait_ready()
         self.generator.warm_up(strategies)
 
-    def warm_widths(self, batches: Sequence[int] = (1,)) -> None:
+    def warm_widths(self, batches: Sequence[int] = (1,), widths: Sequence[int] | None = None) -> None:
         """Compile the greedy loop for the input widths most replies need
         (``Generator.warm_widths``), and for these batch sizes (a server's): an interactive
         front end calls it in the background while the first message is typed, so that no
         early reply waits for a compilation."""
         self.wait_ready()
-        self.generator.warm_widths(batches=batches)
+        self.generator.warm_widths(**({"widths": widths} if widths else {}), batches=batches)
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,

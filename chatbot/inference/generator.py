@@ -49,6 +49,7 @@ NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
 XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
 COMMON_WIDTHS = (32, 64, 128, 256)  # what most inputs with retrieved pairs pad to
+SERVER_WIDTHS = (32, 64, 128, 256, 512)  # ... and the longest (a code answer retrieved): a server's
 # Batches up to this size decode greedily in ``_greedy_loop`` too (a server's requests that
 # arrived together): every row runs until the longest reply ends, which at this size still
 # beats the graph loop that drops finished rows (bench/results/serve_load.json).
@@ -216,7 +217,7 @@ class Generator:
         no reply waits for it later."""
         for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH):
             # A batch pads to its widest input: batches of several are mostly the widest widths.
-            for width in (widths if batch == 1 else widths[-2:]):
+            for width in (widths if batch == 1 else widths[-3:]):
                 source = np.full((batch, width), START, np.int32)
                 if self.uses_xla_beam(self.decoding, batch):
                     config = dataclasses.replace(self.decoding, max_length=2, min_length=0)

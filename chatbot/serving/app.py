@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chatbot.inference.generator import SERVER_WIDTHS
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
@@ -111,8 +112,8 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             except (TypeError, ValueError):
                 state.model_created = 0
             state.model_fingerprint = f"chatbot-{__version__}-{created}"
-            if warm_up:  # the common input widths and batch sizes: no request waits for XLA
-                await state.batcher.run_blocking(loaded.warm_widths, (1, 2, 4, 8))
+            if warm_up:  # every input width and batch size it will meet: no request waits for XLA
+                await state.batcher.run_blocking(loaded.warm_widths, (1, 2, 4, 8), SERVER_WIDTHS)
             state.bot = loaded
             state.metrics.ready.set(1)
             log.info("model %s ready", loaded.name)
