@@ -93,6 +93,14 @@ class Server:
                     sizes.append(round(int(line.split()[1]) / 1024, 1))
         return sizes
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and its workers so far."""
+        total = 0.0
+        for pid in [self.process.pid, *self.worker_pids()]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -192,6 +200,23 @@ def check_store(db: str, run: dict, allow_failed: bool) -> dict:
             "problem_count": len(problems)}
 
 
+def measured(server: Server, asked: list[str], clients: int) -> dict:
+    """``figures`` of a run, with the CPU time it cost, per reply: the server's, and this
+    process's (the clients share the 2 cores with the server)."""
+    import resource
+
+    def own_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    server_before, client_before = server.cpu_seconds(), own_cpu()
+    result = figures(asyncio.run(run_clients(server.url, asked, clients, None)))
+    replies = max(1, result["requests"] - result["errors"])
+    result["server_cpu_ms_per_reply"] = round((server.cpu_seconds() - server_before) * 1000 / replies, 2)
+    result["client_cpu_ms_per_reply"] = round((own_cpu() - client_before) * 1000 / replies, 2)
+    return result
+
+
 def batching_phase(model: str, tmp: Path, quick: bool) -> dict:
     """One worker, stateless replies: one client at a time, then 32 clients at once with the
     server's batching and with --max-batch 1 (each request decoded alone: the control)."""
@@ -203,10 +228,9 @@ def batching_phase(model: str, tmp: Path, quick: bool) -> dict:
             log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s")
             asyncio.run(run_clients(server.url, asked[:40], 4, None))  # warm up, not measured
             if label == "batched":
-                result["one_client"] = figures(asyncio.run(
-                    run_clients(server.url, asked[:150 if not quick else 40], 1, None)))
+                result["one_client"] = measured(server, asked[:150 if not quick else 40], 1)
                 log(f"batching: 1 client {result['one_client']}")
-            result[f"clients_32_{label}"] = figures(asyncio.run(run_clients(server.url, asked, 32, None)))
+            result[f"clients_32_{label}"] = measured(server, asked, 32)
             log(f"batching: 32 clients, {label} {result[f'clients_32_{label}']}")
         finally:
             server.stop()
@@ -259,6 +283,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="requests per multi-worker run [5000]")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 400 requests, SQLite, 2 workers")
+    parser.add_argument("--batching-only", action="store_true",
+                        help="phase 1 only, written to results/serve_load_batching.json")
     args = parser.parse_args()
     import tempfile
 
@@ -269,6 +295,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         result["batching"] = batching_phase(args.model, tmp, args.quick)
+        if args.batching_only:
+            result["partial"] = args.quick
+            emit(result, name="serve_load_batching")
+            return
         runs = {}
         for workers in ((2,) if args.quick else (2, 4)):
             runs[f"sqlite_{workers}"] = workers_phase(
