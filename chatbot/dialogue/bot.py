@@ -300,31 +300,34 @@ class ChatBot:
         return len(self.generator.tokenizer.encode(text))
 
     # --- sessions ----------------------------------------------------------------------------
-    def new_session(self, name: str | None = None, metadata: dict | None = None):
-        return self.store.create_session(name, metadata)
+    # Every session method takes ``owner``: the server's API keys each own their sessions and
+    # see no other (``SessionNotFound``, as for a missing one). None: no restriction, and names
+    # are those of sessions made without an owner (the library's, the CLI's).
+    def new_session(self, name: str | None = None, metadata: dict | None = None, owner: str | None = None):
+        return self.store.create_session(name, metadata, owner=owner or "")
 
-    def session(self, id_or_name: int | str, create: bool = True):
+    def session(self, id_or_name: int | str, create: bool = True, owner: str | None = None):
         """An existing session by id or name; a missing *name* is created when ``create``,
         atomically: threads and processes asking for the same new name get the same session."""
         from chatbot.dialogue.store import is_session_id
 
         id_or_name = _session_ref(id_or_name)
         if create and not is_session_id(id_or_name):
-            return self.store.get_or_create_session(id_or_name)
-        return self.store.get_session(id_or_name)
+            return self.store.get_or_create_session(id_or_name, owner=owner or "")
+        return self.store.get_session(id_or_name, owner=owner)
 
-    def find_session(self, name: str):
+    def find_session(self, name: str, owner: str | None = None):
         """The session called ``name``, or None (never creates one)."""
         if not isinstance(name, str):
             raise InputError(f"a session name is a str, not {_type_name(name)}")
-        return self.store.find_session(name)
+        return self.store.find_session(name, owner=owner or "")
 
-    def sessions(self):
-        return self.store.list_sessions()
+    def sessions(self, owner: str | None = None):
+        return self.store.list_sessions(owner=owner)
 
-    def export_session(self, session: int | str, format: str = "jsonl") -> str:
+    def export_session(self, session: int | str, format: str = "jsonl", owner: str | None = None) -> str:
         """A session as JSON lines (every message with its details) or corpus YAML."""
-        return self.store.export_session(_session_ref(session), format=format)
+        return self.store.export_session(_session_ref(session), format=format, owner=owner)
 
     @property
     def database_url(self) -> str:
@@ -336,12 +339,22 @@ class ChatBot:
         """Whether the session database lives in memory only (``sqlite://``): nothing is kept."""
         return self.store.in_memory
 
-    def history(self, session: int | str, last: int | None = None):
+    def history(self, session: int | str, last: int | None = None, owner: str | None = None):
         """The session's messages, oldest first; only the newest ``last`` when given."""
-        return self.store.history(_session_ref(session), last=_last_count(last))
+        return self.store.history(_session_ref(session), last=_last_count(last), owner=owner)
 
-    def delete_session(self, session: int | str) -> None:
-        self.store.delete_session(_session_ref(session))
+    def history_page(self, session: int | str, limit: int = 50, before: int | None = None,
+                     owner: str | None = None):
+        """A page of a long session, for clients that scroll back: the newest ``limit``
+        messages before message id ``before`` (oldest first), the ``before`` of the next older
+        page (None at the start), and the stored feedback of the page's replies by message id."""
+        session = _session_ref(session)
+        messages, next_before = self.store.history_page(session, limit=limit, before=before, owner=owner)
+        feedback = self.store.session_feedback(session, owner=owner)
+        return messages, next_before, {m.id: feedback[m.id] for m in messages if m.id in feedback}
+
+    def delete_session(self, session: int | str, owner: str | None = None) -> None:
+        self.store.delete_session(_session_ref(session), owner=owner)
 
     def reply(self, text: str, session: int | str | None = None, max_length: int | None = None,
               decoding: DecodingConfig | dict[str, Any] | None = None) -> Reply:
@@ -471,16 +484,23 @@ class ChatBot:
         return session_id, context, previous, user
 
     # --- feedback ----------------------------------------------------------------------------
-    def rate(self, message_id: int, rating: str):
+    def rate(self, message_id: int, rating: str, owner: str | None = None):
         """Mark a stored reply "good" or "bad" (``Reply.message_id``)."""
-        return self.store.set_feedback(_message_ref(message_id), rating=rating)
+        return self.store.set_feedback(_message_ref(message_id), rating=rating, owner=owner)
 
-    def correct(self, message_id: int, better_answer: str):
+    def correct(self, message_id: int, better_answer: str, owner: str | None = None):
         """Record the answer a reply should have been; it is exported as a training pair."""
+        return self.give_feedback(message_id, correction=better_answer, owner=owner)
+
+    def give_feedback(self, message_id: int, rating: str | None = None, correction: str | None = None,
+                      owner: str | None = None):
+        """A rating and/or a correction in one write (what the HTTP API takes)."""
         message_id = _message_ref(message_id)
-        if isinstance(better_answer, str) and not better_answer.strip():
+        if isinstance(correction, str) and not correction.strip():
             raise InputError("a correction must not be empty")
-        return self.store.set_feedback(message_id, correction=self.check_message(better_answer))
+        if correction is not None:
+            correction = self.check_message(correction)
+        return self.store.set_feedback(message_id, rating=rating, correction=correction, owner=owner)
 
     def close(self) -> None:
         if self._warming is not None:

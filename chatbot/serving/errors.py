@@ -34,15 +34,15 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 def from_library(exc: Exception) -> ApiError:
     """A library exception as the HTTP error a client can act on."""
-    from chatbot.dialogue.store import SessionNotFound
+    from chatbot.dialogue.store import MessageNotFound, SessionNotFound
 
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, SessionNotFound):
         return ApiError(404, "session_not_found", "no such session")
+    if isinstance(exc, MessageNotFound):
+        return ApiError(404, "message_not_found", "no such bot reply")
     if isinstance(exc, (InputError, ConfigError)):
         return ApiError(400, "invalid_request", text)
-    if isinstance(exc, StoreError) and "is not a stored bot reply" in text:
-        return ApiError(404, "message_not_found", "no such bot reply")
     if isinstance(exc, StoreError):
         log.error("store: %s", text)
         return ApiError(503, "store_unavailable", "the session database is unavailable; retry later",

@@ -76,12 +76,13 @@ def reply_json(reply) -> dict:
             "retrieved": retrieved_json(reply.retrieved), "read_as": reply.read_as}
 
 
-async def _store(request: Request, call):
-    """A store call in the decode thread's company (off the event loop), errors mapped."""
+async def _call(request: Request, call):
+    """``call(bot)`` off the event loop, in the decode thread's company, errors mapped: the
+    store's work goes through ``ChatBot``, the one door to it."""
     state = state_of(request)
-    await state.bot_when_ready()
+    bot = await state.bot_when_ready()
     try:
-        return await state.batcher.run_blocking(call, state.bot.store)
+        return await state.batcher.run_blocking(call, bot)
     except ApiError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -99,29 +100,29 @@ async def create_session(body: NewSession, request: Request, who: str = Depends(
     if body.name is not None and body.name.isascii() and body.name.isdigit():
         raise ApiError(400, "invalid_request", "name: a session name must not be a number (ids are)")
 
-    def create(store):
+    def create(bot):
         from chatbot.dialogue.store import SessionExists
 
         try:
-            return store.create_session(body.name, body.metadata, owner=who)
+            return bot.new_session(body.name, body.metadata, owner=who)
         except SessionExists:
             raise ApiError(409, "session_exists", "a session with this name exists") from None
-    return session_json(await _store(request, create))
+    return session_json(await _call(request, create))
 
 
 @router.get("/sessions")
 async def list_sessions(request: Request, who: str = Depends(owner)):
-    return {"sessions": [session_json(s) for s in await _store(request, lambda st: st.list_sessions(owner=who))]}
+    return {"sessions": [session_json(s) for s in await _call(request, lambda bot: bot.sessions(owner=who))]}
 
 
 @router.get("/sessions/{session}")
 async def get_session(session: str, request: Request, who: str = Depends(owner)):
-    return session_json(await _store(request, lambda st: st.get_session(session_ref(session), owner=who)))
+    return session_json(await _call(request, lambda bot: bot.session(session_ref(session), False, owner=who)))
 
 
 @router.delete("/sessions/{session}", status_code=204)
 async def delete_session(session: str, request: Request, who: str = Depends(owner)):
-    await _store(request, lambda st: st.delete_session(session_ref(session), owner=who))
+    await _call(request, lambda bot: bot.delete_session(session_ref(session), owner=who))
     return Response(status_code=204)
 
 
@@ -130,12 +131,8 @@ async def history(session: str, request: Request, who: str = Depends(owner),
                   limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=2 ** 63 - 1)):
     state = state_of(request)
     limit = min(limit, state.settings.page_limit)
-    def page(store):
-        ref = session_ref(session)
-        messages, next_before = store.history_page(ref, limit=limit, before=before, owner=who)
-        return messages, next_before, store.session_feedback(ref, owner=who)
-
-    messages, next_before, feedback = await _store(request, page)
+    messages, next_before, feedback = await _call(
+        request, lambda bot: bot.history_page(session_ref(session), limit, before, owner=who))
     return {"messages": [message_json(m, feedback.get(m.id)) for m in messages], "next_before": next_before}
 
 
@@ -150,7 +147,7 @@ async def post_message(session: str, body: NewMessage, request: Request, who: st
         beam = body.decoding.get("beam")
         if isinstance(beam, int) and beam > state.settings.max_n * 2:
             raise ApiError(400, "invalid_request", f"decoding.beam: at most {state.settings.max_n * 2}")
-    info = await _store(request, lambda st: st.get_session(session_ref(session), owner=who))
+    info = await _call(request, lambda bot: bot.session(session_ref(session), False, owner=who))
     (reply,) = await state.batcher.submit(
         [ReplyRequest(body.text, session=info.id, decoding=body.decoding, owner=who)])
     if isinstance(reply, Exception):
@@ -173,18 +170,7 @@ async def post_message(session: str, body: NewMessage, request: Request, who: st
 async def feedback(message_id: int, body: NewFeedback, request: Request, who: str = Depends(owner)):
     if body.rating is None and body.correction is None:
         raise ApiError(400, "invalid_request", "give a rating, a correction or both")
-    state = state_of(request)
-    bot = await state.bot_when_ready()
-    correction = None
-    if body.correction is not None:
-        if not body.correction.strip():
-            raise ApiError(400, "invalid_request", "correction: must not be empty")
-        try:
-            correction = bot.check_message(body.correction)
-        except Exception as exc:  # noqa: BLE001
-            raise from_library(exc) from None
     if message_id > 2 ** 63 - 1:
         raise ApiError(404, "message_not_found", "no such bot reply")
-    saved = await _store(request, lambda st: st.set_feedback(message_id, rating=body.rating,
-                                                             correction=correction, owner=who))
+    saved = await _call(request, lambda bot: bot.give_feedback(message_id, body.rating, body.correction, owner=who))
     return feedback_json(saved)

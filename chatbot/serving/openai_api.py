@@ -196,12 +196,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
 
 async def _session_for(state, session: str, who: str) -> int:
     """The caller's session named (or numbered) by the header; a new name is created."""
-    store = state.bot.store
-    if session.isascii() and session.isdigit():
-        return (await state.batcher.run_blocking(lambda: store.get_session(int(session), owner=who))).id
     if not session.strip() or len(session) > 200:
         raise ApiError(400, "invalid_request", "X-Session: a session name of 1 to 200 characters")
-    return (await state.batcher.run_blocking(lambda: store.get_or_create_session(session, owner=who))).id
+    ref = int(session) if session.isascii() and session.isdigit() and len(session) < 19 else session
+    try:
+        return (await state.batcher.run_blocking(lambda: state.bot.session(ref, owner=who))).id
+    except Exception as exc:  # noqa: BLE001
+        raise from_library(exc) from None
 
 
 def words(text: str, per_chunk: int) -> list[str]:
