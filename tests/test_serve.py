@@ -169,6 +169,8 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     assert api.delete(f"/api/sessions/{sid}").status_code == 204
     assert api.get(f"/api/sessions/{sid}").status_code == 404
     assert api.get("/api/sessions/../../etc/passwd").status_code == 404
+    too_wide = api.post(f"/api/sessions/{sid}/messages", json={"text": "hi", "decoding": {"beam": 64}})
+    assert too_wide.status_code == 400 and "beam: at most 8" in too_wide.json()["error"]["message"]
 
 
 def test_history_pages_cover_every_message_once(api, bot):

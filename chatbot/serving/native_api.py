@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ApiError, from_library
 from chatbot.serving.openai_api import words
-from chatbot.serving.state import owner, state_of
+from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/api", tags=["sessions"])
 
@@ -139,21 +139,13 @@ async def history(session: str, request: Request, who: str = Depends(owner),
 @router.post("/sessions/{session}/messages")
 async def post_message(session: str, body: NewMessage, request: Request, who: str = Depends(owner)):
     state = state_of(request)
-    bot = await state.bot_when_ready()
-    if body.decoding:
-        limit = body.decoding.get("max_length")
-        if isinstance(limit, int) and limit > state.settings.max_tokens:
-            raise ApiError(400, "invalid_request", f"decoding.max_length: at most {state.settings.max_tokens}")
-        beam = body.decoding.get("beam")
-        if isinstance(beam, int) and beam > state.settings.max_n * 2:
-            raise ApiError(400, "invalid_request", f"decoding.beam: at most {state.settings.max_n * 2}")
+    within_limits(body.decoding or {}, state.settings)
     info = await _call(request, lambda bot: bot.session(session_ref(session), False, owner=who))
     (reply,) = await state.batcher.submit(
         [ReplyRequest(body.text, session=info.id, decoding=body.decoding, owner=who)])
     if isinstance(reply, Exception):
         raise from_library(reply)
     state.count_replies([reply])
-    del bot
     out = reply_json(reply)
     if not body.stream:
         return out

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ApiError, from_library
-from chatbot.serving.state import owner, state_of
+from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 SESSION_HEADER = "x-session"
@@ -75,7 +75,7 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
     limit = body.max_completion_tokens or body.max_tokens
     if limit is not None:
         if limit > settings.max_tokens:
-            raise ApiError(400, "invalid_request", f"max_tokens: at most {settings.max_tokens}")
+            raise ApiError(400, "invalid_request", f"max_tokens: at most {settings.max_tokens} on this server")
         decoding["max_length"] = limit
     sampling = bool(body.temperature) or (body.top_p is not None and body.top_p < 1)
     if sampling:
@@ -87,7 +87,7 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
         decoding["seed"] = body.seed
     if body.n > 1 and not sampling:
         decoding.update(strategy="beam", beam=max(body.n, model_decoding.beam), n_best=body.n)
-    return decoding
+    return within_limits(decoding, settings)
 
 
 def _cut_at_stop(text: str, stop) -> tuple[str, bool]:

@@ -71,3 +71,13 @@ async def owner(request: Request) -> str:
         raise ApiError(429, "rate_limited", "too many requests; slow down",
                        {"Retry-After": str(max(1, math.ceil(wait)))})
     return found
+
+
+def within_limits(decoding: dict, settings: ServerSettings, where: str = "decoding") -> dict:
+    """A request's decoding overrides, refused (400) past the server's limits: the work one
+    request may ask for is bounded whichever API it comes through."""
+    for key, limit in (("max_length", settings.max_tokens), ("beam", settings.max_n), ("n_best", settings.max_n)):
+        value = decoding.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ApiError(400, "invalid_request", f"{where}.{key}: at most {limit} on this server")
+    return decoding
