@@ -384,13 +384,21 @@ def _check(ok: bool, prefix: str, key: str, why: str) -> None:
         raise ConfigError(f"invalid value for '{prefix}.{key}': {why}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A section's fields and their types, read once: ``get_type_hints`` evaluates every
+    annotation, and a server resolves decoding settings on every request."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def _build(cls, data: Any, prefix: str):
     """Instantiate dataclass ``cls`` from a dict, type-checking every key."""
     where = prefix or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"'{where}' must be a table/object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    hints = _type_hints(cls)
+    known = hints.keys()
     for key in data:
         if key not in known:
             dotted = f"{prefix}.{key}" if prefix else key
