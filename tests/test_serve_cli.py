@@ -66,3 +66,19 @@ def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_
 
     with SessionStore(f"sqlite:///{tmp_path / 'serve.db'}") as store:
         assert [m.text for m in store.history("drain")] == [question, answer]
+
+
+def test_sessions_list_tells_the_owners_of_two_alices_apart(capsys, monkeypatch, tmp_path):
+    from chatbot.dialogue.store import SessionStore
+    from chatbot.serving.security import owner_of
+
+    db = f"sqlite:///{tmp_path / 'owners.db'}"
+    with SessionStore(db) as store:
+        store.create_session("alice")
+        store.create_session("alice", owner=owner_of("a-key-of-sixteen-chars"))
+    code, out, _ = run_cli(capsys, monkeypatch, "sessions", "list", "--db", db)
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["ID", "NAME", "MESSAGES", "UPDATED", "OWNER"]
+    assert sorted(row.split()[-1] for row in rows) == sorted(["-", owner_of("a-key-of-sixteen-chars")[:8]])
+    code, out, _ = run_cli(capsys, monkeypatch, "sessions", "list", "--db", db, "--json")
+    assert sorted(json.loads(line)["owner"] for line in out.splitlines()) == ["", owner_of("a-key-of-sixteen-chars")]

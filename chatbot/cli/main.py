@@ -390,16 +390,20 @@ def cmd_sessions(args) -> int:
             rows = store.list_sessions()
             if args.json:
                 for s in rows:
-                    print(json.dumps({"id": s.id, "name": s.name, "messages": s.message_count,
+                    print(json.dumps({"id": s.id, "name": s.name, "owner": s.owner, "messages": s.message_count,
                                       "created": s.created_at.isoformat(), "updated": s.updated_at.isoformat()}))
                 return 0
             if not rows:
                 print(f"no sessions in {store.url}")
                 return 0
-            print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  UPDATED")
+            # Sessions of `chatbot serve`'s API keys carry an owner (a hash of the key), and names
+            # are unique per owner: the column tells two "alice"s apart (ids always do).
+            owners = any(s.owner for s in rows)
+            print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  " + (f"{'UPDATED':<19}  OWNER" if owners else "UPDATED"))
             for s in rows:
                 print(f"{s.id:>5}  {(s.name or '-'):<20} {s.message_count:>8}  "
-                      f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+                      f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}"
+                      + (f"  {s.owner[:8] or '-'}" if owners else ""))
             return 0
         if args.target is None:
             raise UsageError(f"sessions {args.action} needs a session id or name")
