@@ -61,6 +61,16 @@ def xla_width(width: int) -> int:
     return max(XLA_MIN_WIDTH, 1 << (max(width, 1) - 1).bit_length())
 
 
+def _xla_padded(source: np.ndarray) -> np.ndarray:
+    """``source`` padded to its XLA width and batch. The padding rows copy the first input, so
+    they end with it and cost the loop no extra steps."""
+    rows, width = source.shape
+    padded = np.zeros((xla_batch(rows), xla_width(width)), np.int32)
+    padded[:, :width] = source[0]
+    padded[:rows, :width] = source
+    return padded
+
+
 def xla_batch(rows: int) -> int:
     """The padded batch ``rows`` inputs are decoded in by ``_greedy_loop``: a power of two, so
     that it is compiled for a few batch sizes only."""
@@ -161,8 +171,7 @@ class Generator:
         source = tf.TensorSpec([None, None], tf.int32)
         # ``_greedy_loop``'s history has this many columns: longer replies take ``_step_loop``.
         self.capacity = decoding.max_length
-        self.compiled_widths: set[int] = set()  # input widths ``_greedy_loop`` was compiled for, one input
-        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width), every batch size
+        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width) ``_greedy_loop`` was compiled for
         self.compiled_beam_shapes: set[tuple[int, int, int, int]] = set()  # (beam, n_best, batch, width)
         self._greedy = tf.function(self._greedy_loop, jit_compile=True, input_signature=[
             source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
@@ -227,6 +236,11 @@ class Generator:
                     self._greedy_one(source, 2, 0)
 
     @property
+    def compiled_widths(self) -> set[int]:
+        """The input widths ``_greedy_loop`` was compiled for, for one input."""
+        return {width for batch, width in self.compiled_shapes if batch == 1}
+
+    @property
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
         return sum(f.experimental_get_tracing_count()
@@ -261,6 +275,11 @@ class Generator:
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
     # --- shared: repetition control ----------------------------------------------------------
+    def _forbid_early_end(self, logits, step, min_length):
+        """[END] forbidden before ``min_length`` tokens: the one constraint the XLA loops keep."""
+        is_end = tf.equal(tf.range(self.model.vocab_size), END)[None, :]
+        return tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+
     def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
         """Logits ``[N, V]`` with repetition control applied, given each row's tokens so far
         (``history[:, :step]``). Forbidden tokens get -inf."""
@@ -362,7 +381,7 @@ class Generator:
         decoder = (tf.fill([batch], START), states, encoder_outputs, source_ids)
         return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results)
 
-    # --- greedy, one input, XLA ---------------------------------------------------------------
+    # --- greedy, up to XLA_MAX_BATCH inputs, XLA ---------------------------------------------------------------
     def _greedy_loop(self, source, max_length, min_length):
         """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
         program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``. Nothing changes shape
@@ -370,7 +389,6 @@ class Generator:
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
         positions = tf.range(self.capacity)
-        too_early = tf.equal(tf.range(self.model.vocab_size), END)[None, :]  # [END] before min_length
 
         def running(step, token, states, history, total, lengths, done):
             return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
@@ -379,7 +397,7 @@ class Generator:
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             logprobs = tf.nn.log_softmax(logits)
-            allowed = tf.where(tf.logical_and(step < min_length, too_early), NEG_INF, logits)
+            allowed = self._forbid_early_end(logits, step, min_length)
             best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
             total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
             lengths += tf.cast(tf.logical_not(done), tf.int32)
@@ -392,18 +410,12 @@ class Generator:
         return history, total, lengths
 
     def _greedy_one(self, source: np.ndarray, max_length: int, min_length: int):
-        """``_greedy_loop`` on ``source`` padded to its XLA width and batch; the padding rows
-        copy the first input, so they end with it and cost no extra steps."""
-        rows, width = source.shape[0], xla_width(source.shape[1])
-        padded = np.zeros((xla_batch(rows), width), np.int32)
-        padded[:, :source.shape[1]] = source[0]
-        padded[:rows, :source.shape[1]] = source
-        if rows == 1:
-            self.compiled_widths.add(width)
+        """``_greedy_loop`` on ``source`` padded to its XLA width and batch (``_xla_padded``)."""
+        padded = _xla_padded(source)
         self.compiled_shapes.add(padded.shape)
         out = self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
                            tf.constant(min_length, tf.int32))
-        return tuple(t[:rows] for t in out)
+        return tuple(t[:source.shape[0]] for t in out)
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
         """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
@@ -414,7 +426,7 @@ class Generator:
     # --- beam search -------------------------------------------------------------------------
     def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
         """One beam search, for ``_beam_loop`` (any batch, a graph loop) and ``_beam_xla_loop``
-        (one input, XLA): the start state and its ``advance`` and ``results`` functions.
+        (up to ``XLA_MAX_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
@@ -514,13 +526,11 @@ class Generator:
                                   rows_per_input=beam)
 
     def _beam_xla_loop(self, source, max_length, length_penalty, min_length, *, beam: int, n_best: int):
-        """``_beam_loop`` for one input as one XLA program: ``beam`` and ``n_best`` are fixed
+        """``_beam_loop`` for a few inputs as one XLA program: ``beam`` and ``n_best`` are fixed
         (one compilation each), the history is ``capacity`` wide, and no repetition controls
         (their shapes change as they run). Returns ``_beam_loop``'s results, ``capacity`` wide."""
-        too_early = tf.equal(tf.range(self.model.vocab_size), END)[None, :]
-
         def constrain(logits, history, step):
-            return tf.where(tf.logical_and(step < min_length, too_early), NEG_INF, logits)
+            return self._forbid_early_end(logits, step, min_length)
 
         search, decoder, advance, results = self._beam_parts(source, max_length, self.capacity, beam, n_best,
                                                              length_penalty, constrain)
@@ -537,24 +547,20 @@ class Generator:
         return results(steps, search)
 
     def _beam_one(self, source: np.ndarray, config: DecodingConfig):
-        """``_beam_xla_loop`` on ``source`` padded to its XLA width and batch (padding rows copy
-        the first input, as in ``_greedy_one``), compiled once per beam width and n-best size
-        (and padded shape)."""
+        """``_beam_xla_loop`` on ``source`` padded to its XLA width and batch (``_xla_padded``),
+        compiled once per beam width and n-best size (and padded shape)."""
         key = (config.beam, config.n_best)
         if key not in self._beam_xla:
             self._beam_xla[key] = tf.function(
                 functools.partial(self._beam_xla_loop, beam=config.beam, n_best=config.n_best),
                 jit_compile=True, input_signature=[tf.TensorSpec([None, None], tf.int32), _scalar(tf.int32),
                                                    _scalar(tf.float32), _scalar(tf.int32)])
-        rows = source.shape[0]
-        padded = np.zeros((xla_batch(rows), xla_width(source.shape[1])), np.int32)
-        padded[:, :source.shape[1]] = source[0]
-        padded[:rows, :source.shape[1]] = source
+        padded = _xla_padded(source)
         self.compiled_beam_shapes.add((*key, *padded.shape))
         out = self._beam_xla[key](tf.constant(padded), tf.constant(config.max_length, tf.int32),
                                   tf.constant(config.length_penalty, tf.float32),
                                   tf.constant(config.min_length, tf.int32))
-        return tuple(t[:rows] for t in out)
+        return tuple(t[:source.shape[0]] for t in out)
 
     def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
         """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
