@@ -19,7 +19,7 @@ from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
 from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
-from chatbot.inference.generator import Generation, Generator
+from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator
 from chatbot.data.spelling import speller_for
 from chatbot.inference.retrieval import memory_for
 
@@ -56,10 +56,11 @@ class Reply:
 class ReplyRequest:
     """One message to answer, for ``ChatBot.reply_many``.
 
-    ``store`` True: in ``session`` (an id or a name; None starts a new session), both turns
-    stored, the context read from the stored history. ``store`` False: stateless, the context
-    is ``context`` (earlier turns, oldest first) and nothing is stored. ``owner`` restricts the
-    session to one owner's (the server's API keys); None, no restriction."""
+    ``store`` True: in ``session`` (an id or a name; None starts a new session; with
+    ``create``, a missing name is created once the message and settings pass their checks),
+    both turns stored, the context read from the stored history. ``store`` False: stateless,
+    the context is ``context`` (earlier turns, oldest first) and nothing is stored. ``owner``
+    restricts the session to one owner's (the server's API keys); None, no restriction."""
 
     text: str
     session: int | str | None = None
@@ -68,6 +69,7 @@ class ReplyRequest:
     context: Sequence[str] | None = None
     store: bool = True
     owner: str | None = None
+    create: bool = False
 
 
 @dataclass
@@ -205,7 +207,7 @@ class ChatBot:
         front end calls it in the background while the first message is typed, so that no
         early reply waits for a compilation."""
         self.wait_ready()
-        self.generator.warm_widths(**({"widths": widths} if widths else {}), batches=batches)
+        self.generator.warm_widths(widths or COMMON_WIDTHS, batches)
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
@@ -420,7 +422,8 @@ class ChatBot:
             context = _contexts([request.context or []], 1)[0]
             return _Pending(message, config, context)
         session = _session_ref(request.session) if request.session is not None else None
-        session_id, context, previous, user = self._store_question(session, message, config, request.owner)
+        session_id, context, previous, user = self._store_question(session, message, config, request.owner,
+                                                                   request.create)
         return _Pending(message, config, context, session_id, previous, user)
 
     def _finish(self, pending: "_Pending", generated: Generation) -> Reply:
@@ -454,7 +457,8 @@ class ChatBot:
                                  f"of session {pending.session_id})", reply) from exc
         return dataclasses.replace(reply, message_id=bot.id)
 
-    def _store_question(self, session, message: str, config: DecodingConfig, owner: str | None = None):
+    def _store_question(self, session, message: str, config: DecodingConfig, owner: str | None = None,
+                        create: bool = False):
         """Every database step before decoding: find (or create) the session, read the recent
         turns, store the user's message. Returns (session id, context, the bot's previous reply
         when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
@@ -469,6 +473,8 @@ class ChatBot:
                 session_id = store.create_session(**owned).id
             elif isinstance(session, int) and owner is None:
                 session_id = session  # add_message checks it exists; saves a lookup per reply
+            elif create and isinstance(session, str):
+                session_id = store.get_or_create_session(session, owner=owner or "").id
             else:
                 session_id = store.get_session(session, **owned).id
             turns = self.bundle.config.data.context_turns

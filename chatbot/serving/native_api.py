@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ApiError, from_library
-from chatbot.serving.openai_api import words
+from chatbot.serving.openai_api import session_ref, words
 from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/api", tags=["sessions"])
@@ -38,11 +38,6 @@ class NewFeedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rating: Literal["good", "bad"] | None = None
     correction: str | None = None
-
-
-def session_ref(value: str) -> int | str:
-    """A path segment as a session id (ASCII digits) or a name."""
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
 
 
 def session_json(info) -> dict:

@@ -149,16 +149,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
     question = body.messages[-1].text()
     session = request.headers.get(SESSION_HEADER)
     sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
-    try:  # a bad message or setting must not create the session either
-        bot.check_message(question)
-        bot.resolve_decoding(decoding)
-    except Exception as exc:  # noqa: BLE001
-        raise from_library(exc) from None
     if session is not None:
         if sampled_choices > 1:
             raise ApiError(400, "invalid_request", "n > 1 with sampling cannot be stored in a session")
-        session_id = await _session_for(state, session, who)
-        requests = [ReplyRequest(question, session=session_id, decoding=decoding, owner=who)]
+        # A new name is created only once the message and settings pass (in ``reply_many``).
+        requests = [ReplyRequest(question, session=session_ref(session), decoding=decoding, owner=who,
+                                 create=True)]
     else:
         context = [m.text() for m in body.messages[:-1] if m.role in ("user", "assistant")]
         requests = [ReplyRequest(question, decoding=decoding, context=context, store=False)] * sampled_choices
@@ -194,15 +190,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
         "usage": usage, "chatbot": extra})
 
 
-async def _session_for(state, session: str, who: str) -> int:
-    """The caller's session named (or numbered) by the header; a new name is created."""
-    if not session.strip() or len(session) > 200:
-        raise ApiError(400, "invalid_request", "X-Session: a session name of 1 to 200 characters")
-    ref = int(session) if session.isascii() and session.isdigit() and len(session) < 19 else session
-    try:
-        return (await state.batcher.run_blocking(lambda: state.bot.session(ref, owner=who))).id
-    except Exception as exc:  # noqa: BLE001
-        raise from_library(exc) from None
+def session_ref(value: str) -> int | str:
+    """A session named by a header or a path segment: an id (ASCII digits) or a name."""
+    if not value.strip() or len(value) > 200:
+        raise ApiError(400, "invalid_request", "session: a name of 1 to 200 characters, or an id")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
 
 
 def words(text: str, per_chunk: int) -> list[str]:
