@@ -696,6 +696,8 @@ def main() -> None:
     if args.steps < 1 or args.warmup_batches < 0 or args.probe_every < 1:
         parser.error("--steps and --probe-every must be >= 1, --warmup-batches >= 0")
     name = "train_speed_to_quality" if args.to_quality else "train_speed"
+    if Path(args.config).resolve() != Path(DEFAULT_CONFIG).resolve():  # another recipe: its own file
+        name += f"_{Path(args.config).stem}"
     with tempfile.TemporaryDirectory(prefix="train_speed.") as tmp:
         args.profile_out = (Path(tmp).parent / f"{name}_profile.quick.txt" if args.quick
                             else RESULTS / f"{name}_profile.txt")

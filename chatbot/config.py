@@ -157,6 +157,10 @@ class DataConfig(Section):
         2, "noisy variants (typos, dropped/doubled/swapped words, chat spellings) of each training "
            "question, trained with what retrieval finds for them, so the model learns what users type",
         min=0, max=20)
+    substitute_words: bool = setting(
+        False, "noisy variants may also replace a word of the question with another word of the "
+               "training questions, standing in for a synonym, so the model learns to copy a retrieved "
+               "answer whose question differs by a word")
     leave_out_own: float = setting(
         0.25, "share of training examples whose own pair is left out of what they are shown, so the "
               "model also learns to answer when retrieval found nothing useful", min=0, max=1)
@@ -261,6 +265,10 @@ class DecodingConfig(Section):
                                         "different one of the n-best list)")
     retrieval: bool = setting(True, "show the model the training pairs most like the input (models trained "
                                     "with data.retrieved_pairs > 0); the reply is decoded either way")
+    retrieved_bonus: float = setting(
+        0.0, "beam search: a hypothesis that repeats a retrieved answer word for word ranks as if its "
+             "score were higher by this times that pair's similarity (0: off); it ranks only what the "
+             "decoder produced, and the reply keeps its own score", min=0, max=100)
 
     def check_combinations(self, prefix: str) -> None:
         _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",
@@ -283,6 +291,10 @@ class DecodingConfig(Section):
                        max_length: int | None = None, prefix: str = "decoding") -> "DecodingConfig":
         """This config with per-call overrides (``Section.with_overrides``) and an optional
         ``max_length``, validated together; strategy resolved."""
+        if isinstance(overrides, dict) and overrides.get("strategy") in ("greedy", "sample"):
+            # Asking for greedy decoding or sampling means one hypothesis: the model's own beam
+            # width (beam search by default for some models) belongs to its beam search.
+            overrides = {"beam": 1, "n_best": 1, **overrides}
         if max_length is not None:
             max_length = _coerce(max_length, int, f"{prefix}.max_length")
             if overrides is None or isinstance(overrides, dict):

@@ -247,6 +247,18 @@ def test_with_overrides_returns_changed_copy():
     assert base.with_overrides({}) == base
 
 
+def test_asking_for_greedy_or_sampling_leaves_a_beam_model_s_beam():
+    """A model whose own decoding is a beam search still decodes greedily or samples when a call
+    (``--strategy``, ``--temperature``, ``/set strategy``) asks for it, instead of refusing
+    sampling with beam > 1 or quietly running the beam anyway."""
+    own = DecodingConfig(strategy="beam", beam=8, n_best=2)
+    assert own.with_overrides({"strategy": "greedy"}).effective_strategy == "greedy"
+    sampled = own.with_overrides({"strategy": "sample", "temperature": 0.7})
+    assert (sampled.effective_strategy, sampled.beam, sampled.n_best) == ("sample", 1, 1)
+    assert own.with_overrides({"strategy": "greedy", "beam": 3}).effective_strategy == "beam"  # said so
+    assert own.with_overrides({"max_length": 20}).beam == 8  # nothing said about the strategy
+
+
 @pytest.mark.parametrize("key", ["model.unitz", "modle.units", "model", "", "model.units.x"])
 def test_with_overrides_rejects_unknown_keys(key):
     with pytest.raises(ConfigError) as info:

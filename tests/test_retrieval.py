@@ -91,7 +91,9 @@ def test_what_the_model_was_shown_is_stored_with_the_reply(bot, tiny_pairs):
 
 
 def test_retrieval_does_not_retrace(tiny_bot, tiny_pairs):
+    # Both greedy loops once: the XLA one (up to 8 inputs) and the graph one (more).
     tiny_bot.generate(["warm up"] + [q for q, _ in tiny_pairs[:2]])
+    tiny_bot.generate(["warm up"] + [q for q, _ in tiny_pairs[:10]])
     before = tiny_bot.generator.trace_count
     for n in range(1, 12):
         tiny_bot.generate([q[:-1] + "??" for q, _ in tiny_pairs[:n]])
@@ -138,3 +140,30 @@ def test_a_format_2_bundle_keeps_the_lexical_retrieval_it_was_trained_with(tiny_
     upgraded = upgrade_config(raw, 2)
     assert upgraded["data"]["retriever"] == "lexical"
     assert upgraded["data"]["retrieved_pairs"] == raw["data"]["retrieved_pairs"]  # nothing else changes
+
+
+def test_retrieved_bonus_reranks_only_what_the_beam_decoded(tiny_bot):
+    """``decoding.retrieved_bonus`` moves a hypothesis that repeats a retrieved answer up the
+    beam's n-best list; it adds no text the decoder did not produce, and a reply keeps its own
+    score."""
+    from chatbot.data.text import normalise_answer
+
+    questions = ["waht is yuor name", "the capital of France is what?", "xylophone quantum zebra",
+                 "how old are yuo"]
+    plain = tiny_bot.generate(questions, decoding={"beam": 4, "n_best": 4})
+    ranked = tiny_bot.generate(questions, decoding={"beam": 4, "n_best": 4, "retrieved_bonus": 2.0})
+    moved = 0
+    for before, after in zip(plain, ranked):
+        assert sorted(before.alternatives) == sorted(after.alternatives)  # the same hypotheses
+        alike = {normalise_answer(answer): similarity for _, answer, similarity in after.retrieved}
+        keys = [score + 2.0 * alike.get(normalise_answer(text), 0.0) for text, score in after.alternatives]
+        assert keys == sorted(keys, reverse=True)
+        assert (after.text, after.score) == after.alternatives[0]  # its own score, not the bonus
+        moved += after.alternatives != before.alternatives
+    assert moved  # the bonus changed some order here, so the assertions above test something
+    # n_best 1 takes the best of the whole ranked beam; without retrieval there is nothing to rank by.
+    assert [g.text for g in tiny_bot.generate(questions, decoding={"beam": 4, "retrieved_bonus": 2.0})] == \
+        [g.text for g in ranked]
+    assert [g.alternatives for g in tiny_bot.generate(
+        questions, decoding={"beam": 4, "n_best": 4, "retrieval": False, "retrieved_bonus": 2.0})] == \
+        [g.alternatives for g in tiny_bot.generate(questions, decoding={"beam": 4, "n_best": 4, "retrieval": False})]

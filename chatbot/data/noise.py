@@ -1,15 +1,16 @@
 """Noisy variants of questions, so the model trains on what people actually type.
 
-Users mistype, drop and repeat words, reorder them, write "u" for "you" and ignore case and
-punctuation. Training on seeded noisy copies of each training question (with what retrieval
-finds for the noisy text) teaches the decoder to cope with that, and teaches it to judge the
-retrieved pairs rather than trust the nearest one blindly.
+Users mistype, drop and repeat words, reorder them, write "u" for "you", say it in other words
+("rumors" for "gossip") and ignore case and punctuation. Training on seeded noisy copies of each
+training question (with what retrieval finds for the noisy text) teaches the decoder to cope with
+that, and teaches it to judge the retrieved pairs rather than trust the nearest one blindly.
 """
 
 from __future__ import annotations
 
 import random
 import string
+from typing import Sequence
 
 from chatbot.data.text import EXPANSIONS
 
@@ -60,17 +61,26 @@ _FILLERS_BEFORE = ("so", "hey", "well", "ok", "please", "tell me", "i wonder", "
 _FILLERS_AFTER = ("please", "then", "by the way", "at all", "really", "now", "exactly")
 
 
-def noisy(text: str, rng: random.Random) -> str:
+def noisy(text: str, rng: random.Random, substitutes: Sequence[str] = ()) -> str:
     """One noisy variant of ``text``: one to three edits of the kinds above (typos, dropped,
-    doubled or swapped words, chat spellings, a filler before or after), case and final
-    punctuation sometimes changed. Rewordings of this kind leave a question only moderately
-    alike its original, so the model also sees retrieval right at middling similarity, not
-    only near 1. Never empty; may equal ``text`` for very short inputs."""
+    doubled or swapped words, chat spellings, a filler before or after, and, given
+    ``substitutes``, a word replaced by one of them), case and final punctuation sometimes
+    changed. Rewordings of this kind leave a question only moderately alike its original, so
+    the model also sees retrieval right at middling similarity, not only near 1.
+
+    A replaced word stands in for a synonym the model cannot know ("rumors" for "gossip"):
+    the question still means its original, and the original pair is usually what retrieval
+    shows, so the model learns to copy a retrieved answer whose question differs by a word
+    rather than answer from what it memorised of the words it sees (bench/README.md, run 11).
+    Never empty; may equal ``text`` for very short inputs."""
     words = text.split()
     if not words:
         return text
     for _ in range(rng.choice((1, 1, 2, 3))):
-        kind = rng.randrange(7)
+        kind = rng.randrange(8 if substitutes else 7)
+        if kind == 7:
+            words[rng.randrange(len(words))] = rng.choice(substitutes)
+            continue
         if kind == 6:
             if rng.random() < 0.5:
                 words = rng.choice(_FILLERS_BEFORE).split() + words

@@ -397,7 +397,11 @@ class SessionStore:
         brand-new or older database at once migrate it exactly once. A read-only store only
         checks."""
         with self._session() as s:
-            schema = self._schema(s.connection())
+            # One snapshot for every statement of the check: under PostgreSQL's default READ
+            # COMMITTED each would see the latest commit, and a check that overlapped another
+            # process's migration saw its new schema version but not its migration record.
+            options = {} if self._sqlite else {"isolation_level": "REPEATABLE READ"}
+            schema = self._schema(s.connection(execution_options=options))
         if not schema.current:
             if self.read_only:
                 raise self._not_current(schema)

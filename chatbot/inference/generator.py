@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
+from chatbot.data.text import normalise_answer
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import Seq2Seq
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
@@ -208,7 +209,7 @@ class Generator:
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
             self._step(source, *self._step_args(DecodingConfig(max_length=2), 0))
         if "beam" in strategies:
-            own = self.decoding
+            own = self.searched(self.decoding)
             if self.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
                 config = dataclasses.replace(own, max_length=2, min_length=0)
                 self._beam_one(source.numpy(), config)
@@ -229,7 +230,7 @@ class Generator:
             for width in (widths if batch == 1 else widths[-3:]):
                 source = np.full((batch, width), START, np.int32)
                 if self.uses_xla_beam(self.decoding, batch):
-                    config = dataclasses.replace(self.decoding, max_length=2, min_length=0)
+                    config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
                     if (config.beam, config.n_best, batch, xla_width(width)) not in self.compiled_beam_shapes:
                         self._beam_one(source, config)
                 elif (batch, xla_width(width)) not in self.compiled_shapes:
@@ -632,11 +633,43 @@ class Generator:
         config or a dict of some fields) and ``max_length``; validated (``ConfigError``)."""
         return self.decoding.with_overrides(decoding, max_length)
 
+    def ranks_by_retrieval(self, config: DecodingConfig) -> bool:
+        """Whether ``decoding.retrieved_bonus`` re-ranks this search's hypotheses."""
+        return (config.effective_strategy == "beam" and config.retrieved_bonus > 0 and config.retrieval
+                and self.reads_retrieval)
+
+    def searched(self, config: DecodingConfig) -> DecodingConfig:
+        """The search actually run for ``config``: to be re-ranked, the whole beam comes back
+        (``n_best`` = ``beam``), and ``n_best`` are kept afterwards. Warm-up compiles this one."""
+        return dataclasses.replace(config, n_best=config.beam) if self.ranks_by_retrieval(config) else config
+
+    def _prefer_retrieved(self, hypotheses: list[tuple], shown, bonus: float) -> list[tuple]:
+        """The beam's hypotheses ``(ids, score, length)`` re-ranked by ``decoding.retrieved_bonus``:
+        one that repeats a retrieved answer (exact match) ranks as if its score were higher by
+        ``bonus`` x that pair's similarity. Only decoded hypotheses are ranked; none is added.
+
+        Why: a beam often holds the right retrieved answer copied whole just below a hypothesis
+        that broke off part-way ("no need for material possesssss."); what retrieval found tells
+        the two apart, and the copy is still the decoder's own text (bench/README.md, run 11)."""
+        alike = {}
+        for _, answer, similarity in shown:
+            key = normalise_answer(answer)
+            alike[key] = max(alike.get(key, 0.0), similarity)
+        if not alike:
+            return hypotheses
+        texts = [normalise_answer(self.tokenizer.decode(ids)) for ids, _, _ in hypotheses]
+        order = sorted(range(len(hypotheses)),
+                       key=lambda i: -(hypotheses[i][1] + bonus * alike.get(texts[i], 0.0)))
+        return [hypotheses[i] for i in order]
+
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
                  decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
         """Replies for many inputs, decoded together in batches of ``max_batch``."""
         config = self.resolve(decoding, max_length)
         beam = config.effective_strategy == "beam"
+        wanted = config.n_best
+        prefer_retrieved = self.ranks_by_retrieval(config)
+        config = self.searched(config)
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
@@ -668,6 +701,8 @@ class Generator:
                     if not np.isfinite(keys[row, j]):
                         continue  # an unusable beam slot (fewer possible hypotheses than beams)
                     hypotheses.append((ids[row, j, :n], float(logprob[row, j] / max(n, 1)), n))
+                if prefer_retrieved:
+                    hypotheses = self._prefer_retrieved(hypotheses, shown[row], config.retrieved_bonus)[:wanted]
                 token_ids, score, n = hypotheses[0]
                 chunk_results.append(Generation(
                     text=self.tokenizer.decode(token_ids),

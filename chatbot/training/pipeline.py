@@ -243,8 +243,11 @@ def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
     data = plan.config.data
     rng = random.Random(plan.config.training.seed)
     memory = plan.memory
+    # Stand-ins for synonyms: the training questions' own words (see ``noisy``).
+    substitutes = sorted({word for example in plan.train for word in example.question.split()
+                          if any(ch.isalpha() for ch in word)}) if data.substitute_words else ()
     variants = [(example, spelled(plan, question)) for example in plan.train
-                for question in [example.question] + [noisy(example.question, rng)
+                for question in [example.question] + [noisy(example.question, rng, substitutes)
                                                       for _ in range(data.noisy_copies)]]
     vectors = memory.embed([question for _, question in variants]) if memory is not None else []
     examples: list[Example] = []

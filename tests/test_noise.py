@@ -1,0 +1,34 @@
+"""Noisy question variants: what training shows the model of what people type."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from chatbot.data.noise import noisy
+
+WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", min_size=1, max_size=9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(WORDS, min_size=1, max_size=8), st.integers(0, 2 ** 32 - 1))
+def test_a_noisy_variant_is_never_empty_and_is_seeded(words, seed):
+    text = " ".join(words)
+    variant = noisy(text, random.Random(seed))
+    assert variant.strip()
+    assert variant == noisy(text, random.Random(seed))
+
+
+def test_substitutes_replace_words_only_when_given():
+    question = "tell me about gossip"
+    plain = [noisy(question, random.Random(seed)) for seed in range(300)]
+    assert not any("rumors" in variant for variant in plain)
+    swapped = [noisy(question, random.Random(seed), substitutes=["rumors"]) for seed in range(300)]
+    with_word = [variant for variant in swapped if "rumors" in variant.lower().split()]
+    # One edit in eight replaces a word, one to three edits per variant.
+    assert 0.1 < len(with_word) / len(swapped) < 0.4
+    # A replacement takes a word's place: the other words stay (some mistyped or dropped).
+    assert any(variant.lower().rstrip("?.!") in {"rumors me about gossip", "tell rumors about gossip",
+                                                  "tell me rumors gossip", "tell me about rumors"}
+               for variant in with_word)
