@@ -31,6 +31,15 @@ def log(message: str) -> None:
 RESULTS = ROOT / "bench" / "results"
 
 
+def results_name(model: str, default: str = "models/default") -> str | None:
+    """Where a bench run on ``model`` keeps its figures: the script's own file for the default
+    model, ``SCRIPT_MODELNAME`` for another, so that measuring a candidate never overwrites the
+    shipped model's committed figures."""
+    if Path(model).resolve() == (ROOT / default).resolve() or model in ("default", default):
+        return None
+    return f"{Path(sys.argv[0]).stem}_{Path(model).name}"
+
+
 def emit(result: dict, name: str | None = None) -> None:
     """The figures: one JSON object, the last line on stdout, also written (with the command,
     date and machine) to ``bench/results/NAME.json`` so that docs quote committed output.

@@ -33,7 +33,7 @@ import random
 import statistics
 import time
 
-from _common import DEFAULT_CORPUS, emit, log, peak_rss_mb, percentile
+from _common import DEFAULT_CORPUS, emit, log, peak_rss_mb, percentile, results_name
 
 TARGETS = {"p50_ms_max": 15, "speedup_min": 20}
 ASK_TARGETS = {"p50_ms_max": 12}  # issue 15: whole ChatBot.ask path, greedy, batch 1, 2 cores
@@ -405,7 +405,7 @@ def main() -> None:
         "peak_mb": peak_rss_mb(),
         "quick": args.quick,
         **({"partial": True} if args.quick else {}),  # only a full run writes bench/results
-    })
+    }, results_name(args.model))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb
+from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb, results_name
 
 DATA = ROOT / "bench" / "data"
 REWORDED = DATA / "reworded.jsonl"
@@ -677,7 +677,9 @@ def main() -> None:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         log(f"wrote {len(all_items)} rows to {args.details}")
     log(" | ".join(f"{name}: " + ", ".join(f"{s} {result['exact'][name][s]}" for s in replies) for name in SETS))
-    emit(result)
+    if (Path(args.reworded).resolve(), Path(args.typos).resolve()) != (REWORDED.resolve(), TYPOS.resolve()):
+        result["partial"] = True  # other dev files: not the committed figures
+    emit(result, results_name(args.model))
 
 
 if __name__ == "__main__":

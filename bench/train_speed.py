@@ -404,7 +404,7 @@ def _make_probe(every: int, questions: int, seed: int):
     class QualityProbe(keras.callbacks.Callback):
         """Every ``every`` epochs (and at the last), exact match on a fixed seeded sample of
         distinct training questions, through ``exact_match`` on a ``ChatBot`` built once around
-        the training model (its ``Generator`` decodes with the current weights)."""
+        the training model (its ``Generator`` decodes greedily with the current weights)."""
 
         def __init__(self):
             super().__init__()
@@ -445,7 +445,11 @@ def _make_probe(every: int, questions: int, seed: int):
             vectors = None
             if plan.memory is not None and plan.memory.vectors is not None:
                 vectors = (plan.memory.vectors, plan.memory.fingerprint)
-            bundle = Bundle(plan.config, plan.tokenizer, self.model, train=plan.train, question_vectors=vectors)
+            # Greedy, whatever the recipe's decoding: the probe follows what the network learned,
+            # and a half-trained network's beams run to max_length (beam 8: 200 s a probe).
+            config = plan.config.with_overrides({"decoding.strategy": "greedy", "decoding.beam": 1,
+                                                 "decoding.n_best": 1})
+            bundle = Bundle(config, plan.tokenizer, self.model, train=plan.train, question_vectors=vectors)
             distinct = {}
             for example in plan.train:
                 distinct.setdefault((example.context, example.question), example)

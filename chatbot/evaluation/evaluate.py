@@ -218,14 +218,14 @@ def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None =
     return result
 
 
-def exact_match(bot, examples: Sequence[Example], reference: Sequence[Example]) -> float:
+def exact_match(bot, examples: Sequence[Example], reference: Sequence[Example], decoding=None) -> float:
     """Share of the distinct inputs of ``examples`` whose reply (from a ``ChatBot`` or a
-    ``Bundle``, through the public reply path) equals one of their answers in ``reference``
-    (``metrics.is_exact``). What the training summary reports."""
+    ``Bundle``, through the public reply path, with ``decoding`` overrides) equals one of their
+    answers in ``reference`` (``metrics.is_exact``). What the training summary reports."""
     inputs = distinct_inputs(examples)
     if not inputs:
         return 0.0
     bot = as_chatbot(bot)
     accepted = answers_by_input(reference)
-    replies = bot.generate([i[-1] for i in inputs], [i[:-1] for i in inputs])
+    replies = bot.generate([i[-1] for i in inputs], [i[:-1] for i in inputs], decoding=decoding)
     return sum(is_exact(r.text, accepted.get(i, ())) for i, r in zip(inputs, replies)) / len(inputs)
