@@ -644,7 +644,7 @@ class Generator:
         return dataclasses.replace(config, n_best=config.beam) if self.ranks_by_retrieval(config) else config
 
     def _prefer_retrieved(self, hypotheses: list[tuple], shown, bonus: float) -> list[tuple]:
-        """The beam's hypotheses ``(ids, score, length)`` re-ranked by ``decoding.retrieved_bonus``:
+        """The beam's hypotheses ``(text, ids, score, length)`` re-ranked by ``decoding.retrieved_bonus``:
         one that repeats a retrieved answer (exact match) ranks as if its score were higher by
         ``bonus`` x that pair's similarity. Only decoded hypotheses are ranked; none is added.
 
@@ -657,10 +657,7 @@ class Generator:
             alike[key] = max(alike.get(key, 0.0), similarity)
         if not alike:
             return hypotheses
-        texts = [normalise_answer(self.tokenizer.decode(ids)) for ids, _, _ in hypotheses]
-        order = sorted(range(len(hypotheses)),
-                       key=lambda i: -(hypotheses[i][1] + bonus * alike.get(texts[i], 0.0)))
-        return [hypotheses[i] for i in order]
+        return sorted(hypotheses, key=lambda h: -(h[2] + bonus * alike.get(normalise_answer(h[0]), 0.0)))
 
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
                  decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
@@ -700,17 +697,19 @@ class Generator:
                     n = int(lengths[row, j])
                     if not np.isfinite(keys[row, j]):
                         continue  # an unusable beam slot (fewer possible hypotheses than beams)
-                    hypotheses.append((ids[row, j, :n], float(logprob[row, j] / max(n, 1)), n))
+                    hypothesis = ids[row, j, :n]
+                    hypotheses.append((self.tokenizer.decode(hypothesis), hypothesis,
+                                       float(logprob[row, j] / max(n, 1)), n))
                 if prefer_retrieved:
                     hypotheses = self._prefer_retrieved(hypotheses, shown[row], config.retrieved_bonus)[:wanted]
-                token_ids, score, n = hypotheses[0]
+                text, token_ids, score, n = hypotheses[0]
                 chunk_results.append(Generation(
-                    text=self.tokenizer.decode(token_ids),
+                    text=text,
                     score=score,
                     confidence=confidence_of(score),
                     tokens=n,
                     latency_ms=latency,
-                    alternatives=tuple((self.tokenizer.decode(t), s) for t, s, _ in hypotheses),
+                    alternatives=tuple((t, s) for t, _, s, _ in hypotheses),
                     token_ids=tuple(int(t) for t in token_ids),
                     retrieved=shown[row],
                     read_as=chunk[row][-1] if chunk[row] else "",
