@@ -30,6 +30,7 @@ RETRIEVERS = ("lexical", "hybrid")
 ATTENTIONS = ("none", "dot", "additive")
 DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
 MAX_TOKENS = 10_000  # any length in tokens: a model that never ends would otherwise run for ages
 MAX_SEED = 2 ** 31 - 1  # seeds reach TensorFlow as int32
 
@@ -230,6 +231,9 @@ class TrainingConfig(Section):
     seed: int = setting(1234, "seed for weights, shuffling and the validation split", min=0, max=MAX_SEED)
     checkpoint_every_steps: int = setting(0, "also checkpoint every this many steps (0: at each epoch end only)",
                                           min=0, max=10 ** 9)
+    distribute: str = setting(
+        "none", "tf.distribute strategy: 'mirrored' (every local device) or 'multi-worker' (processes "
+                "and machines named by TF_CONFIG); batch_size is the global batch", choices=DISTRIBUTE)
 
 
 @dataclass
@@ -269,6 +273,10 @@ class DecodingConfig(Section):
         0.0, "beam search: a hypothesis that repeats a retrieved answer word for word ranks as if its "
              "score were higher by this times that pair's similarity (0: off); it ranks only what the "
              "decoder produced, and the reply keeps its own score", min=0, max=100)
+    mmi_weight: float = setting(
+        0.0, "beam search: maximum mutual information reranking (Li et al. 2016): each hypothesis' "
+             "log-probability minus this times its log-probability with an empty input, so replies "
+             "that fit any input ('i don't know') rank lower (0: off)", min=0, max=1)
 
     def check_combinations(self, prefix: str) -> None:
         _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",
