@@ -30,6 +30,7 @@ RETRIEVERS = ("lexical", "hybrid")
 ATTENTIONS = ("none", "dot", "additive")
 DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
+SPLITS = ("pairs", "dialogues")
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
 MAX_TOKENS = 10_000  # any length in tokens: a model that never ends would otherwise run for ages
 MAX_SEED = 2 ** 31 - 1  # seeds reach TensorFlow as int32
@@ -145,6 +146,9 @@ class DataConfig(Section):
     max_output_tokens: int = setting(128, "longer answers are cut here for training", min=1, max=MAX_TOKENS)
     validation_fraction: float = setting(0.1, "share of the pairs held out to validate on", min=0, below=1)
     deduplicate: bool = setting(True, "drop repeated (context, question, answer) examples")
+    split_by: str = setting(
+        "pairs", "what validation_fraction holds out: random 'pairs', or whole 'dialogues' (conversations "
+                 "never seen in training: the honest test of a model that reads context)", choices=SPLITS)
     retrieved_pairs: int = setting(
         2, "retrieve and refine: the encoder also reads this many training pairs whose questions are "
            "most like the input, and learns to copy or ignore them (0: off)", min=0, max=8)

@@ -1,4 +1,5 @@
-"""Corpus readers: ChatterBot YAML, TSV sentence pairs, JSONL, and directories of them.
+"""Corpus readers: ChatterBot YAML, TSV sentence pairs, JSONL, chitchat-dataset JSON, and
+directories of them.
 
 Every reader produces ``Dialogue`` records (a list of utterances with the place each came
 from); ``make_examples`` turns dialogues into ``Example`` records with a context window.
@@ -10,6 +11,7 @@ every skip is counted in ``Corpus.skipped``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import random
@@ -27,7 +29,10 @@ log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yml", ".yaml")
 TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl",)
-CORPUS_SUFFIXES = YAML_SUFFIXES + TSV_SUFFIXES + JSONL_SUFFIXES
+CHITCHAT_SUFFIXES = (".json",)
+CORPUS_SUFFIXES = YAML_SUFFIXES + TSV_SUFFIXES + JSONL_SUFFIXES + CHITCHAT_SUFFIXES
+# Corpora known by name (``--corpus chitchat``): the module of an optional package and its file.
+NAMED_CORPORA = {"chitchat": ("chitchat_dataset", "dataset.json", "chitchat")}
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Corpus:
     sha256: str  # of every file's name and bytes: identifies the data a model was trained on
     skipped: list[CorpusError] = field(default_factory=list)
     root: Path | None = None  # the file or directory it was loaded from
+    name: str | None = None  # the name it was loaded by (``NAMED_CORPORA``), if any
 
     def examples(self, context_turns: int = 0, deduplicate: bool = True) -> list[Example]:
         return make_examples(self.dialogues, context_turns, deduplicate)
@@ -113,7 +119,8 @@ def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
     """Read a corpus file or a directory of them (recursively, in sorted order)."""
     reader = CorpusReader(path, strict)
     dialogues = list(reader)
-    return Corpus(dialogues, reader.files, reader.sha256, reader.skipped, reader.root)
+    name = str(path) if str(path) in NAMED_CORPORA and reader.root != Path(path) else None
+    return Corpus(dialogues, reader.files, reader.sha256, reader.skipped, reader.root, name)
 
 
 class CorpusReader:
@@ -126,7 +133,7 @@ class CorpusReader:
     ``sha256`` identifies the data read; a pass that found no dialogue raises ``CorpusError``."""
 
     def __init__(self, path: str | Path, strict: bool = False, quiet: bool = False):
-        self.root = Path(path)
+        self.root = resolve_corpus(path)
         self.files = corpus_files(self.root)
         self.strict = strict
         self.quiet = quiet
@@ -169,6 +176,20 @@ class CorpusReader:
         self.skipped.append(error)
 
 
+def resolve_corpus(path: str | Path) -> Path:
+    """A corpus path, or the file a corpus name (``NAMED_CORPORA``) stands for: a path that
+    exists wins, so a folder called ``chitchat`` is still read as itself."""
+    path = Path(path)
+    if path.exists() or str(path) not in NAMED_CORPORA:
+        return path
+    module, file, extra = NAMED_CORPORA[str(path)]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise CorpusError(path, None, f"the '{path}' corpus comes with an optional package: "
+                                      f"pip install -e \".[{extra}]\"")
+    return Path(spec.origin).parent / file
+
+
 def corpus_files(root: Path) -> list[Path]:
     """The files a corpus path stands for: the file itself, or every corpus file under a
     directory (recursively, sorted); ``CorpusError`` for a path that holds none."""
@@ -205,6 +226,8 @@ def _reader_for(file: Path):
         return read_yaml
     if suffix in JSONL_SUFFIXES:
         return read_jsonl
+    if suffix in CHITCHAT_SUFFIXES:
+        return read_chitchat
     return read_tsv
 
 
@@ -348,6 +371,44 @@ def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
             yield CorpusError(file, line_no, "expected keys 'question' and 'answer', or 'turns'")
 
 
+def read_chitchat(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
+    """The chitchat-dataset format (``pip install chitchat-dataset``, MIT): one JSON object of
+    ``{conversation id: {"messages": [[{"text", "sender", ...}, ...], ...]}}``, where each inner
+    list is one speaker's consecutive messages. Those are joined into one turn, so a dialogue
+    alternates speakers as the pairs it makes must. The file is one line; a problem is located
+    by conversation id and turn."""
+    try:
+        data = loads_bounded(text)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(file, exc.lineno, f"invalid JSON ({exc.msg})") from None
+    except ValueError as exc:  # JSONTooDeep, or a number too long to read
+        raise CorpusError(file, None, f"invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorpusError(file, None, "expected a chitchat-dataset object: {conversation id: {\"messages\": [...]}}")
+    for conversation, body in data.items():
+        runs = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(runs, list):
+            yield CorpusError(file, None, f"conversation {conversation}: expected an object with a 'messages' list")
+            continue
+        turns = [_chitchat_turn(run) for run in runs]
+        broken = next((number for number, turn in enumerate(turns, start=1) if turn is None), None)
+        if broken is not None:
+            yield CorpusError(file, None, f"conversation {conversation}, turn {broken}: expected a list of "
+                                          "messages with a 'text' string each")
+            continue
+        utterances = tuple(Utterance(turn, f"{file.name}:{conversation}/{number}")
+                           for number, turn in enumerate(turns, start=1) if turn)
+        if len(utterances) >= 2:  # a third of them are one unanswered turn: no pair, no error
+            yield Dialogue(utterances)
+
+
+def _chitchat_turn(run) -> str | None:
+    """One speaker's consecutive messages as one cleaned turn; None when malformed."""
+    if not isinstance(run, list) or not all(isinstance(m, dict) and isinstance(m.get("text"), str) for m in run):
+        return None
+    return clean_text(" ".join(m["text"] for m in run))
+
+
 # --- examples --------------------------------------------------------------------------------
 def make_examples(dialogues: Iterable[Dialogue], context_turns: int = 0,
                   deduplicate: bool = True) -> list[Example]:
@@ -368,9 +429,9 @@ def make_examples(dialogues: Iterable[Dialogue], context_turns: int = 0,
     return examples
 
 
-def split_examples(examples: list[Example], validation_fraction: float,
-                   seed: int) -> tuple[list[Example], list[Example]]:
-    """A seeded random split; at least one training example is always kept."""
+def split_examples(examples: list, validation_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random split of examples (or of any list, e.g. dialogues), order kept; at
+    least one training item is always kept."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(examples) * validation_fraction))
@@ -379,3 +440,11 @@ def split_examples(examples: list[Example], validation_fraction: float,
     train = [e for i, e in enumerate(examples) if i not in val_ids]
     val = [e for i, e in enumerate(examples) if i in val_ids]
     return train, val
+
+
+def split_by_dialogue(dialogues: list[Dialogue], validation_fraction: float, seed: int,
+                      context_turns: int = 0, deduplicate: bool = True) -> tuple[list[Example], list[Example]]:
+    """Whole conversations held out: no turn of a validation dialogue, and so none of the
+    context its examples read, was seen in training."""
+    train, val = split_examples(dialogues, validation_fraction, seed)
+    return make_examples(train, context_turns, deduplicate), make_examples(val, context_turns, deduplicate)

@@ -4,7 +4,8 @@ Two kinds of figures, so that a new model can be compared with an old one:
 
 * teacher-forced (perplexity, token accuracy): the model's compiled Keras ``evaluate`` with
   the training loss, so they read like the ``val_loss`` of the training log;
-* generated (exact match, BLEU, chrF, distinct-n, reply length, latency): real batched
+* generated (exact match, BLEU, chrF, distinct-n, the top-10 replies' share, the replies' own
+  perplexity, reply length, latency): real batched
   replies with the model's decoding settings, as users get them.
 
 A question of the corpus often has several accepted answers; a reply that equals any of them
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 from chatbot.data.corpus import Example, load_corpus
 from chatbot.evaluation.metrics import (
     answers_by_input, corpus_bleu, corpus_chrf, distinct_inputs, distinct_n, input_key, is_exact, perplexity,
-    sentence_chrf,
+    sentence_chrf, top_share,
 )
 from chatbot.errors import BundleError, CorpusError, InputError
 from chatbot.evaluation.golden import as_chatbot
@@ -65,6 +66,8 @@ class EvaluationReport:
     chrf: float
     distinct_1: float
     distinct_2: float
+    top10_share: float  # share of replies that are one of the 10 most frequent ones
+    reply_perplexity: float  # exp(-mean score): how likely the model found its own replies
     reply_tokens: float  # mean per reply
     reply_words: float
     latency_ms: dict[str, float]  # mean, p50, p90 per reply (batch time / batch size)
@@ -86,6 +89,7 @@ class EvaluationReport:
                 "exact_match": r(self.exact_match), "exact": self.exact_count,
                 "bleu": r(self.bleu, 2), "chrf": r(self.chrf, 2),
                 "distinct_1": r(self.distinct_1), "distinct_2": r(self.distinct_2),
+                "top10_share": r(self.top10_share), "reply_perplexity": r(self.reply_perplexity, 3),
                 "reply_tokens": r(self.reply_tokens, 2), "reply_words": r(self.reply_words, 2),
                 "latency_ms": {k: r(v, 2) for k, v in self.latency_ms.items()},
                 "decoding": self.decoding}
@@ -155,6 +159,8 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
         exact_match=sum(item.exact for item in items) / len(items),
         bleu=corpus_bleu(replies, references), chrf=corpus_chrf(replies, references),
         distinct_1=distinct_n(replies, 1), distinct_2=distinct_n(replies, 2),
+        top10_share=top_share(replies, 10),
+        reply_perplexity=perplexity(-float(np.mean([g.score for g in generated]))),
         reply_tokens=float(np.mean([item.tokens for item in items])),
         reply_words=float(np.mean([len(r.split()) for r in replies])),
         latency_ms={"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
@@ -179,7 +185,7 @@ def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None =
       Answers that the same questions have in the training split also count. A
       ``BundleError`` if the model kept none back (``data.validation_fraction`` 0);
     * ``split="train"``: the pairs the model was trained on (the bundle's ``train.jsonl``, or
-      for older bundles re-read from its corpus: a ``CorpusError`` if it moved or changed since);
+      for bundles that do not keep it re-read from its corpus: a ``CorpusError`` if it moved or changed since);
     * ``split=None`` (default): the validation split if the model has one, else the training
       split. ``EvaluationSet.source`` says which ("validation" or "train").
 

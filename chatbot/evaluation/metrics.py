@@ -1,4 +1,4 @@
-"""Metrics on plain text: exact match, perplexity, BLEU/chrF (sacrebleu), distinct-n.
+"""Metrics on plain text: exact match, perplexity, BLEU/chrF (sacrebleu), distinct-n, top-k share.
 
 One definition of exact match for the whole project (evaluation, training summaries, golden
 checks, benchmarks): a reply is right when it equals one accepted answer after
@@ -53,6 +53,16 @@ def distinct_n(replies: Sequence[str], n: int) -> float:
     grams = [tuple(words[i:i + n]) for words in (r.split() for r in replies)
              for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def top_share(replies: Sequence[str], k: int = 10) -> float:
+    """Share of the replies that are one of the ``k`` most frequent replies (after
+    ``normalise_answer``): near 1 for a model that answers everything with "yeah" or "i don't
+    know", which distinct-n alone can hide when those few replies are long."""
+    from collections import Counter
+
+    counts = Counter(normalise_answer(r) for r in replies)
+    return sum(n for _, n in counts.most_common(k)) / len(replies) if replies else 0.0
 
 
 def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:

@@ -218,6 +218,8 @@ class Generator:
                     self._beam_one(self.encode_inputs(read, self.retrieve(read)), config)
             else:
                 self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
+            if self.ranks_by_mutual_information(own):
+                self.unconditional_scores([np.array([END], np.int32)])
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
 
@@ -638,26 +640,54 @@ class Generator:
         return (config.effective_strategy == "beam" and config.retrieved_bonus > 0 and config.retrieval
                 and self.reads_retrieval)
 
+    @staticmethod
+    def ranks_by_mutual_information(config: DecodingConfig) -> bool:
+        """Whether ``decoding.mmi_weight`` re-ranks this search's hypotheses."""
+        return config.effective_strategy == "beam" and config.mmi_weight > 0
+
     def searched(self, config: DecodingConfig) -> DecodingConfig:
         """The search actually run for ``config``: to be re-ranked, the whole beam comes back
         (``n_best`` = ``beam``), and ``n_best`` are kept afterwards. Warm-up compiles this one."""
-        return dataclasses.replace(config, n_best=config.beam) if self.ranks_by_retrieval(config) else config
+        reranked = self.ranks_by_retrieval(config) or self.ranks_by_mutual_information(config)
+        return dataclasses.replace(config, n_best=config.beam) if reranked else config
 
-    def _prefer_retrieved(self, hypotheses: list[tuple], shown, bonus: float) -> list[tuple]:
-        """The beam's hypotheses ``(text, ids, score, length)`` re-ranked by ``decoding.retrieved_bonus``:
-        one that repeats a retrieved answer (exact match) ranks as if its score were higher by
-        ``bonus`` x that pair's similarity. Only decoded hypotheses are ranked; none is added.
+    def unconditional_scores(self, hypotheses: Sequence[np.ndarray]) -> np.ndarray:
+        """Each hypothesis' mean log-probability per token given an empty input: how likely the
+        model finds a reply whatever was said, the anti-language model of MMI reranking."""
+        if not len(hypotheses):
+            return np.zeros([0], np.float32)
+        target = np.zeros((len(hypotheses), max(max(len(h) for h in hypotheses), 1)), np.int32)
+        for row, ids in enumerate(hypotheses):
+            target[row, :len(ids)] = ids
+        empty = np.tile(self.encode_inputs([[""]]), (len(hypotheses), 1))
+        return self._score(tf.constant(empty), tf.constant(target)).numpy()
 
-        Why: a beam often holds the right retrieved answer copied whole just below a hypothesis
-        that broke off part-way ("no need for material possesssss."); what retrieval found tells
-        the two apart, and the copy is still the decoder's own text (bench/README.md, run 11)."""
-        alike = {}
-        for _, answer, similarity in shown:
-            key = normalise_answer(answer)
-            alike[key] = max(alike.get(key, 0.0), similarity)
-        if not alike:
-            return hypotheses
-        return sorted(hypotheses, key=lambda h: -(h[2] + bonus * alike.get(normalise_answer(h[0]), 0.0)))
+    def _rerank(self, hypotheses: list[tuple], shown, config: DecodingConfig) -> list[tuple]:
+        """The beam's hypotheses ``(text, ids, score, length)`` in a new order; only decoded
+        hypotheses are ranked, none is added, and each keeps its own score. The rank key is the
+        score, plus (``retrieved_bonus``) B x the similarity of a retrieved pair whose answer the
+        hypothesis repeats word for word, minus (``mmi_weight``) w x the hypothesis' score given an
+        empty input (maximum mutual information, Li et al. 2016: MMI-antiLM).
+
+        Why the bonus: a beam often holds the right retrieved answer copied whole just below a
+        hypothesis that broke off part-way ("no need for material possesssss."); what retrieval
+        found tells the two apart (bench/README.md, run 11). Why MMI: trained on open dialogue,
+        beam search favours replies likely after anything ("yeah", "i don't know"); subtracting
+        how likely a reply is with no input favours replies that fit this one
+        (bench/results/chitchat.json)."""
+        keys = [score for _, _, score, _ in hypotheses]
+        if self.ranks_by_mutual_information(config):
+            generic = self.unconditional_scores([ids for _, ids, _, _ in hypotheses])
+            keys = [key - config.mmi_weight * float(g) for key, g in zip(keys, generic)]
+        if self.ranks_by_retrieval(config):
+            alike: dict[str, float] = {}
+            for _, answer, similarity in shown:
+                answer = normalise_answer(answer)
+                alike[answer] = max(alike.get(answer, 0.0), similarity)
+            keys = [key + config.retrieved_bonus * alike.get(normalise_answer(h[0]), 0.0)
+                    for key, h in zip(keys, hypotheses)]
+        order = sorted(range(len(hypotheses)), key=lambda i: -keys[i])  # stable: ties keep beam order
+        return [hypotheses[i] for i in order]
 
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
                  decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
@@ -665,7 +695,7 @@ class Generator:
         config = self.resolve(decoding, max_length)
         beam = config.effective_strategy == "beam"
         wanted = config.n_best
-        prefer_retrieved = self.ranks_by_retrieval(config)
+        reranked = self.ranks_by_retrieval(config) or self.ranks_by_mutual_information(config)
         config = self.searched(config)
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         results: list[Generation] = []
@@ -700,8 +730,8 @@ class Generator:
                     hypothesis = ids[row, j, :n]
                     hypotheses.append((self.tokenizer.decode(hypothesis), hypothesis,
                                        float(logprob[row, j] / max(n, 1)), n))
-                if prefer_retrieved:
-                    hypotheses = self._prefer_retrieved(hypotheses, shown[row], config.retrieved_bonus)[:wanted]
+                if reranked:
+                    hypotheses = self._rerank(hypotheses, shown[row], config)[:wanted]
                 text, token_ids, score, n = hypotheses[0]
                 chunk_results.append(Generation(
                     text=text,

@@ -35,7 +35,7 @@ from packaging.version import InvalidVersion, Version
 
 from chatbot.version import __version__
 from chatbot.config import Config
-from chatbot.data.corpus import Example, JSONTooDeep, load_corpus, loads_bounded
+from chatbot.data.corpus import Example, JSONTooDeep, load_corpus, loads_bounded, resolve_corpus
 from chatbot.errors import BundleError, ChatbotError, CorpusError
 from chatbot.data.tokenizer import TextTokenizer
 
@@ -165,7 +165,7 @@ class Bundle:
         recorded = self.corpus.get("path")
         if not recorded:
             raise BundleError(f"{self.path}: the bundle does not record its training corpus")
-        path = Path(recorded)
+        path = resolve_corpus(recorded)  # a path, or a corpus name such as "chitchat"
         project = MODELS_DIR.parent  # the checkout, or the installed package
         if not path.is_absolute() and not path.exists() and (project / path).exists():
             path = project / path  # recorded relative to the project, read from elsewhere

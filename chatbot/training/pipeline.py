@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from chatbot.config import Config, apply_dotted
-from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_examples
+from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_by_dialogue, split_examples
 from chatbot.data.noise import noisy
 from chatbot.data.spelling import Speller, speller_for
 from chatbot.data.tokenizer import TextTokenizer
@@ -41,6 +41,9 @@ from chatbot.model.bundle import Bundle
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
+# The training summary's exact match replies to at most this many pairs of each split, chosen
+# at random: every pair of a 100k-pair corpus would add many minutes to training.
+SUMMARY_PAIRS = 2000
 UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new vocabulary
 # What ``resume`` may change: settings read only after the saved state is restored. Every other
 # one fixes what the checkpoints hold: the data and its split (data.*, training.seed,
@@ -150,8 +153,12 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
         _check_same_architecture(base, config)
 
     keras.utils.set_random_seed(config.training.seed)
-    train_examples, val_examples = split_examples(examples, config.data.validation_fraction,
-                                                  config.training.seed)
+    data = config.data
+    if data.split_by == "dialogues":
+        train_examples, val_examples = split_by_dialogue(corpus_obj.dialogues, data.validation_fraction,
+                                                         config.training.seed, data.context_turns, data.deduplicate)
+    else:
+        train_examples, val_examples = split_examples(examples, data.validation_fraction, config.training.seed)
     plan = Plan(config, corpus_obj, out, examples, train_examples, val_examples, examples,
                 list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab)
     if changes:
@@ -329,7 +336,7 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
         metrics["validation"] = {"loss": round(float(val_loss), 5),
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
-    corpus_info = {"path": str(plan.corpus.root), "sha256": plan.corpus.sha256, "examples": len(plan.examples),
+    corpus_info = {"path": plan.corpus.name or str(plan.corpus.root), "sha256": plan.corpus.sha256, "examples": len(plan.examples),
                    "train": len(plan.train), "validation": len(plan.validation),
                    "skipped_entries": len(plan.corpus.skipped)}
     if plan.base is not None:
@@ -340,18 +347,33 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
     vectors = None
     if plan.memory is not None and plan.memory.vectors is not None:
         vectors = (plan.memory.vectors, plan.memory.fingerprint)
+    # The training pairs travel with the model only when replies read them (the answer memory,
+    # the spelling vocabulary): 100k chit-chat pairs would outweigh the weights.
+    keep_train = config.data.retrieved_pairs > 0 or config.data.spelling
     bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=plan.validation,
-                    train=plan.train, question_vectors=vectors)
+                    train=plan.train if keep_train else [], question_vectors=vectors)
     # The public reply path, greedy whatever the recipe's decoding: the summary judges the
     # network (a beam's retrieval bonus could lift a weak one), and greedy is the fast judge
     # (beam 8 took over 4 minutes on the transformer recipe's 1,176 pairs).
     greedy = {"strategy": "greedy"}
+    seed = config.training.seed
     with as_chatbot(bundle) as bot:
-        metrics["train_exact_match"] = round(exact_match(bot, plan.train, plan.reference, greedy), 5)
+        metrics["train_exact_match"] = round(
+            exact_match(bot, _sample(plan.train, SUMMARY_PAIRS, seed), plan.reference, greedy), 5)
         if plan.validation:
             metrics["validation"]["exact_match"] = round(
-                exact_match(bot, plan.validation, plan.reference, greedy), 5)
+                exact_match(bot, _sample(plan.validation, SUMMARY_PAIRS, seed), plan.reference, greedy), 5)
+    if len(plan.train) > SUMMARY_PAIRS:
+        metrics["exact_match_sample"] = SUMMARY_PAIRS
     return bundle
+
+
+def _sample(examples: list[Example], size: int, seed: int) -> list[Example]:
+    """At most ``size`` of ``examples``, a seeded random choice in their order."""
+    if len(examples) <= size:
+        return examples
+    keep = set(random.Random(seed).sample(range(len(examples)), size))
+    return [e for i, e in enumerate(examples) if i in keep]
 
 
 def install(bundle: Bundle, plan: Plan, golden, golden_cases) -> Bundle:
