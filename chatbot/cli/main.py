@@ -44,6 +44,7 @@ TRAIN_FLAGS = {  # command-line flag -> config key
     "attention": "model.attention",
     "context_turns": "data.context_turns",
     "validation_fraction": "data.validation_fraction",
+    "distribute": "training.distribute",
 }
 
 
@@ -90,6 +91,9 @@ def cmd_train(args) -> int:
                    on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
                    base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
                    golden=args.golden, extra_callbacks=None if args.quiet else _progress_callbacks(config, args))
+    if bundle is None:  # a multi-worker training's other worker: the chief wrote the bundle
+        print(json.dumps({"model": None, "worker": "done; the chief installs the model"}))
+        return 0
     metrics = bundle.metrics
     summary = {"model": str(bundle.path), "epochs": metrics["epochs_run"], "seconds": metrics["train_seconds"],
                "train_exact_match": metrics.get("train_exact_match")}
@@ -511,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any config key, e.g. --set model.dropout=0.1 (repeatable)")
     for flag, key in TRAIN_FLAGS.items():
         kind = {"learning_rate": float, "dropout": float, "validation_fraction": float,
-                "level": str, "cell": str, "attention": str}.get(flag, int)
+                "level": str, "cell": str, "attention": str, "distribute": str}.get(flag, int)
         train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"sets {key}")
     train.add_argument("--bidirectional", action="store_true", help="sets model.bidirectional")
     train.set_defaults(func=cmd_train)

@@ -37,6 +37,7 @@ from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
 from chatbot.inference.retrieval import AnswerMemory, memory_for
 from chatbot.model.bundle import Bundle
+from chatbot.training import distribute
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new
 # training.batch_size: steps per epoch, which a mid-epoch checkpoint counts in), the tokenizer,
 # the network's shapes (model.* but dropout), or the optimizer state (training.learning_rate is
 # restored from the checkpoint, decayed as it was) and the best weights so far (training.monitor).
+# training.distribute only spreads the same global batches over devices and workers.
 RESUMABLE = ("training.epochs", "training.early_stopping", "training.patience", "training.lr_decay_patience",
-             "training.clipnorm", "training.checkpoint_every_steps", "model.dropout", "decoding.*", "dialogue.*")
+             "training.clipnorm", "training.checkpoint_every_steps", "training.distribute", "model.dropout",
+             "decoding.*", "dialogue.*")
 
 
 def work_dir_for(out: Path) -> Path:
@@ -76,11 +79,13 @@ class Plan:
     rebuild_vocab: bool = False
     memory: AnswerMemory | None = None  # what retrieval searches, built with the datasets
     speller: Speller | None = None  # the spelling normalisation of data.spelling, likewise
+    private_work: Path | None = None  # a non-chief worker's own (distribute.Cluster.private)
 
     @property
     def work(self) -> Path:
-        """The hidden work directory beside ``out`` that holds the resumable training state."""
-        return work_dir_for(self.out)
+        """The hidden work directory beside ``out`` that holds the resumable training state
+        (a non-chief worker writes its copy of it to ``private_work`` instead)."""
+        return self.private_work or work_dir_for(self.out)
 
     @property
     def fine_tuning(self) -> bool:
@@ -104,24 +109,47 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     ``golden``: a file of question -> expected answer checks (see ``golden.load_golden``).
     A model that fails any is not installed at ``out`` (an existing bundle there stays);
     it is saved beside it as ``OUT.rejected`` and ``GoldenCheckFailed`` is raised.
+
+    ``config.training.distribute`` (``distribute.py``): under ``multi-worker``, every worker calls
+    this with the same arguments; only the chief writes the work directory, measures the model
+    and installs the bundle; the others return None once it has.
     """
     stage = on_stage or (lambda message: log.info(message))
     out = Path(out)
     golden_cases = load_golden(golden) if golden is not None else None  # a bad file fails now
-    plan = plan_run(corpus, config.validate(), out, resume, base, mix_base_corpus, rebuild_vocab, stage)
-    unknown_rate = prepare_tokenizer(plan, stage)
-    model, train_set, val_set = build(plan, stage)
-    history, seconds = fit(model, train_set, val_set, plan, resume, verbose, extra_callbacks)
-    stage("measuring the trained model")
-    bundle = assemble(model, plan, history, seconds, unknown_rate, val_set)
-    return install(bundle, plan, golden, golden_cases)
+    config = config.validate()
+    cluster = distribute.start(config.training.distribute)  # before TensorFlow runs anything
+    try:
+        plan = plan_run(corpus, config, out, resume, base, mix_base_corpus, rebuild_vocab, stage, cluster)
+        unknown_rate = prepare_tokenizer(plan, stage) if cluster.chief else 0.0
+        cluster.barrier()  # the chief has restored or cleared the work directory and fixed the tokenizer
+        if not cluster.chief:
+            plan.tokenizer = TextTokenizer.load(work_dir_for(out) / "tokenizer.json")
+            distribute.share_backup(cluster, work_dir_for(out))
+        model, train_set, val_set = build(plan, stage, cluster)
+        history, seconds = fit(model, train_set, val_set, plan, resume, verbose, extra_callbacks, cluster)
+        if not cluster.chief:
+            cluster.barrier()  # a worker that left now would abort the chief's measurements
+            return None
+        try:
+            if cluster.multi_worker:  # the mirrored model would wait for the others at each step
+                model = _local_copy(model, plan)
+            stage("measuring the trained model")
+            bundle = assemble(model, plan, history, seconds, unknown_rate, val_set)
+            return install(bundle, plan, golden, golden_cases)
+        finally:
+            cluster.barrier()  # the other workers may leave
+    finally:
+        cluster.close()
 
 
 def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_corpus: bool,
-             rebuild_vocab: bool, stage: Callable[[str], None]) -> Plan:
-    """Step 1: read the corpus, restore or start the work directory, split the examples."""
+             rebuild_vocab: bool, stage: Callable[[str], None], cluster: distribute.Cluster | None = None) -> Plan:
+    """Step 1: read the corpus, restore or start the work directory, split the examples. Only
+    the chief clears the work directory; a resuming worker reads the chief's saved state."""
     import keras  # deferred so that importing the package stays fast
 
+    cluster = cluster or distribute.Cluster()
     work = work_dir_for(out)
     corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     examples = corpus_obj.examples(config.data.context_turns, config.data.deduplicate)
@@ -144,7 +172,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
         stage(f"resuming training in {work}")
         if changes:
             stage(f"resuming with changed settings: {', '.join(changes)}")
-    else:
+    elif cluster.chief:
         if work.exists():
             log.warning("discarding the unfinished training in %s", work)
             shutil.rmtree(work)
@@ -160,8 +188,9 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
     else:
         train_examples, val_examples = split_examples(examples, data.validation_fraction, config.training.seed)
     plan = Plan(config, corpus_obj, out, examples, train_examples, val_examples, examples,
-                list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab)
-    if changes:
+                list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab,
+                private_work=cluster.private)
+    if changes and cluster.chief:
         _write_state(plan)  # a later resume continues with the changed settings
     if base is not None and mix_base_corpus:
         old = base.training_examples()
@@ -197,12 +226,13 @@ def prepare_tokenizer(plan: Plan, stage: Callable[[str], None]) -> float:
     return unknown_rate
 
 
-def build(plan: Plan, stage: Callable[[str], None]):
+def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster | None = None):
     """Step 3: the tf.data pipelines and the compiled network (from the base's weights when
-    fine-tuning). Returns (model, train set, validation set or None)."""
+    fine-tuning), built in the strategy's scope. Returns (model, train set, validation set or None)."""
     from chatbot.data.dataset import encode_examples, make_dataset
     from chatbot.model.network import build_model, compile_model
 
+    cluster = cluster or distribute.Cluster()
     config, tokenizer, data = plan.config, plan.tokenizer, plan.config.data
     if data.retrieved_pairs and not tokenizer.reads_retrieval:
         raise TrainingError("data.retrieved_pairs needs a tokenizer with retrieval markers; this one "
@@ -226,12 +256,18 @@ def build(plan: Plan, stage: Callable[[str], None]):
         val_src, val_tgt = encode_examples(validation, tokenizer, data.max_input_tokens,
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
         val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
+    if cluster.strategy is not None:  # batch_size is the global batch, split between the replicas
+        train_set = distribute.shard_by_data(train_set)
+        val_set = distribute.shard_by_data(val_set) if val_set is not None else None
 
-    model = build_model(tokenizer.vocab_size, config.model, data.max_output_tokens)
-    model.build_for_inference()
-    if plan.fine_tuning:
-        model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
-    compile_model(model, config.training.learning_rate, config.training.clipnorm)
+    with cluster.scope():
+        model = build_model(tokenizer.vocab_size, config.model, data.max_output_tokens)
+        model.build_for_inference()
+        if plan.fine_tuning:
+            model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
+        compile_model(model, config.training.learning_rate, config.training.clipnorm)
+    if cluster.strategy is not None:  # a batch to build from: only then, it fills the shuffle buffer
+        distribute.adapt(model, cluster, next(iter(train_set)))
     shape = (f"{config.model.heads} heads" if config.model.cell == "transformer"
              else f"attention {config.model.attention}")
     stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
@@ -276,10 +312,12 @@ def spelled(plan: Plan, text: str) -> str:
     return plan.speller.correct(text) if plan.speller is not None else text
 
 
-def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra_callbacks: list | None):
+def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra_callbacks: list | None,
+        cluster: distribute.Cluster | None = None):
     """Step 4: ``model.fit`` with checkpoints (resumable), the CSV and TensorBoard logs, LR decay
     and early stopping; the best weights are loaded back. Returns (history, seconds)."""
     import keras
+    import tensorflow as tf
 
     training = plan.config.training
     monitor = training.monitor if val_set is not None else "loss"
@@ -310,10 +348,28 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         kept = f"the model at {plan.out} is unchanged; " if plan.out.exists() else ""
         raise TrainingError(f"cannot write the training state in {plan.work} ({_os_reason(exc)}); {kept}"
                             "make room, then run the same command with --resume") from exc
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
+        if cluster is None or not cluster.multi_worker:
+            raise
+        reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
+        raise TrainingError(f"the multi-worker training lost a worker ({reason}); its state is kept in "
+                            f"{work_dir_for(plan.out)}: start every worker again with --resume") from None
     seconds = time.perf_counter() - began
     if best_weights.exists():
         model.load_weights(best_weights)
     return history, seconds
+
+
+def _local_copy(model, plan: Plan):
+    """The trained network outside the strategy, compiled alike: the chief measures it alone."""
+    from chatbot.model.network import build_model, compile_model
+
+    config = plan.config
+    local = build_model(plan.tokenizer.vocab_size, config.model, config.data.max_output_tokens)
+    local.build_for_inference()
+    compile_model(local, config.training.learning_rate, config.training.clipnorm)
+    local.set_weights(model.get_weights())
+    return local
 
 
 def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, val_set) -> Bundle:
