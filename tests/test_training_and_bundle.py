@@ -159,3 +159,14 @@ def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, t
     assert [b["name"] for b in as_json] == ["broken", "good", "newer"]
     missing = chatbot("models", "list", "--dir", tmp_path / "nowhere")
     assert missing.returncode == 1 and "not a directory" in missing.stderr
+
+
+def test_the_history_reads_every_epoch_of_the_log_once(tmp_path):
+    """A resumed run's bundle keeps every epoch's figures, also those before the resume; an
+    epoch logged twice (killed after its row, before its checkpoint) counts once, as last run."""
+    from chatbot.training.pipeline import logged_history
+
+    log_file = tmp_path / "training_log.csv"
+    log_file.write_text("epoch,loss,val_loss\n0,3.0,NA\n1,2.0,NA\n1,1.9,NA\n2,1.5,NA\n", encoding="utf-8")
+    assert logged_history(log_file) == {"loss": [3.0, 1.9, 1.5]}  # no "epoch", no all-NA column
+    assert logged_history(tmp_path / "missing.csv") == {}

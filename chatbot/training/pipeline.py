@@ -381,11 +381,12 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
     final = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)  # no optimizer state
     final.build_for_inference()
     final.set_weights(model.get_weights())
+    every_epoch = logged_history(plan.work / "training_log.csv") or history.history
     metrics = {
-        "epochs_run": len(history.history.get("loss", [])),
-        "train_seconds": round(seconds, 1),
+        "epochs_run": len(history.history.get("loss", [])),  # by this process: after a resume, the rest
+        "train_seconds": round(seconds, 1),  # likewise
         "unknown_token_rate": round(unknown_rate, 5),
-        "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()},
+        "history": {k: [round(float(v), 5) for v in vs] for k, vs in every_epoch.items()},
     }
     if val_set is not None:
         val_loss, val_acc = model.evaluate(val_set, verbose=0)
@@ -474,17 +475,27 @@ def _number(text: str) -> float:
         return float("nan")
 
 
+def logged_history(log_file: Path) -> dict[str, list[float]]:
+    """Every epoch's figures from the CSV log, also those before a ``--resume`` (Keras'
+    ``History`` holds only the epochs of its own process); an epoch logged twice (killed after
+    its row was written, before its checkpoint) counts once, as last run. {} without a log."""
+    if not log_file.exists():
+        return {}
+    with open(log_file, newline="") as f:
+        by_epoch = {row.get("epoch"): row for row in csv.DictReader(f)}
+    rows = list(by_epoch.values())
+    history = {key: [_number(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
+    return {key: values for key, values in history.items() if not all(math.isnan(v) for v in values)}
+
+
 def _plot_history(log_file: Path, out_png: Path, title: str) -> bool:
     """training.png from the CSV log (every epoch, also those before a resume); matplotlib
     is optional, so without it there is simply no plot."""
     from chatbot.evaluation.plots import plot_training_history
 
-    if not log_file.exists():
+    history = logged_history(log_file)
+    if not history:
         return False
-    with open(log_file, newline="") as f:
-        rows = list(csv.DictReader(f))
-    history = {key: [_number(row[key]) for row in rows] for key in (rows[0] if rows else {})}
-    history = {key: values for key, values in history.items() if not all(math.isnan(v) for v in values)}
     try:
         plot_training_history(history, out_png, title=title)
     except PlotError as exc:
