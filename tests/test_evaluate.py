@@ -229,8 +229,10 @@ def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, ti
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert "exact match     100.0%  (20 of 20)" in out and "BLEU            100.00" in out
-    for label in ("perplexity", "token accuracy", "chrF", "distinct-1/2", "reply length", "latency"):
+    for label in ("perplexity", "token accuracy", "chrF", "distinct-1/2", "self-perplexity", "reply length",
+                  "latency"):
         assert f"\n{label}" in out
+    assert "(the 10 most frequent replies: 50.0% of all)" in out  # 20 distinct replies, 10 of them
     assert "golden          1 of 2 passed" in out and f"FAIL {golden}:2: {tiny_pairs[1][0]}" in out
     assert result.stderr == f"chatbot: 1 of 2 golden cases failed ({golden})\n"
     rows = [json.loads(line) for line in details.read_text().splitlines()]

@@ -295,7 +295,7 @@ def _evaluation_table(report, model_path, golden, golden_path) -> str:
         f"chrF            {report.chrf:.2f}",
         f"distinct-1/2    {report.distinct_1:.3f} / {report.distinct_2:.3f}  "
         f"(the 10 most frequent replies: {report.top10_share:.1%} of all)",
-        f"reply perplexity {report.reply_perplexity:,.2f}  (of its own replies, given their inputs)",
+        f"self-perplexity {report.reply_perplexity:,.2f}  (of its own replies, given their inputs)",
         f"reply length    {report.reply_tokens:.1f} tokens, {report.reply_words:.1f} words (mean)",
         f"latency         {latency['mean']:.2f} ms per reply (p50 {latency['p50']:.2f}, "
         f"p90 {latency['p90']:.2f}; batched)",
