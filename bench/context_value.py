@@ -9,9 +9,14 @@ summary reports them), and the perplexity per word of the held-out replies, whic
 depend on how each model's tokenizer cut the words. The replies to predict are the same for
 both; only what the model reads differs.
 
+With ``--model``, no training: a trained context model (the shipped ``models/chitchat``) on its
+own held-out conversations, read as trained (the turns before each question), with no context,
+and with the context of another held-out example: whether the weights use what was said before.
+
     pip install -e ".[chitchat]"
     python bench/context_value.py                        # 1,200 conversations, 3 epochs each
     python bench/context_value.py --conversations 300 --epochs 1 --quick   # a smoke run
+    python bench/context_value.py --model models/chitchat  # the shipped model, context ablated
 """
 
 from __future__ import annotations
@@ -68,13 +73,48 @@ def measure(corpus: Path, context_turns: int, epochs: int, folder: Path) -> dict
             "vocabulary": bundle.tokenizer.vocab_size, "train_seconds": round(seconds, 1)}
 
 
+def ablate(model: str, seed: int) -> dict:
+    """A context model's held-out figures with its inputs' context as trained, removed, and
+    taken from another held-out example (the same number of turns, the wrong conversation)."""
+    import dataclasses
+
+    from chatbot.evaluation.evaluate import teacher_forced
+    from chatbot.model.bundle import Bundle
+
+    bundle = Bundle.load(model)
+    held_out = list(bundle.validation)
+    shuffled = [e.context for e in held_out]
+    random.Random(seed).shuffle(shuffled)
+    readings = {"as_trained": held_out,
+                "no_context": [dataclasses.replace(e, context=()) for e in held_out],
+                "other_context": [dataclasses.replace(e, context=c) for e, c in zip(held_out, shuffled)]}
+    out = {}
+    for name, examples in readings.items():
+        loss, accuracy = teacher_forced(bundle, examples)
+        out[name] = {"loss": round(loss, 5), "perplexity": round(math.exp(loss), 3),
+                     "token_accuracy": round(accuracy, 5)}
+        log(f"{name}: {out[name]}")
+    return {"model": model, "context_turns": bundle.config.data.context_turns, "held_out_pairs": len(held_out),
+            "held_out_conversations": len({e.source.rsplit("/", 1)[0] for e in held_out}), "readings": out,
+            "no_context_perplexity_ratio": round(out["no_context"]["perplexity"] / out["as_trained"]["perplexity"], 4),
+            "other_context_perplexity_ratio": round(
+                out["other_context"]["perplexity"] / out["as_trained"]["perplexity"], 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=1200)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--model", help="measure this trained context model with its context ablated instead")
     parser.add_argument("--quick", action="store_true", help="a smoke run: figures not saved")
     args = parser.parse_args()
+    if args.model:
+        result = ablate(args.model, args.seed)
+        if args.quick:
+            result["partial"] = True
+        emit(result, f"context_value_{Path(args.model).name}")  # beside the two-model comparison
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         corpus = subset(args.conversations, args.seed, folder)
