@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model on a corpus and save it as a bundle")
-    train.add_argument("--corpus", required=True, help="corpus file or directory (YAML, TSV, JSONL)")
+    train.add_argument("--corpus", required=True, help="corpus file or directory (YAML, TSV, JSONL, chitchat "
+                                                        "JSON), or \"chitchat\" (the [chitchat] extra)")
     train.add_argument("--config", help="JSON or TOML config file (defaults for keys left out)")
     train.add_argument("--out", default="models/mine", help="bundle directory to write (default: models/mine)")
     train.add_argument("--resume", action="store_true",
