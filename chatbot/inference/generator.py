@@ -654,17 +654,20 @@ class Generator:
     def unconditional_scores(self, hypotheses: Sequence[np.ndarray]) -> np.ndarray:
         """Each hypothesis' mean log-probability per token given an empty input: how likely the
         model finds a reply whatever was said, the anti-language model of MMI reranking."""
-        if not len(hypotheses):
-            return np.zeros([0], np.float32)
-        target = np.zeros((len(hypotheses), max(max(len(h) for h in hypotheses), 1)), np.int32)
-        for row, ids in enumerate(hypotheses):
-            target[row, :len(ids)] = ids
-        empty = np.tile(self.encode_inputs([[""]]), (len(hypotheses), 1))
-        return self._score(tf.constant(empty), tf.constant(target)).numpy()
+        scores = []
+        for start in range(0, len(hypotheses), SCORE_BATCH):  # bounded memory: logits are batch x length x vocab
+            chunk = hypotheses[start:start + SCORE_BATCH]
+            target = np.zeros((len(chunk), max(max(len(h) for h in chunk), 1)), np.int32)
+            for row, ids in enumerate(chunk):
+                target[row, :len(ids)] = ids
+            empty = np.tile(self.encode_inputs([[""]]), (len(chunk), 1))
+            scores.append(self._score(tf.constant(empty), tf.constant(target)).numpy())
+        return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
-    def _rerank(self, hypotheses: list[tuple], shown, config: DecodingConfig) -> list[tuple]:
-        """The beam's hypotheses ``(text, ids, score, length)`` in a new order; only decoded
-        hypotheses are ranked, none is added, and each keeps its own score. The rank key is the
+    def _rerank(self, rows: list[list[tuple]], shown, config: DecodingConfig) -> list[list[tuple]]:
+        """Each input's beam hypotheses ``(text, ids, score, length)`` in a new order (``shown``:
+        what retrieval showed for each input); only decoded hypotheses are ranked, none is added,
+        and each keeps its own score. The rank key is the
         score, plus (``retrieved_bonus``) B x the similarity of a retrieved pair whose answer the
         hypothesis repeats word for word, minus (``mmi_weight``) w x the hypothesis' score given an
         empty input (maximum mutual information, Li et al. 2016: MMI-antiLM).
@@ -675,19 +678,20 @@ class Generator:
         beam search favours replies likely after anything ("yeah", "i don't know"); subtracting
         how likely a reply is with no input favours replies that fit this one
         (bench/results/chitchat.json)."""
-        keys = [score for _, _, score, _ in hypotheses]
-        if self.ranks_by_mutual_information(config):
-            generic = self.unconditional_scores([ids for _, ids, _, _ in hypotheses])
-            keys = [key - config.mmi_weight * float(g) for key, g in zip(keys, generic)]
+        keys = [[score for _, _, score, _ in hypotheses] for hypotheses in rows]
+        if self.ranks_by_mutual_information(config):  # one forward pass for every input's beam
+            generic = iter(self.unconditional_scores([h[1] for hypotheses in rows for h in hypotheses]))
+            keys = [[key - config.mmi_weight * float(next(generic)) for key in row] for row in keys]
         if self.ranks_by_retrieval(config):
-            alike: dict[str, float] = {}
-            for _, answer, similarity in shown:
-                answer = normalise_answer(answer)
-                alike[answer] = max(alike.get(answer, 0.0), similarity)
-            keys = [key + config.retrieved_bonus * alike.get(normalise_answer(h[0]), 0.0)
-                    for key, h in zip(keys, hypotheses)]
-        order = sorted(range(len(hypotheses)), key=lambda i: -keys[i])  # stable: ties keep beam order
-        return [hypotheses[i] for i in order]
+            for row, (hypotheses, pairs) in enumerate(zip(rows, shown)):
+                alike: dict[str, float] = {}
+                for _, answer, similarity in pairs:
+                    answer = normalise_answer(answer)
+                    alike[answer] = max(alike.get(answer, 0.0), similarity)
+                keys[row] = [key + config.retrieved_bonus * alike.get(normalise_answer(h[0]), 0.0)
+                             for key, h in zip(keys[row], hypotheses)]
+        return [[hypotheses[i] for i in sorted(range(len(hypotheses)), key=lambda i: -row_keys[i])]  # stable
+                for hypotheses, row_keys in zip(rows, keys)]
 
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
                  decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
@@ -719,8 +723,7 @@ class Generator:
                     source, *self._step_args(config, seed, (start // self.max_batch) * 1_000_003 % 2 ** 30)))
                 ids, logprob, lengths = ids[:, None], logprob[:, None], lengths[:, None]
                 keys = logprob
-            latency = (time.perf_counter() - began) * 1000 / len(chunk)
-            chunk_results: list[Generation] = []
+            rows = []  # per input: its hypotheses (text, ids, score, length), best first
             for row in range(len(chunk)):
                 hypotheses = []
                 for j in range(ids.shape[1]):
@@ -730,8 +733,13 @@ class Generator:
                     hypothesis = ids[row, j, :n]
                     hypotheses.append((self.tokenizer.decode(hypothesis), hypothesis,
                                        float(logprob[row, j] / max(n, 1)), n))
-                if reranked:
-                    hypotheses = self._rerank(hypotheses, shown[row], config)[:wanted]
+                rows.append(hypotheses)
+            if reranked:
+                rows = self._rerank(rows, shown, config)
+                rows = [hypotheses[:wanted] for hypotheses in rows]
+            latency = (time.perf_counter() - began) * 1000 / len(chunk)
+            chunk_results: list[Generation] = []
+            for row, hypotheses in enumerate(rows):
                 text, token_ids, score, n = hypotheses[0]
                 chunk_results.append(Generation(
                     text=text,
