@@ -7,6 +7,8 @@ and punctuation included, rather than "Hello , world !".
 
 from __future__ import annotations
 
+import itertools
+
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -104,10 +106,11 @@ class TextTokenizer:
             raise TokenizerError(f"unknown tokenizer level '{level}' (expected char, word or subword)")
         backend.pre_tokenizer = _pre_tokenizer(level)
         backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-        texts = list(texts)
-        if not texts:
+        texts = iter(texts)  # streamed to the trainer: a big corpus is never held as one list here
+        first = next(texts, None)
+        if first is None:
             raise TokenizerError("cannot fit a tokenizer on no text")
-        backend.train_from_iterator(texts, trainer=trainer)
+        backend.train_from_iterator(itertools.chain([first], texts), trainer=trainer)
         return cls(backend, level)
 
     @property
