@@ -84,10 +84,11 @@ def test_the_wheel_installs_only_the_chatbot_package(venv):
     top = {line.split(",")[0].split("/")[0] for line in (dist_info / "RECORD").read_text().splitlines()}
     assert top <= {"chatbot", dist_info.name, ".."}, top  # "..": the console script in bin/
     assert not (site / "cli.py").exists() and not (site / "cli").exists()
-    bundled = site / "chatbot" / "bundled_models" / "default"
-    manifest = json.loads((ROOT / "models" / "default" / "bundle.json").read_text())
-    missing = [name for name in manifest["files"] if not (bundled / name).is_file()]
-    assert not missing, f"files of models/default not in the wheel: {missing}"
+    for model in ("default", "chitchat"):
+        bundled = site / "chatbot" / "bundled_models" / model
+        manifest = json.loads((ROOT / "models" / model / "bundle.json").read_text())
+        missing = [name for name in manifest["files"] if not (bundled / name).is_file()]
+        assert not missing, f"files of models/{model} not in the wheel: {missing}"
 
 
 def test_chatbot_is_imported_from_the_installed_wheel(venv):
