@@ -393,8 +393,8 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
         metrics["validation"] = {"loss": round(float(val_loss), 5),
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
-    corpus_info = {"path": plan.corpus.name or str(plan.corpus.root), "sha256": plan.corpus.sha256, "examples": len(plan.examples),
-                   "train": len(plan.train), "validation": len(plan.validation),
+    corpus_info = {"path": plan.corpus.name or str(plan.corpus.root), "sha256": plan.corpus.sha256,
+                   "examples": len(plan.examples), "train": len(plan.train), "validation": len(plan.validation),
                    "skipped_entries": len(plan.corpus.skipped)}
     if plan.base is not None:
         base = plan.base
