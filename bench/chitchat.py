@@ -35,16 +35,16 @@ GREEDY = {"strategy": "greedy", "beam": 1, "n_best": 1}
 
 def prompts(bundle, dev: int, test: int) -> tuple[list, list]:
     """(dev, test) distinct held-out inputs, each (context..., question) with its replies."""
-    from chatbot.evaluation.metrics import distinct_inputs
+    from chatbot.evaluation.metrics import distinct_inputs, input_key
 
     inputs = distinct_inputs(bundle.validation)
     if len(inputs) < dev + test:
         log(f"only {len(inputs)} held-out inputs: dev {dev}, test {len(inputs) - dev}")
     chosen = set(inputs[:dev + test])
-    examples = [e for e in bundle.validation if e.context + (e.question,) in chosen]
+    examples = [e for e in bundle.validation if input_key(e) in chosen]
     dev_inputs = set(inputs[:dev])
-    return ([e for e in examples if e.context + (e.question,) in dev_inputs],
-            [e for e in examples if e.context + (e.question,) not in dev_inputs])
+    return ([e for e in examples if input_key(e) in dev_inputs],
+            [e for e in examples if input_key(e) not in dev_inputs])
 
 
 def figures(bot, examples, decoding: dict) -> dict:
@@ -88,6 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from chatbot import ChatBot
+    from chatbot.evaluation.metrics import distinct_inputs
 
     import tensorflow  # noqa: F401  (imported first, so the load below times the model alone)
 
@@ -120,9 +121,9 @@ def main() -> None:
         "default_corpus_pairs": default.bundle.corpus.get("examples"),
         "decoding": {"own": {k: getattr(own, k) for k in ("strategy", "beam", "n_best", "mmi_weight",
                                                           "no_repeat_ngram_size", "min_length")}},
-        "dev": {"prompts": len({e.context + (e.question,) for e in dev}),
+        "dev": {"prompts": len(distinct_inputs(dev)),
                 "by_decoding": dev_figures, "chosen": chosen, "chosen_by": "chrF"},
-        "test": {"prompts": len({e.context + (e.question,) for e in test}), "by_decoding": test_figures},
+        "test": {"prompts": len(distinct_inputs(test)), "by_decoding": test_figures},
         "latency": {**times, "questions": len(questions),
                     "chitchat_over_default_p50": round(times["chitchat"]["p50_ms"] / times["default"]["p50_ms"], 3),
                     "target_max": 1.5},

@@ -79,6 +79,7 @@ def ablate(model: str, seed: int) -> dict:
     import dataclasses
 
     from chatbot.evaluation.evaluate import teacher_forced
+    from chatbot.evaluation.metrics import perplexity
     from chatbot.model.bundle import Bundle
 
     bundle = Bundle.load(model)
@@ -91,7 +92,7 @@ def ablate(model: str, seed: int) -> dict:
     out = {}
     for name, examples in readings.items():
         loss, accuracy = teacher_forced(bundle, examples)
-        out[name] = {"loss": round(loss, 5), "perplexity": round(math.exp(loss), 3),
+        out[name] = {"loss": round(loss, 5), "perplexity": round(perplexity(loss), 3),
                      "token_accuracy": round(accuracy, 5)}
         log(f"{name}: {out[name]}")
     return {"model": model, "context_turns": bundle.config.data.context_turns, "held_out_pairs": len(held_out),

@@ -8,7 +8,6 @@ and punctuation included, rather than "Hello , world !".
 from __future__ import annotations
 
 import itertools
-
 import json
 from pathlib import Path
 from typing import Iterable, Sequence

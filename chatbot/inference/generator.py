@@ -655,12 +655,13 @@ class Generator:
         """Each hypothesis' mean log-probability per token given an empty input: how likely the
         model finds a reply whatever was said, the anti-language model of MMI reranking."""
         scores = []
+        nothing = self.encode_inputs([[""]])  # one row: the empty input
         for start in range(0, len(hypotheses), SCORE_BATCH):  # bounded memory: logits are batch x length x vocab
             chunk = hypotheses[start:start + SCORE_BATCH]
             target = np.zeros((len(chunk), max(max(len(h) for h in chunk), 1)), np.int32)
             for row, ids in enumerate(chunk):
                 target[row, :len(ids)] = ids
-            empty = np.tile(self.encode_inputs([[""]]), (len(chunk), 1))
+            empty = np.tile(nothing, (len(chunk), 1))
             scores.append(self._score(tf.constant(empty), tf.constant(target)).numpy())
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
