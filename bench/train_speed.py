@@ -426,10 +426,11 @@ def _make_probe(every: int, questions: int, seed: int):
             plan = self.captured["plan"]
             if self._bot is None:
                 self._bot, self.sample = self._build(plan)
+                self.reference = pipeline.reference_for(plan, self.sample)
             # Greedy whatever the recipe's decoding, as the training summary: the probe follows what
             # the network learned, and a half-trained network's beams run to max_length (beam 8:
             # 200 s a probe).
-            exact = exact_match(self._bot, self.sample, plan.reference, {"strategy": "greedy"})
+            exact = exact_match(self._bot, self.sample, self.reference, {"strategy": "greedy"})
             seconds = time.perf_counter() - began
             at = began - self.began - self.probe_seconds  # wall time of train() so far, probes excluded
             self.probe_seconds += seconds
@@ -448,7 +449,7 @@ def _make_probe(every: int, questions: int, seed: int):
             vectors = None
             if plan.memory is not None and plan.memory.vectors is not None:
                 vectors = (plan.memory.vectors, plan.memory.fingerprint)
-            bundle = Bundle(plan.config, plan.tokenizer, self.model, train=plan.train, question_vectors=vectors)
+            bundle = Bundle(plan.config, plan.tokenizer, self.model, train=list(plan.train), question_vectors=vectors)
             distinct = {}
             for example in plan.train:
                 distinct.setdefault((example.context, example.question), example)

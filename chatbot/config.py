@@ -146,6 +146,11 @@ class DataConfig(Section):
     max_output_tokens: int = setting(128, "longer answers are cut here for training", min=1, max=MAX_TOKENS)
     validation_fraction: float = setting(0.1, "share of the pairs held out to validate on", min=0, below=1)
     deduplicate: bool = setting(True, "drop repeated (context, question, answer) examples")
+    shuffle_window: int = setting(
+        65_536, "training inputs are shuffled within windows of this many: a bigger training set is "
+                "streamed from its token cache on disk a window at a time, so memory stays flat "
+                "whatever the corpus' size; a smaller one is held in memory and shuffled whole",
+        min=1, max=100_000_000)
     split_by: str = setting(
         "pairs", "what validation_fraction holds out: random 'pairs', or whole 'dialogues' (conversations "
                  "never seen in training: the honest test of a model that reads context)", choices=SPLITS)

@@ -83,7 +83,8 @@ def cmd_train(args) -> int:
     else:
         config = config.with_overrides(overrides)
 
-    corpus = load_corpus(args.corpus, strict=args.strict)  # logs a warning per skipped entry
+    # Checked whole now (a warning per skipped entry), but not held: training reads it again per pass.
+    corpus = load_corpus(args.corpus, strict=args.strict, in_memory=False)
     _stderr_quiet_import(inference=False)
     from chatbot.training.pipeline import train
 

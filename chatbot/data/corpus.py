@@ -75,7 +75,7 @@ class Example:
 
 @dataclass
 class Corpus:
-    dialogues: list[Dialogue]
+    dialogues: list[Dialogue] | DialogueFiles  # DialogueFiles: re-read on each pass
     files: list[Path]
     sha256: str  # of every file's name and bytes: identifies the data a model was trained on
     skipped: list[CorpusError] = field(default_factory=list)
@@ -115,12 +115,40 @@ def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH):
 
 
 # --- loading ---------------------------------------------------------------------------------
-def load_corpus(path: str | Path, strict: bool = False) -> Corpus:
-    """Read a corpus file or a directory of them (recursively, in sorted order)."""
+def load_corpus(path: str | Path, strict: bool = False, in_memory: bool = True) -> Corpus:
+    """Read a corpus file or a directory of them (recursively, in sorted order).
+
+    ``in_memory=False`` checks the whole corpus now (its skipped entries, its digest) but keeps
+    no dialogue: ``Corpus.dialogues`` is then a ``DialogueFiles`` that reads the files again on
+    every pass, so that a corpus of millions of pairs costs memory for one line at a time."""
     reader = CorpusReader(path, strict)
-    dialogues = list(reader)
+    if in_memory:
+        dialogues = list(reader)
+    else:
+        for _ in reader:
+            pass
+        dialogues = DialogueFiles(reader.root, reader.sha256, reader.dialogues)
     name = str(path) if str(path) in NAMED_CORPORA and reader.root != Path(path) else None
     return Corpus(dialogues, reader.files, reader.sha256, reader.skipped, reader.root, name)
+
+
+class DialogueFiles:
+    """A corpus' dialogues, read from its files again on each pass (``load_corpus(in_memory=False)``).
+    A pass that finds the files changed since the first raises ``CorpusError``: a training must
+    not mix two versions of its data."""
+
+    def __init__(self, root: Path, sha256: str, count: int):
+        self.root, self.sha256, self.count = root, sha256, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Dialogue]:
+        reader = CorpusReader(self.root, quiet=True)  # the first pass reported what it skipped
+        yield from reader
+        if reader.sha256 != self.sha256:
+            raise CorpusError(self.root, None, "the corpus changed while it was being read; "
+                                               "train again once it no longer changes")
 
 
 class CorpusReader:
@@ -147,21 +175,19 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Dialogue]:
         for file in self.files:
-            try:
-                raw = file.read_bytes()
-            except OSError as exc:
-                raise CorpusError(file, None, f"cannot read file ({exc.strerror})") from None
             name = file.relative_to(self.root).as_posix() if self.root.is_dir() else file.name
             self._digest.update(name.encode())
-            self._digest.update(hashlib.sha256(raw).digest())
-            text = _decode_utf8(file, raw)
-            del raw  # one copy of the file at a time
-            for item in _reader_for(file)(file, text):
-                if isinstance(item, CorpusError):
-                    self._skip(item)
-                else:
-                    self.dialogues += 1
-                    yield item
+            file_digest = hashlib.sha256()
+            try:
+                for item in _read_file(file, file_digest):
+                    if isinstance(item, CorpusError):
+                        self._skip(item)
+                    else:
+                        self.dialogues += 1
+                        yield item
+            except OSError as exc:
+                raise CorpusError(file, None, f"cannot read file ({exc.strerror})") from None
+            self._digest.update(file_digest.digest())
         if not self.dialogues:
             raise CorpusError(self.root, None, "empty corpus: no question/answer pairs found")
         if self.skipped and not self.quiet:
@@ -212,11 +238,39 @@ def _is_corpus_file(path: Path) -> bool:
     return path.suffix.lower() in CORPUS_SUFFIXES and not name.startswith(("LICENSE", "LICENCE", "README"))
 
 
-def _decode_utf8(file: Path, raw: bytes) -> str:
+LINE_READERS = JSONL_SUFFIXES + TSV_SUFFIXES  # read line by line: any size in little memory
+
+
+def _read_file(file: Path, digest) -> Iterator[Dialogue | CorpusError]:
+    """The entries of one file; its bytes go through ``digest`` as they are read. A line-based
+    file is read one line at a time, the others whole (a YAML or JSON document is one value)."""
+    reader = _reader_for(file)
+    if file.suffix.lower() not in LINE_READERS:
+        raw = file.read_bytes()
+        digest.update(raw)
+        text = _decode_utf8(file, raw, 1)
+        del raw  # one copy of the file at a time
+        yield from reader(file, text)
+        return
+    with open(file, "rb") as f:
+        yield from reader(file, _decoded_lines(file, f, digest))
+
+
+def _decoded_lines(file: Path, f, digest) -> Iterator[str]:
+    """The lines of a binary file as text (a leading byte order mark dropped), without their
+    ``\n``: the same lines ``text.split("\n")`` gives."""
+    for number, raw in enumerate(f, start=1):
+        digest.update(raw)
+        line = _decode_utf8(file, raw, number)
+        yield line[:-1] if line.endswith("\n") else line
+
+
+def _decode_utf8(file: Path, raw: bytes, first_line: int) -> str:
+    """``raw`` (which starts at line ``first_line``) as text; invalid UTF-8 names its line."""
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
+        line = first_line + raw[: exc.start].count(b"\n")
         raise CorpusError(file, line, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
 
 
@@ -324,9 +378,10 @@ def _lines(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
-    """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored."""
-    for line_no, line in enumerate(_lines(text), start=1):
+def read_tsv(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:
+    """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored.
+    ``text`` is the file's text or its lines."""
+    for line_no, line in enumerate(_lines(text) if isinstance(text, str) else text, start=1):
         if not line.strip():
             continue
         columns = line.rstrip("\r").split("\t")
@@ -336,9 +391,10 @@ def read_tsv(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)], line_no)
 
 
-def read_jsonl(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
-    """One JSON object per line: ``{"question", "answer"}`` or ``{"turns": [...]}``."""
-    for line_no, line in enumerate(_lines(text), start=1):
+def read_jsonl(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:
+    """One JSON object per line: ``{"question", "answer"}`` or ``{"turns": [...]}``; ``text``
+    is the file's text or its lines."""
+    for line_no, line in enumerate(_lines(text) if isinstance(text, str) else text, start=1):
         if not line.strip():
             continue
         try:
@@ -432,14 +488,18 @@ def make_examples(dialogues: Iterable[Dialogue], context_turns: int = 0,
 def split_examples(examples: list, validation_fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random split of examples (or of any list, e.g. dialogues), order kept; at
     least one training item is always kept."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_val = int(round(len(examples) * validation_fraction))
-    n_val = min(n_val, len(examples) - 1)
-    val_ids = set(order[:n_val])
+    val_ids = validation_positions(len(examples), validation_fraction, seed)
     train = [e for i, e in enumerate(examples) if i not in val_ids]
     val = [e for i, e in enumerate(examples) if i in val_ids]
     return train, val
+
+
+def validation_positions(count: int, validation_fraction: float, seed: int) -> set[int]:
+    """Which of ``count`` items a seeded split holds out (never all of them)."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_val = min(int(round(count * validation_fraction)), count - 1)
+    return set(order[:max(n_val, 0)])
 
 
 def split_by_dialogue(dialogues: list[Dialogue], validation_fraction: float, seed: int,

@@ -7,6 +7,7 @@ problems raised as typed errors; no TensorFlow is imported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -20,8 +21,7 @@ import yaml
 from chatbot.data.corpus import (
     CorpusReader,
     Dialogue,
-    _decode_utf8,
-    _reader_for,
+    _read_file,
     corpus_files,
     load_corpus,
 )
@@ -223,8 +223,7 @@ def validate_corpus(path: str | Path) -> list[CorpusError]:
     dialogues = 0
     for file in files:
         try:
-            text = _decode_utf8(file, file.read_bytes())
-            for item in _reader_for(file)(file, text):
+            for item in _read_file(file, hashlib.sha256()):
                 if isinstance(item, CorpusError):
                     problems.append(item)
                 else:

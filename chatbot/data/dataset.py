@@ -1,18 +1,22 @@
 """tf.data pipelines: encoded examples -> teacher-forcing batches, padded per batch.
 
 Examples are bucketed by source and target length so a batch of short greetings is not padded
-to the length of the longest code sample in the corpus.
+to the length of the longest code sample in the corpus. A training set that fits in one shuffle
+window is held in memory (``make_dataset``); a bigger one is streamed from its token cache on
+disk (``stream_dataset``), so that memory stays flat whatever the corpus' size.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from chatbot.data.corpus import Example
-from chatbot.data.tokenizer import START, TextTokenizer
+from chatbot.data.token_cache import WRITE_CHUNK, Rows, TokenCache
+from chatbot.data.tokenizer import TextTokenizer
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_input_tokens: int,
@@ -24,6 +28,17 @@ def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_i
                for e, shown in zip(examples, retrieved)]
     targets = [tokenizer.encode_target(e.answer, max_output_tokens) for e in examples]
     return sources, targets
+
+
+def encoded_rows(inputs: Iterable[tuple[Example, tuple]], tokenizer: TextTokenizer, max_input_tokens: int,
+                 max_output_tokens: int, max_answer_tokens: int = 512) -> Iterator[tuple[list[int], list[int]]]:
+    """``encode_examples`` over (example, what retrieval showed) pairs, a chunk at a time, for
+    ``TokenCache.build``: a corpus of any size in memory for one chunk."""
+    inputs = iter(inputs)
+    while chunk := list(itertools.islice(inputs, WRITE_CHUNK)):
+        examples, shown = zip(*chunk)
+        yield from zip(*encode_examples(examples, tokenizer, max_input_tokens, max_output_tokens, shown,
+                                        max_answer_tokens))
 
 
 # Examples are bucketed by source length and target length together, so a batch is padded
@@ -49,19 +64,18 @@ def bucket_of(source_lengths: np.ndarray, target_lengths: np.ndarray) -> np.ndar
     return rows * (len(TARGET_EDGES) + 1) + np.searchsorted(TARGET_EDGES, target_lengths, side="right")
 
 
-def make_dataset(sources: list[list[int]], targets: list[list[int]], batch_size: int,
+def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Rows, batch_size: int,
                  shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
     """Yields ``((source, decoder_input), target)``; decoder_input is the target shifted
-    right behind [START] (teacher forcing).
+    right behind [START] (teacher forcing). The rows are held in memory.
 
     Examples are assigned to length buckets once; each epoch shuffles within buckets and
     interleaves their batches at random. The number of batches is therefore the same every
     epoch (Keras counts the steps of the first epoch and would cut later, longer ones).
     """
-    decoder_inputs = [[START] + t[:-1] for t in targets]
-    columns = [_Ragged(sources), _Ragged(decoder_inputs), _Ragged(targets)]
-    source_lengths = np.array([len(s) for s in sources])
-    target_lengths = np.array([len(t) for t in targets])
+    sources = sources if isinstance(sources, Rows) else Rows.from_lists(sources)
+    targets = targets if isinstance(targets, Rows) else Rows.from_lists(targets)
+    source_lengths, target_lengths = sources.lengths(), targets.lengths()
     buckets = bucket_of(source_lengths, target_lengths)
 
     parts, batches = [], []
@@ -72,7 +86,7 @@ def make_dataset(sources: list[list[int]], targets: list[list[int]], batch_size:
             part = part.shuffle(len(members), seed=seed + int(bucket), reshuffle_each_iteration=True)
         longest = int(max(source_lengths[members].max(), target_lengths[members].max()))
         size = batch_size_for(longest, batch_size)
-        parts.append(part.map(lambda i: tuple(column[i] for column in columns)).padded_batch(size))
+        parts.append(part.batch(size))
         batches.append(-(-len(members) // size))
     if shuffle:
         weights = [b / sum(batches) for b in batches]
@@ -82,21 +96,69 @@ def make_dataset(sources: list[list[int]], targets: list[list[int]], batch_size:
         for part in parts[1:]:
             data = data.concatenate(part)
     data = data.apply(tf.data.experimental.assert_cardinality(sum(batches)))
+    # The rows are gathered after batching, by one function: a tensor captured by a function
+    # of each bucket was copied into each (2 GB for 200k pairs in 50 buckets).
+    columns = [tf.RaggedTensor.from_row_splits(tf.constant(rows.values), tf.constant(rows.offsets))
+               for rows in (sources, targets.shifted_right(), targets)]
+
+    def gather(indices):
+        source, decoder_input, target = (tf.gather(column, indices).to_tensor() for column in columns)
+        return (source, decoder_input), target
+
+    return data.map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+# A training set bigger than ``data.shuffle_window`` examples is streamed from its token cache:
+# each epoch shuffles blocks of consecutive examples, reads them a window at a time, sorts the
+# window by length and cuts it into batches (OpenNMT-tf and fairseq batch the same way).
+BLOCK = 512
+
+
+def windows_of(count: int, window: int) -> tuple[int, int]:
+    """(examples per block, blocks per window) for a window of about ``window`` examples."""
+    block = max(1, min(BLOCK, window))
+    return block, max(1, window // block)
+
+
+def streamed_batches(count: int, batch_size: int, window: int) -> int:
+    """Batches per epoch of ``stream_dataset``: the same every epoch, as Keras needs, because
+    every window but the last is full (the one short block is always read last)."""
+    block, per_window = windows_of(count, window)
+    full = block * per_window
+    return (count // full) * -(-full // batch_size) + -(-(count % full) // batch_size)
+
+
+def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 0) -> tf.data.Dataset:
+    """``make_dataset``'s batches from a ``TokenCache`` on disk, in memory for one window."""
+    block, per_window = windows_of(cache.count, window)
+    edges = list(range(0, cache.count, block)) + [cache.count]
+    blocks = list(zip(edges[:-1], edges[1:]))
+    epochs = itertools.count()
+
+    def batches():
+        rng = np.random.default_rng([seed, next(epochs)])
+        short = [len(blocks) - 1] if cache.count % block else []
+        order = rng.permutation(len(blocks) - len(short)).tolist() + short
+        for first in range(0, len(order), per_window):
+            chosen = [blocks[i] for i in order[first:first + per_window]]
+            sources = _concatenated([cache.read("sources", a, b) for a, b in chosen])
+            targets = _concatenated([cache.read("targets", a, b) for a, b in chosen])
+            decoder_inputs = targets.shifted_right()
+            source_lengths, target_lengths = sources.lengths(), targets.lengths()
+            cells = bucket_of(source_lengths, target_lengths)  # as the in-memory buckets, then by length
+            by_length = np.lexsort((rng.random(len(sources)), source_lengths, target_lengths, cells))
+            cuts = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+            for rows in (cuts[i] for i in rng.permutation(len(cuts))):
+                yield sources.padded(rows), decoder_inputs.padded(rows), targets.padded(rows)
+
+    spec = tf.TensorSpec((None, None), tf.int32)
+    data = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec, spec))
+    data = data.apply(tf.data.experimental.assert_cardinality(streamed_batches(cache.count, batch_size, window)))
     return data.map(lambda s, d, t: ((s, d), t)).prefetch(tf.data.AUTOTUNE)
 
 
-class _Ragged:
-    """Variable-length rows stored flat (values + offsets); ``column[i]`` slices row i in-graph.
-
-    Cheaper than a Python generator and, unlike ragged tensor slices, gives the plain
-    tensors that ``padded_batch`` needs.
-    """
-
-    def __init__(self, rows: list[list[int]]):
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(r) for r in rows])
-        self.values = tf.constant(np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]))
-        self.offsets = tf.constant(offsets)
-
-    def __getitem__(self, i):
-        return self.values[self.offsets[i]:self.offsets[i + 1]]
+def _concatenated(parts: list[Rows]) -> Rows:
+    offsets = [parts[0].offsets]
+    for part in parts[1:]:
+        offsets.append(part.offsets[1:] + offsets[-1][-1])
+    return Rows(np.concatenate([p.values for p in parts]), np.concatenate(offsets))

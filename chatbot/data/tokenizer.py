@@ -28,6 +28,7 @@ SIM_EDGES = (0.7, 0.85, 0.95)  # similarity at or above edge i -> SIM_TOKENS[i +
 # Fewer texts than this are encoded one by one: for a reply's handful (the question and two
 # retrieved pairs) the Rust thread pool of encode_batch costs 5x the work (0.15 vs 0.03 ms).
 PARALLEL_BATCH = 32
+ENCODE_CHUNK = 4096  # texts encoded together when scanning a corpus
 # Special tokens are spelt with U+FDD0, a Unicode noncharacter that ``encode`` strips from
 # input: a user typing "[END]" or "<sep>" must get plain text, never a control id.
 _MARK = "\ufdd0"
@@ -169,10 +170,14 @@ class TextTokenizer:
         return self.encode(text)[: max_tokens - 1] + [END]
 
     def unknown_rate(self, texts: Iterable[str]) -> float:
+        """Share of unknown tokens in ``texts``, encoded a chunk at a time: the backend's
+        encodings of a whole big corpus at once would take gigabytes."""
         total = unknown = 0
-        for ids in self.encode_batch(list(texts)):
-            total += len(ids)
-            unknown += sum(1 for i in ids if i == UNK)
+        texts = iter(texts)
+        while chunk := list(itertools.islice(texts, ENCODE_CHUNK)):
+            for ids in self.encode_batch(chunk):
+                total += len(ids)
+                unknown += ids.count(UNK)
         return unknown / total if total else 0.0
 
     # --- ids -> text ---------------------------------------------------------------------

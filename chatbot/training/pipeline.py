@@ -25,19 +25,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from chatbot.config import Config, apply_dotted
-from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded, split_by_dialogue, split_examples
+from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded
+from chatbot.data.examples import CorpusSplit, split_corpus
 from chatbot.data.noise import noisy
 from chatbot.data.spelling import Speller, speller_for
 from chatbot.data.tokenizer import TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
+from chatbot.evaluation.metrics import input_key
 from chatbot.inference.retrieval import AnswerMemory, memory_for
 from chatbot.model.bundle import Bundle
 from chatbot.training import distribute
+from chatbot.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,11 @@ class Plan:
     config: Config
     corpus: Corpus
     out: Path  # where the bundle is installed
-    examples: list[Example]  # every example of the corpus
-    train: list[Example]
+    split: CorpusSplit  # the corpus' examples, read again from its files when the corpus is big
+    train: Iterable[Example]  # re-iterable, with a len(): a list, or the split's ``Examples``
     validation: list[Example]
-    reference: list[Example]  # every accepted answer, for exact match
-    new_pairs: list[Example]  # the corpus' own training pairs (mixed-in ones left out)
+    reference: list[Example] | None  # every accepted answer, for exact match; None: the corpus'
+    new_pairs: Iterable[Example]  # the corpus' own training pairs (mixed-in ones left out)
     tokenizer: TextTokenizer | None = None
     base: Bundle | None = None
     mix_base_corpus: bool = False
@@ -151,8 +154,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
 
     cluster = cluster or distribute.Cluster()
     work = work_dir_for(out)
-    corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    examples = corpus_obj.examples(config.data.context_turns, config.data.deduplicate)
+    corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, in_memory=False)
     if base is not None and not isinstance(base, Bundle):
         base = Bundle.load(base)
     tokenizer = None
@@ -182,21 +184,18 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
 
     keras.utils.set_random_seed(config.training.seed)
     data = config.data
-    if data.split_by == "dialogues":
-        train_examples, val_examples = split_by_dialogue(corpus_obj.dialogues, data.validation_fraction,
-                                                         config.training.seed, data.context_turns, data.deduplicate)
-    else:
-        train_examples, val_examples = split_examples(examples, data.validation_fraction, config.training.seed)
-    plan = Plan(config, corpus_obj, out, examples, train_examples, val_examples, examples,
-                list(train_examples), tokenizer, base, mix_base_corpus, rebuild_vocab,
-                private_work=cluster.private)
+    split = split_corpus(corpus_obj.dialogues, data.context_turns, data.deduplicate, data.split_by,
+                         data.validation_fraction, config.training.seed)
+    plan = Plan(config, corpus_obj, out, split, split.train, split.validation, None, split.train,
+                tokenizer, base, mix_base_corpus, rebuild_vocab, private_work=cluster.private)
     if changes and cluster.chief:
         _write_state(plan)  # a later resume continues with the changed settings
     if base is not None and mix_base_corpus:
         old = base.training_examples()
         held_out = {_pair(e) for e in base.validation}
+        examples = list(split.every_example())
         known = {_pair(e) for e in examples}
-        plan.train += [e for e in old if _pair(e) not in held_out | known]
+        plan.train = list(plan.train) + [e for e in old if _pair(e) not in held_out | known]
         plan.validation += [e for e in base.validation if _pair(e) not in known]
         plan.reference = examples + [e for e in old if _pair(e) not in known]
         stage(f"mixing in {len(old)} pairs of {base.name}'s corpus ({len(held_out)} of them held out)")
@@ -229,7 +228,7 @@ def prepare_tokenizer(plan: Plan, stage: Callable[[str], None]) -> float:
 def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster | None = None):
     """Step 3: the tf.data pipelines and the compiled network (from the base's weights when
     fine-tuning), built in the strategy's scope. Returns (model, train set, validation set or None)."""
-    from chatbot.data.dataset import encode_examples, make_dataset
+    from chatbot.data.dataset import encode_examples, make_dataset, stream_dataset
     from chatbot.model.network import build_model, compile_model
 
     cluster = cluster or distribute.Cluster()
@@ -237,17 +236,21 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if data.retrieved_pairs and not tokenizer.reads_retrieval:
         raise TrainingError("data.retrieved_pairs needs a tokenizer with retrieval markers; this one "
                             "predates them: use --rebuild-vocab, or --set data.retrieved_pairs=0")
+    if data.retrieved_pairs or data.noisy_copies:  # these read the training pairs as a whole
+        plan.train = plan.train if isinstance(plan.train, list) else list(plan.train)
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
     plan.speller = speller_for(data, plan.train)
-    examples, shown = augment(plan)
-    stage(f"{len(examples)} training inputs from {len(plan.train)} pairs "
+    cache = token_cache(plan, stage)
+    stage(f"{cache.count} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
-    train_src, train_tgt = encode_examples(examples, tokenizer, data.max_input_tokens, data.max_output_tokens,
-                                           shown, data.max_retrieved_answer_tokens)
-    train_set = make_dataset(train_src, train_tgt, config.training.batch_size, shuffle=True,
-                             seed=config.training.seed)
+    if cache.count > data.shuffle_window:
+        stage(f"streaming the training inputs from {cache.folder} in shuffled windows of {data.shuffle_window:,}")
+        train_set = stream_dataset(cache, config.training.batch_size, data.shuffle_window, config.training.seed)
+    else:
+        train_set = make_dataset(cache.read("sources"), cache.read("targets"), config.training.batch_size,
+                                 shuffle=True, seed=config.training.seed)
     val_set = None
     if plan.validation:
         validation = [dataclasses.replace(e, question=spelled(plan, e.question)) for e in plan.validation]
@@ -275,6 +278,35 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
           f"{model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
     return model, train_set, val_set
+
+
+def token_cache(plan: Plan, stage: Callable[[str], None]):
+    """The training inputs, encoded once into a ``TokenCache`` in the work directory (found
+    again by a resumed training, keyed by everything that decides them)."""
+    from chatbot.data.dataset import encoded_rows
+    from chatbot.data.token_cache import TokenCache, cache_key
+
+    config, data = plan.config, plan.config.data
+    key = cache_key(__version__, plan.corpus.sha256, plan.tokenizer.to_json(), config.to_dict()["data"],
+                    config.training.seed, str(plan.base.path) if plan.base is not None else None,
+                    plan.mix_base_corpus, plan.rebuild_vocab)
+    folder = plan.work / "tokens"
+    cache = TokenCache.open(folder, key)
+    if cache is None:
+        stage(f"encoding the training inputs into {folder}")
+        cache = TokenCache.build(folder, key, encoded_rows(training_inputs(plan), plan.tokenizer, data.max_input_tokens,
+                                                           data.max_output_tokens, data.max_retrieved_answer_tokens))
+    return cache
+
+
+def training_inputs(plan: Plan) -> Iterator[tuple[Example, tuple]]:
+    """(example, what retrieval showed) for every training input: ``augment``'s, or, without
+    retrieval and noise, each pair as the model reads it, streamed from the corpus."""
+    if plan.memory is not None or plan.config.data.noisy_copies:
+        yield from zip(*augment(plan))
+        return
+    for example in plan.train:
+        yield dataclasses.replace(example, question=spelled(plan, example.question)), ()
 
 
 def augment(plan: Plan) -> tuple[list[Example], list[tuple]]:
@@ -394,7 +426,7 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
     corpus_info = {"path": plan.corpus.name or str(plan.corpus.root), "sha256": plan.corpus.sha256,
-                   "examples": len(plan.examples), "train": len(plan.train), "validation": len(plan.validation),
+                   "examples": plan.split.total, "train": len(plan.train), "validation": len(plan.validation),
                    "skipped_entries": len(plan.corpus.skipped)}
     if plan.base is not None:
         base = plan.base
@@ -408,29 +440,38 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
     # the spelling vocabulary): 100k chit-chat pairs would outweigh the weights.
     keep_train = config.data.retrieved_pairs > 0 or config.data.spelling
     bundle = Bundle(config, tokenizer, final, metrics, corpus=corpus_info, validation=plan.validation,
-                    train=plan.train if keep_train else [], question_vectors=vectors)
+                    train=list(plan.train) if keep_train else [], question_vectors=vectors)
     # The public reply path, greedy whatever the recipe's decoding: the summary judges the
     # network (a beam's retrieval bonus could lift a weak one), and greedy is the fast judge
     # (beam 8 took over 4 minutes on the transformer recipe's 1,176 pairs).
     greedy = {"strategy": "greedy"}
     seed = config.training.seed
+    train_sample, validation_sample = _sample(plan.train, SUMMARY_PAIRS, seed), _sample(plan.validation, SUMMARY_PAIRS, seed)
+    reference = reference_for(plan, train_sample + validation_sample)
     with as_chatbot(bundle) as bot:
-        metrics["train_exact_match"] = round(
-            exact_match(bot, _sample(plan.train, SUMMARY_PAIRS, seed), plan.reference, greedy), 5)
+        metrics["train_exact_match"] = round(exact_match(bot, train_sample, reference, greedy), 5)
         if plan.validation:
-            metrics["validation"]["exact_match"] = round(
-                exact_match(bot, _sample(plan.validation, SUMMARY_PAIRS, seed), plan.reference, greedy), 5)
+            metrics["validation"]["exact_match"] = round(exact_match(bot, validation_sample, reference, greedy), 5)
     if len(plan.train) > SUMMARY_PAIRS:
         metrics["exact_match_sample"] = SUMMARY_PAIRS
     return bundle
 
 
-def _sample(examples: list[Example], size: int, seed: int) -> list[Example]:
-    """At most ``size`` of ``examples``, a seeded random choice in their order."""
+def _sample(examples: Iterable[Example], size: int, seed: int) -> list[Example]:
+    """At most ``size`` of ``examples`` (re-iterable, with a len()), a seeded random choice in their order."""
     if len(examples) <= size:
-        return examples
+        return list(examples)
     keep = set(random.Random(seed).sample(range(len(examples)), size))
     return [e for i, e in enumerate(examples) if i in keep]
+
+
+def reference_for(plan: Plan, examples: list[Example]) -> list[Example]:
+    """Every accepted answer of the inputs of ``examples``, for exact match: read again from the
+    corpus, so that a big one is not held in memory for a sample of it."""
+    if plan.reference is not None:
+        return plan.reference
+    wanted = {input_key(e) for e in examples}
+    return [e for e in plan.split.every_example() if input_key(e) in wanted]
 
 
 def install(bundle: Bundle, plan: Plan, golden, golden_cases) -> Bundle:
