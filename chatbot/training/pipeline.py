@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ STATE = "state.json"
 # at random: every pair of a 100k-pair corpus would add many minutes to training.
 SUMMARY_PAIRS = 2000
 UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new vocabulary
+UNKNOWN_RATE_TEXTS = 200_000  # the rate is measured on the first texts: a big corpus needs no full pass
 # What ``resume`` may change: settings read only after the saved state is restored. Every other
 # one fixes what the checkpoints hold: the data and its split (data.*, training.seed,
 # training.batch_size: steps per epoch, which a mid-epoch checkpoint counts in), the tokenizer,
@@ -215,7 +217,7 @@ def prepare_tokenizer(plan: Plan, stage: Callable[[str], None]) -> float:
                                                config.tokenizer.vocab_size, config.tokenizer.min_frequency)
         plan.tokenizer.save(plan.work / "tokenizer.json")
         _write_state(plan)
-    unknown_rate = plan.tokenizer.unknown_rate(_texts(plan.new_pairs))
+    unknown_rate = plan.tokenizer.unknown_rate(itertools.islice(_texts(plan.new_pairs), UNKNOWN_RATE_TEXTS))
     if plan.fine_tuning:
         stage(f"fine-tuning {plan.base.name} ({plan.base.path}); unknown tokens in the new training pairs: "
               f"{unknown_rate:.1%}")
