@@ -215,3 +215,29 @@ def test_a_streamed_training_learns_and_a_resumed_one_reuses_its_cache(tmp_path,
     monkeypatch.setattr(token_cache.TokenCache, "build", lambda *a: pytest.fail("re-encoded"))
     again = pipeline.token_cache(plan, stages.append)
     assert again.count == first.count == 20
+
+
+# --- the cost of a pass ----------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",))))
+def test_clean_text_skips_the_character_scan_only_where_the_scan_removes_nothing(text):
+    """Each pass over a big corpus cleans every utterance again; the scan for control
+    characters was four fifths of a pass, and printable text (most of it) has none."""
+    import unicodedata
+
+    from chatbot.data.text import clean_text
+
+    normal = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    scanned = "".join(ch for ch in normal if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    assert clean_text(text) == scanned.replace("\t", " ").strip()
+
+
+def test_examples_encoded_in_one_batch_are_encoded_as_one_at_a_time():
+    from chatbot.data.dataset import encode_examples
+
+    examples = load_corpus(CHITCHAT_EXCERPT).examples(2)
+    tokenizer = TextTokenizer.fit((t for e in examples for t in (e.question, e.answer)), "subword", 400)
+    batched = encode_examples(examples, tokenizer, 20, 12)
+    one_by_one = ([tokenizer.encode_input(list(e.context) + [e.question], 20) for e in examples],
+                  [tokenizer.encode_target(e.answer, 12) for e in examples])
+    assert batched == one_by_one and max(map(len, batched[0])) == 20

@@ -23,10 +23,13 @@ def encode_examples(examples: Sequence[Example], tokenizer: TextTokenizer, max_i
                     max_output_tokens: int, retrieved: Sequence[Sequence[tuple[str, str, float]]] | None = None,
                     max_answer_tokens: int = 512) -> tuple[list[list[int]], list[list[int]]]:
     """Source ids (what retrieval showed, context turns, question) and target ids (answer + [END])."""
-    retrieved = retrieved if retrieved is not None else [()] * len(examples)
-    sources = [tokenizer.encode_input(list(e.context) + [e.question], max_input_tokens, shown, max_answer_tokens)
-               for e, shown in zip(examples, retrieved)]
-    targets = [tokenizer.encode_target(e.answer, max_output_tokens) for e in examples]
+    inputs = [list(e.context) + [e.question] for e in examples]
+    if retrieved is None or not any(retrieved):
+        sources = tokenizer.encode_inputs(inputs, max_input_tokens)
+    else:
+        sources = [tokenizer.encode_input(turns, max_input_tokens, shown, max_answer_tokens)
+                   for turns, shown in zip(inputs, retrieved)]
+    targets = tokenizer.encode_targets([e.answer for e in examples], max_output_tokens)
     return sources, targets
 
 

@@ -107,7 +107,8 @@ def clean_text(text: str) -> str:
     Inner spaces and newlines are kept: answers may hold indented code.
     """
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    if not text.isprintable():  # printable text has no control character: most lines skip the scan
+        text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
     return text.replace("\t", " ").strip()
 
 

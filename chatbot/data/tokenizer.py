@@ -78,6 +78,16 @@ def _unencodable(texts) -> InputError:
     return InputError("text cannot be encoded")
 
 
+def _joined(parts: list[list[int]], max_tokens: int) -> list[int]:
+    """Turns' ids joined by [SEP], the last ``max_tokens`` kept."""
+    ids: list[int] = []
+    for i, part in enumerate(parts):
+        if i:
+            ids.append(SEP)
+        ids.extend(part)
+    return ids[-max_tokens:] if len(ids) > max_tokens else ids
+
+
 class TextTokenizer:
     """Text <-> token ids. Ids 0-4 are always pad, unknown, start, end, turn separator."""
 
@@ -147,12 +157,7 @@ class TextTokenizer:
         turns``. Each retrieved question keeps its first ``max_tokens``, each answer its first
         ``max_answer_tokens``.
         """
-        ids: list[int] = []
-        for i, part in enumerate(self.encode_batch(turns)):
-            if i:
-                ids.append(SEP)
-            ids.extend(part)
-        ids = ids[-max_tokens:] if len(ids) > max_tokens else ids
+        ids = _joined(self.encode_batch(turns), max_tokens)
         if not retrieved:
             return ids
         if not self.reads_retrieval:
@@ -165,9 +170,18 @@ class TextTokenizer:
                       *answer[:max_answer_tokens]]
         return shown + [SEP] + ids
 
+    def encode_inputs(self, inputs: Sequence[Sequence[str]], max_tokens: int) -> list[list[int]]:
+        """``encode_input`` of many inputs, none with retrieved pairs, their texts encoded in
+        one batch (the backend's threads encode a corpus 1.5x faster than one text at a time)."""
+        parts = iter(self.encode_batch([text for turns in inputs for text in turns]))
+        return [_joined([next(parts) for _ in turns], max_tokens) for turns in inputs]
+
     def encode_target(self, text: str, max_tokens: int) -> list[int]:
         """Answer ids ending in [END]; an over-long answer is cut to fit ``max_tokens``."""
-        return self.encode(text)[: max_tokens - 1] + [END]
+        return self.encode_targets([text], max_tokens)[0]
+
+    def encode_targets(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        return [ids[: max_tokens - 1] + [END] for ids in self.encode_batch(texts)]
 
     def unknown_rate(self, texts: Iterable[str]) -> float:
         """Share of unknown tokens in ``texts``, encoded a chunk at a time: the backend's
