@@ -13,6 +13,7 @@ smallest), time linear (seconds per pair within 1.5x).
 
     pip install -e ".[chitchat]"
     python bench/corpus_scale.py                      # 100k, 1M and 2M pairs (about 40 minutes)
+    python bench/corpus_scale.py --sizes 100000,4000000 --name corpus_scale_4m   # about 40 minutes
     python bench/corpus_scale.py --sizes 20000,50000 --quick
 """
 
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000,2000000", help="corpus sizes in pairs, smallest first")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--quick", action="store_true", help="a smoke run: figures not saved")
+    parser.add_argument("--name", default="corpus_scale", help="results file: bench/results/NAME.json")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     runs = []
@@ -97,7 +99,7 @@ def main() -> None:
               "pass": {"memory_flat": memory_ratio <= 1.5, "time_linear": time_ratio <= 1.5}}
     if args.quick:
         result["partial"] = True
-    emit(result)
+    emit(result, args.name)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Row
 BLOCK = 512
 
 
-def windows_of(count: int, window: int) -> tuple[int, int]:
+def windows_of(window: int) -> tuple[int, int]:
     """(examples per block, blocks per window) for a window of about ``window`` examples."""
     block = max(1, min(BLOCK, window))
     return block, max(1, window // block)
@@ -126,14 +126,14 @@ def windows_of(count: int, window: int) -> tuple[int, int]:
 def streamed_batches(count: int, batch_size: int, window: int) -> int:
     """Batches per epoch of ``stream_dataset``: the same every epoch, as Keras needs, because
     every window but the last is full (the one short block is always read last)."""
-    block, per_window = windows_of(count, window)
+    block, per_window = windows_of(window)
     full = block * per_window
     return (count // full) * -(-full // batch_size) + -(-(count % full) // batch_size)
 
 
 def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 0) -> tf.data.Dataset:
     """``make_dataset``'s batches from a ``TokenCache`` on disk, in memory for one window."""
-    block, per_window = windows_of(cache.count, window)
+    block, per_window = windows_of(window)
     edges = list(range(0, cache.count, block)) + [cache.count]
     blocks = list(zip(edges[:-1], edges[1:]))
     epochs = itertools.count()
