@@ -67,7 +67,7 @@ def test_a_corpus_that_changes_between_passes_is_refused(tmp_path):
 
 # --- splitting -------------------------------------------------------------------------------
 texts = st.sampled_from(["hi", "hello", "how are you", "fine", "bye", "ok"])
-dialogues = st.lists(st.lists(texts, min_size=2, max_size=5), min_size=1, max_size=30).map(
+dialogues = st.lists(st.lists(texts, min_size=1, max_size=5), min_size=1, max_size=30).map(
     lambda convs: [Dialogue(tuple(Utterance(t, f"c{n}:{i}") for i, t in enumerate(c))) for n, c in enumerate(convs)])
 
 

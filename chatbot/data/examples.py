@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -68,12 +68,12 @@ class CorpusSplit:
         return (example for _, example in raw_examples(self.dialogues, self.context_turns))
 
 
-def split_corpus(dialogues: Iterable[Dialogue], context_turns: int, deduplicate: bool, split_by: str,
+def split_corpus(dialogues: Collection[Dialogue], context_turns: int, deduplicate: bool, split_by: str,
                  validation_fraction: float, seed: int) -> CorpusSplit:
     """The seeded split of ``split_examples`` (``split_by="pairs"``: random examples, repeats
     removed first) or of ``split_by_dialogue`` (whole dialogues held out, repeats removed within
-    each side). ``dialogues`` must give the same dialogues on every pass (a list, or
-    ``DialogueFiles``)."""
+    each side). ``dialogues`` must give the same dialogues on every pass, and know how many
+    there are (a list, or ``DialogueFiles``)."""
     keys, owners = array("Q"), array("I")
     for number, example in raw_examples(dialogues, context_turns):
         keys.append(_key(example))
@@ -81,7 +81,7 @@ def split_corpus(dialogues: Iterable[Dialogue], context_turns: int, deduplicate:
     keys_np, owners_np = np.frombuffer(keys, dtype=np.uint64), np.frombuffer(owners, dtype=np.uint32)
     labels = np.full(len(keys_np), TRAIN, dtype=np.int8)
     if split_by == "dialogues":
-        dialogue_count = int(owners_np[-1]) + 1 if len(owners_np) else 0
+        dialogue_count = len(dialogues)
         held_out = np.zeros(dialogue_count, dtype=bool)
         held_out[list(validation_positions(dialogue_count, validation_fraction, seed))] = True
         labels[held_out[owners_np]] = VALIDATION
