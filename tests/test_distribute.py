@@ -77,6 +77,18 @@ def test_mirrored_on_the_one_cpu_computes_what_one_process_does(one_worker, tmp_
     assert bundle.metrics["history"]["loss"][0] == pytest.approx(one_worker[0], rel=1e-4)
 
 
+def test_mirrored_streams_a_big_training_set_as_one_process_does(tmp_path):
+    """A window of 8 pairs streams the 20 tiny pairs from their token cache (``stream_dataset``,
+    a Python generator): the strategy distributes that dataset too, to the same first epoch."""
+    from chatbot.training.pipeline import train
+
+    streamed = {"data.shuffle_window": 8, "training.epochs": 1}
+    alone = train(TINY_PAIRS, _config(**streamed), tmp_path / "alone", verbose=0)
+    mirrored = train(TINY_PAIRS, _config(**streamed, **{"training.distribute": "mirrored"}),
+                     tmp_path / "mirrored", verbose=0)
+    assert mirrored.metrics["history"]["loss"][0] == pytest.approx(alone.metrics["history"]["loss"][0], rel=1e-4)
+
+
 def test_two_workers_survive_a_sigkill_and_match_one_worker(one_worker, tmp_path):
     """Two workers, global batch 10 as for one; worker 1 is killed after the chief has backed up an
     epoch, the chief then stops (a synchronous cluster cannot go on without it) telling to resume,
