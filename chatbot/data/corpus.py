@@ -472,17 +472,23 @@ def make_examples(dialogues: Iterable[Dialogue], context_turns: int = 0,
     ``context_turns`` earlier utterances of the same dialogue as context."""
     examples: list[Example] = []
     seen: set[tuple] = set()
-    for dialogue in dialogues:
+    for _, example in raw_examples(dialogues, context_turns):
+        if deduplicate:
+            key = (example.context, example.question, example.answer)
+            if key in seen:
+                continue
+            seen.add(key)
+        examples.append(example)
+    return examples
+
+
+def raw_examples(dialogues: Iterable[Dialogue], context_turns: int) -> Iterator[tuple[int, Example]]:
+    """(dialogue number, example) for every consecutive pair of every dialogue, repeats kept."""
+    for number, dialogue in enumerate(dialogues):
         texts = [u.text for u in dialogue.utterances]
         for i in range(len(texts) - 1):
             context = tuple(texts[max(0, i - context_turns):i]) if context_turns else ()
-            key = (context, texts[i], texts[i + 1])
-            if deduplicate:
-                if key in seen:
-                    continue
-                seen.add(key)
-            examples.append(Example(context, texts[i], texts[i + 1], dialogue.utterances[i].source))
-    return examples
+            yield number, Example(context, texts[i], texts[i + 1], dialogue.utterances[i].source)
 
 
 def split_examples(examples: list, validation_fraction: float, seed: int) -> tuple[list, list]:

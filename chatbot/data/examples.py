@@ -16,19 +16,9 @@ from typing import Collection, Iterable, Iterator
 
 import numpy as np
 
-from chatbot.data.corpus import Dialogue, Example, validation_positions
+from chatbot.data.corpus import Dialogue, Example, raw_examples, validation_positions
 
 DROPPED, TRAIN, VALIDATION = 0, 1, 2
-
-
-def raw_examples(dialogues: Iterable[Dialogue], context_turns: int) -> Iterator[tuple[int, Example]]:
-    """(dialogue number, example) for every consecutive pair of every dialogue, duplicates kept,
-    in the order ``make_examples`` yields them."""
-    for number, dialogue in enumerate(dialogues):
-        texts = [u.text for u in dialogue.utterances]
-        for i in range(len(texts) - 1):
-            context = tuple(texts[max(0, i - context_turns):i]) if context_turns else ()
-            yield number, Example(context, texts[i], texts[i + 1], dialogue.utterances[i].source)
 
 
 def _key(example: Example) -> int:
