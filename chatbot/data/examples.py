@@ -50,12 +50,10 @@ class CorpusSplit:
     train: Examples
     validation: list[Example]
     total: int  # distinct examples of the corpus, both sides
-    dialogues: Iterable[Dialogue]
-    context_turns: int
 
     def every_example(self) -> Iterator[Example]:
         """Every example of the corpus, repeats included (accepted answers, for exact match)."""
-        return (example for _, example in raw_examples(self.dialogues, self.context_turns))
+        return (example for _, example in raw_examples(self.train.dialogues, self.train.context_turns))
 
 
 def split_corpus(dialogues: Collection[Dialogue], context_turns: int, deduplicate: bool, split_by: str,
@@ -89,7 +87,6 @@ def split_corpus(dialogues: Collection[Dialogue], context_turns: int, deduplicat
         kept = np.flatnonzero(labels != DROPPED)
         labels[kept[sorted(validation_positions(len(kept), validation_fraction, seed))]] = VALIDATION
     del keys, owners, keys_np, owners_np
-    validation = [example for index, (_, example) in enumerate(raw_examples(dialogues, context_turns))
-                  if labels[index] == VALIDATION]
     total = int(np.count_nonzero(labels != DROPPED))
-    return CorpusSplit(Examples(dialogues, context_turns, labels, TRAIN), validation, total, dialogues, context_turns)
+    return CorpusSplit(Examples(dialogues, context_turns, labels, TRAIN),
+                       list(Examples(dialogues, context_turns, labels, VALIDATION)), total)
