@@ -227,6 +227,13 @@ class ModelConfig(Section):
 class TrainingConfig(Section):
     epochs: int = setting(100, "passes over the training data at most", min=1, max=100_000)
     batch_size: int = setting(32, "examples per training step", min=1, max=65_536)
+    # A step's memory grows with the decoder positions times what each reads: the vocabulary
+    # distribution and the attention over the source. Batches of long examples are cut to this
+    # many such cells: on the default recipe, 64 x 250 x (625 + 2000) peaked at 2.9 GB and a
+    # budget of 12M at 1.9 GB, epochs as fast (bench/README.md, train_speed.py).
+    max_batch_cells: int = setting(12_000_000, "a batch holds at most this many decoder positions x (source "
+                                               "tokens + vocabulary) cells; long examples get smaller batches "
+                                               "(0: no limit)", min=0, max=10 ** 12)
     learning_rate: float = setting(0.002, "Adam's learning rate", above=0, max=10)
     clipnorm: float = setting(1.0, "gradient norm clipping (0: off)", min=0, max=1_000)
     early_stopping: bool = setting(True, "stop when the monitored loss stops improving")

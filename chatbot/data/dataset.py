@@ -56,9 +56,15 @@ TARGET_EDGES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 TOKENS_PER_BATCH_FACTOR = 512  # caps memory only for very long examples: batch_size * 512 tokens
 
 
-def batch_size_for(longest: int, batch_size: int) -> int:
-    """The batch size of a bucket whose longest sequence has ``longest`` tokens (a token budget)."""
-    return max(1, min(batch_size, batch_size * TOKENS_PER_BATCH_FACTOR // max(longest, 1)))
+def batch_size_for(longest: int, batch_size: int, source: int = 0, target: int = 0, vocab_size: int = 0,
+                   max_cells: int = 0) -> int:
+    """The batch size of a bucket whose longest sequence has ``longest`` tokens (a token budget)
+    and, with ``max_cells``, whose ``target`` decoder positions each read ``source`` + ``vocab_size``
+    values (the budget of ``training.max_batch_cells``)."""
+    size = min(batch_size, batch_size * TOKENS_PER_BATCH_FACTOR // max(longest, 1))
+    if max_cells:
+        size = min(size, max_cells // max(target * (source + vocab_size), 1))
+    return max(1, size)
 
 
 def bucket_of(source_lengths: np.ndarray, target_lengths: np.ndarray) -> np.ndarray:
@@ -68,9 +74,10 @@ def bucket_of(source_lengths: np.ndarray, target_lengths: np.ndarray) -> np.ndar
 
 
 def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Rows, batch_size: int,
-                 shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+                 shuffle: bool = False, seed: int = 0, vocab_size: int = 0, max_cells: int = 0) -> tf.data.Dataset:
     """Yields ``((source, decoder_input), target)``; decoder_input is the target shifted
-    right behind [START] (teacher forcing). The rows are held in memory.
+    right behind [START] (teacher forcing). The rows are held in memory. A bucket's batches
+    are smaller when its examples are long (``batch_size_for``).
 
     Examples are assigned to length buckets once; each epoch shuffles within buckets and
     interleaves their batches at random. The number of batches is therefore the same every
@@ -87,8 +94,8 @@ def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Row
         part = tf.data.Dataset.from_tensor_slices(members)
         if shuffle:
             part = part.shuffle(len(members), seed=seed + int(bucket), reshuffle_each_iteration=True)
-        longest = int(max(source_lengths[members].max(), target_lengths[members].max()))
-        size = batch_size_for(longest, batch_size)
+        source, target = int(source_lengths[members].max()), int(target_lengths[members].max())
+        size = batch_size_for(max(source, target), batch_size, source, target, vocab_size, max_cells)
         parts.append(part.batch(size))
         batches.append(-(-len(members) // size))
     if shuffle:

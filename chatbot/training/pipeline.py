@@ -252,7 +252,8 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
         train_set = stream_dataset(cache, config.training.batch_size, data.shuffle_window, config.training.seed)
     else:
         train_set = make_dataset(cache.read("sources"), cache.read("targets"), config.training.batch_size,
-                                 shuffle=True, seed=config.training.seed)
+                                 shuffle=True, seed=config.training.seed, vocab_size=tokenizer.vocab_size,
+                                 max_cells=config.training.max_batch_cells)
     val_set = None
     if plan.validation:
         validation = [dataclasses.replace(e, question=spelled(plan, e.question)) for e in plan.validation]
@@ -260,7 +261,8 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
                  if plan.memory is not None else None)
         val_src, val_tgt = encode_examples(validation, tokenizer, data.max_input_tokens,
                                            data.max_output_tokens, shown, data.max_retrieved_answer_tokens)
-        val_set = make_dataset(val_src, val_tgt, config.training.batch_size)
+        val_set = make_dataset(val_src, val_tgt, config.training.batch_size, vocab_size=tokenizer.vocab_size,
+                               max_cells=config.training.max_batch_cells)
     if cluster.strategy is not None:  # batch_size is the global batch, split between the replicas
         train_set = distribute.shard_by_data(train_set)
         val_set = distribute.shard_by_data(val_set) if val_set is not None else None
