@@ -55,6 +55,29 @@ def test_very_long_buckets_get_smaller_batches():
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_a_cell_budget_cuts_batches_of_long_examples_and_keeps_every_example():
+    """``training.max_batch_cells``: a batch's decoder positions x (source + vocabulary) stay
+    within the budget, so the longest code answers beside long retrieved inputs cannot blow up a
+    step's memory, while batches of short examples keep the full batch size."""
+    rng = np.random.default_rng(2)
+    lengths = [(6, 4)] * 120 + [(200, 150)] * 40
+    sources = [list(map(int, rng.integers(5, 50, s))) for s, _ in lengths]
+    targets = [list(map(int, rng.integers(5, 50, t))) + [END] for _, t in lengths]
+    vocab, budget = 100, 200_000
+    unlimited = make_dataset(sources, targets, 32, shuffle=True, seed=1, vocab_size=vocab)
+    limited = make_dataset(sources, targets, 32, shuffle=True, seed=1, vocab_size=vocab, max_cells=budget)
+    cells, seen = [], []
+    for (src, dec), tgt in limited:
+        cells.append(tgt.shape[0] * tgt.shape[1] * (src.shape[1] + vocab))
+        seen += [tuple(int(x) for x in row if x != PAD) for row in tgt.numpy()]
+    assert sorted(seen) == sorted(tuple(t) for t in targets)
+    assert max(cells) <= budget
+    assert max(t.shape[0] * t.shape[1] * (s.shape[1] + vocab) for (s, _), t in unlimited) > budget
+    full = [int(t.shape[0]) for (_, _), t in limited if t.shape[1] <= 5]
+    assert max(full) == 32  # short examples are unaffected
+    assert int(limited.cardinality()) > int(unlimited.cardinality())
+
+
 def test_short_answers_beside_long_inputs_are_not_padded_to_long_answers():
     """Retrieval makes inputs long while most answers stay short: the decoder side of a batch
     must be padded to answers of its own length, not to those of inputs as long."""
