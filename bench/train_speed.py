@@ -421,12 +421,13 @@ def _make_probe(every: int, questions: int, seed: int):
             if (epoch + 1) % every and not last:
                 return
             from chatbot.evaluation.evaluate import exact_match
+            from chatbot.training.pipeline import reference_for
 
             began = time.perf_counter()
             plan = self.captured["plan"]
             if self._bot is None:
                 self._bot, self.sample = self._build(plan)
-                self.reference = pipeline.reference_for(plan, self.sample)
+                self.reference = reference_for(plan, self.sample)
             # Greedy whatever the recipe's decoding, as the training summary: the probe follows what
             # the network learned, and a half-trained network's beams run to max_length (beam 8:
             # 200 s a probe).
