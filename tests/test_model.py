@@ -233,6 +233,24 @@ def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny
     assert not generator.uses_xla_beam(config, XLA_MAX_BATCH + 1)
 
 
+def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):
+    """Re-ranking keeps the whole beam, whose inputs end late: a batch would run until its slowest
+    one ends, so each input is decoded alone, and gets what it gets when asked alone."""
+    generator = tiny_bot.generator
+    whole = generator.resolve({"strategy": "beam", "beam": 4, "n_best": 4, "max_length": 30})
+    assert generator.decodes_alone(whole)
+    assert not generator.decodes_alone(generator.resolve({"strategy": "beam", "beam": 4, "n_best": 1}))
+    assert not generator.decodes_alone(generator.resolve({"strategy": "beam", "beam": 4, "n_best": 2,
+                                                          "repetition_penalty": 1.2}))
+    questions = [[q] for q, _ in tiny_pairs[:5]] + [["something it never saw"]]
+    shapes = set(generator.compiled_beam_shapes)
+    together = generator.generate(questions, decoding=whole)
+    assert {shape[2] for shape in generator.compiled_beam_shapes - shapes} <= {1}  # batch 1 only
+    for question, reply in zip(questions, together):
+        [alone] = generator.generate([question], decoding=whole)
+        assert reply.alternatives == alone.alternatives and reply.token_ids == alone.token_ids
+
+
 def test_warm_widths_compiles_ahead_what_a_reply_would_compile(tiny_bot):
     generator = tiny_bot.generator
     read = generator.read([["What is your name?"]])

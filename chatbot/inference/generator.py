@@ -227,7 +227,8 @@ class Generator:
         """Compile the XLA loop of the model's own decoding (greedy, or beam search) for these
         input widths and batch sizes (a server's batches) now, a quarter second each, so that
         no reply waits for it later."""
-        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH):
+        alone = self.decodes_alone(self.searched(self.decoding))
+        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):
                 source = np.full((batch, width), START, np.int32)
@@ -572,6 +573,15 @@ class Generator:
                 and config.max_length <= self.capacity
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
+    def decodes_alone(self, config: DecodingConfig) -> bool:
+        """Whether a beam search keeping several hypotheses per input (``n_best`` > 1, as
+        re-ranking asks for the whole beam) decodes one input at a time in its XLA loop. Such an
+        input is done only when all its hypotheses have ended, which often takes long, and a
+        batch runs until its slowest input is done: default model, beam 8, per question, 23.6 ms
+        alone, 62.7 ms in batches of 8, 33.4 ms in the graph loop at 64 (bench/README.md,
+        serve_load.py). With one hypothesis kept, inputs finish early and batches pay."""
+        return config.n_best > 1 and self.uses_xla_beam(config, 1)
+
     # --- the public side ---------------------------------------------------------------------
     @staticmethod
     def _constraint_args(config: DecodingConfig) -> list[tf.Tensor]:
@@ -696,7 +706,8 @@ class Generator:
 
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
                  decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
-        """Replies for many inputs, decoded together in batches of ``max_batch``."""
+        """Replies for many inputs, read and retrieved for in batches of ``max_batch`` and decoded
+        together, except beam searches that keep their whole beam (``decodes_alone``)."""
         config = self.resolve(decoding, max_length)
         beam = config.effective_strategy == "beam"
         wanted = config.n_best
@@ -710,7 +721,11 @@ class Generator:
             shown = self.retrieve(chunk, config)
             padded_ids = self.encode_inputs(chunk, shown)
             source = tf.constant(padded_ids)
-            if beam and self.uses_xla_beam(config, len(chunk)):
+            if beam and self.decodes_alone(config):
+                alone = [self._beam_one(self.encode_inputs([row], [pairs]), config)
+                         for row, pairs in zip(chunk, shown)]
+                ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in alone]) for i in range(4))
+            elif beam and self.uses_xla_beam(config, len(chunk)):
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam_one(padded_ids, config))
             elif beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
