@@ -229,8 +229,8 @@ class TrainingConfig(Section):
     batch_size: int = setting(32, "examples per training step", min=1, max=65_536)
     # A step's memory grows with the decoder positions times what each reads: the vocabulary
     # distribution and the attention over the source. Batches of long examples are cut to this
-    # many such cells: on the default recipe, 64 x 250 x (625 + 2000) peaked at 2.9 GB and a
-    # budget of 12M at 1.9 GB, epochs as fast (bench/README.md, train_speed.py).
+    # many such cells: on the default recipe, a batch of 52 x 250 x (625 + 2000) peaked at 2.9 GB
+    # and a budget of 12M at 1.9 GB, epochs as fast (bench/README.md, train_speed.py).
     max_batch_cells: int = setting(12_000_000, "a batch holds at most this many decoder positions x (source "
                                                "tokens + vocabulary) cells; long examples get smaller batches "
                                                "(0: no limit)", min=0, max=10 ** 12)
