@@ -719,24 +719,25 @@ class Generator:
             began = time.perf_counter()
             chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
-            padded_ids = self.encode_inputs(chunk, shown)
-            source = tf.constant(padded_ids)
-            if beam and self.decodes_alone(config):
-                alone = [self._beam_one(self.encode_inputs([row], [pairs]), config)
-                         for row, pairs in zip(chunk, shown)]
-                ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in alone]) for i in range(4))
+            alone = beam and self.decodes_alone(config)
+            padded_ids = None if alone else self.encode_inputs(chunk, shown)  # alone: each input its own width
+            if alone:
+                outs = [self._beam_one(self.encode_inputs([row], [pairs]), config) for row, pairs in zip(chunk, shown)]
+                ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in outs]) for i in range(4))
             elif beam and self.uses_xla_beam(config, len(chunk)):
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam_one(padded_ids, config))
             elif beam:
-                ids, logprob, lengths, keys = (t.numpy() for t in self._beam(source, *self._beam_args(config)))
+                ids, logprob, lengths, keys = (t.numpy() for t in self._beam(tf.constant(padded_ids),
+                                                                             *self._beam_args(config)))
             elif self.uses_xla(config, len(chunk)):
                 ids, logprob, lengths = (t.numpy()[:, None] for t in self._greedy_one(
                     padded_ids, config.max_length, config.min_length))
                 keys = logprob
             else:
                 # Chunks after the first draw from another random stream of the same seed.
+                stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
                 ids, logprob, lengths = (t.numpy() for t in self._step(
-                    source, *self._step_args(config, seed, (start // self.max_batch) * 1_000_003 % 2 ** 30)))
+                    tf.constant(padded_ids), *self._step_args(config, seed, stream)))
                 ids, logprob, lengths = ids[:, None], logprob[:, None], lengths[:, None]
                 keys = logprob
             rows = []  # per input: its hypotheses (text, ids, score, length), best first
