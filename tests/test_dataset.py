@@ -50,7 +50,7 @@ def test_decoder_input_is_the_target_shifted_behind_start():
 
 
 def test_very_long_buckets_get_smaller_batches():
-    sizes = [batch_size_for(length, 64) for length in (4, 256, 512, 1024, 5000)]
+    sizes = [batch_size_for(length, length, 64) for length in (4, 256, 512, 1024, 5000)]
     assert sizes[:3] == [64, 64, 64] and sizes[-1] <= 8
     assert sizes == sorted(sizes, reverse=True)
 

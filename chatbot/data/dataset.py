@@ -56,12 +56,11 @@ TARGET_EDGES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 TOKENS_PER_BATCH_FACTOR = 512  # caps memory only for very long examples: batch_size * 512 tokens
 
 
-def batch_size_for(longest: int, batch_size: int, source: int = 0, target: int = 0, vocab_size: int = 0,
-                   max_cells: int = 0) -> int:
-    """The batch size of a bucket whose longest sequence has ``longest`` tokens (a token budget)
-    and, with ``max_cells``, whose ``target`` decoder positions each read ``source`` + ``vocab_size``
-    values (the budget of ``training.max_batch_cells``)."""
-    size = min(batch_size, batch_size * TOKENS_PER_BATCH_FACTOR // max(longest, 1))
+def batch_size_for(source: int, target: int, batch_size: int, vocab_size: int = 0, max_cells: int = 0) -> int:
+    """The batch size of a bucket whose longest source and target have these many tokens: a token
+    budget on the longer of the two and, with ``max_cells``, a budget on its ``target`` decoder
+    positions each reading ``source`` + ``vocab_size`` values (``training.max_batch_cells``)."""
+    size = min(batch_size, batch_size * TOKENS_PER_BATCH_FACTOR // max(source, target, 1))
     if max_cells:
         size = min(size, max_cells // max(target * (source + vocab_size), 1))
     return max(1, size)
@@ -95,7 +94,7 @@ def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Row
         if shuffle:
             part = part.shuffle(len(members), seed=seed + int(bucket), reshuffle_each_iteration=True)
         source, target = int(source_lengths[members].max()), int(target_lengths[members].max())
-        size = batch_size_for(max(source, target), batch_size, source, target, vocab_size, max_cells)
+        size = batch_size_for(source, target, batch_size, vocab_size, max_cells)
         parts.append(part.batch(size))
         batches.append(-(-len(members) // size))
     if shuffle:

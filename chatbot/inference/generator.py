@@ -714,12 +714,12 @@ class Generator:
         reranked = self.ranks_by_retrieval(config) or self.ranks_by_mutual_information(config)
         config = self.searched(config)
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
+        alone = beam and self.decodes_alone(config)
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
             began = time.perf_counter()
             chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
-            alone = beam and self.decodes_alone(config)
             padded_ids = None if alone else self.encode_inputs(chunk, shown)  # alone: each input its own width
             if alone:
                 outs = [self._beam_one(self.encode_inputs([row], [pairs]), config) for row, pairs in zip(chunk, shown)]
