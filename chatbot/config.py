@@ -236,6 +236,10 @@ class TrainingConfig(Section):
                                                "(0: no limit)", min=0, max=10 ** 12)
     learning_rate: float = setting(0.002, "Adam's learning rate", above=0, max=10)
     clipnorm: float = setting(1.0, "gradient norm clipping (0: off)", min=0, max=1_000)
+    # Polyak averaging: the weights kept are an exponential moving average of the weights after
+    # each step, which smooths out where the last steps happened to leave them.
+    ema_momentum: float = setting(0.0, "keep and save a moving average of the weights, updated each step "
+                                       "with this momentum (0: off; e.g. 0.998)", min=0, below=1)
     early_stopping: bool = setting(True, "stop when the monitored loss stops improving")
     # Question/answer corpora hold one or a few answers per question, and a chatbot must give
     # them back exactly: by default keep the weights with the lowest *training* loss.

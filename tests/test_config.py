@@ -154,6 +154,7 @@ def test_wrong_type_raises_naming_key(key, value):
     ("training.learning_rate", 0),
     ("training.monitor", "accuracy"),
     ("training.clipnorm", -1),
+    ("training.ema_momentum", 1.0),
     ("decoding.strategy", "nucleus"),
     ("decoding.max_length", 0),
 ])
@@ -173,6 +174,7 @@ def test_out_of_range_value_raises_naming_key(key, value):
     ("tokenizer.vocab_size", 10),
     ("data.validation_fraction", 0.0),
     ("training.clipnorm", 0),
+    ("training.ema_momentum", 0.9999),
     ("training.patience", 0),
 ])
 def test_boundary_values_accepted(key, value):

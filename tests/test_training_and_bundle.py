@@ -126,6 +126,31 @@ def test_interrupted_training_resumes_and_keeps_the_old_bundle(tiny_bundle_path,
     Bundle.load(out)
 
 
+def test_a_moving_average_of_the_weights_is_what_the_bundle_keeps(tmp_path):
+    """training.ema_momentum: the bundle holds the averaged weights, not the last step's. At a
+    momentum of 0.9999 the average barely moves from where the first step left the weights
+    (Keras starts it there), while the same training without it moves them far."""
+    import keras
+    import numpy as np
+
+    class Start(keras.callbacks.Callback):
+        weights = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.weights is None:
+                self.weights = self.model.get_weights()
+
+    def distance_moved(momentum: float) -> float:
+        start = Start()
+        config = tiny_config(**{"training.epochs": 3, "training.ema_momentum": momentum})
+        bundle = train(TINY_PAIRS, config, tmp_path / f"ema{momentum}", verbose=0, extra_callbacks=[start])
+        kept = Bundle.load(tmp_path / f"ema{momentum}").model.get_weights()
+        assert bundle.config.training.ema_momentum == momentum  # serialised with the model
+        return float(np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(kept, start.weights))))
+
+    assert distance_moved(0.9999) < 0.01 * distance_moved(0.0)
+
+
 def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, tmp_path):
     from chatbot.model.bundle import list_bundles
     from test_cli import chatbot

@@ -276,8 +276,9 @@ def build_model(vocab_size: int, config: ModelConfig, max_output_tokens: int) ->
     return Seq2Seq(vocab_size, config)
 
 
-def compile_model(model: EncoderDecoder, learning_rate: float, clipnorm: float) -> None:
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm or None)
+def compile_model(model: EncoderDecoder, learning_rate: float, clipnorm: float, ema_momentum: float = 0.0) -> None:
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm or None,
+                                      use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
     # ignore_class rescales the mean over real tokens only, so padding never counts.
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD)
     model.compile(optimizer=optimizer, loss=loss, metrics=[masked_accuracy], jit_compile=False)

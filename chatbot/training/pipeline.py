@@ -272,7 +272,7 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
         model.build_for_inference()
         if plan.fine_tuning:
             model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
-        compile_model(model, config.training.learning_rate, config.training.clipnorm)
+        compile_model(model, config.training.learning_rate, config.training.clipnorm, config.training.ema_momentum)
     if cluster.strategy is not None:  # a batch to build from: only then, it fills the shuffle buffer
         distribute.adapt(model, cluster, next(iter(train_set)))
     shape = (f"{config.model.heads} heads" if config.model.cell == "transformer"
@@ -369,6 +369,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         keras.callbacks.TensorBoard(str(plan.work / "tensorboard"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if training.ema_momentum:  # after the backup (raw weights, to resume from), before the best-weights file
+        callbacks.insert(1, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if training.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=0.5, patience=training.lr_decay_patience, min_lr=1e-5))
