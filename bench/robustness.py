@@ -12,7 +12,11 @@ it and never tuned on):
   the bundle's ``validation.jsonl``), each its own original;
 * reworded: ``bench/data/reworded.jsonl``, hand-written rewordings (synonym, word order, filler
   words, contractions, case and punctuation);
-* typos: ``bench/data/typos.jsonl``, one or two keyboard typos (``bench/make_typos.py``).
+* typos: ``bench/data/typos.jsonl``, one or two keyboard typos (``bench/make_typos.py``);
+* unanswerable: ``bench/data/unanswerable.jsonl``, questions no corpus question answers (facts
+  and tasks outside it, personal news, requests a chatbot cannot act on, gibberish), split in
+  halves the same way. Every reply to them is wrong; what counts is whether the confidence
+  tells them apart from right replies, so that ``dialogue.min_confidence`` falls back on them.
 
 Systems that answer them, all in one run (the first four are the ablations that show what
 the model itself contributes):
@@ -66,6 +70,7 @@ from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb, results_name
 DATA = ROOT / "bench" / "data"
 REWORDED = DATA / "reworded.jsonl"
 TYPOS = DATA / "typos.jsonl"
+UNANSWERABLE = DATA / "unanswerable.jsonl"
 # Each dev file is split by a hash of the question: "reworded"/"typos" are the dev halves (look
 # at them freely), "reworded_test"/"typos_test" the test halves (report them; never tune on them).
 SETS = ("training", "reworded", "typos", "reworded_test", "typos_test")
@@ -445,6 +450,45 @@ def _sample(items: list[Item], count: int, seed: int) -> list[Item]:
     return [item for i, item in enumerate(items) if i in keep]
 
 
+def load_unanswerable(path: str | Path) -> dict[str, list[Item]]:
+    """The questions no corpus answer fits, as its dev and test halves."""
+    halves: dict[str, list[Item]] = {"dev": [], "test": []}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            if "question" not in row:
+                raise ValueError(f"{path}:{number}: missing question")
+            half = "test" if is_test_half(row["question"]) else "dev"
+            halves[half].append(Item(f"unanswerable_{half}", row["question"], "", row.get("kind", ""), ""))
+    return halves
+
+
+def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, generated: dict, right: dict,
+                        all_items: list[Item], min_confidence: float) -> dict:
+    """Per half: how many off-corpus questions still get a reply at ``min_confidence`` (the
+    rest fall back), their mean confidence, and the ROC AUC of the confidence between the
+    right replies of that half's reworded and typo questions and the off-corpus ones; and, on
+    the dev half, the threshold that best separates right replies from wrong and off-corpus
+    ones together (what ``dialogue.min_confidence`` is chosen from when fallbacks matter)."""
+    report: dict = {}
+    for half, rows in unanswerable.items():
+        sets = ("reworded", "typos") if half == "dev" else ("reworded_test", "typos_test")
+        asked = [i for i in all_items if i.set in sets]
+        answered = [generated[i.question].confidence for i in asked]
+        labels = [right[("model", i.set, i.question)] for i in asked]
+        outside = [off_corpus[i.question].confidence for i in rows]
+        rights = [c for c, ok in zip(answered, labels) if ok]
+        auc = roc_auc(rights + outside, [True] * len(rights) + [False] * len(outside))
+        report[half] = {
+            "n": len(rows),
+            "replied_at_min_confidence": _rate([c >= min_confidence for c in outside]),
+            "mean_confidence": round(sum(outside) / len(outside), 4) if outside else None,
+            "auc_right_vs_unanswerable": None if auc is None else round(auc, 4),
+            "best_threshold_with_wrong": best_threshold(answered + outside, labels + [False] * len(outside)),
+        }
+    return report
+
+
 def ask_all(bot, questions: list[str], batch_size: int, label: str, decoding=None) -> dict:
     """question -> Generation, in batches through the public API."""
     out = {}
@@ -476,6 +520,8 @@ def main() -> None:
                         help="the corpus the dev sets come from; references, fuzzy and ChatterBot use it [corpora/english]")
     parser.add_argument("--reworded", default=str(REWORDED), help="reworded dev set [bench/data/reworded.jsonl]")
     parser.add_argument("--typos", default=str(TYPOS), help="typo dev set [bench/data/typos.jsonl]")
+    parser.add_argument("--unanswerable", default=str(UNANSWERABLE),
+                        help="questions the corpus does not answer [bench/data/unanswerable.jsonl]")
     parser.add_argument("--batch-size", type=int, default=64, help="questions per generate() call [64]")
     parser.add_argument("--details", metavar="FILE", help="write every question, reply and verdict as JSONL")
     parser.add_argument("--no-chatterbot", action="store_true", help="leave ChatterBot out")
@@ -543,6 +589,11 @@ def main() -> None:
     generated = ask_all(bot, questions, args.batch_size, "model")
     model_s = time.perf_counter() - t0
     alone = ask_all(bot, questions, args.batch_size, "decoder alone", {"retrieval": False})
+    unanswerable = load_unanswerable(args.unanswerable)
+    if args.quick:
+        unanswerable = {half: _sample(rows, 20, args.seed) for half, rows in unanswerable.items()}
+    off_corpus = ask_all(bot, [i.question for rows in unanswerable.values() for i in rows], args.batch_size,
+                         "unanswerable")
     # (c) retrieval alone: the first answer of the nearest training question, no model, found
     # by the model's own retriever (its data.retriever, its stored question embeddings) for the
     # question as the model reads it (its data.spelling)
@@ -623,6 +674,8 @@ def main() -> None:
                 report[f"best_threshold_{name}"] = best_threshold(s, y)
                 report[f"bundle_threshold_{name}"] = threshold_report(s, y, bundle_threshold)
         result[signal] = report
+    result["unanswerable"] = unanswerable_report(unanswerable, off_corpus, generated, right, all_items,
+                                                 dialogue.min_confidence)
     for system in ABLATIONS:
         result[system] = figures[system]
     result["fuzzy"] = {**figures["fuzzy"], "seconds": round(fuzzy_s, 1),

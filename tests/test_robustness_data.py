@@ -95,6 +95,33 @@ def test_reworded_and_typo_sets_do_not_overlap(reworded, typos):
     assert not {r["question"] for r in reworded} & {r["question"] for r in typos}
 
 
+def test_unanswerable_questions_are_off_corpus_distinct_and_in_both_halves(categories, reworded, typos):
+    halves = robustness.load_unanswerable(robustness.UNANSWERABLE)
+    rows = halves["dev"] + halves["test"]
+    assert len(halves["dev"]) >= 30 and len(halves["test"]) >= 30
+    corpus = {robustness.normalise(q) for q in categories}
+    asked = {robustness.normalise(r["question"]) for r in reworded + typos}
+    texts = [robustness.normalise(item.question) for item in rows]
+    assert len(set(texts)) == len(texts)
+    assert not set(texts) & (corpus | asked)
+
+
+def test_the_unanswerable_report_counts_replies_kept_and_separates_right_from_off_corpus():
+    from types import SimpleNamespace as Reply
+
+    Item = robustness.Item
+    asked = [Item("reworded", "right one", "", "", ""), Item("reworded", "wrong one", "", "", "")]
+    off = {"dev": [Item("unanswerable_dev", "cook?", "", "", ""), Item("unanswerable_dev", "zzz", "", "", "")],
+           "test": []}
+    generated = {"right one": Reply(confidence=0.95), "wrong one": Reply(confidence=0.5)}
+    off_corpus = {"cook?": Reply(confidence=0.9), "zzz": Reply(confidence=0.2)}
+    right = {("model", "reworded", "right one"): True, ("model", "reworded", "wrong one"): False}
+    report = robustness.unanswerable_report(off, off_corpus, generated, right, asked, min_confidence=0.8)
+    assert report["dev"]["replied_at_min_confidence"] == 0.5  # "cook?" is kept, "zzz" falls back
+    assert report["dev"]["auc_right_vs_unanswerable"] == 1.0
+    assert report["dev"]["best_threshold_with_wrong"]["threshold"] > 0.9  # drops both wrong and off-corpus
+
+
 def test_typo_file_is_what_make_typos_generates():
     rows = make_typos.make_typos(CORPUS, make_typos.COUNT, make_typos.SEED)
     assert make_typos.render(rows) == robustness.TYPOS.read_text(encoding="utf-8")
