@@ -32,6 +32,15 @@ def robustness() -> str:
     lines += ["", f"Questions: {sizes}. Confidence ROC AUC (right vs wrong reply): dev {auc['dev']:.3f}, "
                   f"test {auc['test']:.3f}. From `{record['command']}`, {record['date'][:10]}, "
                   f"{record['machine']['cores']} cores ({record['machine']['cpu']})."]
+    off = result.get("unanswerable")
+    if off:  # figures from before the unanswerable set have none
+        threshold = result["confidence"]["bundle_threshold_dev"]["threshold"]
+        lines[-1] += (f" Off-corpus questions (`bench/data/unanswerable.jsonl`) still answered at "
+                      f"`dialogue.min_confidence` {threshold}: "
+                      f"{off['dev']['replied_at_min_confidence']:.0%} (dev), "
+                      f"{off['test']['replied_at_min_confidence']:.0%} (test); confidence AUC right vs off-corpus "
+                      f"{off['dev']['auc_right_vs_unanswerable']:.3f} (dev), "
+                      f"{off['test']['auc_right_vs_unanswerable']:.3f} (test).")
     return "\n".join(lines)
 
 
