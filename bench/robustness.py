@@ -467,10 +467,16 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
                         all_items: list[Item], min_confidence: float) -> dict:
     """Per half: how many off-corpus questions still get a reply at ``min_confidence`` (the
     rest fall back), their mean confidence, and the ROC AUC of the confidence between the
-    right replies of that half's reworded and typo questions and the off-corpus ones; and, on
-    the dev half, the threshold that best separates right replies from wrong and off-corpus
-    ones together (what ``dialogue.min_confidence`` is chosen from when fallbacks matter)."""
-    report: dict = {}
+    right replies of that half's reworded and typo questions and the off-corpus ones; and the
+    threshold that best separates right replies from wrong and off-corpus ones together, also
+    capped at the lowest confidence of a right reply to a training question (so that none of
+    those falls back): on the dev half, what ``dialogue.min_confidence`` is chosen from."""
+    import numpy as np
+
+    trained = [generated[i.question].confidence for i in all_items
+               if i.set == "training" and right[("model", i.set, i.question)]]
+    cap = min(trained) if trained else 1.0
+    report: dict = {"lowest_right_training_confidence": round(cap, 4)}
     for half, rows in unanswerable.items():
         sets = ("reworded", "typos") if half == "dev" else ("reworded_test", "typos_test")
         asked = [i for i in all_items if i.set in sets]
@@ -485,6 +491,9 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
             "mean_confidence": round(sum(outside) / len(outside), 4) if outside else None,
             "auc_right_vs_unanswerable": None if auc is None else round(auc, 4),
             "best_threshold_with_wrong": best_threshold(answered + outside, labels + [False] * len(outside)),
+            # scores above the cap are cut to it, so no threshold can fall between them
+            "best_threshold_with_wrong_capped": best_threshold(np.minimum(answered + outside, cap),
+                                                               labels + [False] * len(outside)),
         }
     return report
 

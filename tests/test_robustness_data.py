@@ -110,16 +110,20 @@ def test_the_unanswerable_report_counts_replies_kept_and_separates_right_from_of
     from types import SimpleNamespace as Reply
 
     Item = robustness.Item
-    asked = [Item("reworded", "right one", "", "", ""), Item("reworded", "wrong one", "", "", "")]
+    asked = [Item("reworded", "right one", "", "", ""), Item("reworded", "wrong one", "", "", ""),
+             Item("training", "known", "", "", "")]
     off = {"dev": [Item("unanswerable_dev", "cook?", "", "", ""), Item("unanswerable_dev", "zzz", "", "", "")],
            "test": []}
-    generated = {"right one": Reply(confidence=0.95), "wrong one": Reply(confidence=0.5)}
+    generated = {"right one": Reply(confidence=0.95), "wrong one": Reply(confidence=0.5), "known": Reply(confidence=0.93)}
     off_corpus = {"cook?": Reply(confidence=0.9), "zzz": Reply(confidence=0.2)}
-    right = {("model", "reworded", "right one"): True, ("model", "reworded", "wrong one"): False}
+    right = {("model", "reworded", "right one"): True, ("model", "reworded", "wrong one"): False,
+             ("model", "training", "known"): True}
     report = robustness.unanswerable_report(off, off_corpus, generated, right, asked, min_confidence=0.8)
     assert report["dev"]["replied_at_min_confidence"] == 0.5  # "cook?" is kept, "zzz" falls back
     assert report["dev"]["auc_right_vs_unanswerable"] == 1.0
     assert report["dev"]["best_threshold_with_wrong"]["threshold"] > 0.9  # drops both wrong and off-corpus
+    # capped where the training question answered right still passes: "cook?" (0.9) is dropped
+    assert 0.9 < report["dev"]["best_threshold_with_wrong_capped"]["threshold"] <= 0.93
 
 
 def test_typo_file_is_what_make_typos_generates():
