@@ -485,15 +485,15 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
         outside = [off_corpus[i.question].confidence for i in rows]
         rights = [c for c, ok in zip(answered, labels) if ok]
         auc = roc_auc(rights + outside, [True] * len(rights) + [False] * len(outside))
+        scores, judged = answered + outside, labels + [False] * len(outside)  # off-corpus replies are wrong
         report[half] = {
             "n": len(rows),
             "replied_at_min_confidence": _rate([c >= min_confidence for c in outside]),
             "mean_confidence": round(sum(outside) / len(outside), 4) if outside else None,
             "auc_right_vs_unanswerable": None if auc is None else round(auc, 4),
-            "best_threshold_with_wrong": best_threshold(answered + outside, labels + [False] * len(outside)),
+            "best_threshold_with_wrong": best_threshold(scores, judged),
             # scores above the cap are cut to it, so no threshold can fall between them
-            "best_threshold_with_wrong_capped": best_threshold(np.minimum(answered + outside, cap),
-                                                               labels + [False] * len(outside)),
+            "best_threshold_with_wrong_capped": best_threshold(np.minimum(scores, cap), judged),
         }
     return report
 
