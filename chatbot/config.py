@@ -297,6 +297,14 @@ class DecodingConfig(Section):
         0.0, "beam search: maximum mutual information reranking (Li et al. 2016): each hypothesis' "
              "log-probability minus this times its log-probability with an empty input, so replies "
              "that fit any input ('i don't know') rank lower (0: off)", min=0, max=1)
+    # A model shown retrieved pairs copies a shown answer confidently whether or not it fits the
+    # question. How likely it finds the same reply from the question alone tells the two apart:
+    # on the default model (w = 0.02, chosen on the dev halves), off-corpus questions still
+    # answered at the chosen threshold fell from 48% to 30% on the test half (bench/unaided_weight.py).
+    unaided_weight: float = setting(
+        0.0, "confidence: also count how likely the model finds the reply given the input without the "
+             "retrieved pairs, confidence = exp(score + this x that score) (0: off; models that read "
+             "retrieval only)", min=0, max=10)
 
     def check_combinations(self, prefix: str) -> None:
         _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",

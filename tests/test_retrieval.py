@@ -69,6 +69,29 @@ def test_the_reply_is_always_the_decoded_text(tiny_bot, tiny_pairs):
             assert 0.0 <= g.confidence <= 1.0 and np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
 
 
+def test_the_unaided_weight_doubts_replies_that_only_the_retrieved_pairs_support(tiny_bot):
+    """``decoding.unaided_weight`` w: each hypothesis' confidence is exp(score + w x its score
+    given the question without retrieved pairs). The replies and their ranking stay the same;
+    a reply copied from a shown pair to a question the corpus does not hold loses most."""
+    known = ["What is your name?", "waht is yuor name", "How old are you?"]
+    unknown = ["xylophone quantum zebra", "do you like pizza on mondays"]
+    settings = {"beam": 3, "n_best": 2}
+    plain = tiny_bot.generate(known + unknown, decoding=settings)
+    weighed = tiny_bot.generate(known + unknown, decoding={**settings, "unaided_weight": 0.5})
+    for question, p, g in zip(known + unknown, plain, weighed):
+        assert (g.text, g.score, g.alternatives, g.token_ids) == (p.text, p.score, p.alternatives, p.token_ids)
+        texts = [text for text, _ in g.alternatives]
+        unaided = tiny_bot.generator.score([[question]] * len(texts), texts, retrieval=False)
+        expected = [np.exp(score + 0.5 * u) for (_, score), u in zip(g.alternatives, unaided)]
+        assert np.allclose(g.confidences, expected, rtol=1e-4) and g.confidence == g.confidences[0]
+        assert g.choose(1).confidence == g.confidences[1]
+    drop = [g.confidence / p.confidence for p, g in zip(plain, weighed)]
+    assert min(drop[:len(known)]) > 0.99 > 0.9 > max(drop[len(known):])
+    # Without retrieval there is nothing to weigh: the confidence is exp(score).
+    for g in tiny_bot.generate(unknown, decoding={"retrieval": False, "unaided_weight": 0.5}):
+        assert np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
+
+
 def test_retrieval_helps_the_model_with_mistyped_questions(tiny_bot):
     questions = ["waht is yuor name", "how old are yuo", "What is the capitl of France"]
     expected = ["My name is Tiny.", "I was trained a moment ago.", "Paris is the capital of France."]

@@ -89,25 +89,30 @@ class Generation:
     alternatives: tuple[tuple[str, float], ...] = ()
     token_ids: tuple[int, ...] = ()  # the generated ids, [END] included when it was reached
     # How likely the reply is right, 0..1, from the model alone: the mean token probability,
-    # exp(score) (``confidence_of``).
+    # exp(score) (``confidence_of``), times, with ``decoding.unaided_weight`` w, the reply's mean
+    # token probability given the input without retrieved pairs to the power w.
     confidence: float = 0.0
     # What retrieval showed the model beside the input: (question, answer, similarity), most
     # alike first; empty when retrieval is off or the model does not read it.
     retrieved: tuple[tuple[str, str, float], ...] = ()
     # The question as the model read it: after spelling normalisation (``data.spelling``).
     read_as: str = ""
+    # Each alternative's confidence, in the same order (empty: exp of its score).
+    confidences: tuple[float, ...] = ()
 
     def choose(self, index: int) -> "Generation":
         """This generation with its ``index``-th alternative as the reply: text, score and
         confidence all come from that hypothesis (never the first one's)."""
         text, score = self.alternatives[index]
-        return dataclasses.replace(self, text=text, score=score, confidence=confidence_of(score),
+        confidence = self.confidences[index] if self.confidences else confidence_of(score)
+        return dataclasses.replace(self, text=text, score=score, confidence=confidence,
                                    token_ids=() if index else self.token_ids)
 
 
-def confidence_of(score: float) -> float:
-    """A 0..1 confidence from a mean log-probability per token: the mean token probability."""
-    return float(np.exp(score))
+def confidence_of(score: float, unaided_score: float = 0.0, unaided_weight: float = 0.0) -> float:
+    """A 0..1 confidence from a mean log-probability per token (the mean token probability),
+    lowered by the reply's mean log-probability without retrieved pairs, weighted."""
+    return float(np.exp(score + unaided_weight * unaided_score))
 
 
 def _scalar(dtype) -> tf.TensorSpec:
@@ -220,6 +225,8 @@ class Generator:
                 self._beam(source, *self._beam_args(DecodingConfig(strategy="beam", beam=2, max_length=2)))
             if self.ranks_by_mutual_information(own):
                 self.unconditional_scores([np.array([END], np.int32)])
+        if self.weighs_unaided(self.decoding):
+            self.unconditional_scores([np.array([END], np.int32)])  # traces the scoring pass
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
 
@@ -261,22 +268,16 @@ class Generator:
         return tf.reduce_sum(picked * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
 
     def score(self, inputs: Sequence[Sequence[str]], answers: Sequence[str],
-              max_length: int | None = None) -> np.ndarray:
+              max_length: int | None = None, retrieval: bool = True) -> np.ndarray:
         """How likely the model finds each answer for its input (rows pair up), as the mean
-        log-probability per token. Answers are cut to ``max_length`` tokens (default: the
-        decoding max_length), as a decoded reply would be."""
+        log-probability per token; with ``retrieval`` False, given the input alone. Answers are
+        cut to ``max_length`` tokens (default: the decoding max_length), as a decoded reply would be."""
         limit = max_length or self.decoding.max_length
-        scores = []
-        for start in range(0, len(answers), SCORE_BATCH):
-            chunk = slice(start, start + SCORE_BATCH)
-            ids = [self.tokenizer.encode_target(a, limit) for a in answers[chunk]]
-            target = np.zeros((len(ids), max(len(i) for i in ids)), dtype=np.int32)
-            for row, seq in enumerate(ids):
-                target[row, :len(seq)] = seq
-            read = self.read(inputs[chunk])
-            source = self.encode_inputs(read, self.retrieve(read))
-            scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
-        return np.concatenate(scores) if scores else np.zeros([0], np.float32)
+        sources: list[np.ndarray] = []
+        for start in range(0, len(inputs), SCORE_BATCH):
+            read = self.read(inputs[start:start + SCORE_BATCH])
+            sources += list(self.encode_inputs(read, self.retrieve(read) if retrieval else None))
+        return self.scores_given(sources, [self.tokenizer.encode_target(a, limit) for a in answers])
 
     # --- shared: repetition control ----------------------------------------------------------
     def _forbid_early_end(self, logits, step, min_length):
@@ -661,19 +662,44 @@ class Generator:
         reranked = self.ranks_by_retrieval(config) or self.ranks_by_mutual_information(config)
         return dataclasses.replace(config, n_best=config.beam) if reranked else config
 
-    def unconditional_scores(self, hypotheses: Sequence[np.ndarray]) -> np.ndarray:
-        """Each hypothesis' mean log-probability per token given an empty input: how likely the
-        model finds a reply whatever was said, the anti-language model of MMI reranking."""
+    def scores_given(self, sources: Sequence[np.ndarray], hypotheses: Sequence[np.ndarray]) -> np.ndarray:
+        """Each hypothesis' mean log-probability per token given its source row (ids, as
+        ``encode_inputs`` makes them), in batches of ``SCORE_BATCH``: the logits are batch x
+        length x vocabulary."""
         scores = []
-        nothing = self.encode_inputs([[""]])  # one row: the empty input
-        for start in range(0, len(hypotheses), SCORE_BATCH):  # bounded memory: logits are batch x length x vocab
+        for start in range(0, len(hypotheses), SCORE_BATCH):
             chunk = hypotheses[start:start + SCORE_BATCH]
+            rows = sources[start:start + SCORE_BATCH]
             target = np.zeros((len(chunk), max(max(len(h) for h in chunk), 1)), np.int32)
             for row, ids in enumerate(chunk):
                 target[row, :len(ids)] = ids
-            empty = np.tile(nothing, (len(chunk), 1))
-            scores.append(self._score(tf.constant(empty), tf.constant(target)).numpy())
+            source = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+            for row, ids in enumerate(rows):
+                source[row, :len(ids)] = ids
+            scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
+
+    def unconditional_scores(self, hypotheses: Sequence[np.ndarray]) -> np.ndarray:
+        """Each hypothesis' mean log-probability per token given an empty input: how likely the
+        model finds a reply whatever was said, the anti-language model of MMI reranking."""
+        nothing = self.encode_inputs([[""]])[0]
+        return self.scores_given([nothing] * len(hypotheses), hypotheses)
+
+    def weighs_unaided(self, config: DecodingConfig) -> bool:
+        """Whether ``decoding.unaided_weight`` lowers this call's confidences."""
+        return config.unaided_weight > 0 and config.retrieval and self.reads_retrieval
+
+    def _confidences(self, rows: list[list[tuple]], chunk: list[list[str]], config: DecodingConfig
+                     ) -> list[tuple[float, ...]]:
+        """Each input's hypotheses' confidences (``confidence_of``): with ``unaided_weight``, each
+        hypothesis is scored again given its input without the retrieved pairs, all in one pass."""
+        if not self.weighs_unaided(config):
+            return [tuple(confidence_of(h[2]) for h in hypotheses) for hypotheses in rows]
+        bare = self.encode_inputs(chunk)
+        sources = [bare[row] for row, hypotheses in enumerate(rows) for _ in hypotheses]
+        unaided = iter(self.scores_given(sources, [h[1] for hypotheses in rows for h in hypotheses]))
+        return [tuple(confidence_of(h[2], float(next(unaided)), config.unaided_weight) for h in hypotheses)
+                for hypotheses in rows]
 
     def _rerank(self, rows: list[list[tuple]], shown, config: DecodingConfig) -> list[list[tuple]]:
         """Each input's beam hypotheses ``(text, ids, score, length)`` in a new order (``shown``:
@@ -754,6 +780,7 @@ class Generator:
             if reranked:
                 rows = self._rerank(rows, shown, config)
                 rows = [hypotheses[:wanted] for hypotheses in rows]
+            confidences = self._confidences(rows, chunk, config)
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
             chunk_results: list[Generation] = []
             for row, hypotheses in enumerate(rows):
@@ -761,7 +788,8 @@ class Generator:
                 chunk_results.append(Generation(
                     text=text,
                     score=score,
-                    confidence=confidence_of(score),
+                    confidence=confidences[row][0],
+                    confidences=confidences[row],
                     tokens=n,
                     latency_ms=latency,
                     alternatives=tuple((t, s) for t, _, s, _ in hypotheses),
