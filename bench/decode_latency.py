@@ -43,9 +43,8 @@ DECODE_ONLY = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": False}
 # (b) What a user waits for: the model's own decoding settings, greedy, retrieval on.
 ASK = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": True}
 # Compiled functions, one trace each: the XLA greedy loop, the greedy/sampling loop, the beam
-# loop, scoring (a batch's graph pass and a few replies' XLA loop: ``decoding.unaided_weight``),
-# and one XLA beam loop per (beam, n_best) used (beam 5 here, and the model's own).
-TRACE_BOUND = 7
+# loop, scoring, and one XLA beam loop per (beam, n_best) used (beam 5 here, and the model's own).
+TRACE_BOUND = 6
 # (b') What a user of the bundle gets: its own decoding settings (beam search for the default).
 ASK_OWN = {"retrieval": True}
 STRATEGIES = {  # name -> per-call decoding overrides

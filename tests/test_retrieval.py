@@ -92,22 +92,6 @@ def test_the_unaided_weight_doubts_replies_that_only_the_retrieved_pairs_support
         assert np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
 
 
-def test_a_few_replies_are_scored_in_the_xla_loop_as_the_graph_pass_scores_them(tiny_bot):
-    """Up to 8 hypotheses are scored by a compiled step-by-step loop (a reply's confidence at
-    batch 1 costs ~1.4 ms instead of ~2.5), more by one teacher-forced pass of the whole model;
-    both give the same mean log-probabilities."""
-    import tensorflow as tf
-
-    g = tiny_bot.generator
-    questions = ["What is your name?", "xylophone quantum zebra", "How old are you?"]
-    hypotheses = [np.array(x.token_ids, np.int32) for x in tiny_bot.generate(questions)]
-    bare = list(g.encode_inputs(g.read([[q] for q in questions])))
-    few = g.scores_given(bare, hypotheses)
-    one_by_one = [g._score(tf.constant(s[None]), tf.constant(h[None])).numpy()[0] for s, h in zip(bare, hypotheses)]
-    assert np.allclose(few, one_by_one, atol=1e-5) and (few < 0).all()
-    assert np.allclose(g.scores_given(bare * 3, hypotheses * 3), np.tile(few, 3), atol=1e-5)  # 9: the graph pass
-
-
 def test_retrieval_helps_the_model_with_mistyped_questions(tiny_bot):
     questions = ["waht is yuor name", "how old are yuo", "What is the capitl of France"]
     expected = ["My name is Tiny.", "I was trained a moment ago.", "Paris is the capital of France."]

@@ -182,7 +182,6 @@ class Generator:
         self._greedy = tf.function(self._greedy_loop, jit_compile=True, input_signature=[
             source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
         self._score = tf.function(self._score_batch, input_signature=[source, source])
-        self._forced = tf.function(self._forced_loop, jit_compile=True, input_signature=[source, source])
         self._step = tf.function(self._step_loop, input_signature=[
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
@@ -256,8 +255,7 @@ class Generator:
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
         return sum(f.experimental_get_tracing_count()
-                   for f in (self._greedy, self._step, self._beam, self._score, self._forced,
-                             *self._beam_xla.values()))
+                   for f in (self._greedy, self._step, self._beam, self._score, *self._beam_xla.values()))
 
     # --- scoring given answers ---------------------------------------------------------------
     def _score_batch(self, source, target):
@@ -423,38 +421,6 @@ class Generator:
         out = self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
                            tf.constant(min_length, tf.int32))
         return tuple(t[:source.shape[0]] for t in out)
-
-    def _forced_loop(self, source, target):
-        """``_score_batch`` as one XLA program, step by step as ``_greedy_loop`` decodes: each
-        ``target`` row (``[B, capacity]``, padded) fed to the decoder one token at a time;
-        returns each row's mean log-probability per token (padding left out)."""
-        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
-        batch = tf.shape(source)[0]
-        steps = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(target, PAD), tf.int32), axis=1))
-
-        def body(step, token, states, total):
-            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
-            logprobs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-            wanted = target[:, step]
-            total += tf.where(tf.equal(wanted, PAD), 0.0, tf.gather(logprobs, wanted, axis=1, batch_dims=1))
-            return step + 1, wanted, states, total
-
-        _, _, _, total = tf.while_loop(lambda step, *_: step < steps, body,
-                                       (tf.constant(0), tf.fill([batch], START), states, tf.zeros([batch])))
-        lengths = tf.reduce_sum(tf.cast(tf.not_equal(target, PAD), tf.float32), axis=1)
-        return total / tf.maximum(lengths, 1.0)
-
-    def _forced_scores(self, sources: Sequence[np.ndarray], hypotheses: Sequence[np.ndarray]) -> np.ndarray | None:
-        """``_forced_loop`` on up to ``XLA_MAX_BATCH`` rows padded as ``_greedy_one`` pads
-        them (compiled once per padded shape); None when they do not fit it."""
-        if not 0 < len(hypotheses) <= XLA_MAX_BATCH or max(len(h) for h in hypotheses) > self.capacity:
-            return None
-        source = np.zeros((len(sources), max(len(s) for s in sources)), np.int32)
-        target = np.zeros((xla_batch(len(hypotheses)), self.capacity), np.int32)
-        for row, (ids, hypothesis) in enumerate(zip(sources, hypotheses)):
-            source[row, :len(ids)] = ids
-            target[row, :len(hypothesis)] = hypothesis
-        return self._forced(tf.constant(_xla_padded(source)), tf.constant(target)).numpy()[:len(hypotheses)]
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
         """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
@@ -700,9 +666,6 @@ class Generator:
         """Each hypothesis' mean log-probability per token given its source row (ids, as
         ``encode_inputs`` makes them), in batches of ``SCORE_BATCH``: the logits are batch x
         length x vocabulary."""
-        few = self._forced_scores(sources, hypotheses)  # a reply or a few: the XLA loop
-        if few is not None:
-            return few
         scores = []
         for start in range(0, len(hypotheses), SCORE_BATCH):
             chunk = hypotheses[start:start + SCORE_BATCH]
