@@ -19,7 +19,7 @@ from chatbot.data.corpus import (
     split_by_dialogue,
     split_examples,
 )
-from chatbot.data.dataset import make_dataset, stream_dataset, streamed_batches
+from chatbot.data.dataset import make_dataset, stream_dataset
 from chatbot.data.examples import split_corpus
 from chatbot.data.token_cache import Rows, TokenCache, cache_key
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
@@ -154,7 +154,28 @@ def test_streaming_gives_every_example_once_per_epoch_in_a_fixed_number_of_batch
     data = stream_dataset(cache, batch, window, seed=3)
     first, second = epoch(data), epoch(data)
     assert first[0] == second[0] == sorted(tuple(t) for t in targets)
-    assert first[1] == second[1] == int(data.cardinality()) == streamed_batches(count, batch, window)
+    assert first[1] == second[1] == int(data.cardinality()) >= -(-count // batch)
+
+
+def test_a_streamed_cell_budget_bounds_every_batch_and_keeps_every_example(tmp_path):
+    """``training.max_batch_cells`` on the streamed path: long examples get small batches (a
+    step's memory stays bounded whatever the corpus' size), short ones the full batch size, and
+    the number of batches stays the same every epoch."""
+    rng = np.random.default_rng(4)
+    lengths = [(6, 4)] * 300 + [(200, 150)] * 60
+    order = rng.permutation(len(lengths))
+    sources = [list(map(int, rng.integers(5, 50, lengths[i][0]))) for i in order]
+    targets = [list(map(int, rng.integers(5, 50, lengths[i][1]))) + [END] for i in order]
+    cache = TokenCache.build(tmp_path / "tokens", "k", zip(sources, targets))
+    vocab, budget = 100, 200_000
+    unlimited = stream_dataset(cache, 32, 128, seed=2, vocab_size=vocab)
+    limited = stream_dataset(cache, 32, 128, seed=2, vocab_size=vocab, max_cells=budget)
+    first, second = epoch(limited), epoch(limited)
+    assert first[0] == second[0] == sorted(tuple(t) for t in targets)
+    assert first[1] == second[1] == int(limited.cardinality()) > int(unlimited.cardinality())
+    cells = [t.shape[0] * t.shape[1] * (s.shape[1] + vocab) for (s, _), t in limited]
+    assert max(cells) <= budget < max(t.shape[0] * t.shape[1] * (s.shape[1] + vocab) for (s, _), t in unlimited)
+    assert max(int(t.shape[0]) for (_, _), t in limited if t.shape[1] <= 5) == 32  # short ones: full batches
 
 
 def row_ids(sources) -> list[int]:

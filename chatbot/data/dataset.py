@@ -118,8 +118,10 @@ def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Row
 
 
 # A training set bigger than ``data.shuffle_window`` examples is streamed from its token cache:
-# each epoch shuffles blocks of consecutive examples, reads them a window at a time, sorts the
-# window by length and cuts it into batches (OpenNMT-tf and fairseq batch the same way).
+# its blocks of consecutive examples are dealt into windows once, and each epoch reads the
+# windows in a new order, one at a time, sorts each by length and cuts it into batches within
+# ``make_dataset``'s budgets (OpenNMT-tf and fairseq batch the same way). A window's batches
+# depend only on which examples it holds, so every epoch has the same number, as Keras needs.
 BLOCK = 512
 
 
@@ -129,40 +131,60 @@ def windows_of(window: int) -> tuple[int, int]:
     return block, max(1, window // block)
 
 
-def streamed_batches(count: int, batch_size: int, window: int) -> int:
-    """Batches per epoch of ``stream_dataset``: the same every epoch, as Keras needs, because
-    every window but the last is full (the one short block is always read last)."""
+def window_rows(count: int, window: int, seed: int) -> list[np.ndarray]:
+    """The example numbers of each window: blocks dealt at random (the one short block last)."""
     block, per_window = windows_of(window)
-    full = block * per_window
-    return (count // full) * -(-full // batch_size) + -(-(count % full) // batch_size)
+    edges = list(range(0, count, block)) + [count]
+    blocks = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    short = [blocks.pop()] if count % block else []
+    order = np.random.default_rng([seed, 0]).permutation(len(blocks)).tolist()
+    dealt = [blocks[i] for i in order] + short
+    return [np.concatenate(dealt[i:i + per_window]) for i in range(0, len(dealt), per_window)]
 
 
-def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 0) -> tf.data.Dataset:
+def window_cuts(source_lengths: np.ndarray, target_lengths: np.ndarray, batch_size: int, vocab_size: int = 0,
+                max_cells: int = 0, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Positions of a window's examples cut into batches: sorted by length bucket, then length
+    (ties at random with ``rng``), cut every ``batch_size``, and a cut of long examples cut again
+    to its ``batch_size_for`` budget. How many batches depends only on the lengths."""
+    ties = rng.random(len(source_lengths)) if rng is not None else np.zeros(len(source_lengths))
+    order = np.lexsort((ties, source_lengths, target_lengths, bucket_of(source_lengths, target_lengths)))
+    cuts = []
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        size = batch_size_for(int(source_lengths[rows].max()), int(target_lengths[rows].max()),
+                              batch_size, vocab_size, max_cells)
+        cuts += [rows[i:i + size] for i in range(0, len(rows), size)]
+    return cuts
+
+
+def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 0, vocab_size: int = 0,
+                   max_cells: int = 0) -> tf.data.Dataset:
     """``make_dataset``'s batches from a ``TokenCache`` on disk, in memory for one window."""
+    windows = window_rows(cache.count, window, seed)
     block, per_window = windows_of(window)
-    edges = list(range(0, cache.count, block)) + [cache.count]
-    blocks = list(zip(edges[:-1], edges[1:]))
+    source_lengths, target_lengths = cache.lengths("sources"), cache.lengths("targets")
+    batches_per_epoch = sum(len(window_cuts(source_lengths[rows], target_lengths[rows], batch_size, vocab_size,
+                                            max_cells)) for rows in windows)
     epochs = itertools.count()
 
     def batches():
-        rng = np.random.default_rng([seed, next(epochs)])
-        short = [len(blocks) - 1] if cache.count % block else []
-        order = rng.permutation(len(blocks) - len(short)).tolist() + short
-        for first in range(0, len(order), per_window):
-            chosen = [blocks[i] for i in order[first:first + per_window]]
-            sources = _concatenated([cache.read("sources", a, b) for a, b in chosen])
-            targets = _concatenated([cache.read("targets", a, b) for a, b in chosen])
+        rng = np.random.default_rng([seed, 1 + next(epochs)])
+        full = len(windows) - (cache.count % (block * per_window) > 0)  # a short window is read last
+        for number in [*rng.permutation(full), *range(full, len(windows))]:
+            rows = windows[number]  # runs of consecutive examples: one read per block
+            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+            runs = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, [*starts[1:], len(rows)])]
+            sources = _concatenated([cache.read("sources", a, b) for a, b in runs])
+            targets = _concatenated([cache.read("targets", a, b) for a, b in runs])
             decoder_inputs = targets.shifted_right()
-            source_lengths, target_lengths = sources.lengths(), targets.lengths()
-            cells = bucket_of(source_lengths, target_lengths)  # as the in-memory buckets, then by length
-            by_length = np.lexsort((rng.random(len(sources)), source_lengths, target_lengths, cells))
-            cuts = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
-            for rows in (cuts[i] for i in rng.permutation(len(cuts))):
-                yield sources.padded(rows), decoder_inputs.padded(rows), targets.padded(rows)
+            cuts = window_cuts(sources.lengths(), targets.lengths(), batch_size, vocab_size, max_cells, rng)
+            for cut in (cuts[i] for i in rng.permutation(len(cuts))):
+                yield sources.padded(cut), decoder_inputs.padded(cut), targets.padded(cut)
 
     spec = tf.TensorSpec((None, None), tf.int32)
     data = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec, spec))
-    data = data.apply(tf.data.experimental.assert_cardinality(streamed_batches(cache.count, batch_size, window)))
+    data = data.apply(tf.data.experimental.assert_cardinality(batches_per_epoch))
     return data.map(lambda s, d, t: ((s, d), t)).prefetch(tf.data.AUTOTUNE)
 
 

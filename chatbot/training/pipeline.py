@@ -249,7 +249,8 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
     if cache.count > data.shuffle_window:
         stage(f"streaming the training inputs from {cache.folder} in shuffled windows of {data.shuffle_window:,}")
-        train_set = stream_dataset(cache, config.training.batch_size, data.shuffle_window, config.training.seed)
+        train_set = stream_dataset(cache, config.training.batch_size, data.shuffle_window, config.training.seed,
+                                   vocab_size=tokenizer.vocab_size, max_cells=config.training.max_batch_cells)
     else:
         train_set = make_dataset(cache.read("sources"), cache.read("targets"), config.training.batch_size,
                                  shuffle=True, seed=config.training.seed, vocab_size=tokenizer.vocab_size,
