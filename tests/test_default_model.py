@@ -9,7 +9,7 @@ import random
 import pytest
 
 from chatbot.data.corpus import load_corpus
-from chatbot.dialogue.bot import ChatBot
+from chatbot.dialogue.bot import ChatBot, ReplyRequest
 from chatbot.evaluation.metrics import answers_by_input, is_exact
 from chatbot.model.bundle import MODELS_DIR, Bundle
 
@@ -59,6 +59,26 @@ def test_default_model_answers_corpus_questions(default_bot, english):
 def test_default_model_knows_a_few_classics(default_bot):
     assert default_bot.ask("What is AI?") in AI_ANSWERS
     assert default_bot.ask("waht is AI") in AI_ANSWERS  # a typo: retrieval shows it, the model copies
+
+
+OFF_CORPUS = ["What is the boiling point of mercury in kelvin?", "Book me a table for four at eight tonight",
+              "My sister had twins last week", "qwzx plmo vvtr", "Translate good morning into Finnish",
+              "Who won the 1994 World Cup?", "How many moons does Neptune have?", "Can you order me a pizza?",
+              "What time does the bakery on Elm Street close?", "Remind me to water the plants"]
+
+
+def test_the_default_model_falls_back_on_questions_its_corpus_cannot_answer(default_bot, english):
+    """Its confidence (``decoding.unaided_weight``) and ``dialogue.min_confidence``: at least
+    half of these off-corpus questions (none in bench/data; 6 of 10 when written, 5 with the
+    confidence of the decoder with retrieval alone) get the fallback, and no training question of
+    a seeded sample does (the threshold is capped below every right training reply's confidence)."""
+    def replies(questions):  # stateless: nothing stored
+        return default_bot.reply_many([ReplyRequest(q, store=False) for q in questions])
+
+    fallbacks = [r.fallback for r in replies(OFF_CORPUS)]
+    assert sum(fallbacks) >= 5, list(zip(OFF_CORPUS, fallbacks))
+    questions = random.Random(1).sample(sorted({e.question for e in english if not e.context}), 24)
+    assert not [(q, r.confidence) for q, r in zip(questions, replies(questions)) if r.fallback]
 
 
 def test_the_checks_fail_the_same_model_with_untrained_weights(default_bot, english):
