@@ -166,10 +166,12 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
     source_lengths, target_lengths = cache.lengths("sources"), cache.lengths("targets")
     batches_per_epoch = sum(len(window_cuts(source_lengths[rows], target_lengths[rows], batch_size, vocab_size,
                                             max_cells)) for rows in windows)
-    epochs = itertools.count()
+    # The epoch's order is drawn from how many epochs were read to the end: an iterator opened and
+    # dropped after a batch (a distribution strategy looking at the data first) takes no epoch's.
+    completed = [0]
 
     def batches():
-        rng = np.random.default_rng([seed, 1 + next(epochs)])
+        rng = np.random.default_rng([seed, 1 + completed[0]])
         full = len(windows) - (cache.count % (block * per_window) > 0)  # a short window is read last
         for number in [*rng.permutation(full), *range(full, len(windows))]:
             rows = windows[number]  # runs of consecutive examples: one read per block
@@ -181,6 +183,7 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
             cuts = window_cuts(sources.lengths(), targets.lengths(), batch_size, vocab_size, max_cells, rng)
             for cut in (cuts[i] for i in rng.permutation(len(cuts))):
                 yield sources.padded(cut), decoder_inputs.padded(cut), targets.padded(cut)
+        completed[0] += 1
 
     spec = tf.TensorSpec((None, None), tf.int32)
     data = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec, spec))
