@@ -163,6 +163,7 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
     """``make_dataset``'s batches from a ``TokenCache`` on disk, in memory for one window."""
     windows = window_rows(cache.count, window, seed)
     block, per_window = windows_of(window)
+    full = len(windows) - (cache.count % (block * per_window) > 0)  # a short window is read last
     source_lengths, target_lengths = cache.lengths("sources"), cache.lengths("targets")
     batches_per_epoch = sum(len(window_cuts(source_lengths[rows], target_lengths[rows], batch_size, vocab_size,
                                             max_cells)) for rows in windows)
@@ -172,7 +173,6 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
 
     def batches():
         rng = np.random.default_rng([seed, 1 + completed[0]])
-        full = len(windows) - (cache.count % (block * per_window) > 0)  # a short window is read last
         for number in [*rng.permutation(full), *range(full, len(windows))]:
             rows = windows[number]  # runs of consecutive examples: one read per block
             starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
