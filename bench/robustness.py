@@ -463,6 +463,16 @@ def load_unanswerable(path: str | Path) -> dict[str, list[Item]]:
     return halves
 
 
+def capped_best_threshold(scores, labels, right_training) -> dict:
+    """The rule ``dialogue.min_confidence`` is chosen by: ``best_threshold`` of the scores cut to
+    the lowest score of a right training reply (``right_training``), so that none of those falls
+    back (no threshold can fall between scores above the cap)."""
+    import numpy as np
+
+    cap = min(right_training) if right_training else 1.0
+    return best_threshold(np.minimum(scores, cap), labels)
+
+
 def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, generated: dict, right: dict,
                         all_items: list[Item], min_confidence: float) -> dict:
     """Per half: how many off-corpus questions still get a reply at ``min_confidence`` (the
@@ -471,8 +481,6 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
     threshold that best separates right replies from wrong and off-corpus ones together, also
     capped at the lowest confidence of a right reply to a training question (so that none of
     those falls back): on the dev half, what ``dialogue.min_confidence`` is chosen from."""
-    import numpy as np
-
     trained = [generated[i.question].confidence for i in all_items
                if i.set == "training" and right[("model", i.set, i.question)]]
     cap = min(trained) if trained else 1.0
@@ -492,8 +500,7 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
             "mean_confidence": round(sum(outside) / len(outside), 4) if outside else None,
             "auc_right_vs_unanswerable": None if auc is None else round(auc, 4),
             "best_threshold_with_wrong": best_threshold(scores, judged),
-            # scores above the cap are cut to it, so no threshold can fall between them
-            "best_threshold_with_wrong_capped": best_threshold(np.minimum(scores, cap), judged),
+            "best_threshold_with_wrong_capped": capped_best_threshold(scores, judged, trained),
         }
     return report
 

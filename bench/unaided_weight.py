@@ -28,7 +28,7 @@ import argparse
 import math
 
 from _common import DEFAULT_CORPUS, emit, log, peak_rss_mb, results_name
-from robustness import (REWORDED, TYPOS, UNANSWERABLE, answers_table, best_threshold, is_right,
+from robustness import (REWORDED, TYPOS, UNANSWERABLE, answers_table, capped_best_threshold, is_right,
                         load_corpus_quietly, load_dev_set, load_unanswerable, roc_auc, training_questions)
 
 GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -48,10 +48,11 @@ def halves_of(items, unanswerable) -> dict[str, list[tuple[str, str | None]]]:
 def weigh(w: float, scores: dict, training: list[str], halves: dict, right: dict) -> dict:
     confidence = {q: math.exp(s + w * u) for q, (s, u) in scores.items()}
     kept_training = [confidence[q] for q in training if right[q]]
-    cap = min(kept_training)
     dev = halves["dev"]
-    threshold = best_threshold([min(confidence[q], cap) for q, _ in dev], [right[q] for q, _ in dev])["threshold"]
-    report = {"weight": w, "threshold": round(threshold, 4), "lowest_right_training_confidence": round(cap, 4),
+    threshold = capped_best_threshold([confidence[q] for q, _ in dev], [right[q] for q, _ in dev],
+                                      kept_training)["threshold"]
+    report = {"weight": w, "threshold": round(threshold, 4),
+              "lowest_right_training_confidence": round(min(kept_training), 4),
               "training_falling_back": sum(c < threshold for c in kept_training)}
     for half, rows in halves.items():
         answered = [q for q, original in rows if original is not None]
