@@ -5,7 +5,8 @@ import-linter contracts in ``pyproject.toml``)::
 
     data -> model -> inference -> dialogue -> evaluation -> training -> serving -> cli
 
-with leaf modules (``config``, ``errors``, ``files``, ``version``) under all of them.
+with leaf modules (``config``, ``errors``, ``files``, ``version``, ``compile_cache``) under all
+of them.
 ``ChatBot`` (``chatbot.dialogue.bot``) is the object applications embed.
 """
 

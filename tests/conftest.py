@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
+from pathlib import Path
+
+from chatbot import compile_cache
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from pathlib import Path
+# Compiled decode loops are kept on disk as `chatbot` keeps them, here for the tests of this
+# user: the CLI's subprocesses and both workers load what one of them compiled (inherited
+# through TF_XLA_FLAGS), and nothing is written to the home directory.
+compile_cache.enable(Path(tempfile.gettempdir()) / f"chatbot-tests-xla-{os.getuid()}")
 
 import pytest
 

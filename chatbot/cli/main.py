@@ -18,8 +18,10 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _stderr_quiet_import(inference: bool = True) -> None:
+    from chatbot import compile_cache
     from chatbot.cli.quiet import import_tensorflow_quietly
 
+    compile_cache.enable()  # before TensorFlow starts: compiled decode loops come from disk
     if inference:
         # Replies are decoded one small step at a time: one intra-op thread decodes a batch-1
         # reply as fast as two (faster, measured) and leaves the other core to the database and
