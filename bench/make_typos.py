@@ -2,6 +2,8 @@
 
     python bench/make_typos.py            # rewrites bench/data/typos.jsonl (byte-identical each run)
     python bench/make_typos.py --check    # exit 1 if the file is not what this script makes
+    python bench/make_typos.py --count 480 --seed 777 --exclude bench/data/typos.jsonl --output FILE
+                                          # a larger set sharing no question with the committed one
 
 A seeded sample of distinct questions of the English corpus, spread over its files (round
 robin over the categories, in sorted order, a shuffled queue per category), each at least 3
@@ -99,8 +101,10 @@ def corpus_questions(corpus: str | Path = DEFAULT_CORPUS) -> dict[str, str]:
     return table
 
 
-def make_typos(corpus: str | Path = DEFAULT_CORPUS, count: int = COUNT, seed: int = SEED) -> list[dict]:
-    """The typo dev set as a list of records (deterministic for a corpus, count and seed)."""
+def make_typos(corpus: str | Path = DEFAULT_CORPUS, count: int = COUNT, seed: int = SEED,
+               exclude: frozenset[str] = frozenset()) -> list[dict]:
+    """The typo dev set as a list of records (deterministic for a corpus, count and seed). Corpus
+    questions in ``exclude`` are never drawn (a second set sharing no question with the first)."""
     questions = corpus_questions(corpus)
     by_norm: dict[str, set[str]] = defaultdict(set)
     for question in questions:
@@ -109,7 +113,7 @@ def make_typos(corpus: str | Path = DEFAULT_CORPUS, count: int = COUNT, seed: in
     queues: dict[str, list[str]] = defaultdict(list)
     for question in sorted(questions):
         long_enough = len(question.split()) >= MIN_WORDS or len(question) >= MIN_CHARS
-        if long_enough and len(by_norm[normalise(question)]) == 1:
+        if long_enough and len(by_norm[normalise(question)]) == 1 and question not in exclude:
             queues[questions[question]].append(question)
     for category in sorted(queues):
         rng.shuffle(queues[category])
@@ -154,13 +158,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=COUNT, help=f"questions [{COUNT}]")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed [{SEED}]")
     parser.add_argument("--output", default=str(OUTPUT), help="where to write [bench/data/typos.jsonl]")
+    parser.add_argument("--exclude", metavar="FILE", help="leave out the corpus questions this typo file was made "
+                        "from (a larger set to check the committed one against)")
     parser.add_argument("--check", action="store_true", help="do not write: exit 1 if the file differs")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import logging
 
     logging.getLogger("chatbot.data.corpus").setLevel(logging.ERROR)  # the one malformed trivia entry
-    text = render(make_typos(args.corpus, args.count, args.seed))
+    exclude = frozenset(json.loads(line)["original"] for line in Path(args.exclude).read_text(encoding="utf-8")
+                        .splitlines() if line) if args.exclude else frozenset()
+    text = render(make_typos(args.corpus, args.count, args.seed, exclude))
     out = Path(args.output)
     if args.check:
         same = out.exists() and out.read_text(encoding="utf-8") == text

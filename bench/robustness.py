@@ -539,6 +539,8 @@ def main() -> None:
     parser.add_argument("--unanswerable", default=str(UNANSWERABLE),
                         help="questions the corpus does not answer [bench/data/unanswerable.jsonl]")
     parser.add_argument("--batch-size", type=int, default=64, help="questions per generate() call [64]")
+    parser.add_argument("--results", metavar="NAME", help="write bench/results/NAME.json (for other dev files, "
+                        "which otherwise write nothing)")
     parser.add_argument("--details", metavar="FILE", help="write every question, reply and verdict as JSONL")
     parser.add_argument("--no-chatterbot", action="store_true", help="leave ChatterBot out")
     parser.add_argument("--no-install", action="store_true",
@@ -746,6 +748,9 @@ def main() -> None:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         log(f"wrote {len(all_items)} rows to {args.details}")
     log(" | ".join(f"{name}: " + ", ".join(f"{s} {result['exact'][name][s]}" for s in replies) for name in SETS))
+    if args.results:  # figures of other dev files, kept under their own name
+        emit(result, args.results)
+        return
     if (Path(args.reworded).resolve(), Path(args.typos).resolve()) != (REWORDED.resolve(), TYPOS.resolve()):
         result["partial"] = True  # other dev files: not the committed figures
     emit(result, results_name(args.model))

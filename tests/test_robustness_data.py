@@ -137,6 +137,13 @@ def test_make_typos_is_seeded():
     assert one != make_typos.make_typos(CORPUS, 30, 2)
 
 
+def test_a_second_typo_set_shares_no_question_with_the_first():
+    first = make_typos.make_typos(CORPUS, 60, 1)
+    taken = frozenset(row["original"] for row in first)
+    second = make_typos.make_typos(CORPUS, 300, 2, exclude=taken)
+    assert len(second) == 300 and not taken & {row["original"] for row in second}
+
+
 def test_typo_kinds_do_what_they_say():
     import random
 
