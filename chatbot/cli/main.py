@@ -171,10 +171,11 @@ def cmd_ask(args) -> int:
     from chatbot.dialogue.bot import ChatBot
     from chatbot.errors import ChatbotError, ReplyNotStored, StoreError
 
-    with ChatBot.load(args.model, db=args.db) as bot:
+    with ChatBot.load(args.model, db=args.db, warm_up=False) as bot:
         config = bot.resolve_decoding(decoding_overrides(args))  # bad settings fail once, before any question
-        if config.effective_strategy == "beam":
-            bot.warm_up(("beam",))  # traced once here, not inside the first reply's latency
+        # Only the loop these replies decode with (loading would also trace greedy's in the
+        # background, seconds that `ask` with the default model's beam search never uses).
+        bot.warm_up((config.effective_strategy,))
         if args.session:
             warn_if_in_memory(bot.database_in_memory)
         session = bot.session(args.session).id if args.session else None
