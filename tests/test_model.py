@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -249,6 +251,33 @@ def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypothes
     for question, reply in zip(questions, together):
         [alone] = generator.generate([question], decoding=whole)
         assert reply.alternatives == alone.alternatives and reply.token_ids == alone.token_ids
+
+
+def test_inputs_that_decode_alone_run_on_as_many_threads_as_tensorflow_has(tiny_bot, tiny_pairs, monkeypatch):
+    """A server's queue of beam searches kept whole is decoded ``decode_threads()`` inputs at a
+    time (XLA's programs run on TensorFlow's intra-op threads): on the pool's threads, with the
+    hypotheses of one input after another."""
+    import chatbot.inference.generator as generator_module
+
+    generator = tiny_bot.generator
+    whole = generator.resolve({"strategy": "beam", "beam": 4, "n_best": 4, "max_length": 30})
+    questions = [[q] for q, _ in tiny_pairs[:6]]
+    ran_on: set[str] = set()
+    beam_one = generator._beam_one
+
+    def recording(source, config):
+        ran_on.add(threading.current_thread().name)
+        return beam_one(source, config)
+
+    monkeypatch.setattr(generator, "_beam_one", recording)
+    monkeypatch.setattr(generator_module, "decode_threads", lambda: 1)
+    one_by_one = generator.generate(questions, decoding=whole)
+    assert ran_on == {threading.current_thread().name}
+    ran_on.clear()
+    monkeypatch.setattr(generator_module, "decode_threads", lambda: 3)
+    at_once = generator.generate(questions, decoding=whole)
+    assert ran_on and all(name.startswith("chatbot-decode") for name in ran_on)
+    assert [(r.alternatives, r.token_ids) for r in at_once] == [(r.alternatives, r.token_ids) for r in one_by_one]
 
 
 def test_warm_widths_compiles_ahead_what_a_reply_would_compile(tiny_bot):

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -115,6 +118,21 @@ def confidence_of(score: float, unaided_score: float = 0.0, unaided_weight: floa
     return float(np.exp(score + unaided_weight * unaided_score))
 
 
+def decode_threads() -> int:
+    """How many inputs that decode alone run at once: as many as TensorFlow's intra-op threads
+    (``TF_NUM_INTRAOP_THREADS``, else the cores). XLA's CPU programs run on that pool, so with
+    one thread (the CLI's, best for one reply) a second input would only queue, and with two a
+    server's queue of beam searches is decoded 1.8x faster (bench/README.md, serve_load.py)."""
+    for configured in (tf.config.threading.get_intra_op_parallelism_threads(),
+                       os.environ.get("TF_NUM_INTRAOP_THREADS", "")):
+        try:
+            if int(configured) > 0:
+                return int(configured)
+        except ValueError:
+            continue
+    return os.cpu_count() or 1
+
+
 def _scalar(dtype) -> tf.TensorSpec:
     return tf.TensorSpec([], dtype)
 
@@ -189,6 +207,8 @@ class Generator:
             tf.TensorSpec([2], tf.int32),  # seed
         ])
         self._beam_xla: dict[tuple[int, int], Any] = {}  # (beam, n_best) -> ``_beam_xla_loop``, compiled
+        self._alone_pool: ThreadPoolExecutor | None = None  # ``_map_alone``'s threads
+        self._alone_pool_lock = threading.Lock()
         self._beam = tf.function(self._beam_loop, input_signature=[
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.int32), _scalar(tf.int32), _scalar(tf.float32),  # beam, n_best, length penalty
@@ -583,6 +603,16 @@ class Generator:
         serve_load.py). With one hypothesis kept, inputs finish early and batches pay."""
         return config.n_best > 1 and self.uses_xla_beam(config, 1)
 
+    def _map_alone(self, decode, sources: list) -> list:
+        """``decode`` over inputs that decode alone, ``decode_threads()`` of them at once (the
+        results are those of one after another)."""
+        if len(sources) <= 1 or decode_threads() <= 1:
+            return [decode(source) for source in sources]
+        with self._alone_pool_lock:
+            if self._alone_pool is None:
+                self._alone_pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="chatbot-decode")
+        return list(self._alone_pool.map(decode, sources))
+
     # --- the public side ---------------------------------------------------------------------
     @staticmethod
     def _constraint_args(config: DecodingConfig) -> list[tf.Tensor]:
@@ -748,7 +778,8 @@ class Generator:
             shown = self.retrieve(chunk, config)
             padded_ids = None if alone else self.encode_inputs(chunk, shown)  # alone: each input its own width
             if alone:
-                outs = [self._beam_one(self.encode_inputs([row], [pairs]), config) for row, pairs in zip(chunk, shown)]
+                sources = [self.encode_inputs([row], [pairs]) for row, pairs in zip(chunk, shown)]
+                outs = self._map_alone(lambda source: self._beam_one(source, config), sources)
                 ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in outs]) for i in range(4))
             elif beam and self.uses_xla_beam(config, len(chunk)):
                 ids, logprob, lengths, keys = (t.numpy() for t in self._beam_one(padded_ids, config))
