@@ -111,7 +111,7 @@ class Server:
 
 
 async def run_clients(url: str, asked: list[str], clients: int, session_prefix: str | None,
-                      on_progress=None) -> dict:
+                      on_progress=None, settings: dict | None = None) -> dict:
     """``clients`` concurrent clients share ``asked`` (each takes the next question when it has
     its reply). Returns latencies, errors and, per session, the acknowledged turns in order."""
     import httpx
@@ -128,7 +128,7 @@ async def run_clients(url: str, asked: list[str], clients: int, session_prefix: 
             headers = {"X-Session": session} if session else {}
             while queue:
                 question = queue.pop()
-                body = {"model": "default", "messages": [{"role": "user", "content": question}]}
+                body = {"model": "default", "messages": [{"role": "user", "content": question}], **(settings or {})}
                 started = time.perf_counter()
                 try:
                     response = await http.post("/v1/chat/completions", json=body, headers=headers)
@@ -200,7 +200,7 @@ def check_store(db: str, run: dict, allow_failed: bool) -> dict:
             "problem_count": len(problems)}
 
 
-def measured(server: Server, asked: list[str], clients: int) -> dict:
+def measured(server: Server, asked: list[str], clients: int, settings: dict | None = None) -> dict:
     """``figures`` of a run, with the CPU time it cost, per reply: the server's, and this
     process's (the clients share the 2 cores with the server)."""
     import resource
@@ -210,27 +210,28 @@ def measured(server: Server, asked: list[str], clients: int) -> dict:
         return usage.ru_utime + usage.ru_stime
 
     server_before, client_before = server.cpu_seconds(), own_cpu()
-    result = figures(asyncio.run(run_clients(server.url, asked, clients, None)))
+    result = figures(asyncio.run(run_clients(server.url, asked, clients, None, settings=settings)))
     replies = max(1, result["requests"] - result["errors"])
     result["server_cpu_ms_per_reply"] = round((server.cpu_seconds() - server_before) * 1000 / replies, 2)
     result["client_cpu_ms_per_reply"] = round((own_cpu() - client_before) * 1000 / replies, 2)
     return result
 
 
-def batching_phase(model: str, tmp: Path, quick: bool) -> dict:
+def batching_phase(model: str, tmp: Path, quick: bool, settings: dict | None = None) -> dict:
     """One worker, stateless replies: one client at a time, then 32 clients at once with the
-    server's batching and with --max-batch 1 (each request decoded alone: the control)."""
+    server's batching and with --max-batch 1 (each request decoded alone: the control).
+    ``settings`` go into every request (``{"temperature": 0}``: greedy replies)."""
     asked = questions(400 if not quick else 80)
     result = {}
     for label, max_batch in (("batched", None), ("max_batch_1", 1)):
         server = Server(model, f"sqlite:///{tmp / f'batching_{label}.db'}", workers=1, max_batch=max_batch)
         try:
             log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s")
-            asyncio.run(run_clients(server.url, asked[:40], 4, None))  # warm up, not measured
+            asyncio.run(run_clients(server.url, asked[:40], 4, None, settings=settings))  # warm up, not measured
             if label == "batched":
-                result["one_client"] = measured(server, asked[:150 if not quick else 40], 1)
+                result["one_client"] = measured(server, asked[:150 if not quick else 40], 1, settings)
                 log(f"batching: 1 client {result['one_client']}")
-            result[f"clients_32_{label}"] = measured(server, asked, 32)
+            result[f"clients_32_{label}"] = measured(server, asked, 32, settings)
             log(f"batching: 32 clients, {label} {result[f'clients_32_{label}']}")
         finally:
             server.stop()
@@ -285,6 +286,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 400 requests, SQLite, 2 workers")
     parser.add_argument("--batching-only", action="store_true",
                         help="phase 1 only, written to results/serve_load_batching.json")
+    parser.add_argument("--greedy", action="store_true", help="phase 1 only, every request with temperature 0 "
+                        "(greedy replies), written to results/serve_load_batching_greedy.json")
     args = parser.parse_args()
     import tempfile
 
@@ -294,10 +297,10 @@ def main() -> None:
     result = {"machine_cores": machine()["cores"], "requests": requests, "clients": args.clients}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        result["batching"] = batching_phase(args.model, tmp, args.quick)
-        if args.batching_only:
+        result["batching"] = batching_phase(args.model, tmp, args.quick, {"temperature": 0} if args.greedy else None)
+        if args.batching_only or args.greedy:
             result["partial"] = args.quick
-            emit(result, name="serve_load_batching")
+            emit(result, name="serve_load_batching_greedy" if args.greedy else "serve_load_batching")
             return
         runs = {}
         for workers in ((2,) if args.quick else (2, 4)):
