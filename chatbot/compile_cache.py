@@ -1,8 +1,9 @@
 """Keep the decode loops' compiled XLA programs on disk, so a new process does not compile them again.
 
 The greedy and beam loops are XLA programs compiled per input width and batch, about a second
-each on 2 cores: `chatbot ask` paid about 5 s of compiling before its first reply and a second
-for every new width after it, and each `chatbot serve` worker compiled 20 programs at start.
+each on 2 cores: every `chatbot ask` compiled two or three before it answered and another for
+each new width, and every `chatbot serve` worker one per width it serves before it was ready
+(the cache saves them 2.2 s and 6.2 s: bench/results/startup.json).
 TensorFlow can keep compiled programs in a directory (its `tf_xla_persistent_cache_directory`
 flag): a program is found by its HLO and signature and checked against them in full when read,
 and written through a temporary file and a rename. Weights are arguments of the programs, not
