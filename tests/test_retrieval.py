@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rapidfuzz import fuzz
 
 from chatbot.model.bundle import TRAIN, Bundle
 from chatbot.data.corpus import Example
-from chatbot.inference.retrieval import AnswerMemory
+from chatbot.inference import retrieval
+from chatbot.inference.retrieval import AnswerMemory, _sorted_words
 from chatbot.data.text import match_key
 
 
@@ -40,6 +44,25 @@ def test_nearest_finds_typos_and_reordering_and_respects_the_threshold():
     # A swapped pair of letters costs one edit: "ahet" is nearer "hate" than "eat".
     swapped = AnswerMemory([Example((), "do you eat", "No."), Example((), "Do you hate?", "Never.")])
     assert swapped.nearest("Do you ahet?", 2, 0.6)[0].question == "Do you hate?"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text("abcdeé'", min_size=1, max_size=6), min_size=1, max_size=6),
+       st.lists(st.text("abcdeé'", min_size=1, max_size=6), min_size=1, max_size=6))
+def test_the_memory_scores_reordered_words_as_token_sort_ratio_does(words, other_words):
+    """The scan compares pre-sorted keys with ``fuzz.ratio`` instead of calling
+    ``token_sort_ratio`` (which sorts both sides per comparison): the same scores."""
+    key, other = " ".join(words), " ".join(other_words)
+    assert fuzz.ratio(_sorted_words(key), _sorted_words(other)) == fuzz.token_sort_ratio(key, other)
+
+
+def test_a_large_memory_finds_reordered_questions_among_its_index_candidates(monkeypatch):
+    monkeypatch.setattr(retrieval, "INDEX_MIN_QUESTIONS", 3)  # build the index on a small memory
+    memory = AnswerMemory([Example((), q, a) for q, a in (("Where are you from?", "The cloud."),
+                                                          ("What is two plus two?", "Four."),
+                                                          ("Tell me a joke", "Knock knock."))])
+    assert memory._index is not None and memory._sorted_keys is None
+    assert memory.nearest("from where are you", k=1, min_similarity=0.6)[0].question == "Where are you from?"
 
 
 def test_bundles_store_their_training_pairs(tiny_bundle_path, tiny_pairs):
