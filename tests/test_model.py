@@ -276,7 +276,7 @@ def test_inputs_that_decode_alone_run_on_as_many_threads_as_tensorflow_has(tiny_
     ran_on.clear()
     monkeypatch.setattr(generator_module, "decode_threads", lambda: 3)
     at_once = generator.generate(questions, decoding=whole)
-    assert ran_on and all(name.startswith("chatbot-decode") for name in ran_on)
+    assert ran_on and all(name.startswith("chatbot-beam") for name in ran_on)
     assert [(r.alternatives, r.token_ids) for r in at_once] == [(r.alternatives, r.token_ids) for r in one_by_one]
 
 

@@ -303,6 +303,29 @@ def test_requests_arriving_during_a_decode_join_the_next_one():
     assert sizes == [1, 8, 2]  # q1..q10 waited together, at most max_batch at once
 
 
+def test_with_two_decoders_two_batches_are_decoded_at_once():
+    both_decoding = threading.Barrier(2, timeout=5)  # passed only while two batches decode together
+    sizes = []
+
+    def reply_many(requests, keep):
+        sizes.append(len(requests))
+        both_decoding.wait()
+        return [f"reply to {r}" for r in requests]
+
+    async def scenario():
+        batcher = DecodeBatcher(reply_many, max_batch=8, wait_ms=0, decoders=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["q0"]))
+        await asyncio.sleep(0.05)  # q0's decode is running, and waits for a second one
+        second = asyncio.create_task(batcher.submit(["q1", "q2"]))
+        results = await asyncio.gather(first, second)
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [["reply to q0"], ["reply to q1", "reply to q2"]]
+    assert sizes == [1, 2]
+
+
 def test_concurrent_clients_get_their_own_replies(bot, tiny_pairs):
     with client_for(bot, batch_wait_ms=20) as client:
         out = {}

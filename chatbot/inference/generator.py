@@ -610,7 +610,7 @@ class Generator:
             return [decode(source) for source in sources]
         with self._alone_pool_lock:
             if self._alone_pool is None:
-                self._alone_pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="chatbot-decode")
+                self._alone_pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="chatbot-beam")
         return list(self._alone_pool.map(decode, sources))
 
     # --- the public side ---------------------------------------------------------------------

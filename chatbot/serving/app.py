@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbot.inference.generator import SERVER_WIDTHS
+from chatbot.inference.generator import SERVER_WIDTHS, decode_threads
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
@@ -129,7 +129,8 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         state.batcher = DecodeBatcher(lambda requests, keep: state.bot.reply_many(requests, keep),
                                       settings.max_batch, settings.batch_wait_ms,
                                       on_batch=state.metrics.batch_size.observe,
-                                      on_queue=state.metrics.queue.set)
+                                      on_queue=state.metrics.queue.set,
+                                      decoders=settings.decoders or decode_threads())
         state.batcher.start()
         loading = asyncio.get_running_loop().create_task(load_in_background())
         try:

@@ -26,6 +26,7 @@ class ServerSettings:
     rate_burst: int = 60  # requests a key may send at once before the rate applies
     max_batch: int = 8  # requests decoded together at most (see generator.XLA_MAX_BATCH)
     batch_wait_ms: float = 2.0  # how long a decode waits for more requests to join it
+    decoders: int = 0  # decodes at once; 0: one per TensorFlow thread of the worker (its cores)
     stream_chunk_words: int = 1  # words per streamed chunk
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
@@ -34,8 +35,8 @@ class ServerSettings:
                      "max_batch", "stream_chunk_words"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"server setting {name} must be at least 1, not {getattr(self, name)}")
-        if self.rate_per_minute <= 0 or self.batch_wait_ms < 0:
-            raise ConfigError("server settings rate_per_minute must be > 0 and batch_wait_ms >= 0")
+        if self.rate_per_minute <= 0 or self.batch_wait_ms < 0 or self.decoders < 0:
+            raise ConfigError("server settings rate_per_minute must be > 0, batch_wait_ms and decoders >= 0")
         for key in self.api_keys:
             if len(key) < 16 or not key.isprintable() or " " in key:
                 raise ConfigError("an API key must be at least 16 printable characters without spaces "
