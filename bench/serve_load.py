@@ -95,11 +95,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the server and its workers so far."""
-        total = 0.0
-        for pid in [self.process.pid, *self.worker_pids()]:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(map(process_cpu_seconds, [self.process.pid, *self.worker_pids()]))
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -108,6 +104,11 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_clients(url: str, asked: list[str], clients: int, session_prefix: str | None,
@@ -254,7 +255,8 @@ def workers_phase(model: str, db: str, label: str, workers: int, requests: int, 
         def maybe_kill(done: int):
             nonlocal killed
             if kill and killed is None and done >= requests * 0.4:
-                victim = server.worker_pids()[0]
+                # The busiest worker: uvicorn may have handed every connection to the others.
+                victim = max(server.worker_pids(), key=process_cpu_seconds)
                 os.kill(victim, signal.SIGKILL)
                 killed = {"pid": victim, "after_requests": done}
                 log(f"{label}: killed worker {victim} with SIGKILL after {done} requests")
