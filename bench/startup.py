@@ -19,16 +19,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import ROOT, emit, log
+
+sys.path.insert(0, str(ROOT / "tests"))
+from live_server import free_port, wait_until_ready  # noqa: E402  (the tests' helpers)
 
 QUESTIONS = ("Hello", "What is your favourite colour?",
              "Tell me about the programming language Python and what it is used for")
@@ -49,29 +50,18 @@ def time_ask(model: str, cache: str | None) -> float:
     return time.perf_counter() - began
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def time_serve(model: str, cache: str | None, database: Path) -> float:
-    port = _free_port()
+    port = free_port()
     began = time.perf_counter()
     server = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--model", model, "--port", str(port),
                                "--db", f"sqlite:///{database}"], env=_environment(cache),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"chatbot serve exited: {server.stderr.read().strip()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - began
-            except OSError:
-                pass
-            time.sleep(0.1)
+        wait_until_ready(f"http://127.0.0.1:{port}", lambda: server.poll() is None, timeout=600)
+        return time.perf_counter() - began
+    except RuntimeError as exc:
+        server.kill()
+        raise SystemExit(f"chatbot serve: {exc}: {server.communicate()[1].strip()[-2000:]}") from None
     finally:
         server.terminate()
         server.wait(timeout=60)
