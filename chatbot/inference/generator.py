@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -131,6 +132,12 @@ def decode_threads() -> int:
         except ValueError:
             continue
     return os.cpu_count() or 1
+
+
+def padded_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Id rows of any lengths as one int32 matrix, [PAD] after each to the longest (at least 1 wide)."""
+    width = max(1, max((len(row) for row in rows), default=0))
+    return keras.utils.pad_sequences(rows, maxlen=width, dtype="int32", padding="post", value=PAD)
 
 
 def _scalar(dtype) -> tf.TensorSpec:
@@ -664,11 +671,7 @@ class Generator:
         ids = [self.tokenizer.encode_input(list(turns), self.data.max_input_tokens, shown,
                                            self.data.max_retrieved_answer_tokens) or [PAD]
                for turns, shown in zip(inputs, retrieved)]
-        width = max(len(i) for i in ids)
-        batch = np.zeros((len(ids), width), dtype=np.int32)
-        for row, seq in enumerate(ids):
-            batch[row, :len(seq)] = seq
-        return batch
+        return padded_rows(ids)
 
     def resolve(self, decoding: DecodingConfig | dict[str, Any] | None = None,
                 max_length: int | None = None) -> DecodingConfig:
@@ -698,14 +701,8 @@ class Generator:
         length x vocabulary."""
         scores = []
         for start in range(0, len(hypotheses), SCORE_BATCH):
-            chunk = hypotheses[start:start + SCORE_BATCH]
-            rows = sources[start:start + SCORE_BATCH]
-            target = np.zeros((len(chunk), max(max(len(h) for h in chunk), 1)), np.int32)
-            for row, ids in enumerate(chunk):
-                target[row, :len(ids)] = ids
-            source = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-            for row, ids in enumerate(rows):
-                source[row, :len(ids)] = ids
+            source = padded_rows(sources[start:start + SCORE_BATCH])
+            target = padded_rows(hypotheses[start:start + SCORE_BATCH])
             scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 

@@ -2,8 +2,8 @@
 
 Up to ``decoders`` decodes run at once, each in a thread of its own: the compiled loops release
 Python's lock while they compute, so one batch's Python work (retrieval, tokenising, storing)
-runs beside another's arithmetic (one worker on 2 cores, 32 clients: 63.8 replies/s with one
-decoder, 96.1 with two, no more with three or four; bench/README.md, serve_load.py). Requests
+runs beside another's arithmetic (one worker on 2 cores, 32 clients, beam 8: 63.8 replies/s
+with one decoder, 88.1 with two, and no more with three or four in a probe; bench/README.md). Requests
 queue up while the decoders are busy; the next free one takes them all (at most ``max_batch``),
 so under load each decode serves many requests for about the price of one, and alone a request
 waits at most ``wait_ms`` for company."""
