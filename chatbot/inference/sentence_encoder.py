@@ -121,7 +121,8 @@ def _build_forward(words, positions, segment, norm, layers):
         x = x - tf.reduce_mean(x, -1, keepdims=True)
         return x * tf.math.rsqrt(tf.reduce_mean(x * x, -1, keepdims=True) + 1e-12) * gain + bias
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+    @tf.function(autograph=False,  # plain tensor code: converting it only costs start-up time
+                 input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
     def forward(ids, mask):
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         x = layer_norm(tf.gather(words, ids) + positions[:length] + segment, *norm)
