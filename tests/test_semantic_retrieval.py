@@ -48,6 +48,17 @@ def test_hybrid_retrieval_finds_a_rewording_that_edit_distance_misses():
     assert hybrid.retrieve("how do i cok pasta", 1)[0][2] >= lexical.retrieve("how do i cok pasta", 1)[0][2]
 
 
+def test_the_shown_similarity_stays_within_0_and_1():
+    """A stored question asked as stored has a float32 cosine that may round above 1
+    (``chatbot ask --json Hello`` once showed 1.0001); what the model and users are shown is
+    a similarity, 0..1."""
+    memory = AnswerMemory([Example((), q, a) for q, a in PAIRS], "hybrid")
+    shown = [alike for question, _ in PAIRS + [("what is ai", ""), ("zzz qqq", "")]
+             for _, _, alike in memory.retrieve(question, 3)]
+    assert shown and all(0.0 <= alike <= 1.0 for alike in shown)
+    assert max(shown) == 1.0
+
+
 def test_a_stored_question_reuses_its_vector_and_stored_vectors_are_checked(encoder):
     examples = [Example((), q, a) for q, a in PAIRS]
     memory = AnswerMemory(examples, "hybrid")

@@ -62,6 +62,9 @@ def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_
             server.kill()
     stderr = server.stderr.read()
     assert "oneDNN" not in stderr and "absl" not in stderr and "cuda" not in stderr.lower(), stderr
+    # Without -v the terminal still says where the server listens and when the model is ready.
+    assert f"http://127.0.0.1:{port}/" in stderr.splitlines()[0], stderr
+    assert any(line.startswith("chatbot serve [") and line.endswith("ready") for line in stderr.splitlines()), stderr
     from chatbot.dialogue.store import SessionStore
 
     with SessionStore(f"sqlite:///{tmp_path / 'serve.db'}") as store:

@@ -195,3 +195,24 @@ def test_the_history_reads_every_epoch_of_the_log_once(tmp_path):
     log_file.write_text("epoch,loss,val_loss\n0,3.0,NA\n1,2.0,NA\n1,1.9,NA\n2,1.5,NA\n", encoding="utf-8")
     assert logged_history(log_file) == {"loss": [3.0, 1.9, 1.5]}  # no "epoch", no all-NA column
     assert logged_history(tmp_path / "missing.csv") == {}
+
+
+def test_a_model_name_is_looked_up_in_the_working_directorys_models_first(tiny_bundle_path, tmp_path,
+                                                                           monkeypatch, capsys):
+    """``chatbot train`` writes to ./models/mine by default, so a user outside the checkout must
+    be able to name that model; the bundled ones stay reachable by name too."""
+    from chatbot.model.bundle import MODELS_DIR, resolve_model_path
+    from helpers import run_cli
+
+    shutil.copytree(tiny_bundle_path, tmp_path / "models" / "mine")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("mine") == Path("models") / "mine"
+    assert resolve_model_path("default") == MODELS_DIR / "default"
+    with pytest.raises(BundleError, match=r"nothing: no such model .*name under models or "):
+        resolve_model_path("nothing")
+
+    status, out, err = run_cli(capsys, monkeypatch, "models", "list", "--json")
+    names = [json.loads(line)["name"] for line in out.splitlines()]
+    assert status == 0 and names[0] == "mine" and "default" in names, err
+    status, out, err = run_cli(capsys, monkeypatch, "ask", "--model", "mine", "--json", "hello")
+    assert status == 0 and json.loads(out)["reply"], err

@@ -442,9 +442,15 @@ def cmd_sessions(args) -> int:
 
 # --- models --------------------------------------------------------------------------------
 def cmd_models(args) -> int:
-    from chatbot.model.bundle import MODELS_DIR, list_bundles
+    from chatbot.model.bundle import list_bundles, model_directories
 
-    bundles = list_bundles(args.dir or MODELS_DIR)
+    directories = [args.dir] if args.dir else model_directories()
+    bundles, names = [], set()
+    for directory in directories:  # a name resolves to the first directory holding it
+        for bundle in list_bundles(directory):
+            if bundle.name not in names:
+                names.add(bundle.name)
+                bundles.append(bundle)
     if args.json:
         for b in bundles:
             print(json.dumps({"name": b.name, "path": str(b.path), "size_bytes": b.size_bytes,
@@ -452,7 +458,7 @@ def cmd_models(args) -> int:
                               "metrics": b.metrics, "problem": b.problem}))
         return 0
     if not bundles:
-        print(f"no model bundles in {args.dir or MODELS_DIR}")
+        print(f"no model bundles in {' or '.join(str(d) for d in directories)}")
         return 0
     print(f"{'NAME':<16} {'SIZE':>8} {'CREATED':<17} {'CORPUS':<24} {'TRAIN EXACT':>11} "
           f"{'VAL EXACT':>9} {'VAL PPL':>8}")
@@ -528,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer questions given as arguments, or one per stdin line")
     ask.add_argument("question", nargs="*", help="questions; without any, read stdin line by line")
     ask.add_argument("--model", help="bundle directory or name under models/ (default: models/default)")
-    ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, latency_ms "
-                                                         "(and alternatives when --n-best > 1)")
+    ask.add_argument("--json", action="store_true", help="one JSON object per line: reply, score, confidence, "
+                                                         "latency_ms, read_as, retrieved (and alternatives when "
+                                                         "--n-best > 1)")
     add_decoding_arguments(ask)
     ask.add_argument("--session", metavar="NAME_OR_ID",
                      help="continue (or start) a stored session: history is used and both turns are stored")
@@ -584,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the model bundles under models/ with their key figures")
     models.add_argument("action", choices=("list",))
-    models.add_argument("--dir", help="directory of bundles (default: the project's models/)")
+    models.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, then the bundled models)")
     models.add_argument("--json", action="store_true", help="one JSON object per bundle")
     models.set_defaults(func=cmd_models)
 

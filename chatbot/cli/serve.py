@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
+import sys
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
 
@@ -27,6 +29,15 @@ def app_from_environment():
     from chatbot.cli.main import _stderr_quiet_import
 
     _stderr_quiet_import()
+    # The server's own messages (the model ready or failed, errors) reach the terminal even
+    # without -v, which leaves uvicorn's access log out.
+    messages = logging.getLogger("chatbot.serving")
+    if not messages.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("chatbot serve [%(process)d]: %(message)s"))
+        messages.addHandler(handler)
+        messages.setLevel(logging.INFO)
+        messages.propagate = False
     from chatbot.serving.app import create_app
     from chatbot.serving.settings import ServerSettings, keys_from_environment
 
@@ -58,6 +69,10 @@ def serve(args) -> int:
     # The cores shared out among the workers: one worker decodes the beam searches of a queue of
     # requests on all of them at once (1.8x faster than on one); several are parallel already.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"chatbot serve: http://{shown_host}:{args.port}/ (chat page; API docs at /docs), "
+          f"{args.workers} worker{'s' if args.workers > 1 else ''}; loading the model "
+          "(/readyz answers 200 when it is ready); Ctrl-C stops", file=sys.stderr, flush=True)
     uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info" if args.verbose else "warning",
                 timeout_graceful_shutdown=args.drain_seconds, server_header=False)

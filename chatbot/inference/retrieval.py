@@ -278,8 +278,8 @@ class AnswerMemory:
             lexical = similarity(question, key, self.questions[i], self._keys[i])
             if cosine is None:
                 return lexical, lexical
-            meaning = max(cosine(i), 0.0)
-            return (lexical + meaning) / 2, max(lexical, meaning)
+            meaning = max(cosine(i), 0.0)  # float32 unit vectors: a cosine may exceed 1 by 1e-4
+            return (lexical + meaning) / 2, min(max(lexical, meaning), 1.0)
 
         scored = [(i, *scores(i)) for i in found]
         ranked = sorted(((i, r, s) for i, r, s in scored if s >= min_similarity),

@@ -71,16 +71,29 @@ def _models_dir() -> Path:
 MODELS_DIR = _models_dir()
 
 
+def model_directories() -> list[Path]:
+    """Where a model's name is looked up, first match first: ``models/`` of the working
+    directory (where ``chatbot train`` writes by default), then the bundled models."""
+    here = Path("models")
+    if here.is_dir() and here.resolve() != MODELS_DIR.resolve():
+        return [here, MODELS_DIR]
+    return [MODELS_DIR]
+
+
 def resolve_model_path(model: str | Path | None) -> Path:
-    """A path, a name under ``models/``, ``$CHATBOT_MODEL``, or the bundled default."""
+    """A path, a name under ``models/`` (``model_directories``), ``$CHATBOT_MODEL``, or the
+    bundled default."""
     if model is None:
         model = os.environ.get("CHATBOT_MODEL") or MODELS_DIR / "default"
     path = Path(model).expanduser()
-    if not path.exists() and not path.is_absolute() and (MODELS_DIR / path).is_dir():
-        path = MODELS_DIR / path
-    if not path.exists():
-        raise BundleError(f"{path}: no such model (give a bundle directory or a name under {MODELS_DIR})")
-    return path
+    if path.exists():
+        return path
+    if not path.is_absolute():
+        for directory in model_directories():
+            if (directory / path).is_dir():
+                return directory / path
+    names = " or ".join(str(d) for d in model_directories())
+    raise BundleError(f"{path}: no such model (give a bundle directory or a name under {names})")
 
 
 def file_sha256(path: Path) -> str:
