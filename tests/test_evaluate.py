@@ -122,6 +122,21 @@ def test_golden_cases_from_a_corpus_format(tmp_path):
     assert [(c.question, c.answers) for c in load_golden(golden)] == [("Hi", ("Hello!", "Hey"))]
 
 
+def test_a_golden_failure_is_summed_up_on_one_short_line():
+    """``train --golden`` names its first failure in a one-line error, which a code sample of
+    several hundred tokens and many lines would break."""
+    from chatbot.evaluation.golden import GoldenCase, GoldenOutcome
+
+    code = "def reverse(items):\n    return items[::-1]\n" * 40
+    outcome = GoldenOutcome(GoldenCase("How do I\nreverse a list?", ("Use [::-1].",), "golden.tsv:3"), code, -0.5)
+    summary = outcome.summary()
+    assert "\n" not in summary and len(summary) < 160
+    assert summary.startswith("golden.tsv:3: 'How do I reverse a list?' -> 'def reverse(items): return")
+    assert summary.endswith("[...]'")
+    short = GoldenOutcome(GoldenCase("Hi", ("Hello",), "g.tsv:1"), "Bye", -1.0)
+    assert short.summary() == "g.tsv:1: 'Hi' -> 'Bye'"
+
+
 # --- on the tiny model -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_report(tiny_bot):

@@ -34,6 +34,15 @@ class GoldenOutcome:
     reply: str
     score: float
 
+    def summary(self, width: int = 60) -> str:
+        """``source: 'question' -> 'reply'`` on one line, each cut to ``width`` characters: a
+        one-line error must stay one line when the reply is a 400-token code sample."""
+        def short(text: str) -> str:
+            flat = " ".join(text.split())
+            return flat if len(flat) <= width else flat[:width - 6].rstrip() + " [...]"
+
+        return f"{self.case.source}: {short(self.case.question)!r} -> {short(self.reply)!r}"
+
 
 @dataclass
 class GoldenResult:

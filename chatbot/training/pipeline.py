@@ -500,7 +500,7 @@ def install(bundle: Bundle, plan: Plan, golden, golden_cases) -> Bundle:
             first = checked.failed[0]
             raise GoldenCheckFailed(
                 f"the new model fails {len(checked.failed)} of {len(golden_cases)} golden checks "
-                f"(first: {first.case.source}: {first.case.question!r} -> {first.reply!r}); "
+                f"(first: {first.summary()}); "
                 + (f"{out} was left as it was; " if out.exists() else "")
                 + f"the new model is in {rejected}", checked)
     bundle.save(out, training_log=log_file, attachments=attachments)
