@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.generator import XLA_MAX_BATCH, Generator, xla_width
+from chatbot.inference.decoding import XLA_MAX_BATCH, xla_width
+from chatbot.inference.generator import Generator
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
@@ -174,26 +175,25 @@ def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
     sources.append(np.array([retrieved + [20, 22]], np.int32))
     for source, min_length in zip(sources, (0, 0, 5, 0, 0, 2)):
         config = DecodingConfig(max_length=24, min_length=min_length)
-        assert generator.uses_xla(config, 1)
-        ids, total, lengths = (t.numpy() for t in generator._greedy_one(source, 24, min_length))
-        want_ids, want_total, want_lengths = (t.numpy() for t in generator._step(
-            tf.constant(source), *generator._step_args(config, 0)))
+        assert generator.loops.uses_xla(config, 1)
+        ids, total, lengths = (t.numpy() for t in generator.loops.greedy(source, 24, min_length))
+        want_ids, want_total, want_lengths = (t.numpy() for t in generator.loops.step(source, config, 0))
         assert lengths[0] == want_lengths[0] >= min_length
         assert ids[0, :lengths[0]].tolist() == want_ids[0, :lengths[0]].tolist()
         np.testing.assert_allclose(total, want_total, rtol=1e-4, atol=1e-4)
     assert generator.compiled_widths == {16, 32, 64}
-    assert generator._greedy.experimental_get_tracing_count() == 1
+    assert generator.loops._greedy.experimental_get_tracing_count() == 1
 
 
 def test_the_xla_loop_is_used_only_where_it_computes_the_same(tiny_bot):
     generator = tiny_bot.generator
     greedy = generator.resolve({})
-    assert generator.uses_xla(greedy, 1) and generator.uses_xla(greedy, XLA_MAX_BATCH)
+    assert generator.loops.uses_xla(greedy, 1) and generator.loops.uses_xla(greedy, XLA_MAX_BATCH)
     # Larger batches shrink as replies end, in the graph loop; XLA would run every row to the longest.
-    assert not generator.uses_xla(greedy, XLA_MAX_BATCH + 1)
+    assert not generator.loops.uses_xla(greedy, XLA_MAX_BATCH + 1)
     for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"strategy": "sample"},
-                     {"beam": 2}, {"max_length": generator.capacity + 1}):
-        assert not generator.uses_xla(generator.resolve(settings), 1), settings
+                     {"beam": 2}, {"max_length": generator.loops.capacity + 1}):
+        assert not generator.loops.uses_xla(generator.resolve(settings), 1), settings
 
 
 def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(tiny_bot, tiny_pairs):
@@ -201,38 +201,38 @@ def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(ti
     questions = [[q] for q, _ in tiny_pairs[:3]] + [["something it never saw"]]  # 4 rows, then 3 (padded to 4)
     for rows in (questions, questions[:3]):
         source = generator.encode_inputs(generator.read(rows), generator.retrieve(generator.read(rows)))
-        xla_ids, xla_total, xla_lengths = (t.numpy() for t in generator._greedy_one(source, 30, 0))
-        graph = generator._step(tf.constant(source), *generator._step_args(generator.resolve({"max_length": 30}), 0))
+        xla_ids, xla_total, xla_lengths = (t.numpy() for t in generator.loops.greedy(source, 30, 0))
+        graph = generator.loops.step(source, generator.resolve({"max_length": 30}), 0)
         ids, total, lengths = (t.numpy() for t in graph)
         assert (xla_lengths == lengths).all()
         for row, n in enumerate(lengths):
             assert list(xla_ids[row, :n]) == list(ids[row, :n])
         np.testing.assert_allclose(xla_total, total, rtol=1e-4, atol=1e-4)
-    assert (4, xla_width(source.shape[1])) in generator.compiled_shapes
+    assert (4, xla_width(source.shape[1])) in generator.loops.compiled_shapes
 
 
 @pytest.mark.parametrize("beam, n_best", [(3, 1), (4, 3)])
 def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny_pairs, beam, n_best):
     generator = tiny_bot.generator
     config = generator.resolve({"beam": beam, "n_best": n_best, "max_length": 30})
-    assert generator.uses_xla_beam(config, 1) and generator.uses_xla_beam(config, XLA_MAX_BATCH)
+    assert generator.loops.uses_xla_beam(config, 1) and generator.loops.uses_xla_beam(config, XLA_MAX_BATCH)
     questions = [[q] for q, _ in tiny_pairs[:2]] + [["something it never saw"]]  # 3 rows, padded to 4
     for rows in (questions[:1], questions):
         read = generator.read(rows)
         source = generator.encode_inputs(read, generator.retrieve(read))
-        xla = [t.numpy() for t in generator._beam_one(source, config)]
-        graph = [t.numpy() for t in generator._beam(tf.constant(source), *generator._beam_args(config))]
+        xla = [t.numpy() for t in generator.loops.beam_xla(source, config)]
+        graph = [t.numpy() for t in generator.loops.beam(source, config)]
         assert (xla[2] == graph[2]).all()  # lengths
         for row in range(len(rows)):
             for j in range(n_best):
                 n = graph[2][row, j]
                 assert list(xla[0][row, j, :n]) == list(graph[0][row, j, :n])
         np.testing.assert_allclose(xla[1], graph[1], rtol=1e-4, atol=1e-4)
-    assert (beam, n_best, 4, xla_width(source.shape[1])) in generator.compiled_beam_shapes
+    assert (beam, n_best, 4, xla_width(source.shape[1])) in generator.loops.compiled_beam_shapes
     for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"beam": 9},
-                     {"max_length": generator.capacity + 1}):
-        assert not generator.uses_xla_beam(generator.resolve({"beam": beam, **settings}), 1), settings
-    assert not generator.uses_xla_beam(config, XLA_MAX_BATCH + 1)
+                     {"max_length": generator.loops.capacity + 1}):
+        assert not generator.loops.uses_xla_beam(generator.resolve({"beam": beam, **settings}), 1), settings
+    assert not generator.loops.uses_xla_beam(config, XLA_MAX_BATCH + 1)
 
 
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):
@@ -245,9 +245,9 @@ def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypothes
     assert not generator.decodes_alone(generator.resolve({"strategy": "beam", "beam": 4, "n_best": 2,
                                                           "repetition_penalty": 1.2}))
     questions = [[q] for q, _ in tiny_pairs[:5]] + [["something it never saw"]]
-    shapes = set(generator.compiled_beam_shapes)
+    shapes = set(generator.loops.compiled_beam_shapes)
     together = generator.generate(questions, decoding=whole)
-    assert {shape[2] for shape in generator.compiled_beam_shapes - shapes} <= {1}  # batch 1 only
+    assert {shape[2] for shape in generator.loops.compiled_beam_shapes - shapes} <= {1}  # batch 1 only
     for question, reply in zip(questions, together):
         [alone] = generator.generate([question], decoding=whole)
         assert reply.alternatives == alone.alternatives and reply.token_ids == alone.token_ids
@@ -263,13 +263,13 @@ def test_inputs_that_decode_alone_run_on_as_many_threads_as_tensorflow_has(tiny_
     whole = generator.resolve({"strategy": "beam", "beam": 4, "n_best": 4, "max_length": 30})
     questions = [[q] for q, _ in tiny_pairs[:6]]
     ran_on: set[str] = set()
-    beam_one = generator._beam_one
+    beam_one = generator.loops.beam_xla
 
     def recording(source, config):
         ran_on.add(threading.current_thread().name)
         return beam_one(source, config)
 
-    monkeypatch.setattr(generator, "_beam_one", recording)
+    monkeypatch.setattr(generator.loops, "beam_xla", recording)
     monkeypatch.setattr(generator_module, "decode_threads", lambda: 1)
     one_by_one = generator.generate(questions, decoding=whole)
     assert ran_on == {threading.current_thread().name}

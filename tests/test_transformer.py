@@ -64,20 +64,19 @@ def test_the_compiled_loops_decode_the_same_tokens():
     generator = Generator(model, None, DataConfig(), DecodingConfig(max_length=16))
     for source in (np.array([[START]], np.int32), np.array([RETRIEVED], np.int32)):
         config = DecodingConfig(max_length=16)
-        assert generator.uses_xla(config, 1)
-        ids, total, lengths = (t.numpy() for t in generator._greedy_one(source, 16, 0))
-        want_ids, want_total, want_lengths = (t.numpy() for t in generator._step(
-            tf.constant(source), *generator._step_args(config, 0)))
-        beam_ids, beam_total, beam_lengths, _ = (t.numpy() for t in generator._beam(
-            tf.constant(source), *generator._beam_args(DecodingConfig(max_length=16, beam=1, length_penalty=0))))
+        assert generator.loops.uses_xla(config, 1)
+        ids, total, lengths = (t.numpy() for t in generator.loops.greedy(source, 16, 0))
+        want_ids, want_total, want_lengths = (t.numpy() for t in generator.loops.step(source, config, 0))
+        one_beam = DecodingConfig(max_length=16, beam=1, length_penalty=0)
+        beam_ids, beam_total, beam_lengths, _ = (t.numpy() for t in generator.loops.beam(source, one_beam))
         n = lengths[0]
         assert n == want_lengths[0] == beam_lengths[0, 0] <= 11  # the cap: 10 tokens, then [END]
         assert ids[0, :n].tolist() == want_ids[0, :n].tolist() == beam_ids[0, 0, :n].tolist()
         assert ids[0, n - 1] == END
         np.testing.assert_allclose([total[0], beam_total[0, 0]], [want_total[0]] * 2, rtol=1e-4, atol=1e-4)
 
-        ids, raw, lengths, _ = (t.numpy() for t in generator._beam(
-            tf.constant(source), *generator._beam_args(DecodingConfig(max_length=8, beam=3, n_best=3))))
+        wide = DecodingConfig(max_length=8, beam=3, n_best=3)
+        ids, raw, lengths, _ = (t.numpy() for t in generator.loops.beam(source, wide))
         for j in range(3):
             tokens = ids[0, j, :lengths[0, j]]
             decoder_input = np.concatenate([[START], tokens[:-1]])[None].astype(np.int32)

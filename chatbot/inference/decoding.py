@@ -1,0 +1,511 @@
+"""The compiled decode loops over one network: encode once, then one decoder step at a time
+inside a ``tf.function``, so no Python runs per generated token.
+
+* ``greedy``: greedy decoding of up to ``XLA_MAX_BATCH`` inputs as one XLA program;
+* ``step``: greedy decoding and sampling (temperature, top-k, top-p) for a batch of any size, a
+  graph loop, chosen per call by a boolean tensor; it also runs the repetition controls;
+* ``beam``: beam search with a GNMT length penalty and an n-best list, a graph loop; and
+  ``beam_xla``, the same for a few inputs as one XLA program, without repetition controls;
+* ``scores``: how likely the model finds given answers (teacher forced), for re-ranking and
+  the confidence.
+
+A reply decoded one step at a time is mostly per-step overhead: one GRU step is a few MFLOP,
+but the graph loop runs dozens of small kernels, conditionals and bookkeeping ops per token.
+XLA fuses the whole loop into a few kernels: about 3x faster per reply at batch 1 (bench/
+decode_latency.py). XLA needs static shapes, so its loops take the input padded to a
+power-of-two width and batch (padding is masked, so the tokens are the same; a test compares
+them) and write into a history ``capacity`` long: they compile once per shape used (at most
+``log2`` of the longest input per batch size), never per question.
+
+The two graph loops run on one skeleton, ``_decode_until_done``, which owns the bookkeeping
+they share (inputs that finish are written out and leave the running batch), so each loop body
+holds only its strategy. Every loop takes a fixed signature (``[batch, time]`` int32 source ids
+and scalar tensors for every setting, including the max length), so each is traced once and
+never per question or per setting. Repetition control (``no_repeat_ngram_size``,
+``repetition_penalty``, ``min_length``) is shared by both graph loops.
+
+Scores are always computed from the model's own log-probabilities (temperature 1, no
+penalties), so they stay comparable across strategies and settings.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from chatbot.config import DecodingConfig
+from chatbot.data.tokenizer import END, PAD, START
+from chatbot.model.network import EncoderDecoder
+
+NEG_INF = float("-inf")
+SCORE_BATCH = 64  # answers scored per forward pass
+XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
+# Batches up to this size decode greedily in ``_greedy_loop`` too (a server's requests that
+# arrived together): every row runs until the longest reply ends, which at this size still
+# beats the graph loop that drops finished rows (bench/results/serve_load.json).
+XLA_MAX_BATCH = 8
+
+
+def xla_width(width: int) -> int:
+    """The padded width an input of ``width`` tokens is decoded at by ``_greedy_loop``."""
+    return max(XLA_MIN_WIDTH, 1 << (max(width, 1) - 1).bit_length())
+
+
+def xla_padded(source: np.ndarray) -> np.ndarray:
+    """``source`` padded to its XLA width and batch. The padding rows copy the first input, so
+    they end with it and cost the loop no extra steps."""
+    rows, width = source.shape
+    padded = np.zeros((xla_batch(rows), xla_width(width)), np.int32)
+    padded[:, :width] = source[0]
+    padded[:rows, :width] = source
+    return padded
+
+
+def xla_batch(rows: int) -> int:
+    """The padded batch ``rows`` inputs are decoded in by ``_greedy_loop``: a power of two, so
+    that it is compiled for a few batch sizes only."""
+    return 1 << (max(rows, 1) - 1).bit_length()
+
+
+def padded_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Id rows of any lengths as one int32 matrix, [PAD] after each to the longest (at least 1 wide)."""
+    width = max(1, max((len(row) for row in rows), default=0))
+    return keras.utils.pad_sequences(rows, maxlen=width, dtype="int32", padding="post", value=PAD)
+
+
+def _scalar(dtype) -> tf.TensorSpec:
+    return tf.TensorSpec([], dtype)
+
+
+def _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
+                       rows_per_input=None):
+    """Step ``advance`` until every input is done or ``max_length`` steps have run; returns
+    ``outputs`` (``batch`` rows each) with every input's ``results`` written to its row.
+
+    ``search`` holds per-input tensors, ``decoder`` per-row ones (token, states, encoder
+    outputs: ``rows_per_input`` rows per input, one when None). ``advance(step, search,
+    decoder)`` returns both updated and a ``done`` mask over the inputs. Done inputs are
+    written out at once (``results(steps, search)``: one tensor per output, by input) and
+    leave the batch, so later steps cost only what still runs; inputs running at
+    ``max_length`` are written as they stand. The batch shrinks, so no shape is invariant.
+    """
+    def write(index, done, steps, search, outputs):
+        where = tf.boolean_mask(index, done)[:, None]
+        return tuple(tf.tensor_scatter_nd_update(out, where, tf.boolean_mask(value, done))
+                     for out, value in zip(outputs, results(steps, search)))
+
+    def body(step, index, search, decoder, outputs):
+        search, decoder, done = advance(step, search, decoder)
+        steps = step + 1
+
+        def drop_done():
+            keep = tf.logical_not(done)
+            keep_rows = keep if rows_per_input is None else tf.repeat(keep, rows_per_input)
+            mask = lambda tensors, kept: tf.nest.map_structure(  # noqa: E731
+                lambda t: tf.boolean_mask(t, kept), tensors)
+            return (mask(index, keep), mask(search, keep), mask(decoder, keep_rows),
+                    write(index, done, steps, search, outputs))
+
+        def keep_all():
+            return index, search, decoder, outputs
+
+        return (steps, *tf.cond(tf.reduce_any(done), drop_done, keep_all))
+
+    def running(step, index, *_):
+        return tf.logical_and(step < max_length, tf.size(index) > 0)
+
+    unknown = lambda t: tf.TensorShape([None] * len(t.shape))  # noqa: E731
+    loop_vars = (tf.constant(0), tf.range(batch), search, decoder, outputs)
+    step, index, search, _, outputs = tf.while_loop(
+        running, body, loop_vars, shape_invariants=tf.nest.map_structure(unknown, loop_vars))
+    return write(index, tf.ones_like(index, tf.bool), step, search, outputs)
+
+
+class DecodeLoops:
+    """The loops, compiled on first use, with what they were compiled for (``trace_count``,
+    ``compiled_shapes``). ``capacity``: the history of the XLA loops, the longest reply they
+    decode (``decoding.max_length``); longer replies take the graph loops."""
+
+    def __init__(self, model: EncoderDecoder, capacity: int):
+        self.model = model
+        source = tf.TensorSpec([None, None], tf.int32)
+        self.capacity = capacity
+        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width) ``_greedy_loop`` was compiled for
+        self.compiled_beam_shapes: set[tuple[int, int, int, int]] = set()  # (beam, n_best, batch, width)
+        # ``autograph=False`` throughout: the loops are written with ``tf.while_loop`` and
+        # ``tf.cond`` already, and converting their Python source cost every process about 1.3 s
+        # of its start-up (the warm-up of `chatbot ask` took 2.6 s with it, 1.3 s without).
+        self._greedy = tf.function(self._greedy_loop, jit_compile=True, autograph=False, input_signature=[
+            source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
+        self._score = tf.function(self._score_batch, autograph=False, input_signature=[source, source])
+        self._step = tf.function(self._step_loop, autograph=False, input_signature=[
+            source, _scalar(tf.int32),  # max_length
+            _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
+            _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
+            tf.TensorSpec([2], tf.int32),  # seed
+        ])
+        self._beam_xla: dict[tuple[int, int], Any] = {}  # (beam, n_best) -> ``_beam_xla_loop``, compiled
+        self._beam = tf.function(self._beam_loop, autograph=False, input_signature=[
+            source, _scalar(tf.int32),  # max_length
+            _scalar(tf.int32), _scalar(tf.int32), _scalar(tf.float32),  # beam, n_best, length penalty
+            _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
+        ])
+
+    @property
+    def trace_count(self) -> int:
+        """Traces of all compiled functions together (each is traced once, on first use)."""
+        return sum(f.experimental_get_tracing_count()
+                   for f in (self._greedy, self._step, self._beam, self._score, *self._beam_xla.values()))
+
+    # --- scoring given answers ---------------------------------------------------------------
+    def _score_batch(self, source, target):
+        """Mean log-probability per token of each ``target`` row (its [END] included, padding
+        left out) given its ``source`` row: the same figure as ``Generation.score``."""
+        decoder_input = tf.concat([tf.fill([tf.shape(target)[0], 1], START), target[:, :-1]], axis=1)
+        logits = tf.cast(self.model((source, decoder_input), training=False), tf.float32)
+        picked = tf.gather(tf.nn.log_softmax(logits), target, axis=2, batch_dims=2)
+        real = tf.cast(tf.not_equal(target, PAD), tf.float32)
+        return tf.reduce_sum(picked * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+
+    def scores(self, sources: Sequence[np.ndarray], hypotheses: Sequence[np.ndarray]) -> np.ndarray:
+        """Each hypothesis' mean log-probability per token given its source row (ids, as
+        ``encode_inputs`` makes them), in batches of ``SCORE_BATCH``: the logits are batch x
+        length x vocabulary."""
+        scores = []
+        for start in range(0, len(hypotheses), SCORE_BATCH):
+            source = padded_rows(sources[start:start + SCORE_BATCH])
+            target = padded_rows(hypotheses[start:start + SCORE_BATCH])
+            scores.append(self._score(tf.constant(source), tf.constant(target)).numpy())
+        return np.concatenate(scores) if scores else np.zeros([0], np.float32)
+
+    # --- shared: repetition control ----------------------------------------------------------
+    def _forbid_early_end(self, logits, step, min_length):
+        """[END] forbidden before ``min_length`` tokens: the one constraint the XLA loops keep."""
+        is_end = tf.equal(tf.range(self.model.vocab_size), END)[None, :]
+        return tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+
+    def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
+        """Logits ``[N, V]`` with repetition control applied, given each row's tokens so far
+        (``history[:, :step]``). Forbidden tokens get -inf."""
+        rows, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
+        width = tf.shape(history)[1]
+        positions = tf.range(width)
+        row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(history))
+
+        def token_mask(row_index, token_index):
+            """[N, V] bool, True at the given (row, token) pairs."""
+            pairs = tf.stack([row_index, token_index], axis=1)
+            hits = tf.scatter_nd(pairs, tf.ones(tf.shape(row_index), tf.int32), tf.stack([rows, vocab]))
+            return hits > 0
+
+        def penalise():  # CTRL: divide positive logits, multiply negative ones
+            seen_at = tf.broadcast_to(positions[None, :] < step, tf.shape(history))
+            seen = token_mask(tf.boolean_mask(row_ids, seen_at), tf.boolean_mask(history, seen_at))
+            penalised = tf.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            return tf.where(seen, penalised, logits)
+
+        logits = tf.cond(tf.logical_and(repetition_penalty > 1.0, step > 0), penalise, lambda: logits)
+
+        def block_ngrams():
+            # An n-gram starting at j is (history[j], ..., history[j+n-1]); its first n-1
+            # tokens matching the last n-1 generated forbid history[j+n-1] now.
+            match = tf.broadcast_to(positions[None, :] <= step - ngram, tf.shape(history))
+
+            def compare(i, match):
+                shifted = tf.roll(history, -i, axis=1)
+                recent = tf.gather(history, step - ngram + 1 + i, axis=1)
+                return i + 1, tf.logical_and(match, tf.equal(shifted, recent[:, None]))
+
+            _, match = tf.while_loop(lambda i, _: i < ngram - 1, compare, [tf.constant(0), match])
+            following = tf.roll(history, -(ngram - 1), axis=1)
+            banned = token_mask(tf.boolean_mask(row_ids, match), tf.boolean_mask(following, match))
+            return tf.where(banned, NEG_INF, logits)
+
+        logits = tf.cond(tf.logical_and(ngram > 0, step >= ngram - 1), block_ngrams, lambda: logits)
+        is_end = tf.equal(tf.range(vocab), END)[None, :]
+        logits = tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+        # A row with every token forbidden (a tiny vocabulary, a strict n-gram ban) ends.
+        stuck = tf.reduce_all(tf.equal(logits, NEG_INF), axis=1, keepdims=True)
+        return tf.where(tf.logical_and(stuck, is_end), 0.0, logits)
+
+    # --- greedy and sampling -----------------------------------------------------------------
+    @staticmethod
+    def _sample(scores, temperature, top_k, top_p, seed, step):
+        z = scores / temperature
+        vocab = tf.shape(z)[1]
+
+        def keep_top_k():
+            kth = tf.math.top_k(z, tf.minimum(top_k, vocab)).values[:, -1:]
+            return tf.where(z < kth, NEG_INF, z)
+
+        z = tf.cond(top_k > 0, keep_top_k, lambda: z)
+
+        def keep_top_p():  # the smallest set of most likely tokens whose mass reaches top_p
+            ordered = tf.sort(z, axis=-1, direction="DESCENDING")
+            mass_before = tf.cumsum(tf.nn.softmax(ordered), axis=-1, exclusive=True)
+            threshold = tf.reduce_min(tf.where(mass_before < top_p, ordered, float("inf")),
+                                      axis=-1, keepdims=True)
+            return tf.where(z < threshold, NEG_INF, z)
+
+        z = tf.cond(top_p < 1.0, keep_top_p, lambda: z)
+        step_seed = tf.stack([seed[0], seed[1] + step])
+        return tf.random.stateless_categorical(z, 1, seed=step_seed, dtype=tf.int32)[:, 0]
+
+    def _step_loop(self, source, max_length, sample, temperature, top_k, top_p,
+                   repetition_penalty, ngram, min_length, seed):
+        """Greedy decoding or sampling for a batch: ids ``[B, max_length]``, the model's own
+        log-prob sums and lengths, each ``[B]``. A row that ends leaves the batch at once
+        (``_decode_until_done``), so a batch does not pay full price until its longest
+        reply ends."""
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
+        batch = tf.shape(source)[0]
+        positions = tf.range(max_length)
+
+        def advance(step, search, decoder):
+            history, total = search  # tokens so far, log-prob sum
+            token, states, encoder_outputs, source_ids = decoder
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
+            logits = tf.cast(logits, tf.float32)
+            logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
+            scores = self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
+            best = tf.cond(sample,
+                           lambda: self._sample(scores, temperature, top_k, top_p, seed, step),
+                           lambda: tf.argmax(scores, axis=-1, output_type=tf.int32))
+            total += tf.gather(logprobs, best, axis=1, batch_dims=1)
+            history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
+            return (history, total), (best, states, encoder_outputs, source_ids), tf.equal(best, END)
+
+        def results(steps, search):
+            history, total = search
+            return history, total, tf.fill(tf.shape(total), steps)
+
+        outputs = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32),
+                   tf.zeros([batch], tf.int32))
+        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32))
+        decoder = (tf.fill([batch], START), states, encoder_outputs, source_ids)
+        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results)
+
+    # --- greedy, up to XLA_MAX_BATCH inputs, XLA --------------------------------------------
+    def _greedy_loop(self, source, max_length, min_length):
+        """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
+        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``. Nothing changes shape
+        inside the loop (rows that end emit padding until all have), as XLA needs."""
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
+        batch = tf.shape(source)[0]
+        positions = tf.range(self.capacity)
+
+        def running(step, token, states, history, total, lengths, done):
+            return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
+
+        def body(step, token, states, history, total, lengths, done):
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
+            logits = tf.cast(logits, tf.float32)
+            logprobs = tf.nn.log_softmax(logits)
+            allowed = self._forbid_early_end(logits, step, min_length)
+            best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
+            total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
+            lengths += tf.cast(tf.logical_not(done), tf.int32)
+            history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
+            return step + 1, best, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END))
+
+        start = (tf.constant(0), tf.fill([batch], START), states, tf.zeros([batch, self.capacity], tf.int32),
+                 tf.zeros([batch], tf.float32), tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool))
+        _, _, _, history, total, lengths, _ = tf.while_loop(running, body, start)
+        return history, total, lengths
+
+    def greedy(self, source: np.ndarray, max_length: int, min_length: int):
+        """``_greedy_loop`` on ``source`` padded to its XLA width and batch (``xla_padded``)."""
+        padded = xla_padded(source)
+        self.compiled_shapes.add(padded.shape)
+        out = self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
+                           tf.constant(min_length, tf.int32))
+        return tuple(t[:source.shape[0]] for t in out)
+
+    def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
+        """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
+        no repetition controls (they need shapes XLA cannot compile), a reply fitting its history."""
+        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "greedy" and config.max_length <= self.capacity
+                and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
+
+    # --- beam search -------------------------------------------------------------------------
+    def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
+        """One beam search, for ``_beam_loop`` (any batch, a graph loop) and ``_beam_xla_loop``
+        (up to ``XLA_MAX_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
+
+        A hypothesis that has ended stays in the beam with its score and only extends by
+        padding (at no cost), so it competes with the live ones until better ones push it
+        out; an input is done when all its hypotheses have ended, or when live hypotheses can
+        no longer enter its n-best. Hypotheses are ranked by sum of log-probs /
+        ((5 + length) / 6) ** length_penalty (GNMT). ``width`` is the history's width (at
+        least ``max_length``); ``constrain(logits, history, step)`` forbids tokens.
+        """
+        vocab = self.model.vocab_size
+        batch = tf.shape(source)[0]
+        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
+        encoder_outputs = tf.repeat(encoder_outputs, k, axis=0)
+        source_ids = tf.repeat(source_ids, k, axis=0)
+        states = [tf.repeat(s, k, axis=0) for s in states]
+
+        def penalty(length):
+            return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, length_penalty)
+
+        positions = tf.range(width)
+        pad_only = tf.equal(tf.range(vocab), PAD)[None, None, :]
+
+        def advance(step, search, decoder):
+            # sums: ranking sums (with constraints); raw: the model's own log-prob sums;
+            # decided: inputs whose n-best can no longer change.
+            sums, raw, lengths, finished, decided, history = search
+            token, states, encoder_outputs, source_ids = decoder
+            searching = tf.shape(sums)[0]
+            rows = searching * k
+            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
+            logits = tf.cast(logits, tf.float32)
+            raw_logprobs = tf.reshape(tf.nn.log_softmax(logits), [searching, k * vocab])
+            constrained = constrain(logits, tf.reshape(history, [rows, width]), step)
+            logprobs = tf.reshape(tf.nn.log_softmax(constrained), [searching, k, vocab])
+            extended = sums[:, :, None] + logprobs
+            kept = tf.where(pad_only, sums[:, :, None], NEG_INF)  # ended: one candidate, PAD
+            candidates = tf.where(finished[:, :, None], kept, extended)
+            new_lengths = lengths + tf.cast(tf.logical_not(finished), tf.int32)
+            keys = candidates / penalty(new_lengths)[:, :, None]
+            top = tf.math.top_k(tf.reshape(keys, [searching, k * vocab]), k).indices  # [B, K]
+            parent = top // vocab
+            chosen = top % vocab
+            parent_finished = tf.gather(finished, parent, batch_dims=1)
+            sums = tf.gather(tf.reshape(candidates, [searching, k * vocab]), top, batch_dims=1)
+            raw = tf.gather(raw, parent, batch_dims=1) + tf.where(
+                parent_finished, 0.0, tf.gather(raw_logprobs, top, batch_dims=1))
+            lengths = tf.gather(new_lengths, parent, batch_dims=1)
+            chosen = tf.where(parent_finished, PAD, chosen)
+            history = tf.gather(history, parent, batch_dims=1)
+            history = tf.where(tf.equal(positions, step)[None, None, :], chosen[:, :, None], history)
+            finished = tf.logical_or(parent_finished, tf.equal(chosen, END))
+            flat_parent = tf.reshape(parent + tf.range(searching)[:, None] * k, [rows])
+            states = [tf.gather(s, flat_parent) for s in states]
+            token = tf.reshape(chosen, [rows])
+            # An input is decided once its n-best are ended hypotheses that no live one can
+            # still beat: a live sum only falls and the penalty is at most lp(max_length),
+            # so sum / lp(max_length) bounds its final key. Stopping then gives the same
+            # n-best as searching on, without running live hypotheses to max_length.
+            ended_keys = tf.where(finished, sums / penalty(lengths), NEG_INF)
+            nth_ended = tf.math.top_k(ended_keys, n_best).values[:, -1]
+            best_live = tf.reduce_max(tf.where(finished, NEG_INF, sums / penalty(max_length)), axis=1)
+            decided = tf.logical_or(decided, tf.logical_and(nth_ended > NEG_INF, nth_ended > best_live))
+            done = tf.logical_or(decided, tf.reduce_all(finished, axis=1))
+            return ((sums, raw, lengths, finished, decided, history),
+                    (token, states, encoder_outputs, source_ids), done)
+
+        def results(_, search):
+            """Each input's n-best: ids, raw sums, lengths and keys, best first."""
+            sums, raw, lengths, finished, decided, history = search
+            # A decided input's live hypotheses cannot reach its n-best: leave them out.
+            keys = tf.where(tf.logical_or(finished, tf.logical_not(decided)[:, None]),
+                            sums / penalty(lengths), NEG_INF)
+            best = tf.math.top_k(keys, n_best).indices
+            return tuple(tf.gather(t, best, batch_dims=1) for t in (history, raw, lengths, keys))
+
+        first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
+        search = (tf.tile(first_only[None, :], [batch, 1]), tf.zeros([batch, k], tf.float32),
+                  tf.zeros([batch, k], tf.int32), tf.zeros([batch, k], tf.bool),
+                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, width], tf.int32))
+        decoder = (tf.fill([batch * k], START), states, encoder_outputs, source_ids)
+        return search, decoder, advance, results
+
+    def _beam_loop(self, source, max_length, beam, n_best, length_penalty,
+                   repetition_penalty, ngram, min_length):
+        """Beam search over ``beam`` hypotheses per input, all inputs in one batch
+        (``_beam_parts``); an input leaves the batch when it is done (``_decode_until_done``).
+        Returns ids ``[B, n_best, max_length]``, the model's own log-prob sums, lengths and
+        ranking keys, each ``[B, n_best]``, best first."""
+        def constrain(logits, history, step):
+            return self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
+
+        search, decoder, advance, results = self._beam_parts(source, max_length, max_length, beam, n_best,
+                                                             length_penalty, constrain)
+        batch = tf.shape(source)[0]
+        outputs = (tf.zeros([batch, n_best, max_length], tf.int32), tf.zeros([batch, n_best], tf.float32),
+                   tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best], tf.float32))
+        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
+                                  rows_per_input=beam)
+
+    def _beam_xla_loop(self, source, max_length, length_penalty, min_length, *, beam: int, n_best: int):
+        """``_beam_loop`` for a few inputs as one XLA program: ``beam`` and ``n_best`` are fixed
+        (one compilation each), the history is ``capacity`` wide, and no repetition controls
+        (their shapes change as they run). Returns ``_beam_loop``'s results, ``capacity`` wide."""
+        def constrain(logits, history, step):
+            return self._forbid_early_end(logits, step, min_length)
+
+        search, decoder, advance, results = self._beam_parts(source, max_length, self.capacity, beam, n_best,
+                                                             length_penalty, constrain)
+
+        def body(step, search, decoder, done):
+            search, decoder, done = advance(step, search, decoder)
+            return step + 1, search, decoder, done
+
+        def running(step, search, decoder, done):
+            return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
+
+        done = tf.zeros([tf.shape(source)[0]], tf.bool)
+        steps, search, _, _ = tf.while_loop(running, body, (tf.constant(0), search, decoder, done))
+        return results(steps, search)
+
+    def beam_xla(self, source: np.ndarray, config: DecodingConfig):
+        """``_beam_xla_loop`` on ``source`` padded to its XLA width and batch (``xla_padded``),
+        compiled once per beam width and n-best size (and padded shape)."""
+        key = (config.beam, config.n_best)
+        if key not in self._beam_xla:
+            self._beam_xla[key] = tf.function(
+                functools.partial(self._beam_xla_loop, beam=config.beam, n_best=config.n_best),
+                jit_compile=True, autograph=False,
+                input_signature=[tf.TensorSpec([None, None], tf.int32), _scalar(tf.int32),
+                                                   _scalar(tf.float32), _scalar(tf.int32)])
+        padded = xla_padded(source)
+        self.compiled_beam_shapes.add((*key, *padded.shape))
+        out = self._beam_xla[key](tf.constant(padded), tf.constant(config.max_length, tf.int32),
+                                  tf.constant(config.length_penalty, tf.float32),
+                                  tf.constant(config.min_length, tf.int32))
+        return tuple(t[:source.shape[0]] for t in out)
+
+    def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
+        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
+        beams of at most 8, no repetition controls, a reply fitting its history."""
+        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "beam" and config.beam <= 8
+                and config.max_length <= self.capacity
+                and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
+
+    # --- the entry points of the graph loops, and their arguments ----------------------------
+    def step(self, source: np.ndarray, config: DecodingConfig, seed: int, stream: int = 0):
+        """``_step_loop`` on a batch of any size with ``config``'s settings: greedy, or sampling
+        from ``seed`` (``stream`` picks another random stream of the same seed)."""
+        return self._step(tf.constant(source), *self._step_args(config, seed, stream))
+
+    def beam(self, source: np.ndarray, config: DecodingConfig):
+        """``_beam_loop`` on a batch of any size with ``config``'s beam settings."""
+        return self._beam(tf.constant(source), *self._beam_args(config))
+
+    @staticmethod
+    def _constraint_args(config: DecodingConfig) -> list[tf.Tensor]:
+        return [tf.constant(config.repetition_penalty, tf.float32),
+                tf.constant(config.no_repeat_ngram_size, tf.int32),
+                tf.constant(config.min_length, tf.int32)]
+
+    def _step_args(self, config: DecodingConfig, seed: int, seed_offset: int = 0) -> list[tf.Tensor]:
+        return [tf.constant(config.max_length, tf.int32),
+                tf.constant(config.effective_strategy == "sample"),
+                tf.constant(config.temperature, tf.float32),
+                tf.constant(config.top_k, tf.int32),
+                tf.constant(config.top_p, tf.float32),
+                *self._constraint_args(config),
+                tf.constant([seed, seed_offset], tf.int32)]
+
+    def _beam_args(self, config: DecodingConfig) -> list[tf.Tensor]:
+        return [tf.constant(config.max_length, tf.int32),
+                tf.constant(config.beam, tf.int32),
+                tf.constant(config.n_best, tf.int32),
+                tf.constant(config.length_penalty, tf.float32),
+                *self._constraint_args(config)]
