@@ -591,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the model bundles under models/ with their key figures")
     models.add_argument("action", choices=("list",))
-    models.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, then the bundled models)")
+    models.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, "
+                                      "then the bundled models)")
     models.add_argument("--json", action="store_true", help="one JSON object per bundle")
     models.set_defaults(func=cmd_models)
 

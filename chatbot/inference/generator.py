@@ -112,24 +112,24 @@ class Generator:
         model's own strategy."""
         if strategies is None:
             strategies = ("greedy", self.decoding.effective_strategy)
-        source = tf.constant([[START]], tf.int32)
+        source = np.array([[START]], np.int32)
         if "greedy" in strategies:
-            self.loops.greedy(source.numpy(), 2, 0)
+            self.loops.greedy(source, 2, 0)
             if self.reads_retrieval:  # a question with what retrieval finds is much wider
                 read = self.read([["hello"]])
                 self.loops.greedy(self.encode_inputs(read, self.retrieve(read)), 2, 0)
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
-            self.loops.step(source.numpy(), DecodingConfig(max_length=2), 0)
+            self.loops.step(source, DecodingConfig(max_length=2), 0)
         if "beam" in strategies:
             own = self.searched(self.decoding)
             if self.loops.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
                 config = dataclasses.replace(own, max_length=2, min_length=0)
-                self.loops.beam_xla(source.numpy(), config)
+                self.loops.beam_xla(source, config)
                 if self.reads_retrieval:
                     read = self.read([["hello"]])
                     self.loops.beam_xla(self.encode_inputs(read, self.retrieve(read)), config)
             else:
-                self.loops.beam(source.numpy(), DecodingConfig(strategy="beam", beam=2, max_length=2))
+                self.loops.beam(source, DecodingConfig(strategy="beam", beam=2, max_length=2))
             if self.ranks_by_mutual_information(own):
                 self.unconditional_scores([np.array([END], np.int32)])
         if self.weighs_unaided(self.decoding):
