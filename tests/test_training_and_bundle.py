@@ -208,8 +208,8 @@ def test_a_model_name_is_looked_up_in_the_working_directorys_models_first(tiny_b
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path("mine") == Path("models") / "mine"
     assert resolve_model_path("default") == MODELS_DIR / "default"
-    with pytest.raises(BundleError, match=r"nothing: no such model .*name under models or "):
-        resolve_model_path("nothing")
+    with pytest.raises(BundleError, match=r"nothing: no such model .*name under models or .*: .*default, mine\)$"):
+        resolve_model_path("nothing")  # the names it could have been
 
     status, out, err = run_cli(capsys, monkeypatch, "models", "list", "--json")
     names = [json.loads(line)["name"] for line in out.splitlines()]

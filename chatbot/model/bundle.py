@@ -92,8 +92,11 @@ def resolve_model_path(model: str | Path | None) -> Path:
         for directory in model_directories():
             if (directory / path).is_dir():
                 return directory / path
-    names = " or ".join(str(d) for d in model_directories())
-    raise BundleError(f"{path}: no such model (give a bundle directory or a name under {names})")
+    known = sorted({p.name for d in model_directories() if d.is_dir() for p in d.iterdir()
+                    if (p / MANIFEST).is_file() and not p.name.startswith(".")})
+    raise BundleError(f"{path}: no such model (give a bundle directory or a name under "
+                      f"{' or '.join(str(d) for d in model_directories())}"
+                      + (f": {', '.join(known)})" if known else ")"))
 
 
 def file_sha256(path: Path) -> str:
