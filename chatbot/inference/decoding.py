@@ -164,7 +164,7 @@ class DecodeLoops:
     # --- scoring given answers ---------------------------------------------------------------
     def _score_batch(self, source, target):
         """Mean log-probability per token of each ``target`` row (its [END] included, padding
-        left out) given its ``source`` row: the same figure as ``Generation.score``."""
+        left out) given its ``source`` row: the same figure as ``generator.Generation.score``."""
         decoder_input = tf.concat([tf.fill([tf.shape(target)[0], 1], START), target[:, :-1]], axis=1)
         logits = tf.cast(self.model((source, decoder_input), training=False), tf.float32)
         picked = tf.gather(tf.nn.log_softmax(logits), target, axis=2, batch_dims=2)
@@ -173,7 +173,7 @@ class DecodeLoops:
 
     def scores(self, sources: Sequence[np.ndarray], hypotheses: Sequence[np.ndarray]) -> np.ndarray:
         """Each hypothesis' mean log-probability per token given its source row (ids, as
-        ``encode_inputs`` makes them), in batches of ``SCORE_BATCH``: the logits are batch x
+        ``Generator.encode_inputs`` makes them), in batches of ``SCORE_BATCH``: the logits are batch x
         length x vocabulary."""
         scores = []
         for start in range(0, len(hypotheses), SCORE_BATCH):
