@@ -309,7 +309,8 @@ class DecodingConfig(Section):
     def check_combinations(self, prefix: str) -> None:
         _check(not (self.strategy == "sample" and self.beam > 1), prefix, "beam",
                "must be 1 when strategy is 'sample'")
-        _check(self.n_best <= self.beam, prefix, "n_best", f"must be between 1 and beam ({self.beam})")
+        _check(self.n_best <= self.beam, prefix, "n_best",
+               f"must be between 1 and beam ({self.beam}): a longer n-best list needs a wider beam")
         _check(self.min_length < self.max_length, prefix, "min_length",
                f"must be below max_length ({self.max_length})")
 
