@@ -207,9 +207,9 @@ class ModelConfig(Section):
               "distribution with the attention over the input's tokens, so long retrieved answers "
               "come out exact; needs attention (a transformer has a pointer attention of its own)")
     copy_continuation: bool = setting(
-        True, "with copying and dot attention: attention favours the retrieved-answer token that "
-              "follows the last one or two emitted, so a copy runs on without jumping or garbling "
-              "(recurrent cells; a transformer ignores it)")
+        True, "with copying (and dot attention, for recurrent cells): the pointer favours the "
+              "retrieved-answer token that follows the last one or two emitted, so a copy runs on "
+              "without jumping or garbling")
     heads: int = setting(4, "transformer: attention heads per layer (must divide units)", min=1, max=256)
     feed_forward: int = setting(0, "transformer: width of each layer's feed-forward block (0: 4 x units)",
                                 min=0, max=65_536)

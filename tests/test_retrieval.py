@@ -150,7 +150,7 @@ def test_retrieval_does_not_retrace(tiny_bot, tiny_pairs):
 def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path):
     """Bundles written before retrieve and refine (decoding.rerank, no retrieval markers) load
     with retrieval and copying off; their old rerank setting is dropped."""
-    from chatbot.model.bundle import CONFIG, upgrade_config
+    from chatbot.model.bundle import CONFIG, FORMAT_VERSION, upgrade_config
 
     raw = json.loads((tiny_bundle_path / CONFIG).read_text())
     for key in ("retrieved_pairs", "noisy_copies", "retriever"):
@@ -162,7 +162,8 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     assert old["data"]["retrieved_pairs"] == 0 and old["model"]["copy_attention"] is False
     assert "rerank" not in old["decoding"] and "rerank" in raw["decoding"]  # the input is left alone
     assert old["data"]["retriever"] == "lexical"
-    assert upgrade_config(raw, 4) is raw
+    assert upgrade_config(raw, FORMAT_VERSION) is raw
+    assert upgrade_config(raw, 4) == raw  # a recurrent model's format 4 is today's
 
 
 def test_a_format_3_bundle_reads_words_as_typed_and_copies_without_the_continuation_bonus(tiny_bundle_path):

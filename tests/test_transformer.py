@@ -26,12 +26,17 @@ def random_transformer(max_output_tokens: int = 10, **overrides):
     return model
 
 
-@pytest.mark.parametrize("copy", [True, False], ids=["copying", "generating"])
-def test_incremental_decoding_matches_teacher_forcing(copy):
-    """Each step reads the cached keys and values of the steps before; it must give exactly
-    the logits of the teacher-forced call, padded rows included."""
+@pytest.mark.parametrize("copy, continuation", [(True, True), (True, False), (False, False)],
+                         ids=["copying", "copying-without-continuation", "generating"])
+def test_incremental_decoding_matches_teacher_forcing(copy, continuation):
+    """Each step reads the cached keys and values of the steps before, and the token before
+    last for the continuation bonus; it must give exactly the logits of the teacher-forced
+    call, padded rows included."""
     tf.random.set_seed(0)
-    model = random_transformer(copy_attention=copy)
+    model = random_transformer(copy_attention=copy, copy_continuation=continuation)
+    assert model.continuation == continuation
+    if continuation:
+        model.copy_continuation.bonus.assign([3.0, 4.0])  # learned from 0: make it matter here
     source = np.array([RETRIEVED, [5, 6, 7, 8] + [PAD] * (len(RETRIEVED) - 4)], np.int32)
     decoder_input = np.array([[START, 30, 31, 32, 33, 30], [START, 14, 15, 16, 17, 18]], np.int32)
     full = model((source, decoder_input), training=False).numpy()
@@ -43,6 +48,33 @@ def test_incremental_decoding_matches_teacher_forcing(copy):
     # Padding changes nothing: the second row alone and unpadded gives the same output.
     alone = model((source[1:, :4], decoder_input[1:]), training=False).numpy()
     np.testing.assert_allclose(alone, full[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_continuation_bonus_follows_a_copy_through_repeated_tokens():
+    """In the answer 30 31 32 33 31 34, 31 is followed once by 32 and once by 34: the token
+    before it tells which. With the bonus (and the switch on copying) the pointer copies the
+    answer on from any prefix of it."""
+    tf.random.set_seed(0)
+    model = random_transformer(copy_continuation=True)
+    model.copy_continuation.bonus.assign([20.0, 20.0])
+    model.copy_switch.bias.assign([-20.0])
+    source = np.array([[RET, SIM_TOKENS[-1], 20, 21, ANS, 30, 31, 32, 33, 31, 34, SEP, 20, 22]], np.int32)
+    decoder_input = np.array([[START, 30, 31, 32, 33, 31]], np.int32)
+    chosen = np.argmax(model((source, decoder_input), training=False).numpy()[0], axis=-1)
+    assert chosen.tolist() == [30, 31, 32, 33, 31, 34]
+
+
+def test_a_format_4_transformer_bundle_loads_without_the_continuation_bonus():
+    """Up to format 4 a transformer ignored copy_continuation (true by default), so its weights
+    have no bonus: the upgrade turns the setting off, and recurrent configs keep theirs."""
+    from chatbot.model.bundle import upgrade_config
+
+    raw = {"model": {"cell": "transformer", "copy_continuation": True}}
+    assert upgrade_config(raw, 4)["model"]["copy_continuation"] is False
+    assert upgrade_config(raw, 5)["model"]["copy_continuation"] is True
+    assert upgrade_config({"model": {"cell": "gru", "copy_continuation": True}}, 4)["model"]["copy_continuation"]
+    on, off = random_transformer(), random_transformer(copy_continuation=False)
+    assert on.count_params() == off.count_params() + 2
 
 
 def test_a_reply_ends_at_the_decoder_cache_capacity():
@@ -141,7 +173,7 @@ def test_bad_transformer_settings_name_the_key(overrides, key):
 
 def test_the_recurrent_settings_do_not_bind_a_transformer_nor_its_settings_an_rnn():
     config = Config().with_overrides({"model.cell": "transformer"})  # embedding 128, units 256: fine
-    assert config.model.copy_continuation and config.model.embedding_dim != config.model.units
+    assert config.model.embedding_dim != config.model.units
     Config().with_overrides({"model.cell": "transformer", "model.attention": "none"})  # has its own pointer
     Config().with_overrides({"model.units": 30})  # heads 4 do not divide 30: only a transformer cares
     with pytest.raises(ConfigError, match="'model.copy_attention'"):

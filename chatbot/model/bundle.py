@@ -41,9 +41,9 @@ from chatbot.data.tokenizer import TextTokenizer
 
 # 1: the first format; 2: retrieve and refine (data.retrieved_pairs, model.copy_attention,
 # decoding.retrieval replace decoding.rerank); 3: data.retriever (hybrid retrieval) and the
-# stored question embeddings; 4: data.spelling and model.copy_continuation. Older bundles
-# still load, as the models they were.
-FORMAT_VERSION = 4
+# stored question embeddings; 4: data.spelling and model.copy_continuation; 5: a transformer's
+# pointer reads model.copy_continuation too. Older bundles still load, as the models they were.
+FORMAT_VERSION = 5
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -262,11 +262,16 @@ def upgrade_config(raw: dict, format_version: int) -> dict:
     format 1 predates retrieve and refine (its models read the question alone and have no copy
     switch) and ranked stored answers with ``decoding.rerank``, which no longer exists (a
     reply is always the decoded text); formats 1 and 2 retrieved by edit distance alone;
-    formats 1 to 3 read words as typed and copy without the continuation bonus."""
-    if format_version >= 4 or not isinstance(raw, dict):
+    formats 1 to 3 read words as typed and copy without the continuation bonus, which a
+    transformer ignored up to format 4."""
+    if format_version >= FORMAT_VERSION or not isinstance(raw, dict):
         return raw
     raw = json.loads(json.dumps(raw))  # a copy
     data, model, decoding = (raw.setdefault(k, {}) for k in ("data", "model", "decoding"))
+    if isinstance(model, dict) and model.get("cell") == "transformer":
+        model["copy_continuation"] = False
+    if format_version >= 4:
+        return raw
     if isinstance(data, dict):
         data.setdefault("spelling", False)
     if isinstance(model, dict):

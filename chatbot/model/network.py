@@ -204,21 +204,29 @@ class ContinuingAttention(layers.Layer):
         self.bonus = self.add_weight(shape=(2,), initializer="zeros", name="bonus")
 
     def call(self, query, value, source, last, before_last):
-        source = tf.cast(source, tf.int32)
-        # An answer's first token follows [ANS]: it continues from [START].
-        marks = tf.where(tf.equal(source, ANS), START, source)
-        width = tf.shape(source)[1]
-        after_one = tf.pad(marks, [[0, 0], [1, 0]], constant_values=-1)[:, :width]  # the token before j
-        after_two = tf.pad(marks, [[0, 0], [2, 0]], constant_values=-1)[:, :width]
-        copyable = retrieved_answer_positions(source)[:, None, :]
-        follows_one = tf.logical_and(copyable, tf.equal(after_one[:, None, :], last[:, :, None]))
-        follows_two = tf.logical_and(follows_one, tf.equal(after_two[:, None, :], before_last[:, :, None]))
-        bonus = tf.cast(self.bonus, query.dtype)
         scores = tf.matmul(query, value, transpose_b=True)
-        scores += bonus[0] * tf.cast(follows_one, query.dtype) + bonus[1] * tf.cast(follows_two, query.dtype)
+        scores += continuation_bonus(self.bonus, source, last, before_last, query.dtype)
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
         return tf.matmul(weights, value), weights
+
+
+def continuation_bonus(bonus, source, last, before_last, dtype):
+    """``copy_continuation``'s attention bonus ``[B, T, S]``: ``bonus[0]`` at each retrieved
+    answer's token that follows ``last`` ``[B, T]`` (the token fed at each step), plus
+    ``bonus[1]`` where it also follows ``before_last`` (-1: none). An answer's first token
+    follows [ANS], which counts as [START]."""
+    source = tf.cast(source, tf.int32)
+    marks = tf.where(tf.equal(source, ANS), START, source)
+    width = tf.shape(source)[1]
+    after_one = tf.pad(marks, [[0, 0], [1, 0]], constant_values=-1)[:, :width]  # the token before j
+    after_two = tf.pad(marks, [[0, 0], [2, 0]], constant_values=-1)[:, :width]
+    copyable = retrieved_answer_positions(source)[:, None, :]
+    last, before_last = tf.cast(last, tf.int32), tf.cast(before_last, tf.int32)
+    follows_one = tf.logical_and(copyable, tf.equal(after_one[:, None, :], last[:, :, None]))
+    follows_two = tf.logical_and(follows_one, tf.equal(after_two[:, None, :], before_last[:, :, None]))
+    bonus = tf.cast(bonus, dtype)
+    return bonus[0] * tf.cast(follows_one, dtype) + bonus[1] * tf.cast(follows_two, dtype)
 
 
 def mix_in_copies(logits, generate, weights, source, vocab_size: int):
