@@ -118,7 +118,7 @@ def test_two_workers_survive_a_sigkill_and_match_one_worker(one_worker, tmp_path
     assert chief.returncode == 0 and worker.returncode == 0, chief_err[-2000:] + worker_err[-2000:]
     summary = json.loads(chief_out.splitlines()[-1])
     assert json.loads(worker_out.splitlines()[-1])["model"] is None
-    assert summary["epochs"] == EPOCHS - backed_up  # resumed, not started over
+    assert summary["epochs"] == EPOCHS and summary["epochs_this_run"] == EPOCHS - backed_up  # resumed
 
     # One bundle, written by the chief; the work directory and the worker's private one are gone.
     assert sorted(p.name for p in models.iterdir()) == ["tiny"] and _private_dirs(private) == left

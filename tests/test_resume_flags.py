@@ -65,7 +65,8 @@ def test_resume_applies_the_flags_that_may_change_and_says_so(interrupted, capsy
     config = json.loads((interrupted / "config.json").read_text())
     assert config["decoding"]["max_length"] == 7 and config["training"]["epochs"] == 4
     assert config["dialogue"]["min_confidence"] == 0.5 and config["model"]["units"] == 16  # saved, kept
-    assert json.loads(out.splitlines()[-1])["epochs"] == 3  # epochs 2-4: the first was not redone
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["epochs"] == 4 and summary["epochs_this_run"] == 3  # epochs 2-4: the first was not redone
 
 
 def test_resume_refuses_what_may_not_change_in_one_line_and_keeps_the_state(interrupted, capsys):

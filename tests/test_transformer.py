@@ -11,7 +11,8 @@ from chatbot.config import Config, DataConfig, DecodingConfig, ModelConfig
 from chatbot.data.tokenizer import ANS, END, PAD, RET, SEP, SIM_TOKENS, START
 from chatbot.errors import ConfigError
 from chatbot.inference.generator import Generator
-from chatbot.model.network import build_model
+from chatbot.model.network import build_model, copy_sources
+from chatbot.model.transformer import CONTINUATION_TOKENS
 from conftest import TINY_PAIRS, tiny_config
 
 VOCAB = 50
@@ -36,7 +37,7 @@ def test_incremental_decoding_matches_teacher_forcing(copy, continuation):
     model = random_transformer(copy_attention=copy, copy_continuation=continuation)
     assert model.continuation == continuation
     if continuation:
-        model.copy_continuation.bonus.assign([3.0, 4.0])  # learned from 0: make it matter here
+        model.copy_continuation.bonus.assign(np.linspace(1.0, 4.0, CONTINUATION_TOKENS))  # learned from 0
     source = np.array([RETRIEVED, [5, 6, 7, 8] + [PAD] * (len(RETRIEVED) - 4)], np.int32)
     decoder_input = np.array([[START, 30, 31, 32, 33, 30], [START, 14, 15, 16, 17, 18]], np.int32)
     full = model((source, decoder_input), training=False).numpy()
@@ -50,18 +51,36 @@ def test_incremental_decoding_matches_teacher_forcing(copy, continuation):
     np.testing.assert_allclose(alone, full[1:], rtol=1e-5, atol=1e-5)
 
 
-def test_the_continuation_bonus_follows_a_copy_through_repeated_tokens():
-    """In the answer 30 31 32 33 31 34, 31 is followed once by 32 and once by 34: the token
-    before it tells which. With the bonus (and the switch on copying) the pointer copies the
-    answer on from any prefix of it."""
+def copying_transformer(source, decoder_input, tokens=CONTINUATION_TOKENS):
+    """The tokens a transformer whose pointer reads only the continuation bonus (its first
+    ``tokens`` weights) copies at each step."""
     tf.random.set_seed(0)
     model = random_transformer(copy_continuation=True)
-    model.copy_continuation.bonus.assign([20.0, 20.0])
-    model.copy_switch.bias.assign([-20.0])
-    source = np.array([[RET, SIM_TOKENS[-1], 20, 21, ANS, 30, 31, 32, 33, 31, 34, SEP, 20, 22]], np.int32)
-    decoder_input = np.array([[START, 30, 31, 32, 33, 31]], np.int32)
-    chosen = np.argmax(model((source, decoder_input), training=False).numpy()[0], axis=-1)
-    assert chosen.tolist() == [30, 31, 32, 33, 31, 34]
+    model.copy_continuation.bonus.assign([5.0] * tokens + [0.0] * (CONTINUATION_TOKENS - tokens))
+    model.copy_switch.bias.assign([-30.0])  # copy only
+    model.copy_query.kernel.assign(tf.zeros_like(model.copy_query.kernel))  # no learned pointer scores
+    logits = model((np.array([source], np.int32), np.array([decoder_input], np.int32)), training=False)
+    return np.argmax(logits.numpy()[0], axis=-1).tolist()
+
+
+def test_the_continuation_bonus_counts_through_runs_of_one_token_and_copies_the_end():
+    """Indentation is a run of identical tokens: after two of the answer's three 7s, only the
+    match of the emitted tokens with what precedes each position tells that one more 7 comes,
+    and after the last 34 that the answer ends ([END] copied from the marker closing it)."""
+    answer = [30, 7, 7, 7, 31, 7, 32, 34, 34]
+    source = [RET, SIM_TOKENS[-1], 20, 21, ANS, *answer, SEP, 20, 22]
+    assert copying_transformer(source, [START, *answer]) == [*answer, END]
+    # Matching two tokens only (what a recurrent model does) cannot count past a run of two.
+    assert copying_transformer(source, [START, *answer], tokens=2) != [*answer, END]
+
+
+def test_copy_sources_add_each_answers_closing_marker_as_end():
+    source = np.array([[RET, SIM_TOKENS[1], 20, ANS, 30, 31, RET, SIM_TOKENS[1], 21, ANS, 40, SEP, 20, PAD]], np.int32)
+    copyable, ids = (t.numpy()[0] for t in copy_sources(source))
+    assert np.flatnonzero(copyable).tolist() == [4, 5, 10]
+    copyable, ids = (t.numpy()[0] for t in copy_sources(source, copy_end=True))
+    assert np.flatnonzero(copyable).tolist() == [4, 5, 6, 10, 11]
+    assert ids[[4, 5, 6, 10, 11]].tolist() == [30, 31, END, 40, END]
 
 
 def test_a_format_4_transformer_bundle_loads_without_the_continuation_bonus():
@@ -74,7 +93,7 @@ def test_a_format_4_transformer_bundle_loads_without_the_continuation_bonus():
     assert upgrade_config(raw, 5)["model"]["copy_continuation"] is True
     assert upgrade_config({"model": {"cell": "gru", "copy_continuation": True}}, 4)["model"]["copy_continuation"]
     on, off = random_transformer(), random_transformer(copy_continuation=False)
-    assert on.count_params() == off.count_params() + 2
+    assert on.count_params() == off.count_params() + CONTINUATION_TOKENS
 
 
 def test_a_reply_ends_at_the_decoder_cache_capacity():

@@ -98,8 +98,11 @@ def cmd_train(args) -> int:
         print(json.dumps({"model": None, "worker": "done; the chief installs the model"}))
         return 0
     metrics = bundle.metrics
-    summary = {"model": str(bundle.path), "epochs": metrics["epochs_run"], "seconds": metrics["train_seconds"],
+    epochs = metrics.get("epochs", metrics["epochs_run"])
+    summary = {"model": str(bundle.path), "epochs": epochs, "seconds": metrics["train_seconds"],
                "train_exact_match": metrics.get("train_exact_match")}
+    if epochs != metrics["epochs_run"]:  # resumed: the seconds are this run's too
+        summary["epochs_this_run"] = metrics["epochs_run"]
     if "golden" in metrics:
         summary["golden_passed"] = metrics["golden"]["passed"]
     summary.update({f"validation_{k}": v for k, v in metrics.get("validation", {}).items()})

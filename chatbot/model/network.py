@@ -43,7 +43,7 @@ from keras import layers, ops
 
 from chatbot.config import ModelConfig
 from chatbot.files import write_atomically
-from chatbot.data.tokenizer import ANS, PAD, RET, SEP, START
+from chatbot.data.tokenizer import ANS, END, PAD, RET, SEP, START
 
 
 def _rnn(cell: str, units: int, name: str) -> layers.Layer:
@@ -205,40 +205,44 @@ class ContinuingAttention(layers.Layer):
 
     def call(self, query, value, source, last, before_last):
         scores = tf.matmul(query, value, transpose_b=True)
-        scores += continuation_bonus(self.bonus, source, last, before_last, query.dtype)
+        copyable = retrieved_answer_positions(source)
+        scores += continuation_bonus(self.bonus, source, copyable, (last, before_last), query.dtype)
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
         return tf.matmul(weights, value), weights
 
 
-def continuation_bonus(bonus, source, last, before_last, dtype):
-    """``copy_continuation``'s attention bonus ``[B, T, S]``: ``bonus[0]`` at each retrieved
-    answer's token that follows ``last`` ``[B, T]`` (the token fed at each step), plus
-    ``bonus[1]`` where it also follows ``before_last`` (-1: none). An answer's first token
-    follows [ANS], which counts as [START]."""
+def continuation_bonus(bonus, source, copyable, history, dtype):
+    """``copy_continuation``'s attention bonus ``[B, T, S]``: at each ``copyable`` ``[B, S]``
+    position, ``bonus[0]`` where the token before it is the last one fed (``history[0]``
+    ``[B, T]``), plus ``bonus[1]`` where the one before that is also ``history[1]``, and so on:
+    the longer the emitted tokens match what precedes a position, the surer the copy goes on
+    there. ``history`` holds as many token sequences as ``bonus`` has weights, newest first (-1:
+    none yet). An answer's first token follows [ANS], which counts as [START]."""
     source = tf.cast(source, tf.int32)
     marks = tf.where(tf.equal(source, ANS), START, source)
     width = tf.shape(source)[1]
-    after_one = tf.pad(marks, [[0, 0], [1, 0]], constant_values=-1)[:, :width]  # the token before j
-    after_two = tf.pad(marks, [[0, 0], [2, 0]], constant_values=-1)[:, :width]
-    copyable = retrieved_answer_positions(source)[:, None, :]
-    last, before_last = tf.cast(last, tf.int32), tf.cast(before_last, tf.int32)
-    follows_one = tf.logical_and(copyable, tf.equal(after_one[:, None, :], last[:, :, None]))
-    follows_two = tf.logical_and(follows_one, tf.equal(after_two[:, None, :], before_last[:, :, None]))
     bonus = tf.cast(bonus, dtype)
-    return bonus[0] * tf.cast(follows_one, dtype) + bonus[1] * tf.cast(follows_two, dtype)
+    follows = copyable[:, None, :]
+    total = 0.0
+    for k, tokens in enumerate(history):
+        before = tf.pad(marks, [[0, 0], [k + 1, 0]], constant_values=-2)[:, :width]  # the token k + 1 before j
+        follows = tf.logical_and(follows, tf.equal(before[:, None, :], tf.cast(tokens, tf.int32)[:, :, None]))
+        total += bonus[k] * tf.cast(follows, dtype)
+    return total
 
 
-def mix_in_copies(logits, generate, weights, source, vocab_size: int):
+def mix_in_copies(logits, generate, weights, source, vocab_size: int, copy_end: bool = False):
     """The pointer-generator's log-probabilities ``[B, T, V]``: the vocabulary distribution of
     ``logits`` weighed by the switch ``generate`` ``[B, T, 1]`` against the attention ``weights``
-    ``[B, T, S]`` over the retrieved answers' tokens, scattered onto their ids."""
+    ``[B, T, S]`` over the retrieved answers' tokens (``copy_sources``), scattered onto their ids."""
     generate = ops.cast(generate, "float32")
     vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-    copyable = ops.cast(retrieved_answer_positions(source), "float32")[:, None, :]  # [B, 1, S]
+    copyable, ids = copy_sources(source, copy_end)
+    copyable = ops.cast(copyable, "float32")[:, None, :]  # [B, 1, S]
     weights = ops.cast(weights, "float32") * copyable
     mass = ops.sum(weights, axis=-1, keepdims=True)
-    copied = scatter_to_vocabulary(weights / ops.maximum(mass, 1e-9), source, vocab_size)
+    copied = scatter_to_vocabulary(weights / ops.maximum(mass, 1e-9), ids, vocab_size)
     # Nothing to copy (no retrieved pairs): the vocabulary alone.
     generate = ops.where(ops.any(copyable > 0, axis=-1, keepdims=True), generate, 1.0)
     return ops.log(generate * vocabulary + (1.0 - generate) * copied + 1e-9)
@@ -252,6 +256,20 @@ def retrieved_answer_positions(source):
     opened = tf.cumsum(tf.cast(tf.equal(source, ANS), tf.int32), axis=1)
     segments = tf.cumsum(tf.cast(tf.logical_or(tf.equal(source, RET), tf.equal(source, SEP)), tf.int32), axis=1)
     return tf.logical_and(tf.logical_and(opened > 0, tf.equal(opened, segments)), tf.not_equal(source, ANS))
+
+
+def copy_sources(source, copy_end: bool = False):
+    """What a pointer may copy from ``[B, S]`` source ids: (mask ``[B, S]``, the id each
+    position copies). The retrieved answers' tokens; with ``copy_end``, also the marker that
+    closes each answer, copied as [END], so that a copy can end where its answer does."""
+    source = tf.cast(source, tf.int32)
+    real = tf.not_equal(source, PAD)
+    inside = tf.logical_and(retrieved_answer_positions(source), real)
+    if not copy_end:
+        return inside, source
+    ends = tf.logical_and(tf.pad(inside[:, :-1], [[0, 0], [1, 0]]), tf.logical_not(inside))
+    ends = tf.logical_and(ends, real)  # an answer cut off by the padding has no marker to copy
+    return tf.logical_or(inside, ends), tf.where(ends, END, source)
 
 
 def scatter_to_vocabulary(weights, source, vocab_size: int):

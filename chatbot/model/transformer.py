@@ -34,10 +34,13 @@ the final decoder output over the final encoder outputs, restricted to those tok
 dedicated head rather than the last cross-attention averaged over heads: the heads learn to
 gather context from the question and retrieved questions too, and their average spreads the
 pointer over all of it, while a copy must be sharp on the one next token of one answer.
-With ``copy_continuation`` the pointer's scores get ``Seq2Seq``'s learned continuation bonus
-(``continuation_bonus``): without it, a long code sample lost its place in runs of identical
-indentation tokens (5 of 69 answers over 64 tokens came out exact, bench/README.md). The decode
-loop then carries the token before last as the last state.
+With ``copy_continuation`` the pointer's scores get a learned bonus for each answer position
+that follows the last ``CONTINUATION_TOKENS`` tokens emitted, one weight per matched length
+(``continuation_bonus``; ``Seq2Seq`` matches two), and the marker closing each answer can be
+copied as [END] (``copy_sources``). Without them the pointer lost its place in runs of
+identical tokens (indentation, "Hawaii"): it cannot count, and it had no way to point at an
+answer's end (5 of 69 answers over 64 tokens came out exact, bench/README.md). The decode loop
+carries the tokens before the last one as the last state.
 """
 
 from __future__ import annotations
@@ -50,19 +53,21 @@ from keras import layers
 
 from chatbot.config import ModelConfig
 from chatbot.data.tokenizer import END, PAD
-from chatbot.model.network import EncoderDecoder, continuation_bonus, mix_in_copies, retrieved_answer_positions
+from chatbot.model.network import EncoderDecoder, continuation_bonus, copy_sources, mix_in_copies
 
 MASKED = -1e9  # an attention score that softmax turns into 0 (finite: a row all masked stays finite)
+CONTINUATION_TOKENS = 8  # how many of the last tokens emitted the continuation bonus matches
 
 
 class ContinuationBonus(layers.Layer):
-    """The two weights of ``continuation_bonus``, learned from 0 as ``ContinuingAttention``'s are."""
+    """The weights of ``continuation_bonus``, one per matched length, learned from 0 as
+    ``ContinuingAttention``'s are."""
 
     def build(self, *_):
-        self.bonus = self.add_weight(shape=(2,), initializer="zeros", name="bonus")
+        self.bonus = self.add_weight(shape=(CONTINUATION_TOKENS,), initializer="zeros", name="bonus")
 
-    def call(self, source, last, before_last):
-        return continuation_bonus(self.bonus, source, last, before_last, tf.float32)
+    def call(self, source, copyable, history):
+        return continuation_bonus(self.bonus, source, copyable, history, tf.float32)
 
 
 def sinusoid(positions, width: int):
@@ -221,8 +226,8 @@ class Transformer(EncoderDecoder):
         batch = tf.shape(source)[0]
         empty = tf.zeros([batch, self.capacity, self.units], memory.dtype)
         states = [tf.zeros([batch], tf.int32)] + [empty] * (2 * len(self.decoder_layers))
-        if self.continuation:  # the token before the last one: none yet
-            states.append(tf.fill([batch], -1))
+        if self.continuation:  # the tokens before the last one, newest first: none yet
+            states.append(tf.fill([batch, CONTINUATION_TOKENS - 1], -1))
         return tf.stack(parts, axis=2), states, source
 
     def _unstack(self, encoder_outputs):
@@ -234,21 +239,21 @@ class Transformer(EncoderDecoder):
         return (parts[2 * count], cross, parts[2 * count + 1]) if self.copying else (None, cross, None)
 
     # --- decoder -------------------------------------------------------------------------
-    def _project(self, x, memory, copy_keys, source, training, previous=None):
+    def _project(self, x, memory, copy_keys, source, training, history=()):
         """Final decoder outputs ``[B, T, units]`` -> logits, or log-probabilities with copying.
-        ``previous``: the tokens fed at each step and the ones before them, each ``[B, T]``
-        (read by ``copy_continuation``)."""
+        ``history``: the tokens fed at each step and the ``CONTINUATION_TOKENS - 1`` before them,
+        newest first, each ``[B, T]`` (read by ``copy_continuation``)."""
         logits = self.output_projection(self.dropout(x, training=training))
         if not self.copying:
             return logits
-        copyable = tf.logical_and(retrieved_answer_positions(source), tf.not_equal(source, PAD))[:, None, :]
-        scores = tf.cast(tf.einsum("btd,bsd->bts", self.copy_query(x), copy_keys) / math.sqrt(self.units), tf.float32)
+        copyable, _ = copy_sources(source, copy_end=self.continuation)
+        scores = tf.cast(tf.einsum("btd,bsd->bts", self.copy_query(x), copy_keys), tf.float32) / math.sqrt(self.units)
         if self.continuation:
-            scores += self.copy_continuation(source, *previous)
-        weights = tf.nn.softmax(tf.where(copyable, scores, MASKED), axis=-1)
+            scores += self.copy_continuation(source, copyable, history)
+        weights = tf.nn.softmax(tf.where(copyable[:, None, :], scores, MASKED), axis=-1)
         context = tf.einsum("bts,bsd->btd", tf.cast(weights, memory.dtype), memory)
         generate = self.copy_switch(tf.concat([x, context], axis=-1))
-        return mix_in_copies(logits, generate, weights, source, self.vocab_size)
+        return mix_in_copies(logits, generate, weights, source, self.vocab_size, copy_end=self.continuation)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
@@ -260,9 +265,9 @@ class Transformer(EncoderDecoder):
         for layer, (keys, values) in zip(self.decoder_layers, cross):
             x, _ = layer(x, causal, keys, values, source_visible, training=training)
         decoder_input = tf.cast(decoder_input, tf.int32)
-        before = tf.pad(decoder_input[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
-        return self._project(self.decoder_norm(x), memory, copy_keys, source, training,
-                             previous=(decoder_input, before))
+        history = [tf.pad(decoder_input, [[0, 0], [k, 0]], constant_values=-1)[:, :tf.shape(decoder_input)[1]]
+                   for k in range(CONTINUATION_TOKENS if self.continuation else 0)]
+        return self._project(self.decoder_norm(x), memory, copy_keys, source, training, history)
 
     def decode_step(self, token, states, encoder_outputs, source):
         """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states. The
@@ -284,12 +289,13 @@ class Transformer(EncoderDecoder):
             x, cache = layer(x, visible, keys, values, source_visible,
                              cache=(caches[2 * i], caches[2 * i + 1], slot))
             new_states.extend(cache)
-        previous = None
+        history = ()
         if self.continuation:
-            token = tf.cast(token, tf.int32)
-            previous = (token[:, None], tf.cast(states[-1], tf.int32)[:, None])
-            new_states.append(token)
-        logits = tf.cast(self._project(self.decoder_norm(x), memory, copy_keys, source, False,
-                                       previous=previous)[:, 0, :], tf.float32)
+            earlier = tf.ensure_shape(tf.cast(states[-1], tf.int32), [None, CONTINUATION_TOKENS - 1])
+            newest_first = tf.concat([tf.cast(token, tf.int32)[:, None], earlier], axis=1)
+            history = tf.unstack(newest_first[:, :, None], axis=1)
+            new_states.append(newest_first[:, :-1])
+        logits = tf.cast(self._project(self.decoder_norm(x), memory, copy_keys, source, False, history)[:, 0, :],
+                         tf.float32)
         end_only = tf.where(tf.equal(tf.range(self.vocab_size), END), 0.0, MASKED)[None, :]
         return tf.where((position >= self.max_output_tokens)[:, None], end_only, logits), new_states
