@@ -222,14 +222,16 @@ def continuation_bonus(bonus, source, copyable, history, dtype):
     source = tf.cast(source, tf.int32)
     marks = tf.where(tf.equal(source, ANS), START, source)
     width = tf.shape(source)[1]
-    bonus = tf.cast(bonus, dtype)
     follows = copyable[:, None, :]
-    total = 0.0
+    matched = tf.zeros([], tf.int32)  # how many of the last tokens precede each position [B, T, S]
     for k, tokens in enumerate(history):
         before = tf.pad(marks, [[0, 0], [k + 1, 0]], constant_values=-2)[:, :width]  # the token k + 1 before j
         follows = tf.logical_and(follows, tf.equal(before[:, None, :], tf.cast(tokens, tf.int32)[:, :, None]))
-        total += bonus[k] * tf.cast(follows, dtype)
-    return total
+        matched += tf.cast(follows, tf.int32)
+    # One lookup rather than a sum of weighted masks: backpropagation keeps one int tensor of
+    # the attention's size, not one float mask per weight.
+    by_length = tf.concat([tf.zeros([1], dtype), tf.cumsum(tf.cast(bonus, dtype))], axis=0)
+    return tf.gather(by_length, matched)
 
 
 def mix_in_copies(logits, generate, weights, source, vocab_size: int, copy_end: bool = False):
