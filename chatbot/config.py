@@ -208,7 +208,8 @@ class ModelConfig(Section):
               "come out exact; needs attention (a transformer has a pointer attention of its own)")
     copy_continuation: bool = setting(
         True, "with copying (and dot attention, for recurrent cells): the pointer favours the "
-              "retrieved-answer token that follows the last one or two emitted, so a copy runs on "
+              "retrieved-answer token that follows the last tokens emitted (2 for recurrent cells, "
+              "16 for a transformer, which can also copy an answer's end), so a copy runs on "
               "without jumping or garbling")
     heads: int = setting(4, "transformer: attention heads per layer (must divide units)", min=1, max=256)
     feed_forward: int = setting(0, "transformer: width of each layer's feed-forward block (0: 4 x units)",
