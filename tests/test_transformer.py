@@ -3,6 +3,8 @@ optimised, every compiled loop decodes it alike, and it trains, saves and loads 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -176,6 +178,32 @@ def test_a_saved_transformer_loads_to_identical_replies(trained, trained_replies
     again = replies(loaded, tiny_pairs)
     assert [r.text for r in again] == [r.text for r in trained_replies]
     assert [r.score for r in again] == pytest.approx([r.score for r in trained_replies], abs=1e-6)
+
+
+def test_a_format_4_transformer_bundle_loads_and_replies_as_the_model_it_was(trained, tiny_pairs, tmp_path):
+    """A transformer bundle written before format 5: its config says copy_continuation (the
+    default), its weights have no bonus. It loads without the bonus, with its own weights."""
+    import json
+    import shutil
+
+    from chatbot.model.bundle import MANIFEST, WEIGHTS, Bundle, file_sha256
+
+    old = tmp_path / "old"
+    shutil.copytree(trained.path, old)
+    config = dataclasses.replace(trained.config.model, copy_continuation=False)
+    network = build_model(trained.tokenizer.vocab_size, config, trained.config.data.max_output_tokens)
+    network.build_for_inference()
+    network.save_weights(old / WEIGHTS)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["format_version"] = 4
+    manifest["files"][WEIGHTS] = file_sha256(old / WEIGHTS)
+    (old / MANIFEST).write_text(json.dumps(manifest))
+
+    loaded = Bundle.load(old)
+    assert not loaded.config.model.copy_continuation and not loaded.model.continuation
+    for mine, saved in zip(loaded.model.get_weights(), network.get_weights()):
+        np.testing.assert_array_equal(mine, saved)
+    assert len(replies(loaded, tiny_pairs)) == len(tiny_pairs) + 1
 
 
 # --- config --------------------------------------------------------------------------------------
