@@ -160,7 +160,7 @@ class Seq2Seq(EncoderDecoder):
         if self.copy_switch is None:
             return logits
         generate = self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1))
-        return mix_in_copies(logits, generate, weights, source, self.vocab_size)
+        return mix_in_copies(logits, generate, weights, *copy_sources(source), self.vocab_size)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
@@ -205,7 +205,7 @@ class ContinuingAttention(layers.Layer):
 
     def call(self, query, value, source, last, before_last):
         scores = tf.matmul(query, value, transpose_b=True)
-        copyable = retrieved_answer_positions(source)
+        copyable, _ = copy_sources(source)
         scores += continuation_bonus(self.bonus, source, copyable, (last, before_last), query.dtype)
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
@@ -234,13 +234,13 @@ def continuation_bonus(bonus, source, copyable, history, dtype):
     return tf.gather(by_length, matched)
 
 
-def mix_in_copies(logits, generate, weights, source, vocab_size: int, copy_end: bool = False):
+def mix_in_copies(logits, generate, weights, copyable, ids, vocab_size: int):
     """The pointer-generator's log-probabilities ``[B, T, V]``: the vocabulary distribution of
     ``logits`` weighed by the switch ``generate`` ``[B, T, 1]`` against the attention ``weights``
-    ``[B, T, S]`` over the retrieved answers' tokens (``copy_sources``), scattered onto their ids."""
+    ``[B, T, S]`` over the ``copyable`` positions ``[B, S]``, scattered onto the ``ids`` they
+    copy (both from ``copy_sources``)."""
     generate = ops.cast(generate, "float32")
     vocabulary = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-    copyable, ids = copy_sources(source, copy_end)
     copyable = ops.cast(copyable, "float32")[:, None, :]  # [B, 1, S]
     weights = ops.cast(weights, "float32") * copyable
     mass = ops.sum(weights, axis=-1, keepdims=True)

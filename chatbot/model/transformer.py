@@ -248,14 +248,14 @@ class Transformer(EncoderDecoder):
         logits = self.output_projection(self.dropout(x, training=training))
         if not self.copying:
             return logits
-        copyable, _ = copy_sources(source, copy_end=self.continuation)
+        copyable, ids = copy_sources(source, copy_end=self.continuation)
         scores = tf.cast(tf.einsum("btd,bsd->bts", self.copy_query(x), copy_keys), tf.float32) / math.sqrt(self.units)
         if self.continuation:
             scores += self.copy_continuation(source, copyable, history)
         weights = tf.nn.softmax(tf.where(copyable[:, None, :], scores, MASKED), axis=-1)
         context = tf.einsum("bts,bsd->btd", tf.cast(weights, memory.dtype), memory)
         generate = self.copy_switch(tf.concat([x, context], axis=-1))
-        return mix_in_copies(logits, generate, weights, source, self.vocab_size, copy_end=self.continuation)
+        return mix_in_copies(logits, generate, weights, copyable, ids, self.vocab_size)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
