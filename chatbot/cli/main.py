@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         print(json.dumps({"model": None, "worker": "done; the chief installs the model"}))
         return 0
     metrics = bundle.metrics
-    epochs = metrics.get("epochs", metrics["epochs_run"])
+    epochs = metrics["epochs"]
     summary = {"model": str(bundle.path), "epochs": epochs, "seconds": metrics["train_seconds"],
                "train_exact_match": metrics.get("train_exact_match")}
     if epochs != metrics["epochs_run"]:  # resumed: the seconds are this run's too

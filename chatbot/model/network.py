@@ -135,7 +135,7 @@ class Seq2Seq(EncoderDecoder):
             if i + 1 < len(self.encoder_rnns):
                 x = self.dropout(x, training=training)
         if self.continuation:  # the token before the last one: none yet
-            states.append(ops.full((ops.shape(source)[0],), -1, dtype="int32"))
+            states.append(ops.full((ops.shape(source)[0], 1), -1, dtype="int32"))
         return x, states, source
 
     # --- decoder -------------------------------------------------------------------------
@@ -173,9 +173,8 @@ class Seq2Seq(EncoderDecoder):
             x = rnn(x, initial_state=self._layer_states(states, i), training=training)[0]
             if i + 1 < len(self.decoder_rnns):
                 x = self.dropout(x, training=training)
-        decoder_input = ops.cast(decoder_input, "int32")
-        before = ops.pad(decoder_input[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-        return self._project(x, encoder_outputs, source, training, previous=(decoder_input, before))
+        previous = fed_tokens(decoder_input, 2) if self.continuation else None
+        return self._project(x, encoder_outputs, source, training, previous=previous)
 
     def decode_step(self, token, states, encoder_outputs, source):
         """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states."""
@@ -186,9 +185,8 @@ class Seq2Seq(EncoderDecoder):
             new_states.extend(layer_states if isinstance(layer_states, (list, tuple)) else [layer_states])
         previous = None
         if self.continuation:
-            token = ops.cast(token, "int32")
-            previous = (token[:, None], ops.cast(states[-1], "int32")[:, None])
-            new_states.append(token)
+            previous, earlier = step_tokens(token, states[-1], 2)
+            new_states.append(earlier)
         logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False, previous=previous)
         return logits[:, 0, :], new_states
 
@@ -210,6 +208,23 @@ class ContinuingAttention(layers.Layer):
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
         return tf.matmul(weights, value), weights
+
+
+def fed_tokens(decoder_input, count: int) -> list:
+    """What ``continuation_bonus`` reads under teacher forcing: the token fed at each step and
+    the ``count - 1`` before it, newest first, each ``[B, T]`` (-1: none yet)."""
+    decoder_input = tf.cast(decoder_input, tf.int32)
+    steps = tf.shape(decoder_input)[1]
+    return [tf.pad(decoder_input, [[0, 0], [k, 0]], constant_values=-1)[:, :steps] for k in range(count)]
+
+
+def step_tokens(token, earlier, count: int):
+    """What ``continuation_bonus`` reads at one decode step, from the token fed ``[B]`` and the
+    decode state ``earlier`` ``[B, count - 1]`` (the ones before it, newest first): the tokens,
+    each ``[B, 1]``, and the state for the next step."""
+    earlier = tf.ensure_shape(tf.cast(earlier, tf.int32), [None, count - 1])  # graph loops lose it
+    newest_first = tf.concat([tf.cast(token, tf.int32)[:, None], earlier], axis=1)
+    return tf.unstack(newest_first[:, :, None], axis=1), newest_first[:, :-1]
 
 
 def continuation_bonus(bonus, source, copyable, history, dtype):

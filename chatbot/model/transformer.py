@@ -53,7 +53,8 @@ from keras import layers
 
 from chatbot.config import ModelConfig
 from chatbot.data.tokenizer import END, PAD
-from chatbot.model.network import EncoderDecoder, continuation_bonus, copy_sources, mix_in_copies
+from chatbot.model.network import (EncoderDecoder, continuation_bonus, copy_sources, fed_tokens, mix_in_copies,
+                                   step_tokens)
 
 MASKED = -1e9  # an attention score that softmax turns into 0 (finite: a row all masked stays finite)
 # How many of the last tokens emitted the continuation bonus matches: 16 tells apart the runs of
@@ -266,9 +267,7 @@ class Transformer(EncoderDecoder):
         source_visible = tf.not_equal(source, PAD)[:, None, :]
         for layer, (keys, values) in zip(self.decoder_layers, cross):
             x, _ = layer(x, causal, keys, values, source_visible, training=training)
-        decoder_input = tf.cast(decoder_input, tf.int32)
-        history = [tf.pad(decoder_input, [[0, 0], [k, 0]], constant_values=-1)[:, :tf.shape(decoder_input)[1]]
-                   for k in range(CONTINUATION_TOKENS if self.continuation else 0)]
+        history = fed_tokens(decoder_input, CONTINUATION_TOKENS) if self.continuation else ()
         return self._project(self.decoder_norm(x), memory, copy_keys, source, training, history)
 
     def decode_step(self, token, states, encoder_outputs, source):
@@ -293,10 +292,8 @@ class Transformer(EncoderDecoder):
             new_states.extend(cache)
         history = ()
         if self.continuation:
-            earlier = tf.ensure_shape(tf.cast(states[-1], tf.int32), [None, CONTINUATION_TOKENS - 1])
-            newest_first = tf.concat([tf.cast(token, tf.int32)[:, None], earlier], axis=1)
-            history = tf.unstack(newest_first[:, :, None], axis=1)
-            new_states.append(newest_first[:, :-1])
+            history, earlier = step_tokens(token, states[-1], CONTINUATION_TOKENS)
+            new_states.append(earlier)
         logits = tf.cast(self._project(self.decoder_norm(x), memory, copy_keys, source, False, history)[:, 0, :],
                          tf.float32)
         end_only = tf.where(tf.equal(tf.range(self.vocab_size), END), 0.0, MASKED)[None, :]

@@ -425,7 +425,7 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
         "epochs_run": len(history.history.get("loss", [])),  # by this process: after a resume, the rest
         "train_seconds": round(seconds, 1),  # likewise
         # every epoch the weights went through, also those before a resume
-        "epochs": len(every_epoch.get("loss", [])) or len(history.history.get("loss", [])),
+        "epochs": len(every_epoch.get("loss", [])),
         "unknown_token_rate": round(unknown_rate, 5),
         "history": {k: [round(float(v), 5) for v in vs] for k, vs in every_epoch.items()},
     }
