@@ -32,6 +32,7 @@ DECODING_STRATEGIES = ("greedy", "beam", "sample")
 MONITORS = ("val_loss", "loss")
 SPLITS = ("pairs", "dialogues")
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
+LR_SCHEDULES = ("plateau", "cosine")
 MAX_TOKENS = 10_000  # any length in tokens: a model that never ends would otherwise run for ages
 MAX_SEED = 2 ** 31 - 1  # seeds reach TensorFlow as int32
 
@@ -248,7 +249,13 @@ class TrainingConfig(Section):
                                    "inputs should be generalised to, e.g. translation)", choices=MONITORS)
     patience: int = setting(8, "epochs without progress before early stopping", min=0, max=100_000)
     lr_decay_patience: int = setting(3, "halve the learning rate after this many epochs without progress "
-                                        "(0: never)", min=0, max=100_000)
+                                        "(0: never; lr_schedule 'plateau' only)", min=0, max=100_000)
+    # A constant rate that the loss outgrows makes Adam overshoot late in training (a loss spike
+    # the plateau rule only answers afterwards); a cosine lowers the rate before that happens.
+    lr_schedule: str = setting("plateau", "how the learning rate changes: 'plateau' (halved after "
+                                          "lr_decay_patience epochs without progress) or 'cosine' (from "
+                                          "learning_rate down to a hundredth of it over the epochs)",
+                               choices=LR_SCHEDULES)
     seed: int = setting(1234, "seed for weights, shuffling and the validation split", min=0, max=MAX_SEED)
     checkpoint_every_steps: int = setting(0, "also checkpoint every this many steps (0: at each epoch end only)",
                                           min=0, max=10 ** 9)

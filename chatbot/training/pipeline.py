@@ -61,6 +61,16 @@ RESUMABLE = ("training.epochs", "training.early_stopping", "training.patience", 
              "training.clipnorm", "training.checkpoint_every_steps", "training.distribute", "model.dropout",
              "decoding.*", "dialogue.*")
 
+COSINE_FLOOR = 0.01  # lr_schedule "cosine" ends near this fraction of the learning rate
+
+
+def cosine_learning_rate(epoch: int, epochs: int, base: float) -> float:
+    """The rate epoch ``epoch`` (from 0) trains with under ``training.lr_schedule = "cosine"``:
+    half a cosine from ``base`` at the first epoch toward ``base`` x ``COSINE_FLOOR`` after the
+    last. It is a function of the epoch alone, so a resumed training goes on where it was."""
+    floor = base * COSINE_FLOOR
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
+
 
 def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.training"
@@ -372,7 +382,10 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     ]
     if training.ema_momentum:  # after the backup (raw weights, to resume from), before the best-weights file
         callbacks.insert(1, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    if training.lr_decay_patience:
+    if training.lr_schedule == "cosine":
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: cosine_learning_rate(epoch, training.epochs, training.learning_rate)))
+    elif training.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=0.5, patience=training.lr_decay_patience, min_lr=1e-5))
     if training.early_stopping:

@@ -1,0 +1,61 @@
+"""``training.lr_schedule``: the plateau rule (the default) or a cosine over the epochs, which a
+resumed training continues where it was."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import pytest
+
+from chatbot.config import Config
+from chatbot.errors import ConfigError
+from chatbot.training.pipeline import COSINE_FLOOR, cosine_learning_rate, train, work_dir_for
+from conftest import TINY_PAIRS, tiny_config
+
+SMALL = {"model.units": 16, "model.embedding_dim": 8, "tokenizer.vocab_size": 120, "training.epochs": 4,
+         "training.learning_rate": 0.02, "training.lr_schedule": "cosine", "training.early_stopping": False}
+
+
+class Rates(keras.callbacks.Callback):
+    """The learning rate each epoch trained with; with ``stop_after``, Ctrl-C after that epoch."""
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__()
+        self.seen: dict[int, float] = {}
+        self.stop_after = stop_after
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen[epoch] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if epoch == self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_the_cosine_starts_at_the_rate_and_falls_to_a_hundredth_of_it():
+    rates = [cosine_learning_rate(epoch, 10, 0.003) for epoch in range(11)]
+    assert rates[0] == pytest.approx(0.003)
+    assert rates[5] == pytest.approx(0.003 * (1 + COSINE_FLOOR) / 2)  # half-way: the middle of the range
+    assert rates[10] == pytest.approx(0.003 * COSINE_FLOOR)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cosine_learning_rate(12, 10, 0.003) == pytest.approx(0.003 * COSINE_FLOOR)  # resumed with fewer epochs
+
+
+def test_an_unknown_schedule_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="training.lr_schedule"):
+        Config().with_overrides({"training.lr_schedule": "linear"})
+    assert Config().training.lr_schedule == "plateau"
+
+
+def test_training_follows_the_cosine_and_a_resumed_training_goes_on_with_it(tmp_path):
+    out = tmp_path / "model"
+    first = Rates(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, tiny_config(**SMALL), out, verbose=0, extra_callbacks=[first])
+    assert work_dir_for(out).exists() and not out.exists()
+    resumed = Rates()
+    train(TINY_PAIRS, tiny_config(**SMALL), out, verbose=0, resume=True, extra_callbacks=[resumed])
+    trained = {**first.seen, **resumed.seen}
+    assert sorted(trained) == [0, 1, 2, 3] and sorted(resumed.seen) == [2, 3]
+    for epoch, rate in trained.items():
+        assert rate == pytest.approx(cosine_learning_rate(epoch, 4, 0.02), rel=1e-5)
+    assert trained[3] < trained[0] / 5 and not math.isclose(trained[2], trained[1])
