@@ -250,8 +250,9 @@ class TrainingConfig(Section):
     patience: int = setting(8, "epochs without progress before early stopping", min=0, max=100_000)
     lr_decay_patience: int = setting(3, "halve the learning rate after this many epochs without progress "
                                         "(0: never; lr_schedule 'plateau' only)", min=0, max=100_000)
-    # A constant rate that the loss outgrows makes Adam overshoot late in training (a loss spike
-    # the plateau rule only answers afterwards); a cosine lowers the rate before that happens.
+    # Under the plateau rule the loss of both cells' recipes rose for a few epochs once it was
+    # small (the rule halves the rate only afterwards); a cosine lowers the rate before, and the
+    # default recipe's GRU reached 0.99 two epochs sooner (bench/README.md, train_speed.py).
     lr_schedule: str = setting("plateau", "how the learning rate changes: 'plateau' (halved after "
                                           "lr_decay_patience epochs without progress) or 'cosine' (from "
                                           "learning_rate down to a hundredth of it over the epochs)",
