@@ -66,10 +66,13 @@ COSINE_FLOOR = 0.01  # lr_schedule "cosine" ends near this fraction of the learn
 
 def cosine_learning_rate(epoch: int, epochs: int, base: float) -> float:
     """The rate epoch ``epoch`` (from 0) trains with under ``training.lr_schedule = "cosine"``:
-    half a cosine from ``base`` at the first epoch toward ``base`` x ``COSINE_FLOOR`` after the
-    last. It is a function of the epoch alone, so a resumed training goes on where it was."""
-    floor = base * COSINE_FLOOR
-    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
+    Keras' cosine decay counted in epochs, from ``base`` at the first toward ``base`` x
+    ``COSINE_FLOOR`` after the last. A function of the epoch alone, so a resumed training goes
+    on where it was."""
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(base, decay_steps=max(epochs, 1), alpha=COSINE_FLOOR)
+    return float(keras.ops.convert_to_numpy(schedule(epoch)))
 
 
 def work_dir_for(out: Path) -> Path:
