@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from chatbot.config import ModelConfig
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
-from chatbot.model.network import ContinuingAttention, Seq2Seq
+from chatbot.model.network import ContinuingAttention, Seq2Seq, copy_sources
 
 VOCAB = 60
 # [RET] [SIM] question [ANS] answer [RET] [SIM] question [ANS] answer [SEP] question, then padding
@@ -25,6 +25,11 @@ def model(**overrides) -> Seq2Seq:
     return network
 
 
+def copyable() -> tf.Tensor:
+    """The positions of SOURCE a copy may point at, as the network hands them to the layer."""
+    return copy_sources(tf.constant(SOURCE))[0]
+
+
 def bonus_positions(last: int, before_last: int, row: int = 0) -> list[int]:
     """Source positions where the bonus lands after emitting ``before_last``, ``last``."""
     layer = ContinuingAttention()
@@ -32,7 +37,8 @@ def bonus_positions(last: int, before_last: int, row: int = 0) -> list[int]:
     query, value = tf.zeros([2, 1, 4]), tf.zeros([2, width, 4])  # all scores 0 but the bonus
     layer.build()
     layer.bonus.assign([1.0, 10.0])
-    _, weights = layer(query, value, tf.constant(SOURCE), tf.constant([[last]] * 2), tf.constant([[before_last]] * 2))
+    _, weights = layer(query, value, tf.constant(SOURCE), copyable(), tf.constant([[last]] * 2),
+                       tf.constant([[before_last]] * 2))
     scores = np.log(weights.numpy()[row, 0] + 1e-30)
     base = scores[SOURCE[row] != PAD].min()
     return [int(j) for j in np.flatnonzero(scores > base + 0.5)]
@@ -55,7 +61,7 @@ def test_the_last_two_tokens_pick_the_right_occurrence():
     layer.build()
     layer.bonus.assign([1.0, 10.0])
     width = SOURCE.shape[1]
-    _, weights = layer(tf.zeros([2, 1, 4]), tf.zeros([2, width, 4]), tf.constant(SOURCE),
+    _, weights = layer(tf.zeros([2, 1, 4]), tf.zeros([2, width, 4]), tf.constant(SOURCE), copyable(),
                        tf.constant([[30]] * 2), tf.constant([[START]] * 2))
     assert weights.numpy()[0, 0, 6] > 100 * weights.numpy()[0, 0, 9]
 
@@ -69,7 +75,7 @@ def test_without_the_bonus_it_is_keras_dot_attention():
     layer.build()
     layer.bonus.assign([0.0, 0.0])
     previous = tf.constant([[START, 30, 31]] * 2)
-    context, weights = layer(query, value, tf.constant(SOURCE), previous, previous)
+    context, weights = layer(query, value, tf.constant(SOURCE), copyable(), previous, previous)
     mask = tf.constant(SOURCE != PAD)
     expected_context, expected_weights = tf.keras.layers.Attention()(
         [query, value], mask=[None, mask], return_attention_scores=True)

@@ -150,8 +150,9 @@ class Seq2Seq(EncoderDecoder):
         if self.attention is None:
             return self.output_projection(self.dropout(decoder_outputs, training=training))
         source_mask = ops.not_equal(source, PAD)
-        if self.continuation:
-            context, weights = self.attention(decoder_outputs, encoder_outputs, source, *previous)
+        copying = copy_sources(source) if self.copy_switch is not None else None  # (copyable, ids)
+        if self.continuation:  # implies copying
+            context, weights = self.attention(decoder_outputs, encoder_outputs, source, copying[0], *previous)
         else:
             context, weights = self.attention([decoder_outputs, encoder_outputs], mask=[None, source_mask],
                                               return_attention_scores=True, training=training)
@@ -160,7 +161,7 @@ class Seq2Seq(EncoderDecoder):
         if self.copy_switch is None:
             return logits
         generate = self.copy_switch(ops.concatenate([decoder_outputs, context], axis=-1))
-        return mix_in_copies(logits, generate, weights, *copy_sources(source), self.vocab_size)
+        return mix_in_copies(logits, generate, weights, *copying, self.vocab_size)
 
     def call(self, inputs, training=False):
         source, decoder_input = inputs
@@ -201,9 +202,9 @@ class ContinuingAttention(layers.Layer):
     def build(self, *_):
         self.bonus = self.add_weight(shape=(2,), initializer="zeros", name="bonus")
 
-    def call(self, query, value, source, last, before_last):
+    def call(self, query, value, source, copyable, last, before_last):
+        """``copyable`` ``[B, S]``: the positions a copy may point at (``copy_sources``)."""
         scores = tf.matmul(query, value, transpose_b=True)
-        copyable, _ = copy_sources(source)
         scores += continuation_bonus(self.bonus, source, copyable, (last, before_last), query.dtype)
         scores = tf.where(tf.not_equal(source, PAD)[:, None, :], scores, tf.cast(-1e9, query.dtype))
         weights = tf.nn.softmax(scores, axis=-1)
