@@ -298,6 +298,15 @@ def test_real_corpus_validate_lists_the_skipped_entry(capsys):
     assert code == 1 and out.splitlines() == skipped
 
 
+def test_convert_names_what_it_left_out(capsys, tmp_path):
+    path = write(tmp_path / "trivia.yml", "conversations:\n- - What is the rarest M&M color?\n  - Brown\n"
+                 "- In a game of bingo, which number is two little ducks?\n  - 22\n")
+    code, out, _ = run(capsys, "convert", path, tmp_path / "trivia.jsonl")
+    assert code == 0
+    assert out.splitlines() == [f"wrote {tmp_path / 'trivia.jsonl'} (jsonl): 1 dialogue, 1 pair",
+                                f"1 malformed entry left out (see: chatbot corpus validate {path})"]
+
+
 def test_real_corpus_converts_to_jsonl_and_back(capsys, tmp_path):
     code, out, _ = run(capsys, "convert", ENGLISH, tmp_path / "english.jsonl")
     assert code == 0 and "1 malformed entry left out" in out

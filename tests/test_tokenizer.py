@@ -132,6 +132,35 @@ def test_round_trip_word_at_start_of_unindented_line(level, text):
     assert tok.decode(tok.encode(text)) == text
 
 
+def test_subword_indentation_is_one_token_per_run_not_per_space():
+    # A decoder copying code should not have to count the spaces it has emitted.
+    tok = tokenizer("subword")
+    text = "Here is some code:\n    print(value)\n\n    return value"
+    tokens = tok.backend.encode(text).tokens
+    assert tok.decode(tok.encode(text)) == text
+    assert tokens.count("▁") == 0, tokens
+    assert "▁▁▁" in tokens
+    # A run length training never saw is still spelt, from shorter runs.
+    odd = "Hello\n             world"
+    assert UNK not in tok.encode(odd) and tok.decode(tok.encode(odd)) == odd
+
+
+def test_a_saved_tokenizer_keeps_its_own_pre_tokenizer(tmp_path):
+    # Bundles written before space runs were merged split at every space; loading one must
+    # read inputs as its model was trained on them, not as a new tokenizer would.
+    from tokenizers import Regex, pre_tokenizers
+
+    tok = TextTokenizer.fit(TRAIN, level="subword", vocab_size=300)
+    tok.backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated")])
+    tok.save(tmp_path / "tokenizer.json")
+    old = TextTokenizer.load(tmp_path / "tokenizer.json")
+    tokens = old.backend.encode("print(value)\n    return").tokens
+    assert tokens.count("▁") == 3, tokens
+    assert old.decode(old.encode("print(value)\n    return")) == "print(value)\n    return"
+
+
 # --- unknown input ---------------------------------------------------------------------------
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("unknown", ["zzqx", "QZJ", "héllo wörld", "日本語", "\u2603"])

@@ -374,8 +374,9 @@ def cmd_corpus(args) -> int:
             print(f"{args.path}: {count or 'no'} problem{'s' * (count != 1)}", file=sys.stderr)
         return EXIT_ERROR if problems else 0
     result = corpus_tools.convert_corpus(args.input, args.output, args.format)
-    print(f"wrote {result['path']} ({result['format']}): {result['dialogues']:,} dialogues, "
-          f"{result['pairs']:,} pairs")
+    dialogues, pairs = result["dialogues"], result["pairs"]
+    print(f"wrote {result['path']} ({result['format']}): {dialogues:,} dialogue{'s' * (dialogues != 1)}, "
+          f"{pairs:,} pair{'s' * (pairs != 1)}")
     if result["skipped"]:
         print(f"{len(result['skipped'])} malformed entr{'y' if len(result['skipped']) == 1 else 'ies'} "
               f"left out (see: chatbot corpus validate {args.input})")
