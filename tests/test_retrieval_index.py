@@ -116,6 +116,16 @@ def test_indexed_nearest_finds_what_the_exact_scan_finds(pairs, small_index, mon
     assert same_best >= 0.97 * lookups
 
 
+def test_a_short_question_with_a_typo_finds_its_short_neighbour(pairs, small_index, monkeypatch):
+    # "yse" shares no trigram with "yes": the index finds short keys by one-deletion variants.
+    memory = AnswerMemory(pairs)
+    assert memory._index is not None
+    exact = exact_memory(pairs, monkeypatch)
+    for query in ("Yse?", "Hlelo", "Hi ther"):  # one edit from a stored short question
+        assert memory.nearest(query, 1, 0.0)[0] == exact.nearest(query, 1, 0.0)[0], query
+    assert memory.nearest("Yse?", 1, 0.0)[0].question.lower().startswith("yes")
+
+
 def test_queries_the_index_cannot_place_fall_back_to_the_exact_scan(pairs, small_index, monkeypatch):
     memory = AnswerMemory(pairs)
     exact = exact_memory(pairs, monkeypatch)

@@ -28,6 +28,10 @@ INDEX_MIN_QUESTIONS = 5000
 INDEX_CANDIDATES = 256  # questions the index hands to the exact scorers per lookup (at least)
 INDEX_MAX_POSTINGS = 150_000  # posting entries read per lookup, rarest grams first
 HYBRID_CANDIDATES = 4  # the hybrid retriever ranks at least this many candidates per measure
+# Keys this short ("yes", "hi u") have too few trigrams for the index: one typo can spoil all
+# of them ("yse" shares none with "yes"). The index also finds them by their one-deletion
+# variants (as SymSpell does), which catches every stored short key one edit away.
+SHORT_KEY = 6
 VECTOR_PROBES = 16  # groups of embeddings a large memory's VectorIndex scores per lookup
 
 
@@ -69,6 +73,12 @@ def _grams(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return codes[inside], owner[inside]
 
 
+def _deletions(key: str) -> set[str]:
+    """``key`` and every string one character shorter: two keys one edit apart (a substitution,
+    insertion, deletion or swap of neighbours) share at least one of these."""
+    return {key} | {key[:i] + key[i + 1:] for i in range(len(key))}
+
+
 class GramIndex:
     """Candidate questions for a lookup without a scan: an inverted index from character
     trigrams of the folded keys to the questions holding them (all numpy: a 100k-question
@@ -99,11 +109,19 @@ class GramIndex:
         self._idf = np.log(self.size / np.maximum(self._df, 1))
         self._unseen = float(np.log(self.size + 1))  # the weight of a gram no stored key has
         self._weight = np.bincount(self._postings, weights=self._idf[gram], minlength=self.size)
+        # Short keys by the hashes of their deletion variants, sorted (a collision only adds a
+        # candidate: the exact scorers rank them all).
+        pairs = [(hash(variant), index) for index, key in enumerate(keys) if len(key) <= SHORT_KEY
+                 for variant in _deletions(key)]
+        hashes, owners = (np.array(column, np.int64) for column in zip(*pairs)) if pairs else (
+            np.zeros(0, np.int64), np.zeros(0, np.int64))
+        order = np.argsort(hashes, kind="stable")
+        self._short_hashes, self._short_owners = hashes[order], owners[order].astype(np.int32)
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self._codes, self._postings, self._df, self._offsets, self._idf,
-                                      self._weight))
+                                      self._weight, self._short_hashes, self._short_owners))
 
     def candidates(self, key: str, count: int, least: int) -> np.ndarray | None:
         """Up to ``count`` question indices (ascending) sharing the most weighted trigrams with
@@ -124,9 +142,22 @@ class GramIndex:
         found = np.flatnonzero(shared > 0)
         if len(found) < least:
             return None
+        near = self._short_neighbours(key)[:count]
+        if len(near):  # they come first; the trigrams' best fill the rest
+            keep = ~np.isin(found, near)
+            found, count = found[keep], count - len(near)
         score = shared[found] / (query_weight + self._weight[found])
         best = found[np.argpartition(-score, count - 1)[:count]] if len(found) > count else found
-        return np.sort(best)
+        return np.sort(np.concatenate([near, best]))
+
+    def _short_neighbours(self, key: str) -> np.ndarray:
+        """The stored short keys one edit or so from a short ``key`` (none for a longer one)."""
+        if len(key) > SHORT_KEY or not len(self._short_hashes):
+            return np.zeros(0, np.int64)
+        variants = np.array([hash(variant) for variant in _deletions(key)], np.int64)
+        lows = np.searchsorted(self._short_hashes, variants, side="left")
+        highs = np.searchsorted(self._short_hashes, variants, side="right")
+        return np.unique(np.concatenate([self._short_owners[a:b] for a, b in zip(lows, highs)])).astype(np.int64)
 
 
 class VectorIndex:
