@@ -110,7 +110,8 @@ class GramIndex:
         self._unseen = float(np.log(self.size + 1))  # the weight of a gram no stored key has
         self._weight = np.bincount(self._postings, weights=self._idf[gram], minlength=self.size)
         # Short keys by the hashes of their deletion variants, sorted (a collision only adds a
-        # candidate: the exact scorers rank them all).
+        # candidate: the exact scorers rank them all). Python's str hash differs between
+        # processes; the index lives in this process's memory only and is never stored.
         pairs = [(hash(variant), index) for index, key in enumerate(keys) if len(key) <= SHORT_KEY
                  for variant in _deletions(key)]
         hashes, owners = (np.array(column, np.int64) for column in zip(*pairs)) if pairs else (
