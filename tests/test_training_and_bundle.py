@@ -216,3 +216,23 @@ def test_a_model_name_is_looked_up_in_the_working_directorys_models_first(tiny_b
     assert status == 0 and names[0] == "mine" and "default" in names, err
     status, out, err = run_cli(capsys, monkeypatch, "ask", "--model", "mine", "--json", "hello")
     assert status == 0 and json.loads(out)["reply"], err
+
+
+CODE_PAIRS = [
+    ("Show me a loop in Python", "Here:\n\n```\nfor i in range(3):\n    if i:\n        print(i)\n```"),
+    ("Write a function that adds", "```\ndef add(a, b):\n    return a + b\n```"),
+    ("Nested blocks please", "```\nwhile True:\n    for x in items:\n        if x:\n            break\n```"),
+    ("Hello", "Hi there!"),
+    ("How are you?", "Fine,  thanks."),
+]
+
+
+def test_a_tiny_model_answers_code_with_its_indentation_exactly(tmp_path):
+    # Line breaks, runs of spaces and double spaces survive the corpus reader, the tokenizer,
+    # training and the decode loop: code answers come back as written.
+    corpus = tmp_path / "code.jsonl"
+    corpus.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in CODE_PAIRS))
+    config = tiny_config(**{"data.max_output_tokens": 60, "decoding.max_length": 60})
+    train(corpus, config, tmp_path / "code", verbose=0)
+    replies = ChatBot.load(tmp_path / "code").generate([q for q, _ in CODE_PAIRS])
+    assert [r.text for r in replies] == [a for _, a in CODE_PAIRS]
