@@ -121,9 +121,10 @@ def test_a_short_question_with_a_typo_finds_its_short_neighbour(pairs, small_ind
     memory = AnswerMemory(pairs)
     assert memory._index is not None
     exact = exact_memory(pairs, monkeypatch)
-    for query in ("Yse?", "Hlelo", "Hi ther"):  # one edit from a stored short question
+    for query in ("Yse?", "Hlelo", "Hi ther", "Nthing"):  # one edit from a stored short question
         assert memory.nearest(query, 1, 0.0)[0] == exact.nearest(query, 1, 0.0)[0], query
     assert memory.nearest("Yse?", 1, 0.0)[0].question.lower().startswith("yes")
+    assert memory.nearest("Nthing", 1, 0.0)[0].question == "Nothing"  # a stored key one longer
 
 
 def test_queries_the_index_cannot_place_fall_back_to_the_exact_scan(pairs, small_index, monkeypatch):

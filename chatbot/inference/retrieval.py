@@ -30,7 +30,8 @@ INDEX_MAX_POSTINGS = 150_000  # posting entries read per lookup, rarest grams fi
 HYBRID_CANDIDATES = 4  # the hybrid retriever ranks at least this many candidates per measure
 # Keys this short ("yes", "hi u") have too few trigrams for the index: one typo can spoil all
 # of them ("yse" shares none with "yes"). The index also finds them by their one-deletion
-# variants (as SymSpell does), which catches every stored short key one edit away.
+# variants (as SymSpell does), which catches every stored key one edit away from a query this
+# short (stored keys up to one character longer are kept for that).
 SHORT_KEY = 6
 VECTOR_PROBES = 16  # groups of embeddings a large memory's VectorIndex scores per lookup
 
@@ -112,7 +113,7 @@ class GramIndex:
         # Short keys by the hashes of their deletion variants, sorted (a collision only adds a
         # candidate: the exact scorers rank them all). Python's str hash differs between
         # processes; the index lives in this process's memory only and is never stored.
-        pairs = [(hash(variant), index) for index, key in enumerate(keys) if len(key) <= SHORT_KEY
+        pairs = [(hash(variant), index) for index, key in enumerate(keys) if len(key) <= SHORT_KEY + 1
                  for variant in _deletions(key)]
         hashes, owners = (np.array(column, np.int64) for column in zip(*pairs)) if pairs else (
             np.zeros(0, np.int64), np.zeros(0, np.int64))
