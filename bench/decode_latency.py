@@ -42,9 +42,10 @@ STRATEGY_TARGETS = {"beam5_over_greedy_batch1_max": 3, "batch64_over_single_gree
 DECODE_ONLY = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": False}
 # (b) What a user waits for: the model's own decoding settings, greedy, retrieval on.
 ASK = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": True}
-# Compiled functions, one trace each: the XLA greedy loop, the greedy/sampling loop, the beam
-# loop, scoring, and one XLA beam loop per (beam, n_best) used (beam 5 here, and the model's own).
-TRACE_BOUND = 6
+# Compiled functions, one trace each: the XLA greedy loop (without and with the bare rows of the
+# confidence's unaided score), the greedy/sampling loop, the beam loop, scoring, and one XLA beam
+# loop per (beam, n_best) used (beam 5 here, and the model's own).
+TRACE_BOUND = 7
 # (b') What a user of the bundle gets: its own decoding settings (beam search for the default).
 ASK_OWN = {"retrieval": True}
 STRATEGIES = {  # name -> per-call decoding overrides

@@ -208,7 +208,7 @@ def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(ti
         for row, n in enumerate(lengths):
             assert list(xla_ids[row, :n]) == list(ids[row, :n])
         np.testing.assert_allclose(xla_total, total, rtol=1e-4, atol=1e-4)
-    assert (4, xla_width(source.shape[1])) in generator.loops.compiled_shapes
+    assert (4, xla_width(source.shape[1]), False) in generator.loops.compiled_shapes
 
 
 @pytest.mark.parametrize("beam, n_best", [(3, 1), (4, 3)])
@@ -233,6 +233,35 @@ def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny
                      {"max_length": generator.loops.capacity + 1}):
         assert not generator.loops.uses_xla_beam(generator.resolve({"beam": beam, **settings}), 1), settings
     assert not generator.loops.uses_xla_beam(config, XLA_MAX_BATCH + 1)
+
+
+def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_the_scoring_pass_does(tiny_bot, tiny_pairs):
+    """With bare rows (the inputs without retrieved pairs) riding along, the XLA greedy loop and
+    the graph loop (greedy and sampling, rows leaving as they end) decode the same tokens as
+    without them, and give each reply the log-prob sum that the teacher-forced scoring pass
+    gives it given the bare input."""
+    generator = tiny_bot.generator
+    questions = [[q] for q, _ in tiny_pairs[:2]] + [["something it never saw"]]  # 3 rows, padded to 4
+    for rows in (questions[:1], questions):
+        read = generator.read(rows)
+        source, bare = generator.encode_inputs(read, generator.retrieve(read)), generator.encode_inputs(read)
+        plain = [t.numpy() for t in generator.loops.greedy(source, 30, 0)]
+        ids, total, lengths, unaided = (t.numpy() for t in generator.loops.greedy(source, 30, 0, bare))
+        assert (lengths == plain[2]).all() and (ids == plain[0]).all()
+        np.testing.assert_allclose(total, plain[1], rtol=1e-5, atol=1e-5)
+        replies = [ids[row, :n] for row, n in enumerate(lengths)]
+        scored = generator.loops.scores(list(bare), replies)
+        np.testing.assert_allclose(unaided / lengths, scored, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(total / lengths, scored, rtol=1e-3)  # the bare input changes the scores
+        for sample in (False, True):  # the graph loop, greedy and sampling
+            config = generator.resolve({"max_length": 30, "strategy": "sample" if sample else "greedy"})
+            plain = [t.numpy() for t in generator.loops.step(source, config, 7)]
+            ids, total, lengths, unaided = (t.numpy() for t in generator.loops.step(source, config, 7, bare=bare))
+            assert (lengths == plain[2]).all() and (ids == plain[0]).all()
+            replies = [ids[row, :n] for row, n in enumerate(lengths)]
+            np.testing.assert_allclose(unaided / lengths, generator.loops.scores(list(bare), replies),
+                                       rtol=1e-4, atol=1e-4)
+    assert (4, xla_width(source.shape[1]), True) in generator.loops.compiled_shapes
 
 
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):

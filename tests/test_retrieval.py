@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz import fuzz
@@ -92,27 +93,49 @@ def test_the_reply_is_always_the_decoded_text(tiny_bot, tiny_pairs):
             assert 0.0 <= g.confidence <= 1.0 and np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
 
 
-def test_the_unaided_weight_doubts_replies_that_only_the_retrieved_pairs_support(tiny_bot):
+@pytest.mark.parametrize("decoding", [
+    {"beam": 3, "n_best": 2},  # each input alone, in the XLA beam loop, then the scoring pass
+    {"beam": 3, "n_best": 1},  # one XLA beam loop for the batch, then the scoring pass
+    {"strategy": "greedy"},  # the XLA greedy loop
+    {"strategy": "sample", "seed": 5},  # the graph loop
+], ids=["beam-alone", "beam-batch", "greedy", "sample"])
+def test_the_unaided_weight_doubts_replies_that_only_the_retrieved_pairs_support(tiny_bot, decoding):
     """``decoding.unaided_weight`` w: each hypothesis' confidence is exp(score + w x its score
-    given the question without retrieved pairs). The replies and their ranking stay the same;
-    a reply copied from a shown pair to a question the corpus does not hold loses most."""
+    given the question without retrieved pairs), whichever loop decoded it (greedy and sampling
+    score it as they decode, beam search's replies are scored after). The replies and their ranking
+    stay the same; a reply copied from a shown pair to a question the corpus does not hold loses most."""
     known = ["What is your name?", "waht is yuor name", "How old are you?"]
     unknown = ["xylophone quantum zebra", "do you like pizza on mondays"]
-    settings = {"beam": 3, "n_best": 2}
-    plain = tiny_bot.generate(known + unknown, decoding=settings)
-    weighed = tiny_bot.generate(known + unknown, decoding={**settings, "unaided_weight": 0.5})
+    plain = tiny_bot.generate(known + unknown, decoding=decoding)
+    weighed = tiny_bot.generate(known + unknown, decoding={**decoding, "unaided_weight": 0.5})
     for question, p, g in zip(known + unknown, plain, weighed):
-        assert (g.text, g.score, g.alternatives, g.token_ids) == (p.text, p.score, p.alternatives, p.token_ids)
+        assert (g.text, g.alternatives, g.token_ids) == (p.text, p.alternatives, p.token_ids)
         texts = [text for text, _ in g.alternatives]
         unaided = tiny_bot.generator.score([[question]] * len(texts), texts, retrieval=False)
         expected = [np.exp(score + 0.5 * u) for (_, score), u in zip(g.alternatives, unaided)]
         assert np.allclose(g.confidences, expected, rtol=1e-4) and g.confidence == g.confidences[0]
-        assert g.choose(1).confidence == g.confidences[1]
+        if len(g.alternatives) > 1:
+            assert g.choose(1).confidence == g.confidences[1]
     drop = [g.confidence / p.confidence for p, g in zip(plain, weighed)]
     assert min(drop[:len(known)]) > 0.99 > 0.9 > max(drop[len(known):])
     # Without retrieval there is nothing to weigh: the confidence is exp(score).
-    for g in tiny_bot.generate(unknown, decoding={"retrieval": False, "unaided_weight": 0.5}):
+    for g in tiny_bot.generate(unknown, decoding={**decoding, "retrieval": False, "unaided_weight": 0.5}):
         assert np.isclose(g.confidence, np.exp(g.score), atol=1e-6)
+
+
+def test_a_batch_too_big_for_the_xla_loop_gets_the_same_confidences(tiny_bot):
+    """Batches above ``XLA_MAX_BATCH`` decode in the graph loop, where rows leave as they end
+    (bare rows with them): the confidences agree with the XLA loop's."""
+    from chatbot.inference.decoding import XLA_MAX_BATCH
+
+    questions = ["What is your name?", "waht is yuor name", "How old are you?", "xylophone quantum zebra"]
+    many = (questions * XLA_MAX_BATCH)[:XLA_MAX_BATCH + 2]
+    settings = {"strategy": "greedy", "unaided_weight": 0.5}
+    together = tiny_bot.generate(many, decoding=settings)
+    for question, g in zip(many, together):
+        [alone] = tiny_bot.generate([question], decoding=settings)
+        assert g.token_ids == alone.token_ids
+        assert np.isclose(g.confidence, alone.confidence, rtol=1e-4)
 
 
 def test_retrieval_helps_the_model_with_mistyped_questions(tiny_bot):

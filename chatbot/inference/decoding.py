@@ -7,7 +7,13 @@ inside a ``tf.function``, so no Python runs per generated token.
 * ``beam``: beam search with a GNMT length penalty and an n-best list, a graph loop; and
   ``beam_xla``, the same for a few inputs as one XLA program, without repetition controls;
 * ``scores``: how likely the model finds given answers (teacher forced), for re-ranking and
-  the confidence.
+  the confidence of beam searches.
+
+The confidence also asks how likely each reply is given its input without the retrieved pairs.
+The greedy and sampling loops answer that as they decode: the bare inputs ride along as more rows
+of the same batch, fed the tokens the real rows choose (``unaided_rows``), which costs far less
+than a teacher-forced pass over the replies afterwards (bench/README.md, "The unaided pass in the
+loop"). Beam search scores its n-best afterwards: bare rows would follow every hypothesis.
 
 A reply decoded one step at a time is mostly per-step overhead: one GRU step is a few MFLOP,
 but the graph loop runs dozens of small kernels, conditionals and bookkeeping ops per token.
@@ -55,14 +61,22 @@ def xla_width(width: int) -> int:
     return max(XLA_MIN_WIDTH, 1 << (max(width, 1) - 1).bit_length())
 
 
-def xla_padded(source: np.ndarray) -> np.ndarray:
-    """``source`` padded to its XLA width and batch. The padding rows copy the first input, so
-    they end with it and cost the loop no extra steps."""
-    rows, width = source.shape
-    padded = np.zeros((xla_batch(rows), xla_width(width)), np.int32)
-    padded[:, :width] = source[0]
-    padded[:rows, :width] = source
+def xla_padded(source: np.ndarray, width: int | None = None) -> np.ndarray:
+    """``source`` padded to its XLA width (or ``width``) and batch. The padding rows copy the
+    first input, so they end with it and cost the loop no extra steps."""
+    rows, columns = source.shape
+    padded = np.zeros((xla_batch(rows), width or xla_width(columns)), np.int32)
+    padded[:, :columns] = source[0]
+    padded[:rows, :columns] = source
     return padded
+
+
+def unaided_rows(source: np.ndarray, bare: np.ndarray) -> np.ndarray:
+    """The rows of a loop that also scores each reply given its bare input: ``source`` and
+    ``bare`` (the same inputs without retrieved pairs) each padded as ``xla_padded`` pads, to
+    one width, and stacked."""
+    width = xla_width(max(source.shape[1], bare.shape[1]))
+    return np.concatenate([xla_padded(source, width), xla_padded(bare, width)])
 
 
 def xla_batch(rows: int) -> int:
@@ -82,12 +96,13 @@ def _scalar(dtype) -> tf.TensorSpec:
 
 
 def _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
-                       rows_per_input=None):
+                       rows_per_input=None, stacked=1):
     """Step ``advance`` until every input is done or ``max_length`` steps have run; returns
     ``outputs`` (``batch`` rows each) with every input's ``results`` written to its row.
 
     ``search`` holds per-input tensors, ``decoder`` per-row ones (token, states, encoder
-    outputs: ``rows_per_input`` rows per input, one when None). ``advance(step, search,
+    outputs: ``rows_per_input`` rows per input, one when None; ``stacked`` such blocks one after
+    another, as ``unaided_rows`` stacks them). ``advance(step, search,
     decoder)`` returns both updated and a ``done`` mask over the inputs. Done inputs are
     written out at once (``results(steps, search)``: one tensor per output, by input) and
     leave the batch, so later steps cost only what still runs; inputs running at
@@ -105,6 +120,7 @@ def _decode_until_done(batch, max_length, outputs, search, decoder, advance, res
         def drop_done():
             keep = tf.logical_not(done)
             keep_rows = keep if rows_per_input is None else tf.repeat(keep, rows_per_input)
+            keep_rows = tf.tile(keep_rows, [stacked]) if stacked > 1 else keep_rows
             mask = lambda tensors, kept: tf.nest.map_structure(  # noqa: E731
                 lambda t: tf.boolean_mask(t, kept), tensors)
             return (mask(index, keep), mask(search, keep), mask(decoder, keep_rows),
@@ -134,20 +150,27 @@ class DecodeLoops:
         self.model = model
         source = tf.TensorSpec([None, None], tf.int32)
         self.capacity = capacity
-        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch, width) ``_greedy_loop`` was compiled for
+        # (batch, width, unaided) ``_greedy_loop`` was compiled for (unaided: with bare rows)
+        self.compiled_shapes: set[tuple[int, int, bool]] = set()
         self.compiled_beam_shapes: set[tuple[int, int, int, int]] = set()  # (beam, n_best, batch, width)
         # ``autograph=False`` throughout: the loops are written with ``tf.while_loop`` and
         # ``tf.cond`` already, and converting their Python source cost every process about 1.3 s
         # of its start-up (the warm-up of `chatbot ask` took 2.6 s with it, 1.3 s without).
         self._greedy = tf.function(self._greedy_loop, jit_compile=True, autograph=False, input_signature=[
             source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
+        self._greedy_unaided = tf.function(
+            functools.partial(self._greedy_loop, unaided=True), jit_compile=True, autograph=False,
+            input_signature=[source, _scalar(tf.int32), _scalar(tf.int32)])
         self._score = tf.function(self._score_batch, autograph=False, input_signature=[source, source])
-        self._step = tf.function(self._step_loop, autograph=False, input_signature=[
+        step_signature = [
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
             _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
             tf.TensorSpec([2], tf.int32),  # seed
-        ])
+        ]
+        self._step = tf.function(self._step_loop, autograph=False, input_signature=step_signature)
+        self._step_unaided = tf.function(functools.partial(self._step_loop, unaided=True), autograph=False,
+                                         input_signature=step_signature)
         self._beam_xla: dict[tuple[int, int], Any] = {}  # (beam, n_best) -> ``_beam_xla_loop``, compiled
         self._beam = tf.function(self._beam_loop, autograph=False, input_signature=[
             source, _scalar(tf.int32),  # max_length
@@ -159,7 +182,8 @@ class DecodeLoops:
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
         return sum(f.experimental_get_tracing_count()
-                   for f in (self._greedy, self._step, self._beam, self._score, *self._beam_xla.values()))
+                   for f in (self._greedy, self._greedy_unaided, self._step, self._step_unaided, self._beam,
+                             self._score, *self._beam_xla.values()))
 
     # --- scoring given answers ---------------------------------------------------------------
     def _score_batch(self, source, target):
@@ -256,74 +280,97 @@ class DecodeLoops:
         return tf.random.stateless_categorical(z, 1, seed=step_seed, dtype=tf.int32)[:, 0]
 
     def _step_loop(self, source, max_length, sample, temperature, top_k, top_p,
-                   repetition_penalty, ngram, min_length, seed):
+                   repetition_penalty, ngram, min_length, seed, *, unaided: bool = False):
         """Greedy decoding or sampling for a batch: ids ``[B, max_length]``, the model's own
-        log-prob sums and lengths, each ``[B]``. A row that ends leaves the batch at once
-        (``_decode_until_done``), so a batch does not pay full price until its longest
-        reply ends."""
+        log-prob sums and lengths, each ``[B]``, and with ``unaided`` (bare rows after the
+        inputs, as ``_greedy_loop`` takes them) the replies' log-prob sums given the bare
+        inputs (else zeros). A row that ends leaves the batch at once (``_decode_until_done``),
+        so a batch does not pay full price until its longest reply ends."""
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
-        batch = tf.shape(source)[0]
+        batch = tf.shape(source)[0] // 2 if unaided else tf.shape(source)[0]
         positions = tf.range(max_length)
 
         def advance(step, search, decoder):
-            history, total = search  # tokens so far, log-prob sum
+            history, total, bare_total = search  # tokens so far, log-prob sums
             token, states, encoder_outputs, source_ids = decoder
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
+            if unaided:
+                logits, bare_logits = tf.split(logits, 2)
             logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
             scores = self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
             best = tf.cond(sample,
                            lambda: self._sample(scores, temperature, top_k, top_p, seed, step),
                            lambda: tf.argmax(scores, axis=-1, output_type=tf.int32))
             total += tf.gather(logprobs, best, axis=1, batch_dims=1)
+            if unaided:
+                bare_total += tf.gather(tf.nn.log_softmax(bare_logits), best, axis=1, batch_dims=1)
             history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
-            return (history, total), (best, states, encoder_outputs, source_ids), tf.equal(best, END)
+            token = tf.concat([best, best], axis=0) if unaided else best
+            return (history, total, bare_total), (token, states, encoder_outputs, source_ids), tf.equal(best, END)
 
         def results(steps, search):
-            history, total = search
-            return history, total, tf.fill(tf.shape(total), steps)
+            history, total, bare_total = search
+            return history, total, tf.fill(tf.shape(total), steps), bare_total
 
         outputs = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32),
-                   tf.zeros([batch], tf.int32))
-        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32))
-        decoder = (tf.fill([batch], START), states, encoder_outputs, source_ids)
-        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results)
+                   tf.zeros([batch], tf.int32), tf.zeros([batch], tf.float32))
+        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32), tf.zeros([batch], tf.float32))
+        decoder = (tf.fill([tf.shape(source)[0]], START), states, encoder_outputs, source_ids)
+        return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
+                                  stacked=2 if unaided else 1)
 
     # --- greedy, up to XLA_MAX_BATCH inputs, XLA --------------------------------------------
-    def _greedy_loop(self, source, max_length, min_length):
+    def _greedy_loop(self, source, max_length, min_length, *, unaided: bool = False):
         """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
-        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``. Nothing changes shape
-        inside the loop (rows that end emit padding until all have), as XLA needs."""
+        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``, and with ``unaided``
+        each reply's log-prob sum given its bare input (else zeros). Nothing changes shape
+        inside the loop (rows that end emit padding until all have), as XLA needs.
+
+        ``unaided``: ``source`` holds the inputs (``B`` rows) then the same inputs without their
+        retrieved pairs (``B`` more, ``unaided_rows``). The bare rows ride along in the same
+        batch, fed the tokens the first rows choose."""
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
-        batch = tf.shape(source)[0]
+        rows = tf.shape(source)[0]
+        batch = rows // 2 if unaided else rows
         positions = tf.range(self.capacity)
 
-        def running(step, token, states, history, total, lengths, done):
+        def running(step, token, states, history, total, lengths, done, bare_total):
             return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
 
-        def body(step, token, states, history, total, lengths, done):
+        def body(step, token, states, history, total, lengths, done, bare_total):
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
+            if unaided:
+                logits, bare_logits = logits[:batch], logits[batch:]
             logprobs = tf.nn.log_softmax(logits)
             allowed = self._forbid_early_end(logits, step, min_length)
             best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
             total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
+            if unaided:
+                bare_logprobs = tf.nn.log_softmax(bare_logits)
+                bare_total += tf.where(done, 0.0, tf.gather(bare_logprobs, best, axis=1, batch_dims=1))
             lengths += tf.cast(tf.logical_not(done), tf.int32)
             history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
-            return step + 1, best, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END))
+            token = tf.concat([best, best], axis=0) if unaided else best
+            return (step + 1, token, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END)),
+                    bare_total)
 
-        start = (tf.constant(0), tf.fill([batch], START), states, tf.zeros([batch, self.capacity], tf.int32),
-                 tf.zeros([batch], tf.float32), tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool))
-        _, _, _, history, total, lengths, _ = tf.while_loop(running, body, start)
-        return history, total, lengths
+        start = (tf.constant(0), tf.fill([rows], START), states, tf.zeros([batch, self.capacity], tf.int32),
+                 tf.zeros([batch], tf.float32), tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool),
+                 tf.zeros([batch], tf.float32))
+        _, _, _, history, total, lengths, _, bare_total = tf.while_loop(running, body, start)
+        return history, total, lengths, bare_total
 
-    def greedy(self, source: np.ndarray, max_length: int, min_length: int):
-        """``_greedy_loop`` on ``source`` padded to its XLA width and batch (``xla_padded``)."""
-        padded = xla_padded(source)
-        self.compiled_shapes.add(padded.shape)
-        out = self._greedy(tf.constant(padded), tf.constant(max_length, tf.int32),
-                           tf.constant(min_length, tf.int32))
-        return tuple(t[:source.shape[0]] for t in out)
+    def greedy(self, source: np.ndarray, max_length: int, min_length: int, bare: np.ndarray | None = None):
+        """``_greedy_loop`` on ``source`` padded to its XLA width and batch (``xla_padded``):
+        ids, log-prob sums and lengths, and with ``bare`` (the same inputs without retrieved
+        pairs) the replies' log-prob sums given those as a fourth result."""
+        padded = xla_padded(source) if bare is None else unaided_rows(source, bare)
+        self.compiled_shapes.add((xla_batch(len(source)), padded.shape[1], bare is not None))
+        loop = self._greedy_unaided if bare is not None else self._greedy
+        out = loop(tf.constant(padded), tf.constant(max_length, tf.int32), tf.constant(min_length, tf.int32))
+        return tuple(t[:source.shape[0]] for t in out[:3 if bare is None else 4])
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
         """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
@@ -479,10 +526,19 @@ class DecodeLoops:
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- the entry points of the graph loops, and their arguments ----------------------------
-    def step(self, source: np.ndarray, config: DecodingConfig, seed: int, stream: int = 0):
+    def step(self, source: np.ndarray, config: DecodingConfig, seed: int, stream: int = 0,
+             bare: np.ndarray | None = None):
         """``_step_loop`` on a batch of any size with ``config``'s settings: greedy, or sampling
-        from ``seed`` (``stream`` picks another random stream of the same seed)."""
-        return self._step(tf.constant(source), *self._step_args(config, seed, stream))
+        from ``seed`` (``stream`` picks another random stream of the same seed); with ``bare``
+        (the same inputs without retrieved pairs) the replies' log-prob sums given those as a
+        fourth result."""
+        if bare is None:
+            return self._step(tf.constant(source), *self._step_args(config, seed, stream))[:3]
+        width = max(source.shape[1], bare.shape[1])
+        stacked = np.zeros((2 * len(source), width), np.int32)
+        stacked[:len(source), :source.shape[1]] = source
+        stacked[len(source):, :bare.shape[1]] = bare
+        return self._step_unaided(tf.constant(stacked), *self._step_args(config, seed, stream))
 
     def beam(self, source: np.ndarray, config: DecodingConfig):
         """``_beam_loop`` on a batch of any size with ``config``'s beam settings."""

@@ -104,22 +104,25 @@ class Generator:
 
     def warm_up(self, strategies: Sequence[str] | None = None) -> None:
         """Trace and run the compiled loops once, so the first real reply does not pay for it.
-        "greedy" compiles the XLA loop that one question decodes with, for a bare question and
-        one with what retrieval finds, and for other widths on first use (a quarter second
-        each; ``warm_widths``); the graph loop of batches and sampling is traced here for
+        "greedy" compiles the XLA loop that one question decodes with, for a question with what
+        retrieval finds (a bare one if the model reads none), and for other widths on first use
+        (half a second each; ``warm_widths``); the graph loop of batches and sampling is traced here for
         "sample", else on its first use, as is beam search unless "beam" is asked for (the
         model's own beam search compiles its XLA loop, as greedy does). None: greedy and the
         model's own strategy."""
         if strategies is None:
             strategies = ("greedy", self.decoding.effective_strategy)
         source = np.array([[START]], np.int32)
+        unaided = self.weighs_unaided(self.decoding)
         if "greedy" in strategies:
-            self.loops.greedy(source, 2, 0)
             if self.reads_retrieval:  # a question with what retrieval finds is much wider
                 read = self.read([["hello"]])
-                self.loops.greedy(self.encode_inputs(read, self.retrieve(read)), 2, 0)
+                self.loops.greedy(self.encode_inputs(read, self.retrieve(read)), 2, 0,
+                                  self.encode_inputs(read) if unaided else None)
+            else:
+                self.loops.greedy(source, 2, 0)
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
-            self.loops.step(source, DecodingConfig(max_length=2), 0)
+            self.loops.step(source, DecodingConfig(max_length=2), 0, bare=source if unaided else None)
         if "beam" in strategies:
             own = self.searched(self.decoding)
             if self.loops.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
@@ -132,7 +135,7 @@ class Generator:
                 self.loops.beam(source, DecodingConfig(strategy="beam", beam=2, max_length=2))
             if self.ranks_by_mutual_information(own):
                 self.unconditional_scores([np.array([END], np.int32)])
-        if self.weighs_unaided(self.decoding):
+        if unaided and "beam" in strategies:  # its replies are scored after the search
             self.unconditional_scores([np.array([END], np.int32)])  # traces the scoring pass
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
@@ -142,7 +145,9 @@ class Generator:
         input widths and batch sizes (a server's batches) now, a quarter second each, so that
         no reply waits for it later."""
         alone = self.decodes_alone(self.searched(self.decoding))
+        unaided = self.weighs_unaided(self.decoding)
         for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
+            bare = np.full((batch, 1), START, np.int32) if unaided else None
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):
                 source = np.full((batch, width), START, np.int32)
@@ -150,13 +155,13 @@ class Generator:
                     config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
                     if (config.beam, config.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
                         self.loops.beam_xla(source, config)
-                elif (batch, xla_width(width)) not in self.loops.compiled_shapes:
-                    self.loops.greedy(source, 2, 0)
+                elif (batch, xla_width(width), unaided) not in self.loops.compiled_shapes:
+                    self.loops.greedy(source, 2, 0, bare)
 
     @property
     def compiled_widths(self) -> set[int]:
         """The input widths ``_greedy_loop`` was compiled for, for one input."""
-        return {width for batch, width in self.loops.compiled_shapes if batch == 1}
+        return {width for batch, width, _ in self.loops.compiled_shapes if batch == 1}
 
     @property
     def trace_count(self) -> int:
@@ -263,18 +268,23 @@ class Generator:
 
     def _confidences(self, rows: list[list[tuple]], chunk: list[list[str]], config: DecodingConfig
                      ) -> list[tuple[float, ...]]:
-        """Each input's hypotheses' confidences (``confidence_of``): with ``unaided_weight``, each
-        hypothesis is scored again given its input without the retrieved pairs, all in one pass."""
+        """Each input's hypotheses' confidences (``confidence_of``): with ``unaided_weight``, from
+        each hypothesis' score given its input without the retrieved pairs, which the greedy and
+        sampling loops computed as they decoded; beam search's hypotheses are scored now, in one
+        pass (bare rows would follow every hypothesis of the search, of which only the n-best
+        kept are scored here: bench/README.md, "The unaided pass in the loop")."""
         if not self.weighs_unaided(config):
             return [tuple(confidence_of(h[2]) for h in hypotheses) for hypotheses in rows]
-        bare = self.encode_inputs(chunk)
-        sources = [bare[row] for row, hypotheses in enumerate(rows) for _ in hypotheses]
-        unaided = iter(self.loops.scores(sources, [h[1] for hypotheses in rows for h in hypotheses]))
-        return [tuple(confidence_of(h[2], float(next(unaided)), config.unaided_weight) for h in hypotheses)
+        missing = [(row, h[1]) for row, hypotheses in enumerate(rows) for h in hypotheses if h[4] is None]
+        if missing:
+            bare = self.encode_inputs(chunk)
+            scored = iter(self.loops.scores([bare[row] for row, _ in missing], [ids for _, ids in missing]))
+        unaided = lambda h: h[4] if h[4] is not None else float(next(scored))  # noqa: E731
+        return [tuple(confidence_of(h[2], unaided(h), config.unaided_weight) for h in hypotheses)
                 for hypotheses in rows]
 
     def _rerank(self, rows: list[list[tuple]], shown, config: DecodingConfig) -> list[list[tuple]]:
-        """Each input's beam hypotheses ``(text, ids, score, length)`` in a new order (``shown``:
+        """Each input's beam hypotheses ``(text, ids, score, length, unaided)`` in a new order (``shown``:
         what retrieval showed for each input); only decoded hypotheses are ranked, none is added,
         and each keeps its own score. The rank key is the
         score, plus (``retrieved_bonus``) B x the similarity of a retrieved pair whose answer the
@@ -287,7 +297,7 @@ class Generator:
         beam search favours replies likely after anything ("yeah", "i don't know"); subtracting
         how likely a reply is with no input favours replies that fit this one
         (bench/results/chitchat.json)."""
-        keys = [[score for _, _, score, _ in hypotheses] for hypotheses in rows]
+        keys = [[h[2] for h in hypotheses] for hypotheses in rows]
         if self.ranks_by_mutual_information(config):  # one forward pass for every input's beam
             generic = iter(self.unconditional_scores([h[1] for hypotheses in rows for h in hypotheses]))
             keys = [[key - config.mmi_weight * float(next(generic)) for key in row] for row in keys]
@@ -313,12 +323,14 @@ class Generator:
         config = self.searched(config)
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         alone = beam and self.decodes_alone(config)
+        unaided = self.weighs_unaided(config)  # greedy and sampling score each reply given its bare input too
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
             began = time.perf_counter()
             chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
             padded_ids = None if alone else self.encode_inputs(chunk, shown)  # alone: each input its own width
+            bare_sums = None  # [inputs, 1]: log-prob sums given the bare inputs, from the greedy/sampling loops
             if alone:
                 sources = [self.encode_inputs([row], [pairs]) for row, pairs in zip(chunk, shown)]
                 outs = self._map_alone(lambda source: self.loops.beam_xla(source, config), sources)
@@ -328,16 +340,17 @@ class Generator:
             elif beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam(padded_ids, config))
             elif self.loops.uses_xla(config, len(chunk)):
-                ids, logprob, lengths = (t.numpy()[:, None] for t in self.loops.greedy(
-                    padded_ids, config.max_length, config.min_length))
+                ids, logprob, lengths, *bare_sums = (t.numpy()[:, None] for t in self.loops.greedy(
+                    padded_ids, config.max_length, config.min_length, self.encode_inputs(chunk) if unaided else None))
                 keys = logprob
             else:
                 # Chunks after the first draw from another random stream of the same seed.
                 stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
-                ids, logprob, lengths = (t.numpy() for t in self.loops.step(padded_ids, config, seed, stream))
-                ids, logprob, lengths = ids[:, None], logprob[:, None], lengths[:, None]
+                ids, logprob, lengths, *bare_sums = (t.numpy()[:, None] for t in self.loops.step(
+                    padded_ids, config, seed, stream, self.encode_inputs(chunk) if unaided else None))
                 keys = logprob
-            rows = []  # per input: its hypotheses (text, ids, score, length), best first
+            bare_sums = bare_sums[0] if bare_sums else None
+            rows = []  # per input: its hypotheses (text, ids, score, length, unaided score or None), best first
             for row in range(len(chunk)):
                 hypotheses = []
                 for j in range(ids.shape[1]):
@@ -346,7 +359,8 @@ class Generator:
                         continue  # an unusable beam slot (fewer possible hypotheses than beams)
                     hypothesis = ids[row, j, :n]
                     hypotheses.append((self.tokenizer.decode(hypothesis), hypothesis,
-                                       float(logprob[row, j] / max(n, 1)), n))
+                                       float(logprob[row, j] / max(n, 1)), n,
+                                       None if bare_sums is None else float(bare_sums[row, j] / max(n, 1))))
                 rows.append(hypotheses)
             if reranked:
                 rows = self._rerank(rows, shown, config)
@@ -355,7 +369,7 @@ class Generator:
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
             chunk_results: list[Generation] = []
             for row, hypotheses in enumerate(rows):
-                text, token_ids, score, n = hypotheses[0]
+                text, token_ids, score, n, _ = hypotheses[0]
                 chunk_results.append(Generation(
                     text=text,
                     score=score,
@@ -363,7 +377,7 @@ class Generator:
                     confidences=confidences[row],
                     tokens=n,
                     latency_ms=latency,
-                    alternatives=tuple((t, s) for t, _, s, _ in hypotheses),
+                    alternatives=tuple((h[0], h[2]) for h in hypotheses),
                     token_ids=tuple(int(t) for t in token_ids),
                     retrieved=shown[row],
                     read_as=chunk[row][-1] if chunk[row] else "",
