@@ -534,10 +534,7 @@ class DecodeLoops:
         fourth result."""
         if bare is None:
             return self._step(tf.constant(source), *self._step_args(config, seed, stream))[:3]
-        width = max(source.shape[1], bare.shape[1])
-        stacked = np.zeros((2 * len(source), width), np.int32)
-        stacked[:len(source), :source.shape[1]] = source
-        stacked[len(source):, :bare.shape[1]] = bare
+        stacked = padded_rows([*source, *bare])  # the inputs, then their bare rows
         return self._step_unaided(tf.constant(stacked), *self._step_args(config, seed, stream))
 
     def beam(self, source: np.ndarray, config: DecodingConfig):

@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -64,6 +64,15 @@ class Generation:
         confidence = self.confidences[index] if self.confidences else confidence_of(score)
         return dataclasses.replace(self, text=text, score=score, confidence=confidence,
                                    token_ids=() if index else self.token_ids)
+
+
+class Hypothesis(NamedTuple):
+    """One decoded reply of an input, before it becomes a ``Generation``."""
+    text: str
+    ids: np.ndarray  # the generated ids, [END] included when it was reached
+    score: float  # mean log-probability per token
+    length: int
+    unaided: float | None  # mean log-probability per token given the bare input; None: not computed
 
 
 def confidence_of(score: float, unaided_score: float = 0.0, unaided_weight: float = 0.0) -> float:
@@ -266,7 +275,7 @@ class Generator:
         """Whether ``decoding.unaided_weight`` lowers this call's confidences."""
         return config.unaided_weight > 0 and config.retrieval and self.reads_retrieval
 
-    def _confidences(self, rows: list[list[tuple]], chunk: list[list[str]], config: DecodingConfig
+    def _confidences(self, rows: list[list[Hypothesis]], chunk: list[list[str]], config: DecodingConfig
                      ) -> list[tuple[float, ...]]:
         """Each input's hypotheses' confidences (``confidence_of``): with ``unaided_weight``, from
         each hypothesis' score given its input without the retrieved pairs, which the greedy and
@@ -274,17 +283,18 @@ class Generator:
         pass (bare rows would follow every hypothesis of the search, of which only the n-best
         kept are scored here: bench/README.md, "The unaided pass in the loop")."""
         if not self.weighs_unaided(config):
-            return [tuple(confidence_of(h[2]) for h in hypotheses) for hypotheses in rows]
-        missing = [(row, h[1]) for row, hypotheses in enumerate(rows) for h in hypotheses if h[4] is None]
+            return [tuple(confidence_of(h.score) for h in hypotheses) for hypotheses in rows]
+        missing = [(row, h.ids) for row, hypotheses in enumerate(rows) for h in hypotheses if h.unaided is None]
         if missing:
             bare = self.encode_inputs(chunk)
             scored = iter(self.loops.scores([bare[row] for row, _ in missing], [ids for _, ids in missing]))
-        unaided = lambda h: h[4] if h[4] is not None else float(next(scored))  # noqa: E731
-        return [tuple(confidence_of(h[2], unaided(h), config.unaided_weight) for h in hypotheses)
+            rows = [[h._replace(unaided=float(next(scored))) if h.unaided is None else h for h in hypotheses]
+                    for hypotheses in rows]
+        return [tuple(confidence_of(h.score, h.unaided, config.unaided_weight) for h in hypotheses)
                 for hypotheses in rows]
 
-    def _rerank(self, rows: list[list[tuple]], shown, config: DecodingConfig) -> list[list[tuple]]:
-        """Each input's beam hypotheses ``(text, ids, score, length, unaided)`` in a new order (``shown``:
+    def _rerank(self, rows: list[list[Hypothesis]], shown, config: DecodingConfig) -> list[list[Hypothesis]]:
+        """Each input's beam hypotheses in a new order (``shown``:
         what retrieval showed for each input); only decoded hypotheses are ranked, none is added,
         and each keeps its own score. The rank key is the
         score, plus (``retrieved_bonus``) B x the similarity of a retrieved pair whose answer the
@@ -297,9 +307,9 @@ class Generator:
         beam search favours replies likely after anything ("yeah", "i don't know"); subtracting
         how likely a reply is with no input favours replies that fit this one
         (bench/results/chitchat.json)."""
-        keys = [[h[2] for h in hypotheses] for hypotheses in rows]
+        keys = [[h.score for h in hypotheses] for hypotheses in rows]
         if self.ranks_by_mutual_information(config):  # one forward pass for every input's beam
-            generic = iter(self.unconditional_scores([h[1] for hypotheses in rows for h in hypotheses]))
+            generic = iter(self.unconditional_scores([h.ids for hypotheses in rows for h in hypotheses]))
             keys = [[key - config.mmi_weight * float(next(generic)) for key in row] for row in keys]
         if self.ranks_by_retrieval(config):
             for row, (hypotheses, pairs) in enumerate(zip(rows, shown)):
@@ -307,7 +317,7 @@ class Generator:
                 for _, answer, similarity in pairs:
                     answer = normalise_answer(answer)
                     alike[answer] = max(alike.get(answer, 0.0), similarity)
-                keys[row] = [key + config.retrieved_bonus * alike.get(normalise_answer(h[0]), 0.0)
+                keys[row] = [key + config.retrieved_bonus * alike.get(normalise_answer(h.text), 0.0)
                              for key, h in zip(keys[row], hypotheses)]
         return [[hypotheses[i] for i in sorted(range(len(hypotheses)), key=lambda i: -row_keys[i])]  # stable
                 for hypotheses, row_keys in zip(rows, keys)]
@@ -330,7 +340,7 @@ class Generator:
             chunk = self.read(inputs[start:start + self.max_batch])
             shown = self.retrieve(chunk, config)
             padded_ids = None if alone else self.encode_inputs(chunk, shown)  # alone: each input its own width
-            bare_sums = None  # [inputs, 1]: log-prob sums given the bare inputs, from the greedy/sampling loops
+            bare_sums = None  # [inputs, 1]: log-prob sums given the bare inputs (the greedy and sampling loops)
             if alone:
                 sources = [self.encode_inputs([row], [pairs]) for row, pairs in zip(chunk, shown)]
                 outs = self._map_alone(lambda source: self.loops.beam_xla(source, config), sources)
@@ -340,17 +350,18 @@ class Generator:
             elif beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam(padded_ids, config))
             elif self.loops.uses_xla(config, len(chunk)):
-                ids, logprob, lengths, *bare_sums = (t.numpy()[:, None] for t in self.loops.greedy(
-                    padded_ids, config.max_length, config.min_length, self.encode_inputs(chunk) if unaided else None))
-                keys = logprob
+                out = [t.numpy()[:, None] for t in self.loops.greedy(
+                    padded_ids, config.max_length, config.min_length, self.encode_inputs(chunk) if unaided else None)]
+                ids, logprob, lengths = out[:3]
+                keys, bare_sums = logprob, out[3] if unaided else None
             else:
                 # Chunks after the first draw from another random stream of the same seed.
                 stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
-                ids, logprob, lengths, *bare_sums = (t.numpy()[:, None] for t in self.loops.step(
-                    padded_ids, config, seed, stream, self.encode_inputs(chunk) if unaided else None))
-                keys = logprob
-            bare_sums = bare_sums[0] if bare_sums else None
-            rows = []  # per input: its hypotheses (text, ids, score, length, unaided score or None), best first
+                out = [t.numpy()[:, None] for t in self.loops.step(
+                    padded_ids, config, seed, stream, self.encode_inputs(chunk) if unaided else None)]
+                ids, logprob, lengths = out[:3]
+                keys, bare_sums = logprob, out[3] if unaided else None
+            rows: list[list[Hypothesis]] = []  # per input, best first
             for row in range(len(chunk)):
                 hypotheses = []
                 for j in range(ids.shape[1]):
@@ -358,9 +369,9 @@ class Generator:
                     if not np.isfinite(keys[row, j]):
                         continue  # an unusable beam slot (fewer possible hypotheses than beams)
                     hypothesis = ids[row, j, :n]
-                    hypotheses.append((self.tokenizer.decode(hypothesis), hypothesis,
-                                       float(logprob[row, j] / max(n, 1)), n,
-                                       None if bare_sums is None else float(bare_sums[row, j] / max(n, 1))))
+                    hypotheses.append(Hypothesis(
+                        self.tokenizer.decode(hypothesis), hypothesis, float(logprob[row, j] / max(n, 1)), n,
+                        None if bare_sums is None else float(bare_sums[row, j] / max(n, 1))))
                 rows.append(hypotheses)
             if reranked:
                 rows = self._rerank(rows, shown, config)
@@ -369,16 +380,16 @@ class Generator:
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
             chunk_results: list[Generation] = []
             for row, hypotheses in enumerate(rows):
-                text, token_ids, score, n, _ = hypotheses[0]
+                best = hypotheses[0]
                 chunk_results.append(Generation(
-                    text=text,
-                    score=score,
+                    text=best.text,
+                    score=best.score,
                     confidence=confidences[row][0],
                     confidences=confidences[row],
-                    tokens=n,
+                    tokens=best.length,
                     latency_ms=latency,
-                    alternatives=tuple((h[0], h[2]) for h in hypotheses),
-                    token_ids=tuple(int(t) for t in token_ids),
+                    alternatives=tuple((h.text, h.score) for h in hypotheses),
+                    token_ids=tuple(int(t) for t in best.ids),
                     retrieved=shown[row],
                     read_as=chunk[row][-1] if chunk[row] else "",
                 ))
