@@ -303,6 +303,26 @@ def test_requests_arriving_during_a_decode_join_the_next_one():
     assert sizes == [1, 8, 2]  # q1..q10 waited together, at most max_batch at once
 
 
+def test_a_request_to_an_idle_server_does_not_wait_for_company():
+    """``wait_ms`` is how long a request waits for others to join its decode, but only while
+    another decode runs: alone on an idle server it would wait for nothing."""
+    sizes = []
+
+    def reply_many(requests, keep):
+        sizes.append(len(requests))
+        return [f"reply to {r}" for r in requests]
+
+    async def scenario():
+        batcher = DecodeBatcher(reply_many, max_batch=8, wait_ms=60_000)  # a minute: never reached
+        batcher.start()
+        replies = [await asyncio.wait_for(batcher.submit([f"q{i}"]), timeout=5) for i in range(3)]
+        await batcher.stop()
+        return replies
+
+    assert asyncio.run(scenario()) == [["reply to q0"], ["reply to q1"], ["reply to q2"]]
+    assert sizes == [1, 1, 1]
+
+
 def test_with_two_decoders_two_batches_are_decoded_at_once():
     both_decoding = threading.Barrier(2, timeout=5)  # passed only while two batches decode together
     sizes = []

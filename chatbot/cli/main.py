@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow listening beyond loopback without API keys")
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most [8]")
     serve.add_argument("--batch-wait-ms", type=float, default=2.0,
-                       help="how long a decode waits for more requests to join it [2]")
+                       help="how long a decode waits for more requests to join it, under load [2]")
     serve.add_argument("--rate-limit", type=float, default=600.0, help="requests per minute per key [600]")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser pages from this origin to call the API (repeatable)")

@@ -5,8 +5,10 @@ Python's lock while they compute, so one batch's Python work (retrieval, tokenis
 runs beside another's arithmetic (one worker on 2 cores, 32 clients, beam 8: 63.8 replies/s
 with one decoder, 88.1 with two, and no more with three or four in a probe; bench/README.md). Requests
 queue up while the decoders are busy; the next free one takes them all (at most ``max_batch``),
-so under load each decode serves many requests for about the price of one, and alone a request
-waits at most ``wait_ms`` for company."""
+so under load each decode serves many requests for about the price of one. A request waits at
+most ``wait_ms`` for company, and only under load (another decode runs, or the last batch had
+company): a lone client's requests are decoded at once (bench/README.md, serve_load.py, "No
+wait on an idle server")."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class DecodeBatcher:
         self._executor = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="chatbot-decode")
         self._slots: asyncio.Semaphore | None = None
         self._decoding: set[asyncio.Task] = set()
+        self._last_size = 0  # requests in the last batch formed
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -70,7 +73,10 @@ class DecodeBatcher:
             await self._slots.acquire()  # a decoder is free: what waits now makes its batch
             waiting = [await queue.get()]
             size = len(waiting[0][0])
-            deadline = time.monotonic() + self.wait
+            # Wait for company only under load (another decode runs, or the last batch had
+            # company): a lone client's requests would wait for nothing.
+            loaded = bool(self._decoding) or self._last_size > 1
+            deadline = time.monotonic() + (self.wait if loaded else 0.0)
             while size < self.max_batch:
                 try:
                     item = queue.get_nowait()
@@ -85,6 +91,7 @@ class DecodeBatcher:
                 waiting.append(item)
                 size += len(item[0])
             self._on_queue(queue.qsize())
+            self._last_size = size
             live = [(requests, future) for requests, future in waiting if not future.cancelled()]
             if not live:
                 self._slots.release()
