@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.decoding import XLA_MAX_BATCH, xla_width
+from chatbot.inference.decoding import XLA_MAX_BATCH, padded_rows, xla_width
 from chatbot.inference.generator import Generator
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
@@ -183,6 +184,34 @@ def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
         np.testing.assert_allclose(total, want_total, rtol=1e-4, atol=1e-4)
     assert generator.compiled_widths == {16, 32, 64}
     assert generator.loops._greedy.experimental_get_tracing_count() == 1
+
+
+def assert_unaided_sums_are_teacher_forced(generator, source, bare, max_length=12):
+    """The greedy loops' log-prob sums given ``bare`` (rows riding along in their batch) equal
+    what the teacher-forced model gives each reply's tokens given ``bare``, for greedy (XLA and
+    graph) and sampling. (Summed over every token: an untrained model may emit [PAD], which the
+    scoring pass would leave out.)"""
+    config = DecodingConfig(max_length=max_length)
+    runs = [generator.loops.greedy(source, max_length, 0, bare)]
+    for strategy in ("greedy", "sample"):
+        runs.append(generator.loops.step(source, dataclasses.replace(config, strategy=strategy), 3, bare=bare))
+    for ids, total, lengths, unaided in ([t.numpy() for t in run] for run in runs):
+        for row, n in enumerate(lengths):
+            tokens = ids[row, :n]
+            decoder_input = np.concatenate([[START], tokens[:-1]])[None].astype(np.int32)
+            logits = generator.model((bare[row:row + 1], decoder_input), training=False)
+            logprobs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()[0]
+            np.testing.assert_allclose(unaided[row], logprobs[np.arange(n), tokens].sum(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", XLA_ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
+def test_every_architecture_scores_replies_given_the_bare_input_as_it_decodes(arch):
+    tf.random.set_seed(5)
+    generator = Generator(random_model(**arch), None, DataConfig(), DecodingConfig(max_length=12))
+    retrieved = [RET, SIM_TOKENS[-1], 20, 21, ANS, 30, 31, 32, 33, 30, 31, 34, SEP]
+    questions = [[20, 22], [23], [24, 25, 26]]
+    source = padded_rows([retrieved[:4 + 3 * row] + [SEP] + q for row, q in enumerate(questions)])
+    assert_unaided_sums_are_teacher_forced(generator, source, padded_rows(questions))
 
 
 def test_the_xla_loop_is_used_only_where_it_computes_the_same(tiny_bot):

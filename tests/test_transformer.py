@@ -108,6 +108,20 @@ def test_a_reply_ends_at_the_decoder_cache_capacity():
             == (position >= 3), position
 
 
+def test_the_transformer_scores_replies_given_the_bare_input_as_it_decodes():
+    """The unaided rows of the confidence ride along in the transformer's loops as well (each
+    row its own key/value cache): the same sums as the teacher-forced call. (Replies stay under
+    the 10-token cap, past which the loops force [END] and the teacher-forced call does not.)"""
+    from test_model import assert_unaided_sums_are_teacher_forced
+
+    tf.random.set_seed(4)
+    generator = Generator(random_transformer(max_output_tokens=10), None, DataConfig(),
+                          DecodingConfig(max_length=12))
+    source = np.array([RETRIEVED, [START] * 13 + [20, 23]], np.int32)
+    assert_unaided_sums_are_teacher_forced(generator, source, np.array([[20, 22], [20, 23]], np.int32),
+                                           max_length=8)
+
+
 def test_the_compiled_loops_decode_the_same_tokens():
     """XLA greedy (input padded to 16) = graph greedy = beam search with one beam; and every
     hypothesis of a wider beam, whose caches are reordered at each step, scores as the
