@@ -304,8 +304,9 @@ def test_requests_arriving_during_a_decode_join_the_next_one():
 
 
 def test_a_request_to_an_idle_server_does_not_wait_for_company():
-    """``wait_ms`` is how long a request waits for others to join its decode, but only while
-    another decode runs: alone on an idle server it would wait for nothing."""
+    """``wait_ms`` is how long a request waits for others to join its decode, but only under
+    load (another decode runs, or the last batch had company): one client's requests, one after
+    another, would wait for nothing."""
     sizes = []
 
     def reply_many(requests, keep):
