@@ -110,16 +110,17 @@ def test_a_reply_ends_at_the_decoder_cache_capacity():
 
 def test_the_transformer_scores_replies_given_the_bare_input_as_it_decodes():
     """The unaided rows of the confidence ride along in the transformer's loops as well (each
-    row its own key/value cache): the same sums as the teacher-forced call. (Replies stay under
-    the 10-token cap, past which the loops force [END] and the teacher-forced call does not.)"""
+    row its own key/value cache): the same sums as the teacher-forced call, a reply that reaches
+    the 10-token cap included (both give the forced [END] after it log-probability 0)."""
     from test_model import assert_unaided_sums_are_teacher_forced
 
     tf.random.set_seed(4)
     generator = Generator(random_transformer(max_output_tokens=10), None, DataConfig(),
                           DecodingConfig(max_length=12))
     source = np.array([RETRIEVED, [START] * 13 + [20, 23]], np.int32)
-    assert_unaided_sums_are_teacher_forced(generator, source, np.array([[20, 22], [20, 23]], np.int32),
-                                           max_length=8)
+    for max_length in (8, 12):  # under the cap, and past it
+        assert_unaided_sums_are_teacher_forced(generator, source, np.array([[20, 22], [20, 23]], np.int32),
+                                               max_length=max_length)
 
 
 def test_the_compiled_loops_decode_the_same_tokens():

@@ -268,7 +268,16 @@ class Transformer(EncoderDecoder):
         for layer, (keys, values) in zip(self.decoder_layers, cross):
             x, _ = layer(x, causal, keys, values, source_visible, training=training)
         history = fed_tokens(decoder_input, CONTINUATION_TOKENS) if self.continuation else ()
-        return self._project(self.decoder_norm(x), memory, copy_keys, source, training, history)
+        logits = self._project(self.decoder_norm(x), memory, copy_keys, source, training, history)
+        # Scoring a decoded reply sees what decoding saw: only [END] past the cap. (Training never
+        # reaches it: its targets are at most max_output_tokens long.)
+        return logits if training else self._ends_at_cap(logits, steps[None, :])
+
+    def _ends_at_cap(self, logits, positions):
+        """From ``max_output_tokens`` on, a reply ends: at those ``positions`` (``logits``' shape
+        without the vocabulary) only [END] is possible."""
+        end_only = tf.cast(tf.where(tf.equal(tf.range(self.vocab_size), END), 0.0, MASKED), logits.dtype)
+        return tf.where((positions >= self.max_output_tokens)[..., None], end_only, logits)
 
     def decode_step(self, token, states, encoder_outputs, source):
         """One inference step: token ids ``[B]`` -> logits ``[B, V]`` and the new states. The
@@ -296,5 +305,4 @@ class Transformer(EncoderDecoder):
             new_states.append(earlier)
         logits = tf.cast(self._project(self.decoder_norm(x), memory, copy_keys, source, False, history)[:, 0, :],
                          tf.float32)
-        end_only = tf.where(tf.equal(tf.range(self.vocab_size), END), 0.0, MASKED)[None, :]
-        return tf.where((position >= self.max_output_tokens)[:, None], end_only, logits), new_states
+        return self._ends_at_cap(logits, position), new_states
