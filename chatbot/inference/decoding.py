@@ -343,7 +343,7 @@ class DecodeLoops:
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             if unaided:
-                logits, bare_logits = logits[:batch], logits[batch:]
+                logits, bare_logits = tf.split(logits, 2)
             logprobs = tf.nn.log_softmax(logits)
             allowed = self._forbid_early_end(logits, step, min_length)
             best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))

@@ -333,7 +333,7 @@ class Generator:
         config = self.searched(config)
         seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
         alone = beam and self.decodes_alone(config)
-        unaided = self.weighs_unaided(config)  # greedy and sampling score each reply given its bare input too
+        unaided = self.weighs_unaided(config)
         results: list[Generation] = []
         for start in range(0, len(inputs), self.max_batch):
             began = time.perf_counter()
@@ -349,18 +349,16 @@ class Generator:
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam_xla(padded_ids, config))
             elif beam:
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam(padded_ids, config))
-            elif self.loops.uses_xla(config, len(chunk)):
-                out = [t.numpy()[:, None] for t in self.loops.greedy(
-                    padded_ids, config.max_length, config.min_length, self.encode_inputs(chunk) if unaided else None)]
-                ids, logprob, lengths = out[:3]
-                keys, bare_sums = logprob, out[3] if unaided else None
-            else:
-                # Chunks after the first draw from another random stream of the same seed.
-                stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
-                out = [t.numpy()[:, None] for t in self.loops.step(
-                    padded_ids, config, seed, stream, self.encode_inputs(chunk) if unaided else None)]
-                ids, logprob, lengths = out[:3]
-                keys, bare_sums = logprob, out[3] if unaided else None
+            else:  # greedy or sampling: the loop scores each reply given its bare input as well
+                bare = self.encode_inputs(chunk) if unaided else None
+                if self.loops.uses_xla(config, len(chunk)):
+                    run = self.loops.greedy(padded_ids, config.max_length, config.min_length, bare)
+                else:
+                    # Chunks after the first draw from another random stream of the same seed.
+                    stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
+                    run = self.loops.step(padded_ids, config, seed, stream, bare)
+                ids, logprob, lengths, *summed = (t.numpy()[:, None] for t in run)
+                keys, bare_sums = logprob, (summed[0] if summed else None)
             rows: list[list[Hypothesis]] = []  # per input, best first
             for row in range(len(chunk)):
                 hypotheses = []
