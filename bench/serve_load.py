@@ -214,15 +214,16 @@ def measured(server: Server, asked: list[str], clients: int, settings: dict | No
     return result
 
 
-def batching_phase(model: str, tmp: Path, quick: bool, settings: dict | None = None) -> dict:
+def batching_phase(model: str, tmp: Path, quick: bool, settings: dict | None = None,
+                   max_batch: int | None = None) -> dict:
     """One worker, stateless replies: one client at a time, then 32 clients at once with the
     server's batching and with --max-batch 1 (each request decoded alone: the control).
     ``settings`` go into every request (``{"temperature": 0}``: greedy replies)."""
     asked = questions(400 if not quick else 80)
     rounds = 3  # the 32 clients ask every question this many times: a few seconds are too noisy
     result = {}
-    for label, max_batch in (("batched", None), ("max_batch_1", 1)):
-        server = Server(model, f"sqlite:///{tmp / f'batching_{label}.db'}", workers=1, max_batch=max_batch)
+    for label, batch in (("batched", max_batch), ("max_batch_1", 1)):
+        server = Server(model, f"sqlite:///{tmp / f'batching_{label}.db'}", workers=1, max_batch=batch)
         try:
             log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s")
             # Each phase runs twice and the second run is measured: the first compiles the decode
@@ -291,6 +292,7 @@ def main() -> None:
                         help="phase 1 only, written to results/serve_load_batching.json")
     parser.add_argument("--greedy", action="store_true", help="phase 1 only, every request with temperature 0 "
                         "(greedy replies), written to results/serve_load_batching_greedy.json")
+    parser.add_argument("--max-batch", type=int, help="the batched phase's `serve --max-batch` [the server's default]")
     args = parser.parse_args()
     import tempfile
 
@@ -300,7 +302,8 @@ def main() -> None:
     result = {"machine_cores": machine()["cores"], "requests": requests, "clients": args.clients}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        result["batching"] = batching_phase(args.model, tmp, args.quick, {"temperature": 0} if args.greedy else None)
+        result["batching"] = batching_phase(args.model, tmp, args.quick, {"temperature": 0} if args.greedy else None,
+                                            args.max_batch)
         if args.batching_only or args.greedy:
             result["partial"] = args.quick
             emit(result, name="serve_load_batching_greedy" if args.greedy else "serve_load_batching")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.decoding import XLA_MAX_BATCH, padded_rows, xla_width
+from chatbot.inference.decoding import XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH, padded_rows, xla_batch, xla_width
 from chatbot.inference.generator import Generator
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
@@ -133,10 +133,13 @@ def test_batch_gives_the_same_replies_as_one_by_one(tiny_bot, tiny_pairs):
 
 
 def test_no_retracing_across_questions_of_different_lengths(tiny_bot):
+    """Each loop is traced once, whatever the lengths (a batch's loop once per stage count)."""
+    tiny_bot.generate(["a"])
+    tiny_bot.generate(["a", "b"])
     before = tiny_bot.generator.trace_count
     for n in range(1, 30):
         tiny_bot.generate([" ".join(["what"] * n) + "?"])
-    tiny_bot.generate(["a", "a much longer question than the other one in this batch"])
+        tiny_bot.generate(["a", " ".join(["a much longer question"] * n)])
     assert tiny_bot.generator.trace_count == before
 
 
@@ -183,7 +186,7 @@ def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
         assert ids[0, :lengths[0]].tolist() == want_ids[0, :lengths[0]].tolist()
         np.testing.assert_allclose(total, want_total, rtol=1e-4, atol=1e-4)
     assert generator.compiled_widths == {16, 32, 64}
-    assert generator.loops._greedy.experimental_get_tracing_count() == 1
+    assert generator.loops._greedy[False, 1].experimental_get_tracing_count() == 1
 
 
 def assert_unaided_sums_are_teacher_forced(generator, source, bare, max_length=12):
@@ -237,14 +240,43 @@ def test_a_batch_decodes_in_the_xla_loop_to_the_same_tokens_as_the_graph_loop(ti
         for row, n in enumerate(lengths):
             assert list(xla_ids[row, :n]) == list(ids[row, :n])
         np.testing.assert_allclose(xla_total, total, rtol=1e-4, atol=1e-4)
-    assert (4, xla_width(source.shape[1]), False) in generator.loops.compiled_shapes
+    assert (4, xla_width(source.shape[1]), 0) in generator.loops.compiled_shapes
+
+
+def assert_a_batch_decodes_as_each_input_alone(generator, questions, max_length=40):
+    """A batch in the XLA greedy loop, whose rows end at different steps and so move through
+    its halving stages, gives every input the tokens, log-prob sums (given its input, and
+    given its bare input) and length that decoding it alone gives."""
+    read = generator.read([[q] for q in questions])
+    source, bare = generator.encode_inputs(read, generator.retrieve(read)), generator.encode_inputs(read)
+    batched = [t.numpy() for t in generator.loops.greedy(source, max_length, 0, bare)]
+    lengths = batched[2]
+    assert np.median(lengths) < lengths.max(), lengths  # most rows end before the last: stages switch
+    for row in range(len(questions)):
+        alone_read = read[row:row + 1]
+        alone = [t.numpy() for t in generator.loops.greedy(
+            generator.encode_inputs(alone_read, generator.retrieve(alone_read)), max_length, 0,
+            generator.encode_inputs(alone_read))]
+        n = alone[2][0]
+        assert lengths[row] == n and batched[0][row, :n].tolist() == alone[0][0, :n].tolist(), questions[row]
+        np.testing.assert_allclose([batched[1][row], batched[3][row]], [alone[1][0], alone[3][0]],
+                                   rtol=1e-4, atol=1e-4)
+    bare_width = xla_width(bare.shape[1])  # encoded at its own width
+    assert (xla_batch(len(questions)), max(xla_width(source.shape[1]), bare_width), bare_width) \
+        in generator.loops.compiled_shapes
+
+
+def test_a_batch_of_replies_that_end_apart_decodes_as_each_input_alone(tiny_bot, tiny_pairs):
+    questions = [q for q, _ in tiny_pairs] + ["something it never saw", "what is your nmae"]
+    assert_a_batch_decodes_as_each_input_alone(tiny_bot.generator, questions)
+    assert_a_batch_decodes_as_each_input_alone(tiny_bot.generator, questions[3:8])  # 5 rows, padded to 8
 
 
 @pytest.mark.parametrize("beam, n_best", [(3, 1), (4, 3)])
 def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny_pairs, beam, n_best):
     generator = tiny_bot.generator
     config = generator.resolve({"beam": beam, "n_best": n_best, "max_length": 30})
-    assert generator.loops.uses_xla_beam(config, 1) and generator.loops.uses_xla_beam(config, XLA_MAX_BATCH)
+    assert generator.loops.uses_xla_beam(config, 1) and generator.loops.uses_xla_beam(config, XLA_MAX_BEAM_BATCH)
     questions = [[q] for q, _ in tiny_pairs[:2]] + [["something it never saw"]]  # 3 rows, padded to 4
     for rows in (questions[:1], questions):
         read = generator.read(rows)
@@ -261,7 +293,7 @@ def test_beam_search_in_the_xla_loop_gives_the_graph_loops_n_best(tiny_bot, tiny
     for settings in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"beam": 9},
                      {"max_length": generator.loops.capacity + 1}):
         assert not generator.loops.uses_xla_beam(generator.resolve({"beam": beam, **settings}), 1), settings
-    assert not generator.loops.uses_xla_beam(config, XLA_MAX_BATCH + 1)
+    assert not generator.loops.uses_xla_beam(config, XLA_MAX_BEAM_BATCH + 1)
 
 
 def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_the_scoring_pass_does(tiny_bot, tiny_pairs):
@@ -290,7 +322,7 @@ def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_
             replies = [ids[row, :n] for row, n in enumerate(lengths)]
             np.testing.assert_allclose(unaided / lengths, generator.loops.scores(list(bare), replies),
                                        rtol=1e-4, atol=1e-4)
-    assert (4, xla_width(source.shape[1]), True) in generator.loops.compiled_shapes
+    assert (4, xla_width(source.shape[1]), xla_width(bare.shape[1])) in generator.loops.compiled_shapes
 
 
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):

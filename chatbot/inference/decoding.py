@@ -1,7 +1,8 @@
 """The compiled decode loops over one network: encode once, then one decoder step at a time
 inside a ``tf.function``, so no Python runs per generated token.
 
-* ``greedy``: greedy decoding of up to ``XLA_MAX_BATCH`` inputs as one XLA program;
+* ``greedy``: greedy decoding of up to ``XLA_MAX_BATCH`` inputs as one XLA program, in stages
+  that shrink as replies end;
 * ``step``: greedy decoding and sampling (temperature, top-k, top-p) for a batch of any size, a
   graph loop, chosen per call by a boolean tensor; it also runs the repetition controls;
 * ``beam``: beam search with a GNMT length penalty and an n-best list, a graph loop; and
@@ -11,7 +12,8 @@ inside a ``tf.function``, so no Python runs per generated token.
 
 The confidence also asks how likely each reply is given its input without the retrieved pairs.
 The greedy and sampling loops answer that as they decode: the bare inputs ride along as more rows
-of the same batch, fed the tokens the real rows choose (``unaided_rows``). That adds nothing
+of the same batch, fed the tokens the real rows choose (in the XLA loop encoded at their own,
+narrower width: ``_beside``). That adds nothing
 measurable to the greedy loop's time for one question and 40% for eight, where a teacher-forced
 pass over the replies afterwards added 60% (bench/README.md, "The unaided pass in the loop").
 Beam search scores its n-best afterwards: bare rows would follow every hypothesis.
@@ -52,9 +54,10 @@ NEG_INF = float("-inf")
 SCORE_BATCH = 64  # answers scored per forward pass
 XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
 # Batches up to this size decode greedily in ``_greedy_loop`` too (a server's requests that
-# arrived together): every row runs until the longest reply ends, which at this size still
-# beats the graph loop that drops finished rows (bench/results/serve_load.json).
-XLA_MAX_BATCH = 8
+# arrived together), in shrinking stages so that few rows run on after they end.
+XLA_MAX_BATCH = 32
+# Beam search runs every input's hypotheses until the longest ends, in one stage: up to this many.
+XLA_MAX_BEAM_BATCH = 8
 
 
 def xla_width(width: int) -> int:
@@ -70,14 +73,6 @@ def xla_padded(source: np.ndarray, width: int | None = None) -> np.ndarray:
     padded[:, :columns] = source[0]
     padded[:rows, :columns] = source
     return padded
-
-
-def unaided_rows(source: np.ndarray, bare: np.ndarray) -> np.ndarray:
-    """The rows of a loop that also scores each reply given its bare input: ``source`` and
-    ``bare`` (the same inputs without retrieved pairs) each padded as ``xla_padded`` pads, to
-    one width, and stacked."""
-    width = xla_width(max(source.shape[1], bare.shape[1]))
-    return np.concatenate([xla_padded(source, width), xla_padded(bare, width)])
 
 
 def xla_batch(rows: int) -> int:
@@ -103,7 +98,7 @@ def _decode_until_done(batch, max_length, outputs, search, decoder, advance, res
 
     ``search`` holds per-input tensors, ``decoder`` per-row ones (token, states, encoder
     outputs: ``rows_per_input`` rows per input, one when None; ``stacked`` such blocks one after
-    another, as ``unaided_rows`` stacks them). ``advance(step, search,
+    another: the inputs, then their bare rows). ``advance(step, search,
     decoder)`` returns both updated and a ``done`` mask over the inputs. Done inputs are
     written out at once (``results(steps, search)``: one tensor per output, by input) and
     leave the batch, so later steps cost only what still runs; inputs running at
@@ -142,6 +137,71 @@ def _decode_until_done(batch, max_length, outputs, search, decoder, advance, res
     return write(index, tf.ones_like(index, tf.bool), step, search, outputs)
 
 
+def _beside(encoded, bare_encoded):
+    """``model.encode``'s (outputs, states, source ids) for the inputs, then the bare inputs as
+    more rows: the bare ones, narrower, padded along time to the inputs' width (padding ids are
+    masked, so what they decode is the same as unpadded)."""
+    width = tf.shape(encoded[2])[1]
+
+    def pad(t):
+        extra = width - tf.shape(t)[1]
+        return tf.pad(t, [[0, 0], [0, extra]] + [[0, 0]] * (len(t.shape) - 2), constant_values=0)
+
+    outputs, states, ids = encoded
+    bare_outputs, bare_states, bare_ids = bare_encoded
+    return (tf.concat([outputs, pad(bare_outputs)], axis=0),
+            [tf.concat(pair, axis=0) for pair in zip(states, bare_states)],
+            tf.concat([ids, pad(tf.cast(bare_ids, ids.dtype))], axis=0))
+
+
+def xla_stages(batch: int) -> int:
+    """The stages ``_greedy_loop`` decodes a batch of ``batch`` rows in: that size, then a
+    quarter of it, and so on down to one row (32, 8, 2, 1: four). Each stage is code of its own
+    to compile; halving instead would leave fewer idle rows running but compile more stages."""
+    stages = 1
+    while batch > 1:
+        batch, stages = max(batch // 4, 1), stages + 1
+    return stages
+
+
+def _shrinking_stages(body, max_length, batch, search, decoder, results, stages, stacked=1):
+    """Run ``body`` (an XLA greedy step) in ``stages`` loops of shrinking batch. A stage runs
+    until no more of its rows run than the next stage holds (a quarter as many, at least one;
+    the last stage until all are done); then its rows are written to ``results`` (by input, from
+    ``search``'s history, total, lengths and bare total), and the rows still running, first,
+    move on. Sizes are static for XLA (they follow from the batch's shape).
+
+    ``search``: per-input (history, total, lengths, done, bare total); ``decoder``: per-row
+    (token, states, encoder outputs, source ids), ``stacked`` blocks of ``batch`` rows."""
+    origin = tf.range(batch)  # each row's input
+    step = tf.constant(0)
+    for stage in range(stages):
+        size = tf.shape(origin)[0]
+        last = stage == stages - 1
+        next_size = 0 if last else tf.maximum(size // 4, 1)
+
+        def running(step, token, states, history, total, lengths, done, *_):
+            alive = tf.reduce_sum(tf.cast(tf.logical_not(done), tf.int32))
+            return tf.logical_and(step < max_length, alive > next_size)
+
+        token, states, encoder_outputs, source_ids = decoder
+        step, token, states, *search, encoder_outputs, source_ids = tf.while_loop(
+            running, body, (step, token, states, *search, encoder_outputs, source_ids))
+        history, total, lengths, done, bare_total = search
+        if stages == 1:
+            return history, total, lengths, bare_total
+        results = tuple(tf.tensor_scatter_nd_update(out, origin[:, None], value)
+                        for out, value in zip(results, (history, total, lengths, bare_total)))
+        if last:
+            break
+        keep = tf.argsort(tf.cast(done, tf.int32), stable=True)[:next_size]  # running rows first
+        kept_rows = tf.concat([keep + size * block for block in range(stacked)], axis=0)
+        origin = tf.gather(origin, keep)
+        search = [tf.gather(t, keep) for t in search]
+        decoder = tf.nest.map_structure(lambda t: tf.gather(t, kept_rows), (token, states, encoder_outputs, source_ids))
+    return results
+
+
 class DecodeLoops:
     """The loops, compiled on first use, with what they were compiled for (``trace_count``,
     ``compiled_shapes``). ``capacity``: the history of the XLA loops, the longest reply they
@@ -151,17 +211,15 @@ class DecodeLoops:
         self.model = model
         source = tf.TensorSpec([None, None], tf.int32)
         self.capacity = capacity
-        # (batch, width, unaided) ``_greedy_loop`` was compiled for (unaided: with bare rows)
-        self.compiled_shapes: set[tuple[int, int, bool]] = set()
+        # (batch, width, bare width) ``_greedy_loop`` was compiled for (bare width 0: no bare rows)
+        self.compiled_shapes: set[tuple[int, int, int]] = set()
         self.compiled_beam_shapes: set[tuple[int, int, int, int]] = set()  # (beam, n_best, batch, width)
         # ``autograph=False`` throughout: the loops are written with ``tf.while_loop`` and
         # ``tf.cond`` already, and converting their Python source cost every process about 1.3 s
         # of its start-up (the warm-up of `chatbot ask` took 2.6 s with it, 1.3 s without).
-        self._greedy = tf.function(self._greedy_loop, jit_compile=True, autograph=False, input_signature=[
-            source, _scalar(tf.int32), _scalar(tf.int32)])  # max_length, min_length
-        self._greedy_unaided = tf.function(
-            functools.partial(self._greedy_loop, unaided=True), jit_compile=True, autograph=False,
-            input_signature=[source, _scalar(tf.int32), _scalar(tf.int32)])
+        # (with bare rows, stages) -> ``_greedy_loop``, traced on first use: one input decodes in
+        # one stage, a batch in ``xla_stages``.
+        self._greedy: dict[tuple[bool, int], Any] = {}
         self._score = tf.function(self._score_batch, autograph=False, input_signature=[source, source])
         step_signature = [
             source, _scalar(tf.int32),  # max_length
@@ -183,7 +241,7 @@ class DecodeLoops:
     def trace_count(self) -> int:
         """Traces of all compiled functions together (each is traced once, on first use)."""
         return sum(f.experimental_get_tracing_count()
-                   for f in (self._greedy, self._greedy_unaided, self._step, self._step_unaided, self._beam,
+                   for f in (*self._greedy.values(), self._step, self._step_unaided, self._beam,
                              self._score, *self._beam_xla.values()))
 
     # --- scoring given answers ---------------------------------------------------------------
@@ -322,24 +380,37 @@ class DecodeLoops:
                                   stacked=2 if unaided else 1)
 
     # --- greedy, up to XLA_MAX_BATCH inputs, XLA --------------------------------------------
-    def _greedy_loop(self, source, max_length, min_length, *, unaided: bool = False):
-        """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
-        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``, and with ``unaided``
-        each reply's log-prob sum given its bare input (else zeros). Nothing changes shape
-        inside the loop (rows that end emit padding until all have), as XLA needs.
+    def _greedy_function(self, unaided: bool, stages: int):
+        """``_greedy_loop`` compiled with XLA, with bare rows or not, in ``stages`` stages."""
+        key = (unaided, stages)
+        if key not in self._greedy:
+            signature = [tf.TensorSpec([None, None], tf.int32), _scalar(tf.int32), _scalar(tf.int32)]
+            self._greedy[key] = tf.function(  # source, max_length, min_length (, bare)
+                functools.partial(self._greedy_loop, stages=stages), jit_compile=True, autograph=False,
+                input_signature=signature + signature[:1] * unaided)
+        return self._greedy[key]
 
-        ``unaided``: ``source`` holds the inputs (``B`` rows) then the same inputs without their
-        retrieved pairs (``B`` more, ``unaided_rows``). The bare rows ride along in the same
-        batch, fed the tokens the first rows choose."""
+    def _greedy_loop(self, source, max_length, min_length, bare=None, *, stages: int = 1):
+        """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
+        program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``, and with ``bare`` (the
+        same inputs without their retrieved pairs, ``[B, width]``, at most ``source``'s width)
+        each reply's log-prob sum given its bare input (else zeros).
+
+        The bare inputs are encoded at their own width, then ride along as ``B`` more rows of
+        the decoder's batch, fed the tokens the first rows choose (``_beside``).
+
+        XLA needs static shapes, so rows that end emit padding while the others run. So that a
+        batch does not pay its longest reply's steps on every row, it runs in ``stages`` stages,
+        each a quarter the size of the one before (``_shrinking_stages``)."""
+        unaided = bare is not None
         encoder_outputs, states, source_ids = self.model.encode(source, training=False)
-        rows = tf.shape(source)[0]
-        batch = rows // 2 if unaided else rows
+        if unaided:
+            encoder_outputs, states, source_ids = _beside((encoder_outputs, states, source_ids),
+                                                          self.model.encode(bare, training=False))
+        batch = tf.shape(source)[0]
         positions = tf.range(self.capacity)
 
-        def running(step, token, states, history, total, lengths, done, bare_total):
-            return tf.logical_and(step < max_length, tf.logical_not(tf.reduce_all(done)))
-
-        def body(step, token, states, history, total, lengths, done, bare_total):
+        def body(step, token, states, history, total, lengths, done, bare_total, encoder_outputs, source_ids):
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
             if unaided:
@@ -355,22 +426,26 @@ class DecodeLoops:
             history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
             token = tf.concat([best, best], axis=0) if unaided else best
             return (step + 1, token, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END)),
-                    bare_total)
+                    bare_total, encoder_outputs, source_ids)
 
-        start = (tf.constant(0), tf.fill([rows], START), states, tf.zeros([batch, self.capacity], tf.int32),
-                 tf.zeros([batch], tf.float32), tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool),
-                 tf.zeros([batch], tf.float32))
-        _, _, _, history, total, lengths, _, bare_total = tf.while_loop(running, body, start)
-        return history, total, lengths, bare_total
+        results = (tf.zeros([batch, self.capacity], tf.int32), tf.zeros([batch], tf.float32),
+                   tf.zeros([batch], tf.int32), tf.zeros([batch], tf.float32))
+        search = results[:3] + (tf.zeros([batch], tf.bool), results[3])  # history, total, lengths, done, bare
+        decoder = (tf.fill([tf.shape(source_ids)[0]], START), states, encoder_outputs, source_ids)
+        return _shrinking_stages(body, max_length, batch, search, decoder, results, stages, stacked=2 if unaided else 1)
 
     def greedy(self, source: np.ndarray, max_length: int, min_length: int, bare: np.ndarray | None = None):
-        """``_greedy_loop`` on ``source`` padded to its XLA width and batch (``xla_padded``):
-        ids, log-prob sums and lengths, and with ``bare`` (the same inputs without retrieved
-        pairs) the replies' log-prob sums given those as a fourth result."""
-        padded = xla_padded(source) if bare is None else unaided_rows(source, bare)
-        self.compiled_shapes.add((xla_batch(len(source)), padded.shape[1], bare is not None))
-        loop = self._greedy_unaided if bare is not None else self._greedy
-        out = loop(tf.constant(padded), tf.constant(max_length, tf.int32), tf.constant(min_length, tf.int32))
+        """``_greedy_loop`` on ``source`` (and ``bare``, the same inputs without retrieved
+        pairs) padded to its XLA width and batch (``xla_padded``): ids, log-prob sums and
+        lengths, and with ``bare`` the replies' log-prob sums given those as a fourth result."""
+        batch = xla_batch(len(source))
+        bare_width = 0 if bare is None else xla_width(bare.shape[1])
+        padded = xla_padded(source, max(xla_width(source.shape[1]), bare_width))
+        self.compiled_shapes.add((batch, padded.shape[1], bare_width))
+        arguments = [tf.constant(padded), tf.constant(max_length, tf.int32), tf.constant(min_length, tf.int32)]
+        if bare is not None:
+            arguments.append(tf.constant(xla_padded(bare)))
+        out = self._greedy_function(bare is not None, xla_stages(batch))(*arguments)
         return tuple(t[:source.shape[0]] for t in out[:3 if bare is None else 4])
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
@@ -382,7 +457,7 @@ class DecodeLoops:
     # --- beam search -------------------------------------------------------------------------
     def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
         """One beam search, for ``_beam_loop`` (any batch, a graph loop) and ``_beam_xla_loop``
-        (up to ``XLA_MAX_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
+        (up to ``XLA_MAX_BEAM_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
@@ -520,9 +595,9 @@ class DecodeLoops:
         return tuple(t[:source.shape[0]] for t in out)
 
     def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
-        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
+        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BEAM_BATCH`` inputs,
         beams of at most 8, no repetition controls, a reply fitting its history."""
-        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "beam" and config.beam <= 8
+        return (batch <= XLA_MAX_BEAM_BATCH and config.effective_strategy == "beam" and config.beam <= 8
                 and config.max_length <= self.capacity
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 

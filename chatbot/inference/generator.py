@@ -26,7 +26,8 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.inference.decoding import SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows, xla_batch, xla_width
+from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH, XLA_MIN_WIDTH, DecodeLoops,
+                                        padded_rows, xla_batch, xla_width)
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
@@ -155,7 +156,8 @@ class Generator:
         no reply waits for it later."""
         alone = self.decodes_alone(self.searched(self.decoding))
         unaided = self.weighs_unaided(self.decoding)
-        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
+        largest = XLA_MAX_BEAM_BATCH if self.decoding.effective_strategy == "beam" else XLA_MAX_BATCH
+        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= largest and (b == 1 or not alone)):
             bare = np.full((batch, 1), START, np.int32) if unaided else None
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):
@@ -164,7 +166,7 @@ class Generator:
                     config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
                     if (config.beam, config.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
                         self.loops.beam_xla(source, config)
-                elif (batch, xla_width(width), unaided) not in self.loops.compiled_shapes:
+                elif (batch, xla_width(width), XLA_MIN_WIDTH if unaided else 0) not in self.loops.compiled_shapes:
                     self.loops.greedy(source, 2, 0, bare)
 
     @property
