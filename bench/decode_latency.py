@@ -43,9 +43,10 @@ DECODE_ONLY = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": False}
 # (b) What a user waits for: the model's own decoding settings, greedy, retrieval on.
 ASK = {"strategy": "greedy", "beam": 1, "n_best": 1, "retrieval": True}
 # Compiled functions, one trace each: the XLA greedy loop (without and with the bare rows of the
-# confidence's unaided score), the greedy/sampling loop, the beam loop, scoring, and one XLA beam
-# loop per (beam, n_best) used (beam 5 here, and the model's own).
-TRACE_BOUND = 7
+# confidence's unaided score), the greedy/sampling loop, the beam loop, scoring, one XLA beam
+# loop per (beam, n_best) used (beam 5 here, and the model's own), and the XLA greedy loop of a
+# batch once per stage count met (decoding.xla_stages: here a batch of 2, and 200 questions' last 8).
+TRACE_BOUND = 9
 # (b') What a user of the bundle gets: its own decoding settings (beam search for the default).
 ASK_OWN = {"retrieval": True}
 STRATEGIES = {  # name -> per-call decoding overrides
@@ -365,6 +366,9 @@ def main() -> None:
         "speedup_p50_vs_on_batch": round(percentile(on_batch_ms, 50) / compiled["p50_ms"], 2),
         "trace_count": bot.generator.trace_count,
         "trace_counts": traces,  # after each phase: constant once the loops are traced
+        # the XLA greedy loops traced, as (with bare rows, stages): a batch's loop is traced
+        # once per stage count (decoding.xla_stages) that batch sizes meet
+        "greedy_loops": sorted(bot.generator.loops._greedy),
         "trace_bound": TRACE_BOUND,
         # Bounded: nothing traced by new inputs once a setting has been used (200 unseen
         # questions after the corpus ones), and at most TRACE_BOUND functions in all.

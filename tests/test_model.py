@@ -261,7 +261,7 @@ def assert_a_batch_decodes_as_each_input_alone(generator, questions, max_length=
         assert lengths[row] == n and batched[0][row, :n].tolist() == alone[0][0, :n].tolist(), questions[row]
         np.testing.assert_allclose([batched[1][row], batched[3][row]], [alone[1][0], alone[3][0]],
                                    rtol=1e-4, atol=1e-4)
-    bare_width = xla_width(bare.shape[1])  # encoded at its own width
+    bare_width = xla_width(bare.shape[1])  # a batch's bare rows are encoded at their own width
     assert (xla_batch(len(questions)), max(xla_width(source.shape[1]), bare_width), bare_width) \
         in generator.loops.compiled_shapes
 
@@ -323,6 +323,7 @@ def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_
             np.testing.assert_allclose(unaided / lengths, generator.loops.scores(list(bare), replies),
                                        rtol=1e-4, atol=1e-4)
     assert (4, xla_width(source.shape[1]), xla_width(bare.shape[1])) in generator.loops.compiled_shapes
+    assert (1, xla_width(source.shape[1]), xla_width(source.shape[1])) in generator.loops.compiled_shapes  # one input
 
 
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):

@@ -12,10 +12,10 @@ inside a ``tf.function``, so no Python runs per generated token.
 
 The confidence also asks how likely each reply is given its input without the retrieved pairs.
 The greedy and sampling loops answer that as they decode: the bare inputs ride along as more rows
-of the same batch, fed the tokens the real rows choose (in the XLA loop encoded at their own,
-narrower width: ``_beside``). That adds nothing
-measurable to the greedy loop's time for one question and 40% for eight, where a teacher-forced
-pass over the replies afterwards added 60% (bench/README.md, "The unaided pass in the loop").
+of the same batch, fed the tokens the real rows choose (in an XLA batch encoded at their own,
+narrower width: ``_encoded_with_bare_rows``). That adds nothing measurable to the greedy loop's
+time for one question and 40% for eight, where a teacher-forced pass over the replies afterwards
+added 60% (bench/README.md, "The unaided pass in the loop").
 Beam search scores its n-best afterwards: bare rows would follow every hypothesis.
 
 A reply decoded one step at a time is mostly per-step overhead: one GRU step is a few MFLOP,
@@ -73,6 +73,17 @@ def xla_padded(source: np.ndarray, width: int | None = None) -> np.ndarray:
     padded[:, :columns] = source[0]
     padded[:rows, :columns] = source
     return padded
+
+
+def greedy_shape(rows: int, width: int, bare_width: int | None) -> tuple[int, int, int]:
+    """The (batch, width, bare width) ``_greedy_loop`` decodes ``rows`` inputs ``width`` wide
+    at, with bare inputs ``bare_width`` wide (None: none; 0 in the result). One input encodes
+    its bare row beside it at its own width: one program per width, whatever the bare one."""
+    batch = xla_batch(rows)
+    if bare_width is None:
+        return batch, xla_width(width), 0
+    padded = xla_width(max(width, bare_width))
+    return batch, padded, padded if batch == 1 else xla_width(bare_width)
 
 
 def xla_batch(rows: int) -> int:
@@ -137,21 +148,25 @@ def _decode_until_done(batch, max_length, outputs, search, decoder, advance, res
     return write(index, tf.ones_like(index, tf.bool), step, search, outputs)
 
 
-def _beside(encoded, bare_encoded):
-    """``model.encode``'s (outputs, states, source ids) for the inputs, then the bare inputs as
-    more rows: the bare ones, narrower, padded along time to the inputs' width (padding ids are
-    masked, so what they decode is the same as unpadded)."""
-    width = tf.shape(encoded[2])[1]
+def _padded_to(width, t):
+    """``t`` ``[B, S, ...]`` padded with zeros (ids: [PAD]) along ``S`` to ``width``."""
+    return tf.pad(t, [[0, 0], [0, width - tf.shape(t)[1]]] + [[0, 0]] * (len(t.shape) - 2))
 
-    def pad(t):
-        extra = width - tf.shape(t)[1]
-        return tf.pad(t, [[0, 0], [0, extra]] + [[0, 0]] * (len(t.shape) - 2), constant_values=0)
 
-    outputs, states, ids = encoded
-    bare_outputs, bare_states, bare_ids = bare_encoded
-    return (tf.concat([outputs, pad(bare_outputs)], axis=0),
+def _encoded_with_bare_rows(model, source, bare, one_input: bool):
+    """``model.encode``'s (outputs, states, source ids) for ``source`` then, as more rows, for
+    ``bare`` (padding ids are masked, so what a row decodes is the same as unpadded). A batch
+    encodes the bare inputs at their own width, then pads their outputs to ``source``'s: the
+    recurrent encoder runs one step per position. One input encodes both rows in one call:
+    there the second row costs nothing and a second call does."""
+    width = tf.shape(source)[1]
+    if one_input:
+        return model.encode(tf.concat([source, _padded_to(width, bare)], axis=0), training=False)
+    outputs, states, ids = model.encode(source, training=False)
+    bare_outputs, bare_states, bare_ids = model.encode(bare, training=False)
+    return (tf.concat([outputs, _padded_to(width, bare_outputs)], axis=0),
             [tf.concat(pair, axis=0) for pair in zip(states, bare_states)],
-            tf.concat([ids, pad(tf.cast(bare_ids, ids.dtype))], axis=0))
+            tf.concat([ids, _padded_to(width, tf.cast(bare_ids, ids.dtype))], axis=0))
 
 
 def xla_stages(batch: int) -> int:
@@ -396,17 +411,17 @@ class DecodeLoops:
         same inputs without their retrieved pairs, ``[B, width]``, at most ``source``'s width)
         each reply's log-prob sum given its bare input (else zeros).
 
-        The bare inputs are encoded at their own width, then ride along as ``B`` more rows of
-        the decoder's batch, fed the tokens the first rows choose (``_beside``).
+        The bare inputs ride along as ``B`` more rows of the decoder's batch, fed the tokens the
+        first rows choose (``_encoded_with_bare_rows``).
 
         XLA needs static shapes, so rows that end emit padding while the others run. So that a
         batch does not pay its longest reply's steps on every row, it runs in ``stages`` stages,
         each a quarter the size of the one before (``_shrinking_stages``)."""
         unaided = bare is not None
-        encoder_outputs, states, source_ids = self.model.encode(source, training=False)
-        if unaided:
-            encoder_outputs, states, source_ids = _beside((encoder_outputs, states, source_ids),
-                                                          self.model.encode(bare, training=False))
+        if unaided:  # one input: one stage
+            encoder_outputs, states, source_ids = _encoded_with_bare_rows(self.model, source, bare, stages == 1)
+        else:
+            encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
         positions = tf.range(self.capacity)
 
@@ -438,13 +453,13 @@ class DecodeLoops:
         """``_greedy_loop`` on ``source`` (and ``bare``, the same inputs without retrieved
         pairs) padded to its XLA width and batch (``xla_padded``): ids, log-prob sums and
         lengths, and with ``bare`` the replies' log-prob sums given those as a fourth result."""
-        batch = xla_batch(len(source))
-        bare_width = 0 if bare is None else xla_width(bare.shape[1])
-        padded = xla_padded(source, max(xla_width(source.shape[1]), bare_width))
-        self.compiled_shapes.add((batch, padded.shape[1], bare_width))
-        arguments = [tf.constant(padded), tf.constant(max_length, tf.int32), tf.constant(min_length, tf.int32)]
+        shape = greedy_shape(len(source), source.shape[1], None if bare is None else bare.shape[1])
+        self.compiled_shapes.add(shape)
+        batch, width, bare_width = shape
+        arguments = [tf.constant(xla_padded(source, width)), tf.constant(max_length, tf.int32),
+                     tf.constant(min_length, tf.int32)]
         if bare is not None:
-            arguments.append(tf.constant(xla_padded(bare)))
+            arguments.append(tf.constant(xla_padded(bare, bare_width)))
         out = self._greedy_function(bare is not None, xla_stages(batch))(*arguments)
         return tuple(t[:source.shape[0]] for t in out[:3 if bare is None else 4])
 

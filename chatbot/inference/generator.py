@@ -26,7 +26,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH, XLA_MIN_WIDTH, DecodeLoops,
+from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH, DecodeLoops, greedy_shape,
                                         padded_rows, xla_batch, xla_width)
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
@@ -166,7 +166,7 @@ class Generator:
                     config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
                     if (config.beam, config.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
                         self.loops.beam_xla(source, config)
-                elif (batch, xla_width(width), XLA_MIN_WIDTH if unaided else 0) not in self.loops.compiled_shapes:
+                elif greedy_shape(batch, width, 1 if unaided else None) not in self.loops.compiled_shapes:
                     self.loops.greedy(source, 2, 0, bare)
 
     @property
