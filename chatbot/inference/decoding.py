@@ -398,11 +398,11 @@ class DecodeLoops:
     def _greedy_function(self, unaided: bool, stages: int):
         """``_greedy_loop`` compiled with XLA, with bare rows or not, in ``stages`` stages."""
         key = (unaided, stages)
-        if key not in self._greedy:
+        if key not in self._greedy:  # two decoding threads may both get here: the first one's is kept
             signature = [tf.TensorSpec([None, None], tf.int32), _scalar(tf.int32), _scalar(tf.int32)]
-            self._greedy[key] = tf.function(  # source, max_length, min_length (, bare)
+            self._greedy.setdefault(key, tf.function(  # source, max_length, min_length (, bare)
                 functools.partial(self._greedy_loop, stages=stages), jit_compile=True, autograph=False,
-                input_signature=signature + signature[:1] * unaided)
+                input_signature=signature + signature[:1] * unaided))
         return self._greedy[key]
 
     def _greedy_loop(self, source, max_length, min_length, bare=None, *, stages: int = 1):
@@ -418,8 +418,9 @@ class DecodeLoops:
         batch does not pay its longest reply's steps on every row, it runs in ``stages`` stages,
         each a quarter the size of the one before (``_shrinking_stages``)."""
         unaided = bare is not None
-        if unaided:  # one input: one stage
-            encoder_outputs, states, source_ids = _encoded_with_bare_rows(self.model, source, bare, stages == 1)
+        if unaided:  # (a batch of one is decoded in one stage)
+            encoder_outputs, states, source_ids = _encoded_with_bare_rows(self.model, source, bare,
+                                                                          one_input=stages == 1)
         else:
             encoder_outputs, states, source_ids = self.model.encode(source, training=False)
         batch = tf.shape(source)[0]
@@ -447,7 +448,8 @@ class DecodeLoops:
                    tf.zeros([batch], tf.int32), tf.zeros([batch], tf.float32))
         search = results[:3] + (tf.zeros([batch], tf.bool), results[3])  # history, total, lengths, done, bare
         decoder = (tf.fill([tf.shape(source_ids)[0]], START), states, encoder_outputs, source_ids)
-        return _shrinking_stages(body, max_length, batch, search, decoder, results, stages, stacked=2 if unaided else 1)
+        return _shrinking_stages(body, max_length, batch, search, decoder, results, stages,
+                                 stacked=2 if unaided else 1)
 
     def greedy(self, source: np.ndarray, max_length: int, min_length: int, bare: np.ndarray | None = None):
         """``_greedy_loop`` on ``source`` (and ``bare``, the same inputs without retrieved
