@@ -83,14 +83,12 @@ def questions(tiny_pairs):
 
 # --- beam search -------------------------------------------------------------------------------
 def test_beam_1_is_exactly_greedy(tiny_bot, questions):
-    """The same tokens; the scores agree to float precision (20 questions decode greedily in the
-    XLA loop, a batch of beam searches that large in the graph loop)."""
     greedy = tiny_bot.generate(questions)
     for decoding in ({"strategy": "beam", "beam": 1}, {"strategy": "beam", "beam": 1, "length_penalty": 2.0}):
         beam = tiny_bot.generate(questions, decoding=decoding)
         assert [r.text for r in beam] == [r.text for r in greedy]
         assert [r.token_ids for r in beam] == [r.token_ids for r in greedy]
-        assert [r.score for r in beam] == pytest.approx([r.score for r in greedy], abs=1e-6)
+        assert [r.score for r in beam] == [r.score for r in greedy]
 
 
 def test_beam_search_finds_a_likelier_reply_than_greedy():

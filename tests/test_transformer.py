@@ -186,10 +186,10 @@ def test_a_tiny_transformer_learns_its_training_pairs(trained, trained_replies, 
 
 def test_a_batch_of_transformer_replies_that_end_apart_decodes_as_each_input_alone(trained, tiny_pairs):
     """Rows that move to a narrower stage of the XLA greedy loop take their caches with them."""
-    from test_model import assert_a_batch_decodes_as_each_input_alone
+    from test_model import assert_a_batch_decodes_as_each_input_alone, batch_ending_apart
 
     generator = Generator(trained.model, trained.tokenizer, trained.config.data, trained.config.decoding)
-    assert_a_batch_decodes_as_each_input_alone(generator, [q for q, _ in tiny_pairs] + ["something it never saw"])
+    assert_a_batch_decodes_as_each_input_alone(generator, batch_ending_apart(tiny_pairs))
 
 
 def test_a_saved_transformer_loads_to_identical_replies(trained, trained_replies, tiny_pairs, tmp_path):

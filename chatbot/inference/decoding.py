@@ -55,9 +55,9 @@ SCORE_BATCH = 64  # answers scored per forward pass
 XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widths double from it)
 # Batches up to this size decode greedily in ``_greedy_loop`` too (a server's requests that
 # arrived together), in shrinking stages so that few rows run on after they end.
-XLA_MAX_BATCH = 32
-# Beam search runs every input's hypotheses until the longest ends, in one stage: up to this many.
-XLA_MAX_BEAM_BATCH = 8
+# Larger batches take the graph loops, which drop rows as they end with no compilation per
+# shape: staged XLA programs compile for seconds each (bench/README.md, "shrinking stages").
+XLA_MAX_BATCH = 8
 
 
 def xla_width(width: int) -> int:
@@ -171,7 +171,7 @@ def _encoded_with_bare_rows(model, source, bare, one_input: bool):
 
 def xla_stages(batch: int) -> int:
     """The stages ``_greedy_loop`` decodes a batch of ``batch`` rows in: that size, then a
-    quarter of it, and so on down to one row (32, 8, 2, 1: four). Each stage is code of its own
+    quarter of it, and so on down to one row (8, 2, 1: three). Each stage is code of its own
     to compile; halving instead would leave fewer idle rows running but compile more stages."""
     stages = 1
     while batch > 1:
@@ -474,7 +474,7 @@ class DecodeLoops:
     # --- beam search -------------------------------------------------------------------------
     def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
         """One beam search, for ``_beam_loop`` (any batch, a graph loop) and ``_beam_xla_loop``
-        (up to ``XLA_MAX_BEAM_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
+        (up to ``XLA_MAX_BATCH`` inputs, XLA): the start state and its ``advance`` and ``results``.
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
@@ -612,9 +612,9 @@ class DecodeLoops:
         return tuple(t[:source.shape[0]] for t in out)
 
     def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
-        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BEAM_BATCH`` inputs,
+        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
         beams of at most 8, no repetition controls, a reply fitting its history."""
-        return (batch <= XLA_MAX_BEAM_BATCH and config.effective_strategy == "beam" and config.beam <= 8
+        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "beam" and config.beam <= 8
                 and config.max_length <= self.capacity
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 

@@ -26,8 +26,8 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH, DecodeLoops, greedy_shape,
-                                        padded_rows, xla_batch, xla_width)
+from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, greedy_shape, padded_rows,
+                                        xla_batch, xla_width)
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
@@ -156,8 +156,7 @@ class Generator:
         no reply waits for it later."""
         alone = self.decodes_alone(self.searched(self.decoding))
         unaided = self.weighs_unaided(self.decoding)
-        largest = XLA_MAX_BEAM_BATCH if self.decoding.effective_strategy == "beam" else XLA_MAX_BATCH
-        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= largest and (b == 1 or not alone)):
+        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
             bare = np.full((batch, 1), START, np.int32) if unaided else None
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):

@@ -24,7 +24,7 @@ class ServerSettings:
     page_limit: int = 200  # the most messages per history page
     rate_per_minute: float = 600.0  # requests per API key (no limit without keys: loopback only)
     rate_burst: int = 60  # requests a key may send at once before the rate applies
-    max_batch: int = 8  # requests decoded together at most (see decoding.XLA_MAX_BATCH, XLA_MAX_BEAM_BATCH)
+    max_batch: int = 8  # requests decoded together at most (see decoding.XLA_MAX_BATCH)
     batch_wait_ms: float = 2.0  # how long a decode waits for more requests to join it
     decoders: int = 0  # decodes at once; 0: one per TensorFlow thread of the worker (its cores)
     stream_chunk_words: int = 1  # words per streamed chunk
