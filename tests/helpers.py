@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
@@ -44,22 +45,41 @@ def run_cli(capsys, monkeypatch, *argv, stdin: str | bytes = b"") -> tuple[int, 
     return code, out, err
 
 
-def drive(repl, keys: str, history=None, close: bool = False, later: str = "") -> str:
+def drive(repl, keys: str, history=None, close: bool = False, later: str = "", wait_for: str | None = None) -> str:
     """Type ``keys`` into the real PromptSession loop of a ``ChatRepl`` (then ``later``, half a
-    second on, as a person would after pressing Tab); returns what the REPL printed."""
+    second on, as a person would after pressing Tab; with ``wait_for``, once the prompt's text
+    reads that, as a person would wait for a completion on a busy machine, 10 s at most);
+    returns what the REPL printed."""
+    sessions = []
+    make_session = repl.prompt_session
+
+    def session_kept(*args, **kwargs):
+        sessions.append(make_session(*args, **kwargs))
+        return sessions[-1]
+
+    repl.prompt_session = session_kept
     with create_pipe_input() as pipe:
         pipe.send_text(keys)
         if close:
             pipe.close()
-        typist = threading.Timer(0.5, pipe.send_text, [later])
+
+        def type_later():
+            deadline = time.monotonic() + 10
+            time.sleep(0.5)
+            while wait_for and time.monotonic() < deadline and not (
+                    sessions and sessions[0].default_buffer.text == wait_for):
+                time.sleep(0.02)
+            pipe.send_text(later)
+
+        typist = threading.Thread(target=type_later)
         if later:
             typist.start()
         try:
             repl.run_interactive(history, input=pipe, output=DummyOutput())
         finally:
-            typist.cancel()
             if later:
                 typist.join()
+            del repl.prompt_session
     return repl.output.getvalue()
 
 

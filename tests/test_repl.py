@@ -160,7 +160,7 @@ def test_tab_completion_of_commands_settings_and_session_names(bot):
     assert complete("/set m") == ["max_length", "min_length", "mmi_weight"]
     assert sorted(complete("/switch b")) == ["barbara", "bob"]
     assert complete("hello /s") == [] and complete("/history 1") == []
-    out = drive(repl, "/sw\t", later=" bob\r/quit\r")  # Tab in the real prompt
+    out = drive(repl, "/sw\t", later=" bob\r/quit\r", wait_for="/switch")  # Tab in the real prompt
     assert "switched to session bob (#1)" in out
 
 

@@ -179,8 +179,9 @@ def xla_stages(batch: int) -> int:
     return stages
 
 
-def _shrinking_stages(body, max_length, batch, search, decoder, results, stages, stacked=1):
-    """Run ``body`` (an XLA greedy step) in ``stages`` loops of shrinking batch. A stage runs
+def _shrinking_stages(step_over, max_length, batch, search, decoder, results, stages, stacked=1):
+    """Run an XLA greedy step (``step_over(encoder outputs, source ids)`` gives the loop body over
+    those rows) in ``stages`` loops of shrinking batch. A stage runs
     until no more of its rows run than the next stage holds (a quarter as many, at least one;
     the last stage until all are done); then its rows are written to ``results`` (by input, from
     ``search``'s history, total, lengths and bare total), and the rows still running, first,
@@ -200,8 +201,8 @@ def _shrinking_stages(body, max_length, batch, search, decoder, results, stages,
             return tf.logical_and(step < max_length, alive > next_size)
 
         token, states, encoder_outputs, source_ids = decoder
-        step, token, states, *search, encoder_outputs, source_ids = tf.while_loop(
-            running, body, (step, token, states, *search, encoder_outputs, source_ids))
+        step, token, states, *search = tf.while_loop(
+            running, step_over(encoder_outputs, source_ids), (step, token, states, *search))
         history, total, lengths, done, bare_total = search
         if stages == 1:
             return history, total, lengths, bare_total
@@ -426,29 +427,31 @@ class DecodeLoops:
         batch = tf.shape(source)[0]
         positions = tf.range(self.capacity)
 
-        def body(step, token, states, history, total, lengths, done, bare_total, encoder_outputs, source_ids):
-            logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
-            logits = tf.cast(logits, tf.float32)
-            if unaided:
-                logits, bare_logits = tf.split(logits, 2)
-            logprobs = tf.nn.log_softmax(logits)
-            allowed = self._forbid_early_end(logits, step, min_length)
-            best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
-            total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
-            if unaided:
-                bare_logprobs = tf.nn.log_softmax(bare_logits)
-                bare_total += tf.where(done, 0.0, tf.gather(bare_logprobs, best, axis=1, batch_dims=1))
-            lengths += tf.cast(tf.logical_not(done), tf.int32)
-            history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
-            token = tf.concat([best, best], axis=0) if unaided else best
-            return (step + 1, token, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END)),
-                    bare_total, encoder_outputs, source_ids)
+        def step_over(encoder_outputs, source_ids):  # one stage's loop body, over its rows' encoding
+            def body(step, token, states, history, total, lengths, done, bare_total):
+                logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
+                logits = tf.cast(logits, tf.float32)
+                if unaided:
+                    logits, bare_logits = tf.split(logits, 2)
+                logprobs = tf.nn.log_softmax(logits)
+                allowed = self._forbid_early_end(logits, step, min_length)
+                best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
+                total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
+                if unaided:
+                    bare_logprobs = tf.nn.log_softmax(bare_logits)
+                    bare_total += tf.where(done, 0.0, tf.gather(bare_logprobs, best, axis=1, batch_dims=1))
+                lengths += tf.cast(tf.logical_not(done), tf.int32)
+                history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
+                token = tf.concat([best, best], axis=0) if unaided else best
+                return (step + 1, token, states, history, total, lengths, tf.logical_or(done, tf.equal(best, END)),
+                        bare_total)
+            return body
 
         results = (tf.zeros([batch, self.capacity], tf.int32), tf.zeros([batch], tf.float32),
                    tf.zeros([batch], tf.int32), tf.zeros([batch], tf.float32))
         search = results[:3] + (tf.zeros([batch], tf.bool), results[3])  # history, total, lengths, done, bare
         decoder = (tf.fill([tf.shape(source_ids)[0]], START), states, encoder_outputs, source_ids)
-        return _shrinking_stages(body, max_length, batch, search, decoder, results, stages,
+        return _shrinking_stages(step_over, max_length, batch, search, decoder, results, stages,
                                  stacked=2 if unaided else 1)
 
     def greedy(self, source: np.ndarray, max_length: int, min_length: int, bare: np.ndarray | None = None):
