@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,6 +20,8 @@ VOCAB = 50
 
 
 def random_model(**overrides) -> Seq2Seq:
+    """A small untrained model. Tests seed it with ``keras.utils.set_random_seed``: Keras 3's
+    initializers ignore ``tf.random.set_seed``, so its weights would differ from run to run."""
     config = ModelConfig(**{"embedding_dim": 8, "units": 16, **overrides})
     model = Seq2Seq(VOCAB, config)
     model.build_for_inference()
@@ -36,7 +39,7 @@ ARCHITECTURES = [
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
 def test_step_decoding_matches_teacher_forcing(arch):
     """The generator's one-step path must compute exactly what training optimised."""
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)
     model = random_model(**arch)
     source = np.array([[5, 6, 7, 8], [9, 10, PAD, PAD]], dtype=np.int32)
     decoder_input = np.array([[START, 11, 12, 13], [START, 14, 15, 16]], dtype=np.int32)
@@ -170,7 +173,7 @@ XLA_ARCHITECTURES = ARCHITECTURES + [{"cell": "gru", "attention": "dot", "copy_a
 def test_the_xla_greedy_loop_gives_the_graph_loops_tokens(arch):
     """``_greedy_loop`` (XLA, input padded to a power-of-two width) must decode exactly what
     ``_step_loop`` decodes, scores included; it compiles once per width, not per input."""
-    tf.random.set_seed(3)
+    keras.utils.set_random_seed(3)
     model = random_model(**arch)
     generator = Generator(model, None, DataConfig(), DecodingConfig(max_length=24))
     rng = np.random.default_rng(0)
@@ -209,7 +212,7 @@ def assert_unaided_sums_are_teacher_forced(generator, source, bare, max_length=1
 
 @pytest.mark.parametrize("arch", XLA_ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
 def test_every_architecture_scores_replies_given_the_bare_input_as_it_decodes(arch):
-    tf.random.set_seed(5)
+    keras.utils.set_random_seed(5)
     generator = Generator(random_model(**arch), None, DataConfig(), DecodingConfig(max_length=12))
     retrieved = [RET, SIM_TOKENS[-1], 20, 21, ANS, 30, 31, 32, 33, 30, 31, 34, SEP]
     questions = [[20, 22], [23], [24, 25, 26]]
