@@ -181,11 +181,12 @@ def xla_stages(batch: int) -> int:
 
 def _shrinking_stages(step_over, max_length, batch, search, decoder, results, stages, stacked=1):
     """Run an XLA greedy step (``step_over(encoder outputs, source ids)`` gives the loop body over
-    those rows) in ``stages`` loops of shrinking batch. A stage runs
-    until no more of its rows run than the next stage holds (a quarter as many, at least one;
-    the last stage until all are done); then its rows are written to ``results`` (by input, from
-    ``search``'s history, total, lengths and bare total), and the rows still running, first,
-    move on. Sizes are static for XLA (they follow from the batch's shape).
+    those rows) in ``stages`` loops of shrinking batch. A stage runs until no more of its rows run
+    than the next stage holds (a quarter as many, at least one; the last stage until all are
+    done); then its rows are written to ``results`` (by input, from ``search``'s history, total,
+    lengths and bare total), and the rows still running, first, move on. Sizes are static for XLA
+    (they follow from the batch's shape). ``_decode_until_done`` does the same for the graph
+    loops at every step, with boolean masks: shapes there may change at will.
 
     ``search``: per-input (history, total, lengths, done, bare total); ``decoder``: per-row
     (token, states, encoder outputs, source ids), ``stacked`` blocks of ``batch`` rows."""
