@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
-from chatbot.inference.decoding import XLA_MAX_BATCH, padded_rows, xla_batch, xla_width
+from chatbot.inference.decoding import XLA_MAX_BATCH, greedy_shape, padded_rows, xla_batch, xla_width
 from chatbot.inference.generator import Generator
 from chatbot.model.network import Seq2Seq, masked_accuracy
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
@@ -58,6 +58,31 @@ def test_source_padding_does_not_change_the_output(arch):
     short = model((np.array([[5, 6, 7]], np.int32), decoder_input)).numpy()
     padded = model((np.array([[5, 6, 7, PAD, PAD, PAD]], np.int32), decoder_input)).numpy()
     np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", [ARCHITECTURES[0], {"cell": "lstm", "attention": "dot", "layers": 2}],
+                         ids=["gru", "lstm-2-layers"])
+def test_inference_encoder_stops_at_the_longest_input_with_keras_values(arch):
+    """At inference the encoder steps only to the longest input (``rnn_to_longest``), not over
+    the padding to the compiled width: the same outputs at every real position and the same
+    final states as Keras' own loop over every column, eagerly and under XLA."""
+    keras.utils.set_random_seed(0)
+    model = random_model(**arch)
+    source = np.array([[5, 6, 7, 8, 9, PAD, PAD, PAD], [9, 10, PAD, PAD, PAD, PAD, PAD, PAD],
+                       [PAD] * 8], dtype=np.int32)
+    real = (source != PAD)[:, :, None]
+
+    def encoded(training):
+        outputs, states, _ = model.encode(source, training=training)
+        return outputs, states
+
+    for run in (encoded, tf.function(encoded, jit_compile=True)):
+        (ours, our_states), (keras_outputs, keras_states) = run(False), run(True)  # training: Keras' loop
+        assert ours.shape == keras_outputs.shape
+        np.testing.assert_array_equal(np.where(real, ours, 0), np.where(real, keras_outputs, 0))
+        for mine, theirs in zip(our_states, keras_states, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        assert not np.any(ours.numpy()[:, 5:])  # past the longest input: never computed
 
 
 def test_bidirectional_decoder_is_twice_as_wide():
@@ -144,6 +169,23 @@ def test_no_retracing_across_questions_of_different_lengths(tiny_bot):
         tiny_bot.generate([" ".join(["what"] * n) + "?"])
         tiny_bot.generate(["a", " ".join(["a much longer question"] * n)])
     assert tiny_bot.generator.trace_count == before
+
+
+def test_a_server_traces_greedy_loops_for_every_batch_size_before_its_first_request(tiny_bundle_path, tiny_pairs):
+    """The disk cache finds a compiled program by its function's name, which counts the traces
+    made in the process before it. A server warming up for batches traces greedy decoding's loop
+    for every batch size then, in a fixed order, even when the model's own decoding is a beam
+    search: requests at temperature 0 then trace none, in whatever order their batch sizes come,
+    and every start names the loops alike."""
+    from chatbot.dialogue.bot import ChatBot
+
+    with ChatBot.load(tiny_bundle_path, db="sqlite://") as bot:
+        bot.generator.decoding = bot.generator.resolve({"strategy": "beam", "beam": 2})
+        bot.warm_widths((1, 2), (16,))
+        before = bot.generator.trace_count
+        for rows in (8, 2, 5, 1):
+            bot.generate([q for q, _ in tiny_pairs[:rows]], decoding={"strategy": "greedy"})
+        assert bot.generator.trace_count == before
 
 
 def test_max_length_bounds_the_reply(tiny_bot, tiny_pairs):
@@ -264,9 +306,19 @@ def assert_a_batch_decodes_as_each_input_alone(generator, questions, max_length=
         assert lengths[row] == n and batched[0][row, :n].tolist() == alone[0][0, :n].tolist(), questions[row]
         np.testing.assert_allclose([batched[1][row], batched[3][row]], [alone[1][0], alone[3][0]],
                                    rtol=1e-4, atol=1e-4)
-    bare_width = xla_width(bare.shape[1])  # a batch's bare rows are encoded at their own width
-    assert (xla_batch(len(questions)), max(xla_width(source.shape[1]), bare_width), bare_width) \
-        in generator.loops.compiled_shapes
+    assert generator.loops.greedy_shape(len(questions), source.shape[1], bare.shape[1]) in generator.loops.compiled_shapes
+
+
+def test_bare_inputs_are_padded_as_wide_as_the_others_where_that_is_free():
+    """A recurrent encoder stops at the longest input, so a batch's bare inputs (no retrieved
+    pairs, a few tokens) can be padded as wide as the others: one XLA program per batch and
+    width. A Transformer's encoder works on every column, so there they keep their own width."""
+    assert greedy_shape(8, 100, 10, bare_as_wide=True) == (8, 128, 128)
+    assert greedy_shape(8, 100, 10) == (8, 128, 16)
+    assert greedy_shape(1, 100, 10) == (1, 128, 128)  # one input: both rows in one encoder call
+    assert greedy_shape(3, 100, None, bare_as_wide=True) == (4, 128, 0)
+    assert random_model().stops_at_longest_input
+    assert not random_model(bidirectional=True).stops_at_longest_input  # Keras' loop: every column
 
 
 def batch_ending_apart(tiny_pairs) -> list[str]:
@@ -331,8 +383,9 @@ def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_
             replies = [ids[row, :n] for row, n in enumerate(lengths)]
             np.testing.assert_allclose(unaided / lengths, generator.loops.scores(list(bare), replies),
                                        rtol=1e-4, atol=1e-4)
-    assert (4, xla_width(source.shape[1]), xla_width(bare.shape[1])) in generator.loops.compiled_shapes
-    assert (1, xla_width(source.shape[1]), xla_width(source.shape[1])) in generator.loops.compiled_shapes  # one input
+    width = xla_width(source.shape[1])
+    assert (4, width, width) in generator.loops.compiled_shapes  # bare inputs as wide: a recurrent encoder
+    assert (1, width, width) in generator.loops.compiled_shapes  # one input
 
 
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):

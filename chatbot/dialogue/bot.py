@@ -205,9 +205,12 @@ class ChatBot:
         """Compile the greedy loop for the input widths most replies need
         (``Generator.warm_widths``), and for these batch sizes (a server's): an interactive
         front end calls it in the background while the first message is typed, so that no
-        early reply waits for a compilation."""
+        early reply waits for a compilation. A server also traces greedy decoding's loops for
+        every batch size (``Generator.trace_greedy_batches``)."""
         self.wait_ready()
         self.generator.warm_widths(widths or COMMON_WIDTHS, batches)
+        if max(batches, default=1) > 1:
+            self.generator.trace_greedy_batches()
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,

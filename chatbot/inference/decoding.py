@@ -75,15 +75,17 @@ def xla_padded(source: np.ndarray, width: int | None = None) -> np.ndarray:
     return padded
 
 
-def greedy_shape(rows: int, width: int, bare_width: int | None) -> tuple[int, int, int]:
+def greedy_shape(rows: int, width: int, bare_width: int | None, bare_as_wide: bool = False) -> tuple[int, int, int]:
     """The (batch, width, bare width) ``_greedy_loop`` decodes ``rows`` inputs ``width`` wide
     at, with bare inputs ``bare_width`` wide (None: none; 0 in the result). One input encodes
-    its bare row beside it at its own width: one program per width, whatever the bare one."""
+    its bare row beside it, at its width. A batch's bare inputs are padded as wide as the others
+    too when that costs their encoder nothing (``bare_as_wide``: a recurrent encoder stops at the
+    longest input), for one program per batch and width; else to their own width."""
     batch = xla_batch(rows)
     if bare_width is None:
         return batch, xla_width(width), 0
     padded = xla_width(max(width, bare_width))
-    return batch, padded, padded if batch == 1 else xla_width(bare_width)
+    return batch, padded, padded if batch == 1 or bare_as_wide else xla_width(bare_width)
 
 
 def xla_batch(rows: int) -> int:
@@ -156,9 +158,10 @@ def _padded_to(width, t):
 def _encoded_with_bare_rows(model, source, bare, one_input: bool):
     """``model.encode``'s (outputs, states, source ids) for ``source`` then, as more rows, for
     ``bare`` (padding ids are masked, so what a row decodes is the same as unpadded). A batch
-    encodes the bare inputs at their own width, then pads their outputs to ``source``'s: the
-    recurrent encoder runs one step per position. One input encodes both rows in one call:
-    there the second row costs nothing and a second call does."""
+    encodes its bare inputs in a call of their own, which ends long before the inputs with
+    retrieved pairs do (``greedy_shape``), then pads their outputs to ``source``'s width. One
+    input encodes both rows in one call: there the second row costs nothing and a second call
+    does."""
     width = tf.shape(source)[1]
     if one_input:
         return model.encode(tf.concat([source, _padded_to(width, bare)], axis=0), training=False)
@@ -407,6 +410,18 @@ class DecodeLoops:
                 input_signature=signature + signature[:1] * unaided))
         return self._greedy[key]
 
+    def trace_greedy(self, unaided: bool) -> None:
+        """Trace ``_greedy_loop`` for every batch size (each stage count) now, in a fixed order.
+
+        A server meets batch sizes in the order its requests happen to come in, and traced each
+        loop then. But a compiled program is found in the disk cache (``compile_cache``) by its
+        function's name, which carries a counter of all traces in the process: traced in another
+        order, the names, and so the keys, changed from one start to the next, and each start
+        compiled its programs again, seconds each, under load (bench/README.md, "Programs
+        compiled again")."""
+        for stages in range(1, xla_stages(XLA_MAX_BATCH) + 1):
+            self._greedy_function(unaided, stages).get_concrete_function()
+
     def _greedy_loop(self, source, max_length, min_length, bare=None, *, stages: int = 1):
         """Greedy decoding, ``_step_loop``'s result without its repetition controls, as one XLA
         program: ids ``[B, capacity]``, log-prob sums and lengths ``[B]``, and with ``bare`` (the
@@ -459,7 +474,7 @@ class DecodeLoops:
         """``_greedy_loop`` on ``source`` (and ``bare``, the same inputs without retrieved
         pairs) padded to its XLA width and batch (``xla_padded``): ids, log-prob sums and
         lengths, and with ``bare`` the replies' log-prob sums given those as a fourth result."""
-        shape = greedy_shape(len(source), source.shape[1], None if bare is None else bare.shape[1])
+        shape = self.greedy_shape(len(source), source.shape[1], None if bare is None else bare.shape[1])
         self.compiled_shapes.add(shape)
         batch, width, bare_width = shape
         arguments = [tf.constant(xla_padded(source, width)), tf.constant(max_length, tf.int32),
@@ -468,6 +483,10 @@ class DecodeLoops:
             arguments.append(tf.constant(xla_padded(bare, bare_width)))
         out = self._greedy_function(bare is not None, xla_stages(batch))(*arguments)
         return tuple(t[:source.shape[0]] for t in out[:3 if bare is None else 4])
+
+    def greedy_shape(self, rows: int, width: int, bare_width: int | None) -> tuple[int, int, int]:
+        """``greedy_shape`` for this model."""
+        return greedy_shape(rows, width, bare_width, bare_as_wide=self.model.stops_at_longest_input)
 
     def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
         """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,

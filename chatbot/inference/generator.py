@@ -26,7 +26,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, greedy_shape, padded_rows,
+from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows,
                                         xla_batch, xla_width)
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
@@ -152,11 +152,12 @@ class Generator:
 
     def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS, batches: Sequence[int] = (1,)) -> None:
         """Compile the XLA loop of the model's own decoding (greedy, or beam search) for these
-        input widths and batch sizes (a server's batches) now, a quarter second each, so that
+        input widths and batch sizes (a server's batches) now, a second or two each, so that
         no reply waits for it later."""
         alone = self.decodes_alone(self.searched(self.decoding))
         unaided = self.weighs_unaided(self.decoding)
-        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
+        batches = list(dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)))
+        for batch in batches:
             bare = np.full((batch, 1), START, np.int32) if unaided else None
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):
@@ -165,8 +166,13 @@ class Generator:
                     config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
                     if (config.beam, config.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
                         self.loops.beam_xla(source, config)
-                elif greedy_shape(batch, width, 1 if unaided else None) not in self.loops.compiled_shapes:
+                elif self.loops.greedy_shape(batch, width, 1 if unaided else None) not in self.loops.compiled_shapes:
                     self.loops.greedy(source, 2, 0, bare)
+
+    def trace_greedy_batches(self) -> None:
+        """Trace greedy decoding's XLA loops for every batch size now (``DecodeLoops.trace_greedy``:
+        a server does, before its first request, so that its programs are found on disk)."""
+        self.loops.trace_greedy(self.weighs_unaided(self.resolve({"strategy": "greedy"})))
 
     @property
     def compiled_widths(self) -> set[int]:

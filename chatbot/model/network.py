@@ -76,6 +76,11 @@ class EncoderDecoder(keras.Model):
             store.close()
         write_atomically(filepath, buffer.getvalue())
 
+    @property
+    def stops_at_longest_input(self) -> bool:
+        """Whether the encoder's work ends with a batch's longest input, however wide it is padded."""
+        return False
+
     def build_for_inference(self) -> None:
         """Create every weight by running one tiny batch (needed before loading weights)."""
         dummy = ops.ones((1, 2), dtype="int32")
@@ -119,14 +124,21 @@ class Seq2Seq(EncoderDecoder):
                             if config.copy_attention and self.attention is not None else None)
 
     # --- encoder -------------------------------------------------------------------------
+    @property
+    def stops_at_longest_input(self) -> bool:
+        return not self.config.bidirectional  # (``rnn_to_longest``; Keras' loop runs the backward half)
+
     def encode(self, source, training=False):
         """Returns (encoder outputs, flat list of initial decoder states, source ids)."""
         source_mask = ops.not_equal(source, PAD)
         x = self.dropout(self.embedding(source), training=training)
         states = []
         for i, rnn in enumerate(self.encoder_rnns):
-            result = rnn(x, mask=source_mask, training=training)
-            x, layer_states = result[0], list(result[1:])
+            if training or self.config.bidirectional:
+                result = rnn(x, mask=source_mask, training=training)
+                x, layer_states = result[0], list(result[1:])
+            else:  # inference: the same outputs and states, without stepping over the padding
+                x, layer_states = rnn_to_longest(rnn, x, source_mask)
             if self.config.bidirectional:
                 half = len(layer_states) // 2
                 layer_states = [ops.concatenate([f, b], axis=-1)
@@ -190,6 +202,36 @@ class Seq2Seq(EncoderDecoder):
             new_states.append(earlier)
         logits = self._project(ops.expand_dims(x, 1), encoder_outputs, source, False, previous=previous)
         return logits[:, 0, :], new_states
+
+
+def rnn_to_longest(rnn: layers.RNN, inputs, mask):
+    """``rnn(inputs, mask=mask)``'s outputs ``[B, S, D]`` (zeros after the longest input) and
+    final states, for right-padded ``inputs``, stepping only as far as the longest input goes.
+
+    Keras' loop steps over every column, and XLA compiles inputs at widths padded to a power of
+    two: a third of an input's columns are padding on average, each a step of the recurrent
+    cell. Same cell calls and masking as Keras', so the same values (bench/README.md, "The
+    encoder stops at the longest input")."""
+    if not rnn.built:  # what calling the layer would have done first
+        rnn.build(inputs.shape)
+    cell = rnn.cell
+    batch, width = tf.shape(inputs)[0], tf.shape(inputs)[1]
+    steps = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)), 1)
+    time_major, keep = tf.transpose(inputs, [1, 0, 2]), tf.transpose(mask)[:, :, None]
+    sizes = cell.state_size if isinstance(cell.state_size, (list, tuple)) else [cell.state_size]
+    states = tuple(tf.zeros([batch, size], inputs.dtype) for size in sizes)  # Keras' initial states
+    outputs = tf.TensorArray(inputs.dtype, size=width, element_shape=[None, cell.units])  # unwritten: zeros
+
+    def step(t, outputs, previous, *states):
+        output, new_states = cell(time_major[t], list(states), training=False)
+        new_states = new_states if isinstance(new_states, (list, tuple)) else [new_states]
+        output = tf.where(keep[t], output, previous)  # a row past its end keeps its last output and states
+        new_states = tuple(tf.where(keep[t], new, old) for new, old in zip(new_states, states))
+        return (t + 1, outputs.write(t, output), output) + new_states
+
+    start = (tf.constant(0), outputs, tf.zeros([batch, cell.units], inputs.dtype)) + states
+    _, outputs, _, *states = tf.while_loop(lambda t, *_: t < steps, step, start)
+    return tf.transpose(outputs.stack(), [1, 0, 2]), list(states)
 
 
 class ContinuingAttention(layers.Layer):
