@@ -30,6 +30,8 @@ class ToyModel:
     """``encode``/``decode_step`` as in ``Seq2Seq``, with next-token probabilities from a
     table: ``transitions[previous token] = {next token: probability}``."""
 
+    stops_at_longest_input = False  # its encoding costs nothing, however wide
+
     def __init__(self, transitions: dict[int, dict[int, float]]):
         table = np.full((TOY_VOCAB, TOY_VOCAB), -30.0, np.float32)
         table[:, END] = 0.0  # rows not given end at once

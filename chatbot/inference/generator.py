@@ -156,8 +156,7 @@ class Generator:
         no reply waits for it later."""
         alone = self.decodes_alone(self.searched(self.decoding))
         unaided = self.weighs_unaided(self.decoding)
-        batches = list(dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)))
-        for batch in batches:
+        for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
             bare = np.full((batch, 1), START, np.int32) if unaided else None
             # A batch pads to its widest input: batches of several are mostly the widest widths.
             for width in (widths if batch == 1 else widths[-3:]):

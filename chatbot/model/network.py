@@ -53,7 +53,8 @@ def _rnn(cell: str, units: int, name: str) -> layers.Layer:
 
 class EncoderDecoder(keras.Model):
     """What every model kind shares: the interface the generator compiles (``call``, ``encode``,
-    ``decode_step``, ``vocab_size``), weights written atomically, and building before loading."""
+    ``decode_step``, ``vocab_size``, ``stops_at_longest_input``), weights written atomically, and
+    building before loading."""
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):
         """Serialise the weights in memory, then write the file with plain I/O, atomically.
