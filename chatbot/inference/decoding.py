@@ -12,10 +12,10 @@ inside a ``tf.function``, so no Python runs per generated token.
 
 The confidence also asks how likely each reply is given its input without the retrieved pairs.
 The greedy and sampling loops answer that as they decode: the bare inputs ride along as more rows
-of the same batch, fed the tokens the real rows choose (in an XLA batch encoded at their own,
-narrower width: ``_encoded_with_bare_rows``). That adds nothing measurable to the greedy loop's
-time for one question and 40% for eight, where a teacher-forced pass over the replies afterwards
-added 60% (bench/README.md, "The unaided pass in the loop").
+of the same batch, fed the tokens the real rows choose (in an XLA batch encoded in a call of their
+own, which ends with the longest bare input: ``_encoded_with_bare_rows``). That adds nothing
+measurable to the greedy loop's time for one question and 40% for eight, where a teacher-forced
+pass over the replies afterwards added 60% (bench/README.md, "The unaided pass in the loop").
 Beam search scores its n-best afterwards: bare rows would follow every hypothesis.
 
 A reply decoded one step at a time is mostly per-step overhead: one GRU step is a few MFLOP,

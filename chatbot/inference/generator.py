@@ -26,8 +26,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.inference.decoding import (SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows,
-                                        xla_batch, xla_width)
+from chatbot.inference.decoding import SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows, xla_batch, xla_width
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
 from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
