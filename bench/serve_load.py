@@ -58,21 +58,42 @@ class Server:
         self.workers = workers
 
     def wait_ready(self, timeout: float = 240) -> float:
+        """Seconds until every worker was ready. Returns once none is still compiling greedy
+        decoding's programs too (which the server does after ready, beside its requests), so
+        that no measured run shares the CPU with it; ``compiled_s`` says when that was."""
         import httpx
 
-        started, streak = time.monotonic(), 0
+        started, streak, idle_streak, ready_s = time.monotonic(), 0, 0, None
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.process.stderr.read()[-2000:]}")
             try:
-                ok = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                ok = False
+                response = httpx.get(f"{self.url}/readyz", timeout=2)
+                ok = response.status_code == 200
+                idle = ok and not response.json().get("compiling")
+            except (httpx.HTTPError, ValueError):
+                ok = idle = False
             streak = streak + 1 if ok else 0
-            if streak >= 4 * self.workers:  # every worker (connections land on any of them)
-                return time.monotonic() - started
+            if streak >= 4 * self.workers and ready_s is None:  # every worker (connections land on any)
+                ready_s = time.monotonic() - started
+            idle_streak = idle_streak + 1 if idle else 0
+            if ready_s is not None and idle_streak >= 4 * self.workers:
+                self.compiled_s = time.monotonic() - started
+                return ready_s
             time.sleep(0.25 if ok else 1.0)
         raise RuntimeError("the server did not become ready")
+
+    def compiled_programs(self) -> int | None:
+        """The decode-loop programs the server has compiled (its /metrics), one worker only:
+        with several, each answers for itself."""
+        import httpx
+
+        if self.workers != 1:
+            return None
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("chatbot_compiled_programs "):
+                return int(float(line.split()[1]))
+        return None
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
@@ -207,8 +228,11 @@ def measured(server: Server, asked: list[str], clients: int, settings: dict | No
         return usage.ru_utime + usage.ru_stime
 
     server_before, client_before = server.cpu_seconds(), own_cpu()
+    programs_before = server.compiled_programs()
     result = figures(asyncio.run(run_clients(server.url, asked, clients, None, settings=settings)))
     replies = max(1, result["requests"] - result["errors"])
+    if programs_before is not None:  # compiled during the run: replies that waited for XLA
+        result["programs_compiled"] = server.compiled_programs() - programs_before
     result["server_cpu_ms_per_reply"] = round((server.cpu_seconds() - server_before) * 1000 / replies, 2)
     result["client_cpu_ms_per_reply"] = round((own_cpu() - client_before) * 1000 / replies, 2)
     return result
@@ -225,7 +249,8 @@ def batching_phase(model: str, tmp: Path, quick: bool, settings: dict | None = N
     for label, batch in (("batched", max_batch), ("max_batch_1", 1)):
         server = Server(model, f"sqlite:///{tmp / f'batching_{label}.db'}", workers=1, max_batch=batch)
         try:
-            log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s")
+            log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s, "
+                f"greedy decoding compiled at {server.compiled_s:.1f}s")
             # Each phase runs twice and the second run is measured: the first compiles the decode
             # loops for the input widths and batch sizes it meets (a stall of up to a second each,
             # once per machine with the compile cache), which is start-up, not throughput.

@@ -188,6 +188,14 @@ def test_a_server_traces_greedy_loops_for_every_batch_size_before_its_first_requ
         assert bot.generator.trace_count == before
 
 
+def test_a_server_compiles_batches_at_every_width_but_the_narrowest_before_its_first_request(tiny_bot):
+    """A batch pads to its widest input, so only the narrowest width is rare for batches; the
+    next one is common (a third of serve_load.py's batches of 2), and was compiled under load."""
+    generator = tiny_bot.generator
+    generator.warm_widths((16, 32, 64, 128, 256), (2,))
+    assert {32, 64, 128, 256} <= {width for batch, width, _ in generator.loops.compiled_shapes if batch == 2}
+
+
 def test_max_length_bounds_the_reply(tiny_bot, tiny_pairs):
     question, answer = max(tiny_pairs, key=lambda p: len(p[1]))
     capped = tiny_bot.generate([question], max_length=2)[0]

@@ -259,7 +259,7 @@ def test_short_keys_are_refused():
 def test_health_readiness_and_metrics(api, tiny_pairs):
     assert api.get("/healthz").json() == {"status": "ok"}
     chat(api, tiny_pairs[0][0])  # waits for the model
-    assert api.get("/readyz").json() == {"status": "ready", "model": "tiny"}
+    assert api.get("/readyz").json() == {"status": "ready", "model": "tiny", "compiling": False}
     metrics = api.get("/metrics").text
     assert 'chatbot_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in metrics
     assert "chatbot_replies_total 1.0" in metrics and "chatbot_decode_batch_size_count 1.0" in metrics
@@ -267,6 +267,29 @@ def test_health_readiness_and_metrics(api, tiny_pairs):
     docs = api.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert api.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(tiny_bundle_path, monkeypatch):
+    """Requests at temperature 0 decode greedily on a model whose own decoding is a beam search:
+    once ready, the server compiles greedy decoding's programs for its batches and widths, and
+    /readyz and /metrics say so."""
+    import time
+
+    import chatbot.serving.app as app_module
+    from chatbot.dialogue.bot import ChatBot
+
+    monkeypatch.setattr(app_module, "SERVER_WIDTHS", (16, 32))
+    monkeypatch.setattr(app_module, "SERVER_BATCHES", (1, 2))
+    with ChatBot.load(tiny_bundle_path, db="sqlite://", warm_up=False) as bot:
+        bot.generator.decoding = bot.generator.resolve({"strategy": "beam", "beam": 2, "n_best": 2})
+        with TestClient(create_app(bot=bot, settings=ServerSettings())) as client:
+            assert chat(client, "hi").status_code == 200  # waits for ready
+            deadline = time.monotonic() + 120
+            while client.get("/readyz").json()["compiling"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            greedy = {(batch, width) for batch, width, _ in bot.generator.loops.compiled_shapes}
+            assert {(1, 16), (1, 32), (2, 32)} <= greedy
+            assert f"chatbot_compiled_programs {float(bot.compiled_programs)}" in client.get("/metrics").text
 
 
 def test_readyz_reports_a_model_that_failed_to_load(tmp_path):

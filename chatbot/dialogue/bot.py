@@ -201,16 +201,26 @@ class ChatBot:
         self.wait_ready()
         self.generator.warm_up(strategies)
 
-    def warm_widths(self, batches: Sequence[int] = (1,), widths: Sequence[int] | None = None) -> None:
-        """Compile the greedy loop for the input widths most replies need
-        (``Generator.warm_widths``), and for these batch sizes (a server's): an interactive
-        front end calls it in the background while the first message is typed, so that no
-        early reply waits for a compilation. A server also traces greedy decoding's loops for
-        every batch size (``Generator.trace_greedy_batches``)."""
+    def warm_widths(self, batches: Sequence[int] = (1,), widths: Sequence[int] | None = None,
+                    decoding: DecodingConfig | dict[str, Any] | None = None,
+                    until: threading.Event | None = None) -> None:
+        """Compile the loop of the model's own decoding, or of ``decoding``, for the input widths
+        most replies need (``Generator.warm_widths``), and for these batch sizes (a server's):
+        an interactive front end calls it in the background while the first message is typed,
+        so that no early reply waits for a compilation. Warming the model's own decoding for
+        batches also traces greedy decoding's loops for every batch size
+        (``Generator.trace_greedy_batches``), so that their programs are found on disk. Stops
+        between two programs once ``until`` is set."""
         self.wait_ready()
-        self.generator.warm_widths(widths or COMMON_WIDTHS, batches)
-        if max(batches, default=1) > 1:
+        self.generator.warm_widths(widths or COMMON_WIDTHS, batches, decoding, until)
+        if decoding is None and max(batches, default=1) > 1:
             self.generator.trace_greedy_batches()
+
+    @property
+    def compiled_programs(self) -> int:
+        """How many compiled decode-loop programs this bot holds (one per batch size and input
+        width met): a count still rising under steady load means replies waiting for XLA."""
+        return self.generator.compiled_programs
 
     @classmethod
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,

@@ -33,6 +33,7 @@ from chatbot.data.tokenizer import END, PAD, START, TextTokenizer
 
 COMMON_WIDTHS = (32, 64, 128, 256)  # what most inputs with retrieved pairs pad to
 SERVER_WIDTHS = (32, 64, 128, 256, 512)  # ... and the longest (a code answer retrieved): a server's
+SERVER_BATCHES = (1, 2, 4, 8)  # the batches a server's XLA loops decode (up to XLA_MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -149,21 +150,29 @@ class Generator:
         if self.reads_retrieval:  # the hybrid retriever's sentence encoder is traced on first use too
             self.memory.embed(["warm up"])
 
-    def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS, batches: Sequence[int] = (1,)) -> None:
-        """Compile the XLA loop of the model's own decoding (greedy, or beam search) for these
-        input widths and batch sizes (a server's batches) now, a second or two each, so that
-        no reply waits for it later."""
-        alone = self.decodes_alone(self.searched(self.decoding))
-        unaided = self.weighs_unaided(self.decoding)
+    def warm_widths(self, widths: Sequence[int] = COMMON_WIDTHS, batches: Sequence[int] = (1,),
+                    decoding: DecodingConfig | dict[str, Any] | None = None,
+                    until: threading.Event | None = None) -> None:
+        """Compile the XLA loop of the model's own decoding (greedy, or beam search), or of
+        ``decoding`` (a server's requests at temperature 0 decode greedily), for these input
+        widths and batch sizes (a server's batches) now, a second or two each, so that no reply
+        waits for it later. Stops between two programs once ``until`` is set."""
+        config = self.resolve(decoding)
+        alone = self.decodes_alone(self.searched(config))
+        unaided = self.weighs_unaided(config)
         for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
             bare = np.full((batch, 1), START, np.int32) if unaided else None
-            # A batch pads to its widest input: batches of several are mostly the widest widths.
-            for width in (widths if batch == 1 else widths[-3:]):
+            # A batch pads to its widest input, so batches of several are seldom as narrow as
+            # the narrowest width; the next one is common (one of three batches of 2 of
+            # serve_load.py's questions), and compiling it under load stalled every request.
+            for width in (widths if batch == 1 else widths[1:] or widths):
+                if until is not None and until.is_set():
+                    return
                 source = np.full((batch, width), START, np.int32)
-                if self.loops.uses_xla_beam(self.decoding, batch):
-                    config = dataclasses.replace(self.searched(self.decoding), max_length=2, min_length=0)
-                    if (config.beam, config.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
-                        self.loops.beam_xla(source, config)
+                if self.loops.uses_xla_beam(config, batch):
+                    searched = dataclasses.replace(self.searched(config), max_length=2, min_length=0)
+                    if (searched.beam, searched.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
+                        self.loops.beam_xla(source, searched)
                 elif self.loops.greedy_shape(batch, width, 1 if unaided else None) not in self.loops.compiled_shapes:
                     self.loops.greedy(source, 2, 0, bare)
 
@@ -171,6 +180,11 @@ class Generator:
         """Trace greedy decoding's XLA loops for every batch size now (``DecodeLoops.trace_greedy``:
         a server does, before its first request, so that its programs are found on disk)."""
         self.loops.trace_greedy(self.weighs_unaided(self.resolve({"strategy": "greedy"})))
+
+    @property
+    def compiled_programs(self) -> int:
+        """The XLA programs of the greedy and beam loops compiled so far (one per shape)."""
+        return len(self.loops.compiled_shapes) + len(self.loops.compiled_beam_shapes)
 
     @property
     def compiled_widths(self) -> set[int]:

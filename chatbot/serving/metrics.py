@@ -23,6 +23,9 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue = Gauge("chatbot_decode_queue", "requests waiting for a decode", registry=self.registry)
         self.ready = Gauge("chatbot_model_ready", "1 once the model is loaded", registry=self.registry)
+        # Still rising under steady load: replies waiting for XLA to compile a shape first met.
+        self.compiled_programs = Gauge("chatbot_compiled_programs", "decode-loop programs compiled (XLA)",
+                                       registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

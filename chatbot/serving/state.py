@@ -30,6 +30,7 @@ class ServerState:
     model_name: str = ""
     model_created: int = 0
     model_fingerprint: str = ""
+    compiling: asyncio.Task | None = None  # greedy decoding's programs, compiled after ready
 
     def count_replies(self, replies) -> None:
         self.metrics.replies.inc(len(replies))
