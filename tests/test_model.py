@@ -188,6 +188,22 @@ def test_a_server_traces_greedy_loops_for_every_batch_size_before_its_first_requ
         assert bot.generator.trace_count == before
 
 
+def test_a_server_traces_the_beam_searches_of_every_number_of_replies_before_its_first_request(tiny_bundle_path):
+    """Requests for n replies (OpenAI's ``n``) search a beam ``max(n, beam)`` wide keeping n, a
+    loop of its own: a server traces them for every n up to its limit, in a fixed order, so that
+    their programs keep their names (and their keys in the disk cache) from one start to the next."""
+    from chatbot.dialogue.bot import ChatBot
+
+    with ChatBot.load(tiny_bundle_path, db="sqlite://") as bot:
+        bot.warm_widths((1, 2), (16,), most_replies=3)
+        before = bot.generator.trace_count
+        for n in (3, 1, 2):
+            beam = max(n, bot.decoding.beam)
+            replies = bot.generate([tiny_bundle_path.name], decoding={"strategy": "beam", "beam": beam, "n_best": n})
+            assert len(replies[0].alternatives) <= n
+        assert bot.generator.trace_count == before
+
+
 def test_a_server_compiles_batches_at_every_width_but_the_narrowest_before_its_first_request(tiny_bot):
     """A batch pads to its widest input, so only the narrowest width is rare for batches; the
     next one is common (a third of serve_load.py's batches of 2), and was compiled under load."""

@@ -203,18 +203,20 @@ class ChatBot:
 
     def warm_widths(self, batches: Sequence[int] = (1,), widths: Sequence[int] | None = None,
                     decoding: DecodingConfig | dict[str, Any] | None = None,
-                    until: threading.Event | None = None) -> None:
+                    until: threading.Event | None = None, most_replies: int = 1) -> None:
         """Compile the loop of the model's own decoding, or of ``decoding``, for the input widths
         most replies need (``Generator.warm_widths``), and for these batch sizes (a server's):
         an interactive front end calls it in the background while the first message is typed,
         so that no early reply waits for a compilation. Warming the model's own decoding for
         batches also traces greedy decoding's loops for every batch size
-        (``Generator.trace_greedy_batches``), so that their programs are found on disk. Stops
-        between two programs once ``until`` is set."""
+        (``Generator.trace_greedy_batches``) and beam search's for requests of 1 to
+        ``most_replies`` replies (``Generator.trace_beam_searches``), so that their programs
+        are found on disk. Stops between two programs once ``until`` is set."""
         self.wait_ready()
         self.generator.warm_widths(widths or COMMON_WIDTHS, batches, decoding, until)
         if decoding is None and max(batches, default=1) > 1:
             self.generator.trace_greedy_batches()
+            self.generator.trace_beam_searches(most_replies)
 
     @property
     def compiled_programs(self) -> int:

@@ -181,6 +181,15 @@ class Generator:
         a server does, before its first request, so that its programs are found on disk)."""
         self.loops.trace_greedy(self.weighs_unaided(self.resolve({"strategy": "greedy"})))
 
+    def trace_beam_searches(self, most_replies: int) -> None:
+        """Trace the XLA beam loops of requests for 1 to ``most_replies`` replies (OpenAI's
+        ``n``: a beam ``max(n, beam)`` wide keeping ``n``) now, in a fixed order, so that their
+        programs are found on disk (``DecodeLoops.trace_beam``)."""
+        for n in range(1, most_replies + 1):
+            config = self.searched(self.resolve({"strategy": "beam", "beam": max(n, self.decoding.beam), "n_best": n}))
+            if self.loops.uses_xla_beam(config, 1):
+                self.loops.trace_beam(config)
+
     @property
     def compiled_programs(self) -> int:
         """The XLA programs of the greedy and beam loops compiled so far (one per shape)."""

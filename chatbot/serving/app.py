@@ -7,6 +7,7 @@ The model loads in the background once the app starts: ``/healthz`` answers at o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -114,7 +115,8 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
                 state.model_created = 0
             state.model_fingerprint = f"chatbot-{__version__}-{created}"
             if warm_up:  # every input width and batch size it will meet: no request waits for XLA
-                await state.batcher.run_blocking(loaded.warm_widths, SERVER_BATCHES, SERVER_WIDTHS)
+                await state.batcher.run_blocking(functools.partial(
+                    loaded.warm_widths, SERVER_BATCHES, SERVER_WIDTHS, most_replies=settings.max_n))
             state.bot = loaded
             state.metrics.compiled_programs.set_function(lambda: loaded.compiled_programs)
             state.metrics.ready.set(1)
