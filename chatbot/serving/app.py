@@ -142,7 +142,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         try:
             await asyncio.to_thread(loaded.warm_widths, SERVER_BATCHES, SERVER_WIDTHS, {"strategy": "greedy"},
                                     stop_compiling)
-            log.info("greedy decoding: %d programs compiled in %.1f s", loaded.compiled_programs - before,
+            log.info("greedy decoding (temperature 0): %d programs ready in %.1f s", loaded.compiled_programs - before,
                      time.perf_counter() - began)
         except Exception as exc:  # noqa: BLE001 - a shape not compiled now is compiled when first met
             log.warning("could not compile greedy decoding ahead: %s", exc)
