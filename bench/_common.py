@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def emit(result: dict, name: str | None = None) -> None:
     if result.get("partial"):
         return
     name = name or Path(sys.argv[0]).stem
-    record = {"command": "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    record = {"command": "python " + shlex.join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
               "result": result}
     RESULTS.mkdir(parents=True, exist_ok=True)

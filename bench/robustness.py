@@ -3,6 +3,8 @@
     python bench/robustness.py                          # models/default, every set, all systems
     python bench/robustness.py --quick                  # smoke run: a seeded sample of each set
     python bench/robustness.py --details /tmp/rb.jsonl  # also every question, reply and verdict
+    python bench/robustness.py --decoding '{"strategy": "greedy"}' --results robustness_greedy
+                                                        # another decoding (an API request's), every system
 
 Question sets, each question with the ORIGINAL corpus question whose answers count (each dev
 file is split in two by a hash of the question: the dev half, and a test half reported beside
@@ -542,6 +544,9 @@ def main() -> None:
     parser.add_argument("--results", metavar="NAME", help="write bench/results/NAME.json (for other dev files, "
                         "which otherwise write nothing)")
     parser.add_argument("--details", metavar="FILE", help="write every question, reply and verdict as JSONL")
+    parser.add_argument("--decoding", metavar="JSON", type=json.loads, default={},
+                        help="decoding settings over the model's own for every reply (as a request's: "
+                             "'{\"strategy\": \"greedy\"}'); needs --results")
     parser.add_argument("--no-chatterbot", action="store_true", help="leave ChatterBot out")
     parser.add_argument("--no-install", action="store_true",
                         help="use ChatterBot only if its virtualenv is already there (never pip install)")
@@ -555,6 +560,8 @@ def main() -> None:
                         help="smoke run: 60 training, 40 reworded, 40 typo questions; ChatterBot only if already installed")
     parser.add_argument("--chatterbot-worker", nargs=2, metavar=("REQUEST", "RESPONSE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.decoding and not args.results:
+        parser.error("--decoding needs --results NAME: its figures are not the model's own")
     if args.chatterbot_worker:
         chatterbot_worker(*args.chatterbot_worker)
         return
@@ -604,14 +611,14 @@ def main() -> None:
 
     # (a) the shipped pipeline, through the public batched API; (b) its decoder alone
     t0 = time.perf_counter()
-    generated = ask_all(bot, questions, args.batch_size, "model")
+    generated = ask_all(bot, questions, args.batch_size, "model", args.decoding or None)
     model_s = time.perf_counter() - t0
-    alone = ask_all(bot, questions, args.batch_size, "decoder alone", {"retrieval": False})
+    alone = ask_all(bot, questions, args.batch_size, "decoder alone", {**args.decoding, "retrieval": False})
     unanswerable = load_unanswerable(args.unanswerable)
     if args.quick:
         unanswerable = {half: _sample(rows, 20, args.seed) for half, rows in unanswerable.items()}
     off_corpus = ask_all(bot, [i.question for rows in unanswerable.values() for i in rows], args.batch_size,
-                         "unanswerable")
+                         "unanswerable", args.decoding or None)
     # (c) retrieval alone: the first answer of the nearest training question, no model, found
     # by the model's own retriever (its data.retriever, its stored question embeddings) for the
     # question as the model reads it (its data.spelling)
@@ -621,7 +628,8 @@ def main() -> None:
     read = dict(zip(questions, (turns[-1] for turns in bot.generator.read([[q] for q in questions]))))
     nearest = {q: (memory.retrieve(read[q], 1) or [("", "", 0.0)])[0] for q in questions}
     # (d) the shipped pipeline with freshly initialised weights (capped length: it never ends)
-    untrained = ask_all(untrained_bot(bundle), questions, args.batch_size, "untrained", {"max_length": 64})
+    untrained = ask_all(untrained_bot(bundle), questions, args.batch_size, "untrained",
+                        {**args.decoding, "max_length": 64})
 
     # (b) fuzzy retrieval over the corpus' questions
     t0 = time.perf_counter()
@@ -722,7 +730,9 @@ def main() -> None:
     result["dev_questions_in_training_split"] = leaked
     result["model_seconds"] = round(model_s, 1)
     result["model_ms_per_question"] = round(1000 * model_s / max(1, len(questions)), 2)
-    result["decoding"] = dataclasses.asdict(bundle.config.decoding)
+    result["decoding"] = dataclasses.asdict(bot.resolve_decoding(args.decoding or None))  # what the replies used
+    if args.decoding:
+        result["decoding_overrides"] = args.decoding
     result["retriever"] = bundle.config.data.retriever if bundle.config.data.retrieved_pairs else None
     result["fallback_threshold"] = bundle.config.dialogue.fallback_threshold
     result["peak_mb"] = peak_rss_mb()
