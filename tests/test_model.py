@@ -188,7 +188,8 @@ def test_a_server_traces_greedy_loops_for_every_batch_size_before_its_first_requ
         assert bot.generator.trace_count == before
 
 
-def test_a_server_traces_the_beam_searches_of_every_number_of_replies_before_its_first_request(tiny_bundle_path):
+def test_a_server_traces_the_beam_searches_of_every_number_of_replies_before_its_first_request(tiny_bundle_path,
+                                                                                               tiny_pairs):
     """Requests for n replies (OpenAI's ``n``) search a beam ``max(n, beam)`` wide keeping n, a
     loop of its own: a server traces them for every n up to its limit, in a fixed order, so that
     their programs keep their names (and their keys in the disk cache) from one start to the next."""
@@ -199,7 +200,7 @@ def test_a_server_traces_the_beam_searches_of_every_number_of_replies_before_its
         before = bot.generator.trace_count
         for n in (3, 1, 2):
             beam = max(n, bot.decoding.beam)
-            replies = bot.generate([tiny_bundle_path.name], decoding={"strategy": "beam", "beam": beam, "n_best": n})
+            replies = bot.generate([tiny_pairs[0][0]], decoding={"strategy": "beam", "beam": beam, "n_best": n})
             assert len(replies[0].alternatives) <= n
         assert bot.generator.trace_count == before
 
