@@ -115,6 +115,15 @@ def test_beam_search_stops_when_all_hypotheses_ended_and_returns_n_best(tiny_bot
     assert result.token_ids[-1] == END
 
 
+def test_no_strategy_generates_padding_or_the_start_token():
+    """[PAD] and [START] are never a reply's tokens, however likely a model finds them: no
+    training target holds them, and the scoring pass masks padding that the loops would count."""
+    likes_padding = {START: {PAD: 0.5, START: 0.3, A: 0.2}, A: {END: 1.0}}
+    generator = toy_generator(likes_padding)
+    for decoding in ({}, {"beam": 2, "n_best": 2}, {"strategy": "sample", "seed": 1}, {"repetition_penalty": 1.2}):
+        assert generator.generate([["q"]], decoding=decoding)[0].token_ids == (A, END), decoding
+
+
 def test_length_penalty_favours_longer_hypotheses():
     # From START: end at once (p 0.4), or two tokens (0.6 * 0.6 * 1.0 = 0.36).
     short_or_long = {START: {END: 0.4, A: 0.6}, A: {B: 0.6, C: 0.4}}

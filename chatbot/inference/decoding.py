@@ -286,10 +286,15 @@ class DecodeLoops:
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
     # --- shared: repetition control ----------------------------------------------------------
-    def _forbid_early_end(self, logits, step, min_length):
-        """[END] forbidden before ``min_length`` tokens: the one constraint the XLA loops keep."""
-        is_end = tf.equal(tf.range(self.model.vocab_size), END)[None, :]
-        return tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+    def _forbid(self, logits, step, min_length):
+        """[PAD] and [START] forbidden always (no reply holds them: the training targets never
+        did, so nothing taught a model to avoid them, and a hypothesis holding one was scored
+        differently by the loops, which counted it, and the scoring pass, which masks padding),
+        and [END] before ``min_length`` tokens: the constraints the XLA loops keep."""
+        ids = tf.range(self.model.vocab_size)[None, :]
+        never = tf.logical_or(tf.equal(ids, PAD), tf.equal(ids, START))
+        early_end = tf.logical_and(step < min_length, tf.equal(ids, END))
+        return tf.where(tf.logical_or(never, early_end), NEG_INF, logits)
 
     def _constrain(self, logits, history, step, repetition_penalty, ngram, min_length):
         """Logits ``[N, V]`` with repetition control applied, given each row's tokens so far
@@ -329,11 +334,10 @@ class DecodeLoops:
             return tf.where(banned, NEG_INF, logits)
 
         logits = tf.cond(tf.logical_and(ngram > 0, step >= ngram - 1), block_ngrams, lambda: logits)
-        is_end = tf.equal(tf.range(vocab), END)[None, :]
-        logits = tf.where(tf.logical_and(step < min_length, is_end), NEG_INF, logits)
+        logits = self._forbid(logits, step, min_length)
         # A row with every token forbidden (a tiny vocabulary, a strict n-gram ban) ends.
         stuck = tf.reduce_all(tf.equal(logits, NEG_INF), axis=1, keepdims=True)
-        return tf.where(tf.logical_and(stuck, is_end), 0.0, logits)
+        return tf.where(tf.logical_and(stuck, tf.equal(tf.range(vocab), END)[None, :]), 0.0, logits)
 
     # --- greedy and sampling -----------------------------------------------------------------
     @staticmethod
@@ -450,7 +454,7 @@ class DecodeLoops:
                 if unaided:
                     logits, bare_logits = tf.split(logits, 2)
                 logprobs = tf.nn.log_softmax(logits)
-                allowed = self._forbid_early_end(logits, step, min_length)
+                allowed = self._forbid(logits, step, min_length)
                 best = tf.where(done, PAD, tf.argmax(allowed, axis=-1, output_type=tf.int32))
                 total += tf.where(done, 0.0, tf.gather(logprobs, best, axis=1, batch_dims=1))
                 if unaided:
@@ -601,7 +605,7 @@ class DecodeLoops:
         (one compilation each), the history is ``capacity`` wide, and no repetition controls
         (their shapes change as they run). Returns ``_beam_loop``'s results, ``capacity`` wide."""
         def constrain(logits, history, step):
-            return self._forbid_early_end(logits, step, min_length)
+            return self._forbid(logits, step, min_length)
 
         search, decoder, advance, results = self._beam_parts(source, max_length, self.capacity, beam, n_best,
                                                              length_penalty, constrain)
