@@ -159,6 +159,7 @@ class Generator:
         waits for it later. Stops between two programs once ``until`` is set."""
         config = self.resolve(decoding)
         alone = self.decodes_alone(self.searched(config))
+        searched = dataclasses.replace(self.searched(config), max_length=2, min_length=0)  # what a beam compiles
         unaided = self.weighs_unaided(config)
         for batch in dict.fromkeys(xla_batch(b) for b in batches if b <= XLA_MAX_BATCH and (b == 1 or not alone)):
             bare = np.full((batch, 1), START, np.int32) if unaided else None
@@ -170,7 +171,6 @@ class Generator:
                     return
                 source = np.full((batch, width), START, np.int32)
                 if self.loops.uses_xla_beam(config, batch):
-                    searched = dataclasses.replace(self.searched(config), max_length=2, min_length=0)
                     if (searched.beam, searched.n_best, batch, xla_width(width)) not in self.loops.compiled_beam_shapes:
                         self.loops.beam_xla(source, searched)
                 elif self.loops.greedy_shape(batch, width, 1 if unaided else None) not in self.loops.compiled_shapes:
