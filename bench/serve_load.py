@@ -251,9 +251,10 @@ def batching_phase(model: str, tmp: Path, quick: bool, settings: dict | None = N
         try:
             log(f"batching ({label}): one worker ready in {server.wait_ready():.1f}s, "
                 f"greedy decoding compiled at {server.compiled_s:.1f}s")
-            # Each phase runs twice and the second run is measured: the first compiles the decode
-            # loops for the input widths and batch sizes it meets (a stall of up to a second each,
-            # once per machine with the compile cache), which is start-up, not throughput.
+            # Each phase runs twice and the second run is measured: the first is start-up, not
+            # throughput (first connections, the first call of each code path). The decode loops
+            # are compiled before wait_ready returns; each run's programs_compiled shows none is
+            # compiled while it is measured.
             if label == "batched":
                 asyncio.run(run_clients(server.url, asked, 1, None, settings=settings))
                 result["one_client"] = measured(server, asked, 1, settings)
