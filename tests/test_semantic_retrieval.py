@@ -80,6 +80,8 @@ def test_a_hybrid_model_stores_its_question_vectors(tiny_bundle_path, tmp_path):
     # A damaged vectors file is a one-line BundleError (its checksum catches it first).
     copy = tmp_path / "copy"
     bundle.save(copy)
+    # Readable by whoever may read the bundle's other files (a server running as another user).
+    assert (copy / QUESTION_VECTORS).stat().st_mode & 0o777 == (copy / "config.json").stat().st_mode & 0o777
     (copy / QUESTION_VECTORS).write_bytes(b"garbage")
     with pytest.raises(BundleError, match="checksum|question embeddings"):
         Bundle.load(copy)

@@ -364,11 +364,13 @@ def _read_examples(file: Path) -> list[Example]:
 
 
 def _write_vectors(file: Path, vectors, questions_fingerprint: str) -> None:
+    """Written like the bundle's other files, in its staging directory (``save_file`` makes
+    its file readable by its owner only: a server running as another user could not load it)."""
     import numpy as np
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    save_file({"questions": np.ascontiguousarray(vectors, dtype=np.float16)}, str(file),
-              metadata={"questions_sha256": questions_fingerprint})
+    file.write_bytes(save({"questions": np.ascontiguousarray(vectors, dtype=np.float16)},
+                          metadata={"questions_sha256": questions_fingerprint}))
 
 
 def _read_vectors(file: Path) -> tuple[Any, str] | None:
