@@ -103,6 +103,18 @@ def test_train_then_ask_through_the_cli(tmp_path, capsys, monkeypatch):
     assert code == 0 and len(stdout.splitlines()) == 1, stderr
 
 
+def test_train_progress_goes_to_stderr_and_stdout_holds_only_the_summary(tmp_path, capsys, monkeypatch):
+    """So that `chatbot train ... > summary.json` and `| jq` work. Keras prints its progress to
+    stdout; away from a terminal it is one line per epoch, not a bar redrawn per batch."""
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", DATA / "tiny_pairs.tsv", "--out",
+                                   tmp_path / "m", "--epochs", 2, "--units", 8, "--embedding-dim", 8)
+    assert code == 0, stderr
+    assert len(stdout.splitlines()) == 1 and json.loads(stdout)["epochs"] == 2
+    lines = stderr.splitlines()
+    assert "Epoch 1/2" in lines and any(line.startswith("[chatbot] epoch 2/2: ") for line in lines)
+    assert not any("\b" in line for line in lines)  # no bar redrawn with backspaces
+
+
 @pytest.mark.parametrize("args", [["ask", "--max-length", "x"], ["frobnicate"], []])
 def test_bad_usage_exits_2(args):
     assert chatbot(*args).returncode == 2

@@ -299,7 +299,8 @@ def test_ask_json_marks_the_failed_line_with_an_error(tiny_bundle_path, tiny_pai
     assert len(rows) == 4 and code == 1
     assert rows[0]["reply"] == a1 and "error" not in rows[0]
     assert rows[1] == {"reply": "", "error": "invalid UTF-8 at byte 1 (0xe9)"}
-    assert rows[2]["reply"] == "" and "error" not in rows[2]  # an empty line is not a failure
+    # An empty line is not a failure, and its object has every key a reply's has.
+    assert rows[2]["reply"] == "" and "error" not in rows[2] and rows[2].keys() == rows[0].keys()
     assert "error" not in rows[3]
     assert "line 2: invalid UTF-8 at byte 1 (0xe9)" in err
 
@@ -313,10 +314,11 @@ def test_ask_all_good_lines_exit_0(tiny_bundle_path, tiny_pairs, capsys, monkeyp
 def test_chat_reports_the_same_problem_and_goes_on(tiny_bundle_path, tiny_pairs, tmp_path, capsys, monkeypatch):
     (q1, a1), (q3, a3) = tiny_pairs[0], tiny_pairs[2]
     stdin = f"{q1}\nbad \xff byte\n{q3}\n".encode("latin-1")
-    code, out, _ = run(capsys, monkeypatch, "chat", "--model", tiny_bundle_path, "--db", tmp_path / "c.db",
-                       stdin=stdin)
-    assert code == 0
+    code, out, err = run(capsys, monkeypatch, "chat", "--model", tiny_bundle_path, "--db", tmp_path / "c.db",
+                         stdin=stdin)
     assert out.splitlines() == [a1, "error: line 2: invalid UTF-8 at byte 5 (0xff)", a3]
+    # ... and exits 1, as ask does, so that a script knows a line went unanswered.
+    assert code == 1 and err.splitlines() == ["chatbot: error: 1 line not answered (see the error lines)"]
 
 
 def test_ask_through_a_real_pipe_answers_three_lines(tiny_bundle_path):

@@ -413,6 +413,20 @@ def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_
     assert (1, width, width) in generator.loops.compiled_shapes  # one input
 
 
+def test_warming_up_a_beam_search_compiles_the_one_asked_for(tiny_bot):
+    """``ask --beam 3 --n-best 2`` warms its own search up, not the model's: its first reply's
+    latency is then the decode's, not the trace's (half a second)."""
+    generator = tiny_bot.generator
+    asked = {"strategy": "beam", "beam": 3, "n_best": 2}
+    searched = generator.searched(generator.resolve(asked))
+    def compiled():
+        return {shape for shape in generator.loops.compiled_beam_shapes
+                if shape[:3] == (searched.beam, searched.n_best, 1)}
+    assert not compiled()
+    tiny_bot.warm_up(("beam",), asked)
+    assert compiled()
+
+
 def test_a_beam_kept_whole_is_decoded_one_input_at_a_time_with_the_same_hypotheses(tiny_bot, tiny_pairs):
     """Re-ranking keeps the whole beam, whose inputs end late: a batch would run until its slowest
     one ends, so each input is decoded alone, and gets what it gets when asked alone."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
+import pytest
 from conftest import ROOT
 from helpers import run_cli
 from live_server import free_port, wait_until_ready
@@ -26,6 +28,31 @@ def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--api-key", "short")
     assert code == 1 and err.strip().splitlines() == [
         "chatbot: error: an API key must be at least 16 printable characters without spaces (one given is 5 long)"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "0", "argument --workers: must be at least 1, got 0"),
+    ("--port", "99999", "argument --port: must be at least 1 and at most 65535, got 99999"),
+    ("--rate-limit", "0", "argument --rate-limit: must be above 0, got 0"),
+    ("--batch-wait-ms", "nan", "argument --batch-wait-ms: must be at least 0, got nan"),
+    ("--max-batch", "x", "argument --max-batch: expected an integer, got 'x'"),
+])
+def test_a_bad_server_option_is_a_usage_error_naming_the_flag(capsys, monkeypatch, flag, value, message):
+    code, _, err = run_cli(capsys, monkeypatch, "serve", flag, value)
+    assert code == 2 and err.strip().splitlines()[-1] == f"chatbot serve: error: {message}"
+    assert err.startswith("usage: chatbot serve")
+
+
+def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, tiny_bundle_path):
+    """A mistyped model, or a port another program holds: one line and exit 1, before uvicorn."""
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", "no-such-model")
+    assert code == 1 and err.count("\n") == 1 and "no-such-model: no such model" in err
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", port)
+    assert code == 1 and err.strip() == f"chatbot: error: 127.0.0.1:{port}: Address already in use"
 
 
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):

@@ -211,9 +211,13 @@ def test_a_model_name_is_looked_up_in_the_working_directorys_models_first(tiny_b
     with pytest.raises(BundleError, match=r"nothing: no such model .*name under models or .*: .*default, mine\)$"):
         resolve_model_path("nothing")  # the names it could have been
 
+    assert resolve_model_path(None) == MODELS_DIR / "default"
     status, out, err = run_cli(capsys, monkeypatch, "models", "list", "--json")
     names = [json.loads(line)["name"] for line in out.splitlines()]
     assert status == 0 and names[0] == "mine" and "default" in names, err
+    # A models/default here shadows the bundled one the same way, named or left out.
+    shutil.copytree(tiny_bundle_path, tmp_path / "models" / "default")
+    assert resolve_model_path("default") == resolve_model_path(None) == Path("models") / "default"
     status, out, err = run_cli(capsys, monkeypatch, "ask", "--model", "mine", "--json", "hello")
     assert status == 0 and json.loads(out)["reply"], err
 

@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 a library error (bad corpus, bundle, config, input), 2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -90,10 +92,15 @@ def cmd_train(args) -> int:
     _stderr_quiet_import(inference=False)
     from chatbot.training.pipeline import train
 
-    bundle = train(corpus, config, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
-                   on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
-                   base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
-                   golden=args.golden, extra_callbacks=None if args.quiet else _progress_callbacks(config, args))
+    # Keras writes its progress to stdout; here it goes to stderr with the rest of the progress, so
+    # that stdout holds only the summary (`> summary.json`, `| jq`). A bar that redraws itself
+    # only on a terminal: elsewhere (a log file) one line per epoch.
+    verbose = 0 if args.quiet else 1 if sys.stderr.isatty() else 2
+    with contextlib.redirect_stdout(sys.stderr):
+        bundle = train(corpus, config, args.out, resume=args.resume, verbose=verbose,
+                       on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
+                       base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
+                       golden=args.golden, extra_callbacks=None if args.quiet else _progress_callbacks(config, args))
     if bundle is None:  # a multi-worker training's other worker: the chief wrote the bundle
         print(json.dumps({"model": None, "worker": "done; the chief installs the model"}))
         return 0
@@ -178,7 +185,7 @@ def cmd_ask(args) -> int:
         config = bot.resolve_decoding(decoding_overrides(args))  # bad settings fail once, before any question
         # Only the loop these replies decode with (loading would also trace greedy's in the
         # background, seconds that `ask` with the default model's beam search never uses).
-        bot.warm_up((config.effective_strategy,))
+        bot.warm_up((config.effective_strategy,), config)
         if args.session:
             warn_if_in_memory(bot.database_in_memory)
         session = bot.session(args.session).id if args.session else None
@@ -217,7 +224,8 @@ def _answer(bot, question: str, config, session: int | None, as_json: bool) -> s
     from chatbot.data.text import clean_text
 
     if not question.strip() or not clean_text(question[:4096]):  # an empty line still gets one (empty) reply line
-        return json.dumps({"reply": "", "score": None, "latency_ms": 0.0}) if as_json else ""
+        return json.dumps({"reply": "", "score": None, "confidence": None, "latency_ms": 0.0, "read_as": "",
+                           "retrieved": []}) if as_json else ""
     if session is not None:
         result = bot.reply(question, session=session, decoding=config)
     else:
@@ -343,7 +351,11 @@ def cmd_chat(args) -> int:
         if interactive:
             repl.run_interactive(history_path(database_url), load_seconds=time.perf_counter() - began)
         else:
-            repl.run_plain(input_lines(sys.stdin))  # a line that is not UTF-8 gets an error line
+            unreadable = repl.run_plain(input_lines(sys.stdin))  # a line that is not UTF-8 gets an error line
+            if unreadable:
+                print(f"chatbot: error: {unreadable} line{'s' * (unreadable != 1)} not answered "
+                      "(see the error lines)", file=sys.stderr)
+                return EXIT_ERROR
     return 0
 
 
@@ -390,6 +402,9 @@ def cmd_sessions(args) -> int:
 
     if args.feedback and args.action != "export":
         raise UsageError("--feedback goes with 'sessions export'")
+    if args.action == "list" and args.target is not None:
+        raise UsageError(f"sessions list takes no session ('{args.target}'): it lists them all; "
+                         "'sessions show' shows one")
     # Only delete writes: the others open the database read-only and never create it.
     with SessionStore(args.db, read_only=args.action != "delete") as store:
         warn_if_in_memory(store.in_memory)
@@ -490,8 +505,32 @@ def _write_export(text: str, out: str | None) -> None:
         sys.stdout.write(text)
 
 
+class CommandFormatter(logging.Formatter):
+    """The library's log records as the command's own lines: ``chatbot: warning: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"chatbot: {record.levelname.lower()}: {super().format(record)}"
+
+
 class UsageError(Exception):
     """Bad command-line usage found after parsing (exit code 2)."""
+
+
+def bounded(kind: type, least: float, most: float | None = None, above: bool = False):
+    """An argparse type: a finite number of ``kind`` at least ``least`` (above it with
+    ``above``) and at most ``most``, so a bad value is argparse's one-line error naming the flag."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got '{text}'") from None
+        low_ok = value > least if above else value >= least
+        if not (math.isfinite(value) and low_ok and (most is None or value <= most)):
+            wanted = f"{'above' if above else 'at least'} {least:g}" + (f" and at most {most:g}" if most is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+    return parse
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -562,19 +601,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="session database: a SQLAlchemy URL or SQLite file [$CHATBOT_DB or the "
                                     "default file]; PostgreSQL for several workers")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    serve.add_argument("--port", type=int, default=8000, help="[8000]")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with the model loaded [1]")
+    serve.add_argument("--port", type=bounded(int, 1, 65535), default=8000, help="[8000]")
+    serve.add_argument("--workers", type=bounded(int, 1), default=1,
+                       help="worker processes, each with the model loaded [1]")
     serve.add_argument("--api-key", action="append", metavar="KEY",
                        help="accept this bearer token (repeatable; also $CHATBOT_API_KEYS, comma-separated)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow listening beyond loopback without API keys")
-    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most [8]")
-    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
+    serve.add_argument("--max-batch", type=bounded(int, 1), default=8, help="requests decoded together at most [8]")
+    serve.add_argument("--batch-wait-ms", type=bounded(float, 0), default=2.0,
                        help="how long a decode waits for more requests to join it, under load [2]")
-    serve.add_argument("--rate-limit", type=float, default=600.0, help="requests per minute per key [600]")
+    serve.add_argument("--rate-limit", type=bounded(float, 0, above=True), default=600.0, help="requests per minute per key [600]")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser pages from this origin to call the API (repeatable)")
-    serve.add_argument("--drain-seconds", type=int, default=30,
+    serve.add_argument("--drain-seconds", type=bounded(int, 0), default=30,
                        help="on SIGTERM, wait this long for requests in flight [30]")
     serve.set_defaults(func=cmd_serve)
 
@@ -631,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", metavar="FILE.png", help="save reply-length and score distributions")
     add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+    for command in sub.choices.values():  # a usage error found later shows its command's usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -643,8 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    messages = logging.StreamHandler()  # "chatbot: warning: ...", as the command's own warnings
+    messages.setFormatter(CommandFormatter())
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[messages])
     from chatbot.errors import ChatbotError
 
     try:
@@ -654,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
+        getattr(args, "command_parser", parser).print_usage(sys.stderr)
         print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -551,15 +551,19 @@ class ChatRepl:
         except Exception as exc:  # the first reply that needs the loop compiles it and reports
             logging.getLogger("chatbot").debug("warming the decode loop up failed: %s", exc)
 
-    def run_plain(self, lines: Iterable["str | UnreadableLine"]) -> None:
+    def run_plain(self, lines: Iterable["str | UnreadableLine"]) -> int:
         """One output line per input line, flushed after each, until the input ends or /quit.
-        A line that is not text (``input_lines``) gets an error line and the loop goes on."""
+        A line that is not text (``input_lines``) gets an error line and the loop goes on.
+        Returns how many lines were not text (the command then exits 1, as ``ask`` does)."""
+        unreadable = 0
         for line in lines:
             if isinstance(line, UnreadableLine):
+                unreadable += 1
                 self._error(f"error: {line}")
                 self._flush()
             elif not self.handle(line.rstrip("\r\n")):
-                return
+                break
+        return unreadable
 
 
 # --- reading standard input -----------------------------------------------------------------

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
@@ -22,6 +23,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise ``OSError`` (naming the address) when nothing could listen on ``host:port`` now: in
+    use, or not an address of this machine. Bound as uvicorn binds, with ``SO_REUSEADDR``."""
+    try:
+        for family, kind, protocol, _, address in socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM):
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+            return
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from None
 
 
 def app_from_environment():
@@ -51,6 +65,7 @@ def serve(args) -> int:
     import uvicorn
 
     from chatbot.cli.main import UsageError
+    from chatbot.model.bundle import resolve_model_path
     from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
 
     keys = tuple(args.api_key or ()) + keys_from_environment()
@@ -60,6 +75,10 @@ def serve(args) -> int:
     if not keys and not args.insecure and not is_loopback(args.host):
         raise UsageError(f"--host {args.host}: without API keys (--api-key or ${KEYS_VARIABLE}) the server "
                          "only listens on loopback; give keys, or --insecure to serve everyone without them")
+    # A mistyped model or a port in use fail now, in one line, rather than as a server that can
+    # never answer (the model loads after start-up) or as uvicorn's own error and exit status.
+    resolve_model_path(args.model)
+    check_address(args.host, args.port)
     os.environ[KEYS_VARIABLE] = ",".join(keys)
     os.environ[ENV_SETTINGS] = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     if args.model:

@@ -192,14 +192,15 @@ class ChatBot:
         if self._warm_error is not None:
             raise DecodingError(f"the decoder failed to compile ({self._warm_error})") from self._warm_error
 
-    def warm_up(self, strategies=("greedy",)) -> None:
-        """Trace the decode loops of these strategies now ("greedy", "sample", "beam")."""
+    def warm_up(self, strategies=("greedy",), decoding: DecodingConfig | dict[str, Any] | None = None) -> None:
+        """Trace the decode loops of these strategies now ("greedy", "sample", "beam"); a beam
+        search's as ``decoding`` sets it (its width and replies kept), else the model's own."""
         strategies = tuple(_text_list(strategies, "strategies"))
         unknown = [s for s in strategies if s not in DECODING_STRATEGIES]
         if unknown:
             raise InputError(f"unknown decoding strategy {unknown[0]!r} (expected {', '.join(DECODING_STRATEGIES)})")
         self.wait_ready()
-        self.generator.warm_up(strategies)
+        self.generator.warm_up(strategies, decoding)
 
     def warm_widths(self, batches: Sequence[int] = (1,), widths: Sequence[int] | None = None,
                     decoding: DecodingConfig | dict[str, Any] | None = None,

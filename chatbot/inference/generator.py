@@ -112,14 +112,15 @@ class Generator:
         self._alone_pool: ThreadPoolExecutor | None = None  # ``_map_alone``'s threads
         self._alone_pool_lock = threading.Lock()
 
-    def warm_up(self, strategies: Sequence[str] | None = None) -> None:
+    def warm_up(self, strategies: Sequence[str] | None = None,
+                decoding: DecodingConfig | dict[str, Any] | None = None) -> None:
         """Trace and run the compiled loops once, so the first real reply does not pay for it.
         "greedy" compiles the XLA loop that one question decodes with, for a question with what
         retrieval finds (a bare one if the model reads none), and for other widths on first use
         (half a second each; ``warm_widths``); the graph loop of batches and sampling is traced here for
         "sample", else on its first use, as is beam search unless "beam" is asked for (the
-        model's own beam search compiles its XLA loop, as greedy does). None: greedy and the
-        model's own strategy."""
+        model's own beam search compiles its XLA loop, as greedy does; or that of ``decoding``,
+        e.g. ``ask --beam 4``'s). None: greedy and the model's own strategy."""
         if strategies is None:
             strategies = ("greedy", self.decoding.effective_strategy)
         source = np.array([[START]], np.int32)
@@ -134,7 +135,7 @@ class Generator:
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
             self.loops.step(source, DecodingConfig(max_length=2), 0, bare=source if unaided else None)
         if "beam" in strategies:
-            own = self.searched(self.decoding)
+            own = self.searched(self.resolve(decoding))
             if self.loops.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
                 config = dataclasses.replace(own, max_length=2, min_length=0)
                 self.loops.beam_xla(source, config)

@@ -82,9 +82,13 @@ def model_directories() -> list[Path]:
 
 def resolve_model_path(model: str | Path | None) -> Path:
     """A path, a name under ``models/`` (``model_directories``), ``$CHATBOT_MODEL``, or the
-    bundled default."""
+    model named ``default``, looked up as any name is: a ``models/default`` of the working
+    directory comes first, as it does for ``--model default`` and in ``chatbot models list``."""
     if model is None:
-        model = os.environ.get("CHATBOT_MODEL") or MODELS_DIR / "default"
+        model = os.environ.get("CHATBOT_MODEL")
+        if not model:
+            return next((d / "default" for d in model_directories() if (d / "default").is_dir()),
+                        MODELS_DIR / "default")
     path = Path(model).expanduser()
     if path.exists():
         return path
