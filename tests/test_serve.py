@@ -41,6 +41,46 @@ def stream_events(response) -> list:
     return [json.loads(f[len("data: "):]) for f in frames[:-1]]
 
 
+# --- mounted in another app ---------------------------------------------------------------------
+def test_an_app_mounted_with_its_lifespan_serves_under_its_prefix(bot, tiny_pairs):
+    """docs/SERVING.md's recipe: Starlette runs no lifespan of a mounted app, so the host runs it."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    bot_app = create_app(bot=bot, settings=ServerSettings(), warm_up=False)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with bot_app.router.lifespan_context(bot_app):
+            yield
+
+    host = FastAPI(lifespan=lifespan)
+    host.mount("/bot", bot_app)
+    question, answer = tiny_pairs[0]
+    with TestClient(host) as client:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": question}]}
+        assert client.post("/bot/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == answer
+        assert client.get("/bot/readyz").json()["status"] == "ready"
+        docs = client.get("/bot/docs").text  # the docs page finds its schema and files under the prefix
+        assert "'/bot/openapi.json'" in docs and "/bot/docs-assets/swagger-ui.css" in docs
+        assert client.get("/bot/openapi.json").json()["info"]["title"] == "chatbot"
+        assert client.get("/bot/docs-assets/swagger-ui.css").status_code == 200
+
+
+def test_an_app_mounted_without_its_lifespan_says_so_at_once(bot):
+    from fastapi import FastAPI
+
+    host = FastAPI()
+    host.mount("/bot", create_app(bot=bot, settings=ServerSettings(), warm_up=False))
+    with TestClient(host) as client:
+        ready = client.get("/bot/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "not_started"
+        failed = client.get("/bot/api/sessions")
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "not_started"
+        assert "lifespan" in failed.json()["error"]["message"]
+
+
 # --- OpenAI-compatible ------------------------------------------------------------------------
 def test_chat_completion_is_the_models_decoded_reply(api, bot, tiny_pairs):
     question, answer = tiny_pairs[2]
@@ -82,6 +122,18 @@ def test_streaming_sends_the_same_reply_in_chunks(api, tiny_pairs):
     assert len(events) >= 2 + len(answer.split())  # one chunk per word
 
 
+def test_a_streamed_reply_in_a_session_names_its_stored_message(api, tiny_pairs):
+    """As a whole response does: a streaming client needs the id to send feedback."""
+    question, answer = tiny_pairs[0]
+    events = stream_events(chat(api, question, headers={"X-Session": "streamed"}, stream=True))
+    [extra] = [e["chatbot"] for e in events if "chatbot" in e]
+    assert extra["session_id"] is not None and extra["message_id"] is not None
+    history = api.get(f"/api/sessions/{extra['session_id']}/messages").json()["messages"]
+    assert [(m["id"], m["text"]) for m in history][-1] == (extra["message_id"], answer)
+    fingerprint = chat(api, question).json()["system_fingerprint"]
+    assert fingerprint and {e["system_fingerprint"] for e in events} == {fingerprint}
+
+
 def test_n_best_and_seeded_sampling(api, bot, tiny_pairs):
     question = tiny_pairs[1][0]
     beam = chat(api, question, n=3).json()["choices"]
@@ -90,12 +142,20 @@ def test_n_best_and_seeded_sampling(api, bot, tiny_pairs):
     first = chat(api, question, n=2, temperature=1.5, seed=11).json()["choices"]
     again = chat(api, question, n=2, temperature=1.5, seed=11).json()["choices"]
     assert [c["message"]["content"] for c in first] == [c["message"]["content"] for c in again]
+    wide = chat(api, question, n=2, temperature=1.5, seed=11 + 2 ** 40)  # OpenAI takes 64-bit seeds
+    assert wide.status_code == 200, wide.text
+    assert chat(api, question, seed=2 ** 64).status_code == 400
 
 
 def test_max_tokens_and_stop(api, tiny_pairs):
     question, answer = tiny_pairs[2]  # "Paris is the capital of France."
     cut = chat(api, question, max_tokens=2).json()
     assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 2
+    # A reply whose end token is the last one allowed ended on its own: "stop", not "length".
+    whole = chat(api, question).json()["usage"]["completion_tokens"]
+    exact = chat(api, question, max_tokens=whole).json()["choices"][0]
+    assert exact == {**exact, "finish_reason": "stop", "message": {**exact["message"], "content": answer}}
+    assert chat(api, question, max_tokens=whole - 1).json()["choices"][0]["finish_reason"] == "length"
     stopped = chat(api, question, stop=[" capital"]).json()["choices"][0]
     assert stopped["message"]["content"] == answer.split(" capital")[0] and stopped["finish_reason"] == "stop"
 
@@ -160,6 +220,8 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     page = api.get(f"/api/sessions/{sid}/messages").json()
     assert [m["role"] for m in page["messages"]] == ["user", "bot"] and page["next_before"] is None
     assert page["messages"][1]["id"] == reply["id"] and page["messages"][1]["in_reply_to"] == reply["in_reply_to"]
+    # The stored reply's figures as the reply gave them, rounded alike.
+    assert {k: page["messages"][1][k] for k in ("score", "confidence")} == {k: reply[k] for k in ("score", "confidence")}
     rated = api.post(f"/api/messages/{reply['id']}/feedback", json={"rating": "good", "correction": "Tiny."})
     assert rated.json()["rating"] == "good" and rated.json()["correction"] == "Tiny."
     assert api.post(f"/api/messages/{reply['in_reply_to']}/feedback", json={"rating": "bad"}).status_code == 404
@@ -189,7 +251,9 @@ def test_history_pages_cover_every_message_once(api, bot):
 
 
 def test_streamed_native_reply(api, tiny_pairs):
-    sid = api.post("/api/sessions", json={}).json()["id"]
+    created = api.post("/api/sessions")  # no body: both its fields are optional
+    assert created.status_code == 201
+    sid = created.json()["id"]
     response = api.post(f"/api/sessions/{sid}/messages", json={"text": tiny_pairs[3][0], "stream": True})
     frames = [f for f in response.text.split("\n\n") if f.strip()]
     deltas = [json.loads(f.split("data: ", 1)[1])["text"] for f in frames if f.startswith("event: delta")]
@@ -263,7 +327,14 @@ def test_health_readiness_and_metrics(api, tiny_pairs):
     metrics = api.get("/metrics").text
     assert 'chatbot_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in metrics
     assert "chatbot_replies_total 1.0" in metrics and "chatbot_decode_batch_size_count 1.0" in metrics
-    assert api.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
+    schema = api.get("/openapi.json").json()
+    # The schema tells what the server does: bearer keys (the docs page's "Authorize"), and the
+    # one error shape at the statuses it sends, not FastAPI's 422 (invalid input is a 400).
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path in ("/v1/chat/completions", "/api/sessions/{session}/messages"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert "422" not in responses and {"400", "401", "404", "429"} <= responses.keys()
+        assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     docs = api.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert api.get("/docs-assets/swagger-ui-bundle.js").status_code == 200

@@ -4,6 +4,7 @@ process that drains the request in flight on SIGTERM and prints no TensorFlow no
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -41,6 +42,21 @@ def test_a_bad_server_option_is_a_usage_error_naming_the_flag(capsys, monkeypatc
     code, _, err = run_cli(capsys, monkeypatch, "serve", flag, value)
     assert code == 2 and err.strip().splitlines()[-1] == f"chatbot serve: error: {message}"
     assert err.startswith("usage: chatbot serve")
+
+
+@pytest.mark.parametrize("flags, burst", [(["--rate-limit", "6"], 6), ([], 60), (["--rate-burst", "3"], 3)])
+def test_a_burst_is_never_more_than_a_minutes_requests(capsys, monkeypatch, tiny_bundle_path, flags, burst):
+    """With a burst of 60 whatever the rate, --rate-limit 6 let 60 requests through at once."""
+    import uvicorn
+
+    from chatbot.cli.serve import ENV_SETTINGS
+
+    for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)  # serve() sets them for its workers; restored after
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(), *flags)
+    assert code == 0, err
+    assert json.loads(os.environ[ENV_SETTINGS])["rate_burst"] == burst
 
 
 def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, tiny_bundle_path):

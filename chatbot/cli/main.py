@@ -612,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=bounded(float, 0), default=2.0,
                        help="how long a decode waits for more requests to join it, under load [2]")
     serve.add_argument("--rate-limit", type=bounded(float, 0, above=True), default=600.0, help="requests per minute per key [600]")
+    serve.add_argument("--rate-burst", type=bounded(int, 1),
+                       help="requests per key at once before the rate applies [the rate, at most 60]")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser pages from this origin to call the API (repeatable)")
     serve.add_argument("--drain-seconds", type=bounded(int, 0), default=30,

@@ -70,7 +70,9 @@ def serve(args) -> int:
 
     keys = tuple(args.api_key or ()) + keys_from_environment()
     settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
-                "rate_per_minute": args.rate_limit, "cors_origins": tuple(args.cors_origin or ())}
+                "rate_per_minute": args.rate_limit, "cors_origins": tuple(args.cors_origin or ()),
+                # A burst as big as a minute's requests at most: --rate-limit 6 must not let 60 through.
+                "rate_burst": args.rate_burst or max(1, min(60, int(args.rate_limit)))}
     ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
     if not keys and not args.insecure and not is_loopback(args.host):
         raise UsageError(f"--host {args.host}: without API keys (--api-key or ${KEYS_VARIABLE}) the server "

@@ -50,6 +50,7 @@ class Reply:
     retrieved: tuple[tuple[str, str, float], ...] = ()  # what the model was shown (question, answer, similarity)
     read_as: str = ""  # the question as the model read it (spelling corrected, see data.spelling)
     tokens: int = 0  # tokens the decoder generated for the reply ([END] included)
+    ended: bool = True  # the decoder reached [END]; False: the reply was cut at the length limit
 
 
 @dataclass(frozen=True)
@@ -455,7 +456,7 @@ class ChatBot:
         user = pending.user
         reply = Reply(text_out, generated.score, pending.session_id, None, generated.latency_ms, fallback,
                       user.id if user else None, generated.alternatives, generated.confidence,
-                      generated.retrieved, generated.read_as, generated.tokens)
+                      generated.retrieved, generated.read_as, generated.tokens, generated.ended)
         if user is None:
             return reply
         try:

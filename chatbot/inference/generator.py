@@ -58,6 +58,12 @@ class Generation:
     # Each alternative's confidence, in the same order (empty: exp of its score).
     confidences: tuple[float, ...] = ()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the reply reached [END] rather than the length limit (an alternative chosen
+        by ``choose``, whose ids are not kept, counts as ended)."""
+        return not self.token_ids or self.token_ids[-1] == END
+
     def choose(self, index: int) -> "Generation":
         """This generation with its ``index``-th alternative as the reply: text, score and
         confidence all come from that hypothesis (never the first one's)."""

@@ -26,7 +26,7 @@ from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
 from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings, keys_from_environment
-from chatbot.serving.state import ServerState, state_of
+from chatbot.serving.state import NOT_STARTED, ServerState, state_of
 from chatbot.version import __version__
 
 log = logging.getLogger("chatbot.serving")
@@ -194,6 +194,8 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             return {"status": "ready", "model": current.model_name, "compiling": compiling}
         if current.load_error:
             return JSONResponse({"status": "failed", "error": current.load_error}, status_code=503)
+        if current.batcher is None:
+            return JSONResponse({"status": "not_started", "error": NOT_STARTED}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
     @app.get("/metrics", tags=["operations"])
@@ -229,8 +231,9 @@ def _offline_docs(app: FastAPI) -> None:
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="chatbot API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+    async def docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")  # where a host app mounted this one
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title="chatbot API",
+                                   swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png")

@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatbot.errors import ConfigError, DecodingError, InputError, StoreError
@@ -18,6 +19,24 @@ log = logging.getLogger("chatbot.serving")
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, for the API's schema."""
+    error: ErrorDetail
+
+
+# What the schema lists for every route (FastAPI's own 422 never leaves: invalid input is a 400).
+ERROR_RESPONSES = {status: {"model": ErrorBody, "description": why} for status, why in (
+    (400, "invalid input: JSON, types, limits"), (401, "a valid API key is required"),
+    (404, "no such session, message or model (another key's look the same)"),
+    (429, "rate limited: see Retry-After"), (503, "the model is loading, or the database unavailable"))}
 
 
 class ApiError(Exception):
@@ -63,6 +82,8 @@ def _one_line_validation(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
+    _document_errors(app)
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -86,3 +107,21 @@ def install(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception):
         error = from_library(exc)
         return error_response(error.status, error.code, error.message, error.headers)
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The schema without FastAPI's 422 (``HTTPValidationError``), which this app never sends."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
-from chatbot.serving.errors import ApiError, from_library
+from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
 from chatbot.serving.openai_api import session_ref, words
 from chatbot.serving.state import owner, state_of, within_limits
 
-router = APIRouter(prefix="/api", tags=["sessions"])
+router = APIRouter(prefix="/api", tags=["sessions"], responses=ERROR_RESPONSES)
 
 
 class NewSession(BaseModel):
@@ -57,10 +57,15 @@ def message_json(message, feedback=None) -> dict:
     out = {"id": message.id, "session_id": message.session_id, "position": message.position,
            "role": message.role, "text": message.text, "created_at": message.created_at.isoformat()}
     if message.role == "bot":
-        out.update(score=message.score, confidence=message.confidence, fallback=message.fallback,
-                   latency_ms=message.latency_ms, in_reply_to=message.in_reply_to,
+        out.update(score=_rounded(message.score, 4), confidence=_rounded(message.confidence, 4),
+                   fallback=message.fallback, latency_ms=_rounded(message.latency_ms, 2), in_reply_to=message.in_reply_to,
                    retrieved=(message.details or {}).get("retrieved", []), feedback=feedback_json(feedback))
     return out
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """As a reply's figures are rounded (a stored message may lack them: None)."""
+    return None if value is None else round(value, digits)
 
 
 def reply_json(reply) -> dict:
@@ -85,7 +90,8 @@ async def _call(request: Request, call):
 
 
 @router.post("/sessions", status_code=201)
-async def create_session(body: NewSession, request: Request, who: str = Depends(owner)):
+async def create_session(request: Request, body: NewSession | None = None, who: str = Depends(owner)):
+    body = body or NewSession()  # both fields are optional, so the body is too
     try:
         json.dumps(body.metadata)
     except (TypeError, ValueError):

@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
-from chatbot.serving.errors import ApiError, from_library
+from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
 from chatbot.serving.state import owner, state_of, within_limits
 
-router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
 SESSION_HEADER = "x-session"
 
 
@@ -60,7 +60,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0, le=2 ** 31 - 1)
+    seed: int | None = Field(None, ge=-(2 ** 63), le=2 ** 64 - 1)  # OpenAI takes 64-bit seeds
     stop: str | list[str] | None = None
     user: str | None = None
 
@@ -83,8 +83,8 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
                         top_p=body.top_p if body.top_p is not None else 1.0)
     elif body.temperature == 0:
         decoding.update(strategy="greedy", beam=1, n_best=1)
-    if body.seed is not None:
-        decoding["seed"] = body.seed
+    if body.seed is not None:  # the decode loops take 31-bit seeds: a wider one is folded into them
+        decoding["seed"] = body.seed % 2 ** 31
     if body.n > 1 and not sampling:
         decoding.update(strategy="beam", beam=max(body.n, model_decoding.beam), n_best=body.n)
     return within_limits(decoding, settings)
@@ -97,19 +97,21 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
 
 
 def _choices(body, replies, bot) -> list[dict]:
-    """(text, finish_reason, completion tokens) per choice."""
+    """(text, finish_reason, completion tokens) per choice: "length" for a reply cut at the
+    limit, not for one that reached its end token on the last step it had."""
     limit = body.max_completion_tokens or body.max_tokens or bot.decoding.max_length
     if len(replies) == 1 and body.n > 1:  # n best of one beam search
         reply = replies[0]
-        texts = [reply.text] + [t for t, _ in reply.alternatives[1:body.n]]
-        counted = [reply.tokens] + [bot.count_tokens(t) + 1 for t in texts[1:]]
+        choices = [(reply.text, reply.ended, reply.tokens)]
+        for text, _ in reply.alternatives[1:body.n]:  # their ids are not kept: counted again, [END] too
+            counted = bot.count_tokens(text) + 1
+            choices.append((text, counted <= limit, min(counted, limit)))
     else:
-        texts = [r.text for r in replies]
-        counted = [r.tokens for r in replies]
+        choices = [(r.text, r.ended, r.tokens) for r in replies]
     out = []
-    for text, tokens in zip(texts, counted):
+    for text, ended, tokens in choices:
         text, stopped = _cut_at_stop(text, body.stop)
-        out.append((text, "length" if tokens >= limit and not stopped else "stop", tokens))
+        out.append((text, "stop" if ended or stopped else "length", tokens))
     return out
 
 
@@ -179,8 +181,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(completion_id, created, state.model_name, choices, usage if include_usage else None,
-                    settings.stream_chunk_words),
+            _stream(completion_id, created, state.model_name, state.model_fingerprint, choices,
+                    usage if include_usage else None, extra, settings.stream_chunk_words),
             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": created, "model": state.model_name,
@@ -215,17 +217,19 @@ def _event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(completion_id, created, model, choices, usage, per_chunk):
+async def _stream(completion_id, created, model, fingerprint, choices, usage, extra, per_chunk):
+    """OpenAI's chunks; the last choice's closing chunk carries the ``chatbot`` object as a
+    whole response does (the stored message's id, which feedback needs)."""
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None}
+            "system_fingerprint": fingerprint}
     for index, (text, reason, _) in enumerate(choices):
         yield _event({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None}]})
         for piece in words(text, per_chunk):
             yield _event({**base, "choices": [{"index": index, "delta": {"content": piece},
                                                "logprobs": None, "finish_reason": None}]})
-        yield _event({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                           "finish_reason": reason}]})
+        closing = {**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]}
+        yield _event({**closing, "chatbot": extra} if index == len(choices) - 1 else closing)
     if usage is not None:
         yield _event({**base, "choices": [], "usage": usage})
     yield "data: [DONE]\n\n"

@@ -6,7 +6,8 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPBearer
 
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.errors import ApiError
@@ -15,6 +16,9 @@ from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings
 
 READY_WAIT_S = 120.0  # a request that arrives while the model loads waits this long for it
+# Starlette runs no lifespan of a mounted app: the host app must run it (docs/SERVING.md).
+NOT_STARTED = ("the chatbot app's lifespan has not run, so its model never loads: a host app that mounts it "
+               "must run it in its own lifespan (docs/SERVING.md)")
 
 
 @dataclass
@@ -37,6 +41,8 @@ class ServerState:
         self.metrics.fallbacks.inc(sum(1 for r in replies if r.fallback))
 
     async def bot_when_ready(self):
+        if self.batcher is None:
+            raise ApiError(503, "not_started", NOT_STARTED)
         if not self.ready.is_set():
             try:
                 await asyncio.wait_for(self.ready.wait(), READY_WAIT_S)
@@ -58,7 +64,12 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def owner(request: Request) -> str:
+# Declares the bearer scheme in the API's schema (the docs page's "Authorize" button); the key
+# itself is read by ``bearer_token``, and a missing one is this app's 401, not FastAPI's 403.
+_BEARER = HTTPBearer(auto_error=False, description="one of the server's API keys (--api-key)")
+
+
+async def owner(request: Request, _: object = Security(_BEARER)) -> str:
     """The caller's owner id (a FastAPI dependency): checks the key, then the rate limit."""
     state = state_of(request)
     found = state.keys.owner(bearer_token(request))
