@@ -96,6 +96,20 @@ def test_control_characters_are_removed_and_long_input_is_stored_whole(bot):
     assert bot.history(reply.session_id)[0].text == long_text
 
 
+def test_a_wrong_feedback_argument_is_an_input_error_and_a_closed_bot_keeps_its_database_closed(bot, tiny_pairs):
+    from chatbot.errors import InputError, StoreError
+
+    reply = bot.reply(tiny_pairs[0][0])
+    with pytest.raises(InputError, match="rating must be 'good' or 'bad'"):
+        bot.rate(reply.message_id, "meh")  # the caller's mistake (a server's 400), not the database's
+    with pytest.raises(InputError, match="a correction must be a non-empty string"):
+        bot.correct(reply.message_id, None)
+    bot.close()
+    with pytest.raises(StoreError, match="closed"):  # not a new database opened behind the caller's back
+        bot.reply(tiny_pairs[0][0])
+    assert bot.generate([tiny_pairs[0][0]])[0].text == tiny_pairs[0][1]  # the model stays loaded
+
+
 def test_missing_session_id_is_an_error(bot):
     with pytest.raises(SessionNotFound):
         bot.reply("hi", session=12345)

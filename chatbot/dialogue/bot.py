@@ -167,6 +167,7 @@ class ChatBot:
         self._db = db
         self._store = None
         self._store_lock = threading.Lock()
+        self._closed = False  # close() was called: the database is not opened again
         # Tracing the compiled decode loop takes seconds: do it in the background, so loading
         # returns once the bundle is checked and the first reply waits only for what is left.
         self._warming: threading.Thread | None = None
@@ -245,6 +246,8 @@ class ChatBot:
     def store(self):
         """The session store, opened on first use (stateless ``ask`` never touches a database)."""
         with self._store_lock:
+            if self._closed:
+                raise StoreError("this ChatBot is closed: its session database is no longer open")
             if self._store is None:
                 from chatbot.dialogue.store import SessionStore
 
@@ -513,6 +516,8 @@ class ChatBot:
 
     def correct(self, message_id: int, better_answer: str, owner: str | None = None):
         """Record the answer a reply should have been; it is exported as a training pair."""
+        if not isinstance(better_answer, str):  # None would read as "no feedback given" below
+            raise InputError(f"a correction must be a non-empty string, not {type(better_answer).__name__}")
         return self.give_feedback(message_id, correction=better_answer, owner=owner)
 
     def give_feedback(self, message_id: int, rating: str | None = None, correction: str | None = None,
@@ -526,6 +531,8 @@ class ChatBot:
         return self.store.set_feedback(message_id, rating=rating, correction=correction, owner=owner)
 
     def close(self) -> None:
+        """Close the session database. The model stays loaded (``generate`` and ``ask`` go on),
+        but anything that needs the database raises ``StoreError``: it is not opened again."""
         if self._warming is not None:
             self._warming.join()
         with self._store_lock:
@@ -533,6 +540,7 @@ class ChatBot:
                 if self._store is not self._db:  # a store handed in belongs to the caller
                     self._store.close()
                 self._store = None
+            self._closed = True
 
     def __enter__(self) -> "ChatBot":
         return self

@@ -46,7 +46,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from chatbot.errors import StoreError
+from chatbot.errors import InputError, StoreError
 from chatbot.files import user_data_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ RATINGS = ("good", "bad")
 OWNER_MAX = 64  # characters of sessions.owner
 DB_ENV = "CHATBOT_DB"
 _POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the same position
+
+
+class StoreArgumentError(StoreError, InputError):
+    """An argument the store cannot take (a wrong type, a rating that is not one): the caller's
+    mistake, not the database's (a server answers 400, not 503)."""
 
 
 class SessionNotFound(StoreError, LookupError):
@@ -569,7 +574,7 @@ class SessionStore:
             query = query.where(SessionRow.name == id_or_name, SessionRow.owner == (owner or ""))
             missing = f"no session named {id_or_name!r}"
         else:
-            raise StoreError(f"a session is named by an id or a name, not {type(id_or_name).__name__}")
+            raise StoreArgumentError(f"a session is named by an id or a name, not {type(id_or_name).__name__}")
         if lock:
             query = query.with_for_update()  # row lock on server databases; SQLite ignores it
         row = s.scalar(query)
@@ -593,7 +598,7 @@ class SessionStore:
         if name is not None:
             _check_session_name(name)
         if metadata is not None and not isinstance(metadata, dict):
-            raise StoreError("session metadata must be a dict")
+            raise StoreArgumentError("session metadata must be a dict")
         _check_owner(owner)
         try:
             with self._session(write=True) as s:
@@ -630,7 +635,7 @@ class SessionStore:
     def find_session(self, name: str, *, owner: str = "") -> SessionInfo | None:
         """``owner``'s session called ``name``, or None."""
         if not isinstance(name, str):  # None would match every unnamed session (name IS NULL)
-            raise StoreError(f"a session name must be a string, not {type(name).__name__}")
+            raise StoreArgumentError(f"a session name must be a string, not {type(name).__name__}")
         _check_owner(owner, optional=True)
         with self._session() as s:
             row = s.scalar(select(SessionRow).where(SessionRow.name == name, SessionRow.owner == (owner or "")))
@@ -666,16 +671,16 @@ class SessionStore:
         """Append a message at the next position and commit; the text is stored verbatim.
         With an ``owner``, the session must be that owner's (checked in the same transaction)."""
         if role not in ROLES:
-            raise StoreError(f"role must be 'user' or 'bot', not {role!r}")
+            raise StoreArgumentError(f"role must be 'user' or 'bot', not {role!r}")
         if not isinstance(text, str):
-            raise StoreError(f"message text must be a str, not {type(text).__name__}")
+            raise StoreArgumentError(f"message text must be a str, not {type(text).__name__}")
         _check_owner(owner, optional=True)
         fields = {"model_name": model_name, "model_version": model_version, "decoding": decoding,
                   "score": score, "latency_ms": latency_ms, "fallback": fallback,
                   "in_reply_to": in_reply_to, "confidence": confidence, "details": details}
         if role == "user" and any(v is not None for v in fields.values()):
             given = ", ".join(k for k, v in fields.items() if v is not None)
-            raise StoreError(f"bot fields given for a user message: {given}")
+            raise StoreArgumentError(f"bot fields given for a user message: {given}")
         sid = self._session_id(session_id, owner)
         for attempt in range(1, _POSITION_RETRIES + 1):
             try:
@@ -742,9 +747,9 @@ class SessionStore:
     def history(self, session_id: int | str, last: int | None = None, *, owner: str | None = None) -> list[Message]:
         """The session's messages, oldest first; only the last ``last`` when given."""
         if last is not None and (isinstance(last, bool) or not isinstance(last, int)):
-            raise StoreError(f"last must be an int, not {type(last).__name__}")
+            raise StoreArgumentError(f"last must be an int, not {type(last).__name__}")
         if last is not None and last < 0:
-            raise StoreError(f"last must be >= 0, not {last}")
+            raise StoreArgumentError(f"last must be >= 0, not {last}")
         if last is not None and last > MAX_ID:
             last = None  # more than any table can hold: all of them
         with self._session() as s:
@@ -761,11 +766,11 @@ class SessionStore:
         into its position and the page read from the (session_id, position) index; any other
         int is compared with the ids as it is."""
         if isinstance(limit, bool) or not isinstance(limit, int):
-            raise StoreError(f"limit must be an int, not {type(limit).__name__}")
+            raise StoreArgumentError(f"limit must be an int, not {type(limit).__name__}")
         if limit < 1:
-            raise StoreError(f"limit must be >= 1, not {limit}")
+            raise StoreArgumentError(f"limit must be >= 1, not {limit}")
         if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
-            raise StoreError(f"before must be a message id (an int), not {type(before).__name__}")
+            raise StoreArgumentError(f"before must be a message id (an int), not {type(before).__name__}")
         limit = min(limit, MAX_ID - 1)
         if before is not None and before > MAX_ID:
             before = None  # above every id
@@ -812,11 +817,11 @@ class SessionStore:
         Not a stored bot reply (or, with an ``owner``, not in that owner's session):
         ``MessageNotFound``."""
         if rating is not None and rating not in RATINGS:
-            raise StoreError(f"rating must be 'good' or 'bad', not {rating!r}")
+            raise StoreArgumentError(f"rating must be 'good' or 'bad', not {rating!r}")
         if correction is not None and (not isinstance(correction, str) or not correction.strip()):
-            raise StoreError("a correction must be a non-empty string")
+            raise StoreArgumentError("a correction must be a non-empty string")
         if rating is None and correction is None:
-            raise StoreError("give a rating, a correction or both")
+            raise StoreArgumentError("give a rating, a correction or both")
         _check_owner(owner, optional=True)
         with self._session(write=True) as s:
             message = s.get(MessageRow, message_id) if _message_id(message_id) is not None else None
