@@ -413,6 +413,20 @@ def test_the_greedy_and_sampling_loops_score_each_reply_given_its_bare_input_as_
     assert (1, width, width) in generator.loops.compiled_shapes  # one input
 
 
+def test_an_n_best_list_offers_each_reply_once_before_any_again():
+    """A beam often holds a reply twice, once with a space before [END]: the API's n choices came
+    back as "How are you doing?" and "How are you doing? "."""
+    from chatbot.inference.generator import Hypothesis, distinct_first
+
+    def h(text):
+        return Hypothesis(text, np.array([1]), -1.0, 1, None)
+
+    beam = [h("How are you doing?"), h("How are you doing? "), h("Fine."), h(" Fine."), h("Hi")]
+    assert [x.text for x in distinct_first(beam)] == [
+        "How are you doing?", "Fine.", "Hi", "How are you doing? ", " Fine."]
+    assert distinct_first(beam[:1]) == beam[:1]
+
+
 def test_warming_up_a_beam_search_compiles_the_one_asked_for(tiny_bot):
     """``ask --beam 3 --n-best 2`` warms its own search up, not the model's: its first reply's
     latency is then the decode's, not the trace's (half a second)."""

@@ -82,6 +82,19 @@ class Hypothesis(NamedTuple):
     unaided: float | None  # mean log-probability per token given the bare input; None: not computed
 
 
+def distinct_first(hypotheses: Sequence[Hypothesis]) -> list[Hypothesis]:
+    """The same hypotheses, the first of each text (up to surrounding white space) before the
+    rest: a beam often holds a reply twice, once with a space token before [END], and an n-best
+    list (``n`` choices of the API) should not offer it twice while other replies wait below."""
+    seen: set[str] = set()
+    first, again = [], []
+    for hypothesis in hypotheses:
+        text = hypothesis.text.strip()
+        (again if text in seen else first).append(hypothesis)
+        seen.add(text)
+    return first + again
+
+
 def confidence_of(score: float, unaided_score: float = 0.0, unaided_weight: float = 0.0) -> float:
     """A 0..1 confidence from a mean log-probability per token (the mean token probability),
     lowered by the reply's mean log-probability without retrieved pairs, weighted."""
@@ -408,7 +421,7 @@ class Generator:
                 rows.append(hypotheses)
             if reranked:
                 rows = self._rerank(rows, shown, config)
-                rows = [hypotheses[:wanted] for hypotheses in rows]
+            rows = [distinct_first(hypotheses)[:wanted] for hypotheses in rows]
             confidences = self._confidences(rows, chunk, config)
             latency = (time.perf_counter() - began) * 1000 / len(chunk)
             chunk_results: list[Generation] = []
