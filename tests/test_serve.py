@@ -319,6 +319,29 @@ def test_short_keys_are_refused():
         ServerSettings(api_keys=("short",))
 
 
+def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
+    """The OpenAPI schema's response models (``chatbot.serving.schemas``) describe what the routes
+    send: each real response validates, with no key the schema lacks."""
+    from chatbot.serving import schemas
+
+    question = tiny_pairs[0][0]
+    stored = schemas.ChatCompletion.model_validate(chat(api, question, headers={"X-Session": "schema"}).json())
+    assert stored.chatbot.message_id is not None
+    schemas.ChatCompletion.model_validate(chat(api, question, n=2).json())
+    schemas.ModelList.model_validate(api.get("/v1/models").json())
+    schemas.ModelCard.model_validate(api.get("/v1/models/tiny").json())
+    session = schemas.Session.model_validate(api.post("/api/sessions", json={"name": "documented"}).json())
+    schemas.SessionList.model_validate(api.get("/api/sessions").json())
+    schemas.Session.model_validate(api.get(f"/api/sessions/{session.id}").json())
+    reply = schemas.BotReply.model_validate(
+        api.post(f"/api/sessions/{session.id}/messages", json={"text": question}).json())
+    schemas.Feedback.model_validate(api.post(f"/api/messages/{reply.id}/feedback", json={"rating": "good"}).json())
+    page = schemas.MessagePage.model_validate(api.get(f"/api/sessions/{session.id}/messages").json())
+    assert [m.role for m in page.messages] == ["user", "bot"] and page.messages[1].feedback.rating == "good"
+    documented = api.get("/openapi.json").json()["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
+    assert documented["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletion")
+
+
 # --- operations ---------------------------------------------------------------------------------
 def test_health_readiness_and_metrics(api, tiny_pairs):
     assert api.get("/healthz").json() == {"status": "ok"}

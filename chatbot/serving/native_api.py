@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
+from chatbot.serving.schemas import BotReply, Feedback, MessagePage, Session, SessionList, documented
 from chatbot.serving.openai_api import session_ref, words
 from chatbot.serving.state import owner, state_of, within_limits
 
@@ -89,7 +90,7 @@ async def _call(request: Request, call):
         raise from_library(exc) from None
 
 
-@router.post("/sessions", status_code=201)
+@router.post("/sessions", status_code=201, responses=documented(Session, 201))
 async def create_session(request: Request, body: NewSession | None = None, who: str = Depends(owner)):
     body = body or NewSession()  # both fields are optional, so the body is too
     try:
@@ -111,12 +112,12 @@ async def create_session(request: Request, body: NewSession | None = None, who: 
     return session_json(await _call(request, create))
 
 
-@router.get("/sessions")
+@router.get("/sessions", responses=documented(SessionList))
 async def list_sessions(request: Request, who: str = Depends(owner)):
     return {"sessions": [session_json(s) for s in await _call(request, lambda bot: bot.sessions(owner=who))]}
 
 
-@router.get("/sessions/{session}")
+@router.get("/sessions/{session}", responses=documented(Session))
 async def get_session(session: str, request: Request, who: str = Depends(owner)):
     return session_json(await _call(request, lambda bot: bot.session(session_ref(session), False, owner=who)))
 
@@ -127,7 +128,7 @@ async def delete_session(session: str, request: Request, who: str = Depends(owne
     return Response(status_code=204)
 
 
-@router.get("/sessions/{session}/messages")
+@router.get("/sessions/{session}/messages", responses=documented(MessagePage))
 async def history(session: str, request: Request, who: str = Depends(owner),
                   limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=2 ** 63 - 1)):
     state = state_of(request)
@@ -137,7 +138,7 @@ async def history(session: str, request: Request, who: str = Depends(owner),
     return {"messages": [message_json(m, feedback.get(m.id)) for m in messages], "next_before": next_before}
 
 
-@router.post("/sessions/{session}/messages")
+@router.post("/sessions/{session}/messages", responses=documented(BotReply))
 async def post_message(session: str, body: NewMessage, request: Request, who: str = Depends(owner)):
     state = state_of(request)
     within_limits(body.decoding or {}, state.settings)
@@ -159,7 +160,7 @@ async def post_message(session: str, body: NewMessage, request: Request, who: st
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/messages/{message_id}/feedback")
+@router.post("/messages/{message_id}/feedback", responses=documented(Feedback))
 async def feedback(message_id: int, body: NewFeedback, request: Request, who: str = Depends(owner)):
     if body.rating is None and body.correction is None:
         raise ApiError(400, "invalid_request", "give a rating, a correction or both")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
+from chatbot.serving.schemas import ChatCompletion, ModelCard, ModelList, documented
 from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
@@ -115,14 +116,14 @@ def _choices(body, replies, bot) -> list[dict]:
     return out
 
 
-@router.get("/models")
+@router.get("/models", responses=documented(ModelList))
 async def list_models(request: Request, _: str = Depends(owner)):
     state = state_of(request)
     await state.bot_when_ready()
     return {"object": "list", "data": [_model_card(state)]}
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", responses=documented(ModelCard))
 async def get_model(model_id: str, request: Request, _: str = Depends(owner)):
     state = state_of(request)
     await state.bot_when_ready()
@@ -135,7 +136,7 @@ def _model_card(state) -> dict:
     return {"id": state.model_name, "object": "model", "created": state.model_created, "owned_by": "chatbot"}
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=documented(ChatCompletion))
 async def chat_completions(body: ChatCompletionRequest, request: Request, who: str = Depends(owner)):
     state = state_of(request)
     settings = state.settings
