@@ -104,6 +104,8 @@ def test_a_wrong_feedback_argument_is_an_input_error_and_a_closed_bot_keeps_its_
         bot.rate(reply.message_id, "meh")  # the caller's mistake (a server's 400), not the database's
     with pytest.raises(InputError, match="a correction must be a non-empty string"):
         bot.correct(reply.message_id, None)
+    with pytest.raises(InputError, match="a session name must be a non-empty string"):
+        bot.new_session(name=5)
     bot.close()
     with pytest.raises(StoreError, match="closed"):  # not a new database opened behind the caller's back
         bot.reply(tiny_pairs[0][0])

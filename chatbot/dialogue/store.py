@@ -739,7 +739,7 @@ class SessionStore:
             session_of_reply = (conn.execute(_MESSAGE_SESSION, {"p_id": reply_to}).scalar()
                                 if _message_id(reply_to) is not None else None)
             if session_of_reply != sid:
-                raise StoreError(f"in_reply_to={reply_to} is not a message of session {sid}")
+                raise StoreArgumentError(f"in_reply_to={reply_to} is not a message of session {sid}")
         values = {"session_id": sid, "role": role, "text": text, "created_at": _now(), **fields}
         row = conn.execute(_INSERT_MESSAGE, {f"p_{k}": v for k, v in values.items()}).one()
         return Message(id=row.id, position=row.position, **values)
@@ -890,7 +890,7 @@ class SessionStore:
                         owner: str | None = None) -> str:
         """``feedback_pairs`` as a trainable corpus: ChatterBot YAML or question/answer JSONL."""
         if format not in ("jsonl", "yaml"):
-            raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
+            raise StoreArgumentError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
         pairs = self.feedback_pairs(session_id, owner=owner)
         if format == "yaml":
             doc = {"categories": ["feedback"], "conversations": [[q, a] for q, a in pairs]}
@@ -905,7 +905,7 @@ class SessionStore:
         The corpus reader needs at least two non-blank utterances per conversation.
         """
         if format not in ("jsonl", "yaml"):
-            raise StoreError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
+            raise StoreArgumentError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
         with self._session() as s:  # one snapshot: the session and its messages agree
             session = self._row(s, session_id, owner=owner)
             messages = self._messages(s, session.id)
@@ -968,15 +968,15 @@ def _check_owner(owner, optional: bool = False) -> None:
     if owner is None and optional:
         return
     if not isinstance(owner, str) or len(owner) > OWNER_MAX:
-        raise StoreError(f"a session owner must be a string of at most {OWNER_MAX} characters, "
-                         f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
+        raise StoreArgumentError(f"a session owner must be a string of at most {OWNER_MAX} characters, "
+                                 f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
 
 
 def _check_session_name(name) -> None:
     if not isinstance(name, str) or not name.strip():
-        raise StoreError("a session name must be a non-empty string")
+        raise StoreArgumentError("a session name must be a non-empty string")
     if is_session_id(name):
-        raise StoreError(f"session name {name!r} is all digits and would read as an id")
+        raise StoreArgumentError(f"session name {name!r} is all digits and would read as an id")
 
 
 def _row_id(value: int | str) -> int | None:
@@ -989,9 +989,9 @@ def _row_id(value: int | str) -> int | None:
 
 
 def _message_id(value) -> int | None:
-    """A message id to look up; None when no row can have it. Not an int: ``StoreError``."""
+    """A message id to look up; None when no row can have it. Not an int: ``StoreArgumentError``."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise StoreError(f"a message id must be an int, not {type(value).__name__}")
+        raise StoreArgumentError(f"a message id must be an int, not {type(value).__name__}")
     return _row_id(value)
 
 
