@@ -212,6 +212,8 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     assert created.status_code == 201
     sid = created.json()["id"]
     assert api.post("/api/sessions", json={"name": "alice"}).status_code == 409
+    blank = api.post("/api/sessions", json={"name": "   "})  # the caller's mistake, not "database unavailable"
+    assert blank.status_code == 400 and blank.json()["error"]["message"] == "a session name must be a non-empty string"
     question, answer = tiny_pairs[0]
     reply = api.post(f"/api/sessions/{sid}/messages", json={"text": question}).json()
     assert reply["text"] == answer and reply["session_id"] == sid and 0 < reply["confidence"] <= 1
