@@ -10,6 +10,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+from chatbot.serving import schemas
 from chatbot.serving.app import create_app
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.openai_api import words
@@ -76,6 +77,7 @@ def test_an_app_mounted_without_its_lifespan_says_so_at_once(bot):
     with TestClient(host) as client:
         ready = client.get("/bot/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "not_started"
+        schemas.Readiness.model_validate(ready.json())
         failed = client.get("/bot/api/sessions")
         assert failed.status_code == 503 and failed.json()["error"]["code"] == "not_started"
         assert "lifespan" in failed.json()["error"]["message"]
@@ -324,7 +326,6 @@ def test_short_keys_are_refused():
 def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
     """The OpenAPI schema's response models (``chatbot.serving.schemas``) describe what the routes
     send: each real response validates, with no key the schema lacks."""
-    from chatbot.serving import schemas
 
     question = tiny_pairs[0][0]
     stored = schemas.ChatCompletion.model_validate(chat(api, question, headers={"X-Session": "schema"}).json())
@@ -340,6 +341,10 @@ def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
     schemas.Feedback.model_validate(api.post(f"/api/messages/{reply.id}/feedback", json={"rating": "good"}).json())
     page = schemas.MessagePage.model_validate(api.get(f"/api/sessions/{session.id}/messages").json())
     assert [m.role for m in page.messages] == ["user", "bot"] and page.messages[1].feedback.rating == "good"
+    schemas.Health.model_validate(api.get("/healthz").json())
+    assert schemas.Readiness.model_validate(api.get("/readyz").json()).status == "ready"
+    info = schemas.ModelInfo.model_validate(api.get("/api/model").json())
+    assert info.name == "tiny" and info.decoding["strategy"]
     documented = api.get("/openapi.json").json()["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
     assert documented["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletion")
 
@@ -394,6 +399,7 @@ def test_readyz_reports_a_model_that_failed_to_load(tmp_path):
         assert chat(client, "hi").json()["error"]["code"] == "model_unavailable"  # waits for the load
         response = client.get("/readyz")
         assert response.status_code == 503 and response.json()["status"] == "failed"
+        schemas.Readiness.model_validate(response.json())
         assert "missing" in response.json()["error"]
 
 

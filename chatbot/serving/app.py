@@ -7,6 +7,7 @@ The model loads in the background once the app starts: ``/healthz`` answers at o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +25,7 @@ from chatbot.inference.generator import SERVER_BATCHES, SERVER_WIDTHS, decode_th
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
+from chatbot.serving.schemas import Health, ModelInfo, Readiness, documented
 from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings, keys_from_environment
 from chatbot.serving.state import NOT_STARTED, ServerState, state_of
@@ -182,11 +184,12 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], responses=documented(Health))
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"],
+             responses={**documented(Readiness), **documented(Readiness, 503, "not ready: loading, failed or not started")})
     async def readyz(request: Request):
         current = state_of(request)
         if current.bot is not None:
@@ -198,16 +201,15 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             return JSONResponse({"status": "not_started", "error": NOT_STARTED}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus' text exposition format"}})
     async def metrics(request: Request):
         return Response(state_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/model", tags=["operations"])
+    @app.get("/api/model", tags=["operations"], responses=documented(ModelInfo))
     async def model_info(request: Request):
         current = state_of(request)
         loaded = await current.bot_when_ready()
-        import dataclasses
-
         return {"name": current.model_name, "created": loaded.bundle.manifest.get("created"),
                 "chatbot_version": __version__, "decoding": dataclasses.asdict(loaded.decoding),
                 "auth": current.keys.required}

@@ -136,6 +136,28 @@ class BotReply(_Strict):
     read_as: str
 
 
-def documented(model: type[BaseModel], status: int = 200) -> dict:
-    """A route's ``responses=`` entry for its success."""
-    return {status: {"model": model}}
+# --- operations -------------------------------------------------------------------------------
+class Health(_Strict):
+    status: Literal["ok"]
+
+
+class Readiness(_Strict):
+    """``/readyz``: 200 with ``ready`` (``compiling``: greedy decoding's programs are still being
+    compiled beside requests); 503 with ``loading``, ``failed`` or ``not_started`` and ``error``."""
+    status: Literal["ready", "loading", "failed", "not_started"]
+    model: str | None = None
+    compiling: bool | None = None
+    error: str | None = None
+
+
+class ModelInfo(_Strict):
+    name: str
+    created: str | None
+    chatbot_version: str
+    decoding: dict[str, Any]  # the model's decoding settings (the ``[decoding]`` config section)
+    auth: bool  # whether requests need an API key
+
+
+def documented(model: type[BaseModel], status: int = 200, description: str | None = None) -> dict:
+    """A route's ``responses=`` entry for a status it answers with ``model``."""
+    return {status: {"model": model, **({"description": description} if description else {})}}
