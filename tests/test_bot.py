@@ -106,6 +106,19 @@ def test_a_wrong_feedback_argument_is_an_input_error_and_a_closed_bot_keeps_its_
         bot.correct(reply.message_id, None)
     with pytest.raises(InputError, match="a session name must be a non-empty string"):
         bot.new_session(name=5)
+    with pytest.raises(InputError, match="plain JSON"):
+        bot.new_session(metadata={"when": object()})
+    with pytest.raises(InputError, match="NaN"):
+        bot.new_session(metadata={"x": float("nan")})
+    with pytest.raises(InputError, match="'/'"):
+        bot.new_session(name="team/alice")
+    # A bad owner is the caller's mistake, not "your message was not stored" (a database failure).
+    from chatbot.dialogue.bot import ReplyRequest
+    from chatbot.errors import MessageNotStored
+
+    (failed,) = bot.reply_many([ReplyRequest("hi", owner="x" * 65)], return_exceptions=True)
+    assert isinstance(failed, InputError) and not isinstance(failed, MessageNotStored)
+    assert [s.name for s in bot.sessions()] == [None]  # the reply's session above; nothing new stored
     bot.close()
     with pytest.raises(StoreError, match="closed"):  # not a new database opened behind the caller's back
         bot.reply(tiny_pairs[0][0])

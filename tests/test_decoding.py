@@ -154,6 +154,30 @@ def test_seeded_sampling_repeats_and_seeds_differ(tiny_bot, questions):
     assert len(unseeded) == len(questions)
 
 
+def test_a_seeded_sample_is_the_same_in_any_batch(tiny_bot, questions):
+    """A seed makes a reply repeatable wherever the input sits: alone, or in a batch beside
+    others (as a server batches concurrent requests); repeats of one input in a call draw
+    different samples unless given the same sample number."""
+    decoding = {"strategy": "sample", "temperature": 2.5, "seed": 11}
+    q = questions[0]
+    alone = tiny_bot.generator.generate([[q]], decoding=decoding)[0].token_ids
+    batched = tiny_bot.generator.generate([[questions[1]], [q], [questions[2]]], decoding=decoding)
+    assert batched[1].token_ids == alone
+    repeats = tiny_bot.generator.generate([[q]] * 6, decoding=decoding)
+    assert repeats[0].token_ids == alone and len({r.token_ids for r in repeats}) > 1
+    numbered = tiny_bot.generator.generate([[questions[1]], [q], [q]], decoding=decoding, samples=[0, 3, 3])
+    assert numbered[1].token_ids == numbered[2].token_ids == repeats[3].token_ids
+
+
+def test_sampling_draws_from_the_models_distribution():
+    # From START the toy model says A with 0.55, B with 0.45; at temperature 2 that is 0.525 / 0.475.
+    for temperature, expected in ((1.0, 0.55), (2.0, 0.55 ** 0.5 / (0.55 ** 0.5 + 0.45 ** 0.5))):
+        generator = toy_generator(TRAP, strategy="sample", temperature=temperature)
+        firsts = [g.token_ids[0] for g in generator.generate([["q"]] * 400, decoding={"seed": 3})]
+        assert set(firsts) == {A, B}
+        assert abs(firsts.count(A) / 400 - expected) < 0.075  # about 3 standard deviations
+
+
 def test_top_p_keeps_only_the_nucleus():
     # From START the nucleus of mass 0.5 is {A} alone (0.55); with 0.6 it is {A, B}.
     generator = toy_generator(TRAP, strategy="sample")
@@ -164,9 +188,9 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 def test_sampling_scores_use_the_models_own_log_probs():
-    generator = toy_generator(TRAP, strategy="sample", temperature=0.1)
+    generator = toy_generator(TRAP, strategy="sample", temperature=0.02)
     result = generator.generate([["q"]], decoding={"seed": 0})[0]
-    assert result.token_ids == (A, C, END)  # temperature 0.1: (nearly) greedy
+    assert result.token_ids == (A, C, END)  # temperature 0.02: C over D at odds of (0.4 / 0.35) ** 50
     assert total_logprob(result) == pytest.approx(math.log(0.55 * 0.4), abs=1e-5)
 
 

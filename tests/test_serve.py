@@ -96,7 +96,11 @@ def test_chat_completion_is_the_models_decoded_reply(api, bot, tiny_pairs):
     generated = bot.generate([question])[0]
     assert choice["message"]["content"] == generated.text
     usage = body["usage"]
-    assert usage["prompt_tokens"] == bot.count_tokens(question)
+    # What the model read: the question and the retrieved pairs shown beside it. A system
+    # message, which the model does not read, counts nothing.
+    assert usage["prompt_tokens"] == generated.input_tokens > bot.count_tokens(question)
+    system = [{"role": "system", "content": "You are a helpful assistant. " * 20}, {"role": "user", "content": question}]
+    assert api.post("/v1/chat/completions", json={"model": "tiny", "messages": system}).json()["usage"] == usage
     assert usage["completion_tokens"] == generated.tokens
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert body["chatbot"]["confidence"] == pytest.approx(generated.confidence, abs=1e-3)
@@ -216,6 +220,15 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     assert api.post("/api/sessions", json={"name": "alice"}).status_code == 409
     blank = api.post("/api/sessions", json={"name": "   "})  # the caller's mistake, not "database unavailable"
     assert blank.status_code == 400 and blank.json()["error"]["message"] == "a session name must be a non-empty string"
+    # Refused before anything is stored: a name no URL path could reach, metadata that is not
+    # JSON (NaN, which Python's parser takes, once stored broke every later session list).
+    assert api.post("/api/sessions", json={"name": "team/alice"}).status_code == 400
+    nan = api.post("/api/sessions", content=b'{"name": "n", "metadata": {"x": NaN}}',
+                   headers={"Content-Type": "application/json"})
+    assert nan.status_code == 400 and "NaN" in nan.json()["error"]["message"]
+    assert [s["name"] for s in api.get("/api/sessions").json()["sessions"]] == ["alice"]
+    # A digit string too long to be an id is no name either: the caller's mistake, not a 503.
+    assert chat(api, "hi", headers={"X-Session": "1" * 25}).status_code == 400
     question, answer = tiny_pairs[0]
     reply = api.post(f"/api/sessions/{sid}/messages", json={"text": question}).json()
     assert reply["text"] == answer and reply["session_id"] == sid and 0 < reply["confidence"] <= 1
@@ -316,11 +329,14 @@ def test_key_ring_and_rate_limiter_units():
     assert limiter.take("k") == 0 and limiter.take("other") == 0
 
 
-def test_short_keys_are_refused():
+def test_short_keys_and_keys_with_commas_are_refused():
     from chatbot.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at least 16"):
         ServerSettings(api_keys=("short",))
+    # Keys reach the workers comma-separated: "a,b" would serve as two keys, each half of it.
+    with pytest.raises(ConfigError, match="with a comma"):
+        ServerSettings(api_keys=("team-secret-0001,team-secret-0002",))
 
 
 def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
@@ -368,6 +384,22 @@ def test_health_readiness_and_metrics(api, tiny_pairs):
     docs = api.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert api.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_openai_sampling_fields_map_onto_decoding_settings():
+    """Temperature 0 is the most likely reply even beside a top_p (clients often send both);
+    a top_p alone or a temperature samples; neither leaves the model's own decoding."""
+    from chatbot.config import DecodingConfig
+    from chatbot.serving.openai_api import ChatCompletionRequest, decoding_for
+
+    def mapped(**fields):
+        body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **fields)
+        return decoding_for(body, ServerSettings(), DecodingConfig())
+
+    assert mapped(temperature=0, top_p=0.9) == mapped(temperature=0) == {"strategy": "greedy", "beam": 1, "n_best": 1}
+    assert mapped(top_p=0.9)["strategy"] == mapped(temperature=0.7)["strategy"] == "sample"
+    assert mapped(temperature=0.7, top_p=0.9)["temperature"] == 0.7 and mapped(top_p=0.9)["temperature"] == 1.0
+    assert mapped() == {}
 
 
 def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(tiny_bundle_path, monkeypatch):

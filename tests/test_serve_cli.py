@@ -28,7 +28,7 @@ def test_without_keys_only_loopback(capsys, monkeypatch):
 def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--api-key", "short")
     assert code == 1 and err.strip().splitlines() == [
-        "chatbot: error: an API key must be at least 16 printable characters without spaces (one given is 5 long)"]
+        "chatbot: error: an API key must be at least 16 printable characters without spaces or commas (one given is 5 long)"]
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def _edit_manifest(path: Path, **changes) -> None:
     (path / MANIFEST).write_text(json.dumps(manifest))
 
 
+def _unlist_and_edit(path: Path, name: str) -> None:
+    """A file read at loading, dropped from the manifest and then changed: its checksum is gone."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["files"][name]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    (path / name).write_text((path / name).read_text().replace("Tiny", "TAMPERED"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: (p / WEIGHTS).unlink(), "missing file"),
     (lambda p: (p / MANIFEST).unlink(), "missing file"),
@@ -61,6 +70,7 @@ def _edit_manifest(path: Path, **changes) -> None:
     (lambda p: _edit_manifest(p, format_version=FORMAT_VERSION + 1), "newer"),
     (lambda p: _edit_manifest(p, vocab_size=3), "tokenizer has"),
     (lambda p: (p / "evil.pkl").write_bytes(b"cos\nsystem\n(S'echo owned'\ntR."), "refusing"),
+    (lambda p: _unlist_and_edit(p, "train.jsonl"), "not listed"),
 ])
 def test_damaged_bundles_are_refused_with_a_clear_error(damaged, damage, message):
     damage(damaged)
@@ -94,6 +104,33 @@ def test_saving_over_a_bundle_replaces_it_whole(tiny_bundle_path, tmp_path):
     assert not (target / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
     Bundle.load(target)
+
+
+def test_a_failed_swap_leaves_the_old_bundle_in_place(tiny_bundle_path, tmp_path, monkeypatch):
+    """Where the directories cannot be exchanged in one step, the old bundle is renamed aside
+    and, when the new one cannot take its place, renamed back: never no bundle at the path."""
+    import chatbot.model.bundle as bundle_module
+
+    target = tmp_path / "target"
+    bundle = Bundle.load(tiny_bundle_path)
+    bundle.save(target)
+    (target / "mark.txt").write_text("the old bundle")
+    monkeypatch.setattr(bundle_module, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if Path(src).name.startswith(".target.tmp-"):  # the staged new bundle
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(bundle_module.os, "rename", failing)
+    with pytest.raises(BundleError, match="cannot write the bundle"):
+        bundle.save(target)
+    assert (target / "mark.txt").read_text() == "the old bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    monkeypatch.setattr(bundle_module.os, "rename", real_rename)
+    bundle.save(target)  # the fallback's normal path
+    assert not (target / "mark.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):

@@ -72,9 +72,19 @@ def sanitize_message(text: str) -> str:
         raise InputError(f"a message must be text, not {type(text).__name__}")
     if (error := unicode_error(text, "the message")) is not None:
         raise error
-    if _CONTENT.search(text) is None:
+    if not _has_content(text):
         raise InputError("the message is empty")
     return _without_controls(text)
+
+
+def _has_content(text: str) -> bool:
+    """Whether anything is left once ``clean_text`` has dropped white space and every "other"
+    character (format characters such as a zero-width space or a byte-order mark, too): a
+    message of those alone would be answered as an empty input."""
+    for found in _CONTENT.finditer(text):  # the first character of real text ends the search
+        if unicodedata.category(found.group())[0] != "C":
+            return True
+    return False
 
 
 def _without_controls(text: str) -> str:

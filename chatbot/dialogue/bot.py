@@ -51,6 +51,7 @@ class Reply:
     read_as: str = ""  # the question as the model read it (spelling corrected, see data.spelling)
     tokens: int = 0  # tokens the decoder generated for the reply ([END] included)
     ended: bool = True  # the decoder reached [END]; False: the reply was cut at the length limit
+    input_tokens: int = 0  # tokens the model read: the question, context turns and retrieved pairs
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ReplyRequest:
     store: bool = True
     owner: str | None = None
     create: bool = False
+    sample: int | None = None  # with seeded sampling, which sample of this request (0, 1, ...): see Generator.row_keys
 
 
 @dataclass
@@ -83,6 +85,7 @@ class _Pending:
     session_id: int | None = None
     previous: str | None = None  # the bot's previous reply, when avoid_repeat needs it
     user: Any = None  # the stored user message, in a session
+    sample: int | None = None  # ReplyRequest.sample
 
     def decoding_failed(self, exc: Exception) -> Exception:
         where = (f"; your message was stored as message {self.user.id} of session {self.session_id}"
@@ -300,7 +303,8 @@ class ChatBot:
                              "(dialogue.max_message_chars)")
         return sanitize_message(text)
 
-    def _generate(self, messages: list[str], contexts: list[list[str]], config: DecodingConfig) -> list[Generation]:
+    def _generate(self, messages: list[str], contexts: list[list[str]], config: DecodingConfig,
+                  samples: list[int | None] | None = None) -> list[Generation]:
         """Decode checked messages. Only the end of each text that the model can read is
         cleaned and tokenised (``model_tail``): the work is bounded by the model, not by the
         message."""
@@ -315,7 +319,7 @@ class ChatBot:
         for message, context in zip(messages, contexts):
             recent = [prepared(t) for t in context[-turns_per_input:]] if turns_per_input else []
             inputs.append([t for t in recent if t] + [prepared(message)])
-        return self.generator.generate(inputs, decoding=config)
+        return self.generator.generate(inputs, decoding=config, samples=samples)
 
     def count_tokens(self, text: str) -> int:
         """How many tokens the model's tokenizer makes of ``text`` (usage counts of the API)."""
@@ -415,7 +419,7 @@ class ChatBot:
             batch = [pending[i] for i in indices]
             try:
                 generated = self._generate([p.message for p in batch], [p.context for p in batch],
-                                           batch[0].config)
+                                           batch[0].config, [p.sample for p in batch])
             except Exception as exc:  # noqa: BLE001
                 for i, p in zip(indices, batch):
                     results[i] = p.decoding_failed(exc)
@@ -440,11 +444,11 @@ class ChatBot:
         config = self.resolve_decoding(request.decoding, request.max_length)  # a bad setting stores nothing
         if not request.store:
             context = _contexts([request.context or []], 1)[0]
-            return _Pending(message, config, context)
+            return _Pending(message, config, context, sample=request.sample)
         session = _session_ref(request.session) if request.session is not None else None
         session_id, context, previous, user = self._store_question(session, message, config, request.owner,
                                                                    request.create)
-        return _Pending(message, config, context, session_id, previous, user)
+        return _Pending(message, config, context, session_id, previous, user, request.sample)
 
     def _finish(self, pending: "_Pending", generated: Generation) -> Reply:
         """The fallback decision, then the stored reply (when the request is in a session)."""
@@ -459,7 +463,8 @@ class ChatBot:
         user = pending.user
         reply = Reply(text_out, generated.score, pending.session_id, None, generated.latency_ms, fallback,
                       user.id if user else None, generated.alternatives, generated.confidence,
-                      generated.retrieved, generated.read_as, generated.tokens, generated.ended)
+                      generated.retrieved, generated.read_as, generated.tokens, generated.ended,
+                      generated.input_tokens)
         if user is None:
             return reply
         try:
@@ -484,7 +489,7 @@ class ChatBot:
         when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
         not stored: ``MessageNotStored`` says so and carries the text to send again. With an
         ``owner``, only that owner's sessions are found and new ones are made for it."""
-        from chatbot.dialogue.store import SessionNotFound
+        from chatbot.dialogue.store import SessionNotFound, StoreArgumentError
 
         owned = {} if owner is None else {"owner": owner}
         try:
@@ -500,8 +505,8 @@ class ChatBot:
             turns = self.bundle.config.data.context_turns
             recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
             user = store.add_message(session_id, "user", message)
-        except SessionNotFound:
-            raise
+        except (SessionNotFound, StoreArgumentError):
+            raise  # the caller's mistake (an InputError), not a database that failed
         except StoreError as exc:
             raise MessageNotStored(f"{exc}; your message was not stored", message) from exc
         context = [m.text for m in recent[-turns:]] if turns else []

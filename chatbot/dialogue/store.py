@@ -596,9 +596,10 @@ class SessionStore:
         name. The unique constraint decides (no read first), so two writers racing for a name
         cannot both win, on SQLite or on any other database."""
         if name is not None:
-            _check_session_name(name)
+            _check_session_name(name, new=True)
         if metadata is not None and not isinstance(metadata, dict):
             raise StoreArgumentError("session metadata must be a dict")
+        _check_plain_json(metadata, "session metadata")
         _check_owner(owner)
         try:
             with self._session(write=True) as s:
@@ -681,6 +682,8 @@ class SessionStore:
         if role == "user" and any(v is not None for v in fields.values()):
             given = ", ".join(k for k, v in fields.items() if v is not None)
             raise StoreArgumentError(f"bot fields given for a user message: {given}")
+        _check_plain_json(decoding, "a message's decoding", finite=False)  # a config may say -inf
+        _check_plain_json(details, "a message's details", finite=False)
         sid = self._session_id(session_id, owner)
         for attempt in range(1, _POSITION_RETRIES + 1):
             try:
@@ -972,11 +975,27 @@ def _check_owner(owner, optional: bool = False) -> None:
                                  f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
 
 
-def _check_session_name(name) -> None:
+def _check_session_name(name, new: bool = False) -> None:
+    """A name to look up, or with ``new`` one to give a session: not a path (the HTTP API names
+    sessions in URL paths, where a "/" could not reach it)."""
     if not isinstance(name, str) or not name.strip():
         raise StoreArgumentError("a session name must be a non-empty string")
     if is_session_id(name):
         raise StoreArgumentError(f"session name {name!r} is all digits and would read as an id")
+    if new and "/" in name:
+        raise StoreArgumentError(f"session name {name!r} holds a '/', which the HTTP API's paths could not name")
+
+
+def _check_plain_json(value, what: str, finite: bool = True) -> None:
+    """Stored as JSON, so JSON it must be, and with ``finite`` without NaN or infinity (which
+    strict readers, an HTTP response among them, refuse). Refused before the write, as the
+    caller's mistake, not as a database error."""
+    try:
+        json.dumps(value, allow_nan=not finite)
+    except ValueError:
+        raise StoreArgumentError(f"{what} must be plain JSON: NaN and infinity are not JSON numbers") from None
+    except TypeError as exc:
+        raise StoreArgumentError(f"{what} must be plain JSON ({exc})") from None
 
 
 def _row_id(value: int | str) -> int | None:

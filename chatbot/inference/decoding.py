@@ -245,7 +245,7 @@ class DecodeLoops:
             source, _scalar(tf.int32),  # max_length
             _scalar(tf.bool), _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.float32),  # sample, t, k, p
             _scalar(tf.float32), _scalar(tf.int32), _scalar(tf.int32),  # repetition, ngram, min_length
-            tf.TensorSpec([2], tf.int32),  # seed
+            tf.TensorSpec([None, 2], tf.int32),  # each input's random key (``row_keys``)
         ]
         self._step = tf.function(self._step_loop, autograph=False, input_signature=step_signature)
         self._step_unaided = tf.function(functools.partial(self._step_loop, unaided=True), autograph=False,
@@ -341,7 +341,10 @@ class DecodeLoops:
 
     # --- greedy and sampling -----------------------------------------------------------------
     @staticmethod
-    def _sample(scores, temperature, top_k, top_p, seed, step):
+    def _sample(scores, temperature, top_k, top_p, keys, step):
+        """A token per row drawn from its tempered, truncated distribution, by the Gumbel-max
+        trick with noise from the row's own key and the step: a row draws the same tokens
+        whatever else is decoded beside it and wherever it sits in the batch."""
         z = scores / temperature
         vocab = tf.shape(z)[1]
 
@@ -359,11 +362,17 @@ class DecodeLoops:
             return tf.where(z < threshold, NEG_INF, z)
 
         z = tf.cond(top_p < 1.0, keep_top_p, lambda: z)
-        step_seed = tf.stack([seed[0], seed[1] + step])
-        return tf.random.stateless_categorical(z, 1, seed=step_seed, dtype=tf.int32)[:, 0]
+        keys = tf.ensure_shape(keys, [None, 2])  # the loop forgets static shapes
+        tiny = float(np.finfo(np.float32).tiny)
+        uniform = tf.map_fn(  # one stateless draw per row: its key folded with the step
+            lambda key: tf.random.stateless_uniform(
+                [vocab], tf.random.experimental.stateless_fold_in(key, step), minval=tiny, maxval=1.0),
+            keys, fn_output_signature=tf.float32)
+        gumbel = -tf.math.log(-tf.math.log(uniform))
+        return tf.argmax(z + gumbel, axis=-1, output_type=tf.int32)
 
     def _step_loop(self, source, max_length, sample, temperature, top_k, top_p,
-                   repetition_penalty, ngram, min_length, seed, *, unaided: bool = False):
+                   repetition_penalty, ngram, min_length, keys, *, unaided: bool = False):
         """Greedy decoding or sampling for a batch: ids ``[B, max_length]``, the model's own
         log-prob sums and lengths, each ``[B]``, and with ``unaided`` (bare rows after the
         inputs, as ``_greedy_loop`` takes them) the replies' log-prob sums given the bare
@@ -374,7 +383,7 @@ class DecodeLoops:
         positions = tf.range(max_length)
 
         def advance(step, search, decoder):
-            history, total, bare_total = search  # tokens so far, log-prob sums
+            history, total, bare_total, keys = search  # tokens so far, log-prob sums, random keys
             token, states, encoder_outputs, source_ids = decoder
             logits, states = self.model.decode_step(token, states, encoder_outputs, source_ids)
             logits = tf.cast(logits, tf.float32)
@@ -383,22 +392,23 @@ class DecodeLoops:
             logprobs = tf.nn.log_softmax(logits)  # the model's own, for the score
             scores = self._constrain(logits, history, step, repetition_penalty, ngram, min_length)
             best = tf.cond(sample,
-                           lambda: self._sample(scores, temperature, top_k, top_p, seed, step),
+                           lambda: self._sample(scores, temperature, top_k, top_p, keys, step),
                            lambda: tf.argmax(scores, axis=-1, output_type=tf.int32))
             total += tf.gather(logprobs, best, axis=1, batch_dims=1)
             if unaided:
                 bare_total += tf.gather(tf.nn.log_softmax(bare_logits), best, axis=1, batch_dims=1)
             history = tf.where(tf.equal(positions, step)[None, :], best[:, None], history)
             token = tf.concat([best, best], axis=0) if unaided else best
-            return (history, total, bare_total), (token, states, encoder_outputs, source_ids), tf.equal(best, END)
+            return (history, total, bare_total, keys), (token, states, encoder_outputs, source_ids), tf.equal(best, END)
 
         def results(steps, search):
-            history, total, bare_total = search
+            history, total, bare_total, _ = search
             return history, total, tf.fill(tf.shape(total), steps), bare_total
 
         outputs = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32),
                    tf.zeros([batch], tf.int32), tf.zeros([batch], tf.float32))
-        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32), tf.zeros([batch], tf.float32))
+        search = (tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.float32), tf.zeros([batch], tf.float32),
+                  keys)
         decoder = (tf.fill([tf.shape(source)[0]], START), states, encoder_outputs, source_ids)
         return _decode_until_done(batch, max_length, outputs, search, decoder, advance, results,
                                   stacked=2 if unaided else 1)
@@ -656,16 +666,17 @@ class DecodeLoops:
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- the entry points of the graph loops, and their arguments ----------------------------
-    def step(self, source: np.ndarray, config: DecodingConfig, seed: int, stream: int = 0,
+    def step(self, source: np.ndarray, config: DecodingConfig, row_keys: np.ndarray | None = None,
              bare: np.ndarray | None = None):
         """``_step_loop`` on a batch of any size with ``config``'s settings: greedy, or sampling
-        from ``seed`` (``stream`` picks another random stream of the same seed); with ``bare``
-        (the same inputs without retrieved pairs) the replies' log-prob sums given those as a
-        fourth result."""
+        with each input's random key (``row_keys``, [inputs, 2]: its seed and stream, as
+        ``Generator.row_keys`` makes them; zeros when None); with ``bare`` (the same inputs
+        without retrieved pairs) the replies' log-prob sums given those as a fourth result."""
+        keys = np.zeros((len(source), 2), np.int32) if row_keys is None else np.asarray(row_keys, np.int32)
         if bare is None:
-            return self._step(tf.constant(source), *self._step_args(config, seed, stream))[:3]
+            return self._step(tf.constant(source), *self._step_args(config, keys))[:3]
         stacked = padded_rows([*source, *bare])  # the inputs, then their bare rows
-        return self._step_unaided(tf.constant(stacked), *self._step_args(config, seed, stream))
+        return self._step_unaided(tf.constant(stacked), *self._step_args(config, keys))
 
     def beam(self, source: np.ndarray, config: DecodingConfig):
         """``_beam_loop`` on a batch of any size with ``config``'s beam settings."""
@@ -677,14 +688,14 @@ class DecodeLoops:
                 tf.constant(config.no_repeat_ngram_size, tf.int32),
                 tf.constant(config.min_length, tf.int32)]
 
-    def _step_args(self, config: DecodingConfig, seed: int, seed_offset: int = 0) -> list[tf.Tensor]:
+    def _step_args(self, config: DecodingConfig, row_keys: np.ndarray) -> list[tf.Tensor]:
         return [tf.constant(config.max_length, tf.int32),
                 tf.constant(config.effective_strategy == "sample"),
                 tf.constant(config.temperature, tf.float32),
                 tf.constant(config.top_k, tf.int32),
                 tf.constant(config.top_p, tf.float32),
                 *self._constraint_args(config),
-                tf.constant([seed, seed_offset], tf.int32)]
+                tf.constant(row_keys, tf.int32)]
 
     def _beam_args(self, config: DecodingConfig) -> list[tf.Tensor]:
         return [tf.constant(config.max_length, tf.int32),

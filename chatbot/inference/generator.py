@@ -26,6 +26,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
+from chatbot.errors import InputError
 from chatbot.inference.decoding import SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows, xla_batch, xla_width
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
@@ -57,6 +58,8 @@ class Generation:
     read_as: str = ""
     # Each alternative's confidence, in the same order (empty: exp of its score).
     confidences: tuple[float, ...] = ()
+    lengths: tuple[int, ...] = ()  # each alternative's generated tokens, in the same order
+    input_tokens: int = 0  # tokens the model read: the question, context turns and retrieved pairs
 
     @property
     def ended(self) -> bool:
@@ -69,7 +72,8 @@ class Generation:
         confidence all come from that hypothesis (never the first one's)."""
         text, score = self.alternatives[index]
         confidence = self.confidences[index] if self.confidences else confidence_of(score)
-        return dataclasses.replace(self, text=text, score=score, confidence=confidence,
+        tokens = self.lengths[index] if self.lengths else self.tokens
+        return dataclasses.replace(self, text=text, score=score, confidence=confidence, tokens=tokens,
                                    token_ids=() if index else self.token_ids)
 
 
@@ -152,7 +156,7 @@ class Generator:
             else:
                 self.loops.greedy(source, 2, 0)
         if "sample" in strategies:  # batches trace it on first use: one question never needs it
-            self.loops.step(source, DecodingConfig(max_length=2), 0, bare=source if unaided else None)
+            self.loops.step(source, DecodingConfig(max_length=2), bare=source if unaided else None)
         if "beam" in strategies:
             own = self.searched(self.resolve(decoding))
             if self.loops.uses_xla_beam(own, 1):  # the model's own beam search: its XLA loop, as greedy's
@@ -370,16 +374,41 @@ class Generator:
         return [[hypotheses[i] for i in sorted(range(len(hypotheses)), key=lambda i: -row_keys[i])]  # stable
                 for hypotheses, row_keys in zip(rows, keys)]
 
+    @staticmethod
+    def row_keys(inputs: Sequence[Sequence[str]], seed: int | None,
+                 samples: Sequence[int | None] | None = None) -> np.ndarray:
+        """Each input's random key for sampling, ``[inputs, 2]``: (seed, stream). With a seed,
+        the stream is the input's sample number (``samples``; where None, how many identical
+        inputs come before it in the call, so repeats draw different samples): the same
+        input, seed and number sample the same reply in any batch. Without a seed, a fresh
+        random seed per input."""
+        if samples is not None and len(samples) != len(inputs):
+            raise InputError(f"{len(samples)} sample numbers for {len(inputs)} inputs")
+        if seed is None:
+            return np.array([[random.randrange(2 ** 31), 0] for _ in inputs], np.int32).reshape(-1, 2)
+        seen: dict[tuple[str, ...], int] = {}
+        streams = []
+        for i, turns in enumerate(inputs):
+            given = samples[i] if samples is not None else None
+            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or not 0 <= given < 2 ** 31):
+                raise InputError(f"a sample number must be an int from 0 to 2**31 - 1, not {given!r}")
+            earlier = seen.get(tuple(turns), 0)
+            seen[tuple(turns)] = earlier + 1
+            streams.append(earlier if given is None else given)
+        return np.array([[seed, stream] for stream in streams], np.int32).reshape(-1, 2)
+
     def generate(self, inputs: Sequence[Sequence[str]], max_length: int | None = None,
-                 decoding: DecodingConfig | dict[str, Any] | None = None) -> list[Generation]:
+                 decoding: DecodingConfig | dict[str, Any] | None = None,
+                 samples: Sequence[int] | None = None) -> list[Generation]:
         """Replies for many inputs, read and retrieved for in batches of ``max_batch`` and decoded
-        together, except beam searches that keep their whole beam (``decodes_alone``)."""
+        together, except beam searches that keep their whole beam (``decodes_alone``).
+        ``samples``: with sampling, each input's sample number (``row_keys``)."""
         config = self.resolve(decoding, max_length)
         beam = config.effective_strategy == "beam"
         wanted = config.n_best
         reranked = self.ranks_by_retrieval(config) or self.ranks_by_mutual_information(config)
         config = self.searched(config)
-        seed = config.seed if config.seed is not None else random.randrange(2 ** 31)
+        random_keys = self.row_keys(inputs, config.seed, samples)
         alone = beam and self.decodes_alone(config)
         unaided = self.weighs_unaided(config)
         results: list[Generation] = []
@@ -393,6 +422,7 @@ class Generator:
                 sources = [self.encode_inputs([row], [pairs]) for row, pairs in zip(chunk, shown)]
                 outs = self._map_alone(lambda source: self.loops.beam_xla(source, config), sources)
                 ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in outs]) for i in range(4))
+                read_tokens = [int(np.count_nonzero(source != PAD)) for source in sources]
             elif beam and self.loops.uses_xla_beam(config, len(chunk)):
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam_xla(padded_ids, config))
             elif beam:
@@ -402,11 +432,11 @@ class Generator:
                 if self.loops.uses_xla(config, len(chunk)):
                     run = self.loops.greedy(padded_ids, config.max_length, config.min_length, bare)
                 else:
-                    # Chunks after the first draw from another random stream of the same seed.
-                    stream = (start // self.max_batch) * 1_000_003 % 2 ** 30
-                    run = self.loops.step(padded_ids, config, seed, stream, bare)
+                    run = self.loops.step(padded_ids, config, random_keys[start:start + len(chunk)], bare)
                 ids, logprob, lengths, *summed = (t.numpy()[:, None] for t in run)
                 keys, bare_sums = logprob, (summed[0] if summed else None)
+            if not alone:
+                read_tokens = [int(n) for n in np.count_nonzero(padded_ids != PAD, axis=1)]
             rows: list[list[Hypothesis]] = []  # per input, best first
             for row in range(len(chunk)):
                 hypotheses = []
@@ -433,6 +463,8 @@ class Generator:
                     confidence=confidences[row][0],
                     confidences=confidences[row],
                     tokens=best.length,
+                    lengths=tuple(h.length for h in hypotheses),
+                    input_tokens=read_tokens[row],
                     latency_ms=latency,
                     alternatives=tuple((h.text, h.score) for h in hypotheses),
                     token_ids=tuple(int(t) for t in best.ids),

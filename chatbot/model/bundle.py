@@ -20,6 +20,8 @@ leaves either the old bundle or the new one, never a half-written one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -230,6 +232,10 @@ class Bundle:
                 raise BundleError(f"{file}: missing file")
             if file_sha256(file) != expected:
                 raise BundleError(f"{file}: corrupt file (checksum mismatch)")
+        for name in (METRICS, VALIDATION, TRAIN, QUESTION_VECTORS):  # the optional files loading reads
+            if name not in listed and (path / name).exists():
+                raise BundleError(f"{path / name}: not listed in {MANIFEST}, so it was not written with the "
+                                  "bundle and its checksum cannot be checked")
 
         try:
             config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), version))
@@ -462,13 +468,39 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux' ``renameat2`` with ``RENAME_EXCHANGE``);
+    False where the system or the file system cannot."""
+    rename_exchange, at_fdcwd = 2, -100
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing target is swapped out, then deleted."""
+    """Move ``staging`` to ``target``. An existing target is exchanged with it in one step,
+    so ``target`` is a whole bundle at every moment, whenever the process dies; where the
+    system cannot exchange, it is renamed aside first and renamed back if the move fails."""
     if target.exists():
-        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, retired)
-        os.rename(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        if _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old bundle
+        else:
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, retired)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                os.rename(retired, target)
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, target)
     fd = os.open(target.parent, os.O_RDONLY)

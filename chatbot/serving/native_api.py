@@ -94,10 +94,10 @@ async def _call(request: Request, call):
 async def create_session(request: Request, body: NewSession | None = None, who: str = Depends(owner)):
     body = body or NewSession()  # both fields are optional, so the body is too
     try:
-        json.dumps(body.metadata)
+        encoded = json.dumps(body.metadata, allow_nan=False)
     except (TypeError, ValueError):
-        raise ApiError(400, "invalid_request", "metadata: must be plain JSON") from None
-    if len(json.dumps(body.metadata)) > 4096:
+        raise ApiError(400, "invalid_request", "metadata: must be plain JSON (no NaN or Infinity)") from None
+    if len(encoded) > 4096:
         raise ApiError(400, "invalid_request", "metadata: at most 4096 characters of JSON")
     if body.name is not None and body.name.isascii() and body.name.isdigit():
         raise ApiError(400, "invalid_request", "name: a session name must not be a number (ids are)")
@@ -144,7 +144,7 @@ async def post_message(session: str, body: NewMessage, request: Request, who: st
     within_limits(body.decoding or {}, state.settings)
     info = await _call(request, lambda bot: bot.session(session_ref(session), False, owner=who))
     (reply,) = await state.batcher.submit(
-        [ReplyRequest(body.text, session=info.id, decoding=body.decoding, owner=who)])
+        [ReplyRequest(body.text, session=info.id, decoding=body.decoding, owner=who, sample=0)])
     if isinstance(reply, Exception):
         raise from_library(reply)
     state.count_replies([reply])

@@ -68,7 +68,8 @@ class ChatCompletionRequest(BaseModel):
 
 def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
     """OpenAI's sampling fields as the model's decoding settings. No temperature and no top_p:
-    the model's own settings (greedy by default); temperature 0: greedy; otherwise sampling.
+    the model's own settings (greedy by default); temperature 0: greedy (top_p aside); otherwise
+    sampling.
     ``n`` > 1 without sampling takes the n best of a beam search."""
     if body.n > settings.max_n:
         raise ApiError(400, "invalid_request", f"n: at most {settings.max_n}")
@@ -78,7 +79,8 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
         if limit > settings.max_tokens:
             raise ApiError(400, "invalid_request", f"max_tokens: at most {settings.max_tokens} on this server")
         decoding["max_length"] = limit
-    sampling = bool(body.temperature) or (body.top_p is not None and body.top_p < 1)
+    # Temperature 0 asks for the most likely reply whatever top_p says (clients often send both).
+    sampling = body.temperature != 0 and (bool(body.temperature) or (body.top_p is not None and body.top_p < 1))
     if sampling:
         decoding.update(strategy="sample", beam=1, n_best=1, temperature=body.temperature or 1.0,
                         top_p=body.top_p if body.top_p is not None else 1.0)
@@ -157,19 +159,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
             raise ApiError(400, "invalid_request", "n > 1 with sampling cannot be stored in a session")
         # A new name is created only once the message and settings pass (in ``reply_many``).
         requests = [ReplyRequest(question, session=session_ref(session), decoding=decoding, owner=who,
-                                 create=True)]
+                                 create=True, sample=0)]
     else:
         context = [m.text() for m in body.messages[:-1] if m.role in ("user", "assistant")]
-        requests = [ReplyRequest(question, decoding=decoding, context=context, store=False)] * sampled_choices
+        # Each choice its own sample of the seed: a request samples the same replies in any batch.
+        requests = [ReplyRequest(question, decoding=decoding, context=context, store=False, sample=i)
+                    for i in range(sampled_choices)]
     replies = await state.batcher.submit(requests)
     for reply in replies:
         if isinstance(reply, Exception):
             raise from_library(reply)
     state.count_replies(replies)
     choices = _choices(body, replies, bot)
-    turns = bot.bundle.config.data.context_turns
-    read = [question] + ([m.text() for m in body.messages[:-1]][-turns:] if turns else [])
-    prompt_tokens = sum(bot.count_tokens(t) for t in read)
+    prompt_tokens = replies[0].input_tokens  # what the model read: question, context, retrieved pairs
     completion_tokens = sum(tokens for _, _, tokens in choices)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}

@@ -38,6 +38,8 @@ class ServerSettings:
         if self.rate_per_minute <= 0 or self.batch_wait_ms < 0 or self.decoders < 0:
             raise ConfigError("server settings rate_per_minute must be > 0, batch_wait_ms and decoders >= 0")
         for key in self.api_keys:
-            if len(key) < 16 or not key.isprintable() or " " in key:
-                raise ConfigError("an API key must be at least 16 printable characters without spaces "
-                                  f"(one given is {len(key)} long)")
+            # No comma either: keys travel to the workers, and in CHATBOT_API_KEYS, comma-separated,
+            # where "a,b" would become two keys, each half of the real one.
+            if len(key) < 16 or not key.isprintable() or " " in key or "," in key:
+                raise ConfigError("an API key must be at least 16 printable characters without spaces or commas "
+                                  f"(one given is {len(key)} long{', with a comma' if ',' in key else ''})")
