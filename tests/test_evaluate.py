@@ -274,6 +274,25 @@ def test_cli_evaluate_json_on_a_corpus(tiny_bundle_path, tiny_pairs, tmp_path, c
     assert report["golden"] == {"passed": 3, "failed": []}
 
 
+def test_a_corpus_question_longer_than_a_chat_message_is_judged(tiny_bundle_path, tiny_pairs, tmp_path, capsys,
+                                                                 monkeypatch):
+    """The chat limit on a message (dialogue.max_message_chars) guards a conversation's storage;
+    judging a model reads corpus questions of any length (one of 21,000 characters failed
+    training after its last epoch, and evaluate)."""
+    from chatbot.evaluation.evaluate import exact_match
+    from chatbot.evaluation.golden import as_chatbot
+    from chatbot.model.bundle import Bundle
+
+    question, answer = tiny_pairs[0]
+    long = Example((), "x " * 10_500 + question, answer)
+    assert exact_match(as_chatbot(Bundle.load(tiny_bundle_path)), [long], [long]) in (0.0, 1.0)
+    corpus = tmp_path / "long.tsv"
+    corpus.write_text(f"{long.question}\t{answer}\n{question}\t{answer}\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--corpus", corpus, "--json")
+    assert code == 0, err
+    assert json.loads(out)["inputs"] == 2
+
+
 def test_cli_evaluate_errors_are_one_line(tiny_bundle_path, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.tsv"
     bad.write_text("Hi\tHello\nno tab\n")

@@ -62,7 +62,7 @@ def test_fine_tuning_keeps_the_base_architecture(tiny_bundle_path, new_corpus, t
     with pytest.raises(TrainingError, match=r"tokenizer\.vocab_size is 500 here and 300"):
         train(new_corpus, tiny_config(**{"tokenizer.vocab_size": 500}), tmp_path / "x", verbose=0,
               base=tiny_bundle_path)
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / ".x.training").exists()  # nothing left to "resume"
 
 
 def test_unknown_tokens_are_reported_and_rebuild_vocab_fits_a_new_vocabulary(tiny_bundle_path, tmp_path, caplog):

@@ -133,6 +133,25 @@ def test_a_failed_swap_leaves_the_old_bundle_in_place(tiny_bundle_path, tmp_path
     assert not (target / "mark.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
+def test_training_refuses_an_output_that_is_not_a_bundle_and_a_second_training_of_the_same(tmp_path):
+    """--out naming a folder of one's own (or ".") used to be emptied and replaced by the bundle;
+    a second training of the same --out discarded the first one's work directory under it."""
+    import fcntl
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        train(TINY_PAIRS, tiny_config(), precious, verbose=0)
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+    out = tmp_path / "model"
+    with open(tmp_path / ".model.lock", "a+b") as held:  # what a running training holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TrainingError, match="another training is writing"):
+            train(TINY_PAIRS, tiny_config(), out, verbose=0)
+    assert not out.exists() and not work_dir_for(out).exists()
+
+
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(TINY_PAIRS, tiny_config(), tmp_path / "m", resume=True, verbose=0)

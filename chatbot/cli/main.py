@@ -260,10 +260,10 @@ def cmd_evaluate(args) -> int:
         ensure_matplotlib()
     _stderr_quiet_import()
     from chatbot.dialogue.bot import ChatBot
-    from chatbot.evaluation.golden import check_golden
+    from chatbot.evaluation.golden import JUDGING_DIALOGUE, check_golden
     from chatbot.evaluation.evaluate import evaluate, evaluation_set
 
-    with ChatBot.load(args.model) as bot:
+    with ChatBot.load(args.model, dialogue=JUDGING_DIALOGUE) as bot:
         decoding = decoding_overrides(args)
         bot.resolve_decoding(decoding)  # bad settings fail before the data is read
         data = evaluation_set(bot.bundle, split=args.split, corpus=args.corpus, limit=args.limit)

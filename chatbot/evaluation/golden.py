@@ -14,11 +14,17 @@ from chatbot.errors import CorpusError
 from chatbot.evaluation.metrics import is_exact
 
 
+# Judging a model reads corpus questions of any length: the chat limit on a message guards what
+# a conversation stores, and the model reads only a message's last tokens anyway. Without this
+# a 21,000-character corpus question failed training after its last epoch.
+JUDGING_DIALOGUE = {"max_message_chars": 100_000_000}
+
+
 def as_chatbot(bot):
     """A ``ChatBot``, or a ``Bundle`` wrapped in one (training checks a model before saving it)."""
     from chatbot.dialogue.bot import ChatBot
 
-    return bot if isinstance(bot, ChatBot) else ChatBot(bot, warm_up=False)
+    return bot if isinstance(bot, ChatBot) else ChatBot(bot, warm_up=False, dialogue=JUDGING_DIALOGUE)
 
 
 @dataclass(frozen=True)

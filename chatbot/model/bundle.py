@@ -136,8 +136,10 @@ class Bundle:
     def save(self, path: str | Path, training_log: Path | None = None,
              attachments: dict[str, Path] | None = None) -> Path:
         """Write the bundle atomically; ``attachments`` maps names in the bundle to files or
-        directories to copy in (plots, TensorBoard logs). Every file is checksummed."""
+        directories to copy in (plots, TensorBoard logs). Every file is checksummed. An
+        existing bundle at ``path`` is replaced; anything else there is refused."""
         path = Path(path)
+        check_replaceable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
@@ -452,6 +454,18 @@ def _read_metrics(file: Path) -> dict:
     if not isinstance(metrics.get("validation", {}), dict):
         raise BundleError(f"{file}: 'validation' must be an object")
     return metrics
+
+
+def check_replaceable(path: Path) -> None:
+    """``BundleError`` when saving a bundle at ``path`` would destroy what is not a bundle: a
+    file, or a directory that holds files but no ``bundle.json`` (``--out .``, a typo naming a
+    folder of one's own)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"{path}: exists and is not a model bundle; choose another output path")
+    if path.is_dir() and not (path / MANIFEST).is_file() and any(path.iterdir()):
+        raise BundleError(f"{path}: a directory that is not a model bundle (no {MANIFEST}) and is not empty; "
+                          "choose another output path, or remove it")
 
 
 def _fsync_tree(directory: Path) -> None:

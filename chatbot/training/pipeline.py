@@ -14,6 +14,7 @@ kept in the checkpoints) is refused with a ``TrainingError`` naming them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -39,7 +40,7 @@ from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
 from chatbot.evaluation.metrics import input_key
 from chatbot.inference.retrieval import AnswerMemory, memory_for
-from chatbot.model.bundle import Bundle
+from chatbot.model.bundle import Bundle, check_replaceable
 from chatbot.training import distribute
 from chatbot.version import __version__
 
@@ -134,10 +135,14 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
     """
     stage = on_stage or (lambda message: log.info(message))
     out = Path(out)
+    check_replaceable(out)  # before any work: what --out names must be a bundle, or nothing
     golden_cases = load_golden(golden) if golden is not None else None  # a bad file fails now
     config = config.validate()
     cluster = distribute.start(config.training.distribute)  # before TensorFlow runs anything
+    stack = contextlib.ExitStack()
     try:
+        if cluster.chief:
+            stack.enter_context(_output_lock(out))
         plan = plan_run(corpus, config, out, resume, base, mix_base_corpus, rebuild_vocab, stage, cluster)
         unknown_rate = prepare_tokenizer(plan, stage) if cluster.chief else 0.0
         cluster.barrier()  # the chief has restored or cleared the work directory and fixed the tokenizer
@@ -158,7 +163,36 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         finally:
             cluster.barrier()  # the other workers may leave
     finally:
+        stack.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path):
+    """Held while a training writes ``out`` and its work directory: a second training of the
+    same ``out`` would discard the first one's work directory under it. An advisory lock on
+    ``.OUT.lock`` beside it (POSIX ``flock``; released by the system when the process dies),
+    removed by its holder; a lock taken on a file that was removed meanwhile does not count."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    busy = TrainingError(f"{out}: another training is writing this model now (it holds {lock_path}); "
+                         "wait for it to end, or train into another --out")
+    with open(lock_path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(lock_path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise BlockingIOError  # the holder removed it between our open and our lock
+        except (BlockingIOError, FileNotFoundError):
+            raise busy from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # still held: no one can take the old file now
 
 
 def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_corpus: bool,
@@ -190,6 +224,8 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
         if changes:
             stage(f"resuming with changed settings: {', '.join(changes)}")
     elif cluster.chief:
+        if base is not None and not rebuild_vocab:
+            _check_same_architecture(base, config)  # a refused fine-tuning leaves no work directory
         if work.exists():
             log.warning("discarding the unfinished training in %s", work)
             shutil.rmtree(work)
