@@ -222,7 +222,7 @@ class ModelConfig(Section):
                    f"must divide units ({self.units}) for a transformer, got {self.heads}")
             return
         _check(not (self.copy_attention and self.attention == "none"), prefix, "copy_attention",
-               "needs attention ('dot' or 'additive')")
+               "needs attention ('dot' or 'additive'); with model.attention 'none' set model.copy_attention false")
 
 
 @dataclass

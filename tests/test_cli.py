@@ -107,9 +107,12 @@ def test_train_progress_goes_to_stderr_and_stdout_holds_only_the_summary(tmp_pat
     """So that `chatbot train ... > summary.json` and `| jq` work. Keras prints its progress to
     stdout; away from a terminal it is one line per epoch, not a bar redrawn per batch."""
     code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", DATA / "tiny_pairs.tsv", "--out",
-                                   tmp_path / "m", "--epochs", 2, "--units", 8, "--embedding-dim", 8)
+                                   tmp_path / "m", "--epochs", 2, "--units", 8, "--embedding-dim", 8,
+                                   "--attention", "none")  # a documented value: copying goes off with it
     assert code == 0, stderr
     assert len(stdout.splitlines()) == 1 and json.loads(stdout)["epochs"] == 2
+    model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert model["attention"] == "none" and model["copy_attention"] is False
     lines = stderr.splitlines()
     assert "Epoch 1/2" in lines and any(line.startswith("[chatbot] epoch 2/2: ") for line in lines)
     assert not any("\b" in line for line in lines)  # no bar redrawn with backspaces

@@ -304,6 +304,16 @@ def test_yaml_conversations_not_a_list(tmp_path):
     assert "'conversations' must be a list" in info.value.why
 
 
+def test_yaml_with_a_key_twice_is_refused_not_cut_to_its_last_list(tmp_path):
+    """Two ChatterBot files concatenated: YAML itself keeps only the last 'conversations' list."""
+    one = "categories:\n- a\nconversations:\n- - q1\n  - a1\n"
+    file = write(tmp_path / "c.yml", one + one.replace("1", "2"))
+    with pytest.raises(CorpusError) as info:
+        load_corpus(file)
+    assert (info.value.file, info.value.line) == (str(file), 6)
+    assert "'categories' appears twice (first on line 1)" in info.value.why
+
+
 def test_single_utterance_conversation_skipped(tmp_path):
     file = write(tmp_path / "c.yml", "conversations:\n- - a\n  - b\n- - lonely\n")
     corpus = load_corpus(file)

@@ -79,6 +79,8 @@ def cmd_train(args) -> int:
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key] = raw
+    if overrides.get("model.attention") == "none":  # copying reads the attention: off with it, unless asked
+        overrides.setdefault("model.copy_attention", False)
     if args.resume and not args.config:  # the saved training's settings, changed only by the flags given
         _stderr_quiet_import(inference=False)
         from chatbot.training.pipeline import saved_config

@@ -112,11 +112,12 @@ class Plan:
 
 
 def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: bool = False,
-          verbose: int = 1, extra_callbacks: list | None = None,
+          verbose: int = 0, extra_callbacks: list | None = None,
           on_stage: Callable[[str], None] | None = None, base: str | Path | Bundle | None = None,
           mix_base_corpus: bool = False, rebuild_vocab: bool = False,
           golden: str | Path | None = None) -> Bundle:
-    """Train a model and save it as a bundle at ``out``; returns the saved bundle.
+    """Train a model and save it as a bundle at ``out``; returns the saved bundle. ``verbose``:
+    Keras' progress on stdout (0, the default: none; 1: a bar; 2: a line per epoch).
 
     Fine-tuning: with ``base`` (a bundle or its path), training starts from that model's
     weights and keeps its tokenizer, so ``config`` must keep its tokenizer and model
