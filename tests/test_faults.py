@@ -83,6 +83,28 @@ def test_kill_9_during_training_keeps_the_old_bundle_and_resume_finishes(tiny_bu
     assert not work_dir_for(out).exists()
 
 
+def test_ctrl_c_during_training_stops_at_the_end_of_a_step_and_installs_nothing(tiny_bundle_path, tmp_path):
+    """SIGINT mid-training: exit 130 and one line, the installed bundle unchanged. The signal
+    only asks; training stops once the running step ends (a KeyboardInterrupt raised wherever
+    Python was could land in TensorFlow's clean-up code, be ignored there, and training went on
+    to install its model)."""
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, out)
+    before = (out / WEIGHTS).read_bytes()
+    child = subprocess.Popen(CLI + ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), "--epochs", "200",
+                                    *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: logged_epochs(out) >= 2 or child.poll() is not None, 120, "two epochs")
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1] == "chatbot: interrupted" and stdout == b""
+    assert (out / WEIGHTS).read_bytes() == before
+    assert logged_epochs(out) < 200 and work_dir_for(out).is_dir()  # resumable
+
+
 CHATTER = """
 import sys
 from chatbot.dialogue.store import SessionStore

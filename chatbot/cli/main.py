@@ -98,11 +98,16 @@ def cmd_train(args) -> int:
     # that stdout holds only the summary (`> summary.json`, `| jq`). A bar that redraws itself
     # only on a terminal: elsewhere (a log file) one line per epoch.
     verbose = 0 if args.quiet else 1 if sys.stderr.isatty() else 2
+    interrupt = _interrupt_between_steps()
+    callbacks = ([] if args.quiet else _progress_callbacks(config, args)) + [interrupt]
     with contextlib.redirect_stdout(sys.stderr):
-        bundle = train(corpus, config, args.out, resume=args.resume, verbose=verbose,
-                       on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
-                       base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
-                       golden=args.golden, extra_callbacks=None if args.quiet else _progress_callbacks(config, args))
+        try:
+            bundle = train(corpus, config, args.out, resume=args.resume, verbose=verbose,
+                           on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True),
+                           base=base, mix_base_corpus=args.mix_old, rebuild_vocab=args.rebuild_vocab,
+                           golden=args.golden, extra_callbacks=callbacks)
+        finally:
+            interrupt.restore()
     if bundle is None:  # a multi-worker training's other worker: the chief wrote the bundle
         print(json.dumps({"model": None, "worker": "done; the chief installs the model"}))
         return 0
@@ -132,6 +137,44 @@ def _progress_callbacks(config, args) -> list:
         lambda progress: print(f"[chatbot] {progress.line()}", file=sys.stderr, flush=True),
         monitor=monitor, early_stopping=config.training.early_stopping,
         best_before=best_logged(args.out, monitor) if args.resume else None)]
+
+
+def _interrupt_between_steps():
+    """A Keras callback: Ctrl-C during ``fit`` stops training once the running step ends, not
+    wherever Python happens to be. One that landed in TensorFlow's clean-up code (a ``__del__``)
+    was printed and ignored there, and training went on to install its model. A second Ctrl-C
+    stops at once; outside ``fit`` Ctrl-C acts as usual."""
+    import signal
+
+    import keras
+
+    class InterruptBetweenSteps(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.asked = False
+            self.previous = None
+
+        def on_train_begin(self, logs=None):
+            self.previous = signal.signal(signal.SIGINT, self._ask)
+
+        def _ask(self, signum, frame):
+            if self.asked:
+                raise KeyboardInterrupt
+            self.asked = True
+
+        def _stop_if_asked(self, *_, **__):
+            if self.asked:
+                self.restore()
+                raise KeyboardInterrupt
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = on_train_end = _stop_if_asked
+
+        def restore(self):
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+                self.previous = None
+
+    return InterruptBetweenSteps()
 
 
 # --- ask -----------------------------------------------------------------------------------
