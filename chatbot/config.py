@@ -410,7 +410,10 @@ class Config:
             else:
                 data = json.loads(raw.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} file ({exc})") from None
+            kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+            other = "" if path.suffix.lower() in (".toml", ".json") else \
+                f"; a config is JSON, or TOML named *.toml, and this one's name ends in '{path.suffix}'"
+            raise ConfigError(f"{path}: not a valid {kind} file ({exc}){other}") from None
         except RecursionError:
             raise ConfigError(f"{path}: not a valid config file (nested too deeply)") from None
         if not isinstance(data, dict):

@@ -207,8 +207,9 @@ def test_section_must_be_a_table():
 
 
 @pytest.mark.parametrize("name, text, why", [
-    ("c.json", "{not json", "not a valid json file"),
-    ("c.toml", "[model\nunits = 3\n", "not a valid toml file"),
+    ("c.json", "{not json", "not a valid JSON file"),
+    ("c.toml", "[model\nunits = 3\n", "not a valid TOML file"),
+    ("c.yaml", "model:\n  units: 3\n", "; a config is JSON, or TOML named *.toml, and this one's name ends in '.yaml'"),
     ("c.json", "[1, 2]", "must be a table/object at the top level"),
 ])
 def test_bad_files_raise(tmp_path, name, text, why):
@@ -229,7 +230,7 @@ def test_missing_file_raises(tmp_path):
 def test_invalid_utf8_file_raises(tmp_path):
     path = tmp_path / "c.json"
     path.write_bytes(b'{"model": {"cell": "\xff"}}')
-    with pytest.raises(ConfigError, match="not a valid json file"):
+    with pytest.raises(ConfigError, match="not a valid JSON file"):
         Config.load(path)
 
 

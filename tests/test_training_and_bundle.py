@@ -152,6 +152,18 @@ def test_training_refuses_an_output_that_is_not_a_bundle_and_a_second_training_o
     assert not out.exists() and not work_dir_for(out).exists()
 
 
+def test_settings_that_cannot_apply_are_said_not_silently_changed(tmp_path, caplog):
+    """A validation fraction too small to hold out a pair, and a val_ monitor without
+    validation pairs, are warnings naming the key (training goes on, monitoring loss)."""
+    import logging
+
+    config = tiny_config(**{"data.validation_fraction": 0.01, "training.monitor": "val_loss", "training.epochs": 1})
+    with caplog.at_level(logging.WARNING, logger="chatbot.training"):
+        train(TINY_PAIRS, config, tmp_path / "m", verbose=0)
+    assert "data.validation_fraction 0.01 of 20 pairs holds out none" in caplog.text
+    assert "training.monitor val_loss needs validation pairs; monitoring loss instead" in caplog.text
+
+
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(TINY_PAIRS, tiny_config(), tmp_path / "m", resume=True, verbose=0)

@@ -313,8 +313,9 @@ def cmd_evaluate(args) -> int:
         bot.resolve_decoding(decoding)  # bad settings fail before the data is read
         data = evaluation_set(bot.bundle, split=args.split, corpus=args.corpus, limit=args.limit)
         if args.split is None and args.corpus is None and data.source == "train":
-            print("chatbot: this model has no validation split (trained with data.validation_fraction 0); "
-                  "evaluating on its training questions, which it has seen", file=sys.stderr, flush=True)
+            fraction = bot.bundle.config.data.validation_fraction
+            print(f"chatbot: this model has no validation pairs (data.validation_fraction {fraction} held out "
+                  "none); evaluating on its training questions, which it has seen", file=sys.stderr, flush=True)
         report = evaluate(bot, data.examples, data.reference, decoding, source=data.source)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path

@@ -242,6 +242,11 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
                 tokenizer, base, mix_base_corpus, rebuild_vocab, private_work=cluster.private)
     if changes and cluster.chief:
         _write_state(plan)  # a later resume continues with the changed settings
+    if data.validation_fraction > 0 and not split.validation:
+        log.warning("data.validation_fraction %s of %d pairs holds out none: training without validation",
+                    data.validation_fraction, len(split.train))
+    if config.training.monitor.startswith("val_") and not split.validation and not (base and mix_base_corpus):
+        log.warning("training.monitor %s needs validation pairs; monitoring loss instead", config.training.monitor)
     if base is not None and mix_base_corpus:
         old = base.training_examples()
         held_out = {_pair(e) for e in base.validation}
