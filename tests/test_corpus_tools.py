@@ -168,7 +168,7 @@ def test_yaml_jsonl_yaml_round_trip_keeps_dialogues_and_category(tmp_path):
     src = write(tmp_path / "rich.yml", RICH_YAML)
     result = convert_corpus(src, tmp_path / "rich.jsonl")
     assert result == {"path": str(tmp_path / "rich.jsonl"), "format": "jsonl", "dialogues": 3,
-                      "pairs": 5, "skipped": []}
+                      "pairs": 5, "context_lost": 0, "skipped": []}
     rows = [json.loads(line) for line in (tmp_path / "rich.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows[1] == {"turns": ["How are you?", "Très bien, merci 😀", "Glad to hear it.", "Yes"],
                        "category": "coding"}
@@ -193,11 +193,15 @@ def test_tsv_yaml_jsonl_tsv_round_trip_is_byte_identical(tmp_path):
         assert examples(tmp_path / path) == examples(src)
 
 
-def test_multi_turn_to_tsv_keeps_every_pair(tmp_path):
-    src = write(tmp_path / "turns.jsonl", '{"turns": ["one", "two", "three", "four"]}\n')
-    convert_corpus(src, tmp_path / "turns.tsv")
-    assert (tmp_path / "turns.tsv").read_text() == "one\ttwo\ntwo\tthree\nthree\tfour\n"
-    assert examples(tmp_path / "turns.tsv") == examples(src)
+def test_multi_turn_to_tsv_keeps_every_pair_and_says_the_context_is_lost(tmp_path, capsys):
+    src = write(tmp_path / "turns.jsonl", '{"turns": ["one", "two", "three", "four"]}\n{"turns": ["a", "b"]}\n')
+    assert convert_corpus(src, tmp_path / "turns.tsv")["context_lost"] == 1
+    assert (tmp_path / "turns.tsv").read_text() == "one\ttwo\ntwo\tthree\nthree\tfour\na\tb\n"
+    assert examples(tmp_path / "turns.tsv") == examples(src)  # without context turns
+    assert examples(tmp_path / "turns.tsv", 2) != examples(src, 2)  # what the warning is about
+    code, _, err = run(capsys, "convert", src, tmp_path / "again.tsv")
+    assert code == 0 and "1 conversation longer than one exchange lose" in err
+    assert convert_corpus(src, tmp_path / "turns.yml")["context_lost"] == 0
 
 
 def test_directory_to_one_file_and_back(tmp_path):

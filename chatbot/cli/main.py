@@ -438,6 +438,11 @@ def cmd_corpus(args) -> int:
     if result["skipped"]:
         print(f"{len(result['skipped'])} malformed entr{'y' if len(result['skipped']) == 1 else 'ies'} "
               f"left out (see: chatbot corpus validate {args.input})")
+    if result["context_lost"]:
+        lost = result["context_lost"]
+        print(f"chatbot: warning: TSV holds pairs only: {lost:,} conversation{'s' * (lost != 1)} longer than one "
+              "exchange lose their earlier turns (read with data.context_turns > 0); .yml or .jsonl keep them",
+              file=sys.stderr)
     return 0
 
 

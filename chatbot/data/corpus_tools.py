@@ -254,6 +254,9 @@ def convert_corpus(src: str | Path, dst: str | Path, format: str | None = None) 
     write_atomically(dst, text)
     return {"path": str(dst), "format": fmt, "dialogues": len(corpus.dialogues),
             "pairs": sum(len(d.utterances) - 1 for d in corpus.dialogues),
+            # TSV holds pairs: a longer conversation's later pairs lose their earlier turns
+            # (what a model with data.context_turns > 0 reads); YAML and JSONL keep them.
+            "context_lost": sum(1 for d in corpus.dialogues if len(d.utterances) > 2) if fmt == "tsv" else 0,
             "skipped": [str(e) for e in corpus.skipped]}
 
 
