@@ -345,6 +345,15 @@ def test_tsv_row_without_tab_skipped_in_lenient_mode(tmp_path):
     assert "no tab" in err.why
 
 
+def test_tsv_header_row_is_left_out_and_named(tmp_path):
+    """A spreadsheet's column names are not a pair; only the first line can be a header."""
+    file = write(tmp_path / "pairs.tsv", "Question\tAnswer\nq1\ta1\nquestion\tanswer\n")
+    corpus = load_corpus(file)
+    assert pairs(corpus) == [("q1", "a1"), ("question", "answer")]
+    [err] = corpus.skipped
+    assert (err.line, err.why) == (1, "a header row ('Question<TAB>Answer'), not a pair: left out")
+
+
 def test_tsv_row_without_tab_raises_in_strict_mode(tmp_path):
     file = write(tmp_path / "pairs.tsv", "q1\ta1\n\nq3\ta3\nno tab on this row\n")
     with pytest.raises(CorpusError) as info:

@@ -153,15 +153,17 @@ def test_training_refuses_an_output_that_is_not_a_bundle_and_a_second_training_o
 
 
 def test_settings_that_cannot_apply_are_said_not_silently_changed(tmp_path, caplog):
-    """A validation fraction too small to hold out a pair, and a val_ monitor without
-    validation pairs, are warnings naming the key (training goes on, monitoring loss)."""
+    """A validation fraction too small to hold out a pair, a val_ monitor without validation
+    pairs, and answers longer than the model may generate are warnings naming the key."""
     import logging
 
-    config = tiny_config(**{"data.validation_fraction": 0.01, "training.monitor": "val_loss", "training.epochs": 1})
+    config = tiny_config(**{"data.validation_fraction": 0.01, "training.monitor": "val_loss", "training.epochs": 1,
+                            "data.max_output_tokens": 6})
     with caplog.at_level(logging.WARNING, logger="chatbot.training"):
         train(TINY_PAIRS, config, tmp_path / "m", verbose=0)
     assert "data.validation_fraction 0.01 of 20 pairs holds out none" in caplog.text
     assert "training.monitor val_loss needs validation pairs; monitoring loss instead" in caplog.text
+    assert "longer than data.max_output_tokens (6 tokens with [END]) and learned cut there (first: " in caplog.text
 
 
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):

@@ -395,7 +395,15 @@ def read_tsv(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | Corpu
         if len(columns) < 2:
             yield CorpusError(file, line_no, "expected 'question<TAB>answer', found no tab")
             continue
+        if line_no == 1 and (columns[0].strip().lower(), columns[1].strip().lower()) in _HEADER_ROWS:
+            yield CorpusError(file, line_no, f"a header row ('{columns[0]}<TAB>{columns[1]}'), not a pair: left out")
+            continue
         yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)], line_no)
+
+
+# A spreadsheet's first row names its columns; trained on, it would teach "question" -> "answer".
+_HEADER_ROWS = {(q, a) for q in ("question", "questions", "prompt", "input", "user")
+                for a in ("answer", "answers", "response", "reply", "output", "bot")}
 
 
 def read_jsonl(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:

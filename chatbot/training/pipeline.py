@@ -34,7 +34,7 @@ from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded
 from chatbot.data.examples import CorpusSplit, split_corpus
 from chatbot.data.noise import noisy
 from chatbot.data.spelling import Speller, speller_for
-from chatbot.data.tokenizer import TextTokenizer
+from chatbot.data.tokenizer import ENCODE_CHUNK, TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
@@ -295,6 +295,7 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
                             "predates them: use --rebuild-vocab, or --set data.retrieved_pairs=0")
     if data.retrieved_pairs or data.noisy_copies:  # these read the training pairs as a whole
         plan.train = plan.train if isinstance(plan.train, list) else list(plan.train)
+    _warn_of_cut_answers(plan)
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
@@ -357,6 +358,22 @@ def token_cache(plan: Plan, stage: Callable[[str], None]):
         cache = TokenCache.build(folder, key, encoded_rows(training_inputs(plan), plan.tokenizer, data.max_input_tokens,
                                                            data.max_output_tokens, data.max_retrieved_answer_tokens))
     return cache
+
+
+def _warn_of_cut_answers(plan: Plan) -> None:
+    """Say how many training answers are longer than the model may generate: they are learned
+    cut at ``data.max_output_tokens`` (with [END]), and replies to them will stop there too."""
+    limit = plan.config.data.max_output_tokens - 1
+    cut, first = 0, None
+    examples = iter(plan.train)
+    while chunk := list(itertools.islice(examples, ENCODE_CHUNK)):
+        for example, ids in zip(chunk, plan.tokenizer.encode_batch([e.answer for e in chunk])):
+            if len(ids) > limit:
+                cut += 1
+                first = first or example.source
+    if cut:
+        log.warning("%d training answer%s longer than data.max_output_tokens (%d tokens with [END]) and "
+                    "learned cut there (first: %s)", cut, "s are" if cut > 1 else " is", limit + 1, first)
 
 
 def training_inputs(plan: Plan) -> Iterator[tuple[Example, tuple]]:
