@@ -179,7 +179,7 @@ def format_stats(stats: dict) -> str:
     needed = ", ".join(f"{n:,} words cover {share}" for share, n in stats["words_for_coverage"].items())
     lines = [
         f"corpus       {stats['path']}: {stats['files']} file{'s' * (stats['files'] != 1)}, "
-        f"{stats['dialogues']:,} dialogues, {n_skipped} malformed entr{'y' if n_skipped == 1 else 'ies'} skipped",
+        f"{stats['dialogues']:,} dialogue{'s' * (stats['dialogues'] != 1)}, {n_skipped} malformed entr{'y' if n_skipped == 1 else 'ies'} skipped",
         f"pairs        {stats['pairs']:,} ({stats['unique_pairs']:,} unique; "
         f"{stats['duplicate_pairs']:,} repeated, {stats['duplicate_copies']:,} extra copies)",
         f"questions    {stats['questions']:,} distinct, "
