@@ -450,14 +450,18 @@ def test_requests_arriving_during_a_decode_join_the_next_one():
         await asyncio.sleep(0.05)  # q0's decode is running
         rest = [asyncio.create_task(batcher.submit([f"q{i}"])) for i in range(1, 11)]
         await asyncio.sleep(0.05)
+        samples = asyncio.create_task(batcher.submit([f"s{i}" for i in range(7)]))  # one request, seven samples
+        await asyncio.sleep(0.05)
         release.set()
-        results = await asyncio.gather(first, *rest)
+        results = await asyncio.gather(first, *rest, samples)
         await batcher.stop()
         return results
 
     results = asyncio.run(scenario())
-    assert [r[0] for r in results] == [f"reply to q{i}" for i in range(11)]
-    assert sizes == [1, 8, 2]  # q1..q10 waited together, at most max_batch at once
+    assert [r[0] for r in results[:11]] == [f"reply to q{i}" for i in range(11)]
+    assert results[11] == [f"reply to s{i}" for i in range(7)]
+    # q1..q10 waited together, at most max_batch at once; the samples did not fit beside q9, q10
+    assert sizes == [1, 8, 2, 7]
 
 
 def test_a_request_to_an_idle_server_does_not_wait_for_company():

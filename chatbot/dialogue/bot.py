@@ -540,6 +540,7 @@ class ChatBot:
         but anything that needs the database raises ``StoreError``: it is not opened again."""
         if self._warming is not None:
             self._warming.join()
+        self.generator.release_threads()
         with self._store_lock:
             if self._store is not None:
                 if self._store is not self._db:  # a store handed in belongs to the caller

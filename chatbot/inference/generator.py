@@ -262,6 +262,13 @@ class Generator:
                 self._alone_pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="chatbot-beam")
         return list(self._alone_pool.map(decode, sources))
 
+    def release_threads(self) -> None:
+        """Stop ``_map_alone``'s idle threads (``ChatBot.close``); a later call starts them again."""
+        with self._alone_pool_lock:
+            pool, self._alone_pool = self._alone_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     # --- the public side ---------------------------------------------------------------------
 
     @property

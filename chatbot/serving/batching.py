@@ -36,6 +36,7 @@ class DecodeBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._decoding: set[asyncio.Task] = set()
         self._last_size = 0  # requests in the last batch formed
+        self._carried = None  # a queued item that would have made the last batch too big
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -71,7 +72,8 @@ class DecodeBatcher:
         queue = self._queue
         while True:
             await self._slots.acquire()  # a decoder is free: what waits now makes its batch
-            waiting = [await queue.get()]
+            waiting = [self._carried if self._carried is not None else await queue.get()]
+            self._carried = None
             size = len(waiting[0][0])
             # Wait for company only under load (another decode runs, or the last batch had
             # company): a lone client's requests would wait for nothing.
@@ -88,6 +90,9 @@ class DecodeBatcher:
                         item = await asyncio.wait_for(queue.get(), left)
                     except asyncio.TimeoutError:
                         break
+                if size + len(item[0]) > self.max_batch:  # several samples of one request: next batch
+                    self._carried = item
+                    break
                 waiting.append(item)
                 size += len(item[0])
             self._on_queue(queue.qsize())
