@@ -163,3 +163,10 @@ def test_cli_exports_feedback_and_shows_it(tmp_path):
 
     misuse = chatbot("sessions", "list", "--feedback", "--db", db)
     assert misuse.returncode == 2 and "--feedback goes with 'sessions export'" in misuse.stderr
+
+    # An export never lands on the database it comes from (it replaced every conversation).
+    for out in (db, tmp_path / "chat.db-wal"):
+        refused = chatbot("sessions", "export", "demo", "--db", db, "--out", out)
+        assert refused.returncode == 1 and "that is the session database itself" in refused.stderr
+    with SessionStore(db) as store:
+        assert [s.name for s in store.list_sessions()] == ["demo"] and store.holds(tmp_path / "." / "chat.db")

@@ -14,7 +14,8 @@ from typing import TextIO
 
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
-from chatbot.files import user_data_dir
+from chatbot.errors import InputError
+from chatbot.files import user_data_dir, write_atomically
 
 HISTORY_FILE = "chatbot_history"
 
@@ -132,3 +133,11 @@ class Spinner:
         if self._own_out:
             self._out.close()
         self._out = None
+
+
+def write_export(path: str | Path, text: str, store) -> None:
+    """An export written to ``path`` all or nothing, never over the session database it came
+    from (``/export chat.db`` used to replace every stored conversation with one session)."""
+    if store.holds(path):
+        raise InputError(f"{path}: that is the session database itself; export to another file")
+    write_atomically(path, text)

@@ -461,7 +461,7 @@ def cmd_sessions(args) -> int:
         warn_if_in_memory(store.in_memory)
         if args.action == "export" and args.feedback:  # every session's, unless one is named
             fmt = args.format or "yaml"
-            _write_export(store.export_feedback(args.target, format=fmt), args.out)
+            _write_export(store.export_feedback(args.target, format=fmt), args.out, store)
             pairs = len(store.feedback_pairs(args.target))
             print(f"{pairs} question/answer pair{'s' if pairs != 1 else ''} from feedback ({fmt})",
                   file=sys.stderr)
@@ -501,7 +501,7 @@ def cmd_sessions(args) -> int:
                     extra += f" [correction: {verdict.correction}]"
                 print(f"{m.position:>4} {m.role:>4}: {m.text}{extra}")
         elif args.action == "export":
-            _write_export(store.export_session(args.target, format=args.format or "jsonl"), args.out)
+            _write_export(store.export_session(args.target, format=args.format or "jsonl"), args.out, store)
         elif args.action == "delete":
             info = store.get_session(args.target)
             store.delete_session(info.id)
@@ -548,9 +548,11 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _write_export(text: str, out: str | None) -> None:
+def _write_export(text: str, out: str | None, store) -> None:
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        from chatbot.cli.console import write_export
+
+        write_export(out, text, store)
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

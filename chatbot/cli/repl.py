@@ -34,10 +34,10 @@ from prompt_toolkit.history import History, InMemoryHistory
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
-from chatbot.cli.console import open_history
+from chatbot.cli.console import open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.version import __version__
-from chatbot.errors import ChatbotError, MessageNotStored, ReplyNotStored, StoreError
+from chatbot.errors import ChatbotError, InputError, MessageNotStored, ReplyNotStored, StoreError
 
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
 DEFAULT_HISTORY = 10  # /history without N
@@ -461,7 +461,10 @@ class ChatRepl:
         fmt = "yaml" if path.suffix.lower() in (".yml", ".yaml") else "jsonl"
         text = self.bot.export_session(self.session_id, format=fmt)
         try:
-            path.write_text(text, encoding="utf-8")
+            write_export(path, text, self.bot.store)
+        except InputError as exc:
+            self._error(str(exc))
+            return
         except OSError as exc:
             self._error(f"cannot write {path}: {exc.strerror or exc}")
             return

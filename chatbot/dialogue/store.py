@@ -325,6 +325,9 @@ class SessionStore:
         self._wal = False  # set once the schema version is known to be ours
         self._closed = False
         self.in_memory = self._sqlite and not _sqlite_file(parsed)
+        # The file a SQLite database lives in (None: in memory, a URI, or a server database).
+        self.file = (Path(parsed.database).expanduser().absolute()
+                     if self._sqlite and not self.in_memory and not parsed.query.get("uri") else None)
         # Nothing of an in-memory database outlives the store: there is nothing to protect.
         self.read_only = bool(read_only) and not self.in_memory
         # SQLite has one writer at a time anyway. This process's threads queue on a lock, which
@@ -954,6 +957,15 @@ class SessionStore:
     def close(self) -> None:
         self._closed = True
         self.engine.dispose()
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is this database's file or one SQLite keeps beside it (journal,
+        WAL): writing an export there would destroy every stored conversation."""
+        if self.file is None:
+            return False
+        target = Path(path).expanduser().absolute()
+        own = {self.file.with_name(self.file.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
+        return any(target == f or (target.exists() and f.exists() and os.path.samefile(target, f)) for f in own)
 
     def __enter__(self) -> "SessionStore":
         return self
