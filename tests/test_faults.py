@@ -273,7 +273,7 @@ def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bo
     assert [m.text for m in impatient_bot.history("s")] == [question, answer]
 
 
-def test_a_read_only_database_is_a_clear_error(tmp_path, capsys, monkeypatch):
+def test_a_read_only_database_is_a_clear_error(tiny_bundle_path, tmp_path, capsys, monkeypatch):
     db = tmp_path / "chat.db"
     with SessionStore(db) as store:
         store.add_message(store.create_session("s").id, "user", "kept")
@@ -284,6 +284,11 @@ def test_a_read_only_database_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "Traceback" not in err
     with SessionStore(db) as store:
         assert [m.text for m in store.history("s")] == ["kept"]
+    # Piped chat answers each line with an error line, and exits 1 as ask does (it exited 0).
+    code, out, err = run_cli(capsys, monkeypatch, "chat", "--model", tiny_bundle_path, "--db", url,
+                             "--session", "s", stdin="hello\nagain\n")
+    assert code == 1 and len(out.splitlines()) == 2 and all("readonly database" in line for line in out.splitlines())
+    assert err.splitlines()[-1] == "chatbot: error: 2 lines not answered (see the error lines)"
 
 
 FULL_DISK = """

@@ -195,8 +195,12 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
             return True
 
     monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
     assert color_wanted(False, Terminal()) and not color_wanted(True, Terminal())
     assert not color_wanted(False, io.StringIO())
+    monkeypatch.setenv("TERM", "dumb")  # a terminal that shows escape codes as they are
+    assert not color_wanted(False, Terminal())
+    monkeypatch.setenv("TERM", "xterm-256color")
     monkeypatch.setenv("NO_COLOR", "1")
     assert not color_wanted(False, Terminal())
 

@@ -56,8 +56,9 @@ def open_history(path: Path) -> History:
 
 
 def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:
-    """Colours unless --no-color, a non-empty NO_COLOR (https://no-color.org) or a non-terminal."""
-    if no_color_flag or os.environ.get("NO_COLOR"):
+    """Colours unless --no-color, a non-empty NO_COLOR (https://no-color.org), TERM=dumb or a
+    non-terminal."""
+    if no_color_flag or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     try:
         return stream.isatty()

@@ -185,6 +185,7 @@ class ChatRepl:
         # A message the database refused (locked, full): the next prompt starts with it, so
         # Enter sends it again.
         self.retry_text = ""
+        self.unanswered = 0  # messages that got an error line instead of a reply (piped: exit 1)
         if session is not None:
             self._use(session if hasattr(session, "id") else bot.session(session))
 
@@ -267,8 +268,9 @@ class ChatRepl:
         Errors (bad command, bad value, a failing database) give a one-line message.
         """
         keep_going = True
+        text = line.strip()
+        message = bool(text) and not (text.startswith("/") and not text.startswith("//"))
         try:
-            text = line.strip()
             if text.startswith("/") and not text.startswith("//"):
                 keep_going = self._command(text)
             elif text:
@@ -276,6 +278,7 @@ class ChatRepl:
             elif not self.plain:
                 return True  # an empty line at the prompt: nothing to do, nothing to print
         except MessageNotStored as exc:
+            self.unanswered += message
             self.retry_text = "" if self.plain else line
             again = "" if self.plain else ": press Enter to send it again"
             self._pending = [[("class:error", f"error: {exc}{again}")]]
@@ -283,6 +286,7 @@ class ChatRepl:
             self._show_reply(exc.reply)
             self._error(f"error: {exc}")
         except ChatbotError as exc:
+            self.unanswered += message
             self._pending = [[("class:error", f"error: {exc}")]]
         if keep_going or self._pending:
             self._flush()
@@ -557,7 +561,8 @@ class ChatRepl:
     def run_plain(self, lines: Iterable["str | UnreadableLine"]) -> int:
         """One output line per input line, flushed after each, until the input ends or /quit.
         A line that is not text (``input_lines``) gets an error line and the loop goes on.
-        Returns how many lines were not text (the command then exits 1, as ``ask`` does)."""
+        Returns how many lines got an error line instead of a reply: not text, or a message
+        that could not be answered or stored (the command then exits 1, as ``ask`` does)."""
         unreadable = 0
         for line in lines:
             if isinstance(line, UnreadableLine):
@@ -566,7 +571,7 @@ class ChatRepl:
                 self._flush()
             elif not self.handle(line.rstrip("\r\n")):
                 break
-        return unreadable
+        return unreadable + self.unanswered
 
 
 # --- reading standard input -----------------------------------------------------------------
