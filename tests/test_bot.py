@@ -112,6 +112,8 @@ def test_a_wrong_feedback_argument_is_an_input_error_and_a_closed_bot_keeps_its_
         bot.new_session(metadata={"x": float("nan")})
     with pytest.raises(InputError, match="'/'"):
         bot.new_session(name="team/alice")
+    with pytest.raises(InputError, match="white space"):
+        bot.session("  x  ")
     # A bad owner is the caller's mistake, not "your message was not stored" (a database failure).
     from chatbot.dialogue.bot import ReplyRequest
     from chatbot.errors import MessageNotStored

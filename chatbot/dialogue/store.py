@@ -996,6 +996,8 @@ def _check_session_name(name, new: bool = False) -> None:
         raise StoreArgumentError(f"session name {name!r} is all digits and would read as an id")
     if new and "/" in name:
         raise StoreArgumentError(f"session name {name!r} holds a '/', which the HTTP API's paths could not name")
+    if new and name != name.strip():  # "  x  " could not be found again as x, which is what people type
+        raise StoreArgumentError(f"session name {name!r} starts or ends with white space")
 
 
 def _check_plain_json(value, what: str, finite: bool = True) -> None:
