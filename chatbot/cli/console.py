@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
@@ -136,9 +136,9 @@ class Spinner:
         self._out = None
 
 
-def write_export(path: str | Path, text: str, store) -> None:
+def write_export(path: str | Path, text: str, is_database: Callable[[str | Path], bool]) -> None:
     """An export written to ``path`` all or nothing, never over the session database it came
     from (``/export chat.db`` used to replace every stored conversation with one session)."""
-    if store.holds(path):
+    if is_database(path):
         raise InputError(f"{path}: that is the session database itself; export to another file")
     write_atomically(path, text)

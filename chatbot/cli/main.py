@@ -552,7 +552,7 @@ def _write_export(text: str, out: str | None, store) -> None:
     if out:
         from chatbot.cli.console import write_export
 
-        write_export(out, text, store)
+        write_export(out, text, store.holds)
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

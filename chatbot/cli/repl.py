@@ -465,7 +465,7 @@ class ChatRepl:
         fmt = "yaml" if path.suffix.lower() in (".yml", ".yaml") else "jsonl"
         text = self.bot.export_session(self.session_id, format=fmt)
         try:
-            write_export(path, text, self.bot.store)
+            write_export(path, text, self.bot.holds_database)
         except InputError as exc:
             self._error(str(exc))
             return

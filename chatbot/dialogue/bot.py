@@ -342,6 +342,10 @@ class ChatBot:
             return self.store.get_or_create_session(id_or_name, owner=owner or "")
         return self.store.get_session(id_or_name, owner=owner)
 
+    def holds_database(self, path) -> bool:
+        """Whether ``path`` is the session database's own file (``SessionStore.holds``)."""
+        return self.store.holds(path)
+
     def find_session(self, name: str, owner: str | None = None):
         """The session called ``name``, or None (never creates one)."""
         if not isinstance(name, str):

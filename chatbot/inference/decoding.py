@@ -666,13 +666,18 @@ class DecodeLoops:
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
 
     # --- the entry points of the graph loops, and their arguments ----------------------------
-    def step(self, source: np.ndarray, config: DecodingConfig, row_keys: np.ndarray | None = None,
+    def step(self, source: np.ndarray, config: DecodingConfig, row_keys: np.ndarray | int | None = None,
              bare: np.ndarray | None = None):
         """``_step_loop`` on a batch of any size with ``config``'s settings: greedy, or sampling
         with each input's random key (``row_keys``, [inputs, 2]: its seed and stream, as
-        ``Generator.row_keys`` makes them; zeros when None); with ``bare`` (the same inputs
-        without retrieved pairs) the replies' log-prob sums given those as a fourth result."""
-        keys = np.zeros((len(source), 2), np.int32) if row_keys is None else np.asarray(row_keys, np.int32)
+        ``Generator.row_keys`` makes them; an int: that seed for every input; None: seed 0);
+        with ``bare`` (the same inputs without retrieved pairs) the replies' log-prob sums
+        given those as a fourth result."""
+        if row_keys is None or isinstance(row_keys, int):
+            keys = np.zeros((len(source), 2), np.int32)
+            keys[:, 0] = row_keys or 0
+        else:
+            keys = np.asarray(row_keys, np.int32)
         if bare is None:
             return self._step(tf.constant(source), *self._step_args(config, keys))[:3]
         stacked = padded_rows([*source, *bare])  # the inputs, then their bare rows
