@@ -310,7 +310,7 @@ def test_cli_bare_evaluate_without_a_validation_split_uses_the_training_split(ti
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path)
     assert code == 0, err
     assert f"evaluated on    train split: {len(tiny_pairs)} pairs" in out
-    assert err.count("\n") == 1 and "no validation split" in err
+    assert err.count("\n") == 1 and "no validation pairs" in err
     assert "training questions" in err
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--json", "--limit", 3)
     assert code == 0, err

@@ -222,7 +222,7 @@ def test_chat_page_streams_replies_keeps_sessions_and_feedback(browser, bot, tin
 
         # Server text is shown as text, never parsed as HTML; a server error is shown in one
         # line on the page (a name that exists: 409).
-        name = "<i>taken</i>"
+        name = "<i>taken<i>"  # markup without a "/", which no session name may hold (it is a URL path segment)
         browser.find_element(By.ID, "new-session-name").send_keys(name, Keys.ENTER)
         wait(browser, lambda d: d.find_element(By.ID, "session-title").text == name, "no session named as typed")
         assert name in browser.find_element(By.ID, "sessions").text
