@@ -435,6 +435,19 @@ def test_readyz_reports_a_model_that_failed_to_load(tmp_path):
         assert "missing" in response.json()["error"]
 
 
+def test_a_database_down_at_start_fails_only_what_needs_it(tiny_bundle_path, tiny_pairs):
+    """The model loads whatever the database does: stateless replies are answered, session
+    requests get a 503 and try the database again (it used to fail the whole load for good)."""
+    app = create_app(tiny_bundle_path, "sqlite:////proc/no-such-folder/chat.db", settings=ServerSettings(),
+                     warm_up=False)
+    with TestClient(app) as client:
+        question, answer = tiny_pairs[0]
+        assert chat(client, question).json()["choices"][0]["message"]["content"] == answer
+        assert client.get("/readyz").json()["status"] == "ready"
+        down = client.get("/api/sessions")
+        assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+
+
 def test_requests_arriving_during_a_decode_join_the_next_one():
     sizes, release = [], threading.Event()
 

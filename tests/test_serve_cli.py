@@ -54,13 +54,15 @@ def test_a_burst_is_never_more_than_a_minutes_requests(capsys, monkeypatch, tiny
     for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
         monkeypatch.delenv(name, raising=False)  # serve() sets them for its workers; restored after
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
-    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(), *flags)
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
+                           "--db", "sqlite://", *flags)
     assert code == 0, err
     assert json.loads(os.environ[ENV_SETTINGS])["rate_burst"] == burst
 
 
 def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, tiny_bundle_path):
-    """A mistyped model, or a port another program holds: one line and exit 1, before uvicorn."""
+    """A mistyped model, a port another program holds, a database that cannot be opened: one
+    line and exit 1, before uvicorn."""
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", "no-such-model")
     assert code == 1 and err.count("\n") == 1 and "no-such-model: no such model" in err
     with socket.socket() as holder:
@@ -69,6 +71,10 @@ def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, ti
         port = holder.getsockname()[1]
         code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", port)
     assert code == 1 and err.strip() == f"chatbot: error: 127.0.0.1:{port}: Address already in use"
+    # A database that cannot be opened: a server whose workers would answer 503 to every session.
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
+                           "--db", "sqlite:////proc/no-such-folder/chat.db")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("chatbot: error: cannot open database")
 
 
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):

@@ -81,6 +81,9 @@ def serve(args) -> int:
     # never answer (the model loads after start-up) or as uvicorn's own error and exit status.
     resolve_model_path(args.model)
     check_address(args.host, args.port)
+    from chatbot.dialogue.store import SessionStore
+
+    SessionStore(args.db).close()  # a mistyped URL, or a database that does not answer, fails now too
     os.environ[KEYS_VARIABLE] = ",".join(keys)
     os.environ[ENV_SETTINGS] = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     if args.model:

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chatbot.errors import StoreError
 from chatbot.inference.generator import SERVER_BATCHES, SERVER_WIDTHS, decode_threads
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
@@ -102,7 +103,11 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         loaded = bot if bot is not None else ChatBot.load(model, db=db, warm_up=False)
         if warm_up:
             loaded.warm_up()
-        _ = loaded.store  # open (and migrate) the database now: a bad URL fails the load, not a request
+        try:
+            _ = loaded.store  # open (and migrate) the database now rather than on a first request
+        except StoreError as exc:  # down for now: stateless requests are answered, the others get
+            # 503 and try again (``chatbot serve`` refuses to start on a database that does not answer)
+            log.error("the session database is unavailable: %s", str(exc).splitlines()[0])
         return loaded
 
     async def load_in_background():
