@@ -117,7 +117,7 @@ def test_head_revision_is_the_single_head_of_the_migrations():
 
     script = ScriptDirectory.from_config(migration_config())
     assert script.get_heads() == [HEAD_REVISION]
-    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002"]
+    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002", "0003"]
     for s in script.walk_revisions():  # the file name starts with its id, for a sorted listing
         assert Path(s.path).name.startswith(s.revision + "_")
     assert MIGRATIONS.is_dir() and (MIGRATIONS / "env.py").is_file()
@@ -166,6 +166,9 @@ def test_a_version_3_database_keeps_every_row_and_gains_owners(tmp_path):
             store.create_session("alice")
         assert store.create_session("alice", owner="k").id == 5
         assert store.add_message("alice", "user", "after").position == 4
+        # Ids are never handed out twice (revision 0003): the newest session, deleted, keeps its id.
+        store.delete_session(5)
+        assert store.create_session("carol").id == 6
 
     assert dump(path, "sessions", OLD_SESSION_COLUMNS)[:4] == sessions
     assert dump(path, "messages", OLD_MESSAGE_COLUMNS + ", confidence, details")[:7] == messages

@@ -628,3 +628,18 @@ def test_importing_the_store_does_not_load_tensorflow():
     code = "import sys, chatbot.dialogue.store; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_deleted_sessions_and_messages_ids_are_never_given_again(tmp_path):
+    """SQLite gave a new row max(id) + 1: a REPL still holding a deleted session's id wrote into
+    the next new session, and a stale message id rated another reply (AUTOINCREMENT, revision 0003)."""
+    with SessionStore(tmp_path / "c.db") as store:
+        kept = store.create_session("kept").id
+        gone = store.create_session("gone")
+        message = store.add_message(gone.id, "user", "my secret")
+        store.delete_session(gone.id)
+        new = store.create_session("new")
+        assert new.id not in (kept, gone.id)
+        assert store.add_message(new.id, "user", "hello").id != message.id
+        with pytest.raises(SessionNotFound):
+            store.add_message(gone.id, "user", "still typing into the old one")

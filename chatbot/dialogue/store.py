@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # The schema's Alembic revisions live in migrations/versions; the newest is HEAD_REVISION (a
 # database at it is opened without loading Alembic). 0001: the baseline, the schema of
 # schema_info version 3 (2 added the feedback table, 3 a reply's confidence and details);
-# 0002: session owners.
-HEAD_REVISION = "0002"
+# 0002: session owners; 0003: SQLite never reuses a session or message id (AUTOINCREMENT).
+HEAD_REVISION = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # schema_info.version, which chatbot versions from before Alembic read and refuse when it is
 # newer than theirs: each revision that they would misread raises it.
@@ -149,7 +149,8 @@ class SessionRow(Base):
     __tablename__ = "sessions"
     # Names are unique per owner; the constraint's index (owner first) also serves the lookups
     # by owner, so owner has no index of its own.
-    __table_args__ = (UniqueConstraint("owner", "name", name="uq_sessions_owner_name"),)
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_sessions_owner_name"),
+                      {"sqlite_autoincrement": True})  # a deleted session's id is never given again
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
     owner: Mapped[str] = mapped_column(String(OWNER_MAX), nullable=False, default="", server_default=text("''"))
@@ -172,6 +173,7 @@ class MessageRow(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "position", name="uq_messages_session_position"),
         CheckConstraint("role IN ('user', 'bot')", name="ck_messages_role"),
+        {"sqlite_autoincrement": True},  # nor a deleted message's (feedback names messages by id)
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_id: Mapped[int] = mapped_column(
