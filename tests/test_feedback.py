@@ -52,6 +52,10 @@ def test_feedback_pairs_follow_the_rules(store):
     # Rating again replaces the rating: one row per reply.
     store.set_feedback(good.id, rating="bad")
     assert ("hi", "hello") not in store.feedback_pairs()
+    # "good" after a correction withdraws it: the reply stands as it was (a later verdict wins).
+    store.set_feedback(corrected.id, rating="good")
+    assert store.get_feedback(corrected.id).correction is None
+    assert ("who are you", "a cat") in store.feedback_pairs()
     assert set(store.session_feedback("s")) == {good.id, bad.id, corrected.id, bad_then_corrected.id,
                                                 fallback.id, fallback_corrected.id}
 

@@ -821,7 +821,8 @@ class SessionStore:
     # --- feedback ------------------------------------------------------------------------------
     def set_feedback(self, message_id: int, rating: str | None = None,
                      correction: str | None = None, *, owner: str | None = None) -> Feedback:
-        """Rate a bot reply and/or record a better answer; fields left None keep their value.
+        """Rate a bot reply and/or record a better answer; fields left None keep their value,
+        except that "good" alone withdraws an earlier correction (the reply stands as it was).
         Not a stored bot reply (or, with an ``owner``, not in that owner's session):
         ``MessageNotFound``."""
         if rating is not None and rating not in RATINGS:
@@ -841,6 +842,8 @@ class SessionStore:
                 row.rating = rating
             if correction is not None:
                 row.correction = correction
+            elif rating == "good":  # a later verdict replaces an earlier one: the reply stands as it was
+                row.correction = None
             row.updated_at = _now()
             s.add(row)
             s.flush()
