@@ -167,7 +167,13 @@ def _interrupt_between_steps():
                 self.restore()
                 raise KeyboardInterrupt
 
-        on_train_batch_end = on_test_batch_end = on_epoch_end = on_train_end = _stop_if_asked
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_asked
+
+        def on_train_end(self, logs=None):  # measuring and saving follow: Ctrl-C acts at once again
+            asked = self.asked
+            self.restore()
+            if asked:
+                raise KeyboardInterrupt
 
         def restore(self):
             if self.previous is not None:
