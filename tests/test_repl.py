@@ -81,14 +81,14 @@ def test_sessions_new_switch_history_and_reset_naming(bot, tiny_pairs):
 def test_set_max_length_shortens_the_next_replies_and_bad_input_gets_one_line(bot, tiny_pairs):
     question, answer = tiny_pairs[12]  # the longest answer
     repl = new_repl(bot)
-    keys = ["/set max_length 2", question, "/set max_length 0", "/set max_length many", "/set width 4",
+    keys = ["/SET MAX_LENGTH 2", "/set strategy Greedy", question, "/set max_length 0", "/set max_length many", "/set width 4",
             "/set max_length", "/frobnicate now", "/history x", "/set", "/score", question, "/quit"]
     out = drive(repl, "".join(k + "\r" for k in keys))
     short, full = bot.history(repl.session_id)[1].text, bot.history(repl.session_id)[3].text
     assert len(short) < len(answer) and answer.startswith(short.rstrip(".!?"))
     assert full == short  # settings stay until changed
     assert bot.generator.decoding.max_length == 40  # the shared generator is left as it was
-    for message in ["max_length = 2 for the next replies",
+    for message in ["max_length = 2 for the next replies", "strategy = greedy for the next replies",
                     "invalid value for 'decoding.max_length': must be between 1 and 10000, got 0",
                     "invalid value for max_length: expected a positive integer, got 'many'",
                     "unknown setting 'width' (settable: " + ", ".join(SETTINGS) + ")",
@@ -384,3 +384,17 @@ def test_chat_in_a_real_terminal(tiny_bundle_path, tiny_pairs, tmp_path):
     assert colours == []  # --no-color: bold and reverse video at most
     saved = (tmp_path / "chatbot_history").read_text()  # the input history, next to the database
     assert f"+{question}\n" in saved and "+/quit\n" in saved
+
+
+def test_a_session_deleted_under_the_repl_says_so_and_keeps_the_text(bot, tiny_pairs):
+    """Another command deleted the session: the next message is not stored anywhere else, the
+    error says what happened and how to go on, and the typed text comes back at the prompt."""
+    (q1, a1), (q2, _) = tiny_pairs[0], tiny_pairs[1]
+    repl = new_repl(bot, "doomed")
+    assert repl.handle(q1) and texts(bot, repl.session_id) == [q1, a1]
+    bot.store.delete_session(repl.session_id)
+    other = bot.new_session("other").id
+    assert repl.handle(q2)
+    assert "this session was deleted; /new starts another" in repl.output.getvalue()
+    assert repl.retry_text == q2 and repl.unanswered == 1
+    assert other != repl.session_id and texts(bot, other) == []

@@ -16,6 +16,7 @@ from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.openai_api import words
 from chatbot.serving.security import KeyRing, RateLimiter, owner_of
 from chatbot.serving.settings import ServerSettings
+from chatbot.version import __version__
 
 KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
 
@@ -373,6 +374,9 @@ def test_health_readiness_and_metrics(api, tiny_pairs):
     metrics = api.get("/metrics").text
     assert 'chatbot_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in metrics
     assert "chatbot_replies_total 1.0" in metrics and "chatbot_decode_batch_size_count 1.0" in metrics
+    # What an operator needs beside the requests: the worker's memory and start time, and what it serves.
+    assert "process_resident_memory_bytes " in metrics and "process_start_time_seconds " in metrics
+    assert f'chatbot_build_info{{model="tiny",model_created=' in metrics and f'version="{__version__}"' in metrics
     schema = api.get("/openapi.json").json()
     # The schema tells what the server does: bearer keys (the docs page's "Authorize"), and the
     # one error shape at the statuses it sends, not FastAPI's 422 (invalid input is a 400).
@@ -423,6 +427,14 @@ def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(ti
             greedy = {(batch, width) for batch, width, _ in bot.generator.loops.compiled_shapes}
             assert {(1, 16), (1, 32), (2, 32)} <= greedy
             assert f"chatbot_compiled_programs {float(bot.compiled_programs)}" in client.get("/metrics").text
+
+
+def test_cors_lets_the_configured_origin_in_and_read_retry_after(bot):
+    with client_for(bot, cors_origins=("https://app.example",)) as client:
+        allowed = client.get("/healthz", headers={"Origin": "https://app.example"})
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "retry-after" in allowed.headers["access-control-expose-headers"].lower()  # a 429's wait
+        assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "https://evil.example"}).headers
 
 
 def test_readyz_reports_a_model_that_failed_to_load(tmp_path):

@@ -643,3 +643,9 @@ def test_a_deleted_sessions_and_messages_ids_are_never_given_again(tmp_path):
         assert store.add_message(new.id, "user", "hello").id != message.id
         with pytest.raises(SessionNotFound):
             store.add_message(gone.id, "user", "still typing into the old one")
+
+
+def test_a_postgres_url_in_the_providers_spelling_says_how_to_write_it():
+    with pytest.raises(StoreError, match=r"a PostgreSQL URL starts postgresql\+psycopg://") as caught:
+        SessionStore("postgres://chat:secret@localhost/chatbot")
+    assert "secret" not in str(caught.value)

@@ -37,6 +37,7 @@ from prompt_toolkit.styles import Style
 from chatbot.cli.console import open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.version import __version__
+from chatbot.dialogue.store import SessionNotFound
 from chatbot.errors import ChatbotError, InputError, MessageNotStored, ReplyNotStored, StoreError
 
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
@@ -89,6 +90,8 @@ def _parser(spec: Spec) -> Callable[[str], Any]:
             if value is None:
                 raise ValueError(f"expected on or off, got {raw!r}")
             return value
+        if spec.choices:  # as command names: /set strategy Greedy is greedy
+            raw = raw.lower()
         try:
             value = spec.type(raw)
         except ValueError:
@@ -287,7 +290,14 @@ class ChatRepl:
             self._error(f"error: {exc}")
         except ChatbotError as exc:
             self.unanswered += message
-            self._pending = [[("class:error", f"error: {exc}")]]
+            if message and self.session_id is not None and isinstance(exc, SessionNotFound):
+                # Deleted under us (sessions delete, another REPL): nothing was stored, so the
+                # text comes back at the prompt, and the way on is said.
+                self.retry_text = "" if self.plain else line
+                self._pending = [[("class:error", f"error: {exc}: this session was deleted; /new starts "
+                                                  "another")]]
+            else:
+                self._pending = [[("class:error", f"error: {exc}")]]
         if keep_going or self._pending:
             self._flush()
         return keep_going
@@ -428,7 +438,7 @@ class ChatRepl:
                 self._say(("class:bot", f"{key} = {getattr(current, key)}"), ("class:meta", f"  {setting.help}"))
             return
         parts = arg.split(None, 1)
-        key = parts[0]
+        key = parts[0].lower()  # as command names: /SET BEAM 5 is /set beam 5
         if key not in SETTINGS:
             self._error(f"unknown setting {key!r} (settable: {', '.join(SETTINGS)})")
             return

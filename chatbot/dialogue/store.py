@@ -347,7 +347,10 @@ class SessionStore:
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot open database {self._shown}: {_one_line(exc)}") from exc
+            # Hosting providers hand out postgres://..., a name SQLAlchemy does not know.
+            hint = ("; a PostgreSQL URL starts postgresql+psycopg://" if parsed.drivername.split("+")[0] == "postgres"
+                    else "")
+            raise StoreError(f"cannot open database {self._shown}: {_one_line(exc)}{hint}") from exc
         if self._sqlite:
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)

@@ -126,6 +126,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
                     loaded.warm_widths, SERVER_BATCHES, SERVER_WIDTHS, most_replies=settings.max_n))
             state.bot = loaded
             state.metrics.compiled_programs.set_function(lambda: loaded.compiled_programs)
+            state.metrics.build.info({"version": __version__, "model": loaded.name, "model_created": created or ""})
             state.metrics.ready.set(1)
             log.info("model %s ready", loaded.name)
             if warm_up:
@@ -185,7 +186,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["*"], allow_headers=["*"])
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=["Retry-After"])
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
 

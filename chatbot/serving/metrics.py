@@ -3,7 +3,8 @@ mix). With several uvicorn workers each serves its own figures."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
+                               generate_latest)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -26,6 +27,11 @@ class Metrics:
         # Still rising under steady load: replies waiting for XLA to compile a shape first met.
         self.compiled_programs = Gauge("chatbot_compiled_programs", "decode-loop programs compiled (XLA)",
                                        registry=self.registry)
+        self.build = Info("chatbot_build", "chatbot version and the model served", registry=self.registry)
+        # The worker process: memory (a model holds over a gigabyte), CPU, open files, and its start
+        # time, which tells the workers behind one port apart and shows a restarted one.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
