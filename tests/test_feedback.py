@@ -167,6 +167,11 @@ def test_cli_exports_feedback_and_shows_it(tmp_path):
 
     misuse = chatbot("sessions", "list", "--feedback", "--db", db)
     assert misuse.returncode == 2 and "--feedback goes with 'sessions export'" in misuse.stderr
+    # Any flag that does nothing for the action is refused, not ignored (`list --last 1` listed all).
+    for argv, flag, action in ((["list", "--last", "1"], "--last", "show"), (["show", "demo", "--json"], "--json", "list"),
+                               (["show", "demo", "--out", "x"], "--out", "export")):
+        refused = chatbot("sessions", *argv, "--db", db)
+        assert refused.returncode == 2 and f"{flag} goes with 'sessions {action}'" in refused.stderr
 
     # An export never lands on the database it comes from (it replaced every conversation).
     for out in (db, tmp_path / "chat.db-wal"):

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatbot.data.corpus import load_corpus
-from chatbot.errors import ChatbotError
+from chatbot.errors import ChatbotError, InputError
 from chatbot.dialogue.store import (
     HEAD_REVISION, SCHEMA_VERSION, MessageNotFound, SessionExists, SessionNotFound, SessionStore, StoreError, default_database_url,
     resolve_database_url,
@@ -649,3 +649,12 @@ def test_a_postgres_url_in_the_providers_spelling_says_how_to_write_it():
     with pytest.raises(StoreError, match=r"a PostgreSQL URL starts postgresql\+psycopg://") as caught:
         SessionStore("postgres://chat:secret@localhost/chatbot")
     assert "secret" not in str(caught.value)
+
+
+def test_an_empty_session_is_no_corpus():
+    """Its YAML export was `conversations: - []`, which the corpus reader refuses."""
+    with SessionStore("sqlite://") as store:
+        store.create_session("empty")
+        with pytest.raises(InputError, match="session empty has 0 messages: a corpus needs a question"):
+            store.export_session("empty", format="yaml")
+        assert store.export_session("empty", format="jsonl") == ""

@@ -457,8 +457,11 @@ def cmd_sessions(args) -> int:
     from chatbot.cli.console import warn_if_in_memory
     from chatbot.dialogue.store import SessionStore
 
-    if args.feedback and args.action != "export":
-        raise UsageError("--feedback goes with 'sessions export'")
+    # A flag that does nothing for this action is refused, not ignored (`list --last 1` listed all).
+    for flag, actions in (("feedback", ("export",)), ("last", ("show",)), ("format", ("export",)),
+                          ("out", ("export",)), ("json", ("list",))):
+        if getattr(args, flag) not in (None, False) and args.action not in actions:
+            raise UsageError(f"--{flag} goes with 'sessions {actions[0]}'")
     if args.action == "list" and args.target is not None:
         raise UsageError(f"sessions list takes no session ('{args.target}'): it lists them all; "
                          "'sessions show' shows one")
@@ -683,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("action", choices=("list", "show", "export", "delete"))
     sessions.add_argument("target", nargs="?", metavar="ID_OR_NAME", help="the session (not for list)")
     sessions.add_argument("--db", help="SQLAlchemy database URL or SQLite file")
-    sessions.add_argument("--last", type=int, help="show: only the last N messages")
+    sessions.add_argument("--last", type=bounded(int, 1), help="show: only the last N messages")
     sessions.add_argument("--format", choices=("jsonl", "yaml"),
                           help="export format (default jsonl; yaml with --feedback); yaml is the "
                                "ChatterBot corpus format (trainable)")

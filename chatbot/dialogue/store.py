@@ -924,6 +924,9 @@ class SessionStore:
             session = self._row(s, session_id, owner=owner)
             messages = self._messages(s, session.id)
         if format == "yaml":
+            if len(messages) < 2:  # the corpus reader would refuse it: a conversation needs two turns
+                raise StoreArgumentError(f"session {session.name or session.id} has {len(messages)} message"
+                                         f"{'' if len(messages) == 1 else 's'}: a corpus needs a question and its answer")
             doc = {"categories": [session.name or f"session {session.id}"],
                    "conversations": [[m.text for m in messages]]}
             return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
