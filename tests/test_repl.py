@@ -116,11 +116,13 @@ def test_export_yaml_is_a_trainable_corpus_and_jsonl_has_every_message(bot, tiny
 
 
 def test_model_and_help(bot):
-    out = drive(new_repl(bot), "/model\r/help\r/?\r/exit\r")
+    out = drive(new_repl(bot), "/model\r/help\r/?\r/set beam 3\r/model\r/exit\r")
     params = bot.bundle.manifest["parameters"]
     assert "  gru, 1 layer of 64 units, attention dot, embeddings 32\n" in out
     assert f"  tokenizer subword, vocab 300, {params:,} parameters\n" in out
     assert "  decoding greedy, max 40, context turns 0\n" in out
+    # After /set, what changed beside the model's own (it named only max_length before).
+    assert "  decoding beam 3, max 40 (model default: greedy, max 40), context turns 0\n" in out
     for command in ("/new [NAME]", "/sessions", "/switch ID_OR_NAME", "/history [N]", "/reset", "/model",
                     "/set [KEY VALUE]", "/score", "/export PATH", "/quit"):
         assert out.count(f"\n{command} ") == 2

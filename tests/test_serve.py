@@ -316,6 +316,10 @@ def test_rate_limit_answers_429_with_retry_after(bot):
         limited = client.get("/api/sessions", headers=a)
         assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["code"] == "rate_limited"
         assert client.get("/api/sessions", headers=b).status_code == 200  # another key has its own budget
+        # Guessing keys is throttled too: wrong keys spend their address's budget.
+        wrong = {"Authorization": "Bearer not-a-key-0123456789"}
+        assert [client.get("/api/sessions", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+        assert client.get("/api/sessions", headers=b).status_code == 200
 
 
 def test_key_ring_and_rate_limiter_units():

@@ -206,8 +206,9 @@ class ChatRepl:
         """The decoding settings the next reply uses: the model's, with /set overrides."""
         return dataclasses.replace(self.bot.decoding, **self.settings)
 
-    def decoding_label(self) -> str:
-        d = self.decoding()
+    def decoding_label(self, d: DecodingConfig | None = None) -> str:
+        """The decoding settings in force (``d``: others), as the toolbar shows them."""
+        d = d or self.decoding()
         strategy = d.effective_strategy
         if strategy == "beam":
             label = f"beam {d.beam}" + (f", n-best {d.n_best}" if d.n_best > 1 else "")
@@ -426,7 +427,8 @@ class ChatRepl:
                    f"embeddings {m.embedding_dim}")
         self._info(f"  tokenizer {config.tokenizer.level}, vocab {manifest.get('vocab_size', bundle.tokenizer.vocab_size)}"
                    + (f", {params:,} parameters" if isinstance(params, int) else ""))
-        changed = f" (model default: max {bundle.config.decoding.max_length})" if self.settings else ""
+        own = self.bot.decoding
+        changed = f" (model default: {self.decoding_label(own)})" if self.settings else ""
         self._info(f"  decoding {self.decoding_label()}{changed}, context turns {config.data.context_turns}")
         if manifest.get("created"):
             self._info(f"  trained {manifest['created']}, chatbot {manifest.get('chatbot_version', '?')}")

@@ -74,6 +74,12 @@ async def owner(request: Request, _: object = Security(_BEARER)) -> str:
     state = state_of(request)
     found = state.keys.owner(bearer_token(request))
     if found is None:
+        # Wrong keys spend their address's budget: guessing keys is throttled as using one is.
+        address = request.client.host if request.client else ""
+        wait = state.limiter.take(f"no key from {address}")
+        if wait > 0:
+            raise ApiError(429, "rate_limited", "too many requests without a valid API key; slow down",
+                           {"Retry-After": str(max(1, math.ceil(wait)))})
         raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer <key>)",
                        {"WWW-Authenticate": "Bearer"})
     # Per key. Without keys the server listens on loopback only (unless --insecure), where
