@@ -403,9 +403,9 @@ def cmd_chat(args) -> int:
         if interactive:
             repl.run_interactive(history_path(database_url), load_seconds=time.perf_counter() - began)
         else:
-            unreadable = repl.run_plain(input_lines(sys.stdin))  # a line that is not UTF-8 gets an error line
-            if unreadable:
-                print(f"chatbot: error: {unreadable} line{'s' * (unreadable != 1)} not answered "
+            unanswered = repl.run_plain(input_lines(sys.stdin))  # e.g. a line that is not UTF-8
+            if unanswered:
+                print(f"chatbot: error: {unanswered} line{'s' * (unanswered != 1)} not answered "
                       "(see the error lines)", file=sys.stderr)
                 return EXIT_ERROR
     return 0

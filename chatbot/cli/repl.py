@@ -188,7 +188,7 @@ class ChatRepl:
         # A message the database refused (locked, full): the next prompt starts with it, so
         # Enter sends it again.
         self.retry_text = ""
-        self.unanswered = 0  # messages that got an error line instead of a reply (piped: exit 1)
+        self.unanswered = 0  # lines that got an error line instead of a reply (piped: exit 1)
         if session is not None:
             self._use(session if hasattr(session, "id") else bot.session(session))
 
@@ -575,15 +575,14 @@ class ChatRepl:
         A line that is not text (``input_lines``) gets an error line and the loop goes on.
         Returns how many lines got an error line instead of a reply: not text, or a message
         that could not be answered or stored (the command then exits 1, as ``ask`` does)."""
-        unreadable = 0
         for line in lines:
             if isinstance(line, UnreadableLine):
-                unreadable += 1
+                self.unanswered += 1
                 self._error(f"error: {line}")
                 self._flush()
             elif not self.handle(line.rstrip("\r\n")):
                 break
-        return unreadable + self.unanswered
+        return self.unanswered
 
 
 # --- reading standard input -----------------------------------------------------------------

@@ -322,14 +322,13 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         raise CorpusError(file, None, "empty file: no conversations")
     if not isinstance(root, yaml.MappingNode):
         raise CorpusError(file, 1, "expected a mapping with a 'conversations' list")
-    sections = {}
+    sections, key_lines = {}, {}
     for key, value in root.value:
         if isinstance(key, yaml.ScalarNode):
             if key.value in sections:  # e.g. two ChatterBot files concatenated: YAML keeps the last alone
                 raise CorpusError(file, key.start_mark.line + 1, f"the key '{key.value}' appears twice "
-                                  f"(first on line {sections[key.value][0]}); merge the lists or use one file each")
-            sections[key.value] = (key.start_mark.line + 1, value)
-    sections = {name: value for name, (_, value) in sections.items()}
+                                  f"(first on line {key_lines[key.value]}); merge the lists or use one file each")
+            sections[key.value], key_lines[key.value] = value, key.start_mark.line + 1
     conversations = sections.get("conversations")
     if conversations is None:
         raise CorpusError(file, 1, "missing 'conversations' key")

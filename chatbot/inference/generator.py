@@ -429,7 +429,6 @@ class Generator:
                 sources = [self.encode_inputs([row], [pairs]) for row, pairs in zip(chunk, shown)]
                 outs = self._map_alone(lambda source: self.loops.beam_xla(source, config), sources)
                 ids, logprob, lengths, keys = (np.concatenate([out[i].numpy() for out in outs]) for i in range(4))
-                read_tokens = [int(np.count_nonzero(source != PAD)) for source in sources]
             elif beam and self.loops.uses_xla_beam(config, len(chunk)):
                 ids, logprob, lengths, keys = (t.numpy() for t in self.loops.beam_xla(padded_ids, config))
             elif beam:
@@ -442,8 +441,8 @@ class Generator:
                     run = self.loops.step(padded_ids, config, random_keys[start:start + len(chunk)], bare)
                 ids, logprob, lengths, *summed = (t.numpy()[:, None] for t in run)
                 keys, bare_sums = logprob, (summed[0] if summed else None)
-            if not alone:
-                read_tokens = [int(n) for n in np.count_nonzero(padded_ids != PAD, axis=1)]
+            read_tokens = [int(n) for source in (sources if alone else [padded_ids])
+                           for n in np.count_nonzero(source != PAD, axis=1)]  # what each input's row holds
             rows: list[list[Hypothesis]] = []  # per input, best first
             for row in range(len(chunk)):
                 hypotheses = []

@@ -93,11 +93,8 @@ async def _call(request: Request, call):
 @router.post("/sessions", status_code=201, responses=documented(Session, 201))
 async def create_session(request: Request, body: NewSession | None = None, who: str = Depends(owner)):
     body = body or NewSession()  # both fields are optional, so the body is too
-    try:
-        encoded = json.dumps(body.metadata, allow_nan=False)
-    except (TypeError, ValueError):
-        raise ApiError(400, "invalid_request", "metadata: must be plain JSON (no NaN or Infinity)") from None
-    if len(encoded) > 4096:
+    # Plain JSON it must be (no NaN): the store refuses it, a 400 (StoreArgumentError).
+    if len(json.dumps(body.metadata)) > 4096:
         raise ApiError(400, "invalid_request", "metadata: at most 4096 characters of JSON")
     if body.name is not None and body.name.isascii() and body.name.isdigit():
         raise ApiError(400, "invalid_request", "name: a session name must not be a number (ids are)")
