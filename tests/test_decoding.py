@@ -353,17 +353,23 @@ def test_repl_set_changes_decoding_settings_for_the_next_replies(bot, tiny_pairs
     question, answer = tiny_pairs[6]
     out = io.StringIO()
     repl = ChatRepl(bot, None, output=out, plain=True)
-    for line in ["/set beam 3", "/set n_best 5", "/set n_best 2", "/set temperature 0", "/set top_p x",
-                 "/set strategy sample", "/set avoid_repeat on", question, question]:
+    for line in ["/set strategy sample", "/set beam 3", "/set n_best 5", "/set n_best 2", "/set temperature 0",
+                 "/set top_p x", "/set avoid_repeat on", question, question]:
         repl.handle(line)
     text = out.getvalue()
-    assert "beam = 3 for the next replies" in text and "n_best = 2 for the next replies" in text
+    # The later /set wins: a beam width after sampling asks for beam search again.
+    assert "beam = 3 for the next replies (and strategy = beam)" in text and "n_best = 2 for the next replies" in text
     assert "invalid value for 'decoding.n_best': must be between 1 and beam (3)" in text
     assert "invalid value for 'decoding.temperature': must be > 0" in text
     assert "invalid value for top_p: expected a number, got 'x'" in text
-    assert "invalid value for 'decoding.beam': must be 1 when strategy is 'sample'" in text
     first, second = [m for m in bot.history(repl.session_id) if m.role == "bot"]
     assert first.text == answer and second.text != answer  # avoid_repeat
     assert second.decoding["beam"] == 3 and second.decoding["n_best"] == 2 and second.decoding["avoid_repeat"]
     assert "beam 3, n-best 2, max 40" in repl.toolbar()[0][1]
     assert bot.generator.decoding.beam == 1  # the shared generator is left as it was
+    # ... and sampling after a beam width drops it (it was an error: /set depended on order).
+    repl.handle("/set strategy sample")
+    assert out.getvalue().endswith("strategy = sample for the next replies (and beam and n_best back to 1)\n")
+    assert repl.toolbar()[0][1].count("sample (t 1, top-k 0, top-p 1)")
+    repl.handle(question)
+    assert bot.history(repl.session_id)[-1].decoding["strategy"] == "sample"

@@ -63,18 +63,20 @@ def test_sessions_new_switch_history_and_reset_naming(bot, tiny_pairs):
     repl = new_repl(bot)
     out = drive(repl, f"{q1}\r/new bob\r{q2}\r/sessions\r/switch 1\r/history 1\r"
                       f"/switch bob\r/reset\r/reset\r{q3}\r/switch nobody\r/history\r/quit\r")
-    first, bob, bob2, bob3 = sorted(bot.sessions(), key=lambda s: s.id)
-    assert (first.name, bob.name, bob2.name, bob3.name) == (None, "bob", "bob-2", "bob-3")
+    first, bob, bob2 = sorted(bot.sessions(), key=lambda s: s.id)
+    assert (first.name, bob.name, bob2.name) == (None, "bob", "bob-2")  # no empty bob-2 left behind
     assert texts(bot, first.id) == [q1, a1] and texts(bot, "bob") == [q2, a2]
-    assert texts(bot, "bob-3") == [q3, a3] and texts(bot, "bob-2") == []
+    assert texts(bot, "bob-2") == [q3, a3]
     assert "new session bob (#2)" in out
     assert re.search(r"^\* #2 +bob +2 messages", out, re.M)  # /sessions marks the current one
     assert re.search(r"^  #1 +- +2 messages", out, re.M)
     assert f"switched to session #1, 2 messages\n  you: {q1}\n  tiny: {a1}\n" in out  # recent turns
     assert f"\n  tiny: {a1}\nswitched to session bob (#2), 2 messages\n" in out  # after /history 1
-    assert "new session bob-2 (#3)\nnew session bob-3 (#4)\n" in out  # bob-2 resets to bob-3
+    assert "new session bob-2 (#3)\nsession bob-2 (#3) has no messages yet: it is a fresh start already\n" in out
     assert "error: no session named 'nobody'\n" in out
-    assert out.endswith(f"  you: {q3}\n  tiny: {a3}\n")  # /switch failed: still in bob-3
+    assert out.endswith(f"  you: {q3}\n  tiny: {a3}\n")  # /switch failed: still in bob-2
+    assert repl.session_name == "bob-2"
+    drive(repl, f"/reset\r{CTRL_D}")  # a session with messages resets to the next free name
     assert repl.session_name == "bob-3"
 
 
@@ -188,7 +190,7 @@ def test_handle_is_usable_without_a_terminal(bot, tiny_pairs):
     assert repl.handle("") is True and repl.handle("/nope") is True and repl.handle("/history") is True
     assert repl.handle("/quit") is False
     assert repl.output.getvalue() == (f"{answer}\n\nunknown command '/nope'; /help lists the commands\n"
-                                      f"you: {question} | tiny: {answer}\n")
+                                      f"you: {question} | tiny: {answer}\nbye\n")  # one line out per line in
 
 
 def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
@@ -237,7 +239,7 @@ def test_cli_plain_mode_one_line_per_input_line_and_session_resume(tiny_bundle_p
         "unknown command '/bogus'; /help lists the commands",
         tiny_pairs[2][1],
         "invalid value for max_length: expected a positive integer, got 'x'",
-        "",  # nothing for /quit, and the line after it is not read
+        "bye", "",  # /quit has its line too, and the line after it is not read
     ]
     with ChatBot.load(tiny_bundle_path, db=str(db), warm_up=False) as b:
         [alice] = b.sessions()

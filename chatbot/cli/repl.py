@@ -17,7 +17,6 @@ This module is an interface, so it prints; it never exits the process.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import sys
@@ -75,6 +74,21 @@ def _positive_int(raw: str, limit: int) -> int:
     if not 1 <= value <= limit:
         raise ValueError(f"must be between 1 and {limit}, got {value}")
     return value
+
+
+def _later_set_wins(settings: dict[str, Any], key: str, value: Any) -> tuple[dict[str, Any], str]:
+    """The /set overrides after ``key = value``, and a note on what else it changed. The latest
+    /set wins over an earlier one it contradicts, whatever their order: ``strategy sample``
+    after ``beam 5`` drops the beam width (sampling draws one hypothesis), and ``beam 5`` after
+    ``strategy sample`` asks for beam search again."""
+    settings = {**settings, key: value}
+    if key == "strategy" and value in ("greedy", "sample"):
+        dropped = [k for k in ("beam", "n_best") if settings.pop(k, 1) != 1]
+        return settings, f" (and {' and '.join(dropped)} back to 1)" if dropped else ""
+    if key in ("beam", "n_best") and value > 1 and settings.get("strategy") in ("greedy", "sample"):
+        settings["strategy"] = "beam"
+        return settings, " (and strategy = beam)"
+    return settings, ""
 
 
 def _parser(spec: Spec) -> Callable[[str], Any]:
@@ -204,7 +218,7 @@ class ChatRepl:
 
     def decoding(self):
         """The decoding settings the next reply uses: the model's, with /set overrides."""
-        return dataclasses.replace(self.bot.decoding, **self.settings)
+        return self.bot.resolve_decoding(self.settings)
 
     def decoding_label(self, d: DecodingConfig | None = None) -> str:
         """The decoding settings in force (``d``: others), as the toolbar shows them."""
@@ -343,6 +357,9 @@ class ChatRepl:
             self._error(f"unknown command {name!r}; /help lists the commands")
             return True
         if name == "/quit":
+            if self.plain:  # one line out per line in, as for every other command
+                self._info("bye")
+                self._flush()
             return False
         getattr(self, "_cmd_" + name[1:])(arg.strip())
         return True
@@ -367,6 +384,9 @@ class ChatRepl:
             return
         if not self.session_name:
             self._cmd_new("")
+            return
+        if not self.bot.history(self.session_id, last=1):  # /reset twice made alice-2 and alice-3
+            self._info(f"session {self.session_label} has no messages yet: it is a fresh start already")
             return
         base = re.sub(r"-\d+$", "", self.session_name) or self.session_name
         for n in range(2, 10_000):
@@ -452,15 +472,16 @@ class ChatRepl:
         except ValueError as exc:
             self._error(f"invalid value for {key}: {exc}")
             return
+        settings, note = _later_set_wins(self.settings, key, value)
         try:  # the whole config must stay valid, e.g. n_best <= beam
-            resolved = self.bot.resolve_decoding({**self.settings, key: value})
+            resolved = self.bot.resolve_decoding(settings)
         except ChatbotError as exc:
             self._error(str(exc))
             return
-        self.settings[key] = value
+        self.settings = settings
         if resolved.effective_strategy == "beam":
             self.bot.warm_up(("beam",))  # trace beam search now, not in the next reply
-        self._info(f"{key} = {value} for the next replies")
+        self._info(f"{key} = {value} for the next replies{note}")
 
     def _cmd_score(self, arg: str) -> None:
         self.show_score = not self.show_score
