@@ -374,7 +374,7 @@ def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
 def test_health_readiness_and_metrics(api, tiny_pairs):
     assert api.get("/healthz").json() == {"status": "ok"}
     chat(api, tiny_pairs[0][0])  # waits for the model
-    assert api.get("/readyz").json() == {"status": "ready", "model": "tiny", "compiling": False}
+    assert api.get("/readyz").json() == {"status": "ready", "model": "tiny", "compiling": False, "database": "ok"}
     metrics = api.get("/metrics").text
     assert 'chatbot_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in metrics
     assert "chatbot_replies_total 1.0" in metrics and "chatbot_decode_batch_size_count 1.0" in metrics
@@ -459,7 +459,9 @@ def test_a_database_down_at_start_fails_only_what_needs_it(tiny_bundle_path, tin
     with TestClient(app) as client:
         question, answer = tiny_pairs[0]
         assert chat(client, question).json()["choices"][0]["message"]["content"] == answer
-        assert client.get("/readyz").json()["status"] == "ready"
+        ready = client.get("/readyz")  # ready for stateless requests, and says why sessions fail
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert ready.json()["database"] == "unavailable" and "cannot open database" in ready.json()["error"]
         down = client.get("/api/sessions")
         assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatbot.errors import StoreError
@@ -33,6 +34,7 @@ from chatbot.serving.state import NOT_STARTED, ServerState, state_of
 from chatbot.version import __version__
 
 log = logging.getLogger("chatbot.serving")
+DATABASE_CHECK_SECONDS = 2.0  # /readyz waits this long for the session database to answer
 STATIC = Path(__file__).parent / "static"
 
 
@@ -200,7 +202,8 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         current = state_of(request)
         if current.bot is not None:
             compiling = current.compiling is not None and not current.compiling.done()
-            return {"status": "ready", "model": current.model_name, "compiling": compiling}
+            ready = {"status": "ready", "model": current.model_name, "compiling": compiling}
+            return {**ready, **await _database_state(current.bot)}
         if current.load_error:
             return JSONResponse({"status": "failed", "error": current.load_error}, status_code=503)
         if current.batcher is None:
@@ -228,6 +231,18 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         async def page():
             return FileResponse(STATIC / "index.html")
     return app
+
+
+async def _database_state(bot) -> dict:
+    """Whether the session database answers now: it may go away after the model loaded. Still
+    ready either way (stateless requests are answered), but an operator sees why session
+    requests get 503."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(lambda: bot.store.schema_revision()), DATABASE_CHECK_SECONDS)
+    except (StoreError, SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else f"no answer in {DATABASE_CHECK_SECONDS:g} s"
+        return {"database": "unavailable", "error": reason}
+    return {"database": "ok"}
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -143,10 +143,12 @@ class Health(_Strict):
 
 class Readiness(_Strict):
     """``/readyz``: 200 with ``ready`` (``compiling``: greedy decoding's programs are still being
-    compiled beside requests); 503 with ``loading``, ``failed`` or ``not_started`` and ``error``."""
+    compiled beside requests; ``database``: whether the session database answers now, with
+    ``error`` when not); 503 with ``loading``, ``failed`` or ``not_started`` and ``error``."""
     status: Literal["ready", "loading", "failed", "not_started"]
     model: str | None = None
     compiling: bool | None = None
+    database: Literal["ok", "unavailable"] | None = None
     error: str | None = None
 
 
