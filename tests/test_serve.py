@@ -433,6 +433,39 @@ def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(ti
             assert f"chatbot_compiled_programs {float(bot.compiled_programs)}" in client.get("/metrics").text
 
 
+def test_dns_rebinding_and_other_sites_cannot_reach_a_server_without_keys(bot):
+    """A browser sends any page's requests to loopback: a rebound name (Host) is refused, and
+    a page of another origin cannot change anything (CORS hid only the response; the request ran)."""
+    hosts = ("localhost", "127.0.0.1", "::1")
+    with client_for(bot, allowed_hosts=hosts, cors_origins=("https://app.example",)) as client:
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+            assert client.get("/api/sessions", headers={"Host": host}).status_code == 200, host
+        for host in ("rebind.attacker.example:8000", "127.0.0.1.attacker.example", ""):
+            refused = client.get("/api/sessions", headers={"Host": host})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_host", host
+        local = {"Host": "localhost:8000"}
+        evil = client.post("/api/sessions", json={"name": "planted"}, headers={**local, "Origin": "http://evil.example"})
+        assert evil.status_code == 403 and evil.json()["error"]["code"] == "cross_origin"
+        assert client.delete("/api/sessions/1", headers={**local, "Origin": "null"}).status_code == 403
+        assert client.get("/api/sessions", headers=local).json()["sessions"] == []  # nothing was made
+        same = client.post("/api/sessions", json={"name": "mine"}, headers={**local, "Origin": "http://localhost:8000"})
+        listed = client.post("/api/sessions", json={}, headers={**local, "Origin": "https://app.example"})
+        assert same.status_code == 201 and listed.status_code == 201
+    with client_for(bot, api_keys=("k" * 16,)) as client:  # a page cannot send the key cross-origin
+        keyed = {"Authorization": "Bearer " + "k" * 16, "Origin": "http://elsewhere.example"}
+        assert client.post("/api/sessions", json={}, headers=keyed).status_code == 201
+
+
+def test_the_chat_page_is_not_framed_and_docs_serve_only_their_own_files(api):
+    page = api.get("/")
+    assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    assert api.head("/").status_code == 200 and api.head("/healthz").status_code == 200  # monitors send HEAD
+    assert api.get("/docs-assets/swagger-ui.css").status_code == 200
+    for name in ("index.html", "oauth2-redirect.html", "..%2Findex.html"):  # Swagger's demo page, and tricks
+        assert api.get(f"/docs-assets/{name}").status_code == 404, name
+
+
 def test_cors_lets_the_configured_origin_in_and_read_retry_after(bot):
     with client_for(bot, cors_origins=("https://app.example",)) as client:
         allowed = client.get("/healthz", headers={"Origin": "https://app.example"})

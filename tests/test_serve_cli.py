@@ -25,6 +25,34 @@ def test_without_keys_only_loopback(capsys, monkeypatch):
     assert code == 2 and "without API keys" in err and "--insecure" in err
 
 
+def test_any_origin_without_keys_is_refused(capsys, monkeypatch):
+    monkeypatch.delenv("CHATBOT_API_KEYS", raising=False)
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--cors-origin", "*")
+    assert code == 2 and "--cors-origin '*' without API keys" in err
+
+
+def test_without_keys_on_loopback_the_server_answers_to_loopback_names_only(capsys, monkeypatch, tiny_bundle_path):
+    import uvicorn
+
+    from chatbot.cli.serve import ENV_SETTINGS, app_from_environment
+
+    for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
+                           "--db", "sqlite://", "--allowed-host", "chat.internal")
+    assert code == 0, err
+    assert json.loads(os.environ[ENV_SETTINGS])["allowed_hosts"] == [
+        "localhost", "127.0.0.1", "::1", "127.0.0.1", "chat.internal"]
+    from fastapi.testclient import TestClient
+
+    with TestClient(app_from_environment()) as client:  # what each worker builds from them
+        assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+        assert client.get("/healthz", headers={"Host": "chat.internal"}).status_code == 200
+        rebound = client.get("/healthz", headers={"Host": "rebind.attacker.example:8000"})
+        assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
+
+
 def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--api-key", "short")
     assert code == 1 and err.strip().splitlines() == [

@@ -678,6 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests per key at once before the rate applies [the rate, at most 60]")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser pages from this origin to call the API (repeatable)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="without keys on loopback, the server answers only requests for localhost, "
+                            "127.0.0.1 and ::1 (against DNS rebinding); also answer to this name, e.g. the "
+                            "one a reverse proxy passes on (repeatable)")
     serve.add_argument("--drain-seconds", type=bounded(int, 0), default=30,
                        help="on SIGTERM, wait this long for requests in flight [30]")
     serve.set_defaults(func=cmd_serve)

@@ -56,7 +56,8 @@ def app_from_environment():
     from chatbot.serving.settings import ServerSettings, keys_from_environment
 
     overrides = json.loads(os.environ.get(ENV_SETTINGS) or "{}")
-    overrides["cors_origins"] = tuple(overrides.get("cors_origins", ()))
+    for name in ("cors_origins", "allowed_hosts"):  # JSON gave lists
+        overrides[name] = tuple(overrides.get(name, ()))
     settings = ServerSettings(api_keys=keys_from_environment(), **overrides)
     return create_app(os.environ.get(ENV_MODEL) or None, os.environ.get(ENV_DB) or None, settings=settings)
 
@@ -66,6 +67,7 @@ def serve(args) -> int:
 
     from chatbot.cli.main import UsageError
     from chatbot.model.bundle import resolve_model_path
+    from chatbot.serving.security import LOOPBACK_NAMES
     from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
 
     keys = tuple(args.api_key or ()) + keys_from_environment()
@@ -73,10 +75,15 @@ def serve(args) -> int:
                 "rate_per_minute": args.rate_limit, "cors_origins": tuple(args.cors_origin or ()),
                 # A burst as big as a minute's requests at most: --rate-limit 6 must not let 60 through.
                 "rate_burst": args.rate_burst or max(1, min(60, int(args.rate_limit)))}
-    ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
     if not keys and not args.insecure and not is_loopback(args.host):
         raise UsageError(f"--host {args.host}: without API keys (--api-key or ${KEYS_VARIABLE}) the server "
                          "only listens on loopback; give keys, or --insecure to serve everyone without them")
+    if not keys and not args.insecure and "*" in settings["cors_origins"]:
+        raise UsageError(f"--cors-origin '*' without API keys (--api-key or ${KEYS_VARIABLE}) lets every web "
+                         "site read and delete the sessions; name the origins, give keys, or --insecure")
+    if not keys and is_loopback(args.host):  # the names a browser uses for loopback, and no other
+        settings["allowed_hosts"] = LOOPBACK_NAMES + (args.host,) + tuple(args.allowed_host or ())
+    ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
     # A mistyped model or a port in use fail now, in one line, rather than as a server that can
     # never answer (the model loads after start-up) or as uvicorn's own error and exit status.
     resolve_model_path(args.model)

@@ -28,12 +28,17 @@ from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
 from chatbot.serving.schemas import Health, ModelInfo, Readiness, documented
-from chatbot.serving.security import KeyRing, RateLimiter
+from chatbot.serving.security import BrowserGuard, KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings, keys_from_environment
 from chatbot.serving.state import NOT_STARTED, ServerState, state_of
 from chatbot.version import __version__
 
 log = logging.getLogger("chatbot.serving")
+DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
+# The chat page loads only its own files and is never framed by another site (clickjacking).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 DATABASE_CHECK_SECONDS = 2.0  # /readyz waits this long for the session database to answer
 STATIC = Path(__file__).parent / "static"
 
@@ -189,10 +194,12 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"], expose_headers=["Retry-After"])
+    app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins,
+                       keys_required=state.keys.required)
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
 
-    @app.get("/healthz", tags=["operations"], responses=documented(Health))
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], responses=documented(Health))
     async def healthz():
         return {"status": "ok"}
 
@@ -227,9 +234,9 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def page():
-            return FileResponse(STATIC / "index.html")
+            return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
     return app
 
 
@@ -251,7 +258,13 @@ def _offline_docs(app: FastAPI) -> None:
     from fastapi.openapi.docs import get_swagger_ui_html
     from swagger_ui_bundle import swagger_ui_path
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        # Only what /docs loads: the package also holds Swagger's demo page, which fetches
+        # specs from anywhere and would run on this origin, beside the page's stored key.
+        if name not in DOCS_ASSETS:
+            raise StarletteHTTPException(404)
+        return FileResponse(Path(swagger_ui_path) / name)
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request):

@@ -62,3 +62,68 @@ class RateLimiter:
             if len(self._buckets) > 100_000:  # forget full buckets: they are the default anyway
                 self._buckets = {c: v for c, v in self._buckets.items() if v[0] < self.burst}
             return (1.0 - tokens) / self.rate
+
+
+# --- what a web page on another site could make the browser do ---------------------------------
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` is ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+class BrowserGuard:
+    """ASGI middleware against other web sites: a server without keys trusts whoever reaches it,
+    and a browser reaches loopback for any page it shows.
+
+    * ``allowed_hosts`` (when given): a Host header naming another server is refused (400), so a
+      page whose own name was rebound to 127.0.0.1 (DNS rebinding) cannot read the sessions.
+    * Without keys, a request that changes something (POST, DELETE...) from a page of another
+      origin is refused (403) unless that origin is one of ``cors_origins``: CORS only hides the
+      response from such a page, the request itself would run. With keys there is nothing to
+      guard: a page cannot send the key cross-origin without CORS' leave.
+    * Every response says ``X-Content-Type-Options: nosniff``."""
+
+    def __init__(self, app, *, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], keys_required: bool):
+        self.app = app
+        self.hosts = frozenset(host_name(h) for h in allowed_hosts)
+        self.origins = frozenset(cors_origins)
+        self.keyless = not keys_required
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        from chatbot.serving.errors import error_response
+
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        refusal = None
+        if self.hosts and host_name(host) not in self.hosts:
+            refusal = error_response(400, "invalid_host", f"this server does not answer to the host {host!r} "
+                                                          "(chatbot serve --allowed-host adds a name)")
+        elif (self.keyless and origin is not None and scope["method"] not in SAFE_METHODS
+              and not self._trusted(origin, host)):
+            refusal = error_response(403, "cross_origin", f"a request from a page of {origin!r} may not change "
+                                                          "anything here (chatbot serve --cors-origin allows an origin)")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _trusted(self, origin: str, host: str) -> bool:
+        from urllib.parse import urlsplit
+
+        return origin in self.origins or "*" in self.origins or urlsplit(origin).netloc.lower() == host.strip().lower()

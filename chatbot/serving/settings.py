@@ -29,6 +29,7 @@ class ServerSettings:
     decoders: int = 0  # decodes at once; 0: one per TensorFlow thread of the worker (its cores)
     stream_chunk_words: int = 1  # words per streamed chunk
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # Host header names; none: any
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_messages", "max_tokens", "max_n", "page_limit", "rate_burst",
