@@ -114,13 +114,17 @@ def test_a_wrong_feedback_argument_is_an_input_error_and_a_closed_bot_keeps_its_
         bot.new_session(name="team/alice")
     with pytest.raises(InputError, match="white space"):
         bot.session("  x  ")
+    for name in ("evil\x1b]0;HACKED\x07", "two\nlines", "left\u202eright"):  # would run in a terminal
+        with pytest.raises(InputError, match="control character"):
+            bot.new_session(name=name)
+    assert bot.new_session(name="café ☃ 👨\u200d👩\u200d👧").name == "café ☃ 👨\u200d👩\u200d👧"
     # A bad owner is the caller's mistake, not "your message was not stored" (a database failure).
     from chatbot.dialogue.bot import ReplyRequest
     from chatbot.errors import MessageNotStored
 
     (failed,) = bot.reply_many([ReplyRequest("hi", owner="x" * 65)], return_exceptions=True)
     assert isinstance(failed, InputError) and not isinstance(failed, MessageNotStored)
-    assert [s.name for s in bot.sessions()] == [None]  # the reply's session above; nothing new stored
+    assert [s.name for s in bot.sessions()] == ["café ☃ 👨\u200d👩\u200d👧", None]  # nothing new stored
     bot.close()
     with pytest.raises(StoreError, match="closed"):  # not a new database opened behind the caller's back
         bot.reply(tiny_pairs[0][0])
@@ -180,6 +184,25 @@ def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path, capsys,
     assert missing.returncode == 1 and "carol" in missing.stderr
     with SessionStore(f"sqlite:///{db}") as store:
         assert store.list_sessions() == [] and store.integrity_check()
+
+
+def test_a_stored_name_with_escape_codes_is_listed_escaped(tmp_path):
+    """Names are refused with control characters now; one stored before must not run in the
+    terminal of whoever lists the sessions (it could clear the screen or set the title)."""
+    from sqlalchemy import text
+
+    db = tmp_path / "old.db"
+    with SessionStore(f"sqlite:///{db}") as store:
+        store.create_session("Jürgen")
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE sessions SET name = :name"), {"name": "evil\x1b[2J\x1b]0;HACKED\x07"})
+        store.create_session("Jürgen")
+    listed = chatbot("sessions", "list", "--db", db)
+    assert "\x1b" not in listed.stdout and r"evil\x1b[2J\x1b]0;HACKED\x07" in listed.stdout
+    shown = chatbot("sessions", "show", "1", "--db", db)
+    assert shown.stdout.startswith(r"session 1 (evil\x1b[2J\x1b]0;HACKED\x07), 0 messages")
+    as_json = chatbot("sessions", "list", "--db", db, "--json").stdout
+    assert '"Jürgen"' in as_json and json.loads(as_json.splitlines()[-1])["name"] == "evil\x1b[2J\x1b]0;HACKED\x07"
 
 
 def test_example_application_runs(tiny_bundle_path, tmp_path):

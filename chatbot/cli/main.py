@@ -455,6 +455,7 @@ def cmd_corpus(args) -> int:
 # --- sessions ------------------------------------------------------------------------------
 def cmd_sessions(args) -> int:
     from chatbot.cli.console import warn_if_in_memory
+    from chatbot.data.text import escape_unshowable
     from chatbot.dialogue.store import SessionStore
 
     # A flag that does nothing for this action is refused, not ignored (`list --last 1` listed all).
@@ -480,7 +481,8 @@ def cmd_sessions(args) -> int:
             if args.json:
                 for s in rows:
                     print(json.dumps({"id": s.id, "name": s.name, "owner": s.owner, "messages": s.message_count,
-                                      "created": s.created_at.isoformat(), "updated": s.updated_at.isoformat()}))
+                                      "created": s.created_at.isoformat(), "updated": s.updated_at.isoformat()},
+                                     ensure_ascii=False))  # raw UTF-8, as every other --json
                 return 0
             if not rows:
                 print(f"no sessions in {store.url}")
@@ -490,7 +492,7 @@ def cmd_sessions(args) -> int:
             owners = any(s.owner for s in rows)
             print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  " + (f"{'UPDATED':<19}  OWNER" if owners else "UPDATED"))
             for s in rows:
-                print(f"{s.id:>5}  {(s.name or '-'):<20} {s.message_count:>8}  "
+                print(f"{s.id:>5}  {escape_unshowable(s.name or '-'):<20} {s.message_count:>8}  "
                       f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}"
                       + (f"  {s.owner[:8] or '-'}" if owners else ""))
             return 0
@@ -498,7 +500,7 @@ def cmd_sessions(args) -> int:
             raise UsageError(f"sessions {args.action} needs a session id or name")
         if args.action == "show":
             info = store.get_session(args.target)
-            print(f"session {info.id}" + (f" ({info.name})" if info.name else "")
+            print(f"session {info.id}" + (f" ({escape_unshowable(info.name)})" if info.name else "")
                   + f", {info.message_count} messages")
             feedback = store.session_feedback(info.id)
             for m in store.history(info.id, last=args.last):
@@ -514,7 +516,7 @@ def cmd_sessions(args) -> int:
         elif args.action == "delete":
             info = store.get_session(args.target)
             store.delete_session(info.id)
-            print(f"deleted session {info.id}" + (f" ({info.name})" if info.name else "")
+            print(f"deleted session {info.id}" + (f" ({escape_unshowable(info.name)})" if info.name else "")
                   + f" and its {info.message_count} messages")
     return 0
 

@@ -35,6 +35,7 @@ from prompt_toolkit.styles import Style
 
 from chatbot.cli.console import open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
+from chatbot.data.text import escape_unshowable
 from chatbot.version import __version__
 from chatbot.dialogue.store import SessionNotFound
 from chatbot.errors import ChatbotError, InputError, MessageNotStored, ReplyNotStored, StoreError
@@ -214,7 +215,9 @@ class ChatRepl:
     def session_label(self) -> str:
         if self.session_id is None:
             return "new"
-        return f"{self.session_name} (#{self.session_id})" if self.session_name else f"#{self.session_id}"
+        if not self.session_name:
+            return f"#{self.session_id}"
+        return f"{escape_unshowable(self.session_name)} (#{self.session_id})"
 
     def decoding(self):
         """The decoding settings the next reply uses: the model's, with /set overrides."""
@@ -411,7 +414,7 @@ class ChatRepl:
         for s in rows:
             mark = "*" if s.id == self.session_id else " "
             when = s.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
-            self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {(s.name or '-'):<20}"),
+            self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {escape_unshowable(s.name or '-'):<20}"),
                       ("class:meta", f" {s.message_count:>4} messages  {when}"))
 
     def _cmd_switch(self, arg: str) -> None:

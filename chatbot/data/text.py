@@ -42,6 +42,9 @@ _WORD = re.compile(r"[\w']+")
 # megabytes long. Category Cc is exactly U+0000-U+001F and U+007F-U+009F.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc less newline and tab
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# What a one-line name must not hold: control characters (escape codes, newlines), line and
+# paragraph separators, and the bidirectional overrides that make text read as other text.
+UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _CONTENT = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]")  # neither whitespace nor Cc (\s is str.isspace)
 _ASCII_CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"
 # A token covers a few characters, rarely 20; 64 per token (and 4,096 at least) is a margin that
@@ -75,6 +78,12 @@ def sanitize_message(text: str) -> str:
     if not _has_content(text):
         raise InputError("the message is empty")
     return _without_controls(text)
+
+
+def escape_unshowable(text: str) -> str:
+    """``text`` for one line of a terminal: ``UNSHOWABLE`` characters as Python escapes
+    (``\x1b``), so a name stored before they were refused cannot run escape codes."""
+    return UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _has_content(text: str) -> bool:

@@ -46,6 +46,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from chatbot.data.text import UNSHOWABLE
 from chatbot.errors import InputError, StoreError
 from chatbot.files import user_data_dir
 
@@ -1009,6 +1010,8 @@ def _check_session_name(name, new: bool = False) -> None:
         raise StoreArgumentError(f"session name {name!r} holds a '/', which the HTTP API's paths could not name")
     if new and name != name.strip():  # "  x  " could not be found again as x, which is what people type
         raise StoreArgumentError(f"session name {name!r} starts or ends with white space")
+    if new and UNSHOWABLE.search(name):  # escape codes would run in the terminal of whoever lists sessions
+        raise StoreArgumentError(f"session name {name!r} holds a control character")
 
 
 def _check_plain_json(value, what: str, finite: bool = True) -> None:
