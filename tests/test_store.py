@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -556,6 +557,10 @@ def test_default_url_follows_xdg_data_home(monkeypatch, tmp_path):
     with SessionStore() as store:  # creates the directories on first use
         store.create_session("here")
     assert expected.is_file()
+    # Conversations are private: other local users could read every one (0755 and 0644 before).
+    assert stat.S_IMODE(expected.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o600
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in expected.parent.glob("chatbot.db-*"))
 
 
 def test_default_url_falls_back_to_local_share(monkeypatch, tmp_path):

@@ -47,8 +47,8 @@ def open_history(path: Path) -> History:
     """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
     stderr), so a read-only directory does not stop the chat."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # what was typed is private
+        path.touch(mode=0o600, exist_ok=True)
     except OSError as exc:
         print(f"chatbot: warning: input history not saved ({path}: {exc.strerror or exc})", file=sys.stderr)
         return InMemoryHistory()

@@ -371,8 +371,10 @@ class SessionStore:
         and is opened as a read-only URI (nothing is created, not even a journal)."""
         path = Path(parsed.database)
         if not self.read_only:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # conversations are private: a new folder and file only their owner reads
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):  # (SQLite gives its -wal the file's mode)
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             except OSError as exc:
                 raise StoreError(f"cannot open database {self._shown}: {exc.strerror or exc}") from None
             return parsed
