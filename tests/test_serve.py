@@ -371,6 +371,15 @@ def test_responses_match_the_schema_the_api_documents(api, tiny_pairs):
 
 
 # --- operations ---------------------------------------------------------------------------------
+def test_made_up_methods_do_not_add_metric_series(api):
+    """The method label came from the client as sent: X0 ... X299 added 300 series for good."""
+    for i in range(20):
+        api.request(f"X{i}", "/healthz")
+    metrics = api.get("/metrics").text
+    assert 'method="X' not in metrics
+    assert 'chatbot_http_requests_total{method="other",route="/healthz",status="405"} 20.0' in metrics
+
+
 def test_health_readiness_and_metrics(api, tiny_pairs):
     assert api.get("/healthz").json() == {"status": "ok"}
     chat(api, tiny_pairs[0][0])  # waits for the model

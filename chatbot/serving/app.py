@@ -34,6 +34,7 @@ from chatbot.serving.state import NOT_STARTED, ServerState, state_of
 from chatbot.version import __version__
 
 log = logging.getLogger("chatbot.serving")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
 # The chat page loads only its own files and is never framed by another site (clickjacking).
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -91,7 +92,8 @@ class LimitAndMeasure:
     def _count(self, scope, status: int, started: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         metrics = self.state.metrics
-        metrics.requests.labels(scope.get("method", ""), route, str(status)).inc()
+        method = scope.get("method", "")  # a client picks it: made-up ones would add series without end
+        metrics.requests.labels(method if method in HTTP_METHODS else "other", route, str(status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
