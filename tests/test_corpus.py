@@ -167,6 +167,16 @@ def test_clean_text_normalises_but_keeps_inner_spacing():
     assert clean_text("a  b\n    c") == "a  b\n    c"
 
 
+def test_clean_text_keeps_the_format_characters_that_are_part_of_the_text():
+    """It dropped every format character: a family emoji came back as four people, Persian
+    lost its non-joiner (a misspelling), the flag of Scotland became a black flag."""
+    family, persian = "👨\u200d👩\u200d👧\u200d👦 ist eine Familie.", "من می\u200cخواهم"
+    scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    assert [clean_text(t) for t in (family, persian, scotland, "\u200fשלום")] == [family, persian, scotland, "\u200fשלום"]
+    assert clean_text("\u200bzero\ufeff width") == "zero width"  # the zero-width space and BOM still go
+    assert clean_text("\u200d\u200e") == ""  # nothing of its own to say
+
+
 # --- TSV and JSONL ---------------------------------------------------------------------------
 def test_tsv_fra_style_extra_columns_ignored(tmp_path):
     file = write(tmp_path / "fra.txt",

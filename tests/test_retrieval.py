@@ -23,6 +23,9 @@ def test_match_key_folds_case_punctuation_and_contractions():
     assert match_key("I can’t hear") == match_key("i cannot hear") == "i can not hear"
     assert match_key("whats ur name") == "what is your name"
     assert match_key("?!") == ""
+    assert match_key("❤️ !") == "❤️" and match_key("👋👋") == "👋👋"  # an emoji question is still found
+    # Combining marks stay in their word: "who" and "ear" in Hindi were one key ('यह क न ह').
+    assert match_key("यह कौन है?") == "यह कौन है" != match_key("यह कान है?")
 
 
 def test_nearest_finds_typos_and_reordering_and_respects_the_threshold():

@@ -64,3 +64,29 @@ def test_correcting_twice_changes_nothing_more_and_keeps_everything_but_letters(
     assert spell.correct(once) == once  # a correction is a corpus word, which is known
     strip = lambda s: "".join(c for c in s if not c.isalpha())  # noqa: E731
     assert strip(once) == strip(text)  # spaces and punctuation are never touched
+
+
+def test_scripts_without_spaces_and_turkish_capitals_are_left_as_typed():
+    """A run of Chinese characters is a phrase, not a word: "fish" became "cat" and Kyoto Tokyo."""
+    spell = Speller.from_pairs([("你喜欢猫吗？", "是的。"), ("東京はどこですか？", "日本です。"), ("İstanbul nerede?", "Türkiye'de.")],
+                               general=())
+    assert spell.correct("你喜欢鱼吗？") == "你喜欢鱼吗？" and spell.correct("京都はどこですか？") == "京都はどこですか？"
+    assert spell.correct("İstanbul nerede?") == "İstanbul nerede?"  # it was read as "Stanbul"
+    assert spell.correct("ISTANBUL NEREDE") == "ISTANBUL NEREDE"
+
+
+def test_a_corpus_mostly_in_another_language_is_read_as_typed():
+    """The word list is English: in a German corpus "Sie" was "corrected" to "Die"."""
+    from types import SimpleNamespace
+
+    from chatbot.data.spelling import speller_for
+
+    def examples(pairs):
+        return [SimpleNamespace(question=q, answer=a) for q, a in pairs]
+
+    german = [("Wie heiße ich?", "Du heißt Anna."), ("Bist du ein Programmierer?", "Nein, ich bin ein Roboter."),
+              ("Was machst du gern?", "Ich lese gern Bücher."), ("Wo wohnst du?", "Ich wohne im Rechner.")]
+    data = SimpleNamespace(spelling=True)
+    assert english_words() and speller_for(data, examples(german)) is None
+    english = speller_for(data, examples(PAIRS))
+    assert english is not None and english.general_share() > 0.5

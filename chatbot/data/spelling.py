@@ -9,8 +9,14 @@ so the model is trained on what it meets.
 A word is left as typed when the corpus or a general English word list knows it (the whole
 words of the sentence encoder's BERT vocabulary, about 22,000, already installed with the
 package; an inflection of one, such as "warmest", counts), when it is shorter than 3 letters,
-or when no corpus word is within 1 edit (2 for words of 7 letters or more; Damerau-Levenshtein,
-by rapidfuzz). Ties go to the word the corpus uses most. The typed case pattern is kept.
+when it is written in a script without spaces between words (Chinese, Japanese, Thai...: a
+"word" there is a whole phrase), or when no corpus word is within 1 edit (2 for words of 7
+letters or more; Damerau-Levenshtein, by rapidfuzz). Ties go to the word the corpus uses most.
+The typed case pattern is kept.
+
+The word list is English only: in a corpus mostly of other languages, every word the corpus
+lacks would be "corrected" to a corpus word ("Wie heißen Sie?" read as "Wie heiße Die?"), so
+there the model reads questions as typed (``speller_for``).
 """
 
 from __future__ import annotations
@@ -18,18 +24,20 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import re
 import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+import regex
 from rapidfuzz import process
 from rapidfuzz.distance import DamerauLevenshtein
 
 from chatbot.data.text import EXPANSIONS
 
-_WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
+_WORD = regex.compile(r"[\p{L}\p{M}]+")  # letters with their combining marks (Hindi, Arabic), any script
+_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
+MIN_GENERAL_SHARE = 0.5  # of a corpus' words the English word list must know for spelling to run
 MIN_LETTERS = 3
 MIN_STEM = 4  # "warmest" is known through "warm"; "nicd" is not through "nic"
 LONG_WORD = 7  # words this long may be 2 edits from their correction
@@ -67,7 +75,8 @@ class Speller:
     def __init__(self, word_counts: Counter, general: Iterable[str] = ()):
         self.counts = Counter({w: c for w, c in word_counts.items() if c > 0})
         self.words = list(self.counts)
-        self.known = set(self.counts) | set(general) | set(EXPANSIONS)
+        self.general = frozenset(general)
+        self.known = set(self.counts) | self.general | set(EXPANSIONS)
         self._corrections: dict[str, str | None] = {}
 
     @classmethod
@@ -75,24 +84,29 @@ class Speller:
         """From (question, answer) pairs; ``general`` defaults to ``english_words()``."""
         counts: Counter = Counter()
         for question, answer in pairs:
-            for word in _WORD.findall(question.lower()):
+            for word in _WORD.findall(_lower(question)):
                 counts[word] += QUESTION_WEIGHT
-            counts.update(_WORD.findall(answer.lower()))
+            counts.update(_WORD.findall(_lower(answer)))
         return cls(counts, english_words() if general is None else general)
 
+    def general_share(self) -> float:
+        """The share of the corpus' different words of 4 letters or more that the general word
+        list knows: 0.83 for corpora/english, 0.10 for corpora/spanish. (Counting every word
+        as used, short ones that English shares with German or Spanish, "die", "was", "no",
+        put German at 0.52.)"""
+        long = [w for w in self.counts if len(w) >= MIN_STEM]
+        return sum(_known_in(w, self.general) for w in long) / len(long) if long else 0.0
+
     def _is_known(self, word: str) -> bool:
-        if word in self.known:
-            return True
-        return any(word.endswith(s) and word[:-len(s)] in self.known for s in SUFFIXES
-                   if len(word) - len(s) >= MIN_STEM)
+        return _known_in(word, self.known)
 
     def correction(self, word: str) -> str | None:
         """The lower-case corpus word ``word`` should be, or None to keep it."""
-        word = word.lower()
+        word = _lower(word)
         if word in self._corrections:
             return self._corrections[word]
         found = None
-        if len(word) >= MIN_LETTERS and not self._is_known(word):
+        if len(word) >= MIN_LETTERS and not _UNSPACED.search(word) and not self._is_known(word):
             limit = 2 if len(word) >= LONG_WORD else 1
             near = process.extract(word, self.words, scorer=DamerauLevenshtein.distance,
                                    score_cutoff=limit, limit=None)
@@ -107,7 +121,7 @@ class Speller:
     def correct(self, text: str) -> str:
         return _WORD.sub(self._replace, text)
 
-    def _replace(self, match: re.Match) -> str:
+    def _replace(self, match: "regex.Match") -> str:
         typed = match.group()
         fixed = self.correction(typed)
         if fixed is None:
@@ -119,11 +133,27 @@ class Speller:
         return fixed
 
 
+def _lower(text: str) -> str:
+    """Lower case in which Turkish "İ" is "i" (``str.lower`` adds a combining dot, and "NEDİR"
+    would be a word the corpus' "nedir" lacks)."""
+    return text.lower().replace("i\u0307", "i")
+
+
+def _known_in(word: str, vocabulary) -> bool:
+    """Whether ``vocabulary`` holds ``word`` or the stem of an inflection of it ("warmest")."""
+    if word in vocabulary:
+        return True
+    return any(word.endswith(s) and word[:-len(s)] in vocabulary for s in SUFFIXES if len(word) - len(s) >= MIN_STEM)
+
+
 def speller_for(data, examples: Iterable) -> Speller | None:
     """The speller a model with this ``DataConfig`` reads through, learning its words from its
-    training examples (``Example``), or None (``data.spelling`` off, or no words to learn):
-    the one place that decides it."""
+    training examples (``Example``), or None: ``data.spelling`` off, no words to learn, or a
+    corpus mostly not in English, the one language there is a word list for (``general_share``
+    under ``MIN_GENERAL_SHARE``). The one place that decides it, at training and at loading."""
     if not getattr(data, "spelling", False):
         return None
     speller = Speller.from_pairs((e.question, e.answer) for e in examples)
-    return speller if speller.words else None
+    if not speller.words or (speller.general and speller.general_share() < MIN_GENERAL_SHARE):
+        return None
+    return speller

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import regex
+
 from chatbot.errors import InputError
 
 # The tokenizer spells its special tokens with U+FDD0..U+FDEF, Unicode noncharacters.
@@ -37,7 +39,12 @@ EXPANSIONS = {
     "you'll": "you will", "i'd": "i would", "you'd": "you would", "u": "you", "ur": "your",
     "r": "are", "pls": "please", "plz": "please", "wat": "what",
 }
-_WORD = re.compile(r"[\w']+")
+# "Other" characters that belong to the text: newline and tab; the zero-width joiner of emoji
+# sequences (a family is one emoji, not four) and the non-joiner of Persian spelling; the marks
+# of writing direction.
+_KEPT_OTHER = frozenset("\n\t\u200c\u200d\u200e\u200f\u061c")
+_SYMBOL = regex.compile(r"\p{S}[\p{M}\u200d]*")  # emoji with their variation selectors and joiners
+_WORD = regex.compile(r"(?:[\p{L}\p{N}_']\p{M}*)+")  # with their combining marks (Hindi, Arabic vowels)
 # Whole-message checks run in C (re), not character by character in Python: a message may be
 # megabytes long. Category Cc is exactly U+0000-U+001F and U+007F-U+009F.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc less newline and tab
@@ -127,7 +134,10 @@ def clean_text(text: str) -> str:
     """
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     if not text.isprintable():  # printable text has no control character: most lines skip the scan
-        text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+        text = "".join(ch for ch in text if ch in _KEPT_OTHER or unicodedata.category(ch)[0] != "C"
+                       or 0xE0020 <= ord(ch) <= 0xE007F)  # tag characters: the flag of Scotland
+        if not _has_content(text):
+            return ""
     return text.replace("\t", " ").strip()
 
 
@@ -140,7 +150,8 @@ def match_key(text: str) -> str:
     folded away."""
     text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
     words = [EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
-    return " ".join(w.strip("'") for w in words if w.strip("'"))
+    key = " ".join(w.strip("'") for w in words if w.strip("'"))
+    return key or "".join(_SYMBOL.findall(text))  # "❤️" has no word, and is still a question to find
 
 
 def normalise_answer(text: str) -> str:

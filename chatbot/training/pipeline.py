@@ -33,7 +33,7 @@ from chatbot.config import Config, apply_dotted
 from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded
 from chatbot.data.examples import CorpusSplit, split_corpus
 from chatbot.data.noise import noisy
-from chatbot.data.spelling import Speller, speller_for
+from chatbot.data.spelling import Speller, english_words, speller_for
 from chatbot.data.tokenizer import ENCODE_CHUNK, TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
@@ -300,6 +300,9 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
     plan.speller = speller_for(data, plan.train)
+    if data.spelling and plan.speller is None and english_words():
+        log.warning("data.spelling is on, but most of the corpus' words are not English (the one language "
+                    "with a word list): questions are read as typed, not corrected")
     cache = token_cache(plan, stage)
     stage(f"{cache.count} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
