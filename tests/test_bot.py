@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import threading
 from dataclasses import replace
@@ -203,6 +204,24 @@ def test_a_stored_name_with_escape_codes_is_listed_escaped(tmp_path):
     assert shown.stdout.startswith(r"session 1 (evil\x1b[2J\x1b]0;HACKED\x07), 0 messages")
     as_json = chatbot("sessions", "list", "--db", db, "--json").stdout
     assert '"Jürgen"' in as_json and json.loads(as_json.splitlines()[-1])["name"] == "evil\x1b[2J\x1b]0;HACKED\x07"
+
+
+def test_output_in_another_encoding_still_gets_every_line(tmp_path):
+    """A redirect in cp1252 (Windows) ended the command at the first Chinese character."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    db = tmp_path / "zh.db"
+    with SessionStore(f"sqlite:///{db}") as store:
+        sid = store.create_session("zh").id
+        for text in ("你叫什么名字？", "Hi", "Ça va ?"):
+            store.add_message(sid, "user", text)
+    shown = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sessions", "show", "zh", "--db", str(db)],
+                           capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.decode("utf-8").splitlines()[1:] == ["   0 user: 你叫什么名字？", "   1 user: Hi", "   2 user: Ça va ?"]
 
 
 def test_example_application_runs(tiny_bundle_path, tmp_path):

@@ -381,6 +381,16 @@ def test_tsv_empty_answer_reported(tmp_path):
     assert "empty utterance" in err.why
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_corpus_is_refused_as_such(tmp_path, encoding):
+    """Excel's "Unicode text" is UTF-16: without a BOM its NULs were dropped and it was read wrong."""
+    file = tmp_path / "pairs.tsv"
+    file.write_bytes("Hi\tHello\nHow are you?\tFine\n".encode(encoding))
+    with pytest.raises(CorpusError, match="the file is UTF-16, not UTF-8: save it as UTF-8") as info:
+        load_corpus(file, strict=True)
+    assert info.value.line == 1
+
+
 @pytest.mark.parametrize("name, good", [
     ("pairs.tsv", b"q1\ta1\nq2\ta2\n"),
     ("c.yml", b"conversations:\n- - q1\n  - a1\n"),

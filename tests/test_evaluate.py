@@ -76,7 +76,23 @@ def test_perplexity_is_exp_of_the_loss():
     assert math.isfinite(perplexity(1e9))
 
 
+def test_bleu_splits_chinese_and_japanese_into_characters():
+    """One token per sentence (sacrebleu's 13a splits at spaces): right CJK answers scored 0."""
+    refs = ["我非常喜欢猫。", "東京は日本の首都です。"]
+    assert corpus_bleu(refs, [[r] for r in refs]) == pytest.approx(100.0)
+    assert 50 < corpus_bleu(["我非常喜欢狗。", "東京は日本の首都です。"], [[r] for r in refs]) < 100
+
+
 # --- golden files ----------------------------------------------------------------------------------
+def test_golden_lines_end_at_newlines_only(tmp_path):
+    """str.splitlines also ended a line at U+2028 inside an answer: "no tab" on the wrong line."""
+    golden = tmp_path / "golden.tsv"
+    golden.write_text("Hi\tone\u2028two\r\nBye\tSee you.\n", encoding="utf-8")
+    cases = load_golden(golden)
+    assert [(c.question, c.answers) for c in cases] == [("Hi", ("one\u2028two",)), ("Bye", ("See you.",))]
+    assert cases[1].source == f"{golden}:2"
+
+
 def test_load_golden_groups_answers_and_skips_comments(tmp_path):
     golden = tmp_path / "golden.tsv"
     golden.write_text("# must pass\n\nWhat is your name?\tMy name is Tiny.\n"

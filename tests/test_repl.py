@@ -402,3 +402,9 @@ def test_a_session_deleted_under_the_repl_says_so_and_keeps_the_text(bot, tiny_p
     assert "this session was deleted; /new starts another" in repl.output.getvalue()
     assert repl.retry_text == q2 and repl.unanswered == 1
     assert other != repl.session_id and texts(bot, other) == []
+
+
+def test_a_byte_order_mark_on_piped_input_is_not_part_of_the_first_message():
+    from chatbot.cli.repl import input_lines
+
+    assert list(input_lines(io.BytesIO(b"\xef\xbb\xbfWie hei\xc3\x9ft du?\n\xef\xbb\xbfx\n"))) == ["Wie heißt du?", "\ufeffx"]

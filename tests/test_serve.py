@@ -184,6 +184,11 @@ def test_a_named_session_keeps_the_conversation(api, bot, tiny_pairs):
     history = bot.history(session.id)
     assert [m.text for m in history] == [tiny_pairs[0][0], tiny_pairs[0][1], tiny_pairs[1][0], tiny_pairs[1][1]]
     assert response.json()["chatbot"]["message_id"] == history[-1].id
+    # A name in UTF-8 is the session of that name (read as Latin-1, "Jürgen" was "JÃ¼rgen").
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": tiny_pairs[0][0]}]})
+    sent = api.post("/v1/chat/completions", content=body,
+                    headers={"content-type": "application/json", "X-Session": "Jürgen".encode()})
+    assert sent.status_code == 200 and bot.find_session("Jürgen") is not None
 
 
 @pytest.mark.parametrize("body, status", [

@@ -751,8 +751,22 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
+def _text_out_in_any_encoding() -> None:
+    """Replies may be in any script, and an output that cannot encode it must not end the
+    command at the first one (cp1252 on a Windows redirect, PYTHONIOENCODING=ascii): files and
+    pipes get UTF-8, a terminal gets "?" for what its encoding lacks."""
+    for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "reconfigure") or stream.encoding.lower().replace("-", "") == "utf8":
+            continue
+        if stream.isatty():
+            stream.reconfigure(errors="replace")
+        else:
+            stream.reconfigure(encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
+    _text_out_in_any_encoding()
     parser = build_parser()
     args = parser.parse_args(argv)
     messages = logging.StreamHandler()  # "chatbot: warning: ...", as the command's own warnings

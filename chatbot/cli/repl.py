@@ -631,7 +631,7 @@ def input_lines(stream) -> Iterator["str | UnreadableLine"]:
     for number, raw in enumerate(source, start=1):
         if isinstance(raw, bytes):
             try:
-                raw = raw.decode("utf-8")
+                raw = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a file saved with a BOM
             except UnicodeDecodeError as exc:
                 yield UnreadableLine(number, f"invalid UTF-8 at byte {exc.start + 1} (0x{raw[exc.start]:02x})")
                 continue

@@ -267,11 +267,22 @@ def _decoded_lines(file: Path, f, digest) -> Iterator[str]:
 
 def _decode_utf8(file: Path, raw: bytes, first_line: int) -> str:
     """``raw`` (which starts at line ``first_line``) as text; invalid UTF-8 names its line."""
+    if first_line == 1 and _looks_utf16(raw[:64]):
+        # Excel's "Unicode text" is UTF-16; ASCII in UTF-16 without a BOM even decodes as UTF-8
+        # (with a NUL after every character) and was read wrong instead of refused.
+        raise CorpusError(file, 1, "the file is UTF-16, not UTF-8: save it as UTF-8")
     try:
         return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as exc:
         line = first_line + raw[: exc.start].count(b"\n")
         raise CorpusError(file, line, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def _looks_utf16(start: bytes) -> bool:
+    """A UTF-16 byte order mark, or every other byte NUL (ASCII in UTF-16, either order)."""
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    return len(start) >= 4 and (not any(start[1::2]) or not any(start[0::2]))
 
 
 def _reader_for(file: Path):

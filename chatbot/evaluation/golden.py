@@ -98,7 +98,10 @@ def _golden_lines(path: Path):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CorpusError(path, raw[:exc.start].count(b"\n") + 1, "invalid UTF-8") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" (and "\r\n") only, as in the corpus reader: str.splitlines also ends
+    # them at U+2028 or U+0085, which an answer may hold, and the line numbers went wrong.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         question, tab, answer = line.partition("\t")

@@ -152,7 +152,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
         raise ApiError(400, "invalid_request", "messages: the last message must be the user's")
     decoding = decoding_for(body, settings, bot.decoding)
     question = body.messages[-1].text()
-    session = request.headers.get(SESSION_HEADER)
+    session = _header_text(request.headers.get(SESSION_HEADER))
     sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
     if session is not None:
         if sampled_choices > 1:
@@ -236,3 +236,14 @@ async def _stream(completion_id, created, model, fingerprint, choices, usage, ex
     if usage is not None:
         yield _event({**base, "choices": [], "usage": usage})
     yield "data: [DONE]\n\n"
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header as the client wrote it: HTTP hands it over as Latin-1, and a client sends a
+    name such as "Jürgen" as UTF-8, which read as Latin-1 made another session ("JÃ¼rgen")."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # (encode) not from the wire; (decode) really Latin-1
+        return value
