@@ -48,6 +48,17 @@ def test_hybrid_retrieval_finds_a_rewording_that_edit_distance_misses():
     assert hybrid.retrieve("how do i cok pasta", 1)[0][2] >= lexical.retrieve("how do i cok pasta", 1)[0][2]
 
 
+def test_text_the_encoder_cannot_read_is_alike_nothing(encoder):
+    """Its vocabulary is English: every simplified Chinese character and emoji was [UNK], so
+    "do you like cats?" and "... fish?" had a cosine of 1.0 and the wrong pair was shown as
+    "the same question" (similarity 1.0)."""
+    vectors = encoder.encode(["你喜欢猫吗？", "😀", "What is AI?"])
+    assert not vectors[:2].any() and np.isclose(np.linalg.norm(vectors[2]), 1)
+    memory = AnswerMemory([Example((), "你喜欢猫吗？", "我非常喜欢猫。"), Example((), "你喜欢狗吗？", "是的。")], "hybrid")
+    assert all(alike < 0.9 for _, _, alike in memory.retrieve("你喜欢鱼吗？", 2))  # by edit distance alone
+    assert memory.retrieve("你喜欢猫吗？", 1)[0][:2] == ("你喜欢猫吗？", "我非常喜欢猫。")
+
+
 def test_the_shown_similarity_stays_within_0_and_1():
     """A stored question asked as stored has a float32 cosine that may round above 1
     (``chatbot ask --json Hello`` once showed 1.0001); what the model and users are shown is

@@ -44,6 +44,7 @@ class SentenceEncoder:
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
+        self._unknown = self.tokenizer.token_to_id("[UNK]")
 
         def w(name: str) -> np.ndarray:
             return weights[name].astype(np.float32)
@@ -83,16 +84,25 @@ class SentenceEncoder:
             raise EncoderUnavailable(f"cannot read the sentence encoder at {path}: {exc}") from exc
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors, one per text, batched by length so little is padded."""
+        """Unit vectors, one per text, batched by length so little is padded; a zero vector
+        (alike nothing) for a text the encoder mostly cannot read: its vocabulary is English,
+        and every simplified Chinese character or emoji is [UNK], so "你喜欢猫吗？" and
+        "你喜欢鱼吗？" (cat, fish) had a cosine of 1.0."""
         out = np.zeros((len(texts), DIMENSION), np.float32)
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [self.tokenizer.encode(texts[0])]
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        order = sorted((i for i in range(len(texts)) if self._readable(encodings[i].ids)),
+                       key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), _BATCH):
             rows = order[start:start + _BATCH]
             out[rows] = self._embed_padded([encodings[i].ids for i in rows])
         return out
+
+    def _readable(self, ids: list[int]) -> bool:
+        """Whether at most half the word pieces between [CLS] and [SEP] are [UNK]."""
+        pieces = ids[1:-1]
+        return bool(pieces) and 2 * pieces.count(self._unknown) <= len(pieces)
 
     def _embed_padded(self, ids_list: list[list[int]]) -> np.ndarray:
         batch, length = len(ids_list), max(len(ids) for ids in ids_list)
