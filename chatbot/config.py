@@ -138,6 +138,9 @@ class Section:
         return config
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 @dataclass
 class DataConfig(Section):
     """How corpus dialogues become (context + question -> answer) examples."""
@@ -401,15 +404,18 @@ class Config:
         """Read a JSON or TOML file (by extension); keys left out keep their defaults."""
         path = Path(path)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)  # --config /dev/zero must not read until memory runs out
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: a config file is at most {MAX_CONFIG_BYTES // 2**20} MiB; this one is larger")
         try:
             if path.suffix.lower() == ".toml":
                 data = tomllib.loads(raw.decode("utf-8-sig"))
             else:
                 data = json.loads(raw.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        except ValueError as exc:  # bad UTF-8, JSON or TOML, and an integer of thousands of digits
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
             other = "" if path.suffix.lower() in (".toml", ".json") else \
                 f"; a config is JSON, or TOML named *.toml, and this one's name ends in '{path.suffix}'"

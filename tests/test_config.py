@@ -211,6 +211,9 @@ def test_section_must_be_a_table():
     ("c.toml", "[model\nunits = 3\n", "not a valid TOML file"),
     ("c.yaml", "model:\n  units: 3\n", "; a config is JSON, or TOML named *.toml, and this one's name ends in '.yaml'"),
     ("c.json", "[1, 2]", "must be a table/object at the top level"),
+    ("c.json", '{"training": {"epochs": 1' + "0" * 5000 + "}}", "not a valid JSON file"),  # was "a bug"
+    ("c.toml", "[training]\nepochs = 1" + "0" * 5000 + "\n", "not a valid TOML file"),
+    ("c.json", " " * (2**20 + 1), "a config file is at most 1 MiB"),  # and /dev/zero is not read to the end
 ])
 def test_bad_files_raise(tmp_path, name, text, why):
     path = tmp_path / name

@@ -78,14 +78,31 @@ def test_damaged_bundles_are_refused_with_a_clear_error(damaged, damage, message
         Bundle.load(damaged)
 
 
-def test_weights_that_do_not_match_the_config_are_refused(damaged):
-    config = json.loads((damaged / "config.json").read_text())
-    config["model"]["units"] = 32
-    (damaged / "config.json").write_text(json.dumps(config))
+def _edit_config(bundle, **model):
     from chatbot.model.bundle import file_sha256
-    manifest = json.loads((damaged / MANIFEST).read_text())
-    manifest["files"]["config.json"] = file_sha256(damaged / "config.json")
-    (damaged / MANIFEST).write_text(json.dumps(manifest))
+
+    config = json.loads((bundle / "config.json").read_text())
+    config["model"].update(model)
+    (bundle / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"]["config.json"] = file_sha256(bundle / "config.json")
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_config_far_bigger_than_its_weights_is_refused_before_building(damaged):
+    """Building allocates every variable: 4,096 units made a 6 MB bundle take 3.6 GB first."""
+    import tracemalloc
+
+    _edit_config(damaged, units=16_384, embedding_dim=16_384, layers=8)  # hundreds of GB if built
+    tracemalloc.start()
+    with pytest.raises(BundleError, match="cannot hold: the config and the weights do not belong together"):
+        Bundle.load(damaged)
+    assert tracemalloc.get_traced_memory()[1] < 200 * 2**20
+    tracemalloc.stop()
+
+
+def test_weights_that_do_not_match_the_config_are_refused(damaged):
+    _edit_config(damaged, units=32)
     with pytest.raises(BundleError, match="cannot load weights"):
         Bundle.load(damaged)
 

@@ -251,6 +251,7 @@ class Bundle:
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
                               f"expect {manifest.get('vocab_size')}")
+        _check_weights_can_hold(path, config, tokenizer.vocab_size)
         from chatbot.model.network import build_model  # deferred: TensorFlow is slow to import
 
         model = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)
@@ -267,6 +268,20 @@ class Bundle:
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
                    path=path, manifest=manifest, question_vectors=_read_vectors(path / QUESTION_VECTORS))
+
+
+def _check_weights_can_hold(path: Path, config: Config, vocab_size: int) -> None:
+    """Refuse a config whose network the weights file is far too small to hold, before building
+    it: building allocates every variable, and a config edited to 4,096 units made a 6 MB bundle
+    take 3.6 GB and minutes before its weights were found not to fit. The bound is low on
+    purpose: an embedding table and one square matrix per layer, at 2 bytes a parameter."""
+    m = config.model
+    width = m.units if m.cell == "transformer" else max(m.embedding_dim, m.units)
+    least = vocab_size * width + m.layers * m.units ** 2
+    held = (path / WEIGHTS).stat().st_size
+    if 2 * least > held + 2**20:
+        raise BundleError(f"{path / CONFIG}: describes a network of at least {least:,} parameters, which "
+                          f"{WEIGHTS} ({held:,} bytes) cannot hold: the config and the weights do not belong together")
 
 
 def upgrade_config(raw: dict, format_version: int) -> dict:
