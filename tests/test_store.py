@@ -547,6 +547,44 @@ def test_two_processes_appending_to_one_session_lose_nothing(store, db_path, tmp
     assert store.integrity_check()
 
 
+# --- retention ---------------------------------------------------------------------------------
+def test_pruning_deletes_old_sessions_whole_and_compacting_gives_the_space_back(tmp_path, capsys, monkeypatch):
+    """A store for weeks of conversations only grew: deleting left the file its size, and
+    there was no way to delete by age."""
+    from datetime import datetime, timedelta, timezone
+
+    from helpers import run_cli
+    from sqlalchemy import text
+
+    db = tmp_path / "old.db"
+    with SessionStore(f"sqlite:///{db}") as store:
+        for i in range(60):
+            sid = store.create_session(f"s{i}", owner="k" if i % 2 else "").id
+            store.add_message(sid, "user", "x" * 2000)
+            reply = store.add_message(sid, "bot", "y" * 2000, score=-0.1)
+            store.set_feedback(reply.id, rating="good")
+        store.create_session("empty and old")
+        with store.engine.begin() as conn:  # s0..s39 and the empty one were last active 40 days ago
+            ago = datetime.now(timezone.utc) - timedelta(days=40)
+            conn.execute(text("UPDATE messages SET created_at = :t WHERE session_id <= 40"), {"t": ago})
+            conn.execute(text("UPDATE sessions SET updated_at = :t WHERE id <= 40 OR name = 'empty and old'"),
+                         {"t": ago})
+        month = datetime.now(timezone.utc) - timedelta(days=30)
+        assert store.prune_sessions(month, owner="k") == (20, 40)  # one owner's only
+        assert store.prune_sessions(month) == (21, 40)
+        assert sorted(s.name for s in store.list_sessions()) == sorted(f"s{i}" for i in range(40, 60))
+        assert raw_count(db, "SELECT count(*) FROM feedback") == 20 and store.integrity_check()
+        with store.engine.begin() as conn:  # and the rest two days ago
+            conn.execute(text("UPDATE messages SET created_at = :t"), {"t": datetime.now(timezone.utc) - timedelta(days=2)})
+    before = db.stat().st_size
+    code, out, err = run_cli(capsys, monkeypatch, "sessions", "prune", "--older-than", "1", "--db", db)
+    assert code == 0, err
+    assert out.startswith("deleted 20 sessions and 40 messages last active before ")
+    assert db.stat().st_size < before / 4  # VACUUM: the pages of the deleted rows are gone
+    with SessionStore(f"sqlite:///{db}") as store:
+        assert store.list_sessions() == [] and store.integrity_check()
+
+
 # --- locations ---------------------------------------------------------------------------------
 def test_default_url_follows_xdg_data_home(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

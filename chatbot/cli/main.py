@@ -453,6 +453,27 @@ def cmd_corpus(args) -> int:
 
 
 # --- sessions ------------------------------------------------------------------------------
+def _prune(store, days: float) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc) - timedelta(days=days)
+    size = _database_bytes(store.file)
+    sessions, messages = store.prune_sessions(before)
+    if sessions:
+        store.compact()
+    freed = f"; the database went from {size:,} to {_database_bytes(store.file):,} bytes" if store.file else ""
+    print(f"deleted {sessions:,} session{'s' * (sessions != 1)} and {messages:,} message{'s' * (messages != 1)} "
+          f"last active before {before.astimezone():%Y-%m-%d %H:%M}{freed}")
+    return 0
+
+
+def _database_bytes(file) -> int:
+    """A SQLite database's size on disk, its write-ahead log included."""
+    if file is None:
+        return 0
+    return sum(p.stat().st_size for p in (file, file.with_name(file.name + "-wal")) if p.exists())
+
+
 def cmd_sessions(args) -> int:
     from chatbot.cli.console import warn_if_in_memory
     from chatbot.data.text import escape_unshowable
@@ -460,15 +481,19 @@ def cmd_sessions(args) -> int:
 
     # A flag that does nothing for this action is refused, not ignored (`list --last 1` listed all).
     for flag, actions in (("feedback", ("export",)), ("last", ("show",)), ("format", ("export",)),
-                          ("out", ("export",)), ("json", ("list",))):
+                          ("out", ("export",)), ("json", ("list",)), ("older_than", ("prune",))):
         if getattr(args, flag) not in (None, False) and args.action not in actions:
-            raise UsageError(f"--{flag} goes with 'sessions {actions[0]}'")
-    if args.action == "list" and args.target is not None:
-        raise UsageError(f"sessions list takes no session ('{args.target}'): it lists them all; "
+            raise UsageError(f"--{flag.replace('_', '-')} goes with 'sessions {actions[0]}'")
+    if args.action in ("list", "prune") and args.target is not None:
+        raise UsageError(f"sessions {args.action} takes no session ('{args.target}'): it reads them all; "
                          "'sessions show' shows one")
-    # Only delete writes: the others open the database read-only and never create it.
-    with SessionStore(args.db, read_only=args.action != "delete") as store:
+    if args.action == "prune" and args.older_than is None:
+        raise UsageError("sessions prune needs --older-than DAYS")
+    # Only delete and prune write: the others open the database read-only and never create it.
+    with SessionStore(args.db, read_only=args.action not in ("delete", "prune")) as store:
         warn_if_in_memory(store.in_memory)
+        if args.action == "prune":
+            return _prune(store, args.older_than)
         if args.action == "export" and args.feedback:  # every session's, unless one is named
             fmt = args.format or "yaml"
             _write_export(store.export_feedback(args.target, format=fmt), args.out, store)
@@ -689,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
-    sessions.add_argument("action", choices=("list", "show", "export", "delete"))
+    sessions.add_argument("action", choices=("list", "show", "export", "delete", "prune"))
     sessions.add_argument("target", nargs="?", metavar="ID_OR_NAME", help="the session (not for list)")
     sessions.add_argument("--db", help="SQLAlchemy database URL or SQLite file")
     sessions.add_argument("--last", type=bounded(int, 1), help="show: only the last N messages")
@@ -701,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "unless one is named): corrections as pairs, replies rated bad left out")
     sessions.add_argument("--out", help="export: write to this file instead of stdout")
     sessions.add_argument("--json", action="store_true", help="list: JSON lines")
+    sessions.add_argument("--older-than", type=bounded(float, 0, above=True), metavar="DAYS",
+                          help="prune: delete the sessions last active more than DAYS ago, with their "
+                               "messages, and give the space back (SQLite: VACUUM)")
     sessions.set_defaults(func=cmd_sessions)
 
     models = sub.add_parser("models", help="list the model bundles under models/ with their key figures")
