@@ -9,6 +9,11 @@ import hashlib
 import hmac
 import threading
 import time
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+
+from chatbot.serving.errors import error_response
 
 ANONYMOUS = ""  # the owner of sessions made without keys (library, CLI, a server without keys)
 
@@ -98,10 +103,6 @@ class BrowserGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        from starlette.datastructures import Headers
-
-        from chatbot.serving.errors import error_response
-
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         origin = headers.get("origin")
@@ -124,6 +125,4 @@ class BrowserGuard:
         await self.app(scope, receive, send_with_headers)
 
     def _trusted(self, origin: str, host: str) -> bool:
-        from urllib.parse import urlsplit
-
         return origin in self.origins or "*" in self.origins or urlsplit(origin).netloc.lower() == host.strip().lower()
