@@ -36,6 +36,7 @@ def test_exact_match_accepts_any_of_an_inputs_answers():
     # aside, so "hello" is right; other words, or leading/inner punctuation, are not.
     assert is_exact("hello", accepted[("Hi",)]) and is_exact("HEY!", accepted[("Hi",)])
     assert not is_exact("Again?", accepted[("Hi",)]) and not is_exact("Hello there", accepted[("Hi",)])
+    assert is_exact("DIE STRASSE", ["Die Straße."]) and is_exact("東京は日本の首都です", ["東京は日本の首都です。"])  # case folded
     assert not is_exact("¡Hello", accepted[("Hi",)])
     assert distinct_inputs(reference + reference[:1]) == [("Hi",), ("Hi", "Hi")]
 

@@ -605,5 +605,6 @@ def test_concurrent_clients_get_their_own_replies(bot, tiny_pairs):
 
 
 def test_words_rejoin_exactly():
-    for text in ["", "one", "two words", "  lead and  double  spaces ", "line\nbreak\n\ncode  x"]:
+    for text in ["", "one", "two words", "  lead and  double  spaces ", "line\nbreak\n\ncode  x", "我非常喜欢猫。 ok 東京"]:
         assert "".join(words(text, 1)) == text and "".join(words(text, 3)) == text
+    assert words("我非常喜欢猫。", 1) == ["我", "非", "常", "喜", "欢", "猫。"]  # it came as one chunk

@@ -155,10 +155,11 @@ def match_key(text: str) -> str:
 
 
 def normalise_answer(text: str) -> str:
-    """The form in which replies and answers are compared for exact match: lower case,
-    whitespace runs as one space, no trailing punctuation or whitespace ("Hi." == "hi";
-    inner and leading punctuation still count: "It's" != "Its")."""
-    text = " ".join(text.lower().split())
+    """The form in which replies and answers are compared for exact match: case folded (the
+    Unicode caseless form: "STRASSE" is "Straße"), whitespace runs as one space, no trailing
+    punctuation or whitespace ("Hi." == "hi"; inner and leading punctuation still count:
+    "It's" != "Its")."""
+    text = " ".join(text.casefold().split())
     end = len(text)
     while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
         end -= 1

@@ -201,9 +201,11 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], responses=documented(Health))
+    @app.get("/healthz", tags=["operations"], responses=documented(Health))
     async def healthz():
         return {"status": "ok"}
+
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # monitors that send HEAD
 
     @app.get("/readyz", tags=["operations"],
              responses={**documented(Readiness), **documented(Readiness, 503, "not ready: loading, failed or not started")})

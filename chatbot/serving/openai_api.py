@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Literal
 
+import regex
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
 SESSION_HEADER = "x-session"
+_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
 
 
 class ContentPart(BaseModel):
@@ -204,10 +206,11 @@ def session_ref(value: str) -> int | str:
 
 def words(text: str, per_chunk: int) -> list[str]:
     """``text`` cut into chunks of ``per_chunk`` words, each with the space before it, so that
-    joining the chunks gives the text back exactly."""
+    joining the chunks gives the text back exactly. A Chinese or Japanese character counts as a
+    word (those scripts put no space between words: a reply came as one chunk)."""
     pieces, start, count = [], 0, 0
     for i, ch in enumerate(text):
-        if ch.isspace() and i > 0 and not text[i - 1].isspace():
+        if i > 0 and not text[i - 1].isspace() and (ch.isspace() or _UNSPACED.match(ch)):
             count += 1
             if count == per_chunk:
                 pieces.append(text[start:i])
