@@ -145,21 +145,34 @@ def _config(**overrides) -> Config:
     return tiny_config(**{"training.epochs": EPOCHS, "training.batch_size": 10, **overrides})
 
 
-def _start_cluster(command, tmp) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """Two ``chatbot`` processes, one per worker of a TF_CONFIG on free local ports, CPU only."""
+def test_a_cluster_of_one_worker_trains(tmp_path):
+    """A StatefulSet of one replica: its step loss kept the workers' axis, shape (1,), and
+    TensorBoard refused it at the first step ("Expected scalar shape")."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(_config(**{"training.epochs": 2}).to_dict()))
+    out = tmp_path / "models" / "one"
+    [worker] = _start_cluster(["train", "--corpus", TINY_PAIRS, "--config", config_file, "--out", out, "--quiet",
+                               "--distribute", "multi-worker"], tmp_path, workers=1)
+    summary, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-2000:]
+    assert json.loads(summary)["epochs"] == 2 and (out / "bundle.json").is_file()
+
+
+def _start_cluster(command, tmp, workers: int = 2) -> list[subprocess.Popen]:
+    """``workers`` ``chatbot`` processes, one per worker of a TF_CONFIG on free local ports, CPU only."""
     ports = []
-    for _ in range(2):
+    for _ in range(workers):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
-    for index in range(2):
+    for index in range(workers):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp)}
         processes.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, command)], env=env,
                                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return processes[0], processes[1]
+    return processes
 
 
 def _wait(condition, processes, timeout: float = 120) -> None:

@@ -126,14 +126,16 @@ def adapt(model, cluster: Cluster, sample_batch) -> None:
       which fails across workers and for padded batches of different lengths: build them here
       from one local batch (only shapes matter) and skip that step;
     - it averages each step's metrics over replicas along axis 0, which scalars lack: give them
-      that axis (the mean over workers is then the usual scalar).
+      that axis (the mean over workers is then the usual scalar). With one replica (a cluster of
+      one worker) it takes the one value as it is, and the axis stayed: TensorBoard refused the
+      step's loss of shape (1,) and the run failed at its first step.
     """
     if cluster.strategy is None:
         return
     with cluster.scope():
         model._symbolic_build(data_batch=sample_batch)
     model._maybe_symbolic_build = lambda *args, **kwargs: None
-    if cluster.multi_worker:
+    if cluster.multi_worker and cluster.strategy.num_replicas_in_sync > 1:
         import tensorflow as tf
 
         def with_axis(step):
