@@ -53,6 +53,21 @@ def test_without_keys_on_loopback_the_server_answers_to_loopback_names_only(caps
         assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
 
 
+def test_a_root_path_reaches_uvicorn(capsys, monkeypatch, tiny_bundle_path):
+    import uvicorn
+
+    from chatbot.cli.serve import ENV_SETTINGS
+
+    for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    given = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: given.update(kwargs))
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
+                           "--db", "sqlite://", "--root-path", "/chatbot/")
+    assert code == 0, err
+    assert given["root_path"] == "/chatbot"
+
+
 def test_a_short_key_is_a_one_line_error(capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--api-key", "short")
     assert code == 1 and err.strip().splitlines() == [

@@ -709,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="without keys on loopback, the server answers only requests for localhost, "
                             "127.0.0.1 and ::1 (against DNS rebinding); also answer to this name, e.g. the "
                             "one a reverse proxy passes on (repeatable)")
+    serve.add_argument("--root-path", default="", metavar="PATH",
+                       help="the path prefix a reverse proxy serves the app under and strips, e.g. /chatbot "
+                            "(the API docs page then finds its schema)")
     serve.add_argument("--drain-seconds", type=bounded(int, 0), default=30,
                        help="on SIGTERM, wait this long for requests in flight [30]")
     serve.set_defaults(func=cmd_serve)

@@ -106,5 +106,6 @@ def serve(args) -> int:
           "(/readyz answers 200 when it is ready); Ctrl-C stops", file=sys.stderr, flush=True)
     uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info" if args.verbose else "warning",
-                timeout_graceful_shutdown=args.drain_seconds, server_header=False)
+                timeout_graceful_shutdown=args.drain_seconds, server_header=False,
+                root_path=args.root_path.rstrip("/"))
     return 0
