@@ -163,17 +163,62 @@ def test_max_tokens_and_stop(api, tiny_pairs):
     exact = chat(api, question, max_tokens=whole).json()["choices"][0]
     assert exact == {**exact, "finish_reason": "stop", "message": {**exact["message"], "content": answer}}
     assert chat(api, question, max_tokens=whole - 1).json()["choices"][0]["finish_reason"] == "length"
-    stopped = chat(api, question, stop=[" capital"]).json()["choices"][0]
-    assert stopped["message"]["content"] == answer.split(" capital")[0] and stopped["finish_reason"] == "stop"
+    stopped = chat(api, question, stop=[" capital"]).json()
+    assert stopped["choices"][0]["message"]["content"] == answer.split(" capital")[0]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["usage"]["completion_tokens"] < whole  # what was returned is counted, not the whole reply
+    # In a session the stored reply would not be the one returned (and would be read as context).
+    refused = chat(api, question, headers={"X-Session": "cut"}, stop=[" capital"])
+    assert refused.status_code == 400 and "X-Session" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("fields, status", [
+    ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, 400),
+    ({"tool_choice": "auto", "tools": [{"type": "function", "function": {"name": "f"}}]}, 200),  # free to answer
+    ({"response_format": {"type": "json_object"}}, 400),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "A"}}}, 400),
+    ({"response_format": {"type": "text"}}, 200),
+    ({"logprobs": True, "top_logprobs": 2}, 400),
+    ({"logprobs": False}, 200),
+    ({"top_p": 0}, 200),  # the most likely token: greedy (it was refused)
+])
+def test_what_the_model_cannot_do_is_refused_not_ignored(api, tiny_pairs, fields, status):
+    """Plain text where a client asked for a tool call or JSON: LangChain's structured output
+    returned None, with no error."""
+    response = chat(api, tiny_pairs[0][0], **fields)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["code"] == "unsupported_parameter"
+    else:
+        assert response.json()["choices"][0]["message"]["content"] == tiny_pairs[0][1]
+
+
+def test_a_fallback_is_a_whole_reply_with_its_own_token_count(tiny_bundle_path, tiny_pairs):
+    """A fallback replaced a decode cut at max_tokens 3: it came back as "length", counted 3."""
+    from chatbot.dialogue.bot import ChatBot
+
+    with ChatBot.load(tiny_bundle_path, db="sqlite://", warm_up=False,
+                      dialogue={"min_confidence": 1.0, "fallback_text": "Sorry, say again?"}) as unsure:
+        with client_for(unsure) as client:
+            body = chat(client, tiny_pairs[2][0], max_tokens=3).json()
+            assert body["choices"][0]["message"]["content"] == "Sorry, say again?"
+            assert body["choices"][0]["finish_reason"] == "stop"
+            assert body["usage"]["completion_tokens"] == unsure.count_tokens("Sorry, say again?") + 1
 
 
 def test_earlier_turns_are_accepted_as_context(api, tiny_pairs):
     question, answer = tiny_pairs[0]
     messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"},
+                {"role": "assistant", "content": "hello"}, {"role": "function", "name": "f", "content": "42"},
                 {"role": "user", "content": [{"type": "text", "text": question}]}]
     response = api.post("/v1/chat/completions", json={"model": "tiny", "messages": messages})
     assert response.json()["choices"][0]["message"]["content"] == answer
+    # Several text parts are several pieces of text, not one word across their seam.
+    from chatbot.serving.openai_api import ChatMessage
+
+    parts = [{"type": "text", "text": "What is"}, {"type": "image_url"}, {"type": "text", "text": "AI?"}]
+    assert ChatMessage(role="user", content=parts).text() == "What is\nAI?"
 
 
 def test_a_named_session_keeps_the_conversation(api, bot, tiny_pairs):

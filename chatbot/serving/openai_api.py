@@ -36,12 +36,13 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text or "" for part in self.content if part.type == "text")
+            # Parts are separate pieces of text ("What is" and "AI?" were read as "What isAI?").
+            return "\n".join(part.text for part in self.content if part.type == "text" and part.text)
         return self.content or ""
 
 
@@ -60,12 +61,18 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)  # 0: the most likely token, greedy
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=-(2 ** 63), le=2 ** 64 - 1)  # OpenAI takes 64-bit seeds
     stop: str | list[str] | None = None
     user: str | None = None
+    # Asked for and not supported: refused, since a client would parse plain text as what it
+    # asked for (LangChain's structured output returned None). ``tools`` alone, or with
+    # tool_choice "auto" or "none", leaves the model free to answer in text, as it does.
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+    logprobs: bool | None = None
 
 
 def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
@@ -73,6 +80,12 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
     the model's own settings (greedy by default); temperature 0: greedy (top_p aside); otherwise
     sampling.
     ``n`` > 1 without sampling takes the n best of a beam search."""
+    if isinstance(body.tool_choice, dict) or body.tool_choice == "required":
+        raise ApiError(400, "unsupported_parameter", "tool_choice: this model cannot call tools")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise ApiError(400, "unsupported_parameter", "response_format: this model replies in plain text only")
+    if body.logprobs:
+        raise ApiError(400, "unsupported_parameter", "logprobs: this server does not return them")
     if body.n > settings.max_n:
         raise ApiError(400, "invalid_request", f"n: at most {settings.max_n}")
     decoding: dict = {}
@@ -82,11 +95,12 @@ def decoding_for(body: ChatCompletionRequest, settings, model_decoding) -> dict:
             raise ApiError(400, "invalid_request", f"max_tokens: at most {settings.max_tokens} on this server")
         decoding["max_length"] = limit
     # Temperature 0 asks for the most likely reply whatever top_p says (clients often send both).
-    sampling = body.temperature != 0 and (bool(body.temperature) or (body.top_p is not None and body.top_p < 1))
+    sampling = (body.temperature != 0 and body.top_p != 0
+                and (bool(body.temperature) or (body.top_p is not None and body.top_p < 1)))
     if sampling:
         decoding.update(strategy="sample", beam=1, n_best=1, temperature=body.temperature or 1.0,
                         top_p=body.top_p if body.top_p is not None else 1.0)
-    elif body.temperature == 0:
+    elif body.temperature == 0 or body.top_p == 0:
         decoding.update(strategy="greedy", beam=1, n_best=1)
     if body.seed is not None:  # the decode loops take 31-bit seeds: a wider one is folded into them
         decoding["seed"] = body.seed % 2 ** 31
@@ -101,21 +115,31 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def _first_choice(reply, bot) -> tuple[str, bool, int]:
+    """(text, ended, tokens) of a reply: a fallback's text was not decoded, so its decode's
+    token count and end do not apply to it (it came back as "length" after max_tokens 3)."""
+    if reply.fallback:
+        return reply.text, True, bot.count_tokens(reply.text) + 1
+    return reply.text, reply.ended, reply.tokens
+
+
 def _choices(body, replies, bot) -> list[dict]:
     """(text, finish_reason, completion tokens) per choice: "length" for a reply cut at the
     limit, not for one that reached its end token on the last step it had."""
     limit = body.max_completion_tokens or body.max_tokens or bot.decoding.max_length
     if len(replies) == 1 and body.n > 1:  # n best of one beam search
         reply = replies[0]
-        choices = [(reply.text, reply.ended, reply.tokens)]
+        choices = [_first_choice(reply, bot)]
         for text, _ in reply.alternatives[1:body.n]:  # their ids are not kept: counted again, [END] too
             counted = bot.count_tokens(text) + 1
             choices.append((text, counted <= limit, min(counted, limit)))
     else:
-        choices = [(r.text, r.ended, r.tokens) for r in replies]
+        choices = [_first_choice(r, bot) for r in replies]
     out = []
     for text, ended, tokens in choices:
         text, stopped = _cut_at_stop(text, body.stop)
+        if stopped:  # what is returned is counted, as OpenAI does
+            tokens = min(tokens, bot.count_tokens(text))
         out.append((text, "stop" if ended or stopped else "length", tokens))
     return out
 
@@ -157,6 +181,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
     session = _header_text(request.headers.get(SESSION_HEADER))
     sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
     if session is not None:
+        if body.stop:  # the session would keep, and read as context, a reply the client never saw
+            raise ApiError(400, "invalid_request", "stop cannot be used with X-Session: the stored reply would "
+                                                   "differ from the one returned")
         if sampled_choices > 1:
             raise ApiError(400, "invalid_request", "n > 1 with sampling cannot be stored in a session")
         # A new name is created only once the message and settings pass (in ``reply_many``).
