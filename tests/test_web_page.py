@@ -286,3 +286,14 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
         assert log_texts(browser) == []
         assert page_error(browser) == ""
         assert console_errors(browser, allowed=("status of 401",)) == []
+
+        # Escape closes it (a browser blocks at most the first one): the page says why nothing
+        # loads, and the next message asks again (every request hung until a reload).
+        for _ in range(2):
+            if browser.find_element(By.ID, "key-dialog").is_displayed():
+                browser.find_element(By.ID, "key-input").send_keys(Keys.ESCAPE)
+        wait(browser, lambda d: "needs an API key" in page_error(d), "no word on the missing key after Escape")
+        browser.find_element(By.ID, "message").send_keys(q1, Keys.ENTER)
+        wait(browser, EC.visibility_of_element_located((By.ID, "key-dialog")), "the next message did not ask again")
+        browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
+        wait(browser, lambda d: ("bot", a1) in log_texts(d), "no reply once the key was given")

@@ -65,23 +65,34 @@
   // Asks for the key once, however many requests were refused meanwhile.
   function askForKey(reason) {
     if (!state.keyWait) {
-      state.keyWait = new Promise((resolve) => {
+      state.keyWait = new Promise((resolve, reject) => {
         el.keyReason.textContent = reason;
         el.keyInput.value = "";
+        let given = "";
         const done = (event) => {
           event.preventDefault();
-          const key = el.keyInput.value.trim();
-          if (!key) return;
+          given = el.keyInput.value.trim();
+          if (given) el.keyDialog.close();
+        };
+        const keep = (event) => event.preventDefault(); // Escape: keep it open where the browser lets us
+        // Closed with a key, or by Escape (a browser lets a page block only the first one, or none
+        // before the user has clicked): either way the wait ends, or every request after it hung.
+        const closed = () => {
           el.keyForm.removeEventListener("submit", done);
           el.keyDialog.removeEventListener("cancel", keep);
-          el.keyDialog.close();
-          storeKey(key);
+          el.keyDialog.removeEventListener("close", closed);
           state.keyWait = null;
-          resolve(key);
+          if (given) {
+            storeKey(given);
+            resolve(given);
+          } else {
+            reject(new ApiError(401, "This server needs an API key: send again to enter it.", "missing_key"));
+          }
+          el.message.focus();
         };
-        const keep = (event) => event.preventDefault(); // nothing works without it: Escape keeps it
         el.keyForm.addEventListener("submit", done);
         el.keyDialog.addEventListener("cancel", keep);
+        el.keyDialog.addEventListener("close", closed);
         if (!el.keyDialog.open) el.keyDialog.showModal();
         el.keyInput.focus();
       });
@@ -411,6 +422,13 @@
     await loadSessions();
   }
 
+  function hiddenText(text) { // read by screen readers, not shown
+    const span = document.createElement("span");
+    span.className = "visually-hidden";
+    span.textContent = text;
+    return span;
+  }
+
   async function send(text) {
     if (state.current === null) {
       const session = await createSession(null);
@@ -426,9 +444,11 @@
     reply.dataset.deltas = "0";
     el.log.append(mine, reply);
     scrollToEnd();
+    let accepted = false;
     try {
       const response = await request("api/sessions/" + sessionId + "/messages",
                                      { method: "POST", body: { text, stream: true }, accept: "text/event-stream" });
+      accepted = true; // the server has stored the message: from here a failure is not "not sent"
       let streamed = "";
       let final = null;
       let failure = null;
@@ -452,8 +472,16 @@
       finishBot(reply, final);
       scrollToEnd();
     } catch (error) {
-      mine.classList.add("failed");
-      reply.remove();
+      if (accepted) {
+        // The stream broke after the server took the message (and perhaps stored the reply):
+        // show what is stored rather than offer the text again, which would store it twice.
+        error.stored = true;
+        if (state.current === sessionId) await openSession(sessionId).catch(() => {});
+      } else {
+        mine.classList.add("failed");
+        mine.querySelector(".text").append(hiddenText(" (not sent)"));
+        reply.remove();
+      }
       throw error;
     } finally {
       loadSessions().catch(showError);
@@ -477,7 +505,7 @@
       try {
         await send(text);
       } catch (error) {
-        if (!el.message.value) el.message.value = text; // give the text back to try again
+        if (!el.message.value && !error.stored) el.message.value = text; // give the text back to try again
         throw error;
       }
     }).finally(() => {
