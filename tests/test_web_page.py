@@ -113,10 +113,16 @@ def page_error(driver) -> str:
     return "" if not box.is_displayed() else box.text
 
 
-def log_texts(driver) -> list[tuple[str, str]]:
-    """The conversation shown: (role, text) per bubble."""
-    return [(li.get_attribute("data-role"), li.find_element(By.CSS_SELECTOR, ".text").text)
-            for li in driver.find_elements(By.CSS_SELECTOR, "#log > li")]
+def log_texts(driver) -> list[tuple[str, str]] | None:
+    """The conversation shown: (role, text) per bubble; None while the page is replacing it (a
+    bubble read went stale), so that a wait asks again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return [(li.get_attribute("data-role"), li.find_element(By.CSS_SELECTOR, ".text").text)
+                for li in driver.find_elements(By.CSS_SELECTOR, "#log > li")]
+    except StaleElementReferenceException:
+        return None
 
 
 def send(driver, question: str):
@@ -176,6 +182,15 @@ def test_chat_page_streams_replies_keeps_sessions_and_feedback(browser, bot, tin
         open_session(browser, f"#{first['id']}", [("user", q1), ("bot", a1)])
         open_session(browser, "second", [("user", q2), ("bot", a2)])
         open_session(browser, f"#{first['id']}", [("user", q1), ("bot", a1)])
+        # The open session is in the address: a reload comes back to it (it opened the latest
+        # one, "second"), and Back goes to the session before.
+        assert browser.current_url.endswith(f"#session={first['id']}")
+        browser.refresh()
+        wait(browser, lambda d: log_texts(d) == [("user", q1), ("bot", a1)], "the reload lost the open session")
+        browser.back()
+        wait(browser, lambda d: log_texts(d) == [("user", q2), ("bot", a2)], "Back did not open the session before")
+        browser.forward()
+        wait(browser, lambda d: log_texts(d) == [("user", q1), ("bot", a1)], "Forward did not come back")
 
         # 👍 on the reply: stored as the message's feedback.
         reply = browser.find_element(By.CSS_SELECTOR, "#log > li.bot")

@@ -375,8 +375,19 @@
     showTitle();
   }
 
-  async function openSession(id) {
+  // The open session is in the address (#session=ID): a reload comes back to it, Back goes to
+  // the one before, and a link opens it.
+  function sessionInAddress() {
+    const found = /^#session=(\d+)$/.exec(location.hash);
+    return found ? Number(found[1]) : null;
+  }
+
+  async function openSession(id, fromAddress) {
     const page = await api("api/sessions/" + id + "/messages?limit=" + PAGE);
+    if (!fromAddress && sessionInAddress() !== id) {
+      if (sessionInAddress() === null) history.replaceState(null, "", "#session=" + id);
+      else history.pushState(null, "", "#session=" + id);
+    }
     state.current = id;
     state.nextBefore = page.next_before;
     el.log.replaceChildren(...page.messages.map(renderMessage));
@@ -400,6 +411,7 @@
   }
 
   function startNew() {
+    if (sessionInAddress() !== null) history.replaceState(null, "", location.pathname + location.search);
     state.current = null;
     state.nextBefore = null;
     el.log.replaceChildren();
@@ -420,6 +432,7 @@
     await api("api/sessions/" + session.id, { method: "DELETE" });
     if (state.current === session.id) startNew();
     await loadSessions();
+    el.message.focus(); // the deleted session's button is gone: focus fell to the page
   }
 
   function hiddenText(text) { // read by screen readers, not shown
@@ -432,6 +445,7 @@
   async function send(text) {
     if (state.current === null) {
       const session = await createSession(null);
+      history.replaceState(null, "", "#session=" + session.id);
       state.current = session.id;
       renderSessions();
       showTitle();
@@ -548,8 +562,20 @@
     document.title = model.name + " · chatbot";
     if (state.auth && !state.key) await askForKey("This server needs an API key.");
     await loadSessions();
-    if (state.current === null && state.sessions.length) await openSession(state.sessions[0].id);
+    const linked = sessionInAddress();
+    if (linked !== null && state.sessions.some((session) => session.id === linked)) {
+      await openSession(linked, true);
+    } else if (state.current === null && state.sessions.length) {
+      await openSession(state.sessions[0].id);
+    }
   }
+
+  window.addEventListener("popstate", () => {
+    const id = sessionInAddress();
+    if (id !== null && id !== state.current && state.sessions.some((session) => session.id === id)) {
+      run(() => openSession(id, true));
+    }
+  });
 
   storeKey(state.key);
   run(start);
