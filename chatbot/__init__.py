@@ -10,24 +10,37 @@ of them.
 ``ChatBot`` (``chatbot.dialogue.bot``) is the object applications embed.
 """
 
+from typing import TYPE_CHECKING
+
 from chatbot.errors import (
-    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, MessageNotStored,
-    PlotError, ReplyNotStored, StoreError, TokenizerError, TrainingError,
+    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, MessageNotFound,
+    MessageNotStored, PlotError, ReplyNotStored, SessionExists, SessionNotFound, StoreArgumentError,
+    StoreError, TokenizerError, TrainingError,
 )
 from chatbot.version import __version__
+
+if TYPE_CHECKING:  # what a type checker sees; at run time they load on first use (below)
+    from chatbot.config import Config
+    from chatbot.dialogue.bot import ChatBot, Reply, ReplyRequest
+
+_LAZY = {"ChatBot": "chatbot.dialogue.bot", "Reply": "chatbot.dialogue.bot", "ReplyRequest": "chatbot.dialogue.bot",
+         "Config": "chatbot.config"}
 
 
 def __getattr__(name):
     # ChatBot pulls in TensorFlow; load it on first use so `import chatbot` stays light.
-    if name in ("ChatBot", "ReplyRequest"):
-        from chatbot.dialogue import bot
-        return getattr(bot, name)
-    if name == "Config":
-        from chatbot.config import Config
-        return Config
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'chatbot' has no attribute {name!r}")
 
 
-__all__ = ["ChatBot", "ReplyRequest", "Config", "ChatbotError", "BundleError", "ConfigError", "CorpusError",
-           "DecodingError", "InputError", "MessageNotStored", "PlotError", "ReplyNotStored", "StoreError",
+def __dir__():
+    return sorted(__all__)
+
+
+__all__ = ["ChatBot", "Reply", "ReplyRequest", "Config", "ChatbotError", "BundleError", "ConfigError",
+           "CorpusError", "DecodingError", "InputError", "MessageNotFound", "MessageNotStored", "PlotError",
+           "ReplyNotStored", "SessionExists", "SessionNotFound", "StoreArgumentError", "StoreError",
            "TokenizerError", "TrainingError", "__version__"]

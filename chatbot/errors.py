@@ -50,6 +50,24 @@ class StoreError(ChatbotError):
     """The conversation database cannot be opened, read or written."""
 
 
+class StoreArgumentError(StoreError, InputError):
+    """An argument the store cannot take (a wrong type, a rating that is not one): the caller's
+    mistake, not the database's (a server answers 400, not 503)."""
+
+
+class SessionNotFound(StoreError, LookupError):
+    """No session has the given id or name (or it belongs to another owner)."""
+
+
+class MessageNotFound(StoreError, LookupError):
+    """No stored message (for feedback: no stored bot reply) has the given id, or it is in
+    another owner's session."""
+
+
+class SessionExists(StoreError):
+    """A session with this name already exists (``get_or_create_session`` reads it instead)."""
+
+
 class MessageNotStored(StoreError):
     """``ChatBot.reply`` could not store the user's message (a locked or full database, say), so
     nothing was stored and no reply was made: ``text`` is the message, to send again."""

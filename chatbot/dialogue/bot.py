@@ -359,9 +359,14 @@ class ChatBot:
         """A session as JSON lines (every message with its details) or corpus YAML."""
         return self.store.export_session(_session_ref(session), format=format, owner=owner)
 
+    def check_database(self) -> None:
+        """Open the session database if it is not open yet (creating and migrating it), and ask
+        it something: ``StoreError`` when it does not answer. For health checks."""
+        self.store.schema_revision()
+
     @property
     def database_url(self) -> str:
-        """The session database's URL (opening it now, so a bad one fails here)."""
+        """The session database's URL, its password hidden (opening it now, so a bad one fails here)."""
         return self.store.url
 
     @property
@@ -394,9 +399,17 @@ class ChatBot:
         fields) override the model's decoding settings for this reply only; the settings
         used are stored with the reply. With ``avoid_repeat``, the reply is the best of the
         n-best list that differs from the bot's previous reply in the session.
+
+        Raises ``InputError`` (an empty or too long message), ``ConfigError`` (a bad decoding
+        setting), ``SessionNotFound`` (no such session id), ``MessageNotStored`` (the message
+        could not be stored: nothing was decoded; ``exc.text`` holds it), ``ReplyNotStored``
+        (the reply was made but not stored: ``exc.reply``), ``DecodingError``; all are
+        ``ChatbotError``s, importable from ``chatbot``.
         """
         request = ReplyRequest(text, session=session, decoding=decoding, max_length=max_length)
-        return self.reply_many([request])[0]
+        reply = self.reply_many([request])[0]
+        assert isinstance(reply, Reply)  # reply_many raises, unless told to return exceptions
+        return reply
 
     def reply_many(self, requests: Sequence["ReplyRequest"],
                    return_exceptions: bool = False) -> list["Reply | Exception"]:
@@ -428,7 +441,7 @@ class ChatBot:
                 for i, p in zip(indices, batch):
                     results[i] = p.decoding_failed(exc)
                 continue
-            for i, p, g in zip(indices, batch, generated):
+            for i, p, g in zip(indices, batch, generated, strict=True):  # a result per request, or a bug
                 try:
                     results[i] = self._finish(p, g)
                 except Exception as exc:  # noqa: BLE001

@@ -47,7 +47,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_col
 from sqlalchemy.pool import StaticPool
 
 from chatbot.data.text import UNSHOWABLE
-from chatbot.errors import InputError, StoreError
+# The store's errors live with the others (``chatbot.errors``); importable from here as before.
+from chatbot.errors import (  # noqa: F401
+    MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError, StoreError,
+)
 from chatbot.files import user_data_dir
 
 log = logging.getLogger(__name__)
@@ -72,24 +75,6 @@ RATINGS = ("good", "bad")
 OWNER_MAX = 64  # characters of sessions.owner
 DB_ENV = "CHATBOT_DB"
 _POSITION_RETRIES = 20  # non-SQLite only: attempts when another writer took the same position
-
-
-class StoreArgumentError(StoreError, InputError):
-    """An argument the store cannot take (a wrong type, a rating that is not one): the caller's
-    mistake, not the database's (a server answers 400, not 503)."""
-
-
-class SessionNotFound(StoreError, LookupError):
-    """No session has the given id or name (or it belongs to another owner)."""
-
-
-class MessageNotFound(StoreError, LookupError):
-    """No stored message (for feedback: no stored bot reply) has the given id, or it is in
-    another owner's session."""
-
-
-class SessionExists(StoreError):
-    """A session with this name already exists (``get_or_create_session`` reads it instead)."""
 
 
 # --- database location -----------------------------------------------------------------------
@@ -315,14 +300,16 @@ class SessionStore:
 
     def __init__(self, url: str | os.PathLike | None = None, busy_timeout_ms: int = 5000,
                  read_only: bool = False):
-        self.url = resolve_database_url(url)
-        if "\x00" in str(self.url) or "%00" in str(self.url):  # the driver would raise ValueError
+        given = resolve_database_url(url)
+        if "\x00" in str(given) or "%00" in str(given):  # the driver would raise ValueError
             raise StoreError("invalid database URL: it contains a NUL byte")
         try:
-            parsed = make_url(self.url)
+            parsed = make_url(given)
         except ArgumentError as exc:
-            raise StoreError(f"invalid database URL {self.url!r}: {exc}") from None
+            shown = given.split("@")[-1] if "@" in given else given  # no password in the message
+            raise StoreError(f"invalid database URL {shown!r}: {exc}") from None
         self._shown = parsed.render_as_string(hide_password=True)
+        self.url = self._shown  # public, so printed and logged: the password stays hidden (***)
         self._sqlite = parsed.get_backend_name() == "sqlite"
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._wal = False  # set once the schema version is known to be ours

@@ -113,7 +113,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         if warm_up:
             loaded.warm_up()
         try:
-            _ = loaded.store  # open (and migrate) the database now rather than on a first request
+            loaded.check_database()  # open (and migrate) the database now rather than on a first request
         except StoreError as exc:  # down for now: stateless requests are answered, the others get
             # 503 and try again (``chatbot serve`` refuses to start on a database that does not answer)
             log.error("the session database is unavailable: %s", str(exc).splitlines()[0])
@@ -249,7 +249,7 @@ async def _database_state(bot) -> dict:
     ready either way (stateless requests are answered), but an operator sees why session
     requests get 503."""
     try:
-        await asyncio.wait_for(asyncio.to_thread(lambda: bot.store.schema_revision()), DATABASE_CHECK_SECONDS)
+        await asyncio.wait_for(asyncio.to_thread(bot.check_database), DATABASE_CHECK_SECONDS)
     except (StoreError, SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else f"no answer in {DATABASE_CHECK_SECONDS:g} s"
         return {"database": "unavailable", "error": reason}

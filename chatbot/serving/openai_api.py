@@ -123,7 +123,7 @@ def _first_choice(reply, bot) -> tuple[str, bool, int]:
     return reply.text, reply.ended, reply.tokens
 
 
-def _choices(body, replies, bot) -> list[dict]:
+def _choices(body, replies, bot) -> list[tuple[str, str, int]]:
     """(text, finish_reason, completion tokens) per choice: "length" for a reply cut at the
     limit, not for one that reached its end token on the last step it had."""
     limit = body.max_completion_tokens or body.max_tokens or bot.decoding.max_length

@@ -115,7 +115,7 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
           verbose: int = 0, extra_callbacks: list | None = None,
           on_stage: Callable[[str], None] | None = None, base: str | Path | Bundle | None = None,
           mix_base_corpus: bool = False, rebuild_vocab: bool = False,
-          golden: str | Path | None = None) -> Bundle:
+          golden: str | Path | None = None) -> Bundle | None:
     """Train a model and save it as a bundle at ``out``; returns the saved bundle. ``verbose``:
     Keras' progress on stdout (0, the default: none; 1: a bar; 2: a line per epoch).
 
