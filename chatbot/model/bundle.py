@@ -189,10 +189,7 @@ class Bundle:
         recorded = self.corpus.get("path")
         if not recorded:
             raise BundleError(f"{self.path}: the bundle does not record its training corpus")
-        path = resolve_corpus(recorded)  # a path, or a corpus name such as "chitchat"
-        project = MODELS_DIR.parent  # the checkout, or the installed package
-        if not path.is_absolute() and not path.exists() and (project / path).exists():
-            path = project / path  # recorded relative to the project, read from elsewhere
+        path = resolve_corpus(recorded)  # a path, a bundled corpus, or a name such as "chitchat"
         if not path.exists():
             raise CorpusError(path, None, f"the training corpus of model {self.name} is no longer here")
         # Its skipped entries were reported when the model was trained: say nothing again.
