@@ -7,6 +7,8 @@ import dataclasses
 
 import pytest
 
+from chatbot.dialogue.bot import ReplyRequest
+
 import chatbot.dialogue.bot as bot_module
 from chatbot.config import Config, DialogueConfig, specs
 from chatbot.errors import ConfigError, InputError
@@ -70,6 +72,9 @@ def _calls(bot, sid: int, reply_id: int):
         ("correct None id", lambda: bot.correct(None, "better")),
         ("warm_up str", lambda: bot.warm_up("beam")),
         ("warm_up unknown", lambda: bot.warm_up(["fastest"])),
+        # A sample number is checked with no seed too (True was taken there).
+        ("sample True, no seed", lambda: bot.reply_many([ReplyRequest("hi", store=False, sample=True,
+                                                                      decoding={"strategy": "sample"})])),
     ]
 
 

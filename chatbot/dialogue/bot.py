@@ -417,8 +417,10 @@ class ChatBot:
         decode per distinct decoding setting. This is what a server does with the requests
         that arrived during the previous decode.
 
-        Each request goes through ``reply``'s order (store the message, build the context,
-        decode, store the reply); a request that fails does not fail the others. With
+        Every request's message is stored and its context read first, then the decodes run,
+        then the replies are stored: two requests to one session in one call both read the
+        history as it was before either reply (send them one after the other to have the
+        second read the first's reply). A request that fails does not fail the others. With
         ``return_exceptions`` its exception takes its place in the result, as in
         ``asyncio.gather``; otherwise the first one is raised after every request is done."""
         pending: list[_Pending | Exception] = []
@@ -459,6 +461,7 @@ class ChatBot:
             raise InputError(f"a reply request is a ReplyRequest, not {_type_name(request)}")
         message = self.check_message(request.text)
         config = self.resolve_decoding(request.decoding, request.max_length)  # a bad setting stores nothing
+        Generator.row_keys([[message]], config.seed, [request.sample])  # a bad sample number too
         if not request.store:
             context = _contexts([request.context or []], 1)[0]
             return _Pending(message, config, context, sample=request.sample)
@@ -533,7 +536,8 @@ class ChatBot:
 
     # --- feedback ----------------------------------------------------------------------------
     def rate(self, message_id: int, rating: str, owner: str | None = None):
-        """Mark a stored reply "good" or "bad" (``Reply.message_id``)."""
+        """Mark a stored reply "good" or "bad" (``Reply.message_id``); "good" also withdraws a
+        correction given before (the reply was right after all)."""
         return self.store.set_feedback(_message_ref(message_id), rating=rating, owner=owner)
 
     def correct(self, message_id: int, better_answer: str, owner: str | None = None):

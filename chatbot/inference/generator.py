@@ -391,14 +391,15 @@ class Generator:
         random seed per input."""
         if samples is not None and len(samples) != len(inputs):
             raise InputError(f"{len(samples)} sample numbers for {len(inputs)} inputs")
+        for given in samples or ():  # checked with a seed or without (True was taken without one)
+            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or not 0 <= given < 2 ** 31):
+                raise InputError(f"a sample number must be an int from 0 to 2**31 - 1, not {given!r}")
         if seed is None:
             return np.array([[random.randrange(2 ** 31), 0] for _ in inputs], np.int32).reshape(-1, 2)
         seen: dict[tuple[str, ...], int] = {}
         streams = []
         for i, turns in enumerate(inputs):
             given = samples[i] if samples is not None else None
-            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or not 0 <= given < 2 ** 31):
-                raise InputError(f"a sample number must be an int from 0 to 2**31 - 1, not {given!r}")
             earlier = seen.get(tuple(turns), 0)
             seen[tuple(turns)] = earlier + 1
             streams.append(earlier if given is None else given)
