@@ -312,3 +312,26 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
         wait(browser, EC.visibility_of_element_located((By.ID, "key-dialog")), "the next message did not ask again")
         browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
         wait(browser, lambda d: ("bot", a1) in log_texts(d), "no reply once the key was given")
+
+
+def test_on_a_phone_the_session_list_folds_away_once_a_session_is_open(browser, bot, tiny_pairs):
+    """At 390 px the list took a third of the screen above the conversation, and there was no
+    way to put it away."""
+    question, answer = tiny_pairs[1]
+    wide = browser.get_window_size()
+    try:
+        browser.set_window_size(390 + wide["width"] - 1100, 844 + wide["height"] - 750)
+        with serving(bot) as base:
+            browser.get(base + "/")
+            send(browser, question)
+            browser.refresh()  # opens the session in the address
+            wait(browser, lambda d: log_texts(d) == [("user", question), ("bot", answer)], "the session did not open")
+            toggle = browser.find_element(By.ID, "toggle-sessions")
+            sidebar = browser.find_element(By.ID, "sidebar")
+            assert toggle.is_displayed() and not sidebar.is_displayed()
+            assert toggle.get_attribute("aria-expanded") == "false"
+            toggle.click()
+            assert sidebar.is_displayed() and toggle.get_attribute("aria-expanded") == "true"
+    finally:
+        browser.set_window_size(wide["width"], wide["height"])
+    assert not browser.find_element(By.ID, "toggle-sessions").is_displayed()  # wide: always shown

@@ -16,7 +16,9 @@
     composer: $("composer"), message: $("message"), send: $("send"),
     keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyReason: $("key-reason"),
     correctionTemplate: $("correction-template"),
+    toggleSessions: $("toggle-sessions"), layout: document.querySelector(".layout"),
   };
+  const narrow = window.matchMedia("(max-width: 700px)");
 
   const state = {
     key: readKey(),
@@ -394,8 +396,14 @@
     el.loadOlder.hidden = page.next_before === null;
     renderSessions();
     showTitle();
+    if (narrow.matches) foldSessions(true);
     scrollToEnd();
     el.message.focus();
+  }
+
+  function foldSessions(folded) { // on a phone: the conversation, or the session list too
+    el.layout.classList.toggle("sessions-folded", folded);
+    el.toggleSessions.setAttribute("aria-expanded", String(!folded));
   }
 
   async function loadOlder() {
@@ -547,6 +555,7 @@
   });
 
   el.loadOlder.addEventListener("click", () => run(loadOlder));
+  el.toggleSessions.addEventListener("click", () => foldSessions(!el.layout.classList.contains("sessions-folded")));
   el.errorClose.addEventListener("click", clearError);
   el.forgetKey.addEventListener("click", () => {
     storeKey("");
