@@ -335,3 +335,17 @@ def test_on_a_phone_the_session_list_folds_away_once_a_session_is_open(browser, 
     finally:
         browser.set_window_size(wide["width"], wide["height"])
     assert not browser.find_element(By.ID, "toggle-sessions").is_displayed()  # wide: always shown
+
+
+def test_coming_back_to_the_tab_shows_what_another_tab_said(browser, bot, tiny_pairs):
+    """Two tabs on one session drifted apart: the second never showed the first one's turns."""
+    (q1, a1), (q2, a2) = tiny_pairs[1], tiny_pairs[2]
+    with serving(bot) as base:
+        browser.get(base + "/")
+        send(browser, q1)
+        sid = int(browser.current_url.rsplit("=", 1)[1])
+        status, _ = call(base, f"/api/sessions/{sid}/messages", method="POST", body={"text": q2})
+        assert status == 200  # "another tab"
+        browser.execute_script("document.dispatchEvent(new Event('visibilitychange'))")
+        wait(browser, lambda d: log_texts(d) == [("user", q1), ("bot", a1), ("user", q2), ("bot", a2)],
+             "the other tab's turn did not appear")

@@ -554,6 +554,18 @@
     });
   });
 
+  // Back to this tab: another tab (or program) may have talked in the open session meanwhile,
+  // and this one went on showing, and sending from, an old conversation.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState !== "visible" || state.current === null || state.busy) return;
+    const shown = state.sessions.find((session) => session.id === state.current);
+    run(async () => {
+      await loadSessions();
+      const now = state.sessions.find((session) => session.id === state.current);
+      if (now && shown && now.message_count !== shown.message_count) await openSession(now.id, true);
+    });
+  });
+
   el.loadOlder.addEventListener("click", () => run(loadOlder));
   el.toggleSessions.addEventListener("click", () => foldSessions(!el.layout.classList.contains("sessions-folded")));
   el.errorClose.addEventListener("click", clearError);
