@@ -219,6 +219,9 @@ def test_earlier_turns_are_accepted_as_context(api, tiny_pairs):
 
     parts = [{"type": "text", "text": "What is"}, {"type": "image_url"}, {"type": "text", "text": "AI?"}]
     assert ChatMessage(role="user", content=parts).text() == "What is\nAI?"
+    image = api.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]})
+    assert image.status_code == 400 and "reads text only (the last message has image_url parts)" in image.text
 
 
 def test_a_named_session_keeps_the_conversation(api, bot, tiny_pairs):

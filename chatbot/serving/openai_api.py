@@ -178,6 +178,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: s
         raise ApiError(400, "invalid_request", "messages: the last message must be the user's")
     decoding = decoding_for(body, settings, bot.decoding)
     question = body.messages[-1].text()
+    parts = body.messages[-1].content
+    if not question and isinstance(parts, list) and parts:  # "the message is empty" said nothing useful
+        raise ApiError(400, "unsupported_parameter", "messages: this model reads text only "
+                                                     f"(the last message has {', '.join(sorted({p.type for p in parts}))} parts)")
     session = _header_text(request.headers.get(SESSION_HEADER))
     sampled_choices = body.n if decoding.get("strategy") == "sample" else 1
     if session is not None:
