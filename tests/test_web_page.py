@@ -195,6 +195,8 @@ def test_chat_page_streams_replies_keeps_sessions_and_feedback(browser, bot, tin
         # 👍 on the reply: stored as the message's feedback.
         reply = browser.find_element(By.CSS_SELECTOR, "#log > li.bot")
         message_id = int(reply.get_attribute("data-message-id"))
+        label = reply.find_element(By.CSS_SELECTOR, "button.rate.good").get_attribute("aria-label")
+        assert label.startswith("Good reply (👍): " + " ".join(a1.split()[:2]))  # which reply's button
         reply.find_element(By.CSS_SELECTOR, "button.rate.good").click()
         wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#log > li.bot button.rate.good")
              .get_attribute("aria-pressed") == "true", "👍 was not marked as given")

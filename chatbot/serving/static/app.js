@@ -295,11 +295,13 @@
       meta.append(confidence);
     }
     const actions = node("span", "actions");
-    const good = feedbackButton(item, "good", "Good reply (👍)");
-    const bad = feedbackButton(item, "bad", "Bad reply (👎)");
+    // Named after their reply: a screen reader's list of buttons held ten "Good reply"s.
+    const which = ": " + shortened(message.text);
+    const good = feedbackButton(item, "good", "Good reply (👍)", which);
+    const bad = feedbackButton(item, "bad", "Bad reply (👎)", which);
     const correct = node("button", "correct link", "correct");
     correct.type = "button";
-    correct.setAttribute("aria-label", "Correct this reply");
+    correct.setAttribute("aria-label", "Correct this reply" + which);
     correct.addEventListener("click", () => openCorrection(item));
     actions.append(good, bad, correct);
     meta.append(actions);
@@ -311,14 +313,19 @@
     }
   }
 
-  function feedbackButton(item, rating, label) {
+  function shortened(text) { // the first words of a reply, to name its buttons
+    const words = text.split(/\s+/).filter(Boolean);
+    return words.slice(0, 6).join(" ") + (words.length > 6 ? "…" : "");
+  }
+
+  function feedbackButton(item, rating, label, which) {
     const button = node("button", "rate " + rating);
     button.append(icon(rating));
     button.type = "button";
     button.dataset.rating = rating;
-    button.setAttribute("aria-label", label);
+    button.setAttribute("aria-label", label + which);
     button.setAttribute("aria-pressed", "false");
-    button.title = label;
+    button.title = label; // for the mouse; the name above is what is read
     button.addEventListener("click", () => run(async () => {
       const saved = await api("api/messages/" + item.dataset.messageId + "/feedback",
                               { method: "POST", body: { rating } });
