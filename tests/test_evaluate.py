@@ -192,6 +192,15 @@ def test_evaluate_counts_wrong_replies_and_other_accepted_answers(tiny_bot, tiny
         evaluate(tiny_bot, [])
 
 
+def test_the_teacher_forced_loss_follows_the_retrieval_setting(tiny_bot, tiny_pairs):
+    """--no-retrieval changed the replies, and the loss, perplexity and token accuracy stayed
+    those of inputs with retrieval."""
+    examples = [Example((), q, a) for q, a in tiny_pairs[:6]]
+    shown, alone = evaluate(tiny_bot, examples), evaluate(tiny_bot, examples, decoding={"retrieval": False})
+    assert tiny_bot.bundle.config.data.retrieved_pairs > 0  # the shared tiny model reads retrieval
+    assert shown.loss != alone.loss
+
+
 def test_evaluation_set_sources_and_limit(tiny_bot, tiny_pairs, tmp_path):
     bundle = tiny_bot.bundle
     with pytest.raises(BundleError, match="no validation split"):

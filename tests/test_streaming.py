@@ -17,7 +17,6 @@ from chatbot.data.corpus import (
     load_corpus,
     make_examples,
     split_by_dialogue,
-    split_examples,
 )
 from chatbot.data.dataset import make_dataset, stream_dataset
 from chatbot.data.examples import split_corpus
@@ -74,11 +73,20 @@ dialogues = st.lists(st.lists(texts, min_size=1, max_size=5), min_size=1, max_si
 @settings(max_examples=60, deadline=None)
 @given(dialogues, st.integers(0, 2), st.booleans(), st.sampled_from([0.0, 0.2, 0.5]), st.integers(0, 9))
 def test_the_streamed_split_is_the_in_memory_split(corpus, context_turns, deduplicate, fraction, seed):
-    """Repeats are common here (6 texts), so the deduplication by 64-bit keys is exercised."""
+    """Repeats are common here (6 texts), so the deduplication by 64-bit keys is exercised.
+    "pairs" holds out whole questions (as retrieval compares them), each with all its pairs."""
+    from chatbot.data.corpus import validation_positions
+    from chatbot.data.examples import _question_key
+
     split = split_corpus(corpus, context_turns, deduplicate, "pairs", fraction, seed)
-    train, validation = split_examples(make_examples(corpus, context_turns, deduplicate), fraction, seed)
+    examples = make_examples(corpus, context_turns, deduplicate)
+    questions = sorted({_question_key(e) for e in examples})
+    held = {questions[i] for i in validation_positions(len(questions), fraction, seed)}
+    train = [e for e in examples if _question_key(e) not in held]
+    validation = [e for e in examples if _question_key(e) in held]
     assert (list(split.train), split.validation, len(split.train)) == (train, validation, len(train))
     assert split.total == len(train) + len(validation)
+    assert not {_question_key(e) for e in train} & {_question_key(e) for e in validation}
 
     split = split_corpus(corpus, context_turns, deduplicate, "dialogues", fraction, seed)
     train, validation = split_by_dialogue(corpus, fraction, seed, context_turns, deduplicate)

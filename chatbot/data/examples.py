@@ -17,6 +17,7 @@ from typing import Collection, Iterable, Iterator
 import numpy as np
 
 from chatbot.data.corpus import Dialogue, Example, raw_examples, validation_positions
+from chatbot.data.text import match_key
 
 DROPPED, TRAIN, VALIDATION = 0, 1, 2
 
@@ -25,6 +26,13 @@ def _key(example: Example) -> int:
     """64 bits of the example's text: two of a million distinct examples collide with odds
     of 3e-8, and a collision only drops one example as if it were a repeat."""
     text = "\x1e".join((*example.context, "\x1f", example.question, "\x1f", example.answer))
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _question_key(example: Example) -> int:
+    """64 bits of the example's input as retrieval compares it (``match_key``): the pairs a
+    validation split must keep together."""
+    text = "\x1e".join((*example.context, "\x1f", match_key(example.question)))
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
@@ -58,14 +66,16 @@ class CorpusSplit:
 
 def split_corpus(dialogues: Collection[Dialogue], context_turns: int, deduplicate: bool, split_by: str,
                  validation_fraction: float, seed: int) -> CorpusSplit:
-    """The seeded split of ``split_examples`` (``split_by="pairs"``: random examples, repeats
-    removed first) or of ``split_by_dialogue`` (whole dialogues held out, repeats removed within
+    """The seeded split of ``split_examples`` (``split_by="pairs"``: random questions, each with
+    all its pairs, repeats removed first) or of ``split_by_dialogue`` (whole dialogues held out, repeats removed within
     each side). ``dialogues`` must give the same dialogues on every pass, and know how many
     there are (a list, or ``DialogueFiles``)."""
-    keys, owners = array("Q"), array("I")
+    keys, owners, questions = array("Q"), array("I"), array("Q")
     for number, example in raw_examples(dialogues, context_turns):
         keys.append(_key(example))
         owners.append(number)
+        if split_by != "dialogues":
+            questions.append(_question_key(example))
     keys_np, owners_np = np.frombuffer(keys, dtype=np.uint64), np.frombuffer(owners, dtype=np.uint32)
     labels = np.full(len(keys_np), TRAIN, dtype=np.int8)
     if split_by == "dialogues":
@@ -84,9 +94,15 @@ def split_corpus(dialogues: Collection[Dialogue], context_turns: int, deduplicat
             first = np.zeros(len(keys_np), dtype=bool)
             first[np.unique(keys_np, return_index=True)[1]] = True
             labels[~first] = DROPPED
+        # Whole questions are held out, every answer of one with it: a question with answers on
+        # both sides was retrieved from training at similarity 1.0 and scored against its
+        # training answers (a fifth of corpora/english's validation questions were).
         kept = np.flatnonzero(labels != DROPPED)
-        labels[kept[sorted(validation_positions(len(kept), validation_fraction, seed))]] = VALIDATION
-    del keys, owners, keys_np, owners_np
+        groups, group_of = np.unique(np.frombuffer(questions, dtype=np.uint64)[kept], return_inverse=True)
+        held_out = np.zeros(len(groups), dtype=bool)
+        held_out[sorted(validation_positions(len(groups), validation_fraction, seed))] = True
+        labels[kept[held_out[group_of]]] = VALIDATION
+    del keys, owners, questions, keys_np, owners_np
     total = int(np.count_nonzero(labels != DROPPED))
     return CorpusSplit(Examples(dialogues, context_turns, labels, TRAIN),
                        list(Examples(dialogues, context_turns, labels, VALIDATION)), total)

@@ -95,9 +95,11 @@ class EvaluationReport:
                 "decoding": self.decoding}
 
 
-def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | None]:
+def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None = None) -> tuple[float, float | None]:
     """(loss, token accuracy) from the model's compiled Keras ``evaluate``: the training loss
-    on the same tf.data pipeline, so the numbers match the training log's ``val_loss``."""
+    on the same tf.data pipeline, so the numbers match the training log's ``val_loss``. With
+    ``retrieval`` (default: the model's own decoding setting), the inputs carry what retrieval
+    finds, as replies see them."""
     from chatbot.data.dataset import encode_examples, make_dataset
     from chatbot.data.spelling import speller_for
     from chatbot.inference.retrieval import memory_for
@@ -111,7 +113,7 @@ def teacher_forced(bundle, examples: Sequence[Example]) -> tuple[float, float | 
     if speller is not None:  # the questions as the model reads them
         examples = [dataclasses.replace(e, question=speller.correct(e.question)) for e in examples]
     memory = memory_for(config.data, bundle.train, bundle.question_vectors)
-    if memory is not None and config.decoding.retrieval:  # as replies see them
+    if memory is not None and (config.decoding.retrieval if retrieval is None else retrieval):
         retrieved = memory.retrieve_each([e.question for e in examples], config.data.retrieved_pairs)
     sources, targets = encode_examples(examples, bundle.tokenizer, config.data.max_input_tokens,
                                        config.data.max_output_tokens, retrieved,
@@ -139,7 +141,7 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
     bot = as_chatbot(bot)
     config = bot.resolve_decoding(decoding)  # a bad setting fails before any work
     bot.wait_ready()
-    loss, accuracy = teacher_forced(bot.bundle, examples)
+    loss, accuracy = teacher_forced(bot.bundle, examples, config.retrieval)  # with --no-retrieval, without
 
     accepted = answers_by_input([*(reference or ()), *examples])
     inputs = distinct_inputs(examples)
