@@ -130,7 +130,9 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
 
     A reply counts as exact when it equals any answer its input has in ``reference`` (default:
     the examples themselves; their own answers always count). ``decoding`` overrides the
-    model's decoding settings like ``ChatBot.generate``'s.
+    model's decoding settings like ``ChatBot.generate``'s. Replies are judged as decoded: the
+    dialogue's fallback (``min_confidence``, ``fallback_threshold``) is not applied, as it is
+    not by ``generate``.
     """
     import numpy as np
 
