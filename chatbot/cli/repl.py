@@ -290,9 +290,10 @@ class ChatRepl:
         """
         keep_going = True
         text = line.strip()
-        message = bool(text) and not (text.startswith("/") and not text.startswith("//"))
+        command = text.startswith("/") and not text.startswith("//")
+        message = bool(text) and not command
         try:
-            if text.startswith("/") and not text.startswith("//"):
+            if command:
                 keep_going = self._command(text)
             elif text:
                 self._reply(text[1:] if text.startswith("//") else line)

@@ -647,16 +647,10 @@ class SessionStore:
         """Every session (only ``owner``'s, when given) with its message count, most recently
         updated first."""
         _check_owner(owner, optional=True)
-        activity = (select(MessageRow.session_id, func.count(MessageRow.id).label("n"),
-                           func.max(MessageRow.created_at).label("last"))
-                    .group_by(MessageRow.session_id))
-        if owner is not None:  # only this owner's messages are read, not every owner's
-            activity = activity.join(SessionRow, SessionRow.id == MessageRow.session_id).where(SessionRow.owner == owner)
-        activity = activity.subquery()
-        updated = func.coalesce(activity.c.last, SessionRow.updated_at)
+        activity, active = _sessions_activity(owner)
         query = (select(SessionRow, activity.c.n, activity.c.last)
                  .outerjoin(activity, activity.c.session_id == SessionRow.id)
-                 .order_by(updated.desc(), SessionRow.id.desc()))
+                 .order_by(active.desc(), SessionRow.id.desc()))
         if owner is not None:
             query = query.where(SessionRow.owner == owner)
         with self._session() as s:
@@ -673,11 +667,10 @@ class SessionStore:
         if not isinstance(before, datetime) or before.tzinfo is None:
             raise StoreArgumentError("prune_sessions needs a timezone-aware datetime")
         _check_owner(owner, optional=True)
-        last = (select(MessageRow.session_id, func.count(MessageRow.id).label("n"),
-                       func.max(MessageRow.created_at).label("last")).group_by(MessageRow.session_id).subquery())
-        query = (select(SessionRow.id, func.coalesce(last.c.n, 0))
-                 .outerjoin(last, last.c.session_id == SessionRow.id)
-                 .where(func.coalesce(last.c.last, SessionRow.updated_at) < before))
+        activity, active = _sessions_activity(owner)
+        query = (select(SessionRow.id, func.coalesce(activity.c.n, 0))
+                 .outerjoin(activity, activity.c.session_id == SessionRow.id)
+                 .where(active < before))
         if owner is not None:
             query = query.where(SessionRow.owner == owner)
         with self._session(write=True) as s:
@@ -1029,6 +1022,19 @@ def _check_owner(owner, optional: bool = False) -> None:
     if not isinstance(owner, str) or len(owner) > OWNER_MAX:
         raise StoreArgumentError(f"a session owner must be a string of at most {OWNER_MAX} characters, "
                                  f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
+
+
+def _sessions_activity(owner: str | None):
+    """Per session: its message count ``n`` and last message time ``last`` (a subquery, only
+    ``owner``'s messages read when given), and when each session was last active (its last
+    message, else its own update time) for the outer query that joins it."""
+    activity = (select(MessageRow.session_id, func.count(MessageRow.id).label("n"),
+                       func.max(MessageRow.created_at).label("last"))
+                .group_by(MessageRow.session_id))
+    if owner is not None:  # only this owner's messages are read, not every owner's
+        activity = activity.join(SessionRow, SessionRow.id == MessageRow.session_id).where(SessionRow.owner == owner)
+    activity = activity.subquery()
+    return activity, func.coalesce(activity.c.last, SessionRow.updated_at)
 
 
 def _check_session_name(name, new: bool = False) -> None:
