@@ -43,6 +43,9 @@ EXPANSIONS = {
 # sequences (a family is one emoji, not four) and the non-joiner of Persian spelling; the marks
 # of writing direction.
 _KEPT_OTHER = frozenset("\n\t\u200c\u200d\u200e\u200f\u061c")
+# A Chinese or Japanese character: those scripts put no space between words, so a word
+# counts as a character (BLEU's tokens, streamed chunks).
+CJK_CHARACTER = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
 _SYMBOL = regex.compile(r"\p{S}[\p{M}\u200d]*")  # emoji with their variation selectors and joiners
 _WORD = regex.compile(r"(?:[\p{L}\p{N}_']\p{M}*)+")  # with their combining marks (Hindi, Arabic vowels)
 # Whole-message checks run in C (re), not character by character in Python: a message may be

@@ -19,7 +19,7 @@ from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
 from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
-from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator
+from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator, check_sample_number
 from chatbot.data.spelling import speller_for
 from chatbot.inference.retrieval import memory_for
 
@@ -461,7 +461,7 @@ class ChatBot:
             raise InputError(f"a reply request is a ReplyRequest, not {_type_name(request)}")
         message = self.check_message(request.text)
         config = self.resolve_decoding(request.decoding, request.max_length)  # a bad setting stores nothing
-        Generator.row_keys([[message]], config.seed, [request.sample])  # a bad sample number too
+        check_sample_number(request.sample)  # a bad sample number stores nothing either
         if not request.store:
             context = _contexts([request.context or []], 1)[0]
             return _Pending(message, config, context, sample=request.sample)

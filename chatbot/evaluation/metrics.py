@@ -10,10 +10,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-import regex
-
 from chatbot.data.corpus import Example
-from chatbot.data.text import normalise_answer
+from chatbot.data.text import CJK_CHARACTER, normalise_answer
 from chatbot.errors import InputError
 
 Input = tuple[str, ...]  # what the model is asked: the context turns, then the question
@@ -76,9 +74,6 @@ def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | N
     return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
 
 
-_CJK = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
-
-
 def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU (sacrebleu, 0-100); ``references[i]`` are all accepted answers of reply i."""
     from sacrebleu.metrics import BLEU
@@ -86,7 +81,7 @@ def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> 
     # sacrebleu's default tokenizer splits at spaces, so a Chinese or Japanese sentence was one
     # token and a right answer scored 0; its "zh" tokenizer splits CJK characters and leaves
     # other text as 13a does.
-    cjk = any(_CJK.search(text) for refs in references for text in refs)
+    cjk = any(CJK_CHARACTER.search(text) for refs in references for text in refs)
     return BLEU(tokenize="zh" if cjk else "13a").corpus_score(list(replies), _reference_streams(references)).score
 
 

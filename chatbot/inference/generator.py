@@ -120,6 +120,12 @@ def decode_threads() -> int:
     return os.cpu_count() or 1
 
 
+def check_sample_number(sample: int | None) -> None:
+    """``InputError`` unless ``sample`` is None or an int from 0 to 2**31 - 1 (a bool is not)."""
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample < 2 ** 31):
+        raise InputError(f"a sample number must be an int from 0 to 2**31 - 1, not {sample!r}")
+
+
 class Generator:
     def __init__(self, model: EncoderDecoder, tokenizer: TextTokenizer, data: DataConfig,
                  decoding: DecodingConfig, max_batch: int = 64, memory: AnswerMemory | None = None,
@@ -392,8 +398,7 @@ class Generator:
         if samples is not None and len(samples) != len(inputs):
             raise InputError(f"{len(samples)} sample numbers for {len(inputs)} inputs")
         for given in samples or ():  # checked with a seed or without (True was taken without one)
-            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or not 0 <= given < 2 ** 31):
-                raise InputError(f"a sample number must be an int from 0 to 2**31 - 1, not {given!r}")
+            check_sample_number(given)
         if seed is None:
             return np.array([[random.randrange(2 ** 31), 0] for _ in inputs], np.int32).reshape(-1, 2)
         seen: dict[tuple[str, ...], int] = {}

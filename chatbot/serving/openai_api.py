@@ -13,11 +13,11 @@ import time
 import uuid
 from typing import Literal
 
-import regex
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from chatbot.data.text import CJK_CHARACTER
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
 from chatbot.serving.schemas import ChatCompletion, ModelCard, ModelList, documented
@@ -25,7 +25,6 @@ from chatbot.serving.state import owner, state_of, within_limits
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
 SESSION_HEADER = "x-session"
-_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
 
 
 class ContentPart(BaseModel):
@@ -241,7 +240,7 @@ def words(text: str, per_chunk: int) -> list[str]:
     word (those scripts put no space between words: a reply came as one chunk)."""
     pieces, start, count = [], 0, 0
     for i, ch in enumerate(text):
-        if i > 0 and not text[i - 1].isspace() and (ch.isspace() or _UNSPACED.match(ch)):
+        if i > 0 and not text[i - 1].isspace() and (ch.isspace() or CJK_CHARACTER.match(ch)):
             count += 1
             if count == per_chunk:
                 pieces.append(text[start:i])
