@@ -114,7 +114,7 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _first_choice(reply, bot) -> tuple[str, bool, int]:
+def _choice_of(reply, bot) -> tuple[str, bool, int]:
     """(text, ended, tokens) of a reply: a fallback's text was not decoded, so its decode's
     token count and end do not apply to it (it came back as "length" after max_tokens 3)."""
     if reply.fallback:
@@ -128,12 +128,12 @@ def _choices(body, replies, bot) -> list[tuple[str, str, int]]:
     limit = body.max_completion_tokens or body.max_tokens or bot.decoding.max_length
     if len(replies) == 1 and body.n > 1:  # n best of one beam search
         reply = replies[0]
-        choices = [_first_choice(reply, bot)]
+        choices = [_choice_of(reply, bot)]
         for text, _ in reply.alternatives[1:body.n]:  # their ids are not kept: counted again, [END] too
             counted = bot.count_tokens(text) + 1
             choices.append((text, counted <= limit, min(counted, limit)))
     else:
-        choices = [_first_choice(r, bot) for r in replies]
+        choices = [_choice_of(r, bot) for r in replies]
     out = []
     for text, ended, tokens in choices:
         text, stopped = _cut_at_stop(text, body.stop)

@@ -450,13 +450,6 @@
     el.message.focus(); // the deleted session's button is gone: focus fell to the page
   }
 
-  function hiddenText(text) { // read by screen readers, not shown
-    const span = document.createElement("span");
-    span.className = "visually-hidden";
-    span.textContent = text;
-    return span;
-  }
-
   async function send(text) {
     if (state.current === null) {
       const session = await createSession(null);
@@ -508,7 +501,7 @@
         if (state.current === sessionId) await openSession(sessionId).catch(() => {});
       } else {
         mine.classList.add("failed");
-        mine.querySelector(".text").append(hiddenText(" (not sent)"));
+        mine.querySelector(".text").append(node("span", "visually-hidden", " (not sent)")); // read, not shown
         reply.remove();
       }
       throw error;
