@@ -37,8 +37,7 @@ from chatbot.cli.console import open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.data.text import escape_unshowable
 from chatbot.version import __version__
-from chatbot.dialogue.store import SessionNotFound
-from chatbot.errors import ChatbotError, InputError, MessageNotStored, ReplyNotStored, StoreError
+from chatbot.errors import ChatbotError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreError
 
 RECENT_MESSAGES = 6  # shown when a session is resumed or switched to (3 turns)
 DEFAULT_HISTORY = 10  # /history without N

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
 from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
-from chatbot.errors import DecodingError, InputError, MessageNotStored, ReplyNotStored, StoreError
+from chatbot.errors import (
+    DecodingError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreArgumentError, StoreError,
+)
 from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator, check_sample_number
 from chatbot.data.spelling import speller_for
 from chatbot.inference.retrieval import memory_for
@@ -509,8 +511,6 @@ class ChatBot:
         when ``avoid_repeat`` needs it, the stored message). If any step fails, the message was
         not stored: ``MessageNotStored`` says so and carries the text to send again. With an
         ``owner``, only that owner's sessions are found and new ones are made for it."""
-        from chatbot.dialogue.store import SessionNotFound, StoreArgumentError
-
         owned = {} if owner is None else {"owner": owner}
         try:
             store = self.store

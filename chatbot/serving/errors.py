@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbot.errors import ConfigError, DecodingError, InputError, StoreError
+from chatbot.errors import ConfigError, DecodingError, InputError, MessageNotFound, SessionNotFound, StoreError
 
 log = logging.getLogger("chatbot.serving")
 
@@ -53,8 +53,6 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 def from_library(exc: Exception) -> ApiError:
     """A library exception as the HTTP error a client can act on."""
-    from chatbot.dialogue.store import MessageNotFound, SessionNotFound
-
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, SessionNotFound):
         return ApiError(404, "session_not_found", "no such session")

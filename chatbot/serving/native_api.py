@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
+from chatbot.errors import SessionExists
 from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
 from chatbot.serving.schemas import BotReply, Feedback, MessagePage, Session, SessionList, documented
 from chatbot.serving.openai_api import session_ref, words
@@ -100,8 +101,6 @@ async def create_session(request: Request, body: NewSession | None = None, who: 
         raise ApiError(400, "invalid_request", "name: a session name must not be a number (ids are)")
 
     def create(bot):
-        from chatbot.dialogue.store import SessionExists
-
         try:
             return bot.new_session(body.name, body.metadata, owner=who)
         except SessionExists:
