@@ -206,6 +206,23 @@ def test_a_stored_name_with_escape_codes_is_listed_escaped(tmp_path):
     assert '"Jürgen"' in as_json and json.loads(as_json.splitlines()[-1])["name"] == "evil\x1b[2J\x1b]0;HACKED\x07"
 
 
+def test_sessions_list_keeps_its_columns_with_wide_characters(tmp_path):
+    """A CJK character or an emoji takes two terminal columns: padding by characters pushed
+    the rest of such a row two columns right per character."""
+    import re
+
+    from wcwidth import wcswidth
+
+    db = tmp_path / "wide.db"
+    with SessionStore(f"sqlite:///{db}") as store:
+        for name in ("東京の会議", "plain", "🙂 party"):
+            store.create_session(name)
+    rows = chatbot("sessions", "list", "--db", db).stdout.splitlines()[1:]
+    assert len(rows) == 3
+    date_columns = {wcswidth(row[:re.search(r"\d{4}-\d\d-\d\d", row).start()]) for row in rows}
+    assert len(date_columns) == 1, rows
+
+
 def test_output_in_another_encoding_still_gets_every_line(tmp_path):
     """A redirect in cp1252 (Windows) ended the command at the first Chinese character."""
     import subprocess

@@ -199,6 +199,28 @@ def test_session_names_are_unique(store):
     assert len(store.list_sessions()) == 3
 
 
+def test_a_name_is_one_session_however_its_accents_were_composed(store, db_path):
+    """A Mac sends "Jürgen" decomposed (u + combining diaeresis), Linux composed: one person's
+    one name, so one session, found by either spelling; a name stored decomposed before names
+    were composed is still found as typed."""
+    decomposed, composed = "Ju\u0308rgen", "J\u00fcrgen"
+    created = store.create_session(decomposed)
+    assert created.name == composed
+    with pytest.raises(SessionExists):
+        store.create_session(composed)
+    assert store.get_session(composed).id == created.id
+    assert store.get_session(decomposed).id == created.id
+    assert store.find_session(decomposed).id == created.id
+    assert store.get_or_create_session(decomposed).id == created.id
+    with sqlite3.connect(db_path) as conn:  # a row written by an older version, as typed
+        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (decomposed, created.id))
+    other = store.create_session(composed)  # now the composed name is free
+    assert store.get_session(decomposed).id == created.id  # the exact spelling wins
+    assert store.get_session(composed).id == other.id
+    store.delete_session(decomposed)
+    assert store.get_session(decomposed).id == other.id
+
+
 @pytest.mark.parametrize("bad", ["", "   ", "42"])
 def test_unusable_session_names_are_rejected(store, bad):
     with pytest.raises(StoreError):

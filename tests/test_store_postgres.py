@@ -229,6 +229,17 @@ def test_text_is_stored_verbatim_and_a_nul_is_a_store_error(store):
     assert len(store.history(sid)) == len(texts)
 
 
+def test_a_name_typed_decomposed_finds_and_locks_the_composed_session(store):
+    """The lookup that accepts either composition also takes the row lock (FOR UPDATE beside
+    ORDER BY) on a server database."""
+    created = store.create_session("Ju\u0308rgen")
+    assert created.name == "J\u00fcrgen"
+    store.add_message("Ju\u0308rgen", "user", "hallo")
+    assert [m.text for m in store.history("J\u00fcrgen")] == ["hallo"]
+    store.delete_session("Ju\u0308rgen")
+    assert store.list_sessions() == []
+
+
 def test_concurrent_writers_with_their_own_stores_lose_nothing(store, postgres_url):
     """4 workers (threads, each with its own SessionStore: its own connections, as separate
     processes would have) append 50 messages each to one session: the position races on a

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from wcwidth import wcswidth
 
+from chatbot.data.text import escape_unshowable
 from chatbot.errors import InputError
 from chatbot.files import user_data_dir, write_atomically
 
@@ -33,6 +35,14 @@ def history_path(db_url: str) -> Path:
             and not database.startswith("file:") and url.query.get("mode") != "memory"):
         return Path(database).expanduser().parent / HISTORY_FILE
     return user_data_dir() / HISTORY_FILE
+
+
+def column(text: str, width: int) -> str:
+    """``text`` for one cell of a table: escape codes shown, not run, and padded to ``width``
+    terminal columns (a CJK character or an emoji takes two; ``str.ljust`` counts one)."""
+    text = escape_unshowable(text)
+    shown = wcswidth(text)
+    return text + " " * max(width - (len(text) if shown < 0 else shown), 0)
 
 
 def warn_if_in_memory(in_memory: bool, stream: TextIO | None = None) -> None:

@@ -475,7 +475,7 @@ def _database_bytes(file) -> int:
 
 
 def cmd_sessions(args) -> int:
-    from chatbot.cli.console import warn_if_in_memory
+    from chatbot.cli.console import column, warn_if_in_memory
     from chatbot.data.text import escape_unshowable
     from chatbot.dialogue.store import SessionStore
 
@@ -517,7 +517,7 @@ def cmd_sessions(args) -> int:
             owners = any(s.owner for s in rows)
             print(f"{'ID':>5}  {'NAME':<20} {'MESSAGES':>8}  " + (f"{'UPDATED':<19}  OWNER" if owners else "UPDATED"))
             for s in rows:
-                print(f"{s.id:>5}  {escape_unshowable(s.name or '-'):<20} {s.message_count:>8}  "
+                print(f"{s.id:>5}  {column(s.name or '-', 20)} {s.message_count:>8}  "
                       f"{s.updated_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}"
                       + (f"  {s.owner[:8] or '-'}" if owners else ""))
             return 0
@@ -548,6 +548,8 @@ def cmd_sessions(args) -> int:
 
 # --- models --------------------------------------------------------------------------------
 def cmd_models(args) -> int:
+    from chatbot.cli.console import column
+    from chatbot.data.text import escape_unshowable
     from chatbot.model.bundle import list_bundles, model_directories
 
     directories = [args.dir] if args.dir else model_directories()
@@ -561,7 +563,7 @@ def cmd_models(args) -> int:
         for b in bundles:
             print(json.dumps({"name": b.name, "path": str(b.path), "size_bytes": b.size_bytes,
                               "created": b.created, "corpus": b.corpus, "parameters": b.parameters,
-                              "metrics": b.metrics, "problem": b.problem}))
+                              "metrics": b.metrics, "problem": b.problem}, ensure_ascii=False))
         return 0
     if not bundles:
         print(f"no model bundles in {' or '.join(str(d) for d in directories)}")
@@ -570,7 +572,7 @@ def cmd_models(args) -> int:
           f"{'VAL EXACT':>9} {'VAL PPL':>8}")
     for b in bundles:
         if b.problem:
-            print(f"{b.name:<16} {b.size_bytes / 2**20:>6.1f}MB  unusable: {b.problem}")
+            print(f"{column(b.name, 16)} {b.size_bytes / 2**20:>6.1f}MB  unusable: {escape_unshowable(b.problem)}")
             continue
         created = b.created.replace("T", " ")[:16] if b.created else "-"
         m = b.metrics
@@ -578,7 +580,7 @@ def cmd_models(args) -> int:
         def figure(key, fmt):
             return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
 
-        print(f"{b.name:<16} {b.size_bytes / 2**20:>6.1f}MB {created:<17} {(b.corpus or '-'):<24} "
+        print(f"{column(b.name, 16)} {b.size_bytes / 2**20:>6.1f}MB {created:<17} {column(b.corpus or '-', 24)} "
               f"{figure('train_exact_match', '.1%'):>11} {figure('exact_match', '.1%'):>9} "
               f"{figure('perplexity', ',.0f'):>8}")
     return 0

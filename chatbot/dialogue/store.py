@@ -29,6 +29,7 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -569,7 +570,7 @@ class SessionStore:
             if owner is not None:
                 query = query.where(SessionRow.owner == owner)
         elif isinstance(id_or_name, str):
-            query = query.where(SessionRow.name == id_or_name, SessionRow.owner == (owner or ""))
+            query = _named(query, id_or_name).where(SessionRow.owner == (owner or ""))
             missing = f"no session named {id_or_name!r}"
         else:
             raise StoreArgumentError(f"a session is named by an id or a name, not {type(id_or_name).__name__}")
@@ -598,6 +599,7 @@ class SessionStore:
         cannot both win, on SQLite or on any other database."""
         if name is not None:
             _check_session_name(name, new=True)
+            name = unicodedata.normalize("NFC", name)
         if metadata is not None and not isinstance(metadata, dict):
             raise StoreArgumentError("session metadata must be a dict")
         _check_plain_json(metadata, "session metadata")
@@ -640,7 +642,7 @@ class SessionStore:
             raise StoreArgumentError(f"a session name must be a string, not {type(name).__name__}")
         _check_owner(owner, optional=True)
         with self._session() as s:
-            row = s.scalar(select(SessionRow).where(SessionRow.name == name, SessionRow.owner == (owner or "")))
+            row = s.scalar(_named(select(SessionRow), name).where(SessionRow.owner == (owner or "")))
             return None if row is None else _session_info(row, *self._activity(s, row.id))
 
     def list_sessions(self, *, owner: str | None = None) -> list[SessionInfo]:
@@ -1050,6 +1052,16 @@ def _check_session_name(name, new: bool = False) -> None:
         raise StoreArgumentError(f"session name {name!r} starts or ends with white space")
     if new and UNSHOWABLE.search(name):  # escape codes would run in the terminal of whoever lists sessions
         raise StoreArgumentError(f"session name {name!r} holds a control character")
+
+
+def _named(query, name: str):
+    """``query`` narrowed to the session called ``name``, however its accents were composed: a
+    Mac's keyboard and a Linux one send "Jürgen" as different code points, one name to a person.
+    New names are stored NFC; a name stored before that is found as it was typed, first."""
+    composed = unicodedata.normalize("NFC", name)
+    if composed == name:
+        return query.where(SessionRow.name == name)
+    return query.where(SessionRow.name.in_([name, composed])).order_by((SessionRow.name == name).desc())
 
 
 def _check_plain_json(value, what: str, finite: bool = True) -> None:
