@@ -177,3 +177,54 @@ def test_sessions_list_tells_the_owners_of_two_alices_apart(capsys, monkeypatch,
     assert sorted(row.split()[-1] for row in rows) == sorted(["-", owner_of("a-key-of-sixteen-chars")[:8]])
     code, out, _ = run_cli(capsys, monkeypatch, "sessions", "list", "--db", db, "--json")
     assert sorted(json.loads(line)["owner"] for line in out.splitlines()) == ["", owner_of("a-key-of-sixteen-chars")]
+
+
+def test_workers_share_their_metrics(tiny_bundle_path, tmp_path):
+    """Behind one port, a scrape reaches whichever worker accepts it: every scrape must count
+    the requests of all workers, not one worker's share (which made counters jump back)."""
+    from prometheus_client import multiprocess
+
+    port, shared = free_port(), tmp_path / "metrics"
+    shared.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(tiny_bundle_path), "--db",
+         str(tmp_path / "serve.db"), "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    base = f"http://127.0.0.1:{port}"
+
+    def healthz_counts() -> dict[str, float]:
+        """Each worker's own count of answered /healthz requests, read from its file."""
+        counts = {}
+        for file in shared.glob("counter_*.db"):
+            for metric in multiprocess.MultiProcessCollector.merge([str(file)], accumulate=False):
+                counts[file.name] = counts.get(file.name, 0) + sum(
+                    s.value for s in metric.samples if s.labels.get("route") == "/healthz"
+                    and s.name.endswith("_total"))
+        return counts
+
+    try:
+        wait_until_ready(base, lambda: server.poll() is None, timeout=180)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                return response.read().decode()
+
+        deadline = time.monotonic() + 180  # /readyz answered from one worker: ready is the least of both
+        while "chatbot_model_ready 1.0" not in scrape() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        asked = 0
+        while asked < 300 and sum(1 for n in healthz_counts().values() if n) < 2:  # until both answered some
+            with urllib.request.urlopen(base + "/healthz", timeout=10):
+                asked += 1
+        assert sum(1 for n in healthz_counts().values() if n) == 2, "one worker took every connection"
+        for _ in range(6):
+            text = scrape()
+            line = next(line for line in text.splitlines()
+                        if line.startswith('chatbot_http_requests_total{method="GET",route="/healthz",status="200"}'))
+            assert float(line.split()[-1]) == asked
+            assert "chatbot_model_ready 1.0" in text
+            assert "process_resident_memory_bytes" not in text  # one worker's memory is not the server's
+    finally:
+        server.terminate()
+        server.wait(30)

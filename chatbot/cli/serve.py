@@ -6,12 +6,15 @@ share the session database (PostgreSQL for several workers, see the README)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
 
@@ -104,8 +107,28 @@ def serve(args) -> int:
     print(f"chatbot serve: http://{shown_host}:{args.port}/ (chat page; API docs at /docs), "
           f"{args.workers} worker{'s' if args.workers > 1 else ''}; loading the model "
           "(/readyz answers 200 when it is ready); Ctrl-C stops", file=sys.stderr, flush=True)
-    uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info" if args.verbose else "warning",
-                timeout_graceful_shutdown=args.drain_seconds, server_header=False,
-                root_path=args.root_path.rstrip("/"))
+    with shared_metrics(args.workers):
+        uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="info" if args.verbose else "warning",
+                    timeout_graceful_shutdown=args.drain_seconds, server_header=False,
+                    root_path=args.root_path.rstrip("/"))
     return 0
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int):
+    """With several workers, a folder through which they share their metrics (any worker's
+    /metrics then counts them all), made before they start and removed after they stop. A
+    folder the operator named in PROMETHEUS_MULTIPROC_DIR is used as it is and kept."""
+    from chatbot.serving.metrics import SHARED_FOLDER, shared_folder
+
+    if workers < 2 or shared_folder():
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="chatbot-metrics-")
+    os.environ[SHARED_FOLDER] = folder
+    try:
+        yield
+    finally:
+        del os.environ[SHARED_FOLDER]
+        shutil.rmtree(folder, ignore_errors=True)

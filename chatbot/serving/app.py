@@ -134,9 +134,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
                 await state.batcher.run_blocking(functools.partial(
                     loaded.warm_widths, SERVER_BATCHES, SERVER_WIDTHS, most_replies=settings.max_n))
             state.bot = loaded
-            state.metrics.compiled_programs.set_function(lambda: loaded.compiled_programs)
-            state.metrics.build.info({"version": __version__, "model": loaded.name, "model_created": created or ""})
-            state.metrics.ready.set(1)
+            state.metrics.model_loaded(__version__, loaded.name, created or "", lambda: loaded.compiled_programs)
             log.info("model %s ready", loaded.name)
             if warm_up:
                 state.compiling = asyncio.get_running_loop().create_task(compile_greedy(loaded))
@@ -169,7 +167,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         state.ready = asyncio.Event()
         state.batcher = DecodeBatcher(lambda requests, keep: state.bot.reply_many(requests, keep),
                                       settings.max_batch, settings.batch_wait_ms,
-                                      on_batch=state.metrics.batch_size.observe,
+                                      on_batch=state.metrics.decoded,
                                       on_queue=state.metrics.queue.set,
                                       decoders=settings.decoders or decode_threads())
         state.batcher.start()
