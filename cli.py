@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Run the chatbot command line from a source checkout: ``python cli.py chat``.
 
-The installed ``chatbot`` command is the same function, ``chatbot.cli.main:main``.
+The installed ``chatbot`` command is the same function, ``chatbot.cli.main:run``.
 """
 
-import sys
+from chatbot.cli.main import main, run
 
-from chatbot.cli.main import main
+__all__ = ["main", "run"]  # main(argv) returns the exit status, for scripts and tests
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

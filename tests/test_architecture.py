@@ -35,5 +35,5 @@ def test_interfaces_and_evaluation_use_only_the_chatbot_door():
 def test_nothing_named_cli_is_installed_at_the_top_level():
     """The console entry point is the package's own; the top-level cli.py is only a script."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert 'chatbot = "chatbot.cli.main:main"' in text
+    assert 'chatbot = "chatbot.cli.main:run"' in text
     assert "py-modules" not in text

@@ -226,6 +226,26 @@ def test_directory_recursive_mixed_formats_ignores_non_corpus_files(tmp_path):
     assert corpus.skipped == []
 
 
+def test_a_directory_corpus_leaves_out_bundles_hidden_folders_and_says_which_data_it_cannot_read(
+        tmp_path, caplog):
+    """A model trained into the corpus folder holds train.jsonl (a copy of the corpus: every
+    pair would count twice) and JSON files that are no corpus; .NAME.training/ is a training's
+    state. A spreadsheet's .csv was passed over without a word."""
+    import logging
+
+    root = tmp_path / "project"
+    write(root / "faq.yml", "conversations:\n- - q\n  - a\n")
+    write(root / "model" / "bundle.json", "{}")
+    write(root / "model" / "train.jsonl", '{"question": "q", "answer": "a"}\n')
+    write(root / ".model.training" / "validation.jsonl", '{"question": "q2", "answer": "a2"}\n')
+    write(root / "more.csv", "q3,a3\n")
+    with caplog.at_level(logging.WARNING, logger="chatbot.data.corpus"):
+        corpus = load_corpus(root, strict=True)
+    assert [p.relative_to(root).as_posix() for p in corpus.files] == ["faq.yml"]
+    assert "1 file in a format no corpus reader knows left out (first: " in caplog.text
+    assert "more.csv" in caplog.text
+
+
 def test_directory_skips_license_and_readme_with_corpus_suffix(tmp_path):
     root = tmp_path / "corpus"
     write(root / "a.yml", "conversations:\n- - q\n  - a\n")
@@ -237,6 +257,14 @@ def test_directory_skips_license_and_readme_with_corpus_suffix(tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+def test_an_unclosed_quote_names_the_line_it_opened_on(tmp_path):
+    file = write(tmp_path / "bad.yml", 'conversations:\n- - Hello\n  - Hi\n- - "unterminated\n  - x\n')
+    with pytest.raises(CorpusError) as info:
+        load_corpus(file)
+    assert info.value.line == 6
+    assert "invalid YAML: found unexpected end of stream (while scanning a quoted scalar on line 4)" in str(info.value)
+
+
 def test_invalid_yaml_reports_line(tmp_path):
     file = write(tmp_path / "bad.yml",
                  "conversations:\n- - Hello\n  - Hi: there: friend\n- - a\n  - b\n")
@@ -356,12 +384,12 @@ def test_tsv_row_without_tab_skipped_in_lenient_mode(tmp_path):
 
 
 def test_tsv_header_row_is_left_out_and_named(tmp_path):
-    """A spreadsheet's column names are not a pair; only the first line can be a header."""
-    file = write(tmp_path / "pairs.tsv", "Question\tAnswer\nq1\ta1\nquestion\tanswer\n")
+    """A spreadsheet's column names are not a pair; only the first non-blank line can be a header."""
+    file = write(tmp_path / "pairs.tsv", "\r\nQuestion\tAnswer\nq1\ta1\nquestion\tanswer\n")
     corpus = load_corpus(file)
     assert pairs(corpus) == [("q1", "a1"), ("question", "answer")]
     [err] = corpus.skipped
-    assert (err.line, err.why) == (1, "a header row ('Question<TAB>Answer'), not a pair: left out")
+    assert (err.line, err.why) == (2, "a header row ('Question<TAB>Answer'), not a pair")
 
 
 def test_tsv_row_without_tab_raises_in_strict_mode(tmp_path):

@@ -273,6 +273,19 @@ def test_the_repl_offers_a_refused_message_again_and_enter_sends_it(impatient_bo
     assert [m.text for m in impatient_bot.history("s")] == [question, answer]
 
 
+def test_a_refused_message_offered_again_does_not_trap_the_user(impatient_bot, tiny_pairs, tmp_path):
+    """While the database refuses messages, the offered text must not swallow what is typed
+    after it: a command typed there runs, and Ctrl-D on the offered text alone leaves."""
+    question, _ = tiny_pairs[2]
+    repl, again = (ChatRepl(impatient_bot, "s", output=io.StringIO()) for _ in range(2))
+    with write_locked(tmp_path / "chat.db"):
+        out = drive(repl, f"{question}\r/history\r{CTRL_D}")
+        assert out.count("your message was not stored") == 1 and "no messages in this session yet" in out
+        out = drive(again, f"{question}\r{CTRL_D}not read\r")
+        assert out.count("your message was not stored") == 1 and "not read" not in out
+    assert impatient_bot.history("s") == []
+
+
 def test_a_read_only_database_is_a_clear_error(tiny_bundle_path, tmp_path, capsys, monkeypatch):
     db = tmp_path / "chat.db"
     with SessionStore(db) as store:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory
+from prompt_toolkit.history import FileHistory, InMemoryHistory
 
 from chatbot.version import __version__
 from chatbot.dialogue.bot import ChatBot
@@ -48,6 +48,71 @@ def test_opening_and_leaving_stores_nothing_and_ctrl_d_or_closed_input_exit(bot)
     drive(new_repl(bot), CTRL_D)
     drive(new_repl(bot), "/help\r", close=True)  # input ends: like Ctrl-D
     assert bot.sessions() == []
+
+
+def test_ctrl_c_during_the_first_reply_keeps_the_message_in_the_session_the_next_one_joins(
+        bot, tiny_pairs, monkeypatch):
+    """A Ctrl-C during a new session's first decode: the message was stored, in a session the
+    REPL did not know yet, so the next message started another and split the conversation."""
+    (q1, _), (q2, a2) = tiny_pairs[0], tiny_pairs[6]
+    generate = bot.generator.generate
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(bot.generator, "generate", interrupted_once)
+    repl = new_repl(bot)
+    out = drive(repl, f"{q1}\r{q2}\r{CTRL_D}")
+    assert "interrupted: your message is kept, without a reply" in out
+    [session] = bot.sessions()
+    assert texts(bot, session.id) == [q1, q2, a2]
+
+
+def test_a_rating_judges_the_reply_shown_here_not_the_newest_of_the_session(bot, tiny_pairs):
+    """Two REPLs on one session: /bad in the first must not rate the second one's reply."""
+    (q1, a1), (q2, a2) = tiny_pairs[0], tiny_pairs[6]
+    first, second = new_repl(bot, "duo"), new_repl(bot, "duo")
+    first.handle(q1)
+    second.handle(q2)
+    first.handle("/bad")
+    second.handle("/correct a better answer")
+    rated = {m.text: bot.store.get_feedback(m.id) for m in bot.history("duo") if m.role == "bot"}
+    assert rated[a1].rating == "bad" and rated[a1].correction is None
+    assert rated[a2].correction == "a better answer"
+    resumed = new_repl(bot, "duo")  # a REPL that showed no reply judges the newest, as before
+    resumed.handle("/good")
+    assert bot.store.get_feedback(bot.history("duo")[-1].id).rating == "good"
+
+
+def test_switch_takes_an_id_as_sessions_lists_it(bot):
+    bot.new_session("one")
+    repl = new_repl(bot)
+    repl.handle("/switch #1")
+    assert repl.session_id == 1 and "switched to session one (#1), 0 messages" in repl.output.getvalue()
+    repl.handle("/sessions")
+    assert " 0 messages" in repl.output.getvalue().splitlines()[-1]
+    bot.store.add_message(1, "user", "hi")
+    repl.handle("/sessions")
+    assert " 1 message " in repl.output.getvalue().splitlines()[-1]
+
+
+def test_export_never_replaces_another_database(bot, tmp_path):
+    from chatbot.dialogue.store import SessionStore
+
+    other = tmp_path / "other.db"
+    with SessionStore(f"sqlite:///{other}") as store:
+        store.create_session("kept")
+    before = other.read_bytes()
+    repl = new_repl(bot)
+    bot.store.add_message(bot.new_session("s").id, "user", "hi")
+    repl.handle("/switch s")
+    repl.handle(f"/export {other}")
+    assert f"{other}: that is a SQLite database; export to another file" in repl.output.getvalue()
+    assert other.read_bytes() == before
 
 
 def test_ctrl_c_clears_the_line_and_the_loop_goes_on(bot, tiny_pairs):
@@ -147,8 +212,31 @@ def test_history_file_location(monkeypatch, tmp_path):
     assert history_path(f"sqlite:///{tmp_path / 'd' / 'x.db'}") == tmp_path / "d" / "chatbot_history"
     for url in ("sqlite://", "sqlite:///:memory:", "postgresql://u:p@host/db"):
         assert history_path(url) == tmp_path / "xdg" / "chatbot" / "chatbot_history"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)  # as /tmp: what one user types must not be left where all can read it
+    assert history_path(f"sqlite:///{shared / 'x.db'}") == tmp_path / "xdg" / "chatbot" / "chatbot_history"
     monkeypatch.setenv("XDG_DATA_HOME", "relative")  # ignored, per the XDG spec
     assert history_path("sqlite://") == Path.home() / ".local" / "share" / "chatbot" / "chatbot_history"
+
+
+def test_a_history_file_others_could_read_is_made_private_and_a_link_is_not_followed(tmp_path, capsys):
+    import stat
+
+    from chatbot.cli.console import open_history
+
+    loose = tmp_path / "chatbot_history"
+    loose.write_text("\n# 2026-01-01\n+earlier\n")
+    loose.chmod(0o666)
+    assert list(open_history(loose).load_history_strings()) == ["earlier"]
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    link = tmp_path / "linked" / "chatbot_history"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    assert isinstance(open_history(link), InMemoryHistory)
+    assert "input history not saved" in capsys.readouterr().err and target.read_text() == ""
 
 
 def test_tab_completion_of_commands_settings_and_session_names(bot):

@@ -98,6 +98,7 @@ def test_cli_train_one_line_per_epoch_none_when_quiet_and_resumed_counts_on(tmp_
         assert cli.main([*args, "--epochs", "3", "--quiet"]) == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert progress_lines(err) == [] and "[chatbot] model:" in err, err
+    assert "chatbot: interrupted (the same command with --resume continues it)" in err
     # Resumed with progress: one line per epoch it runs, counted on from the interrupted one.
     assert cli.main([*args, "--resume"]) == 0
     err = capsys.readouterr().err

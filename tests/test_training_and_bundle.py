@@ -183,6 +183,27 @@ def test_settings_that_cannot_apply_are_said_not_silently_changed(tmp_path, capl
     assert "longer than data.max_output_tokens (6 tokens with [END]) and learned cut there (first: " in caplog.text
 
 
+def test_answers_replies_cannot_reach_are_said(tmp_path, caplog):
+    """Answers the decoding's max_length cuts (raising max_output_tokens alone silenced the
+    warning while every reply still stopped at 128 tokens), and held-out answers that no
+    training pair has: with retrieval on, the bot can never give them (an FAQ's held-out 10%)."""
+    import logging
+
+    config = tiny_config(**{"data.validation_fraction": 0.2, "training.epochs": 1, "data.max_output_tokens": 40,
+                            "decoding.max_length": 5, "data.retrieved_pairs": 1})
+    with caplog.at_level(logging.WARNING, logger="chatbot.training"):
+        train(TINY_PAIRS, config, tmp_path / "m", verbose=0)
+    assert "longer than decoding.max_length (5 tokens): replies stop there (first: " in caplog.text
+    assert "raise decoding.max_length to 39" in caplog.text
+    assert "4 of 4 held-out pairs have an answer no training pair has (first: " in caplog.text
+    assert "--validation-fraction 0" in caplog.text
+    caplog.clear()
+    config = tiny_config(**{"data.validation_fraction": 0.2, "training.epochs": 1, "data.retrieved_pairs": 0})
+    with caplog.at_level(logging.WARNING, logger="chatbot.training"):
+        train(TINY_PAIRS, config, tmp_path / "chat", verbose=0)
+    assert "held-out pairs" not in caplog.text  # a bot that does not answer from its pairs: not its concern
+
+
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(TINY_PAIRS, tiny_config(), tmp_path / "m", resume=True, verbose=0)

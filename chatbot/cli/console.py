@@ -5,7 +5,9 @@ Interfaces print; these are the small pieces ``chatbot.cli.main`` and the REPL s
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import threading
 import time
@@ -23,7 +25,8 @@ HISTORY_FILE = "chatbot_history"
 
 
 def history_path(db_url: str) -> Path:
-    """The input history file: next to a SQLite database file, else in the user's data directory."""
+    """The input history file: next to a SQLite database file, else (or when every user may
+    write to that folder, as to ``/tmp``) in the user's data directory."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -32,7 +35,8 @@ def history_path(db_url: str) -> Path:
         return user_data_dir() / HISTORY_FILE
     database = url.database or ""
     if (url.get_backend_name() == "sqlite" and database and database != ":memory:"
-            and not database.startswith("file:") and url.query.get("mode") != "memory"):
+            and not database.startswith("file:") and url.query.get("mode") != "memory"
+            and not _shared_folder(Path(database).expanduser().parent)):
         return Path(database).expanduser().parent / HISTORY_FILE
     return user_data_dir() / HISTORY_FILE
 
@@ -55,14 +59,32 @@ def warn_if_in_memory(in_memory: bool, stream: TextIO | None = None) -> None:
 
 def open_history(path: Path) -> History:
     """A ``FileHistory`` at ``path``; in memory when the file cannot be created (a warning on
-    stderr), so a read-only directory does not stop the chat."""
+    stderr), so a read-only directory does not stop the chat. What was typed is private: a
+    file someone else owns or a link is not used, one others may read is made private."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # what was typed is private
-        path.touch(mode=0o600, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            status = os.fstat(descriptor)
+            if hasattr(os, "getuid") and status.st_uid != os.getuid():
+                raise PermissionError(0, "owned by another user")
+            if status.st_mode & 0o077:
+                os.fchmod(descriptor, 0o600)
+        finally:
+            os.close(descriptor)
     except OSError as exc:
-        print(f"chatbot: warning: input history not saved ({path}: {exc.strerror or exc})", file=sys.stderr)
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+        print(f"chatbot: warning: input history not saved ({path}: {reason})", file=sys.stderr)
         return InMemoryHistory()
     return FileHistory(str(path))
+
+
+def _shared_folder(folder: Path) -> bool:
+    """Whether every user may write to ``folder`` (``/tmp``)."""
+    try:
+        return bool(folder.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
 
 
 def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:
@@ -151,4 +173,14 @@ def write_export(path: str | Path, text: str, is_database: Callable[[str | Path]
     from (``/export chat.db`` used to replace every stored conversation with one session)."""
     if is_database(path):
         raise InputError(f"{path}: that is the session database itself; export to another file")
+    if _is_sqlite_file(path):  # another database (another REPL's, a project's): not an export to replace
+        raise InputError(f"{path}: that is a SQLite database; export to another file")
     write_atomically(path, text)
+
+
+def _is_sqlite_file(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:  # missing, a folder, unreadable: write_atomically says what is wrong
+        return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -818,7 +819,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\nchatbot: interrupted", file=sys.stderr)
+        # An interrupted training keeps its state: say how to go on (run again without
+        # --resume, it was discarded with a warning).
+        later = " (the same command with --resume continues it)" if getattr(args, "command", None) == "train" else ""
+        print(f"\nchatbot: interrupted{later}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); exit quietly like other Unix tools.
@@ -857,5 +861,14 @@ def _check_database_argument(db: str | None) -> None:
             return  # --db given: $CHATBOT_DB is not used
 
 
+def run() -> None:
+    """The ``chatbot`` command: ``main``, then exit without the interpreter's last garbage
+    collection over TensorFlow's objects (about a second after every command, /quit included:
+    frozen objects are left to the process's end)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

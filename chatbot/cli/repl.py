@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application.current import get_app
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
@@ -202,6 +205,8 @@ class ChatRepl:
         # A message the database refused (locked, full): the next prompt starts with it, so
         # Enter sends it again.
         self.retry_text = ""
+        self.offered = ""  # the text the current prompt started with (retry_text, offered)
+        self.seen_reply: int | None = None  # the reply last shown: what /good, /bad, /correct judge
         self.unanswered = 0  # lines that got an error line instead of a reply (piped: exit 1)
         if session is not None:
             self._use(session if hasattr(session, "id") else bot.session(session))
@@ -209,6 +214,7 @@ class ChatRepl:
     # --- state -----------------------------------------------------------------------------
     def _use(self, info) -> None:
         self.session_id, self.session_name = info.id, info.name
+        self.seen_reply = None
 
     @property
     def session_label(self) -> str:
@@ -268,6 +274,8 @@ class ChatRepl:
         """A reply as it is printed ("tiny> ..."), or a stored message recalled ("  tiny: ...")."""
         label = "you" if role == "user" else self.bot.name
         who = (f"class:{'user' if role == 'user' else 'bot'}", f"  {label}: " if recalled else f"{label}> ")
+        if recalled and not self.plain:  # a message of several lines reads as one, under its label
+            text = text.replace("\n", "\n" + " " * len(who[1]))
         out = [who, ("", text)]
         if extra:
             out.append(("class:meta", extra))
@@ -335,11 +343,18 @@ class ChatRepl:
 
     # --- replies ---------------------------------------------------------------------------
     def _reply(self, text: str) -> None:
-        self._show_reply(self._decode(text))  # the first message creates the session
+        if self.session_id is None:
+            # The first message creates the session, here rather than inside the reply: a
+            # Ctrl-C during its decode leaves the message stored, and the next one must go to
+            # the same session (it started another).
+            self.bot.check_message(text)
+            self._use(self.bot.new_session())
+        self._show_reply(self._decode(text))
 
     def _show_reply(self, result) -> None:
         if self.session_id is None:
             self.session_id = result.session_id
+        self.seen_reply = result.message_id
         extra = ""
         if self.show_score:
             extra = f"  [score {result.score:.3f}, {result.latency_ms:.0f} ms{', fallback' if result.fallback else ''}]"
@@ -415,15 +430,18 @@ class ChatRepl:
             mark = "*" if s.id == self.session_id else " "
             when = s.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
             self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {escape_unshowable(s.name or '-'):<20}"),
-                      ("class:meta", f" {s.message_count:>4} messages  {when}"))
+                      ("class:meta", f" {s.message_count:>4} message{'' if s.message_count == 1 else 's'}  {when}"))
 
     def _cmd_switch(self, arg: str) -> None:
         if not arg:
             self._error("usage: /switch ID_OR_NAME (/sessions lists them)")
             return
+        if arg.startswith("#") and arg[1:].isdigit():  # as /sessions and the toolbar write ids
+            arg = arg[1:]
         info = self.bot.session(arg, create=False)
         self._use(info)
-        self._info(f"switched to session {self.session_label}, {info.message_count} messages")
+        self._info(f"switched to session {self.session_label}, {info.message_count} "
+                   f"message{'' if info.message_count == 1 else 's'}")
         if not self.plain:
             self._show_recent()
 
@@ -511,9 +529,12 @@ class ChatRepl:
         self._info(f"wrote session {self.session_label} to {path} ({fmt})")
 
     def _last_reply_id(self) -> int | None:
-        """The newest bot message of this session (also after resuming a stored session)."""
+        """The reply last shown here; after resuming or switching, the newest of the session.
+        Not simply the newest: another REPL on the same session may have been answered since."""
         if self.session_id is None:
             return None
+        if self.seen_reply is not None:
+            return self.seen_reply
         recent = self.bot.history(self.session_id, last=2)
         return next((m.id for m in reversed(recent) if m.role == "bot"), None)
 
@@ -549,6 +570,7 @@ class ChatRepl:
             history=history if history is not None else InMemoryHistory(),
             auto_suggest=AutoSuggestFromHistory(),
             enable_history_search=True,  # Up/Down search by prefix; Ctrl-R searches anywhere
+            key_bindings=self._key_bindings(),
             completer=SlashCompleter(self),
             complete_while_typing=False,
             bottom_toolbar=self.toolbar,
@@ -557,6 +579,18 @@ class ChatRepl:
             input=input,
             output=output,
         )
+
+    def _key_bindings(self) -> KeyBindings:
+        """Ctrl-D leaves at a prompt that holds only the text offered again (Ctrl-D on a line
+        with text deletes a character, so it could not leave there)."""
+        bindings = KeyBindings()
+
+        @bindings.add("c-d", filter=Condition(lambda: bool(self.offered)
+                                              and get_app().current_buffer.text == self.offered))
+        def leave(event):
+            event.app.exit(exception=EOFError())
+
+        return bindings
 
     def run_interactive(self, history: History | str | Path | None = None, *, input=None, output=None,
                         load_seconds: float | None = None, banner: bool = True) -> None:
@@ -569,28 +603,47 @@ class ChatRepl:
             self.banner(load_seconds)
         # While the first message is typed, compile the greedy loop for the input widths most
         # replies need (each would cost its first reply a quarter second or more). Not a
-        # daemon: TensorFlow must not be torn down under a running compilation.
-        threading.Thread(target=self._warm_widths, name="chatbot-warm-widths").start()
+        # daemon: TensorFlow must not be torn down under a running compilation; leaving stops
+        # it after the width being compiled (leaving at once waited for all of them: 7 s).
+        leaving = threading.Event()
+        threading.Thread(target=self._warm_widths, args=(leaving,), name="chatbot-warm-widths").start()
+        try:
+            self._prompt_loop(prompt)
+        finally:
+            leaving.set()
+
+    def _prompt_loop(self, prompt: PromptSession) -> None:
         while True:
+            offered, self.retry_text = self.retry_text, ""
+            self.offered = offered
             try:
-                line = prompt.prompt(default=self.retry_text)
+                line = prompt.prompt(default=offered)
             except KeyboardInterrupt:
                 continue  # Ctrl-C: the line is dropped, a fresh prompt follows
             except EOFError:
                 return
-            finally:
-                self.retry_text = ""
+            if offered and line.startswith(offered) and line[len(offered):].lstrip().startswith("/"):
+                line = line[len(offered):].lstrip()  # a command typed after the offered text: run it
             try:
                 if not self.handle(line):
                     return
             except KeyboardInterrupt:  # Ctrl-C while a reply is decoded
                 self._pending = []
-                self._error("interrupted")
+                self._error(f"interrupted{self._kept_unanswered(line)}")
                 self._flush()
 
-    def _warm_widths(self) -> None:
+    def _kept_unanswered(self, line: str) -> str:
+        """After a Ctrl-C, whether the message was stored before its reply was made."""
         try:
-            self.bot.warm_widths()
+            last = self.bot.history(self.session_id, last=1) if self.session_id is not None else []
+            sent = self.bot.check_message(line.strip().removeprefix("/"))
+        except ChatbotError:
+            return ""
+        return ": your message is kept, without a reply" if last and (last[0].role, last[0].text) == ("user", sent) else ""
+
+    def _warm_widths(self, until: threading.Event) -> None:
+        try:
+            self.bot.warm_widths(until=until)
         except Exception as exc:  # the first reply that needs the loop compiles it and reports
             logging.getLogger("chatbot").debug("warming the decode loop up failed: %s", exc)
 

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,7 @@ def corpus_files(root: Path) -> list[Path]:
     if not root.exists():
         raise CorpusError(root, None, "no such file or directory")
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_corpus_file(p))
+        files = _files_under(root)
         if not files:
             raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
         return files
@@ -244,6 +245,30 @@ def corpus_files(root: Path) -> list[Path]:
         raise CorpusError(root, None, f"unknown corpus format '{root.suffix}' "
                                       f"(expected one of {', '.join(CORPUS_SUFFIXES)})")
     return [root]
+
+
+def _files_under(root: Path) -> list[Path]:
+    """The corpus files under a directory, sorted. Hidden folders and model bundles are not
+    corpora (a bundle trained into the corpus folder holds train.jsonl, a copy of the corpus,
+    and an unfinished training's .NAME.training/ state); data files in a format no reader
+    knows (a spreadsheet's .csv) are named once, not passed over in silence."""
+    found, unread = [], []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and not (Path(folder) / d / "bundle.json").is_file())
+        for name in names:
+            path = Path(folder) / name
+            if _is_corpus_file(path):
+                found.append(path)
+            elif path.suffix.lower() in UNREAD_DATA_SUFFIXES:
+                unread.append(path)
+    if unread:
+        log.warning("%s: %d file%s in a format no corpus reader knows left out (first: %s; a spreadsheet "
+                    "saves as tab-separated .tsv)", root, len(unread), "s" if len(unread) > 1 else "", min(unread))
+    return sorted(found)
+
+
+UNREAD_DATA_SUFFIXES = (".csv", ".xlsx", ".xls", ".ods", ".parquet")
 
 
 def _is_corpus_file(path: Path) -> bool:
@@ -340,6 +365,9 @@ def read_yaml(file: Path, text: str) -> Iterator[Dialogue | CorpusError]:
         if isinstance(exc, yaml.reader.ReaderError):  # a forbidden character (NUL...): a position, no mark
             line = text.count("\n", 0, exc.position) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, began = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and began is not None and began.line + 1 != line:  # an unclosed quote: where it opened
+            problem += f" ({context} on line {began.line + 1})"
         raise CorpusError(file, line, f"invalid YAML: {problem}") from None
     except RecursionError:  # the composer recurses once per nesting level
         raise CorpusError(file, None, "invalid YAML: nested too deeply") from None
@@ -411,16 +439,18 @@ def _lines(text: str) -> Iterator[str]:
 
 def read_tsv(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:
     """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored.
-    ``text`` is the file's text or its lines."""
+    ``text`` is the file's text or its lines. Only the first non-blank line can be a header row."""
+    first = True
     for line_no, line in enumerate(_lines(text) if isinstance(text, str) else text, start=1):
         if not line.strip():
             continue
+        could_be_header, first = first, False
         columns = line.rstrip("\r").split("\t")
         if len(columns) < 2:
             yield CorpusError(file, line_no, "expected 'question<TAB>answer', found no tab")
             continue
-        if line_no == 1 and (columns[0].strip().lower(), columns[1].strip().lower()) in _HEADER_ROWS:
-            yield CorpusError(file, line_no, f"a header row ('{columns[0]}<TAB>{columns[1]}'), not a pair: left out")
+        if could_be_header and (columns[0].strip().lower(), columns[1].strip().lower()) in _HEADER_ROWS:
+            yield CorpusError(file, line_no, f"a header row ('{columns[0]}<TAB>{columns[1]}'), not a pair")
             continue
         yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)], line_no)
 

@@ -365,18 +365,36 @@ def token_cache(plan: Plan, stage: Callable[[str], None]):
 
 def _warn_of_cut_answers(plan: Plan) -> None:
     """Say how many training answers are longer than the model may generate: they are learned
-    cut at ``data.max_output_tokens`` (with [END]), and replies to them will stop there too."""
-    limit = plan.config.data.max_output_tokens - 1
-    cut, first = 0, None
+    cut at ``data.max_output_tokens`` (with [END]), and replies to them will stop there too, or
+    at ``decoding.max_length`` when that is shorter. And, for a bot that answers from its pairs
+    (retrieval on), how many held-out answers no training pair has: it can never give those."""
+    data, decoding = plan.config.data, plan.config.decoding
+    limit = data.max_output_tokens - 1
+    cut = long = 0
+    first_cut = first_long = None
+    unseen = {e.answer: e.source for e in plan.validation} if data.retrieved_pairs else {}
     examples = iter(plan.train)
     while chunk := list(itertools.islice(examples, ENCODE_CHUNK)):
         for example, ids in zip(chunk, plan.tokenizer.encode_batch([e.answer for e in chunk])):
+            unseen.pop(example.answer, None)
             if len(ids) > limit:
                 cut += 1
-                first = first or example.source
+                first_cut = first_cut or example.source
+            elif len(ids) > decoding.max_length:
+                long += 1
+                first_long = first_long or example.source
     if cut:
         log.warning("%d training answer%s longer than data.max_output_tokens (%d tokens with [END]) and "
-                    "learned cut there (first: %s)", cut, "s are" if cut > 1 else " is", limit + 1, first)
+                    "learned cut there (first: %s)", cut, "s are" if cut > 1 else " is", limit + 1, first_cut)
+    if long:
+        log.warning("%d training answer%s longer than decoding.max_length (%d tokens): replies stop there "
+                    "(first: %s); raise decoding.max_length to %d", long, "s are" if long > 1 else " is",
+                    decoding.max_length, first_long, limit)
+    if unseen:
+        log.warning("%d of %d held-out pairs have an answer no training pair has (first: %s): the bot cannot "
+                    "give it; for a corpus answered as written (an FAQ), train with --validation-fraction 0",
+                    sum(e.answer in unseen for e in plan.validation), len(plan.validation),
+                    next(iter(unseen.values())))
 
 
 def training_inputs(plan: Plan) -> Iterator[tuple[Example, tuple]]:
