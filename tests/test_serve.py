@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -559,6 +561,48 @@ def test_a_database_down_at_start_fails_only_what_needs_it(tiny_bundle_path, tin
         assert ready.json()["database"] == "unavailable" and "cannot open database" in ready.json()["error"]
         down = client.get("/api/sessions")
         assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+
+
+def test_a_database_that_stops_answering_holds_neither_the_decoders_nor_the_request(bot, tiny_pairs, monkeypatch):
+    """A frozen database server (SIGSTOP, a partition) answers nothing: the native API's calls
+    took the decode threads and never let go, and then stateless replies hung too. They run on
+    threads of their own, and a call unanswered past the deadline is a 503."""
+    from chatbot.serving import state as state_module
+
+    monkeypatch.setattr(state_module, "STORE_DEADLINE_S", 1.0)
+    frozen = threading.Event()
+    monkeypatch.setattr(bot, "sessions", lambda *a, **k: frozen.wait(30) and [])
+    question, answer = tiny_pairs[0]
+    with client_for(bot, decoders=1) as client, ThreadPoolExecutor(4) as pool:
+        stuck = [pool.submit(client.get, "/api/sessions") for _ in range(3)]  # more than the decoders
+        time.sleep(0.2)
+        assert chat(client, question).json()["choices"][0]["message"]["content"] == answer
+        for response in (f.result(10) for f in stuck):
+            assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable"
+            assert "did not answer in 1 s" in response.json()["error"]["message"]
+        frozen.set()
+
+
+def test_a_reply_made_but_not_stored_is_not_a_retry_later(bot, tiny_pairs, monkeypatch):
+    """Retrying stored the user's message twice: the message was stored, the reply not."""
+    from chatbot.errors import StoreError
+
+    add_message = bot.store.add_message
+
+    def replies_fail(session_id, role, text, **kwargs):
+        if role == "bot":
+            raise StoreError("database error: disk I/O error")
+        return add_message(session_id, role, text, **kwargs)
+
+    session = bot.new_session("s").id
+    monkeypatch.setattr(bot.store, "add_message", replies_fail)
+    with client_for(bot) as client:
+        response = client.post(f"/api/sessions/{session}/messages", json={"text": tiny_pairs[0][0]})
+    body = response.json()["error"]
+    assert response.status_code == 500 and body["code"] == "reply_not_stored"
+    assert "Retry-After" not in response.headers
+    [stored] = bot.history(session)
+    assert f"your message was stored (message {stored.id}): do not send it again" in body["message"]
 
 
 def test_requests_arriving_during_a_decode_join_the_next_one():

@@ -272,9 +272,12 @@ def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, t
     (tmp_path / "configs").mkdir()  # not a bundle: skipped
     shutil.copytree(tiny_bundle_path, tmp_path / ".good.tmp-1234")  # a half-written save: skipped
     (tmp_path / "good" / WEIGHTS).write_bytes(b"not read by the listing")
+    shutil.copytree(tiny_bundle_path, tmp_path / "weightless")
+    (tmp_path / "weightless" / WEIGHTS).unlink()  # listed in the manifest: loading would refuse it
 
     found = {b.name: b for b in list_bundles(tmp_path)}
-    assert sorted(found) == ["broken", "good", "newer"]
+    assert sorted(found) == ["broken", "good", "newer", "weightless"]
+    assert found["weightless"].problem == f"{WEIGHTS}: missing file"
     good = found["good"]
     assert good.problem is None and good.created == manifest["created"]
     assert good.parameters == manifest["parameters"] and good.corpus == manifest["corpus"]["path"]
@@ -289,7 +292,8 @@ def test_models_list_reads_manifests_without_loading_weights(tiny_bundle_path, t
     assert lines[1].startswith("broken") and "unusable:" in lines[1]
     assert lines[2].startswith("good ") and f"{good.metrics['train_exact_match']:.1%}" in lines[2]
     as_json = [json.loads(line) for line in chatbot("models", "list", "--dir", tmp_path, "--json").stdout.splitlines()]
-    assert [b["name"] for b in as_json] == ["broken", "good", "newer"]
+    assert [b["name"] for b in as_json] == ["broken", "good", "newer", "weightless"]
+    assert lines[4].startswith("weightless") and f"unusable: {WEIGHTS}: missing file" in lines[4]
     missing = chatbot("models", "list", "--dir", tmp_path / "nowhere")
     assert missing.returncode == 1 and "not a directory" in missing.stderr
 

@@ -139,8 +139,7 @@ COMMANDS: dict[str, Command] = {
     "/history": Command("[N]", f"show the last N messages of this session (default {DEFAULT_HISTORY})"),
     "/reset": Command("", "start over in a new session (alice -> alice-2)"),
     "/model": Command("", "show the model and its configuration"),
-    "/set": Command("[KEY VALUE]", "change a decoding setting for the next replies: "
-                                   + ", ".join(SETTINGS)),
+    "/set": Command("[KEY VALUE]", "change a decoding setting for the next replies (/set alone lists them)"),
     "/score": Command("", "toggle showing score and latency after each reply"),
     "/export": Command("PATH", "write this session: .yml/.yaml as a corpus, else JSONL"),
     "/good": Command("", "rate the last reply good (kept for retraining)"),

@@ -333,6 +333,10 @@ class SessionStore:
             kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         elif self._sqlite and not parsed.query.get("uri"):  # a file: URI is SQLite's to parse
             parsed = self._prepare_sqlite_file(parsed)
+        elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            # libpq waits for an unreachable host as long as the system's TCP does (minutes);
+            # the URL's own ?connect_timeout=N wins.
+            kwargs = {"connect_args": {"connect_timeout": 10}}
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (SQLAlchemyError, ImportError) as exc:

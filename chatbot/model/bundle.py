@@ -333,7 +333,8 @@ class BundleSummary:
 
 def list_bundles(directory: str | Path) -> list[BundleSummary]:
     """Every bundle directly under ``directory`` (hidden work directories skipped), by name.
-    Cheap: no weights are loaded and no checksums computed (``Bundle.load`` does that)."""
+    Cheap: no weights are loaded and no checksums computed (``Bundle.load`` does that); a file
+    the manifest lists but the folder lacks makes the bundle unusable here already."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: not a directory")
@@ -350,8 +351,9 @@ def list_bundles(directory: str | Path) -> list[BundleSummary]:
             continue
         key = {"train_exact_match": metrics.get("train_exact_match"), **metrics.get("validation", {})}
         version = manifest["format_version"]
-        problem = (f"format {version} is newer than this chatbot supports"
-                   if version > FORMAT_VERSION else None)
+        missing = sorted(name for name in manifest["files"] if not (path / name).is_file())
+        problem = (f"format {version} is newer than this chatbot supports" if version > FORMAT_VERSION
+                   else f"{missing[0]}: missing file" if missing else None)
         found.append(BundleSummary(path.name, path, size, manifest.get("created"),
                                    (manifest.get("corpus") or {}).get("path"), manifest.get("parameters"),
                                    {k: v for k, v in key.items() if v is not None}, problem))

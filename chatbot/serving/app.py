@@ -12,6 +12,7 @@ import functools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -171,6 +172,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
                                       on_queue=state.metrics.queue.set,
                                       decoders=settings.decoders or decode_threads())
         state.batcher.start()
+        state.store_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chatbot-store")
         loading = asyncio.get_running_loop().create_task(load_in_background())
         try:
             yield
@@ -180,6 +182,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             if state.compiling is not None:
                 await state.compiling  # ends after the program it is compiling
             await state.batcher.stop()
+            state.store_threads.shutdown(wait=False, cancel_futures=True)  # a call the database never answers stays behind
             if bot is None and state.bot is not None:
                 state.bot.close()
 

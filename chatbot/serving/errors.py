@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbot.errors import ConfigError, DecodingError, InputError, MessageNotFound, SessionNotFound, StoreError
+from chatbot.errors import (ConfigError, DecodingError, InputError, MessageNotFound, ReplyNotStored, SessionNotFound,
+                            StoreError)
 
 log = logging.getLogger("chatbot.serving")
 
@@ -60,6 +61,11 @@ def from_library(exc: Exception) -> ApiError:
         return ApiError(404, "message_not_found", "no such bot reply")
     if isinstance(exc, (InputError, ConfigError)):
         return ApiError(400, "invalid_request", text)
+    if isinstance(exc, ReplyNotStored):  # a retry would store the message twice: not "retry later"
+        log.error("store: %s", text)
+        return ApiError(500, "reply_not_stored", f"the reply was made but could not be stored; your message "
+                                                 f"was stored (message {exc.reply.user_message_id}): do not send "
+                                                 "it again")
     if isinstance(exc, StoreError):
         log.error("store: %s", text)
         return ApiError(503, "store_unavailable", "the session database is unavailable; retry later",

@@ -79,12 +79,12 @@ def reply_json(reply) -> dict:
 
 
 async def _call(request: Request, call):
-    """``call(bot)`` off the event loop, in the decode thread's company, errors mapped: the
-    store's work goes through ``ChatBot``, the one door to it."""
+    """``call(bot)`` off the event loop, on a store thread, errors mapped: the store's work
+    goes through ``ChatBot``, the one door to it."""
     state = state_of(request)
     bot = await state.bot_when_ready()
     try:
-        return await state.batcher.run_blocking(call, bot)
+        return await state.run_store_call(call, bot)
     except ApiError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request, Security
@@ -16,6 +17,10 @@ from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings
 
 READY_WAIT_S = 120.0  # a request that arrives while the model loads waits this long for it
+# A database call of the native API (sessions, history, feedback) that has not answered in this
+# long is a 503: a database that stopped answering (a frozen server, a partition) must not hold
+# the request, or the thread, for ever.
+STORE_DEADLINE_S = 15.0
 # Starlette runs no lifespan of a mounted app: the host app must run it (docs/SERVING.md).
 NOT_STARTED = ("the chatbot app's lifespan has not run, so its model never loads: a host app that mounts it "
                "must run it in its own lifespan (docs/SERVING.md)")
@@ -35,6 +40,18 @@ class ServerState:
     model_created: int = 0
     model_fingerprint: str = ""
     compiling: asyncio.Task | None = None  # greedy decoding's programs, compiled after ready
+    # The native API's database calls run here, not on the decode threads: a database that
+    # hangs took every decoder with it, and then the replies that need no database too.
+    store_threads: ThreadPoolExecutor | None = None  # made and shut down by the app's lifespan
+
+    async def run_store_call(self, function, *args):
+        """``function(*args)`` on a store thread, given up on (503) after ``STORE_DEADLINE_S``."""
+        future = asyncio.get_running_loop().run_in_executor(self.store_threads, function, *args)
+        try:
+            return await asyncio.wait_for(future, STORE_DEADLINE_S)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "store_unavailable", f"the session database did not answer in "
+                                                     f"{STORE_DEADLINE_S:g} s; retry later", {"Retry-After": "5"}) from None
 
     def count_replies(self, replies) -> None:
         self.metrics.replies.inc(len(replies))
