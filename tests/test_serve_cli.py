@@ -228,3 +228,28 @@ def test_workers_share_their_metrics(tiny_bundle_path, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_flood_of_one_event_loop_error_is_logged_once_per_interval(monkeypatch):
+    """Slow clients holding every file descriptor made the event loop log each failed accept
+    with its traceback, millions of lines a minute: once per interval, then a count."""
+    import logging
+
+    from chatbot.cli import serve
+
+    clock = [100.0]
+    monkeypatch.setattr(serve.time, "monotonic", lambda: clock[0])
+    records = []
+    only = serve.OncePerInterval(10.0)
+    for _ in range(1000):
+        record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                                   None, None)
+        if only.filter(record):
+            records.append(record.getMessage())
+    clock[0] += 10.0
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                               None, None)
+    assert only.filter(record)
+    records.append(record.getMessage())
+    assert records == ["socket.accept() out of system resource",
+                       "socket.accept() out of system resource (999 more like it held back)"]

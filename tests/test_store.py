@@ -189,6 +189,26 @@ def test_database_level_on_delete_cascade(store, db_path):
     assert store.integrity_check()
 
 
+def test_a_database_file_deleted_or_replaced_under_the_store_is_an_error_not_a_silent_loss(tmp_path):
+    """The open connections went on writing into the deleted file: every message acknowledged
+    after an `rm` (or a copy over it) was gone at the next start."""
+    db = tmp_path / "chat.db"
+    with SessionStore(f"sqlite:///{db}") as store:
+        sid = store.create_session("s").id
+        store.add_message(sid, "user", "kept")
+        for leftover in tmp_path.glob("chat.db*"):
+            leftover.unlink()
+        with pytest.raises(StoreError, match="was deleted or replaced while in use"):
+            store.add_message(sid, "user", "lost")
+        with SessionStore(f"sqlite:///{tmp_path / 'other.db'}") as other:
+            other.create_session("other")
+        (tmp_path / "other.db").rename(db)  # a file put in its place
+        with pytest.raises(StoreError, match="was deleted or replaced while in use"):
+            store.add_message(sid, "user", "lost")
+    with SessionStore(f"sqlite:///{db}") as reopened:
+        assert [s.name for s in reopened.list_sessions()] == ["other"]
+
+
 def test_session_names_are_unique(store):
     store.create_session("alice")
     with pytest.raises(StoreError, match="session name 'alice' already exists"):

@@ -104,3 +104,30 @@ def test_cli_train_one_line_per_epoch_none_when_quiet_and_resumed_counts_on(tmp_
     err = capsys.readouterr().err
     assert progress_lines(err) == [(2, 3), (3, 3)], err
     assert "since resuming" in err
+
+
+def test_a_run_killed_just_before_its_checkpoint_loses_no_epoch_from_the_log(tmp_path, capsys, monkeypatch):
+    """The checkpoint is the epoch's last step: killed between the log and the checkpoint, the
+    resumed run repeats the epoch and counts it once. (It came first: such a kill lost the
+    epoch's row, and the summary counted one epoch fewer than were run.)"""
+    import json
+
+    from chatbot.training.pipeline import work_dir_for
+
+    save = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def killed_before_the_second_checkpoint(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return save(self, epoch, logs)
+
+    out = tmp_path / "model"
+    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), *TINY, "--epochs", "3", "--quiet"]
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_before_the_second_checkpoint)
+        assert cli.main(args) == cli.EXIT_INTERRUPTED
+    logged = (work_dir_for(out) / "training_log.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in logged] == ["0", "1"]  # the second epoch was logged first
+    assert cli.main([*args, "--resume"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 3 and summary["epochs_this_run"] == 2

@@ -347,7 +347,10 @@ class ChatRepl:
             # Ctrl-C during its decode leaves the message stored, and the next one must go to
             # the same session (it started another).
             self.bot.check_message(text)
-            self._use(self.bot.new_session())
+            try:
+                self._use(self.bot.new_session())
+            except StoreError as exc:  # as the message itself refused: offered again
+                raise MessageNotStored(f"{exc}; your message was not stored", text) from exc
         self._show_reply(self._decode(text))
 
     def _show_reply(self, result) -> None:

@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
 
@@ -41,11 +42,34 @@ def check_address(host: str, port: int) -> None:
         raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from None
 
 
+class OncePerInterval(logging.Filter):
+    """Lets a message through once per ``seconds``; the next one says how many were held back."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.last: dict[str, tuple[float, int]] = {}  # message -> (when last let through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = str(record.msg), time.monotonic()
+        shown, held = self.last.get(key, (-self.seconds, 0))
+        if now - shown < self.seconds:
+            self.last[key] = (shown, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} ({held} more like it held back)"
+        self.last[key] = (now, 0)
+        return True
+
+
 def app_from_environment():
     """The app as ``chatbot serve`` configured it (a uvicorn factory, one call per worker)."""
     from chatbot.cli.main import _stderr_quiet_import
 
     _stderr_quiet_import()
+    # Out of file descriptors (slow clients holding connections), the event loop logs every
+    # failed accept with its traceback: 3.7 million lines in 40 s. Once per 10 s is enough.
+    logging.getLogger("asyncio").addFilter(OncePerInterval(10.0))
     # The server's own messages (the model ready or failed, errors) reach the terminal even
     # without -v, which leaves uvicorn's access log out.
     messages = logging.getLogger("chatbot.serving")

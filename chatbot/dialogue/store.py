@@ -319,6 +319,7 @@ class SessionStore:
         # The file a SQLite database lives in (None: in memory, a URI, or a server database).
         self.file = (Path(parsed.database).expanduser().absolute()
                      if self._sqlite and not self.in_memory and not parsed.query.get("uri") else None)
+        self._file_identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
         # Nothing of an in-memory database outlives the store: there is nothing to protect.
         self.read_only = bool(read_only) and not self.in_memory
         # SQLite has one writer at a time anyway. This process's threads queue on a lock, which
@@ -376,6 +377,8 @@ class SessionStore:
 
     # SQLite connection handling: the documented pysqlite recipe (SQLAlchemy emits BEGIN itself)
     def _on_connect(self, dbapi_connection, _record) -> None:
+        if self.file is not None and self._file_identity is None:
+            self._file_identity = _identity(self.file)
         dbapi_connection.isolation_level = None  # stop sqlite3 from issuing its own BEGIN
         cursor = dbapi_connection.cursor()
         try:
@@ -560,6 +563,11 @@ class SessionStore:
             raise StoreError("the session store is closed")
         if write and self.read_only:
             raise StoreError(f"database {self._shown} was opened read-only: nothing can be written")
+        if self._file_identity is not None and _identity(self.file) != self._file_identity:
+            # The open connections would go on writing into the deleted file (or the replaced
+            # one), and what they acknowledged would be gone at the next start.
+            raise StoreError(f"database file {self.file} was deleted or replaced while in use: nothing more is "
+                             "read or written; restart to open the file there now")
 
     def _row(self, s: Session, id_or_name: int | str, lock: bool = False, owner: str | None = None) -> SessionRow:
         """The session with this id (of ``owner``, when given) or this name (among ``owner``'s
@@ -1056,6 +1064,15 @@ def _check_session_name(name, new: bool = False) -> None:
         raise StoreArgumentError(f"session name {name!r} starts or ends with white space")
     if new and UNSHOWABLE.search(name):  # escape codes would run in the terminal of whoever lists sessions
         raise StoreArgumentError(f"session name {name!r} holds a control character")
+
+
+def _identity(file: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``file``; None when it is gone."""
+    try:
+        status = os.stat(file)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _named(query, name: str):

@@ -455,8 +455,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     log_file = plan.work / "training_log.csv"
     best_so_far = best_in_log(log_file, monitor) if resume else None
     save_freq = training.checkpoint_every_steps or "epoch"
+    backup = keras.callbacks.BackupAndRestore(str(plan.work / "backup"), save_freq=save_freq, double_checkpoint=True)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(plan.work / "backup"), save_freq=save_freq, double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(log_file), append=resume),
@@ -464,7 +464,7 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         keras.callbacks.TerminateOnNaN(),
     ]
     if training.ema_momentum:  # after the backup (raw weights, to resume from), before the best-weights file
-        callbacks.insert(1, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if training.lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, _: cosine_learning_rate(epoch, training.epochs, training.learning_rate)))
@@ -473,6 +473,11 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
             monitor=monitor, factor=0.5, patience=training.lr_decay_patience, min_lr=1e-5))
     if training.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=training.patience))
+    # The epoch's checkpoint last (Keras calls callbacks in order): a run killed before it
+    # repeats the epoch, logged twice and counted once (``logged_history``); first, a kill
+    # between it and the log lost the epoch's row and its chance at the best weights. With the
+    # moving average it must come first: it keeps the raw weights, which the swap replaces.
+    callbacks.insert(0 if training.ema_momentum else len(callbacks), backup)
     callbacks.extend(extra_callbacks or [])
 
     began = time.perf_counter()
