@@ -334,10 +334,12 @@ class SessionStore:
             kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         elif self._sqlite and not parsed.query.get("uri"):  # a file: URI is SQLite's to parse
             parsed = self._prepare_sqlite_file(parsed)
-        elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-            # libpq waits for an unreachable host as long as the system's TCP does (minutes);
-            # the URL's own ?connect_timeout=N wins.
-            kwargs = {"connect_args": {"connect_timeout": 10}}
+        elif parsed.get_backend_name() == "postgresql":
+            # libpq waits for an unreachable host, or for a server cut off mid-query (a network
+            # partition), as long as the system's TCP does: minutes, a server thread held all
+            # along. Its own timeouts, unless the URL sets them (?connect_timeout=N...).
+            kwargs = {"connect_args": {key: value for key, value in POSTGRES_TIMEOUTS.items()
+                                       if key not in parsed.query}}
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (SQLAlchemyError, ImportError) as exc:
@@ -1064,6 +1066,12 @@ def _check_session_name(name, new: bool = False) -> None:
         raise StoreArgumentError(f"session name {name!r} starts or ends with white space")
     if new and UNSHOWABLE.search(name):  # escape codes would run in the terminal of whoever lists sessions
         raise StoreArgumentError(f"session name {name!r} holds a control character")
+
+
+# Seconds to connect; then dead peers found by TCP keepalives (idle connections) and by data
+# left unacknowledged for 15 s (a query's connection), libpq's names and units.
+POSTGRES_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                     "keepalives_count": 3, "tcp_user_timeout": 15000}
 
 
 def _identity(file: Path) -> tuple[int, int] | None:
