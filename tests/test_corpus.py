@@ -392,6 +392,33 @@ def test_tsv_header_row_is_left_out_and_named(tmp_path):
     assert (err.line, err.why) == (2, "a header row ('Question<TAB>Answer'), not a pair")
 
 
+def test_a_spreadsheets_tab_separated_export_reads_as_the_spreadsheet_showed_it(tmp_path):
+    """Excel's "Text (Tab delimited)" quotes a cell that holds a quote or a line break: the
+    doubled quotes were kept, and a cell over several lines was cut at its first line (the
+    rest were "no tab" errors). A cell that merely starts with a quote stays as written."""
+    file = write(tmp_path / "excel.txt",
+                 'Question\tAnswer\r\n'
+                 'How do I cancel?\t"Go to Billing, click ""Cancel plan"", and confirm."\r\n'
+                 'How do I install the CLI?\t"Run:\r\npip install example-cli\r\nThen restart your shell."\r\n'
+                 '"Hi," he said\tHello\r\n'
+                 'Quote me\t"To be or not to be"\r\n')
+    corpus = load_corpus(file)
+    assert pairs(corpus) == [
+        ("How do I cancel?", 'Go to Billing, click "Cancel plan", and confirm.'),
+        ("How do I install the CLI?", "Run:\npip install example-cli\nThen restart your shell."),
+        ('"Hi," he said', "Hello"),
+        ("Quote me", '"To be or not to be"')]
+    assert [e.why for e in corpus.skipped] == ["a header row ('Question<TAB>Answer'), not a pair"]
+
+
+def test_a_quote_no_line_closes_is_named_and_the_lines_after_it_still_read(tmp_path):
+    file = write(tmp_path / "pairs.tsv", 'q1\ta1\nq2\t"never closed\nq3\ta3\n')
+    corpus = load_corpus(file)
+    assert pairs(corpus) == [("q1", "a1"), ("q3", "a3")]
+    [err] = corpus.skipped
+    assert err.line == 2 and "opens a quote that no line closes" in err.why
+
+
 def test_tsv_row_without_tab_raises_in_strict_mode(tmp_path):
     file = write(tmp_path / "pairs.tsv", "q1\ta1\n\nq3\ta3\nno tab on this row\n")
     with pytest.raises(CorpusError) as info:

@@ -221,6 +221,20 @@ def test_tsv_refuses_a_line_break_naming_file_and_line(tmp_path):
     assert list(tmp_path.iterdir()) == [src]  # nothing written, no temp file left
 
 
+def test_tsv_refuses_text_it_would_read_back_as_a_spreadsheets_quoting(tmp_path):
+    """Written as is, a text quoted as a spreadsheet quotes (its inner quotes doubled) would come
+    back unquoted: convert promises the same examples back, so it refuses; a text that merely
+    starts with a quote is written."""
+    src = write(tmp_path / "q.jsonl", '{"question": "q1", "answer": "\\"Hi,\\" he said"}\n'
+                                       '{"question": "q2", "answer": "\\"Say \\"\\"hi\\"\\"\\""}\n')
+    with pytest.raises(CorpusError) as caught:
+        convert_corpus(src, tmp_path / "out.tsv")
+    assert caught.value.line == 2 and "a spreadsheet's quoting, which TSV cannot hold" in caught.value.why
+    fine = write(tmp_path / "fine.jsonl", '{"question": "q1", "answer": "\\"Hi,\\" he said"}\n')
+    convert_corpus(fine, tmp_path / "fine.tsv")
+    assert examples(tmp_path / "fine.tsv") == examples(fine)
+
+
 def test_format_flag_and_suffix(tmp_path):
     src = write(tmp_path / "p.tsv", "q\ta\n")
     assert convert_corpus(src, tmp_path / "out", format="jsonl")["format"] == "jsonl"

@@ -10,8 +10,10 @@ every skip is counted in ``Corpus.skipped``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -439,13 +441,40 @@ def _lines(text: str) -> Iterator[str]:
 
 def read_tsv(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:
     """``question<TAB>answer[<TAB>anything]`` per line; extra columns (fra.txt's licence) are ignored.
-    ``text`` is the file's text or its lines. Only the first non-blank line can be a header row."""
+    ``text`` is the file's text or its lines. Only the first non-blank line can be a header row.
+
+    A spreadsheet saved as tab-separated text quotes a cell that holds a quote or a line break
+    (``"Click ""Cancel"" twice"``, a cell over several lines): such records are read as the csv
+    module's ``excel-tab`` dialect reads them. Only those: a cell that merely starts with a
+    quote (``"Hi," he said``) is kept as written."""
     first = True
-    for line_no, line in enumerate(_lines(text) if isinstance(text, str) else text, start=1):
+    lines = enumerate(_lines(text) if isinstance(text, str) else text, start=1)
+    held: list[tuple[int, str]] = []  # lines read ahead for a quoted cell that never closed
+    while True:
+        line_no, line = held.pop(0) if held else next(lines, (0, None))
+        if line is None:
+            return
         if not line.strip():
             continue
         could_be_header, first = first, False
-        columns = line.rstrip("\r").split("\t")
+        line = line.rstrip("\r")
+        columns = line.split("\t")
+        if _opens_quoted_cell(columns):
+            record, more = line, []
+            while record.count('"') % 2 and len(more) < MAX_CELL_LINES:
+                following = held.pop(0) if held else next(lines, (0, None))
+                if following[1] is None:
+                    break
+                more.append(following)
+                record += "\n" + following[1].rstrip("\r")
+            if record.count('"') % 2:
+                yield CorpusError(file, line_no, "a cell opens a quote that no line closes (a spreadsheet's "
+                                                 "multi-line cell cut short?)")
+                held = more + held  # read again as lines of their own
+                continue
+            columns = next(csv.reader(io.StringIO(record), dialect="excel-tab"))
+        elif any(spreadsheet_quoted(c) for c in columns[:2]):
+            columns = next(csv.reader(io.StringIO(line), dialect="excel-tab"))
         if len(columns) < 2:
             yield CorpusError(file, line_no, "expected 'question<TAB>answer', found no tab")
             continue
@@ -453,6 +482,23 @@ def read_tsv(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | Corpu
             yield CorpusError(file, line_no, f"a header row ('{columns[0]}<TAB>{columns[1]}'), not a pair")
             continue
         yield _dialogue(file, [(columns[0], line_no), (columns[1], line_no)], line_no)
+
+
+MAX_CELL_LINES = 200  # lines one quoted cell may run on over
+
+
+def spreadsheet_quoted(cell: str) -> bool:
+    """A spreadsheet's quoted cell on one line: ``"..."`` with its inner quotes doubled, and at
+    least one (a cell is quoted for the quotes it holds, not for commas, in tab-separated text)."""
+    inner = cell[1:-1]
+    return len(cell) > 2 and cell[0] == cell[-1] == '"' and '""' in inner and '"' not in inner.replace('""', "")
+
+
+def _opens_quoted_cell(columns: list[str]) -> bool:
+    """Whether a question or answer cell starts a quote that this line does not close: the
+    start of a spreadsheet's cell over several lines."""
+    last = len(columns) - 1
+    return last <= 1 and columns[last].startswith('"') and columns[last].count('"') % 2 == 1
 
 
 # A spreadsheet's first row names its columns; trained on, it would teach "question" -> "answer".

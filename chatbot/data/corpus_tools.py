@@ -24,6 +24,7 @@ from chatbot.data.corpus import (
     _read_file,
     corpus_files,
     load_corpus,
+    spreadsheet_quoted,
 )
 from chatbot.errors import CorpusError, InputError
 from chatbot.files import write_atomically
@@ -295,9 +296,11 @@ def _to_tsv(dialogues: list[Dialogue]) -> str:
     rows = []
     for d in dialogues:
         for u in d.utterances:
-            if "\n" in u.text or "\t" in u.text:
+            # A quoted cell as a spreadsheet writes it would be read back without its quotes.
+            quoted = u.text.startswith('"') and (u.text.count('"') % 2 or spreadsheet_quoted(u.text))
+            if "\n" in u.text or "\t" in u.text or quoted:
                 file, _, line = u.source.rpartition(":")
-                kind = "a line break" if "\n" in u.text else "a tab"
+                kind = "a line break" if "\n" in u.text else "a tab" if "\t" in u.text else "a spreadsheet's quoting"
                 raise CorpusError(file, int(line) if line.isdigit() else None,
                                   f"utterance holds {kind}, which TSV cannot hold; convert to YAML or JSONL")
         rows += [f"{q.text}\t{a.text}\n" for q, a in zip(d.utterances, d.utterances[1:])]
