@@ -253,3 +253,17 @@ def test_a_flood_of_one_event_loop_error_is_logged_once_per_interval(monkeypatch
     records.append(record.getMessage())
     assert records == ["socket.accept() out of system resource",
                        "socket.accept() out of system resource (999 more like it held back)"]
+
+
+def test_a_dead_workers_live_gauges_stop_counting(tmp_path):
+    """uvicorn restarts a killed worker under a new pid: the dead one's queue and readiness
+    files must go, or its last values would count for ever; counters stay (what it served)."""
+    from chatbot.serving.metrics import forget_dead_workers
+
+    dead, alive = subprocess.Popen([sys.executable, "-c", "pass"]), os.getpid()
+    dead.wait()  # its pid is free now
+    for name in (f"gauge_livesum_{dead.pid}.db", f"gauge_livemin_{dead.pid}.db", f"counter_{dead.pid}.db",
+                 f"gauge_livesum_{alive}.db"):
+        (tmp_path / name).write_bytes(b"")
+    forget_dead_workers(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{dead.pid}.db", f"gauge_livesum_{alive}.db"]
