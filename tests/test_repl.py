@@ -496,3 +496,25 @@ def test_a_byte_order_mark_on_piped_input_is_not_part_of_the_first_message():
     from chatbot.cli.repl import input_lines
 
     assert list(input_lines(io.BytesIO(b"\xef\xbb\xbfWie hei\xc3\x9ft du?\n\xef\xbb\xbfx\n"))) == ["Wie heißt du?", "\ufeffx"]
+
+
+def test_keys_typed_during_a_reply_are_not_echoed_and_the_terminal_is_restored():
+    """Keys typed while a reply was decoded printed before it, then again at the next prompt."""
+    import termios
+
+    from chatbot.cli.console import keys_not_echoed
+
+    leader, follower = os.openpty()
+    try:
+        with open(follower, closefd=False) as terminal:
+            before = termios.tcgetattr(follower)
+            assert before[3] & termios.ECHO
+            with keys_not_echoed(terminal):
+                assert not termios.tcgetattr(follower)[3] & termios.ECHO
+                assert termios.tcgetattr(follower)[3] & termios.ISIG  # Ctrl-C still interrupts
+            assert termios.tcgetattr(follower) == before
+        with keys_not_echoed(io.StringIO()):  # no terminal: nothing to do
+            pass
+    finally:
+        os.close(leader)
+        os.close(follower)

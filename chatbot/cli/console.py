@@ -5,6 +5,7 @@ Interfaces print; these are the small pieces ``chatbot.cli.main`` and the REPL s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -85,6 +86,31 @@ def _shared_folder(folder: Path) -> bool:
         return bool(folder.stat().st_mode & stat.S_IWOTH)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def keys_not_echoed(stream: TextIO | None = None):
+    """While a reply is decoded, keys typed on the terminal are not echoed into the transcript
+    (they printed before the reply, then again at the next prompt); they stay queued for the
+    next prompt. Ctrl-C still interrupts. Nothing changes where ``stream`` is no terminal."""
+    stream = stream if stream is not None else sys.stdin
+    try:
+        import termios
+
+        descriptor = stream.fileno()
+        before = termios.tcgetattr(descriptor) if os.isatty(descriptor) else None
+    except (ImportError, AttributeError, OSError, ValueError):  # no termios (Windows), no descriptor
+        before = None
+    if before is None:
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(descriptor, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(descriptor, termios.TCSANOW, before)
 
 
 def color_wanted(no_color_flag: bool, stream: TextIO) -> bool:

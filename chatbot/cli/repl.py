@@ -17,6 +17,7 @@ This module is an interface, so it prints; it never exits the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -36,7 +37,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
-from chatbot.cli.console import open_history, write_export
+from chatbot.cli.console import keys_not_echoed, open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.data.text import escape_unshowable
 from chatbot.version import __version__
@@ -205,6 +206,7 @@ class ChatRepl:
         # Enter sends it again.
         self.retry_text = ""
         self.offered = ""  # the text the current prompt started with (retry_text, offered)
+        self.on_terminal = False
         self.seen_reply: int | None = None  # the reply last shown: what /good, /bad, /correct judge
         self.unanswered = 0  # lines that got an error line instead of a reply (piped: exit 1)
         if session is not None:
@@ -601,6 +603,7 @@ class ChatRepl:
         if isinstance(history, (str, Path)):
             history = open_history(Path(history))
         prompt = self.prompt_session(history, input=input, output=output)
+        self.on_terminal = input is None  # the real terminal, whose echo a reply may turn off
         if banner:
             self.banner(load_seconds)
         # While the first message is typed, compile the greedy loop for the input widths most
@@ -627,7 +630,9 @@ class ChatRepl:
             if offered and line.startswith(offered) and line[len(offered):].lstrip().startswith("/"):
                 line = line[len(offered):].lstrip()  # a command typed after the offered text: run it
             try:
-                if not self.handle(line):
+                with keys_not_echoed() if self.on_terminal else contextlib.nullcontext():
+                    keep_going = self.handle(line)
+                if not keep_going:
                     return
             except KeyboardInterrupt:  # Ctrl-C while a reply is decoded
                 self._pending = []
