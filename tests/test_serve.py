@@ -583,6 +583,29 @@ def test_a_database_that_stops_answering_holds_neither_the_decoders_nor_the_requ
         frozen.set()
 
 
+def test_session_replies_waiting_on_a_frozen_database_hold_no_decoder(bot, tiny_pairs, monkeypatch):
+    """A reply in a session stored its question and its answer on the decode thread: a frozen
+    database held every decoder, and stateless replies waited with them. The database steps
+    run on the store's threads now, given up on (503) after the deadline."""
+    from chatbot.serving import state as state_module
+
+    monkeypatch.setattr(state_module, "STORE_DEADLINE_S", 1.0)
+    frozen = threading.Event()
+    add_message = bot.store.add_message
+    monkeypatch.setattr(bot.store, "add_message", lambda *a, **k: frozen.wait(120) and add_message(*a, **k))
+    session = bot.new_session("s").id
+    question, answer = tiny_pairs[0]
+    with client_for(bot, decoders=1) as client, ThreadPoolExecutor(4) as pool:
+        stuck = [pool.submit(client.post, f"/api/sessions/{session}/messages", json={"text": question})
+                 for _ in range(3)]
+        time.sleep(0.2)
+        stateless = pool.submit(chat, client, question)  # answered while the database stays frozen
+        assert stateless.result(60).json()["choices"][0]["message"]["content"] == answer
+        for response in (f.result(10) for f in stuck):
+            assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable"
+        frozen.set()
+
+
 def test_a_reply_made_but_not_stored_is_not_a_retry_later(bot, tiny_pairs, monkeypatch):
     """Retrying stored the user's message twice: the message was stored, the reply not."""
     from chatbot.errors import StoreError

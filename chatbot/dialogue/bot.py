@@ -78,7 +78,7 @@ class ReplyRequest:
 
 
 @dataclass
-class _Pending:
+class PreparedReply:
     """A request checked (and its message stored) and waiting for its decode."""
 
     message: str
@@ -424,20 +424,41 @@ class ChatBot:
         history as it was before either reply (send them one after the other to have the
         second read the first's reply). A request that fails does not fail the others. With
         ``return_exceptions`` its exception takes its place in the result, as in
-        ``asyncio.gather``; otherwise the first one is raised after every request is done."""
-        pending: list[_Pending | Exception] = []
+        ``asyncio.gather``; otherwise the first one is raised after every request is done.
+
+        The three steps are ``prepare_replies`` (the database), ``decode_prepared`` (the
+        model) and ``finish_replies`` (the database again), which a server runs on threads of
+        their own: a database that stops answering then holds no decoder."""
+        prepared = self.prepare_replies(requests)
+        results = self.finish_replies(prepared, self.decode_prepared(prepared))
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
+
+    def prepare_replies(self, requests: Sequence["ReplyRequest"]) -> list["PreparedReply | Exception"]:
+        """``reply_many``'s first step: each request checked, its message stored and its
+        context read; a request that fails has its exception in its place."""
+        prepared: list[PreparedReply | Exception] = []
         for request in requests:
             try:
-                pending.append(self._prepare(request))
+                prepared.append(self._prepare(request))
             except Exception as exc:  # noqa: BLE001 - it is that request's result
-                pending.append(exc)
-        results: list[Reply | Exception] = list(pending)  # type: ignore[arg-type]
+                prepared.append(exc)
+        return prepared
+
+    def decode_prepared(self, prepared: Sequence["PreparedReply | Exception"]) -> list["Generation | Exception"]:
+        """``reply_many``'s second step: one batched decode per distinct decoding setting; no
+        database work. Exceptions stay in their places; a failed decode is each of its
+        requests' ``DecodingError``."""
+        results: list[Generation | Exception] = list(prepared)  # type: ignore[arg-type]
         groups: dict[str, list[int]] = {}
-        for index, item in enumerate(pending):
-            if isinstance(item, _Pending):
+        for index, item in enumerate(prepared):
+            if isinstance(item, PreparedReply):
                 groups.setdefault(repr(item.config), []).append(index)
         for indices in groups.values():
-            batch = [pending[i] for i in indices]
+            batch = [prepared[i] for i in indices]
             try:
                 generated = self._generate([p.message for p in batch], [p.context for p in batch],
                                            batch[0].config, [p.sample for p in batch])
@@ -445,18 +466,25 @@ class ChatBot:
                 for i, p in zip(indices, batch):
                     results[i] = p.decoding_failed(exc)
                 continue
-            for i, p, g in zip(indices, batch, generated, strict=True):  # a result per request, or a bug
-                try:
-                    results[i] = self._finish(p, g)
-                except Exception as exc:  # noqa: BLE001
-                    results[i] = exc
-        if not return_exceptions:
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
+            for i, g in zip(indices, generated, strict=True):  # a result per request, or a bug
+                results[i] = g
         return results
 
-    def _prepare(self, request: "ReplyRequest") -> "_Pending":
+    def finish_replies(self, prepared: Sequence["PreparedReply | Exception"],
+                       generated: Sequence["Generation | Exception"]) -> list["Reply | Exception"]:
+        """``reply_many``'s last step: the fallback decisions and the stored replies."""
+        results: list[Reply | Exception] = []
+        for p, g in zip(prepared, generated, strict=True):
+            if isinstance(g, Exception) or not isinstance(p, PreparedReply):
+                results.append(g if isinstance(g, Exception) else p)
+                continue
+            try:
+                results.append(self._finish(p, g))
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc)
+        return results
+
+    def _prepare(self, request: "ReplyRequest") -> "PreparedReply":
         """Checks, then every database step before decoding (nothing is stored for a request
         that fails its checks)."""
         if not isinstance(request, ReplyRequest):
@@ -466,13 +494,13 @@ class ChatBot:
         check_sample_number(request.sample)  # a bad sample number stores nothing either
         if not request.store:
             context = _contexts([request.context or []], 1)[0]
-            return _Pending(message, config, context, sample=request.sample)
+            return PreparedReply(message, config, context, sample=request.sample)
         session = _session_ref(request.session) if request.session is not None else None
         session_id, context, previous, user = self._store_question(session, message, config, request.owner,
                                                                    request.create)
-        return _Pending(message, config, context, session_id, previous, user, request.sample)
+        return PreparedReply(message, config, context, session_id, previous, user, request.sample)
 
-    def _finish(self, pending: "_Pending", generated: Generation) -> Reply:
+    def _finish(self, pending: "PreparedReply", generated: Generation) -> Reply:
         """The fallback decision, then the stored reply (when the request is in a session)."""
         previous = pending.previous
         if previous is not None and generated.text == previous:

@@ -166,11 +166,14 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.ready = asyncio.Event()
-        state.batcher = DecodeBatcher(lambda requests, keep: state.bot.reply_many(requests, keep),
+        state.batcher = DecodeBatcher(lambda prepared, keep: state.bot.decode_prepared(prepared),
                                       settings.max_batch, settings.batch_wait_ms,
                                       on_batch=state.metrics.decoded,
                                       on_queue=state.metrics.queue.set,
-                                      decoders=settings.decoders or decode_threads())
+                                      decoders=settings.decoders or decode_threads(),
+                                      prepare=lambda requests: state.bot.prepare_replies(requests),
+                                      finish=lambda prepared, generated: state.bot.finish_replies(prepared, generated),
+                                      store=state.run_store_call)
         state.batcher.start()
         state.store_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chatbot-store")
         loading = asyncio.get_running_loop().create_task(load_in_background())

@@ -8,23 +8,35 @@ queue up while the decoders are busy; the next free one takes them all (at most 
 so under load each decode serves many requests for about the price of one. A request waits at
 most ``wait_ms`` for company, and only under load (another decode runs, or the last batch had
 company): a lone client's requests are decoded at once (bench/README.md, serve_load.py, "No
-wait on an idle server")."""
+wait on an idle server").
+
+Given ``prepare`` and ``finish`` (``ChatBot.prepare_replies`` and ``finish_replies``) and a
+``store`` runner, a request's database work runs on the store's threads before and after its
+decode, and the decode threads only decode: a database that stops answering holds no decoder,
+so stateless requests are still answered."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from chatbot.dialogue.bot import Reply, ReplyRequest
 
 
 class DecodeBatcher:
-    def __init__(self, reply_many: Callable[[Sequence[ReplyRequest], bool], list], max_batch: int = 32,
+    def __init__(self, reply_many: Callable[[Sequence, bool], list], max_batch: int = 32,
                  wait_ms: float = 2.0, on_batch: Callable[[int], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None, decoders: int = 1):
+                 on_queue: Callable[[int], None] | None = None, decoders: int = 1,
+                 prepare: Callable[[Sequence[ReplyRequest]], list] | None = None,
+                 finish: Callable[[list, list], list] | None = None,
+                 store: Callable[..., Awaitable] | None = None):
+        """``reply_many(items, True)`` decodes a batch: the requests themselves, or with
+        ``prepare`` and ``finish``, what ``prepare`` made of them (``store(function, *args)``
+        runs those two off the decode threads)."""
         self._reply_many = reply_many
+        self._prepare, self._finish, self._store = prepare, finish, store
         self.decoders = decoders
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
@@ -63,8 +75,22 @@ class DecodeBatcher:
         request's place holds its exception."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
+        if self._prepare is None:
+            return await self._decoded(list(requests))
+        prepared = await self._store_step(requests, self._prepare, list(requests))
+        generated = await self._decoded(prepared)
+        return await self._store_step(requests, self._finish, prepared, generated)
+
+    async def _store_step(self, requests: Sequence[ReplyRequest], function, *args):
+        """A step with database work on the store's threads; one without (stateless requests)
+        on the loop's own, so that a database that hangs holds none of them either."""
+        if any(getattr(r, "store", True) for r in requests):
+            return await self._store(function, *args)
+        return await asyncio.to_thread(function, *args)
+
+    async def _decoded(self, items: list) -> list:
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((list(requests), future))
+        await self._queue.put((items, future))
         self._on_queue(self._queue.qsize())
         return await future
 
