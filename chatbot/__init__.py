@@ -13,7 +13,7 @@ of them.
 from typing import TYPE_CHECKING
 
 from chatbot.errors import (
-    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, InputError, MessageNotFound,
+    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, EncoderUnavailable, InputError, MessageNotFound,
     MessageNotStored, PlotError, ReplyNotStored, SessionExists, SessionNotFound, StoreArgumentError,
     StoreError, TokenizerError, TrainingError,
 )
@@ -22,9 +22,14 @@ from chatbot.version import __version__
 if TYPE_CHECKING:  # what a type checker sees; at run time they load on first use (below)
     from chatbot.config import Config
     from chatbot.dialogue.bot import ChatBot, Reply, ReplyRequest
+    from chatbot.dialogue.store import Feedback, Message, SessionInfo
+    from chatbot.inference.generator import Generation
 
+# What ChatBot's methods return is importable beside it: Generation (generate), SessionInfo
+# (sessions, session), Message (history), Feedback (rate, correct).
 _LAZY = {"ChatBot": "chatbot.dialogue.bot", "Reply": "chatbot.dialogue.bot", "ReplyRequest": "chatbot.dialogue.bot",
-         "Config": "chatbot.config"}
+         "Config": "chatbot.config", "Generation": "chatbot.inference.generator",
+         "SessionInfo": "chatbot.dialogue.store", "Message": "chatbot.dialogue.store", "Feedback": "chatbot.dialogue.store"}
 
 
 def __getattr__(name):
@@ -40,7 +45,7 @@ def __dir__():
     return sorted(__all__)
 
 
-__all__ = ["ChatBot", "Reply", "ReplyRequest", "Config", "ChatbotError", "BundleError", "ConfigError",
-           "CorpusError", "DecodingError", "InputError", "MessageNotFound", "MessageNotStored", "PlotError",
+__all__ = ["ChatBot", "Reply", "ReplyRequest", "Config", "Generation", "SessionInfo", "Message", "Feedback",
+           "ChatbotError", "BundleError", "ConfigError", "CorpusError", "DecodingError", "EncoderUnavailable", "InputError", "MessageNotFound", "MessageNotStored", "PlotError",
            "ReplyNotStored", "SessionExists", "SessionNotFound", "StoreArgumentError", "StoreError",
            "TokenizerError", "TrainingError", "__version__"]

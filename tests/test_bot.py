@@ -293,3 +293,74 @@ def test_avoid_repeat_takes_the_alternatives_own_confidence_and_falls_back_on_it
     swapped = bot.reply(question, session=again, decoding=settings)
     assert swapped.fallback and swapped.text == bot.dialogue.fallback_text
     assert bot.history(again)[-1].confidence == pytest.approx(second.confidence)
+
+
+def test_a_fork_after_loading_gets_a_clear_error_and_its_own_database_connections(bot, tiny_pairs):
+    """A model loaded before a fork (gunicorn --preload, multiprocessing's "fork") hung in the
+    child for ever, and a child using the parent's pooled connections corrupted both ends'
+    conversation with PostgreSQL. The child is told, and opens connections of its own."""
+    question, answer = tiny_pairs[0]
+    parent_session = bot.new_session("parent").id
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports through the pipe and leaves at once, whatever happens
+        try:
+            try:
+                bot.ask(question)
+                said = "answered"
+            except DecodingError as exc:
+                said = str(exc)
+            said += f"|{bot.new_session('child').id}"
+        except BaseException as exc:  # noqa: BLE001
+            said = f"failed: {exc!r}"
+        os.write(writer, said.encode())
+        os._exit(0)
+    os.close(writer)
+    import select
+    import signal
+
+    ready, _, _ = select.select([reader], [], [], 120)  # a child that hangs fails the test, not the run
+    if not ready:
+        os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    said = os.read(reader, 4096).decode() if ready else "the child hung"
+    os.close(reader)
+    assert said.startswith("this model was loaded in process") and "before a fork" in said, said
+    assert said.endswith(f"|{parent_session + 1}")
+    assert bot.ask(question) == answer  # the parent goes on
+    assert [s.name for s in bot.sessions()] == ["child", "parent"]
+
+
+def test_a_session_deleted_while_its_reply_is_made_is_not_found_not_a_reply_to_send_again(bot, tiny_pairs,
+                                                                                         monkeypatch):
+    """The reply could not be stored because its session (and the question) were gone: the
+    error said the message was stored, and blamed the caller's in_reply_to."""
+    session = bot.new_session("gone").id
+    generate = bot.generator.generate
+
+    def delete_meanwhile(*args, **kwargs):
+        bot.delete_session(session)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(bot.generator, "generate", delete_meanwhile)
+    with pytest.raises(SessionNotFound, match=f"session {session} was deleted while its reply was made"):
+        bot.reply(tiny_pairs[0][0], session=session)
+
+
+def test_a_closed_bot_says_so_rather_than_offering_the_message_again(bot):
+    from chatbot.errors import MessageNotStored, StoreError
+
+    bot.close()
+    with pytest.raises(StoreError, match="this ChatBot is closed") as caught:
+        bot.reply("hello")
+    assert not isinstance(caught.value, MessageNotStored)  # a retry loop on it would spin for ever
+
+
+def test_what_the_methods_return_is_importable_from_the_package():
+    import chatbot
+    from chatbot.dialogue.store import Feedback, Message, SessionInfo
+    from chatbot.errors import EncoderUnavailable
+    from chatbot.inference.generator import Generation
+
+    assert (chatbot.Generation, chatbot.SessionInfo, chatbot.Message, chatbot.Feedback, chatbot.EncoderUnavailable) \
+        == (Generation, SessionInfo, Message, Feedback, EncoderUnavailable)

@@ -606,6 +606,23 @@ def test_session_replies_waiting_on_a_frozen_database_hold_no_decoder(bot, tiny_
         frozen.set()
 
 
+def test_a_second_lifespan_loads_afresh_and_never_answers_with_the_closed_bot(tiny_bundle_path, tmp_path):
+    """A host app that runs the lifespan again (or a test client used twice): the closed bot of
+    the first run answered stateless requests and /readyz called it ready."""
+    import shutil
+
+    model = tmp_path / "tiny"  # the name chat() asks for
+    shutil.copytree(tiny_bundle_path, model)
+    app = create_app(model, f"sqlite:///{tmp_path / 'chat.db'}", settings=ServerSettings(), warm_up=False)
+    with TestClient(app) as client:
+        assert chat(client, "hi").status_code == 200  # waits for the load
+        assert client.get("/readyz").status_code == 200
+    shutil.rmtree(model)  # the second load fails
+    with TestClient(app) as client:
+        assert chat(client, "hi").json()["error"]["code"] == "model_unavailable"
+        assert client.get("/readyz").json()["status"] == "failed"
+
+
 def test_a_reply_made_but_not_stored_is_not_a_retry_later(bot, tiny_pairs, monkeypatch):
     """Retrying stored the user's message twice: the message was stored, the reply not."""
     from chatbot.errors import StoreError

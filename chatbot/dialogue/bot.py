@@ -527,6 +527,8 @@ class ChatBot:
                                                   "read_as": generated.read_as},
                                          latency_ms=generated.latency_ms, fallback=fallback,
                                          in_reply_to=user.id)
+        except SessionNotFound as exc:  # deleted while the reply was decoded, the question with it
+            raise SessionNotFound(f"session {pending.session_id} was deleted while its reply was made") from exc
         except StoreError as exc:
             raise ReplyNotStored(f"{exc}; the reply was not stored (your message was, as message {user.id} "
                                  f"of session {pending.session_id})", reply) from exc
@@ -540,6 +542,8 @@ class ChatBot:
         not stored: ``MessageNotStored`` says so and carries the text to send again. With an
         ``owner``, only that owner's sessions are found and new ones are made for it."""
         owned = {} if owner is None else {"owner": owner}
+        if self._closed:  # not a message to send again (MessageNotStored): retrying cannot help
+            raise StoreError("this ChatBot is closed: its session database is no longer open")
         try:
             store = self.store
             if session is None:

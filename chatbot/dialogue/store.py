@@ -31,6 +31,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -208,6 +209,7 @@ def is_session_id(id_or_name: int | str) -> bool:
 _messages = MessageRow.__table__
 _sessions = SessionRow.__table__
 _MESSAGE_SESSION = select(_messages.c.session_id).where(_messages.c.id == bindparam("p_id"))
+_SESSION_EXISTS = select(_sessions.c.id).where(_sessions.c.id == bindparam("p_session_id"))
 # The session row a message is appended to, locked on server databases (FOR NO KEY UPDATE:
 # the messages' foreign key checks still pass) so that appends to one session queue instead of
 # racing for a position; SQLite's BEGIN IMMEDIATE already serialises them (and ignores FOR UPDATE).
@@ -350,6 +352,7 @@ class SessionStore:
         if self._sqlite:
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
+        _STORES.add(self)  # a forked child must not use the parent's connections (see _after_fork)
         self._writer = self.engine.execution_options(chatbot_write=True)
         self._reads = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._writes = sessionmaker(bind=self._writer, expire_on_commit=False)
@@ -635,13 +638,18 @@ class SessionStore:
         else (thread or process) asks for the same name at the same time. Read first (the
         usual case), else insert; an insert that loses the race for the name reads the winner."""
         _check_session_name(name)
-        found = self.find_session(name, owner=owner)
-        if found is not None:
-            return found
-        try:
-            return self.create_session(name, metadata, owner=owner)
-        except SessionExists:
-            return self.get_session(name, owner=owner)
+        for _ in range(3):  # the winner of a race for the name may itself be deleted before it is read
+            found = self.find_session(name, owner=owner)
+            if found is not None:
+                return found
+            try:
+                return self.create_session(name, metadata, owner=owner)
+            except SessionExists:
+                try:
+                    return self.get_session(name, owner=owner)
+                except SessionNotFound:
+                    continue  # the winner was deleted before it was read: look again
+        raise StoreError(f"session {name!r} was created and deleted by others three times while it was looked up")
 
     def get_session(self, id_or_name: int | str, *, owner: str | None = None) -> SessionInfo:
         """An int or a digit string is an id; anything else is a name, among ``owner``'s
@@ -791,6 +799,8 @@ class SessionStore:
         if reply_to is not None:
             session_of_reply = (conn.execute(_MESSAGE_SESSION, {"p_id": reply_to}).scalar()
                                 if _message_id(reply_to) is not None else None)
+            if session_of_reply is None and conn.execute(_SESSION_EXISTS, {"p_session_id": sid}).first() is None:
+                raise SessionNotFound(f"no session with id {sid}")  # deleted since the question was stored
             if session_of_reply != sid:
                 raise StoreArgumentError(f"in_reply_to={reply_to} is not a message of session {sid}")
         values = {"session_id": sid, "role": role, "text": text, "created_at": _now(), **fields}
@@ -877,6 +887,15 @@ class SessionStore:
         if rating is None and correction is None:
             raise StoreArgumentError("give a rating, a correction or both")
         _check_owner(owner, optional=True)
+        try:
+            return self._set_feedback(message_id, rating, correction, owner)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):  # the reply was deleted under us (PostgreSQL)
+                raise MessageNotFound(f"message {message_id} is not a stored bot reply") from exc.__cause__
+            raise
+
+    def _set_feedback(self, message_id: int, rating: str | None, correction: str | None,
+                      owner: str | None) -> Feedback:
         with self._session(write=True) as s:
             message = s.get(MessageRow, message_id) if _message_id(message_id) is not None else None
             if (message is None or message.role != "bot"
@@ -1072,6 +1091,21 @@ def _check_session_name(name, new: bool = False) -> None:
 # left unacknowledged for 15 s (a query's connection), libpq's names and units.
 POSTGRES_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                      "keepalives_count": 3, "tcp_user_timeout": 15000}
+
+
+_STORES: "weakref.WeakSet[SessionStore]" = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child, every store forgets the connections it inherited without closing
+    them (they are the parent's: a child that used one corrupted both ends' conversation with
+    PostgreSQL); the child opens its own. SQLAlchemy's recipe for pools across fork."""
+    for store in list(_STORES):
+        store.engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _identity(file: Path) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.data.spelling import Speller
 from chatbot.data.text import normalise_answer
-from chatbot.errors import InputError
+from chatbot.errors import DecodingError, InputError
 from chatbot.inference.decoding import SCORE_BATCH, XLA_MAX_BATCH, DecodeLoops, padded_rows, xla_batch, xla_width
 from chatbot.inference.retrieval import AnswerMemory
 from chatbot.model.network import EncoderDecoder
@@ -131,6 +131,7 @@ class Generator:
                  decoding: DecodingConfig, max_batch: int = 64, memory: AnswerMemory | None = None,
                  speller: Speller | None = None):
         self.model = model
+        self.process = os.getpid()  # TensorFlow's threads are not copied by fork: see check_process
         self.speller = speller
         self.tokenizer = tokenizer
         self.data = data
@@ -266,7 +267,20 @@ class Generator:
         with self._alone_pool_lock:
             if self._alone_pool is None:
                 self._alone_pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="chatbot-beam")
-        return list(self._alone_pool.map(decode, sources))
+            pool = self._alone_pool  # release_threads (a close) may clear the attribute meanwhile
+        try:
+            return list(pool.map(decode, sources))
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown": one after another here
+            if "shutdown" not in str(exc):
+                raise
+            return [decode(source) for source in sources]
+
+    def check_process(self) -> None:
+        """A model loaded before a fork (gunicorn --preload, multiprocessing's "fork") hangs in
+        the child for ever: TensorFlow's thread pools did not come along. Say so instead."""
+        if os.getpid() != self.process:
+            raise DecodingError(f"this model was loaded in process {self.process}, before a fork: load the ChatBot "
+                                "in each process that uses it (gunicorn: no --preload, or load it in post_fork)")
 
     def release_threads(self) -> None:
         """Stop ``_map_alone``'s idle threads (``ChatBot.close``); a later call starts them again."""
@@ -416,6 +430,7 @@ class Generator:
         """Replies for many inputs, read and retrieved for in batches of ``max_batch`` and decoded
         together, except beam searches that keep their whole beam (``decodes_alone``).
         ``samples``: with sampling, each input's sample number (``row_keys``)."""
+        self.check_process()
         config = self.resolve(decoding, max_length)
         beam = config.effective_strategy == "beam"
         wanted = config.n_best

@@ -165,7 +165,10 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.ready = asyncio.Event()
+        # A second run of the lifespan (a host app restarted, a test client again) starts afresh:
+        # the bot the last one closed must not answer, nor stand for a ready model.
+        state.ready, state.bot, state.load_error, state.compiling = asyncio.Event(), None, None, None
+        stop_compiling.clear()
         state.batcher = DecodeBatcher(lambda prepared, keep: state.bot.decode_prepared(prepared),
                                       settings.max_batch, settings.batch_wait_ms,
                                       on_batch=state.metrics.decoded,
@@ -188,6 +191,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             state.store_threads.shutdown(wait=False, cancel_futures=True)  # a call the database never answers stays behind
             if bot is None and state.bot is not None:
                 state.bot.close()
+                state.bot = None
 
     app = FastAPI(title="chatbot", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A seq2seq chatbot: an OpenAI-compatible chat API and a native REST API "
