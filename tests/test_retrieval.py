@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz import fuzz
 
+from chatbot.errors import ConfigError
 from chatbot.model.bundle import TRAIN, Bundle
 from chatbot.data.corpus import Example
 from chatbot.inference import retrieval
@@ -194,6 +195,31 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     assert old["data"]["retriever"] == "lexical"
     assert upgrade_config(raw, FORMAT_VERSION) is raw
     assert upgrade_config(raw, 4) == raw  # a recurrent model's format 4 is today's
+
+
+def test_an_old_bundles_config_given_to_train_means_what_loading_it_means(tiny_bundle_path, tmp_path):
+    """`train --config OLD/config.json` and `train --from OLD` read the file raw: a format-1
+    bundle's decoding.rerank was an unknown key, a format-3 one's copy_continuation the new
+    default, though loading the same bundle upgrades both."""
+    import shutil
+
+    from chatbot.model.bundle import CONFIG, MANIFEST, config_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle_path, old)
+    raw = json.loads((old / CONFIG).read_text())  # as format 1 wrote it
+    for key in ("retrieved_pairs", "noisy_copies", "retriever"):
+        raw["data"].pop(key)
+    raw["model"].pop("copy_attention")
+    raw["decoding"].update(rerank=8, rerank_min_similarity=0.6)
+    (old / CONFIG).write_text(json.dumps(raw))
+    manifest = json.loads((old / MANIFEST).read_text())
+    (old / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    config = config_file(old / CONFIG)
+    assert config.data.retrieved_pairs == 0 and config.model.copy_attention is False
+    shutil.copy(old / CONFIG, tmp_path / "config.json")  # the same file outside a bundle: as written
+    with pytest.raises(ConfigError, match="unknown config key 'decoding.rerank'"):
+        config_file(tmp_path / "config.json")
 
 
 def test_a_format_3_bundle_reads_words_as_typed_and_copies_without_the_continuation_bonus(tiny_bundle_path):

@@ -209,6 +209,29 @@ def test_a_database_file_deleted_or_replaced_under_the_store_is_an_error_not_a_s
         assert [s.name for s in reopened.list_sessions()] == ["other"]
 
 
+def test_a_default_database_an_older_version_left_readable_is_made_private(tmp_path, monkeypatch, caplog):
+    """Versions before the 0700/0600 rule left ~/.local/share/chatbot 0755 and chatbot.db 0644:
+    every local user could read every conversation, upgrade or not. A --db file keeps its mode."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CHATBOT_DB", raising=False)
+    folder = tmp_path / "xdg" / "chatbot"
+    folder.mkdir(parents=True)
+    with SessionStore(None) as store:
+        store.create_session("old")
+    folder.chmod(0o755)
+    (folder / "chatbot.db").chmod(0o644)
+    with SessionStore(None) as store:
+        assert [s.name for s in store.list_sessions()] == ["old"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "chatbot.db").stat().st_mode) == 0o600
+    assert "was readable by other users; made private" in caplog.text
+    chosen = tmp_path / "chosen.db"
+    SessionStore(chosen).close()
+    chosen.chmod(0o640)
+    SessionStore(chosen).close()
+    assert stat.S_IMODE(chosen.stat().st_mode) == 0o640
+
+
 def test_session_names_are_unique(store):
     store.create_session("alice")
     with pytest.raises(StoreError, match="session name 'alice' already exists"):

@@ -131,3 +131,35 @@ def test_a_run_killed_just_before_its_checkpoint_loses_no_epoch_from_the_log(tmp
     assert cli.main([*args, "--resume"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs"] == 3 and summary["epochs_this_run"] == 2
+
+
+def test_a_training_another_version_started_is_not_resumed_and_its_state_is_left_alone(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """An older version's unfinished training took today's defaults for the keys it never had,
+    crashed restoring its checkpoint ("a bug: please report it") and rewrote its state.json so
+    that the old version could not resume it either."""
+    import json
+
+    from chatbot.training.pipeline import STATE, work_dir_for
+
+    out = tmp_path / "model"
+    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), *TINY, "--epochs", "3", "--quiet"]
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "train", lambda *a, extra_callbacks=None, **kw: train(
+            *a, extra_callbacks=[*(extra_callbacks or []), Interrupt()], **kw))
+        assert cli.main(args) == cli.EXIT_INTERRUPTED
+    state_file = work_dir_for(out) / STATE
+    state = json.loads(state_file.read_text())
+    assert state["format_version"] >= 5
+    for older in ({**state, "format_version": 3},
+                  {**{k: v for k, v in state.items() if k != "format_version"},
+                   "config": {**state["config"], "data": {k: v for k, v in state["config"]["data"].items()
+                                                          if k != "spelling"}}}):
+        state_file.write_text(json.dumps(older))
+        before = state_file.read_bytes()
+        capsys.readouterr()
+        assert cli.main([*args, "--resume"]) == 1
+        err = capsys.readouterr().err
+        assert "this training was started by another chatbot version" in err and err.count("\n") == 1, err
+        assert state_file.read_bytes() == before
+    assert "settings without data.spelling" in err

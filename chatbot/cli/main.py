@@ -58,16 +58,16 @@ def cmd_train(args) -> int:
     from chatbot.data.corpus import load_corpus
     from chatbot.errors import ConfigError
 
+    from chatbot.model.bundle import CONFIG, config_file, resolve_model_path
+
     base = None
     if args.base:  # fine-tuning: the base model's settings unless a config file is given
-        from chatbot.model.bundle import CONFIG, resolve_model_path
-
         base = resolve_model_path(args.base)
-        config = Config.load(args.config or base / CONFIG)
+        config = config_file(args.config or base / CONFIG)
     else:
         if args.mix_old or args.rebuild_vocab:
             raise UsageError("--mix-old and --rebuild-vocab go with --from MODEL")
-        config = Config.load(args.config) if args.config else Config()
+        config = config_file(args.config) if args.config else Config()
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None}
     if args.bidirectional:

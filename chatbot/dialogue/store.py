@@ -373,6 +373,8 @@ class SessionStore:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 with contextlib.suppress(FileExistsError):  # (SQLite gives its -wal the file's mode)
                     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                if path == user_data_dir() / "chatbot.db":
+                    _make_private(path)
             except OSError as exc:
                 raise StoreError(f"cannot open database {self._shown}: {exc.strerror or exc}") from None
             return parsed
@@ -1106,6 +1108,17 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def _make_private(database: Path) -> None:
+    """The default database and its folder made private when an older version left them
+    readable by others (0644 in 0755: every local user could read every conversation). Only
+    the default place: a file given with --db keeps the mode its owner chose."""
+    for path, private in ((database.parent, 0o700), (database, 0o600)):
+        status = path.stat()
+        if hasattr(os, "getuid") and status.st_uid == os.getuid() and status.st_mode & 0o077:
+            path.chmod(private)
+            log.warning("%s was readable by other users; made private (%o)", path, private)
 
 
 def _identity(file: Path) -> tuple[int, int] | None:

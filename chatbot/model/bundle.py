@@ -281,6 +281,17 @@ def _check_weights_can_hold(path: Path, config: Config, vocab_size: int) -> None
                           f"{WEIGHTS} ({held:,} bytes) cannot hold: the config and the weights do not belong together")
 
 
+def config_file(path: str | Path) -> Config:
+    """A ``--config`` file: a bundle's ``config.json`` as its format means it (``upgrade_config``,
+    as loading the bundle reads it: an older bundle's keys are not today's), any other file as
+    written."""
+    path = Path(path)
+    if path.name == CONFIG and (path.parent / MANIFEST).is_file():
+        manifest = _read_manifest(path.parent / MANIFEST)
+        return Config.from_dict(upgrade_config(_read_json(path), manifest["format_version"]))
+    return Config.load(path)
+
+
 def upgrade_config(raw: dict, format_version: int) -> dict:
     """A config as written by an older bundle format, in today's keys, meaning the same model:
     format 1 predates retrieve and refine (its models read the question alone and have no copy

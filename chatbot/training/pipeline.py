@@ -40,7 +40,7 @@ from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
 from chatbot.evaluation.metrics import input_key
 from chatbot.inference.retrieval import AnswerMemory, memory_for
-from chatbot.model.bundle import Bundle, check_replaceable
+from chatbot.model.bundle import FORMAT_VERSION, Bundle, check_replaceable
 from chatbot.training import distribute
 from chatbot.version import __version__
 
@@ -211,6 +211,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
     changes: list[str] = []
     if resume:
         state = _read_state(work)
+        _check_same_format(state, work)
         _check_same_run(state, base, mix_base_corpus, rebuild_vocab, work)
         if base is None and state.get("base"):  # the same fine-tuning, even without --from
             base = Bundle.load(state["base"])
@@ -676,8 +677,26 @@ def saved_config(out: str | Path, overrides: dict | None = None) -> Config:
     (``{"training.epochs": 50}``): what ``chatbot train --resume`` asks for when no config file is
     given. The overrides go into the saved values before they are validated, so that one can
     correct a saved value that is no longer valid."""
-    data = {**Config().to_dict(), **_read_state(work_dir_for(Path(out)))["config"]}
+    work = work_dir_for(Path(out))
+    state = _read_state(work)
+    _check_same_format(state, work)
+    data = {**Config().to_dict(), **state["config"]}
     return Config.from_dict(apply_dotted(data, overrides or {}))
+
+
+def _check_same_format(state: dict, work: Path) -> None:
+    """A training started by another bundle format is not resumed: its saved settings would
+    take today's defaults for keys it never had (spelling on, a copy bonus its network lacks)
+    and its checkpoint may not fit today's network. States written before the format was
+    recorded pass when they hold every key of today's config."""
+    version = state.get("format_version")
+    missing = sorted(set(_flat(Config().to_dict())) - set(_flat(state.get("config", {}))))
+    if version == FORMAT_VERSION or (version is None and not missing):
+        return
+    started = f"bundle format {version}" if version is not None else f"settings without {', '.join(missing[:3])}"
+    raise TrainingError(f"{work}: this training was started by another chatbot version ({started}; this one "
+                        f"writes format {FORMAT_VERSION}): finish it with that version, or train again without "
+                        "--resume")
 
 
 def resume_changes(saved: dict, config: Config, work: Path) -> list[str]:
@@ -724,7 +743,7 @@ def _pair(example: Example) -> tuple:
 
 def _write_state(plan: Plan) -> None:
     """What ``resume`` needs to rebuild the same data and model: config, corpus, base model."""
-    state = {"config": plan.config.to_dict(), "corpus_sha256": plan.corpus.sha256,
+    state = {"format_version": FORMAT_VERSION, "config": plan.config.to_dict(), "corpus_sha256": plan.corpus.sha256,
              "corpus_path": str(plan.corpus.root),
              "base": str(plan.base.path) if plan.base is not None else None,
              "mix_base_corpus": plan.mix_base_corpus, "rebuild_vocab": plan.rebuild_vocab}
