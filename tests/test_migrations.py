@@ -329,3 +329,16 @@ def test_downgrading_to_the_baseline_and_back_keeps_the_rows(tmp_path):
     with SessionStore(path) as store:
         assert store.schema_revision() == HEAD_REVISION and len(store.history("alice")) == 4
         assert schema_differences(store) == []
+
+
+def test_a_command_that_upgrades_a_database_says_so_and_a_new_one_is_quiet(tmp_path, caplog):
+    """Older versions cannot open a database once it is migrated: an operator upgrading hears
+    of it (it happened in silence); creating a new database is no news."""
+    import logging
+
+    path = legacy_database(tmp_path / "v3.db")
+    with caplog.at_level(logging.WARNING, logger="chatbot.dialogue.store"):
+        SessionStore(path).close()
+        SessionStore(tmp_path / "new.db").close()
+    [upgraded] = [r.getMessage() for r in caplog.records]
+    assert "upgraded" in upgraded and "v3.db" in upgraded and "older chatbot versions cannot open it now" in upgraded

@@ -427,7 +427,10 @@ class SessionStore:
                 schema = self._schema(conn)  # another process may have migrated it meanwhile
                 if not schema.current:
                     self._migrate(conn, "head")
-                    log.info("upgraded %s from %s to schema revision %s", self._shown, schema, HEAD_REVISION)
+                    # An operator upgrading should hear of it: older versions cannot open it now.
+                    (log.info if schema.empty else log.warning)(
+                        "upgraded %s from %s to schema revision %s%s", self._shown, schema, HEAD_REVISION,
+                        "" if schema.empty else " (older chatbot versions cannot open it now)")
         if self._sqlite:
             self._switch_to_wal()
             self._wal = True
