@@ -13,9 +13,9 @@ of them.
 from typing import TYPE_CHECKING
 
 from chatbot.errors import (
-    BundleError, ChatbotError, ConfigError, CorpusError, DecodingError, EncoderUnavailable, InputError, MessageNotFound,
-    MessageNotStored, PlotError, ReplyNotStored, SessionExists, SessionNotFound, StoreArgumentError,
-    StoreError, TokenizerError, TrainingError,
+    BundleError, ChatbotError, ConfigError, CorpusError, DatabaseCorrupt, DecodingError, EncoderUnavailable,
+    InputError, MessageNotFound, MessageNotStored, PlotError, ReplyNotStored, SessionExists, SessionNotFound,
+    StoreArgumentError, StoreError, TokenizerError, TrainingError,
 )
 from chatbot.version import __version__
 
@@ -46,6 +46,7 @@ def __dir__():
 
 
 __all__ = ["ChatBot", "Reply", "ReplyRequest", "Config", "Generation", "SessionInfo", "Message", "Feedback",
-           "ChatbotError", "BundleError", "ConfigError", "CorpusError", "DecodingError", "EncoderUnavailable", "InputError", "MessageNotFound", "MessageNotStored", "PlotError",
-           "ReplyNotStored", "SessionExists", "SessionNotFound", "StoreArgumentError", "StoreError",
-           "TokenizerError", "TrainingError", "__version__"]
+           "ChatbotError", "BundleError", "ConfigError", "CorpusError", "DatabaseCorrupt", "DecodingError",
+           "EncoderUnavailable", "InputError", "MessageNotFound", "MessageNotStored", "PlotError", "ReplyNotStored",
+           "SessionExists", "SessionNotFound", "StoreArgumentError", "StoreError", "TokenizerError", "TrainingError",
+           "__version__"]

@@ -50,6 +50,11 @@ class StoreError(ChatbotError):
     """The conversation database cannot be opened, read or written."""
 
 
+class DatabaseCorrupt(StoreError):
+    """The database file is damaged ("database disk image is malformed"): retrying cannot help;
+    its operator restores it from a copy (``chatbot sessions`` commands fail the same way)."""
+
+
 class StoreArgumentError(StoreError, InputError):
     """An argument the store cannot take (a wrong type, a rating that is not one): the caller's
     mistake, not the database's (a server answers 400, not 503)."""

@@ -623,6 +623,27 @@ def test_a_second_lifespan_loads_afresh_and_never_answers_with_the_closed_bot(ti
         assert client.get("/readyz").json()["status"] == "failed"
 
 
+def test_a_database_damaged_in_place_is_not_a_retry_later(tiny_bundle_path, tiny_pairs, tmp_path):
+    """Pages overwritten under a running server: every request was a 503 "retry later" and each
+    retry stored nothing; a damaged file is a 500 naming it, and stateless replies go on."""
+    import os
+
+    db = tmp_path / "chat.db"
+    app = create_app(tiny_bundle_path, f"sqlite:///{db}", settings=ServerSettings(), warm_up=False)
+    question, answer = tiny_pairs[0]
+    with TestClient(app) as client:
+        session = client.post("/api/sessions", json={"name": "s"}).json()["id"]
+        for _ in range(60):  # pages of messages to damage
+            assert client.post(f"/api/sessions/{session}/messages", json={"text": "x" * 400}).status_code == 200
+        with open(db, "r+b") as file:
+            file.seek(2 * 4096)
+            file.write(os.urandom(db.stat().st_size - 2 * 4096))
+        damaged = client.get(f"/api/sessions/{session}/messages")
+        assert damaged.status_code == 500 and damaged.json()["error"]["code"] == "database_corrupt"
+        assert "Retry-After" not in damaged.headers
+        assert chat(client, question).json()["choices"][0]["message"]["content"] == answer
+
+
 def test_a_reply_made_but_not_stored_is_not_a_retry_later(bot, tiny_pairs, monkeypatch):
     """Retrying stored the user's message twice: the message was stored, the reply not."""
     from chatbot.errors import StoreError

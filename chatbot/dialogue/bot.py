@@ -19,7 +19,7 @@ from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
 from chatbot.data.text import clean_text, model_tail, sanitize_message
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import (
-    DecodingError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreArgumentError, StoreError,
+    DatabaseCorrupt, DecodingError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreArgumentError, StoreError,
 )
 from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator, check_sample_number
 from chatbot.data.spelling import speller_for
@@ -557,8 +557,8 @@ class ChatBot:
             turns = self.bundle.config.data.context_turns
             recent = store.history(session_id, last=max(turns, 2)) if turns or config.avoid_repeat else []
             user = store.add_message(session_id, "user", message)
-        except (SessionNotFound, StoreArgumentError):
-            raise  # the caller's mistake (an InputError), not a database that failed
+        except (SessionNotFound, StoreArgumentError, DatabaseCorrupt):
+            raise  # the caller's mistake (an InputError), or a damaged file: sending again cannot help
         except StoreError as exc:
             raise MessageNotStored(f"{exc}; your message was not stored", message) from exc
         context = [m.text for m in recent[-turns:]] if turns else []

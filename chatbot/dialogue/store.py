@@ -51,7 +51,7 @@ from sqlalchemy.pool import StaticPool
 from chatbot.data.text import UNSHOWABLE
 # The store's errors live with the others (``chatbot.errors``); importable from here as before.
 from chatbot.errors import (  # noqa: F401
-    MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError, StoreError,
+    DatabaseCorrupt, MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError, StoreError,
 )
 from chatbot.files import user_data_dir
 
@@ -566,7 +566,14 @@ class SessionStore:
                 with (self._writes if write else self._reads).begin() as session:
                     yield session
             except SQLAlchemyError as exc:
-                raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
+                raise self._failure(exc) from exc
+
+    def _failure(self, exc: Exception) -> StoreError:
+        """A database error as the store's: ``DatabaseCorrupt`` for a damaged file, which no
+        retry can help (a server answers it 500, not "retry later")."""
+        text = _one_line(exc)
+        damaged = "database disk image is malformed" in text or "file is not a database" in text
+        return (DatabaseCorrupt if damaged else StoreError)(f"database error ({self._shown}): {text}")
 
     def _check_usable(self, write: bool) -> None:
         if self._closed:
@@ -772,7 +779,7 @@ class SessionStore:
                 with self._writer.begin() as conn:
                     yield conn
             except SQLAlchemyError as exc:
-                raise StoreError(f"database error ({self._shown}): {_one_line(exc)}") from exc
+                raise self._failure(exc) from exc
 
     def _session_id(self, id_or_name: int | str, owner: str | None = None) -> int:
         if is_session_id(id_or_name):

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbot.errors import (ConfigError, DecodingError, InputError, MessageNotFound, ReplyNotStored, SessionNotFound,
-                            StoreError)
+from chatbot.errors import (ConfigError, DatabaseCorrupt, DecodingError, InputError, MessageNotFound, ReplyNotStored,
+                            SessionNotFound, StoreError)
 
 log = logging.getLogger("chatbot.serving")
 
@@ -66,6 +66,9 @@ def from_library(exc: Exception) -> ApiError:
         return ApiError(500, "reply_not_stored", f"the reply was made but could not be stored; your message "
                                                  f"was stored (message {exc.reply.user_message_id}): do not send "
                                                  "it again")
+    if isinstance(exc, DatabaseCorrupt):
+        log.error("store: %s", text)
+        return ApiError(500, "database_corrupt", "the session database is damaged; its operator must restore it")
     if isinstance(exc, StoreError):
         log.error("store: %s", text)
         return ApiError(503, "store_unavailable", "the session database is unavailable; retry later",
