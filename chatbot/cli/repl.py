@@ -37,7 +37,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 
-from chatbot.cli.console import keys_not_echoed, open_history, write_export
+from chatbot.cli.console import column, keys_not_echoed, open_history, write_export
 from chatbot.config import DecodingConfig, Spec, specs
 from chatbot.data.text import escape_unshowable
 from chatbot.version import __version__
@@ -433,7 +433,7 @@ class ChatRepl:
         for s in rows:
             mark = "*" if s.id == self.session_id else " "
             when = s.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
-            self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {escape_unshowable(s.name or '-'):<20}"),
+            self._say(("class:bot" if mark == "*" else "", f"{mark} #{s.id:<4} {column(s.name or '-', 20)}"),
                       ("class:meta", f" {s.message_count:>4} message{'' if s.message_count == 1 else 's'}  {when}"))
 
     def _cmd_switch(self, arg: str) -> None:

@@ -494,6 +494,12 @@ def spreadsheet_quoted(cell: str) -> bool:
     return len(cell) > 2 and cell[0] == cell[-1] == '"' and '""' in inner and '"' not in inner.replace('""', "")
 
 
+def read_back_unquoted(text: str) -> bool:
+    """Whether ``text``, written as a TSV cell, would be read as a spreadsheet's quoting and
+    come back changed (what ``corpus convert`` to TSV refuses)."""
+    return _opens_quoted_cell([text]) or spreadsheet_quoted(text)
+
+
 def _opens_quoted_cell(columns: list[str]) -> bool:
     """Whether a question or answer cell starts a quote that this line does not close: the
     start of a spreadsheet's cell over several lines."""

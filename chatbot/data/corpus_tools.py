@@ -24,7 +24,7 @@ from chatbot.data.corpus import (
     _read_file,
     corpus_files,
     load_corpus,
-    spreadsheet_quoted,
+    read_back_unquoted,
 )
 from chatbot.errors import CorpusError, InputError
 from chatbot.files import write_atomically
@@ -296,8 +296,7 @@ def _to_tsv(dialogues: list[Dialogue]) -> str:
     rows = []
     for d in dialogues:
         for u in d.utterances:
-            # A quoted cell as a spreadsheet writes it would be read back without its quotes.
-            quoted = u.text.startswith('"') and (u.text.count('"') % 2 or spreadsheet_quoted(u.text))
+            quoted = read_back_unquoted(u.text)  # a spreadsheet's quoting: read back without its quotes
             if "\n" in u.text or "\t" in u.text or quoted:
                 file, _, line = u.source.rpartition(":")
                 kind = "a line break" if "\n" in u.text else "a tab" if "\t" in u.text else "a spreadsheet's quoting"

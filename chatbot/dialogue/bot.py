@@ -247,12 +247,15 @@ class ChatBot:
     def name(self) -> str:
         return self.bundle.name
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this ChatBot is closed: its session database is no longer open")
+
     @property
     def store(self):
         """The session store, opened on first use (stateless ``ask`` never touches a database)."""
         with self._store_lock:
-            if self._closed:
-                raise StoreError("this ChatBot is closed: its session database is no longer open")
+            self._check_open()
             if self._store is None:
                 from chatbot.dialogue.store import SessionStore
 
@@ -542,8 +545,7 @@ class ChatBot:
         not stored: ``MessageNotStored`` says so and carries the text to send again. With an
         ``owner``, only that owner's sessions are found and new ones are made for it."""
         owned = {} if owner is None else {"owner": owner}
-        if self._closed:  # not a message to send again (MessageNotStored): retrying cannot help
-            raise StoreError("this ChatBot is closed: its session database is no longer open")
+        self._check_open()  # before the try: not a message to send again (MessageNotStored)
         try:
             store = self.store
             if session is None:
