@@ -13,7 +13,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
 from chatbot.inference.decoding import XLA_MAX_BATCH, greedy_shape, padded_rows, xla_batch, xla_width
 from chatbot.inference.generator import Generator
-from chatbot.model.network import Seq2Seq, masked_accuracy
+from chatbot.model.network import Seq2Seq, masked_accuracy, token_figures
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
 VOCAB = 50
@@ -142,6 +142,31 @@ def test_masked_accuracy_ignores_padding():
     logits = np.zeros((1, 4, 5), np.float32)
     logits[0, 0, 1] = logits[0, 1, 3] = 1.0  # right, wrong, then padding predicted as anything
     assert float(masked_accuracy(y_true, logits)) == pytest.approx(0.5)
+
+
+def test_token_figures_weigh_every_token_alike():
+    """Perplexity is per token: a batch of one long answer counts for its six tokens, not as one
+    of two batch means (Keras' evaluate)."""
+    keras.utils.set_random_seed(0)
+    model = random_model()
+    short = ((np.array([[5, 6]], np.int32), np.array([[START]], np.int32)), np.array([[7]], np.int32))
+    long = ((np.array([[8, 9]], np.int32), np.array([[START, 11, 12, 13, 14, 15, 16]], np.int32)),
+            np.array([[11, 12, 13, 14, 15, 16, PAD]], np.int32))  # one padded position too
+    batches = [short, long]
+    losses, hits = [], []
+    for (source, decoder_input), target in batches:
+        scores = model((source, decoder_input)).numpy()[0]
+        for step, token in enumerate(target[0]):
+            if token != PAD:
+                logp = scores[step] - np.log(np.exp(scores[step] - scores[step].max()).sum()) - scores[step].max()
+                losses.append(-logp[token])
+                hits.append(scores[step].argmax() == token)
+    dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=(
+        (tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([1, None], tf.int32)), tf.TensorSpec([1, None], tf.int32)))
+    loss, accuracy = token_figures(model, dataset)
+    assert len(losses) == 7
+    assert loss == pytest.approx(np.mean(losses), rel=1e-5)
+    assert accuracy == pytest.approx(np.mean(hits))
 
 
 # --- the generator ---------------------------------------------------------------------------

@@ -350,14 +350,13 @@ def _evaluation_table(report, model_path, golden, golden_path) -> str:
     d = report.decoding
     strategy = f"beam {d['beam']}" if d["strategy"] == "beam" else d["strategy"]
     source = f"{report.source} split" if report.source in ("validation", "train") else report.source
-    accuracy = "-" if report.token_accuracy is None else f"{report.token_accuracy:.1%}"
     latency = report.latency_ms
     lines = [
         f"model           {report.model} ({model_path})",
         f"evaluated on    {source}: {report.pairs:,} pairs, {report.inputs:,} distinct questions",
         f"decoding        {strategy}, max {d['max_length']}",
         f"perplexity      {report.perplexity:,.2f}  (loss {report.loss:.4f}, teacher-forced)",
-        f"token accuracy  {accuracy}",
+        f"token accuracy  {report.token_accuracy:.1%}",
         f"exact match     {report.exact_match:.1%}  ({report.exact_count} of {report.inputs})",
         f"BLEU            {report.bleu:.2f}",
         f"chrF            {report.chrf:.2f}",

@@ -60,7 +60,7 @@ class EvaluationReport:
     decoding: dict[str, Any]
     loss: float
     perplexity: float
-    token_accuracy: float | None
+    token_accuracy: float
     exact_match: float
     bleu: float
     chrf: float
@@ -95,19 +95,17 @@ class EvaluationReport:
                 "decoding": self.decoding}
 
 
-def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None = None) -> tuple[float, float | None]:
-    """(loss, token accuracy) from the model's compiled Keras ``evaluate``: the training loss
-    on the same tf.data pipeline, so the numbers match the training log's ``val_loss``. With
-    ``retrieval`` (default: the model's own decoding setting), the inputs carry what retrieval
-    finds, as replies see them."""
+def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None = None) -> tuple[float, float]:
+    """(cross-entropy per target token, token accuracy), teacher-forced on the training's own
+    tf.data pipeline, every real token weighed alike (``token_figures``). With ``retrieval``
+    (default: the model's own decoding setting), the inputs carry what retrieval finds, as
+    replies see them."""
     from chatbot.data.dataset import encode_examples, make_dataset
     from chatbot.data.spelling import speller_for
     from chatbot.inference.retrieval import memory_for
-    from chatbot.model.network import compile_model
+    from chatbot.model.network import token_figures
 
-    config, model = bundle.config, bundle.model
-    if not getattr(model, "compiled", False):  # a loaded bundle is not; a training model keeps its own
-        compile_model(model, config.training.learning_rate, config.training.clipnorm)
+    config = bundle.config
     retrieved = None
     speller = speller_for(config.data, bundle.train)
     if speller is not None:  # the questions as the model reads them
@@ -118,10 +116,7 @@ def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None =
     sources, targets = encode_examples(examples, bundle.tokenizer, config.data.max_input_tokens,
                                        config.data.max_output_tokens, retrieved,
                                        config.data.max_retrieved_answer_tokens)
-    results = model.evaluate(make_dataset(sources, targets, config.training.batch_size),
-                             verbose=0, return_dict=True)
-    accuracy = results.get("masked_accuracy")
-    return float(results["loss"]), None if accuracy is None else float(accuracy)
+    return token_figures(bundle.model, make_dataset(sources, targets, config.training.batch_size))
 
 
 def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | None = None,

@@ -516,7 +516,7 @@ def _local_copy(model, plan: Plan):
 def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, val_set) -> Bundle:
     """Step 5: an inference-only copy of the network in a bundle, with its figures: the
     training history, validation loss, and exact match measured as the bot will reply."""
-    from chatbot.model.network import build_model
+    from chatbot.model.network import build_model, token_figures
 
     config, tokenizer = plan.config, plan.tokenizer
     final = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)  # no optimizer state
@@ -532,7 +532,7 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
         "history": {k: [round(float(v), 5) for v in vs] for k, vs in every_epoch.items()},
     }
     if val_set is not None:
-        val_loss, val_acc = model.evaluate(val_set, verbose=0)
+        val_loss, val_acc = token_figures(model, val_set)
         metrics["validation"] = {"loss": round(float(val_loss), 5),
                                  "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
