@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from chatbot.config import DataConfig, DecodingConfig
 from chatbot.errors import ConfigError
+from chatbot.inference.decoding import DecodeLoops
 from chatbot.inference.generator import Generator
 from chatbot.data.tokenizer import END, PAD, START
 from helpers import run_cli
@@ -113,6 +114,36 @@ def test_beam_search_stops_when_all_hypotheses_ended_and_returns_n_best(tiny_bot
     assert len(result.alternatives) == 3 and result.alternatives[0] == (result.text, result.score)
     assert len({t for t, _ in result.alternatives}) == 3
     assert result.token_ids[-1] == END
+
+
+class PhasedToyModel(ToyModel):
+    """``ToyModel`` whose table changes with the step: ``phases`` is [(first step, transitions)],
+    the step counted in the decoder's state (beam search reorders it with its hypotheses)."""
+
+    def __init__(self, phases):
+        self.starts = tf.constant([start for start, _ in phases], tf.float32)
+        self.tables = tf.stack([ToyModel(transitions).table for _, transitions in phases])
+        self.vocab_size = TOY_VOCAB
+
+    def decode_step(self, token, states, encoder_outputs, source_mask):
+        step = states[0][:, 0]
+        phase = tf.reduce_sum(tf.cast(step[:, None] >= self.starts[None, 1:], tf.int32), axis=1)
+        return tf.gather_nd(self.tables, tf.stack([phase, token], axis=1)), [states[0] + 1.0]
+
+
+@pytest.mark.parametrize("loop", ["beam", "beam_xla"])
+def test_beam_search_keeps_an_ended_reply_that_live_hypotheses_pushed_out(loop):
+    """'A [END]' ends at step 2. Its rival runs on with near-certain tokens, so its GNMT key
+    rises, splits in two at step 12 and both halves push 'A [END]' out of a beam of 2; from step
+    20 they wander at random and never end. The search must return 'A [END]', not the wander."""
+    steady = {START: {A: 0.5, B: 0.5}, A: {END: 1.0}, B: {C: 1.0}, C: {C: 1.0}}
+    split = {**steady, C: {D: 0.5, E: 0.5}, D: {D: 1.0}, E: {E: 1.0}}
+    wander = {t: {D: 0.5, E: 0.5} for t in (C, D, E)}
+    loops = DecodeLoops(PhasedToyModel([(0, steady), (12, split), (20, wander)]), capacity=40)
+    config = DecodingConfig(strategy="beam", beam=2, n_best=1, length_penalty=1.0, max_length=40)
+    ids, raw, lengths, _ = (t.numpy() for t in getattr(loops, loop)(np.array([[A]], np.int32), config))
+    assert ids[0, 0, :lengths[0, 0]].tolist() == [A, END]
+    assert raw[0, 0] == pytest.approx(math.log(0.5), abs=1e-4)
 
 
 def test_no_strategy_generates_padding_or_the_start_token():

@@ -515,10 +515,13 @@ class DecodeLoops:
 
         A hypothesis that has ended stays in the beam with its score and only extends by
         padding (at no cost), so it competes with the live ones until better ones push it
-        out; an input is done when all its hypotheses have ended, or when live hypotheses can
-        no longer enter its n-best. Hypotheses are ranked by sum of log-probs /
-        ((5 + length) / 6) ** length_penalty (GNMT). ``width`` is the history's width (at
-        least ``max_length``); ``constrain(logits, history, step)`` forbids tokens.
+        out; it is also kept, from the step it ends, among the input's ``n_best`` best ended
+        ones, which only better ended ones replace: a reply once found is not lost when live
+        hypotheses that look better push it out and then end worse, or never end. An input is
+        done when all its hypotheses have ended, or when live hypotheses can no longer enter
+        its n-best. Hypotheses are ranked by sum of log-probs / ((5 + length) / 6) **
+        length_penalty (GNMT). ``width`` is the history's width (at least ``max_length``);
+        ``constrain(logits, history, step)`` forbids tokens.
         """
         vocab = self.model.vocab_size
         batch = tf.shape(source)[0]
@@ -533,10 +536,19 @@ class DecodeLoops:
         positions = tf.range(width)
         pad_only = tf.equal(tf.range(vocab), PAD)[None, None, :]
 
+        def kept_best(ended, candidates, take):
+            """The ``n_best`` best of the ended hypotheses so far and ``candidates`` (the same
+            fields, ``[B, n]`` and ``[B, n, width]``) that ``take`` marks."""
+            keys = tf.concat([ended[0], tf.where(take, candidates[0], NEG_INF)], axis=1)
+            best = tf.math.top_k(keys, n_best).indices
+            return tuple(tf.gather(tf.concat([old, new], axis=1), best, batch_dims=1)
+                         for old, new in zip(ended, candidates))
+
         def advance(step, search, decoder):
             # sums: ranking sums (with constraints); raw: the model's own log-prob sums;
-            # decided: inputs whose n-best can no longer change.
-            sums, raw, lengths, finished, decided, history = search
+            # decided: inputs whose n-best can no longer change; ended: the best ended
+            # hypotheses so far (keys, raw sums, lengths, ids).
+            sums, raw, lengths, finished, decided, history, ended = search
             token, states, encoder_outputs, source_ids = decoder
             searching = tf.shape(sums)[0]
             rows = searching * k
@@ -562,6 +574,8 @@ class DecodeLoops:
             history = tf.gather(history, parent, batch_dims=1)
             history = tf.where(tf.equal(positions, step)[None, None, :], chosen[:, :, None], history)
             finished = tf.logical_or(parent_finished, tf.equal(chosen, END))
+            ended = kept_best(ended, (sums / penalty(lengths), raw, lengths, history),
+                              tf.logical_and(finished, tf.logical_not(parent_finished)))
             flat_parent = tf.reshape(parent + tf.range(searching)[:, None] * k, [rows])
             states = [tf.gather(s, flat_parent) for s in states]
             token = tf.reshape(chosen, [rows])
@@ -569,27 +583,28 @@ class DecodeLoops:
             # still beat: a live sum only falls and the penalty is at most lp(max_length),
             # so sum / lp(max_length) bounds its final key. Stopping then gives the same
             # n-best as searching on, without running live hypotheses to max_length.
-            ended_keys = tf.where(finished, sums / penalty(lengths), NEG_INF)
-            nth_ended = tf.math.top_k(ended_keys, n_best).values[:, -1]
+            nth_ended = ended[0][:, -1]
             best_live = tf.reduce_max(tf.where(finished, NEG_INF, sums / penalty(max_length)), axis=1)
             decided = tf.logical_or(decided, tf.logical_and(nth_ended > NEG_INF, nth_ended > best_live))
             done = tf.logical_or(decided, tf.reduce_all(finished, axis=1))
-            return ((sums, raw, lengths, finished, decided, history),
+            return ((sums, raw, lengths, finished, decided, history, ended),
                     (token, states, encoder_outputs, source_ids), done)
 
         def results(_, search):
-            """Each input's n-best: ids, raw sums, lengths and keys, best first."""
-            sums, raw, lengths, finished, decided, history = search
-            # A decided input's live hypotheses cannot reach its n-best: leave them out.
-            keys = tf.where(tf.logical_or(finished, tf.logical_not(decided)[:, None]),
-                            sums / penalty(lengths), NEG_INF)
-            best = tf.math.top_k(keys, n_best).indices
-            return tuple(tf.gather(t, best, batch_dims=1) for t in (history, raw, lengths, keys))
+            """Each input's n-best: ids, raw sums, lengths and keys, best first: the ended
+            hypotheses kept, and, unless the input is decided (no live one can still enter its
+            n-best), the live ones as they stand at ``max_length``."""
+            sums, raw, lengths, finished, decided, history, ended = search
+            live = tf.logical_and(tf.logical_not(finished), tf.logical_not(decided)[:, None])
+            keys, raw, lengths, history = kept_best(ended, (sums / penalty(lengths), raw, lengths, history), live)
+            return history, raw, lengths, keys
 
         first_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], axis=0)  # one start hypothesis
+        no_ended = (tf.fill([batch, n_best], NEG_INF), tf.zeros([batch, n_best], tf.float32),
+                    tf.zeros([batch, n_best], tf.int32), tf.zeros([batch, n_best, width], tf.int32))
         search = (tf.tile(first_only[None, :], [batch, 1]), tf.zeros([batch, k], tf.float32),
                   tf.zeros([batch, k], tf.int32), tf.zeros([batch, k], tf.bool),
-                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, width], tf.int32))
+                  tf.zeros([batch], tf.bool), tf.zeros([batch, k, width], tf.int32), no_ended)
         decoder = (tf.fill([batch * k], START), states, encoder_outputs, source_ids)
         return search, decoder, advance, results
 
