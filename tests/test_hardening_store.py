@@ -76,6 +76,26 @@ def test_get_or_create_reads_the_winner_after_losing_the_insert(tmp_path, monkey
             monkeypatch.setattr(store, "find_session", real_find)
 
 
+@pytest.mark.parametrize("call", [
+    lambda st: st.create_session("caf\udce9"),  # a command line's undecodable byte
+    lambda st: st.get_session("caf\udce9"),
+    lambda st: st.find_session("x\ud800"),
+    lambda st: st.create_session("ok", metadata={"k": "\ud800"}),
+    lambda st: st.create_session("ok", owner="\ud800"),
+    lambda st: st.add_message(st.get_or_create_session("s").id, "user", "a\ud800"),
+], ids=["new name", "name looked up", "name found", "metadata", "owner", "message"])
+def test_text_with_no_utf8_form_is_the_callers_mistake(call):
+    """A lone surrogate is refused before any write as StoreArgumentError (it was a raw
+    UnicodeEncodeError, and in metadata it was stored and broke every later listing)."""
+    from chatbot.errors import StoreArgumentError
+
+    store = SessionStore("sqlite://")
+    with pytest.raises(StoreArgumentError, match="not valid Unicode"):
+        call(store)
+    assert [s.name for s in store.list_sessions()] in ([], ["s"])  # the message's own session
+    assert [store.history(s.id) for s in store.list_sessions()] in ([], [[]])
+
+
 def test_get_or_create_refuses_a_digit_name(tmp_path):
     with SessionStore(tmp_path / "chat.db") as store:
         with pytest.raises(StoreError, match="all digits"):

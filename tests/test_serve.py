@@ -282,6 +282,11 @@ def test_sessions_messages_history_and_feedback(api, tiny_pairs):
     nan = api.post("/api/sessions", content=b'{"name": "n", "metadata": {"x": NaN}}',
                    headers={"Content-Type": "application/json"})
     assert nan.status_code == 400 and "NaN" in nan.json()["error"]["message"]
+    # A lone surrogate in metadata: JSON escapes it, so it once passed, was stored, and every
+    # later session list was a 500 (no response could encode it).
+    lone = api.post("/api/sessions", content=b'{"name": "s", "metadata": {"k": "\\ud800"}}',
+                    headers={"Content-Type": "application/json"})
+    assert lone.status_code == 400 and "surrogate" in lone.json()["error"]["message"]
     assert [s["name"] for s in api.get("/api/sessions").json()["sessions"]] == ["alice"]
     # A digit string too long to be an id is no name either: the caller's mistake, not a 503.
     assert chat(api, "hi", headers={"X-Session": "1" * 25}).status_code == 400

@@ -48,7 +48,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from chatbot.data.text import UNSHOWABLE
+from chatbot.data.text import UNSHOWABLE, unicode_error
 # The store's errors live with the others (``chatbot.errors``); importable from here as before.
 from chatbot.errors import (  # noqa: F401
     DatabaseCorrupt, MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError, StoreError,
@@ -745,6 +745,7 @@ class SessionStore:
             raise StoreArgumentError(f"role must be 'user' or 'bot', not {role!r}")
         if not isinstance(text, str):
             raise StoreArgumentError(f"message text must be a str, not {type(text).__name__}")
+        _check_unicode(text, "message text")
         _check_owner(owner, optional=True)
         fields = {"model_name": model_name, "model_version": model_version, "decoding": decoding,
                   "score": score, "latency_ms": latency_ms, "fallback": fallback,
@@ -1069,6 +1070,7 @@ def _check_owner(owner, optional: bool = False) -> None:
     if not isinstance(owner, str) or len(owner) > OWNER_MAX:
         raise StoreArgumentError(f"a session owner must be a string of at most {OWNER_MAX} characters, "
                                  f"not {type(owner).__name__ if not isinstance(owner, str) else f'{len(owner)} characters'}")
+    _check_unicode(owner, "a session owner")
 
 
 def _sessions_activity(owner: str | None):
@@ -1089,6 +1091,7 @@ def _check_session_name(name, new: bool = False) -> None:
     sessions in URL paths, where a "/" could not reach it)."""
     if not isinstance(name, str) or not name.strip():
         raise StoreArgumentError("a session name must be a non-empty string")
+    _check_unicode(name, "session name")
     if is_session_id(name):
         raise StoreArgumentError(f"session name {name!r} is all digits and would read as an id")
     if new and "/" in name:
@@ -1144,18 +1147,30 @@ def _named(query, name: str):
     """``query`` narrowed to the session called ``name``, however its accents were composed: a
     Mac's keyboard and a Linux one send "Jürgen" as different code points, one name to a person.
     New names are stored NFC; a name stored before that is found as it was typed, first."""
+    _check_unicode(name, "session name")
     composed = unicodedata.normalize("NFC", name)
     if composed == name:
         return query.where(SessionRow.name == name)
     return query.where(SessionRow.name.in_([name, composed])).order_by((SessionRow.name == name).desc())
 
 
+def _check_unicode(text: str, what: str) -> None:
+    """Text with no UTF-8 form (a lone surrogate, as a command line's undecodable bytes arrive)
+    can be neither stored nor sent back: the caller's mistake, not a database error."""
+    problem = unicode_error(text, what)
+    if problem is not None:
+        raise StoreArgumentError(str(problem))
+
+
 def _check_plain_json(value, what: str, finite: bool = True) -> None:
     """Stored as JSON, so JSON it must be, and with ``finite`` without NaN or infinity (which
-    strict readers, an HTTP response among them, refuse). Refused before the write, as the
-    caller's mistake, not as a database error."""
+    strict readers, an HTTP response among them, refuse), and UTF-8 (``json.dumps`` escapes a
+    lone surrogate, which an HTTP response could then not encode). Refused before the write,
+    as the caller's mistake, not as a database error."""
     try:
-        json.dumps(value, allow_nan=not finite)
+        json.dumps(value, allow_nan=not finite, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreArgumentError(f"{what} is not valid Unicode: it holds a lone surrogate") from None
     except ValueError:
         raise StoreArgumentError(f"{what} must be plain JSON: NaN and infinity are not JSON numbers") from None
     except TypeError as exc:
