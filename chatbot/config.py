@@ -91,7 +91,7 @@ class Spec:
             return None if value.strip() else "must not be blank"
         if self.type is bool:
             return None
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             return "must be a finite number"
         inside = ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
                   and (self.above is None or value > self.above) and (self.below is None or value < self.below))
@@ -491,6 +491,9 @@ def _coerce(value: Any, expected: Any, dotted: str) -> Any:
     if expected is bool:
         if isinstance(value, bool):
             return value
+    elif expected in (int, float) and isinstance(value, int) and not isinstance(value, bool) \
+            and not -2 ** 63 <= value < 2 ** 63:  # JSON numbers have no limit; a seed or float() does
+        raise ConfigError(f"invalid value for '{dotted}': a number too large ({value.bit_length()} bits; at most 63)")
     elif expected is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

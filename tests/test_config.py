@@ -389,6 +389,7 @@ def test_absurd_value_in_a_config_file_is_one_line_naming_file_and_key(tmp_path)
 
 @pytest.mark.parametrize("item, key", [(f"decoding.max_length={ABSURD}", "decoding.max_length"),
                                        ("training.epochs=1000000", "training.epochs"),
+                                       ("training.learning_rate=1" + "0" * 400, "training.learning_rate"),
                                        ("training.batch_size=100000", "training.batch_size"),
                                        (f"data.max_output_tokens={ABSURD}", "data.max_output_tokens")])
 def test_absurd_value_given_with_set_is_one_line_exit_1(tmp_path, capsys, item, key):
@@ -407,6 +408,8 @@ def test_absurd_value_given_with_set_is_one_line_exit_1(tmp_path, capsys, item, 
     ({"temperature": float("inf")}, "temperature"),
     ({"top_k": ABSURD}, "top_k"),
     ({"seed": 2 ** 31}, "seed"),
+    ({"seed": 10 ** 400}, "seed"),  # once a raw OverflowError: a 500 over HTTP
+    ({"temperature": 10 ** 400}, "temperature"),  # float() of it overflowed
     ({"min_length": 10, "max_length": 10}, "min_length"),
     ({"strategy": "sample", "beam": 2}, "beam"),
     ({"n_best": 3}, "n_best"),
