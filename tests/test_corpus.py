@@ -622,6 +622,18 @@ def test_sha256_changes_when_a_file_is_renamed(tmp_path):
     assert load_corpus(root).sha256 != first
 
 
+def test_a_file_name_in_no_utf8_is_read_and_hashed(tmp_path):
+    """A name from an old zip (Latin-1 bytes) arrives as surrogate escapes: it crashed the
+    corpus hash with a raw UnicodeEncodeError in train, stats and convert."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    with open(bytes(root) + b"/caf\xe9.tsv", "wb") as file:
+        file.write(b"hi\thello\n")
+    corpus = load_corpus(root)
+    assert [(e.question, e.answer) for e in corpus.examples()] == [("hi", "hello")]
+    assert len(corpus.sha256) == 64
+
+
 def test_make_examples_directly_from_dialogues(tmp_path):
     corpus = load_corpus(write(tmp_path / "c.yml", FOUR_TURNS))
     assert make_examples(corpus.dialogues, 5) == corpus.examples(5)

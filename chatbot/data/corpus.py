@@ -179,7 +179,7 @@ class CorpusReader:
     def __iter__(self) -> Iterator[Dialogue]:
         for file in self.files:
             name = file.relative_to(self.root).as_posix() if self.root.is_dir() else file.name
-            self._digest.update(name.encode())
+            self._digest.update(os.fsencode(name))  # a name in no UTF-8 (an old zip's) as its bytes
             file_digest = hashlib.sha256()
             try:
                 for item in _read_file(file, file_digest):
