@@ -209,6 +209,11 @@ def test_jsonl_question_answer_and_turns(tmp_path):
     assert corpus.dialogues[1].utterances[0].source == f"{file}:2"
 
 
+def test_jsonl_null_category_is_none(tmp_path):
+    file = write(tmp_path / "data.jsonl", '{"question": "hi", "answer": "hello", "category": null}\n')
+    assert load_corpus(file).dialogues[0].category == ""  # it was the category "None"
+
+
 def test_directory_recursive_mixed_formats_ignores_non_corpus_files(tmp_path):
     root = tmp_path / "corpus"
     write(root / "a.yml", "conversations:\n- - yaml q\n  - yaml a\n")

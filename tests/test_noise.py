@@ -32,3 +32,12 @@ def test_substitutes_replace_words_only_when_given():
     assert any(variant.lower().rstrip("?.!") in {"rumors me about gossip", "tell rumors about gossip",
                                                   "tell me rumors gossip", "tell me about rumors"}
                for variant in with_word)
+
+
+def test_a_contraction_replaces_its_own_words_when_lower_casing_changes_lengths():
+    """"İ".lower() is two characters: a position found in the lowered text garbled another word
+    ("İstanbul what is it" became "İstanbul wwhatsit")."""
+    from chatbot.data.noise import _contract
+
+    variants = {" ".join(_contract("İstanbul what is it".split(), random.Random(seed))) for seed in range(50)}
+    assert variants == {"İstanbul whats it", "İstanbul what's it", "İstanbul wat is it"}

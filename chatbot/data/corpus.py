@@ -512,6 +512,12 @@ _HEADER_ROWS = {(q, a) for q in ("question", "questions", "prompt", "input", "us
                 for a in ("answer", "answers", "response", "reply", "output", "bot")}
 
 
+def _category(obj: dict) -> str:
+    """A JSONL record's category: absent or null is none (null read as the category "None")."""
+    category = obj.get("category")
+    return "" if category is None else str(category)
+
+
 def read_jsonl(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | CorpusError]:
     """One JSON object per line: ``{"question", "answer"}`` or ``{"turns": [...]}``; ``text``
     is the file's text or its lines."""
@@ -537,13 +543,13 @@ def read_jsonl(file: Path, text: str | Iterable[str]) -> Iterator[Dialogue | Cor
             if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
                 yield CorpusError(file, line_no, "'turns' must be a list of strings")
                 continue
-            yield _dialogue(file, [(t, line_no) for t in turns], line_no, str(obj.get("category", "")))
+            yield _dialogue(file, [(t, line_no) for t in turns], line_no, _category(obj))
         elif "question" in obj and "answer" in obj:
             if not isinstance(obj["question"], str) or not isinstance(obj["answer"], str):
                 yield CorpusError(file, line_no, "'question' and 'answer' must be strings")
                 continue
             yield _dialogue(file, [(obj["question"], line_no), (obj["answer"], line_no)], line_no,
-                            str(obj.get("category", "")))
+                            _category(obj))
         else:
             yield CorpusError(file, line_no, "expected keys 'question' and 'answer', or 'turns'")
 

@@ -45,15 +45,20 @@ def _typo(word: str, rng: random.Random) -> str:
 
 
 def _contract(words: list[str], rng: random.Random) -> list[str]:
-    text = " ".join(words)
-    lowered = text.lower()
-    options = [(long, short) for long, shorts in _CONTRACTIONS.items() for short in shorts
-               if f" {long} " in f" {lowered} "]
+    """A phrase of ``_CONTRACTIONS`` (its first occurrence) in its short form. Words are
+    compared one by one: lower-casing may change a word's length ("İ"), so a position found in
+    the lowered text could not be used in the original."""
+    lowered = [w.lower() for w in words]
+    options = []
+    for long, shorts in _CONTRACTIONS.items():
+        phrase = long.split()
+        at = next((i for i in range(len(words) - len(phrase) + 1) if lowered[i:i + len(phrase)] == phrase), None)
+        if at is not None:
+            options.extend((at, len(phrase), short) for short in shorts)
     if not options:
         return words
-    long, short = rng.choice(options)
-    start = f" {lowered} ".index(f" {long} ")
-    return (text[:start] + short + text[start + len(long):]).split()
+    at, length, short = rng.choice(options)
+    return words[:at] + short.split() + words[at + length:]
 
 
 # Words people add around a question without changing it.
