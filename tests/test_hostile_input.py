@@ -70,10 +70,15 @@ def without_controls(text: str) -> str:
 
 
 def has_content(text: str) -> bool:
-    """What a message needs to be answered: a character that is neither white space nor of an
-    "other" category (controls, format characters such as U+200B, noncharacters), which
-    cleaning drops before the model reads it."""
-    return any(not ch.isspace() and unicodedata.category(ch)[0] != "C" for ch in text)
+    """What a message needs to be answered: a character that is neither white space, a control
+    or format character (such as U+200B), a surrogate nor a noncharacter, which cleaning drops
+    before the model reads it. Unassigned code points count: they are characters newer than
+    Python's Unicode tables (an emoji of 2022 was "empty")."""
+    def noncharacter(code):
+        return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Cs") and not noncharacter(ord(ch))
+               for ch in text)
 
 
 def assert_clear(exc: BaseException, file: Path | None = None) -> None:

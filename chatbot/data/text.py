@@ -96,12 +96,25 @@ def escape_unshowable(text: str) -> str:
     return UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def _dropped(ch: str) -> bool:
+    """Whether ``clean_text`` drops the character: controls, format characters (a zero-width
+    space, a byte-order mark) but those kept on purpose, surrogates, noncharacters (the
+    tokenizer's marks among them). Unassigned code points stay: they are characters newer than
+    this Python's Unicode tables (Python 3.11 knows no 🩷), and private-use ones are someone's."""
+    code = ord(ch)
+    if 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE:
+        return True
+    category = unicodedata.category(ch)
+    return (category in ("Cc", "Cf", "Cs") and ch not in _KEPT_OTHER
+            and not 0xE0020 <= code <= 0xE007F)  # tag characters: the flag of Scotland
+
+
 def _has_content(text: str) -> bool:
-    """Whether anything is left once ``clean_text`` has dropped white space and every "other"
-    character (format characters such as a zero-width space or a byte-order mark, too): a
-    message of those alone would be answered as an empty input."""
+    """Whether anything but white space, control and format characters is left once
+    ``clean_text`` has dropped what ``_dropped`` names: a message of only a zero-width joiner or
+    a direction mark would be answered as an empty input."""
     for found in _CONTENT.finditer(text):  # the first character of real text ends the search
-        if unicodedata.category(found.group())[0] != "C":
+        if not _dropped(found.group()) and unicodedata.category(found.group()) not in ("Cc", "Cf"):
             return True
     return False
 
@@ -135,13 +148,14 @@ def clean_text(text: str) -> str:
 
     Inner spaces and newlines are kept: answers may hold indented code.
     """
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isprintable():  # printable text has no control character: most lines skip the scan
-        text = "".join(ch for ch in text if ch in _KEPT_OTHER or unicodedata.category(ch)[0] != "C"
-                       or 0xE0020 <= ord(ch) <= 0xE007F)  # tag characters: the flag of Scotland
+        text = "".join(ch for ch in text if not _dropped(ch))
         if not _has_content(text):
             return ""
-    return text.replace("\t", " ").strip()
+    # NFC after the filter: a mark that a dropped character kept from its letter composes with
+    # it now, so cleaning twice gives what cleaning once did.
+    return unicodedata.normalize("NFC", text).replace("\t", " ").strip()
 
 
 def strip_special_marks(text: str) -> str:
@@ -151,7 +165,9 @@ def strip_special_marks(text: str) -> str:
 def match_key(text: str) -> str:
     """What questions are compared on: case, accents' forms, punctuation and contractions
     folded away."""
-    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    # Unicode's compatibility caseless match: casefold can leave a form NFKC would compose
+    # ("ß\u0301" folds to "ss\u0301"), so the key of a key would differ from the key.
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold()).replace("\u2019", "'")
     words = [EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
     key = " ".join(w.strip("'") for w in words if w.strip("'"))
     return key or "".join(_SYMBOL.findall(text))  # "❤️" has no word, and is still a question to find

@@ -2,7 +2,8 @@
 
 All three are built with Hugging Face ``tokenizers``. Spaces are kept as the ``▁`` marker
 (the SentencePiece "Metaspace" convention), so decoding gives back the exact text, spacing
-and punctuation included, rather than "Hello , world !".
+and punctuation included, rather than "Hello , world !"; only that marker itself, typed as
+text (a block-graphics character), comes back as a space.
 """
 
 from __future__ import annotations
