@@ -218,17 +218,9 @@ def load_dev_set(path: str | Path, name: str) -> list[Item]:
 
 
 def load_corpus_quietly(corpus: str | Path):
-    import logging
-
     from chatbot.data.corpus import load_corpus
 
-    corpus_log = logging.getLogger("chatbot.data.corpus")
-    level = corpus_log.level
-    corpus_log.setLevel(logging.ERROR)  # the English corpus has one malformed entry, known
-    try:
-        return load_corpus(corpus)
-    finally:
-        corpus_log.setLevel(level)
+    return load_corpus(corpus, quiet=True)  # the English corpus has one malformed entry, known
 
 
 def answers_table(examples) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ import-linter contracts in ``pyproject.toml``)::
 
     data -> model -> inference -> dialogue -> evaluation -> training -> serving -> cli
 
-with leaf modules (``config``, ``errors``, ``files``, ``version``, ``compile_cache``) under all
+with leaf modules (``config``, ``errors``, ``files``, ``ids``, ``version``, ``compile_cache``) under all
 of them.
 ``ChatBot`` (``chatbot.dialogue.bot``) is the object applications embed.
 """
@@ -13,9 +13,9 @@ of them.
 from typing import TYPE_CHECKING
 
 from chatbot.errors import (
-    BundleError, ChatbotError, ConfigError, CorpusError, DatabaseCorrupt, DecodingError, EncoderUnavailable,
-    InputError, MessageNotFound, MessageNotStored, PlotError, ReplyNotStored, SessionExists, SessionNotFound,
-    StoreArgumentError, StoreError, TokenizerError, TrainingError,
+    BundleError, ChatbotError, ConfigError, CorpusError, DatabaseCorrupt, DatabaseOutdated, DecodingError,
+    EncoderUnavailable, InputError, MessageNotFound, MessageNotStored, PlotError, ReplyNotStored, SessionExists,
+    SessionNotFound, StoreArgumentError, StoreError, TokenizerError, TrainingError,
 )
 from chatbot.version import __version__
 
@@ -46,7 +46,7 @@ def __dir__():
 
 
 __all__ = ["ChatBot", "Reply", "ReplyRequest", "Config", "Generation", "SessionInfo", "Message", "Feedback",
-           "ChatbotError", "BundleError", "ConfigError", "CorpusError", "DatabaseCorrupt", "DecodingError",
+           "ChatbotError", "BundleError", "ConfigError", "CorpusError", "DatabaseCorrupt", "DatabaseOutdated", "DecodingError",
            "EncoderUnavailable", "InputError", "MessageNotFound", "MessageNotStored", "PlotError", "ReplyNotStored",
            "SessionExists", "SessionNotFound", "StoreArgumentError", "StoreError", "TokenizerError", "TrainingError",
            "__version__"]

@@ -240,7 +240,8 @@ class TrainingConfig(Section):
                                                "tokens + vocabulary) cells; long examples get smaller batches "
                                                "(0: no limit)", min=0, max=10 ** 12)
     learning_rate: float = setting(0.002, "Adam's learning rate", above=0, max=10)
-    clipnorm: float = setting(1.0, "gradient norm clipping (0: off)", min=0, max=1_000)
+    clipnorm: float = setting(1.0, "gradient norm clipping, of each weight's gradient on its own "
+                                   "(Keras' clipnorm; 0: off)", min=0, max=1_000)
     # Polyak averaging: the weights kept are an exponential moving average of the weights after
     # each step, which smooths out where the last steps happened to leave them.
     ema_momentum: float = setting(0.0, "keep and save a moving average of the weights, updated each step "

@@ -1,4 +1,6 @@
-"""Typed exceptions. Library code raises these; only ``cli.py`` turns them into messages."""
+"""Typed exceptions. Library code raises these; the interfaces turn them into what their users
+read: ``chatbot.cli.main`` into one-line messages and exit codes, ``chatbot.serving.errors`` into
+JSON error bodies with HTTP statuses."""
 
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ class StoreError(ChatbotError):
 class DatabaseCorrupt(StoreError):
     """The database file is damaged ("database disk image is malformed"): retrying cannot help;
     its operator restores it from a copy (``chatbot sessions`` commands fail the same way)."""
+
+
+class DatabaseOutdated(StoreError):
+    """A read-only store was asked to open a database of an older schema revision: a command
+    that writes migrates it (``chatbot sessions upgrade``, or any use that stores a message)."""
 
 
 class StoreArgumentError(StoreError, InputError):

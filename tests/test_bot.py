@@ -51,6 +51,9 @@ def test_context_comes_from_the_stored_history(bot, tiny_pairs, monkeypatch):
     first_reply = bot.history(s.id)[1].text
     assert seen[0] == [["first"]]
     assert seen[1] == [["first", first_reply, "second"]]  # the last 2 stored turns, then the question
+    # Turns that say nothing (an API client's tool call, an image alone) take no turn's place.
+    bot.generate(["third"], [["one", "two", "", " \u200b", "three"]])
+    assert seen[-1] == [["two", "three", "third"]]
 
 
 def test_a_failed_decode_keeps_the_users_message(bot, monkeypatch):
@@ -178,7 +181,7 @@ def test_cli_sessions_round_trip(tiny_bundle_path, tiny_pairs, tmp_path, capsys,
     assert chatbot("sessions", "export", "carol", "--db", db, "--format", "yaml", "--out", exported).returncode == 0
     from chatbot.data.corpus import load_corpus
     pairs = [(e.question, e.answer) for e in load_corpus(exported).examples(deduplicate=False)]
-    assert pairs == [(q1, a1), (a1, q2), (q2, a2)]
+    assert pairs == [(q1, a1), (q2, a2)]  # each question with its reply, not the reply with the next question
     deleted = chatbot("sessions", "delete", "carol", "--db", db)
     assert deleted.returncode == 0 and "4 messages" in deleted.stdout
     missing = chatbot("sessions", "show", "carol", "--db", db)

@@ -287,6 +287,28 @@ def test_a_read_only_store_refuses_an_older_database(tmp_path, stamp):
     assert path.read_bytes() == before
 
 
+def test_sessions_upgrade_migrates_an_older_database_without_a_model_once(tmp_path, capsys):
+    """The read-only commands refuse an older database and name the command that upgrades it;
+    it keeps every row, and a second run has nothing to do."""
+    from chatbot.cli.main import main
+    from chatbot.errors import DatabaseOutdated
+
+    path = legacy_database(tmp_path / "old.db")
+    with pytest.raises(DatabaseOutdated, match="'chatbot sessions upgrade'"):
+        SessionStore(path, read_only=True)
+    assert main(["sessions", "list", "--db", str(path)]) == 1
+    assert "'chatbot sessions upgrade'" in capsys.readouterr().err
+    assert main(["sessions", "upgrade", "--db", str(path)]) == 0
+    assert capsys.readouterr().out == f"upgraded sqlite:///{path} to schema revision {HEAD_REVISION}\n"
+    with SessionStore(path, read_only=True) as store:
+        assert [s.name for s in store.list_sessions()] == ["bob", "alice", None, "empty"]
+    before = path.read_bytes()
+    assert main(["sessions", "upgrade", "--db", str(path)]) == 0
+    assert "nothing to upgrade" in capsys.readouterr().out and path.read_bytes() == before
+    assert main(["sessions", "upgrade", "--db", str(tmp_path / "missing.db")]) == 1  # never creates one
+    assert not (tmp_path / "missing.db").exists()
+
+
 def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
     """The whole migration is one transaction: an error after the last revision ran (here, a
     simulated one) rolls back every table copy, the new column and the version record."""

@@ -130,3 +130,17 @@ def test_installed_chatbot_lists_the_bundled_default_model(venv):
     result = run(venv["chatbot"], "models", "list", cwd=venv["cwd"], env=venv["env"])
     assert result.returncode == 0, result.stderr
     assert any(line.split()[:1] == ["default"] for line in result.stdout.splitlines()), result.stdout
+
+
+def test_a_new_bundle_format_or_schema_revision_raises_the_minor_version():
+    """docs/GUARANTEES.md, "Versions": each minor version has one bundle format and one schema
+    revision. Changing either without a new minor version (and a row here) fails this test."""
+    from chatbot.dialogue.store import HEAD_REVISION
+    from chatbot.model.bundle import FORMAT_VERSION
+    from chatbot.version import __version__
+
+    formats = {"0.4": (5, "0003")}  # minor version: (bundle format, schema revision)
+    minor = ".".join(__version__.split(".")[:2])
+    assert formats.get(minor) == (FORMAT_VERSION, HEAD_REVISION), (
+        f"chatbot {__version__} writes bundle format {FORMAT_VERSION} and schema revision {HEAD_REVISION}: "
+        "raise the minor version and add it to this table")

@@ -88,6 +88,30 @@ def test_a_rating_judges_the_reply_shown_here_not_the_newest_of_the_session(bot,
     assert bot.store.get_feedback(bot.history("duo")[-1].id).rating == "good"
 
 
+def test_a_reply_the_database_refused_is_not_rated_by_rating_the_one_before(bot, tiny_pairs, monkeypatch):
+    """The second reply was shown but not stored: /correct wrote its correction onto the first
+    reply (the newest stored), a wrong training pair for --feedback exports."""
+    from chatbot.errors import StoreError
+
+    (q1, a1), (q2, _) = tiny_pairs[0], tiny_pairs[6]
+    repl = new_repl(bot, "flaky")
+    repl.handle(q1)
+    add_message = bot.store.add_message
+
+    def refuse_replies(session, role, text, **fields):
+        if role == "bot":
+            raise StoreError("simulated: database is locked")
+        return add_message(session, role, text, **fields)
+
+    monkeypatch.setattr(bot.store, "add_message", refuse_replies)
+    repl.handle(q2)
+    monkeypatch.setattr(bot.store, "add_message", add_message)
+    repl.handle("/correct a better answer")
+    assert "the last reply was not stored, so it cannot be rated" in repl.output.getvalue()
+    [first] = [m for m in bot.history("flaky") if m.role == "bot"]
+    assert first.text == a1 and bot.store.get_feedback(first.id) is None
+
+
 def test_switch_takes_an_id_as_sessions_lists_it(bot):
     bot.new_session("one")
     repl = new_repl(bot)
@@ -177,8 +201,8 @@ def test_export_yaml_is_a_trainable_corpus_and_jsonl_has_every_message(bot, tiny
     assert "wrote session carol (#1) to" in out and "(yaml)" in out and "(jsonl)" in out
     assert f"cannot write {tmp_path / 'no' / 'dir.yml'}: No such file or directory" in out
     corpus = load_corpus(tmp_path / "c.yaml")
-    [dialogue] = corpus.dialogues
-    assert [u.text for u in dialogue.utterances] == [q1, a1, q2, a2] and dialogue.category == "carol"
+    assert [[u.text for u in d.utterances] for d in corpus.dialogues] == [[q1, a1], [q2, a2]]  # question, reply
+    assert {d.category for d in corpus.dialogues} == {"carol"}
     assert (tmp_path / "c.jsonl").read_text().count("\n") == 4
 
 

@@ -131,3 +131,16 @@ def test_saved_config_takes_overrides_before_validation(interrupted):
 def test_resume_cannot_turn_into_another_fine_tuning(interrupted, tiny_bundle_path):
     with pytest.raises(TrainingError, match="was not a fine-tuning"):
         train(TINY_PAIRS, tiny_config(**SMALL), interrupted, resume=True, verbose=0, base=tiny_bundle_path)
+
+
+def test_the_best_logged_value_skips_na_cells_and_counts_every_run_of_an_epoch(tmp_path):
+    """A resumed training starts its checkpoints from the best value logged; an "NA" cell (an
+    epoch without validation) crashed that read with a ValueError. An epoch's first run counts:
+    the best-weights file is written before the log row, so it may hold those weights."""
+    from chatbot.training.pipeline import best_in_log
+
+    log = tmp_path / "training_log.csv"
+    log.write_text("epoch,loss,val_loss\n0,2.0,NA\n1,1.5,1.8\n1,1.6,1.9\n2,1.7,NA\n", encoding="utf-8")
+    assert best_in_log(log, "loss") == 1.5  # epoch 1's first run (killed after its row, run again)
+    assert best_in_log(log, "val_loss") == 1.8
+    assert best_in_log(tmp_path / "none.csv", "loss") is None

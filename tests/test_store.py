@@ -692,24 +692,36 @@ def test_a_plain_path_is_a_sqlite_file(monkeypatch, tmp_path):
 
 
 # --- export ------------------------------------------------------------------------------------
-def test_yaml_export_loads_back_as_a_corpus_of_consecutive_pairs(store, tmp_path):
+def test_yaml_export_loads_back_as_each_question_with_its_reply(store, tmp_path):
+    """Not the session as one conversation, which the reader takes as pairs of neighbours: that
+    trained the bot's replies to be answered by the user's next question. A fallback (the bot
+    did not know) and a question left without a reply are no pairs to learn."""
     sid = store.create_session("greetings").id
-    texts = ["Hello", "Hi! 😀", "Yes", "no: really?", "- a dash", "שלום"]
-    for i, t in enumerate(texts):
-        store.add_message(sid, "user" if i % 2 == 0 else "bot", t)
+
+    def exchange(question, reply=None, fallback=False):
+        asked = store.add_message(sid, "user", question)
+        if reply is not None:
+            store.add_message(sid, "bot", reply, in_reply_to=asked.id, fallback=fallback)
+
+    exchange("Hello", "Hi! 😀")
+    exchange("- a dash", "no: really?")
+    exchange("what is a quark?", "I'm not sure I understand.", fallback=True)
+    exchange("the reply failed to store")
+    exchange("שלום", "Yes")
     path = tmp_path / "export.yml"
     path.write_text(store.export_session(sid, "yaml"), encoding="utf-8")
 
     corpus = load_corpus(path, strict=True)
-    assert [d.category for d in corpus.dialogues] == ["greetings"]
+    assert {d.category for d in corpus.dialogues} == {"greetings"}
     pairs = [(e.question, e.answer) for e in corpus.examples(deduplicate=False)]
-    assert pairs == list(zip(texts, texts[1:]))
+    assert pairs == [("Hello", "Hi! 😀"), ("- a dash", "no: really?"), ("שלום", "Yes")]
+    assert all(e.context == () for e in corpus.examples())
 
 
 def test_yaml_export_of_an_unnamed_session_uses_its_id(store):
     sid = store.create_session().id
-    store.add_message(sid, "user", "a")
-    store.add_message(sid, "bot", "b")
+    asked = store.add_message(sid, "user", "a")
+    store.add_message(sid, "bot", "b", in_reply_to=asked.id)
     doc = yaml.safe_load(store.export_session(sid, "yaml"))
     assert doc == {"categories": [f"session {sid}"], "conversations": [["a", "b"]]}
 
@@ -763,6 +775,9 @@ def test_an_empty_session_is_no_corpus():
     """Its YAML export was `conversations: - []`, which the corpus reader refuses."""
     with SessionStore("sqlite://") as store:
         store.create_session("empty")
-        with pytest.raises(InputError, match="session empty has 0 messages: a corpus needs a question"):
+        with pytest.raises(InputError, match="session empty has no question with a reply"):
             store.export_session("empty", format="yaml")
         assert store.export_session("empty", format="jsonl") == ""
+        store.add_message("empty", "user", "never answered")
+        with pytest.raises(InputError, match="session empty has no question with a reply"):
+            store.export_session("empty", format="yaml")

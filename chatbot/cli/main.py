@@ -484,11 +484,13 @@ def cmd_sessions(args) -> int:
                           ("out", ("export",)), ("json", ("list",)), ("older_than", ("prune",))):
         if getattr(args, flag) not in (None, False) and args.action not in actions:
             raise UsageError(f"--{flag.replace('_', '-')} goes with 'sessions {actions[0]}'")
-    if args.action in ("list", "prune") and args.target is not None:
+    if args.action in ("list", "prune", "upgrade") and args.target is not None:
         raise UsageError(f"sessions {args.action} takes no session ('{args.target}'): it reads them all; "
                          "'sessions show' shows one")
     if args.action == "prune" and args.older_than is None:
         raise UsageError("sessions prune needs --older-than DAYS")
+    if args.action == "upgrade":
+        return _upgrade(args.db)
     # Only delete and prune write: the others open the database read-only and never create it.
     with SessionStore(args.db, read_only=args.action not in ("delete", "prune")) as store:
         warn_if_in_memory(store.in_memory)
@@ -543,6 +545,23 @@ def cmd_sessions(args) -> int:
             store.delete_session(info.id)
             print(f"deleted session {info.id}" + (f" ({escape_unshowable(info.name)})" if info.name else "")
                   + f" and its {info.message_count} messages")
+    return 0
+
+
+def _upgrade(db: str | None) -> int:
+    """Migrate an existing database to this version's schema without loading a model (the
+    read-only commands refuse an older one); a database already there is left as it is."""
+    from chatbot.dialogue.store import SessionStore
+    from chatbot.errors import DatabaseOutdated
+
+    try:
+        with SessionStore(db, read_only=True) as store:  # never creates one: a missing file is an error
+            print(f"{store.url} is at schema revision {store.schema_revision()}: nothing to upgrade")
+            return 0
+    except DatabaseOutdated:
+        pass
+    with SessionStore(db) as store:  # migrates it, in one transaction
+        print(f"upgraded {store.url} to schema revision {store.schema_revision()}")
     return 0
 
 
@@ -718,14 +737,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM, wait this long for requests in flight [30]")
     serve.set_defaults(func=cmd_serve)
 
-    sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations")
-    sessions.add_argument("action", choices=("list", "show", "export", "delete", "prune"))
+    sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations; upgrade "
+                                               "an older database")
+    sessions.add_argument("action", choices=("list", "show", "export", "delete", "prune", "upgrade"))
     sessions.add_argument("target", nargs="?", metavar="ID_OR_NAME", help="the session (not for list)")
     sessions.add_argument("--db", help="SQLAlchemy database URL or SQLite file")
     sessions.add_argument("--last", type=bounded(int, 1), help="show: only the last N messages")
     sessions.add_argument("--format", choices=("jsonl", "yaml"),
-                          help="export format (default jsonl; yaml with --feedback); yaml is the "
-                               "ChatterBot corpus format (trainable)")
+                          help="export format (default jsonl; yaml with --feedback); yaml is a "
+                               "ChatterBot corpus to train on: each question with its reply")
     sessions.add_argument("--feedback", action="store_true",
                           help="export: ratings and corrections as a corpus to retrain on (all sessions "
                                "unless one is named): corrections as pairs, replies rated bad left out")

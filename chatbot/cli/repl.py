@@ -57,6 +57,8 @@ STYLE = Style.from_dict({
 })
 
 Fragments = list  # of (style, text) pairs
+# ``seen_reply`` of a reply shown but not stored (the database refused it): not a message id.
+UNSTORED = -1
 
 
 # --- settings: what /set can change ---------------------------------------------------------
@@ -207,7 +209,7 @@ class ChatRepl:
         self.retry_text = ""
         self.offered = ""  # the text the current prompt started with (retry_text, offered)
         self.on_terminal = False
-        self.seen_reply: int | None = None  # the reply last shown: what /good, /bad, /correct judge
+        self.seen_reply: int | None = None  # the reply last shown (or UNSTORED): what /good, /bad, /correct judge
         self.unanswered = 0  # lines that got an error line instead of a reply (piped: exit 1)
         if session is not None:
             self._use(session if hasattr(session, "id") else bot.session(session))
@@ -358,7 +360,7 @@ class ChatRepl:
     def _show_reply(self, result) -> None:
         if self.session_id is None:
             self.session_id = result.session_id
-        self.seen_reply = result.message_id
+        self.seen_reply = UNSTORED if result.message_id is None else result.message_id
         extra = ""
         if self.show_score:
             extra = f"  [score {result.score:.3f}, {result.latency_ms:.0f} ms{', fallback' if result.fallback else ''}]"
@@ -546,6 +548,9 @@ class ChatRepl:
         message_id = self._last_reply_id()
         if message_id is None:
             self._error(f"{usage}: no reply in this session yet")
+            return
+        if message_id == UNSTORED:  # rating the newest stored reply instead would judge another
+            self._error(f"{usage}: the last reply was not stored, so it cannot be rated or corrected")
             return
         if "correction" in feedback:
             self.bot.correct(message_id, feedback["correction"])

@@ -118,13 +118,14 @@ def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH):
 
 
 # --- loading ---------------------------------------------------------------------------------
-def load_corpus(path: str | Path, strict: bool = False, in_memory: bool = True) -> Corpus:
-    """Read a corpus file or a directory of them (recursively, in sorted order).
+def load_corpus(path: str | Path, strict: bool = False, in_memory: bool = True, quiet: bool = False) -> Corpus:
+    """Read a corpus file or a directory of them (recursively, in sorted order). ``quiet``: log
+    nothing of what is skipped (a corpus read again whose reading was reported before).
 
     ``in_memory=False`` checks the whole corpus now (its skipped entries, its digest) but keeps
     no dialogue: ``Corpus.dialogues`` is then a ``DialogueFiles`` that reads the files again on
     every pass, so that a corpus of millions of pairs costs memory for one line at a time."""
-    reader = CorpusReader(path, strict)
+    reader = CorpusReader(path, strict, quiet)
     if in_memory:
         dialogues = list(reader)
     else:
@@ -165,7 +166,7 @@ class CorpusReader:
 
     def __init__(self, path: str | Path, strict: bool = False, quiet: bool = False):
         self.root = resolve_corpus(path)
-        self.files = corpus_files(self.root)
+        self.files = corpus_files(self.root, quiet)
         self.strict = strict
         self.quiet = quiet
         self.skipped: list[CorpusError] = []
@@ -233,13 +234,13 @@ def resolve_corpus(path: str | Path) -> Path:
     return Path(spec.origin).parent / file
 
 
-def corpus_files(root: Path) -> list[Path]:
+def corpus_files(root: Path, quiet: bool = False) -> list[Path]:
     """The files a corpus path stands for: the file itself, or every corpus file under a
     directory (recursively, sorted); ``CorpusError`` for a path that holds none."""
     if not root.exists():
         raise CorpusError(root, None, "no such file or directory")
     if root.is_dir():
-        files = _files_under(root)
+        files = _files_under(root, quiet)
         if not files:
             raise CorpusError(root, None, f"no corpus files ({', '.join(CORPUS_SUFFIXES)}) in directory")
         return files
@@ -249,7 +250,7 @@ def corpus_files(root: Path) -> list[Path]:
     return [root]
 
 
-def _files_under(root: Path) -> list[Path]:
+def _files_under(root: Path, quiet: bool = False) -> list[Path]:
     """The corpus files under a directory, sorted. Hidden folders and model bundles are not
     corpora (a bundle trained into the corpus folder holds train.jsonl, a copy of the corpus,
     and an unfinished training's .NAME.training/ state); data files in a format no reader
@@ -264,7 +265,7 @@ def _files_under(root: Path) -> list[Path]:
                 found.append(path)
             elif path.suffix.lower() in UNREAD_DATA_SUFFIXES:
                 unread.append(path)
-    if unread:
+    if unread and not quiet:
         log.warning("%s: %d file%s in a format no corpus reader knows left out (first: %s; a spreadsheet "
                     "saves as tab-separated .tsv)", root, len(unread), "s" if len(unread) > 1 else "", min(unread))
     return sorted(found)

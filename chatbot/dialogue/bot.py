@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from chatbot.config import DECODING_STRATEGIES, DecodingConfig, DialogueConfig
 from chatbot.data.text import clean_text, model_tail, sanitize_message
+from chatbot.ids import MAX_ID
 from chatbot.model.bundle import Bundle, resolve_model_path
 from chatbot.errors import (
     DatabaseCorrupt, DecodingError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreArgumentError, StoreError,
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from chatbot.dialogue.store import SessionStore
 
 log = logging.getLogger(__name__)
-
-MAX_ID = 2 ** 63 - 1  # as store.MAX_ID (not imported: stateless use never loads SQLAlchemy)
 
 
 def retrieved_json(retrieved) -> list[dict]:
@@ -320,10 +319,18 @@ class ChatBot:
         def prepared(text: str) -> str:
             return clean_text(model_tail(text, data.max_input_tokens))
 
-        inputs = []
-        for message, context in zip(messages, contexts):
-            recent = [prepared(t) for t in context[-turns_per_input:]] if turns_per_input else []
-            inputs.append([t for t in recent if t] + [prepared(message)])
+        def recent(context) -> list[str]:
+            """The last ``turns_per_input`` turns that say something, oldest first: an empty one
+            (an API client's tool-call message, an image alone) takes no turn's place."""
+            kept: list[str] = []
+            for text in reversed(context):
+                if len(kept) == turns_per_input:
+                    break
+                if cleaned := prepared(text):
+                    kept.append(cleaned)
+            return kept[::-1]
+
+        inputs = [recent(context) + [prepared(message)] for message, context in zip(messages, contexts)]
         return self.generator.generate(inputs, decoding=config, samples=samples)
 
     def count_tokens(self, text: str) -> int:

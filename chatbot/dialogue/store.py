@@ -11,7 +11,8 @@ database together migrate it once. A database is only ever changed when it is em
 this project's schema (an Alembic revision of ours, or the ``schema_info`` marker that versions
 before Alembic wrote): another application's database is refused untouched, and so is one newer
 than this code. A store opened ``read_only`` never creates or alters anything (SQLite:
-``mode=ro``, ``immutable`` where the WAL files cannot be created).
+``mode=ro``, ``immutable`` where the WAL files cannot be created) but SQLite's own empty
+``-wal``/``-shm`` files beside a WAL database nobody else has open, which it cannot remove.
 
 Sessions have an owner: '' for sessions made without one (the library, the CLI), else what the
 caller (``chatbot serve``: a hash of the API key) gives. Session names are unique per owner. A
@@ -51,9 +52,11 @@ from sqlalchemy.pool import StaticPool
 from chatbot.data.text import UNSHOWABLE, unicode_error
 # The store's errors live with the others (``chatbot.errors``); importable from here as before.
 from chatbot.errors import (  # noqa: F401
-    DatabaseCorrupt, MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError, StoreError,
+    DatabaseCorrupt, DatabaseOutdated, MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError,
+    StoreError,
 )
 from chatbot.files import user_data_dir
+from chatbot.ids import MAX_ID
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +196,6 @@ class FeedbackRow(Base):
     rating: Mapped[str | None] = mapped_column(String(8))
     correction: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=_now)
-
-
-MAX_ID = 2 ** 63 - 1  # SQLite's (and BIGINT's) largest integer: a larger one names no row
 
 
 def is_session_id(id_or_name: int | str) -> bool:
@@ -477,9 +477,9 @@ class SessionStore:
         """Why a read-only store cannot open a database that is not at the newest revision."""
         if schema.empty:
             return StoreError(f"database {self._shown} holds no chatbot data yet (no tables)")
-        return StoreError(f"database {self._shown} has {schema}, older than this chatbot's (schema "
-                          f"revision {HEAD_REVISION}); a command that writes (chatbot chat) upgrades "
-                          "it, a read-only one cannot")
+        return DatabaseOutdated(f"database {self._shown} has {schema}, older than this chatbot's (schema "
+                                f"revision {HEAD_REVISION}); 'chatbot sessions upgrade' (or any command "
+                                "that writes) upgrades it, a read-only one cannot")
 
     @contextmanager
     def _migration_connection(self) -> Iterator[Connection]:
@@ -987,22 +987,25 @@ class SessionStore:
 
     # --- export --------------------------------------------------------------------------------
     def export_session(self, session_id: int | str, format: str = "jsonl", *, owner: str | None = None) -> str:
-        """``jsonl``: one object per message. ``yaml``: the ChatterBot corpus format, the whole
-        session as one conversation, readable by ``chatbot.data.corpus.load_corpus``.
-
-        The corpus reader needs at least two non-blank utterances per conversation.
-        """
+        """``jsonl``: one object per message. ``yaml``: a trainable ChatterBot corpus
+        (``chatbot.data.corpus.load_corpus``), each question with the reply the bot stored for it
+        as a conversation of its own, without context: the whole session as one conversation read
+        as pairs of neighbours, so it trained the bot's replies to be answered by the user's next
+        question. Fallback replies (the bot did not know) and questions left without a reply are
+        not pairs to learn; ``export_feedback`` gives the pairs people rated or corrected."""
         if format not in ("jsonl", "yaml"):
             raise StoreArgumentError(f"unknown export format {format!r} (expected 'jsonl' or 'yaml')")
         with self._session() as s:  # one snapshot: the session and its messages agree
             session = self._row(s, session_id, owner=owner)
             messages = self._messages(s, session.id)
         if format == "yaml":
-            if len(messages) < 2:  # the corpus reader would refuse it: a conversation needs two turns
-                raise StoreArgumentError(f"session {session.name or session.id} has {len(messages)} message"
-                                         f"{'' if len(messages) == 1 else 's'}: a corpus needs a question and its answer")
-            doc = {"categories": [session.name or f"session {session.id}"],
-                   "conversations": [[m.text for m in messages]]}
+            asked = {m.id: m.text for m in messages if m.role == "user"}
+            pairs = [[asked[m.in_reply_to], m.text] for m in messages
+                     if m.role == "bot" and not m.fallback and m.in_reply_to in asked]
+            if not pairs:  # the corpus reader would refuse an empty corpus
+                raise StoreArgumentError(f"session {session.name or session.id} has no question with a reply "
+                                         "(fallbacks aside): a corpus needs a question and its answer")
+            doc = {"categories": [session.name or f"session {session.id}"], "conversations": pairs}
             return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
         lines = []
         for m in messages:

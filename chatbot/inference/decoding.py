@@ -58,6 +58,7 @@ XLA_MIN_WIDTH = 16  # the narrowest input ``_greedy_loop`` is compiled for (widt
 # Larger batches take the graph loops, which drop rows as they end with no compilation per
 # shape: staged XLA programs compile for seconds each (bench/README.md, "shrinking stages").
 XLA_MAX_BATCH = 8
+XLA_MAX_BEAM = 8  # wider beams take the graph loop
 
 
 def xla_width(width: int) -> int:
@@ -502,11 +503,15 @@ class DecodeLoops:
         """``greedy_shape`` for this model."""
         return greedy_shape(rows, width, bare_width, bare_as_wide=self.model.stops_at_longest_input)
 
-    def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
-        """Whether a call decodes with ``_greedy_loop``: up to ``XLA_MAX_BATCH`` inputs, greedy,
-        no repetition controls (they need shapes XLA cannot compile), a reply fitting its history."""
-        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "greedy" and config.max_length <= self.capacity
+    def _xla_can_run(self, config: DecodingConfig, batch: int) -> bool:
+        """What both XLA loops need: up to ``XLA_MAX_BATCH`` inputs, a reply fitting their
+        history, no repetition controls (their shapes change as they run: XLA cannot compile them)."""
+        return (batch <= XLA_MAX_BATCH and config.max_length <= self.capacity
                 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
+
+    def uses_xla(self, config: DecodingConfig, batch: int) -> bool:
+        """Whether a call decodes with ``_greedy_loop``: greedy, where ``_xla_can_run``."""
+        return config.effective_strategy == "greedy" and self._xla_can_run(config, batch)
 
     # --- beam search -------------------------------------------------------------------------
     def _beam_parts(self, source, max_length, width, k, n_best, length_penalty, constrain):
@@ -674,11 +679,10 @@ class DecodeLoops:
         self._beam_function(config.beam, config.n_best).get_concrete_function()
 
     def uses_xla_beam(self, config: DecodingConfig, batch: int) -> bool:
-        """Whether a beam search runs in ``_beam_xla_loop``: up to ``XLA_MAX_BATCH`` inputs,
-        beams of at most 8, no repetition controls, a reply fitting its history."""
-        return (batch <= XLA_MAX_BATCH and config.effective_strategy == "beam" and config.beam <= 8
-                and config.max_length <= self.capacity
-                and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0)
+        """Whether a beam search runs in ``_beam_xla_loop``: beams of at most ``XLA_MAX_BEAM``,
+        where ``_xla_can_run``."""
+        return (config.effective_strategy == "beam" and config.beam <= XLA_MAX_BEAM
+                and self._xla_can_run(config, batch))
 
     # --- the entry points of the graph loops, and their arguments ----------------------------
     def step(self, source: np.ndarray, config: DecodingConfig, row_keys: np.ndarray | int | None = None,

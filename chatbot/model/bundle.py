@@ -24,7 +24,6 @@ import ctypes
 import errno
 import hashlib
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -192,14 +191,7 @@ class Bundle:
         path = resolve_corpus(recorded)  # a path, a bundled corpus, or a name such as "chitchat"
         if not path.exists():
             raise CorpusError(path, None, f"the training corpus of model {self.name} is no longer here")
-        # Its skipped entries were reported when the model was trained: say nothing again.
-        corpus_log = logging.getLogger("chatbot.data.corpus")
-        level = corpus_log.level
-        corpus_log.setLevel(logging.ERROR)
-        try:
-            corpus = load_corpus(path)
-        finally:
-            corpus_log.setLevel(level)
+        corpus = load_corpus(path, quiet=True)  # what it skips was reported when the model was trained
         if corpus.sha256 != self.corpus.get("sha256"):
             raise CorpusError(path, None, f"the training corpus of model {self.name} changed since "
                                           "it was trained (sha256 differs)")

@@ -11,7 +11,9 @@ decoder sequence in one call, and inference reuses the same layers one step at a
 With ``copy_attention`` (a pointer-generator, See, Liu & Manning 2017) the output is a mixture:
 a learned switch ``p_gen`` weighs the vocabulary distribution against the attention weights
 over the retrieved answers in the input, scattered onto their token ids, so a retrieved answer
-can be copied token by token, exactly, however long. Only retrieved answers are copyable (not
+can be copied token by token, exactly, however long (a word it holds that a word-level
+vocabulary lacks is [UNK] there, and so in the copy: subword and character vocabularies spell
+every word). Only retrieved answers are copyable (not
 the user's question, whose typos would otherwise be copied into replies); an input without
 retrieved pairs is pure generation. Source and target share one vocabulary, so no extended
 vocabulary is needed. The outputs are then log-probabilities rather than logits; both go

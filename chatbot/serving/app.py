@@ -117,7 +117,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             loaded.check_database()  # open (and migrate) the database now rather than on a first request
         except StoreError as exc:  # down for now: stateless requests are answered, the others get
             # 503 and try again (``chatbot serve`` refuses to start on a database that does not answer)
-            log.error("the session database is unavailable: %s", str(exc).splitlines()[0])
+            log.error("the session database is unavailable: %s", errors.first_line(exc))
         return loaded
 
     async def load_in_background():
@@ -140,7 +140,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             if warm_up:
                 state.compiling = asyncio.get_running_loop().create_task(compile_greedy(loaded))
         except Exception as exc:  # noqa: BLE001 - /readyz reports it
-            state.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            state.load_error = errors.first_line(exc)
             log.error("could not load the model: %s", state.load_error)
         finally:
             state.ready.set()
@@ -259,7 +259,7 @@ async def _database_state(bot) -> dict:
     try:
         await asyncio.wait_for(asyncio.to_thread(bot.check_database), DATABASE_CHECK_SECONDS)
     except (StoreError, SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else f"no answer in {DATABASE_CHECK_SECONDS:g} s"
+        reason = errors.first_line(exc, f"no answer in {DATABASE_CHECK_SECONDS:g} s")
         return {"database": "unavailable", "error": reason}
     return {"database": "ok"}
 

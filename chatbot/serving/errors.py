@@ -52,9 +52,16 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
                         status_code=status, headers=headers)
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message as one line, for a log or an error body; without one, ``default``
+    or the exception's type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)
+
+
 def from_library(exc: Exception) -> ApiError:
     """A library exception as the HTTP error a client can act on."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     if isinstance(exc, SessionNotFound):
         return ApiError(404, "session_not_found", "no such session")
     if isinstance(exc, MessageNotFound):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.dialogue.bot import ReplyRequest, retrieved_json
 from chatbot.errors import SessionExists
+from chatbot.ids import MAX_ID
 from chatbot.serving.errors import ERROR_RESPONSES, ApiError, from_library
 from chatbot.serving.schemas import BotReply, Feedback, MessagePage, Session, SessionList, documented
 from chatbot.serving.openai_api import session_ref, words
@@ -126,7 +127,7 @@ async def delete_session(session: str, request: Request, who: str = Depends(owne
 
 @router.get("/sessions/{session}/messages", responses=documented(MessagePage))
 async def history(session: str, request: Request, who: str = Depends(owner),
-                  limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=2 ** 63 - 1)):
+                  limit: int = Query(50, ge=1), before: int | None = Query(None, ge=1, le=MAX_ID)):
     state = state_of(request)
     limit = min(limit, state.settings.page_limit)
     messages, next_before, feedback = await _call(
@@ -160,7 +161,7 @@ async def post_message(session: str, body: NewMessage, request: Request, who: st
 async def feedback(message_id: int, body: NewFeedback, request: Request, who: str = Depends(owner)):
     if body.rating is None and body.correction is None:
         raise ApiError(400, "invalid_request", "give a rating, a correction or both")
-    if message_id > 2 ** 63 - 1:
+    if message_id > MAX_ID:
         raise ApiError(404, "message_not_found", "no such bot reply")
     saved = await _call(request, lambda bot: bot.give_feedback(message_id, body.rating, body.correction, owner=who))
     return feedback_json(saved)

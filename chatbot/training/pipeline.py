@@ -38,7 +38,7 @@ from chatbot.data.tokenizer import ENCODE_CHUNK, TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
 from chatbot.evaluation.golden import as_chatbot, check_golden, load_golden
-from chatbot.evaluation.metrics import input_key
+from chatbot.evaluation.metrics import input_key, perplexity
 from chatbot.inference.retrieval import AnswerMemory, memory_for
 from chatbot.model.bundle import FORMAT_VERSION, Bundle, check_replaceable
 from chatbot.training import distribute
@@ -534,7 +534,7 @@ def assemble(model, plan: Plan, history, seconds: float, unknown_rate: float, va
     if val_set is not None:
         val_loss, val_acc = token_figures(model, val_set)
         metrics["validation"] = {"loss": round(float(val_loss), 5),
-                                 "perplexity": round(math.exp(min(val_loss, 50.0)), 3),
+                                 "perplexity": round(perplexity(val_loss), 3),
                                  "token_accuracy": round(float(val_acc), 5)}
     corpus_info = {"path": plan.corpus.name or str(plan.corpus.root), "sha256": plan.corpus.sha256,
                    "examples": plan.split.total, "train": len(plan.train), "validation": len(plan.validation),
@@ -778,10 +778,13 @@ def _read_state(work: Path) -> dict:
 
 
 def best_in_log(log_file: Path, monitor: str) -> float | None:
-    """Best monitored value logged before an interruption, so checkpoints keep improving on it."""
+    """Best monitored value logged before an interruption, so checkpoints keep improving on it.
+    Every row counts, an epoch's first run too (the best-weights file was written before its row,
+    so it may hold those weights); an "NA" cell is no value."""
     if not log_file.exists():
         return None
     with open(log_file, newline="") as f:
-        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+        values = [_number(row.get(monitor)) for row in csv.DictReader(f)]
+    values = [v for v in values if not math.isnan(v)]
     return min(values) if values else None
 

@@ -13,9 +13,9 @@ A new revision, from a database at the current head (``--autogenerate`` compares
     from alembic import command
     from chatbot.dialogue.store import SessionStore, migration_config
     with SessionStore("sqlite:///dev.db") as store, store.engine.connect() as conn:
-        command.revision(migration_config(conn), "what changes", autogenerate=True, rev_id="0003")
+        command.revision(migration_config(conn), "what changes", autogenerate=True, rev_id="0004")
 
-then set ``HEAD_REVISION`` in store.py to the new id (tests/test_migrations.py checks it).
+with the id after ``HEAD_REVISION`` (in store.py), then set ``HEAD_REVISION`` to it (tests/test_migrations.py checks it).
 """
 
 from alembic import context
