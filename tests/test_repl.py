@@ -516,6 +516,15 @@ def test_a_session_deleted_under_the_repl_says_so_and_keeps_the_text(bot, tiny_p
     assert other != repl.session_id and texts(bot, other) == []
 
 
+def test_a_message_refused_as_too_long_comes_back_at_the_prompt_to_edit(bot):
+    """Refused before anything was stored: the text was gone (Up recalled it, but nothing said so)."""
+    bot.dialogue = bot.dialogue.with_overrides({"max_message_chars": 10})
+    repl = new_repl(bot, "short")
+    assert repl.handle("a message far over ten characters")
+    assert "over the limit of 10 (dialogue.max_message_chars); edit it and press Enter" in repl.output.getvalue()
+    assert repl.retry_text == "a message far over ten characters" and texts(bot, repl.session_id) == []
+
+
 def test_a_byte_order_mark_on_piped_input_is_not_part_of_the_first_message():
     from chatbot.cli.repl import input_lines
 

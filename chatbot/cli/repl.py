@@ -325,6 +325,10 @@ class ChatRepl:
                 self.retry_text = "" if self.plain else line
                 self._pending = [[("class:error", f"error: {exc}: this session was deleted; /new starts "
                                                   "another")]]
+            elif message and isinstance(exc, InputError) and not self.plain:
+                # Refused before anything was stored (too long, say): back at the prompt to edit.
+                self.retry_text = line
+                self._pending = [[("class:error", f"error: {exc}; edit it and press Enter to send it")]]
             else:
                 self._pending = [[("class:error", f"error: {exc}")]]
         if keep_going or self._pending:
