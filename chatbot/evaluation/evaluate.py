@@ -2,8 +2,8 @@
 
 Two kinds of figures, so that a new model can be compared with an old one:
 
-* teacher-forced (perplexity, token accuracy): the model's compiled Keras ``evaluate`` with
-  the training loss, so they read like the ``val_loss`` of the training log;
+* teacher-forced (perplexity, token accuracy): the training loss over every answer token alike
+  (``token_figures``; the training log's ``val_loss`` averages per batch instead);
 * generated (exact match, BLEU, chrF, distinct-n, the top-10 replies' share, the replies' own
   perplexity, reply length, latency): real batched
   replies with the model's decoding settings, as users get them.
