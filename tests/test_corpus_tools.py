@@ -333,3 +333,13 @@ def test_real_corpus_converts_to_jsonl_and_back(capsys, tmp_path):
     for turns in (0, 2):
         assert examples(tmp_path / "english.yml", turns) == examples(ENGLISH, turns)
     assert len(load_corpus(tmp_path / "english.yml").examples()) == len(load_corpus(ENGLISH).examples())
+
+
+def test_stats_count_questions_alike_but_for_case_punctuation_or_contractions_with_different_answers(tmp_path):
+    """Retrieval compares questions folded (``match_key``): such a group with two answers shows the
+    model one by chance, which exact-text counts do not reveal."""
+    path = write(tmp_path / "alike.tsv", "What's your name?\tI am Tiny.\nwhat is your name\tMy name is Tiny.\n"
+                                         "Hello\tHi\nhello!\tHi\nBye\tSee you\nbye\tSee you\n")
+    s = corpus_stats(path)
+    assert (s["questions"], s["conflicting_questions"], s["alike_conflicting_groups"]) == (6, 0, 1)
+    assert "1 group alike but for case, punctuation or contractions with different answers" in format_stats(s)

@@ -26,6 +26,7 @@ from chatbot.data.corpus import (
     load_corpus,
     read_back_unquoted,
 )
+from chatbot.data.text import match_key
 from chatbot.errors import CorpusError, InputError
 from chatbot.files import write_atomically
 
@@ -55,6 +56,7 @@ def corpus_stats(path: str | Path, conflict_examples: int = 3) -> dict:
     for dialogue in reader:
         tally.add([u.text for u in dialogue.utterances])
     pairs, unique_pairs, duplicate_pairs, questions, conflicts = tally.pair_figures()
+    alike = tally.alike_conflicts()
     ranked = [n for _, n in tally.words.most_common()]
     total = sum(ranked)
     return {
@@ -68,6 +70,7 @@ def corpus_stats(path: str | Path, conflict_examples: int = 3) -> dict:
         "duplicate_copies": pairs - unique_pairs,
         "questions": questions,
         "conflicting_questions": len(conflicts),
+        "alike_conflicting_groups": alike,
         "conflict_examples": _conflict_examples(path, conflicts[:conflict_examples]),
         "lengths": {side: {unit: _percentiles(tally.lengths[side, unit]) for unit in ("chars", "words")}
                     for side in ("question", "answer")},
@@ -88,6 +91,8 @@ class _Tally:
     def __init__(self):
         self.pair_hashes = array("q")
         self.question_hashes = array("q")
+        # The question as retrieval compares it (``match_key``): alone, with the question, with the answer.
+        self.key_hashes, self.keyed_questions, self.keyed_answers = array("q"), array("q"), array("q")
         self.words: Counter[str] = Counter()  # lower-cased word -> occurrences
         # (side, unit) -> histogram: length -> how many questions (answers) have it
         self.lengths: dict[tuple[str, str], Counter[int]] = {
@@ -99,6 +104,10 @@ class _Tally:
         for i in range(len(texts) - 1):
             self.pair_hashes.append(hash((texts[i], texts[i + 1])))
             self.question_hashes.append(hash(texts[i]))
+            key = match_key(texts[i])
+            self.key_hashes.append(hash(key))
+            self.keyed_questions.append(hash((key, texts[i])))
+            self.keyed_answers.append(hash((key, texts[i + 1])))
             self.lengths["question", "chars"][len(texts[i])] += 1
             self.lengths["question", "words"][words[i]] += 1
             self.lengths["answer", "chars"][len(texts[i + 1])] += 1
@@ -124,6 +133,21 @@ class _Tally:
         order = np.lexsort((first_of_question[several], -answers[several]))
         conflicts = [(int(h), int(n)) for h, n in zip(distinct_questions[several][order], answers[several][order])]
         return len(pairs), len(copies), int((copies > 1).sum()), len(distinct_questions), conflicts
+
+
+    def alike_conflicts(self) -> int:
+        """Groups of questions that differ, but only in case, punctuation or contractions (one
+        ``match_key``), and have different answers: retrieval cannot tell them apart, so which
+        answer the model is shown is chance."""
+        keys = np.frombuffer(self.key_hashes, dtype=np.int64)
+
+        def per_key(keyed: array) -> tuple[np.ndarray, np.ndarray]:  # each key: its distinct texts
+            _, first = np.unique(np.frombuffer(keyed, dtype=np.int64), return_index=True)
+            return np.unique(keys[first], return_counts=True)
+
+        _, questions = per_key(self.keyed_questions)
+        _, answers = per_key(self.keyed_answers)  # the same keys, sorted alike: the counts line up
+        return int(((questions > 1) & (answers > 1)).sum())
 
 
 def _conflict_examples(path: str | Path, wanted: list[tuple[int, int]]) -> list[dict]:
@@ -184,7 +208,9 @@ def format_stats(stats: dict) -> str:
         f"pairs        {stats['pairs']:,} ({stats['unique_pairs']:,} unique; "
         f"{stats['duplicate_pairs']:,} repeated, {stats['duplicate_copies']:,} extra copies)",
         f"questions    {stats['questions']:,} distinct, "
-        f"{stats['conflicting_questions']:,} with more than one answer",
+        f"{stats['conflicting_questions']:,} with more than one answer; "
+        f"{stats['alike_conflicting_groups']:,} group{'s' * (stats['alike_conflicting_groups'] != 1)} alike but for "
+        "case, punctuation or contractions with different answers",
         f"vocabulary   {stats['vocabulary']:,} words (lower-cased), {stats['words']:,} occurrences, "
         f"{stats['singletons']:,} seen once",
         f"coverage     {tops}",
