@@ -100,3 +100,10 @@ class ReplyNotStored(StoreError):
 
 class PlotError(ChatbotError):
     """A plot cannot be drawn: matplotlib is missing, or there is nothing to plot."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message as one line, for a log line or an error body; without one,
+    ``default`` or the exception's type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)

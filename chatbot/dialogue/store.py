@@ -53,7 +53,7 @@ from chatbot.data.text import UNSHOWABLE, unicode_error
 # The store's errors live with the others (``chatbot.errors``); importable from here as before.
 from chatbot.errors import (  # noqa: F401
     DatabaseCorrupt, DatabaseOutdated, MessageNotFound, SessionExists, SessionNotFound, StoreArgumentError,
-    StoreError,
+    StoreError, first_line,
 )
 from chatbot.files import user_data_dir
 from chatbot.ids import MAX_ID
@@ -284,9 +284,8 @@ def _feedback(row: FeedbackRow) -> Feedback:
 
 
 def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
+    """A database error's first line: the driver's own error (``orig``) where SQLAlchemy wraps one."""
+    return first_line(getattr(exc, "orig", None) or exc)
 
 
 # --- the store -------------------------------------------------------------------------------

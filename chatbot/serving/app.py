@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbot.errors import StoreError
+from chatbot.errors import StoreError, first_line
 from chatbot.inference.generator import SERVER_BATCHES, SERVER_WIDTHS, decode_threads
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
@@ -117,7 +117,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             loaded.check_database()  # open (and migrate) the database now rather than on a first request
         except StoreError as exc:  # down for now: stateless requests are answered, the others get
             # 503 and try again (``chatbot serve`` refuses to start on a database that does not answer)
-            log.error("the session database is unavailable: %s", errors.first_line(exc))
+            log.error("the session database is unavailable: %s", first_line(exc))
         return loaded
 
     async def load_in_background():
@@ -140,7 +140,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
             if warm_up:
                 state.compiling = asyncio.get_running_loop().create_task(compile_greedy(loaded))
         except Exception as exc:  # noqa: BLE001 - /readyz reports it
-            state.load_error = errors.first_line(exc)
+            state.load_error = first_line(exc)
             log.error("could not load the model: %s", state.load_error)
         finally:
             state.ready.set()
@@ -259,7 +259,7 @@ async def _database_state(bot) -> dict:
     try:
         await asyncio.wait_for(asyncio.to_thread(bot.check_database), DATABASE_CHECK_SECONDS)
     except (StoreError, SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
-        reason = errors.first_line(exc, f"no answer in {DATABASE_CHECK_SECONDS:g} s")
+        reason = first_line(exc, f"no answer in {DATABASE_CHECK_SECONDS:g} s")
         return {"database": "unavailable", "error": reason}
     return {"database": "ok"}
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatbot.errors import (ConfigError, DatabaseCorrupt, DecodingError, InputError, MessageNotFound, ReplyNotStored,
-                            SessionNotFound, StoreError)
+                            SessionNotFound, StoreError, first_line)
 
 log = logging.getLogger("chatbot.serving")
 
@@ -50,13 +50,6 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}},
                         status_code=status, headers=headers)
-
-
-def first_line(exc: BaseException, default: str | None = None) -> str:
-    """An exception's message as one line, for a log or an error body; without one, ``default``
-    or the exception's type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else (default or type(exc).__name__)
 
 
 def from_library(exc: Exception) -> ApiError:
