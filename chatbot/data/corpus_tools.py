@@ -91,8 +91,8 @@ class _Tally:
     def __init__(self):
         self.pair_hashes = array("q")
         self.question_hashes = array("q")
-        # The question as retrieval compares it (``match_key``): alone, with the question, with the answer.
-        self.key_hashes, self.keyed_questions, self.keyed_answers = array("q"), array("q"), array("q")
+        # The question as retrieval compares it (``match_key``), alone and with the answer.
+        self.key_hashes, self.keyed_answers = array("q"), array("q")
         self.words: Counter[str] = Counter()  # lower-cased word -> occurrences
         # (side, unit) -> histogram: length -> how many questions (answers) have it
         self.lengths: dict[tuple[str, str], Counter[int]] = {
@@ -106,7 +106,6 @@ class _Tally:
             self.question_hashes.append(hash(texts[i]))
             key = match_key(texts[i])
             self.key_hashes.append(hash(key))
-            self.keyed_questions.append(hash((key, texts[i])))
             self.keyed_answers.append(hash((key, texts[i + 1])))
             self.lengths["question", "chars"][len(texts[i])] += 1
             self.lengths["question", "words"][words[i]] += 1
@@ -141,12 +140,14 @@ class _Tally:
         answer the model is shown is chance."""
         keys = np.frombuffer(self.key_hashes, dtype=np.int64)
 
-        def per_key(keyed: array) -> tuple[np.ndarray, np.ndarray]:  # each key: its distinct texts
-            _, first = np.unique(np.frombuffer(keyed, dtype=np.int64), return_index=True)
-            return np.unique(keys[first], return_counts=True)
+        def per_key(texts: array) -> np.ndarray:
+            """How many distinct texts (hashes, one per pair) each key has, keys sorted."""
+            _, first = np.unique(np.frombuffer(texts, dtype=np.int64), return_index=True)
+            return np.unique(keys[first], return_counts=True)[1]
 
-        _, questions = per_key(self.keyed_questions)
-        _, answers = per_key(self.keyed_answers)  # the same keys, sorted alike: the counts line up
+        # A question has one key, so its own hash tells distinct questions apart; an answer
+        # can follow questions of several keys, so it is counted with its question's key.
+        questions, answers = per_key(self.question_hashes), per_key(self.keyed_answers)
         return int(((questions > 1) & (answers > 1)).sum())
 
 
