@@ -212,9 +212,14 @@ def test_evaluation_set_sources_and_limit(tiny_bot, tiny_pairs, tmp_path):
     limited = evaluation_set(bundle, corpus=TINY_PAIRS, limit=3)
     assert [e.question for e in limited.examples] == [q for q, _ in tiny_pairs[:3]]
     assert len(limited.reference) == len(tiny_pairs) and limited.source == str(TINY_PAIRS)
-    # The training split comes from the bundle's train.jsonl; without one (older bundles) it
-    # is rebuilt from the recorded corpus, which must still be there, unchanged.
+    # The training split comes from the bundle's train.jsonl, whatever became of the corpus
+    # since (the shipped model's bundled corpus was edited after it was trained); without one
+    # (older bundles) it is rebuilt from the recorded corpus, which must still be there, unchanged.
     assert evaluation_set(bundle, split="train").examples == bundle.train
+    edited = dataclasses.replace(bundle, corpus={**bundle.corpus, "sha256": "0" * 64, "path": str(tmp_path / "gone")},
+                                 validation=bundle.train[:2])
+    assert edited.training_examples() == bundle.train + bundle.train[:2]  # what --mix-old adds
+    assert evaluation_set(edited, split="validation").reference == bundle.train + bundle.train[:2]
     older = dataclasses.replace(bundle, train=[])
     assert sorted(e.question for e in evaluation_set(older, split="train").examples) == sorted(q for q, _ in tiny_pairs)
     changed = dataclasses.replace(older, corpus={**bundle.corpus, "sha256": "0" * 64})

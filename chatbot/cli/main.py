@@ -665,8 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tune this bundle (path or name under models/): start from its weights, "
                             "keep its tokenizer and settings")
     train.add_argument("--mix-old", action="store_true",
-                       help="with --from: also train on the base model's corpus (its validation pairs "
-                            "stay held out)")
+                       help="with --from: also train on the pairs the base model was trained on (its "
+                            "validation pairs stay held out)")
     train.add_argument("--rebuild-vocab", action="store_true",
                        help="with --from: fit a new vocabulary and start from fresh weights (when the "
                             "new corpus has many unknown tokens)")

@@ -208,12 +208,11 @@ def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None =
             everything = bundle.validation
         result = EvaluationSet(bundle.validation, everything, "validation")
     elif split == "train":
-        if bundle.train:  # the pairs it was trained on, as saved (mixed-in ones included)
-            train, everything = list(bundle.train), list(bundle.train) + list(bundle.validation)
-        else:  # older bundles: rebuild from the corpus
-            held_out = {(e.context, e.question, e.answer) for e in bundle.validation}
-            everything = bundle.training_examples()
-            train = [e for e in everything if (e.context, e.question, e.answer) not in held_out]
+        # The pairs it was trained on, as saved (mixed-in ones included); older bundles, without
+        # train.jsonl, rebuild them from the recorded corpus.
+        everything = bundle.training_examples()
+        held_out = {(e.context, e.question, e.answer) for e in bundle.validation}
+        train = list(bundle.train) or [e for e in everything if (e.context, e.question, e.answer) not in held_out]
         result = EvaluationSet(train, everything, "train")
     else:
         raise InputError(f"unknown split '{split}' (expected 'validation' or 'train')")

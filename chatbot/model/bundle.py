@@ -183,8 +183,12 @@ class Bundle:
 
     # --- the data it was trained on ------------------------------------------------------
     def training_examples(self) -> list[Example]:
-        """Every example of the corpus this model was trained on (validation split included),
-        rebuilt from the recorded path and checked against the recorded sha256."""
+        """Every example this model was trained on, validation split included: the bundle's own
+        train.jsonl and validation.jsonl, so that a corpus edited or moved since (the bundled
+        corpora change between releases) does not matter; older bundles, without train.jsonl,
+        rebuild it from the recorded corpus path, checked against the recorded sha256."""
+        if self.train:
+            return list(self.train) + list(self.validation)
         recorded = self.corpus.get("path")
         if not recorded:
             raise BundleError(f"{self.path}: the bundle does not record its training corpus")
