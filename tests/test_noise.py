@@ -41,3 +41,18 @@ def test_a_contraction_replaces_its_own_words_when_lower_casing_changes_lengths(
 
     variants = {" ".join(_contract("İstanbul what is it".split(), random.Random(seed))) for seed in range(50)}
     assert variants == {"İstanbul whats it", "İstanbul what's it", "İstanbul wat is it"}
+
+
+def test_typos_keep_combining_marks_with_their_letters():
+    """Typos are made on grapheme clusters: a Hindi vowel sign or an Arabic haraka dropped,
+    swapped or doubled on its own left words no keyboard types (one starting with a mark), and
+    English fillers ("then") appeared inside Arabic questions."""
+    import unicodedata
+
+    for question in ("किताब कहाँ है?", "आपका नाम क्या है?", "مَرْحَبًا كَيْفَ حَالُكَ؟", "שָׁלוֹם עֲלֵיכֶם",
+                     "สวัสดีครับ คุณชื่ออะไร"):
+        variants = [noisy(question, random.Random(seed)) for seed in range(400)]
+        assert not [v for v in variants if any(unicodedata.category(w[0]).startswith("M") for w in v.split())]
+        assert not [v for v in variants if any("a" <= ch <= "z" for ch in v)]  # no English filler
+        assert len(set(variants)) > 50  # still noisy
+    assert any("then" in noisy("where is the station", random.Random(seed)).split() for seed in range(200))

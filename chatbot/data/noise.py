@@ -12,8 +12,11 @@ import random
 import string
 from typing import Sequence
 
+import regex
+
 from chatbot.data.text import EXPANSIONS
 
+_GRAPHEME = regex.compile(r"\X")  # a letter with its combining marks (a Hindi vowel sign, an Arabic haraka)
 _ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 _NEIGHBOURS: dict[str, str] = {}
 for _r, _row in enumerate(_ROWS):
@@ -30,18 +33,24 @@ for _short, _long in EXPANSIONS.items():
 
 
 def _typo(word: str, rng: random.Random) -> str:
-    letters = [i for i, ch in enumerate(word) if ch.isalpha()]
+    """One typo, made on what a keyboard types, grapheme clusters rather than code points: a
+    Hindi vowel sign, a virama or an Arabic haraka goes, comes twice or swaps with its letter,
+    and is never left alone at the start of a word."""
+    units = _GRAPHEME.findall(word)
+    letters = [i for i, unit in enumerate(units) if unit[0].isalpha()]
     if len(letters) < 2:
         return word
     i = rng.choice(letters)
     kind = rng.randrange(4)
-    if kind == 0 and word[i].lower() in _NEIGHBOURS:  # a neighbouring key
-        return word[:i] + rng.choice(_NEIGHBOURS[word[i].lower()]) + word[i + 1:]
-    if kind == 1:  # a dropped letter
-        return word[:i] + word[i + 1:]
-    if kind == 2 and i + 1 < len(word):  # swapped letters
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    return word[:i] + word[i] + word[i:]  # a doubled letter
+    if kind == 0 and units[i].lower() in _NEIGHBOURS:  # a neighbouring key
+        units[i] = rng.choice(_NEIGHBOURS[units[i].lower()])
+    elif kind == 1:  # a dropped letter
+        del units[i]
+    elif kind == 2 and i + 1 < len(units):  # swapped letters
+        units[i], units[i + 1] = units[i + 1], units[i]
+    else:  # a doubled letter
+        units.insert(i, units[i])
+    return "".join(units)
 
 
 def _contract(words: list[str], rng: random.Random) -> list[str]:
@@ -70,8 +79,9 @@ def noisy(text: str, rng: random.Random, substitutes: Sequence[str] = ()) -> str
     """One noisy variant of ``text``: one to three edits of the kinds above (typos, dropped,
     doubled or swapped words, chat spellings, a filler before or after, and, given
     ``substitutes``, a word replaced by one of them), case and final punctuation sometimes
-    changed. Rewordings of this kind leave a question only moderately alike its original, so
-    the model also sees retrieval right at middling similarity, not only near 1.
+    changed; the fillers, English words, are added only to text in Latin letters. Rewordings
+    of this kind leave a question only moderately alike its original, so the model also sees
+    retrieval right at middling similarity, not only near 1.
 
     A replaced word stands in for a synonym the model cannot know ("rumors" for "gossip"):
     the question still means its original, and the original pair is usually what retrieval
@@ -81,16 +91,17 @@ def noisy(text: str, rng: random.Random, substitutes: Sequence[str] = ()) -> str
     words = text.split()
     if not words:
         return text
+    latin = all(ord(ch) < 0x250 for ch in text if ch.isalpha())  # Basic Latin to Latin Extended-B
     for _ in range(rng.choice((1, 1, 2, 3))):
         kind = rng.randrange(8 if substitutes else 7)
         if kind == 7:
             words[rng.randrange(len(words))] = rng.choice(substitutes)
             continue
         if kind == 6:
-            if rng.random() < 0.5:
-                words = rng.choice(_FILLERS_BEFORE).split() + words
-            else:
-                words = words + rng.choice(_FILLERS_AFTER).split()
+            before = rng.random() < 0.5
+            filler = rng.choice(_FILLERS_BEFORE if before else _FILLERS_AFTER).split()
+            if latin:  # English words in an Arabic or Thai question are not what people type
+                words = filler + words if before else words + filler
             continue
         if kind <= 1:  # typos are the commonest noise
             i = rng.randrange(len(words))
