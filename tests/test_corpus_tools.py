@@ -85,6 +85,15 @@ def test_stats_known_figures(tiny):
     assert s["words_for_coverage"] == {"90%": 17, "95%": 18, "99%": 19}
 
 
+def test_stats_count_each_character_of_scripts_without_spaces_as_a_word(tmp_path):
+    """A Chinese sentence was one word: "vocabulary 11 words" for a corpus of dozens of distinct
+    characters, no guide to tokenizer.vocab_size."""
+    write(tmp_path / "zh.tsv", "你叫什么名字？\t我叫小明。\n今天天气怎么样？\t今天天气很好。\nhello there\thi\n")
+    s = corpus_stats(tmp_path / "zh.tsv")
+    assert s["lengths"]["question"]["words"]["max"] == 7  # 今 天 天 气 怎 么 样
+    assert s["vocabulary"] == len(set("你叫什么名字我小明今天气怎么样很好")) + 3  # + hello, there, hi
+
+
 def test_stats_table_shows_the_figures(tiny):
     table = format_stats(corpus_stats(tiny))
     assert "6 (5 unique; 1 repeated, 1 extra copies)" in table

@@ -38,6 +38,9 @@ def test_exact_match_accepts_any_of_an_inputs_answers():
     assert not is_exact("Again?", accepted[("Hi",)]) and not is_exact("Hello there", accepted[("Hi",)])
     assert is_exact("DIE STRASSE", ["Die Straße."]) and is_exact("東京は日本の首都です", ["東京は日本の首都です。"])  # case folded
     assert not is_exact("¡Hello", accepted[("Hi",)])
+    # A golden file typed in Word or on a phone has typographic apostrophes and may have
+    # full-width letters: they are what they stand for.
+    assert is_exact("Je m'appelle Élodie.", ["Je m’appelle Élodie"]) and is_exact("ＯＫ", ["OK."])
     assert distinct_inputs(reference + reference[:1]) == [("Hi",), ("Hi", "Hi")]
 
 
@@ -46,6 +49,7 @@ def test_distinct_n():
     assert distinct_n(replies, 1) == pytest.approx(2 / 5)  # a b a a b
     assert distinct_n(replies, 2) == pytest.approx(2 / 3)  # (a b) (b a) (a b)
     assert distinct_n(["one"], 2) == 0.0 and distinct_n([], 1) == 0.0
+    assert distinct_n(["天气很好", "天气不好"], 1) == pytest.approx(5 / 8)  # a Chinese character is a word
 
 
 def test_bleu_and_chrf_match_sacrebleu():
@@ -70,6 +74,18 @@ def test_multi_reference_with_a_varying_number_of_answers():
     assert corpus_bleu(wrong, refs) == pytest.approx(sacrebleu.corpus_bleu(wrong, streams).score)
     with pytest.raises(InputError):
         corpus_bleu(["x"], [[]])
+
+
+def test_bleu_counts_each_character_of_scripts_without_spaces():
+    """sacrebleu's "zh" tokenizer split Han characters only: a right all-kana or Thai reply was
+    one token, and one token short of BLEU's 4-grams, it scored 0."""
+    for right in ("わたしのなまえはハナコです。", "สวัสดีครับ", "东京是日本的首都。"):
+        assert corpus_bleu([right], [[right]]) == pytest.approx(100.0)
+    near = corpus_bleu(["わたしのなまえはハナです。"], [["わたしのなまえはハナコです。"]])
+    assert 50 < near < 100
+    english = ["the cat sat on the mat", "a dog"]
+    assert corpus_bleu(english, [["the cat sat on a mat"], ["the dog"]]) == pytest.approx(
+        sacrebleu.corpus_bleu(english, [["the cat sat on a mat", "the dog"]]).score)  # spaced text as before
 
 
 def test_perplexity_is_exp_of_the_loss():

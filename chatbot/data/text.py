@@ -7,8 +7,8 @@
   before cleaning and tokenising so that a huge message costs what a short one does;
 * ``strip_special_marks``: removes the noncharacters that spell the tokenizer's special tokens,
   so typed text never becomes a control id;
-* ``match_key``: the folded form retrieval compares questions on (case, punctuation,
-  contractions and chat spellings folded away);
+* ``match_key``: the folded form retrieval compares questions on (case, punctuation, vowel
+  points, contractions and chat spellings folded away);
 * ``normalise_answer``: the form in which a reply and an answer are compared for exact
   match (``chatbot.evaluation.metrics.is_exact``).
 """
@@ -46,6 +46,13 @@ _KEPT_OTHER = frozenset("\n\t\u200c\u200d\u200e\u200f\u061c")
 # A Chinese or Japanese character: those scripts put no space between words, so a word
 # counts as a character (BLEU's tokens, streamed chunks).
 CJK_CHARACTER = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
+# A character, with its marks, of a script written without spaces between words (Chinese,
+# Japanese, Thai, Lao, Khmer, Burmese): where words cannot be told apart, each counts as one.
+UNSPACED_CHARACTER = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]\p{M}*")
+# Optional vowel points, which writers add or leave out freely: Arabic harakat, Quranic marks
+# and tatweel, Hebrew niqqud and cantillation. A question with and without them is one question.
+_VOWEL_POINTS = re.compile("[\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7\u0610-\u061a\u0640"
+                           "\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed]")
 _SYMBOL = regex.compile(r"\p{S}[\p{M}\u200d]*")  # emoji with their variation selectors and joiners
 _WORD = regex.compile(r"(?:[\p{L}\p{N}_']\p{M}*)+")  # with their combining marks (Hindi, Arabic vowels)
 # Whole-message checks run in C (re), not character by character in Python: a message may be
@@ -163,11 +170,12 @@ def strip_special_marks(text: str) -> str:
 
 
 def match_key(text: str) -> str:
-    """What questions are compared on: case, accents' forms, punctuation and contractions
-    folded away."""
+    """What questions are compared on: case, accents' forms, Arabic and Hebrew vowel points,
+    punctuation and contractions folded away."""
     # Unicode's compatibility caseless match: casefold can leave a form NFKC would compose
     # ("ß\u0301" folds to "ss\u0301"), so the key of a key would differ from the key.
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold()).replace("\u2019", "'")
+    text = _VOWEL_POINTS.sub("", text.replace("i\u0307", "i"))  # Turkish "İ" folds to "i" and a dot
     words = [EXPANSIONS.get(w, w) for w in _WORD.findall(text)]
     key = " ".join(w.strip("'") for w in words if w.strip("'"))
     return key or "".join(_SYMBOL.findall(text))  # "❤️" has no word, and is still a question to find
@@ -177,8 +185,9 @@ def normalise_answer(text: str) -> str:
     """The form in which replies and answers are compared for exact match: case folded (the
     Unicode caseless form: "STRASSE" is "Straße"), whitespace runs as one space, no trailing
     punctuation or whitespace ("Hi." == "hi"; inner and leading punctuation still count:
-    "It's" != "Its")."""
-    text = " ".join(text.casefold().split())
+    "It's" != "Its"), compatibility forms and the typographic apostrophe as what they stand
+    for ("ＯＫ" is "OK", "l’entrée" is "l'entrée")."""
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'").split())
     end = len(text)
     while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
         end -= 1

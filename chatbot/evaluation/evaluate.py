@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from chatbot.data.corpus import Example, load_corpus
 from chatbot.evaluation.metrics import (
     answers_by_input, corpus_bleu, corpus_chrf, distinct_inputs, distinct_n, input_key, is_exact, perplexity,
-    sentence_chrf, top_share,
+    sentence_chrf, top_share, words,
 )
 from chatbot.errors import BundleError, CorpusError, InputError
 from chatbot.evaluation.golden import as_chatbot
@@ -161,7 +161,7 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
         top10_share=top_share(replies, 10),
         reply_perplexity=perplexity(-float(np.mean([g.score for g in generated]))),
         reply_tokens=float(np.mean([item.tokens for item in items])),
-        reply_words=float(np.mean([len(r.split()) for r in replies])),
+        reply_words=float(np.mean([len(words(r)) for r in replies])),
         latency_ms={"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
                     "p90": float(np.percentile(latency, 90))},
         items=items)

@@ -11,7 +11,7 @@ import math
 from typing import Iterable, Sequence
 
 from chatbot.data.corpus import Example
-from chatbot.data.text import CJK_CHARACTER, normalise_answer
+from chatbot.data.text import UNSPACED_CHARACTER, normalise_answer
 from chatbot.errors import InputError
 
 Input = tuple[str, ...]  # what the model is asked: the context turns, then the question
@@ -47,11 +47,21 @@ def perplexity(loss: float) -> float:
     return math.exp(min(float(loss), 50.0))
 
 
+def spaced(text: str) -> str:
+    """``text`` with each character of a script written without spaces (Chinese, Japanese,
+    Thai) set apart: where words cannot be told apart, each character counts as one."""
+    return UNSPACED_CHARACTER.sub(r" \g<0> ", text)
+
+
+def words(text: str) -> list[str]:
+    """The words of a reply, as distinct-n and reply lengths count them."""
+    return spaced(text).split()
+
+
 def distinct_n(replies: Sequence[str], n: int) -> float:
-    """Distinct n-grams / all n-grams over all replies (whitespace words): 1.0 means no reply
+    """Distinct n-grams / all n-grams over all replies (``words``): 1.0 means no reply
     repeats another's wording, a low value means the model says the same few things."""
-    grams = [tuple(words[i:i + n]) for words in (r.split() for r in replies)
-             for i in range(len(words) - n + 1)]
+    grams = [tuple(ws[i:i + n]) for ws in map(words, replies) for i in range(len(ws) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -78,11 +88,11 @@ def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> 
     """Corpus BLEU (sacrebleu, 0-100); ``references[i]`` are all accepted answers of reply i."""
     from sacrebleu.metrics import BLEU
 
-    # sacrebleu's default tokenizer splits at spaces, so a Chinese or Japanese sentence was one
-    # token and a right answer scored 0; its "zh" tokenizer splits CJK characters and leaves
-    # other text as 13a does.
-    cjk = any(CJK_CHARACTER.search(text) for refs in references for text in refs)
-    return BLEU(tokenize="zh" if cjk else "13a").corpus_score(list(replies), _reference_streams(references)).score
+    # sacrebleu's default tokenizer splits at spaces, so a Chinese, Japanese or Thai sentence was
+    # one token and a right answer scored 0; its "zh" tokenizer splits Han characters only (a
+    # kana run stayed one token). Each character of a script without spaces is a token here.
+    streams = [[None if text is None else spaced(text) for text in stream] for stream in _reference_streams(references)]
+    return BLEU(tokenize="13a").corpus_score([spaced(r) for r in replies], streams).score
 
 
 def corpus_chrf(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chatbot.errors import PlotError
+from chatbot.evaluation.metrics import words as reply_words
 from chatbot.files import atomic_path
 
 RIGHT, WRONG = "tab:green", "tab:red"
@@ -84,7 +85,8 @@ def plot_evaluation(report, out_png: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     length_axes, score_axes = figure.subplots(1, 2)
-    words = [[len(i.reply.split()) for i in items if i.exact], [len(i.reply.split()) for i in items if not i.exact]]
+    words = [[len(reply_words(i.reply)) for i in items if i.exact],
+             [len(reply_words(i.reply)) for i in items if not i.exact]]
     scores = [[i.score for i in items if i.exact], [i.score for i in items if not i.exact]]
     longest = max(max(w, default=0) for w in words)
     length_bins = np.arange(0, longest + 2) - 0.5 if longest <= 40 else np.linspace(-0.5, longest + 0.5, 41)
