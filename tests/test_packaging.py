@@ -144,3 +144,26 @@ def test_a_new_bundle_format_or_schema_revision_raises_the_minor_version():
     assert formats.get(minor) == (FORMAT_VERSION, HEAD_REVISION), (
         f"chatbot {__version__} writes bundle format {FORMAT_VERSION} and schema revision {HEAD_REVISION}: "
         "raise the minor version and add it to this table")
+
+
+def test_the_lowest_versions_file_pins_every_lower_bound():
+    """.ci/lowest-versions.txt installs each dependency at its declared lower bound (a run there
+    found keras>=3.0 and psycopg>=3.1 untrue): it must follow pyproject.toml, or it checks old bounds."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    pins = {}
+    for line in (ROOT / ".ci" / "lowest-versions.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    for text in declared:
+        requirement = Requirement(text)
+        lowest = [s.version for s in requirement.specifier if s.operator in (">=", "==")]
+        assert len(lowest) == 1, f"{text}: no single lower bound"
+        name = requirement.name.lower()
+        assert pins.get(name) and pins[name].startswith(lowest[0]), f"{text}: lowest-versions.txt pins {pins.get(name)}"
+        assert requirement.specifier.contains(pins[name]), f"{text}: the pin {pins[name]} is outside the bound"
