@@ -394,6 +394,23 @@ def test_key_ring_and_rate_limiter_units():
     assert limiter.take("k") == 0 and limiter.take("other") == 0
 
 
+def test_the_rate_limiter_forgets_clients_whose_buckets_refilled():
+    """Each address sending a wrong key is a client: the old prune kept every bucket (none is
+    stored full) and ran only on a refused request, so the table grew by one per address, forever."""
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0], prune_at=100)
+    for hour in range(1, 4):
+        for n in range(150):
+            assert limiter.take(f"{hour}:{n}") == 0
+        assert len(limiter) <= 200  # pruned on the way, not only on a refusal
+        now[0] = hour * 3600.0  # an hour later every bucket has refilled
+    limiter.take("busy"), limiter.take("busy")
+    assert limiter.take("busy") > 0  # a client still limited is not forgotten by a prune
+    for n in range(200):
+        limiter.take(f"new:{n}")
+    assert limiter.take("busy") > 0 and len(limiter) <= 202
+
+
 def test_short_keys_and_keys_with_commas_are_refused():
     from chatbot.errors import ConfigError
 

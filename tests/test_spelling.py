@@ -42,6 +42,15 @@ def test_known_words_short_words_and_far_words_are_left_as_typed():
         assert spell.correct(text) == text
 
 
+def test_words_longer_than_any_corpus_word_by_three_letters_are_neither_looked_up_nor_cached():
+    """The cache holds up to 100,000 words: of 20,000 letters each (a message may be one such
+    word), 2 GB held for the process' life."""
+    spell = speller()
+    assert spell.correct("programminggg") == "programming"  # two edits from the longest word
+    long_words = [f"{n}" + "x" * 20_000 for n in range(50)] + ["programmingxyz"]
+    assert all(spell.correct(w) == w for w in long_words) and not set(long_words) & set(spell._corrections)
+
+
 def test_ties_go_to_the_more_frequent_corpus_word():
     spell = Speller(Counter({"cat": 5, "car": 1}), general=())
     assert spell.correct("cax") == "cat"

@@ -78,6 +78,9 @@ class Speller:
         self.general = frozenset(general)
         self.known = set(self.counts) | self.general | set(EXPANSIONS)
         self._corrections: dict[str, str | None] = {}
+        # Two edits at most: a longer word has no corpus word near it, and is neither looked up
+        # nor cached (a message may be one 20,000-letter word; the cache held 19 KB per entry).
+        self._longest = max(map(len, self.words), default=0) + 2
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], general: Iterable[str] | None = None) -> Speller:
@@ -103,6 +106,8 @@ class Speller:
     def correction(self, word: str) -> str | None:
         """The lower-case corpus word ``word`` should be, or None to keep it."""
         word = _lower(word)
+        if len(word) > self._longest:
+            return None
         if word in self._corrections:
             return self._corrections[word]
         found = None

@@ -45,28 +45,38 @@ class KeyRing:
 
 
 class RateLimiter:
-    """A token bucket per client: ``burst`` requests at once, then ``per_minute``."""
+    """A token bucket per client: ``burst`` requests at once, then ``per_minute``. Clients are
+    API keys, or addresses for requests without a valid key, so the table is pruned: once it
+    holds ``prune_at`` clients, buckets that have refilled by now (the default for a new client
+    anyway) are forgotten, and the next prune waits until the table has doubled."""
 
-    def __init__(self, per_minute: float, burst: int, clock=time.monotonic):
+    def __init__(self, per_minute: float, burst: int, clock=time.monotonic, prune_at: int = 100_000):
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
         self._lock = threading.Lock()
+        self._least_prune_at = self._prune_at = prune_at
 
     def take(self, client: str) -> float:
         """0 when the request may go ahead, else the seconds until it may."""
         with self._lock:
             now = self.clock()
+            if len(self._buckets) >= self._prune_at:
+                self._buckets = {c: (t, w) for c, (t, w) in self._buckets.items()
+                                 if t + (now - w) * self.rate < self.burst}
+                self._prune_at = max(self._least_prune_at, 2 * len(self._buckets))
             tokens, when = self._buckets.get(client, (self.burst, now))
             tokens = min(self.burst, tokens + (now - when) * self.rate)
             if tokens >= 1.0:
                 self._buckets[client] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[client] = (tokens, now)
-            if len(self._buckets) > 100_000:  # forget full buckets: they are the default anyway
-                self._buckets = {c: v for c, v in self._buckets.items() if v[0] < self.burst}
             return (1.0 - tokens) / self.rate
+
+    def __len__(self) -> int:
+        """Clients tracked."""
+        return len(self._buckets)
 
 
 # --- what a web page on another site could make the browser do ---------------------------------
