@@ -128,3 +128,30 @@ def test_a_large_hybrid_memory_searches_its_vector_index(monkeypatch):
     memory = AnswerMemory([Example((), q, a) for q, a in PAIRS], "hybrid")
     assert memory._vector_index is not None
     assert memory.retrieve("explain artificial intelligence", 1)[0][0] == "What is AI?"
+
+
+HINDI_PAIRS = [("आपका नाम क्या है?", "मेरा नाम किताब है।"), ("मौसम कैसा है?", "आज धूप है।"),
+               ("पुस्तकालय कहाँ है?", "दूसरी मंजिल पर।"), ("आप कैसे हैं?", "मैं ठीक हूँ।"),
+               ("समय क्या हुआ है?", "दस बजे हैं।"), ("ट्रेन कब आएगी?", "पाँच मिनट में।")]
+
+
+def test_a_corpus_mostly_not_in_english_is_retrieved_lexically(tmp_path, caplog):
+    """The sentence encoder knows English: different Hindi questions were 0.78 alike to it
+    (English ones 0.19), so a model was shown, and copied, an unrelated pair as a near one."""
+    import logging
+
+    from chatbot.data.spelling import mostly_english
+    from chatbot.training.pipeline import train
+    from conftest import tiny_config
+
+    english = [Example((), q, a) for q, a in [("What is your name?", "Tiny."), ("How is the weather?", "Sunny.")]]
+    hindi = [Example((), q, a) for q, a in HINDI_PAIRS]
+    assert mostly_english(english) and not mostly_english(hindi)
+    corpus = tmp_path / "hi.tsv"
+    corpus.write_text("".join(f"{q}\t{a}\n" for q, a in HINDI_PAIRS), encoding="utf-8")
+    config = tiny_config(**{"data.retrieved_pairs": 1, "data.retriever": "hybrid", "training.epochs": 1})
+    with caplog.at_level(logging.WARNING):
+        bundle = train(corpus, config, tmp_path / "hi", verbose=0)
+    assert "retrieving by edit distance alone (lexical)" in caplog.text
+    assert Bundle.load(tmp_path / "hi").config.data.retriever == "lexical" == bundle.config.data.retriever
+    assert bundle.question_vectors is None  # nothing embedded for a retriever that does not read them

@@ -151,6 +151,14 @@ def _known_in(word: str, vocabulary) -> bool:
     return any(word.endswith(s) and word[:-len(s)] in vocabulary for s in SUFFIXES if len(word) - len(s) >= MIN_STEM)
 
 
+def mostly_english(examples: Iterable) -> bool:
+    """Whether most of the words of these training examples (``Example``) are English
+    (``general_share`` of at least ``MIN_GENERAL_SHARE``); True when there is no word list to
+    tell. Spelling and the sentence encoder know English only."""
+    speller = Speller.from_pairs((e.question, e.answer) for e in examples)
+    return not speller.general or not speller.words or speller.general_share() >= MIN_GENERAL_SHARE
+
+
 def speller_for(data, examples: Iterable) -> Speller | None:
     """The speller a model with this ``DataConfig`` reads through, learning its words from its
     training examples (``Example``), or None: ``data.spelling`` off, no words to learn, or a

@@ -33,7 +33,7 @@ from chatbot.config import Config, apply_dotted
 from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded
 from chatbot.data.examples import CorpusSplit, split_corpus
 from chatbot.data.noise import noisy
-from chatbot.data.spelling import Speller, english_words, speller_for
+from chatbot.data.spelling import Speller, english_words, mostly_english, speller_for
 from chatbot.data.tokenizer import ENCODE_CHUNK, TextTokenizer
 from chatbot.errors import PlotError, TrainingError
 from chatbot.evaluation.evaluate import exact_match
@@ -297,6 +297,13 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if data.retrieved_pairs or data.noisy_copies:  # these read the training pairs as a whole
         plan.train = plan.train if isinstance(plan.train, list) else list(plan.train)
     _warn_of_cut_answers(plan)
+    if data.retrieved_pairs and data.retriever == "hybrid" and plan.train and not mostly_english(plan.train):
+        # all-MiniLM-L6-v2 knows English: it called different Hindi, Arabic or Japanese questions
+        # alike (cosine 0.5-0.8; English ones 0.19), and the model was shown unrelated pairs as near.
+        log.warning("data.retriever is hybrid, but most of the corpus' words are not English, the one "
+                    "language of its sentence encoder: retrieving by edit distance alone (lexical)")
+        plan.config = config = config.with_overrides({"data.retriever": "lexical"})
+        data = config.data
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
