@@ -8,8 +8,9 @@ disk (``stream_dataset``), so that memory stays flat whatever the corpus' size.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -72,39 +73,62 @@ def bucket_of(source_lengths: np.ndarray, target_lengths: np.ndarray) -> np.ndar
     return rows * (len(TARGET_EDGES) + 1) + np.searchsorted(TARGET_EDGES, target_lengths, side="right")
 
 
+EpochOf = Callable[[], int]  # the training loop's current epoch (0 first)
+
+
+def _epoch_counter(epoch_of: EpochOf | None) -> tuple[EpochOf, Callable[[], None]]:
+    """(the epoch an order is drawn for, what to call when an epoch was read to its end): the
+    training loop's epoch when given, so that a resumed training shuffles its epochs as the
+    uninterrupted one did (Keras opens two iterators an epoch, so counting them would not do);
+    else the epochs read to the end so far."""
+    completed = [0]
+
+    def finished() -> None:
+        completed[0] += 1
+
+    return epoch_of or (lambda: completed[0]), finished
+
+
 def make_dataset(sources: list[list[int]] | Rows, targets: list[list[int]] | Rows, batch_size: int,
-                 shuffle: bool = False, seed: int = 0, vocab_size: int = 0, max_cells: int = 0) -> tf.data.Dataset:
+                 shuffle: bool = False, seed: int = 0, vocab_size: int = 0, max_cells: int = 0,
+                 epoch_of: EpochOf | None = None) -> tf.data.Dataset:
     """Yields ``((source, decoder_input), target)``; decoder_input is the target shifted
     right behind [START] (teacher forcing). The rows are held in memory. A bucket's batches
     are smaller when its examples are long (``batch_size_for``).
 
     Examples are assigned to length buckets once; each epoch shuffles within buckets and
-    interleaves their batches at random. The number of batches is therefore the same every
-    epoch (Keras counts the steps of the first epoch and would cut later, longer ones).
+    deals their batches in a random order, drawn from (``seed``, the epoch: ``_epoch_counter``).
+    The number of batches is therefore the same every epoch (Keras counts the steps of the
+    first epoch and would cut later, longer ones).
     """
     sources = sources if isinstance(sources, Rows) else Rows.from_lists(sources)
     targets = targets if isinstance(targets, Rows) else Rows.from_lists(targets)
     source_lengths, target_lengths = sources.lengths(), targets.lengths()
     buckets = bucket_of(source_lengths, target_lengths)
 
-    parts, batches = [], []
+    groups = []  # (the bucket's examples, its batch size)
     for bucket in np.unique(buckets):
         members = np.flatnonzero(buckets == bucket)
-        part = tf.data.Dataset.from_tensor_slices(members)
-        if shuffle:
-            part = part.shuffle(len(members), seed=seed + int(bucket), reshuffle_each_iteration=True)
         source, target = int(source_lengths[members].max()), int(target_lengths[members].max())
-        size = batch_size_for(source, target, batch_size, vocab_size, max_cells)
-        parts.append(part.batch(size))
-        batches.append(-(-len(members) // size))
+        groups.append((members, batch_size_for(source, target, batch_size, vocab_size, max_cells)))
+    batches = sum(-(-len(members) // size) for members, size in groups)
     if shuffle:
-        weights = [b / sum(batches) for b in batches]
-        data = tf.data.Dataset.sample_from_datasets(parts, weights, seed=seed, stop_on_empty_dataset=False)
-    else:
-        data = parts[0]
-        for part in parts[1:]:
-            data = data.concatenate(part)
-    data = data.apply(tf.data.experimental.assert_cardinality(sum(batches)))
+        epoch, finished = _epoch_counter(epoch_of)
+
+        def shuffled():
+            rng = np.random.default_rng([seed, 1 + epoch()])
+            cuts = []
+            for members, size in groups:
+                order = rng.permutation(members)
+                cuts += [order[i:i + size] for i in range(0, len(order), size)]
+            yield from (cuts[i] for i in rng.permutation(len(cuts)))
+            finished()
+
+        data = tf.data.Dataset.from_generator(shuffled, output_signature=tf.TensorSpec([None], tf.int64))
+    else:  # bucket after bucket
+        parts = [tf.data.Dataset.from_tensor_slices(members).batch(size) for members, size in groups]
+        data = functools.reduce(tf.data.Dataset.concatenate, parts)
+    data = data.apply(tf.data.experimental.assert_cardinality(batches))
     # The rows are gathered after batching, by one function: a tensor captured by a function
     # of each bucket was copied into each (2 GB for 200k pairs in 50 buckets).
     columns = [tf.RaggedTensor.from_row_splits(tf.constant(rows.values), tf.constant(rows.offsets))
@@ -159,7 +183,7 @@ def window_cuts(source_lengths: np.ndarray, target_lengths: np.ndarray, batch_si
 
 
 def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 0, vocab_size: int = 0,
-                   max_cells: int = 0) -> tf.data.Dataset:
+                   max_cells: int = 0, epoch_of: EpochOf | None = None) -> tf.data.Dataset:
     """``make_dataset``'s batches from a ``TokenCache`` on disk, in memory for one window."""
     windows = window_rows(cache.count, window, seed)
     block, per_window = windows_of(window)
@@ -167,12 +191,13 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
     source_lengths, target_lengths = cache.lengths("sources"), cache.lengths("targets")
     batches_per_epoch = sum(len(window_cuts(source_lengths[rows], target_lengths[rows], batch_size, vocab_size,
                                             max_cells)) for rows in windows)
-    # The epoch's order is drawn from how many epochs were read to the end: an iterator opened and
-    # dropped after a batch (a distribution strategy looking at the data first) takes no epoch's.
-    completed = [0]
+    # The epoch's order is drawn from the epoch (``_epoch_counter``): without the training loop's,
+    # from how many epochs were read to the end, so an iterator opened and dropped after a batch
+    # (a distribution strategy looking at the data first) takes no epoch's.
+    epoch, finished = _epoch_counter(epoch_of)
 
     def batches():
-        rng = np.random.default_rng([seed, 1 + completed[0]])
+        rng = np.random.default_rng([seed, 1 + epoch()])
         for number in [*rng.permutation(full), *range(full, len(windows))]:
             rows = windows[number]  # runs of consecutive examples: one read per block
             starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
@@ -183,7 +208,7 @@ def stream_dataset(cache: TokenCache, batch_size: int, window: int, seed: int = 
             cuts = window_cuts(sources.lengths(), targets.lengths(), batch_size, vocab_size, max_cells, rng)
             for cut in (cuts[i] for i in rng.permutation(len(cuts))):
                 yield sources.padded(cut), decoder_inputs.padded(cut), targets.padded(cut)
-        completed[0] += 1
+        finished()
 
     spec = tf.TensorSpec((None, None), tf.int32)
     data = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec, spec))

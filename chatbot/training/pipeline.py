@@ -99,6 +99,7 @@ class Plan:
     memory: AnswerMemory | None = None  # what retrieval searches, built with the datasets
     speller: Speller | None = None  # the spelling normalisation of data.spelling, likewise
     private_work: Path | None = None  # a non-chief worker's own (distribute.Cluster.private)
+    epoch: int = 0  # the epoch ``fit`` is in: each epoch's order of the training batches is drawn from it
 
     @property
     def work(self) -> Path:
@@ -317,11 +318,12 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if cache.count > data.shuffle_window:
         stage(f"streaming the training inputs from {cache.folder} in shuffled windows of {data.shuffle_window:,}")
         train_set = stream_dataset(cache, config.training.batch_size, data.shuffle_window, config.training.seed,
-                                   vocab_size=tokenizer.vocab_size, max_cells=config.training.max_batch_cells)
+                                   vocab_size=tokenizer.vocab_size, max_cells=config.training.max_batch_cells,
+                                   epoch_of=lambda: plan.epoch)
     else:
         train_set = make_dataset(cache.read("sources"), cache.read("targets"), config.training.batch_size,
                                  shuffle=True, seed=config.training.seed, vocab_size=tokenizer.vocab_size,
-                                 max_cells=config.training.max_batch_cells)
+                                 max_cells=config.training.max_batch_cells, epoch_of=lambda: plan.epoch)
     val_set = None
     if plan.validation:
         validation = [dataclasses.replace(e, question=spelled(plan, e.question)) for e in plan.validation]
@@ -470,6 +472,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         keras.callbacks.CSVLogger(str(log_file), append=resume),
         keras.callbacks.TensorBoard(str(plan.work / "tensorboard"), write_graph=False, profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
+        # Before the epoch's data is read: its order is drawn from the epoch, also when resumed.
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: setattr(plan, "epoch", epoch)),
     ]
     if training.ema_momentum:  # after the backup (raw weights, to resume from), before the best-weights file
         callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
