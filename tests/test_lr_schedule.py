@@ -68,3 +68,44 @@ def test_training_follows_the_cosine_and_a_resumed_training_goes_on_with_it(tmp_
     whole = train(TINY_PAIRS, tiny_config(**shuffled), tmp_path / "whole", verbose=0)
     for a, b in zip(whole.model.get_weights(), Bundle.load(out).model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_resumed_training_restores_its_plateau_and_early_stopping_counters(tmp_path):
+    """BackupAndRestore brings back the weights, the optimizer and the epoch, not these counters:
+    a resumed run waited ``patience`` epochs anew before cutting its rate or stopping. They are
+    rebuilt from the log's epochs, and the rate the checkpoint restored is left as it is."""
+    from chatbot.training.counters import ResumedCounters
+
+    losses = [1.0, 0.9, 0.95, 0.97, 0.96, 0.99, 0.98]
+    log = tmp_path / "training_log.csv"
+    log.write_text("epoch,loss,val_loss\n" + "".join(f"{n},{v},NA\n" for n, v in enumerate(losses)))
+
+    def model(rate):
+        net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        net.compile(keras.optimizers.Adam(rate), "mse")
+        return net
+
+    def counters(net):
+        made = [keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2, min_lr=1e-5),
+                keras.callbacks.EarlyStopping(monitor="loss", patience=10)]
+        for counter in made:
+            counter.set_model(net)
+            counter.on_train_begin()
+        return made
+
+    live_model = model(0.02)
+    live = counters(live_model)
+    for epoch, loss in enumerate(losses):
+        for counter in live:
+            counter.on_epoch_end(epoch, {"loss": loss})
+    restored = model(0.005)  # what the checkpoint holds: the rate after the live run's two cuts
+    resumed = counters(restored)
+    replay = ResumedCounters(log, resumed, learning_rate=0.02)
+    replay.set_model(restored)
+    replay.on_epoch_begin(len(losses))
+    assert float(keras.ops.convert_to_numpy(live_model.optimizer.learning_rate)) == pytest.approx(0.005)
+    for a, b in zip(live, resumed):
+        assert (a.wait, a.best) == (b.wait, b.best)
+    assert (resumed[0].wait, resumed[1].wait) == (1, 5) and resumed[0].cooldown_counter == live[0].cooldown_counter
+    assert float(keras.ops.convert_to_numpy(restored.optimizer.learning_rate)) == pytest.approx(0.005)  # not cut again
+    assert resumed[0].model is restored and not restored.stop_training

@@ -485,6 +485,11 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
             monitor=monitor, factor=0.5, patience=training.lr_decay_patience, min_lr=1e-5))
     if training.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=training.patience))
+    counters = [c for c in callbacks if isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
+    if resume and counters:  # after them: their on_train_begin resets them
+        from chatbot.training.counters import ResumedCounters
+
+        callbacks.append(ResumedCounters(log_file, counters, training.learning_rate))
     # The epoch's checkpoint last (Keras calls callbacks in order): a run killed before it
     # repeats the epoch, logged twice and counted once (``logged_history``); first, a kill
     # between it and the log lost the epoch's row and its chance at the best weights. With the
@@ -636,6 +641,17 @@ def _number(text: str) -> float:
         return float(text)
     except (TypeError, ValueError):  # CSVLogger writes "NA" for a value an epoch lacked
         return float("nan")
+
+
+def logged_epochs(log_file: Path) -> dict[int, dict[str, float]]:
+    """Each logged epoch's figures, by epoch number; an epoch logged twice (killed after its row
+    was written, before its checkpoint) as last run. {} without a log."""
+    if not log_file.exists():
+        return {}
+    with open(log_file, newline="") as f:
+        rows = {row.get("epoch"): row for row in csv.DictReader(f)}
+    return {int(epoch): {key: _number(value) for key, value in row.items() if key != "epoch"}
+            for epoch, row in rows.items() if epoch is not None and epoch.isdigit()}
 
 
 def logged_history(log_file: Path) -> dict[str, list[float]]:
