@@ -82,11 +82,20 @@ def test_originals_are_corpus_questions_of_their_category(name, request, categor
         assert row["category"] in categories[row["original"]], row
 
 
+# Since exact match reads ’ as ' (2026-12-06), this reworded item is its corpus question; it
+# stays, so that the dev figures stay comparable with those committed before, and the bench
+# counts it (``dev_questions_in_training_split``). Drop it at the next full re-run.
+APOSTROPHE_ONLY = "What is the world's biggest island?"
+
+
 @pytest.mark.parametrize("name", ["reworded", "typos"])
 def test_no_dev_question_is_a_corpus_question(name, request, categories):
     corpus = {robustness.normalise(q) for q in categories}
     rows = request.getfixturevalue(name)
     for row in rows:
+        if row["question"] == APOSTROPHE_ONLY:
+            assert row["original"] == APOSTROPHE_ONLY.replace("'", "\u2019") in categories
+            continue
         assert robustness.normalise(row["question"]) not in corpus, row
     assert len({robustness.normalise(row["question"]) for row in rows}) == len(rows)  # no repeats
 
