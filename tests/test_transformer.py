@@ -154,8 +154,10 @@ def test_the_compiled_loops_decode_the_same_tokens():
 
 
 # --- trained through the real pipeline --------------------------------------------------------
+# 16 epochs (32 steps): all 20 pairs with seeds 7, 8 and 9; 12 left one answer to another
+# question with some batch orders.
 TRANSFORMER = {"model.cell": "transformer", "model.units": 64, "model.heads": 4,
-               "training.learning_rate": 0.005, "training.epochs": 12}
+               "training.learning_rate": 0.005, "training.epochs": 16}
 
 
 @pytest.fixture(scope="module")
