@@ -41,6 +41,7 @@ def test_exact_match_accepts_any_of_an_inputs_answers():
     # A golden file typed in Word or on a phone has typographic apostrophes and may have
     # full-width letters: they are what they stand for.
     assert is_exact("Je m'appelle Élodie.", ["Je m’appelle Élodie"]) and is_exact("ＯＫ", ["OK."])
+    assert is_exact("\u00df\u0301", ["ss\u0301"]) and is_exact("ss\u0301", ["\u00df\u0301"])  # casefold, then compose
     assert distinct_inputs(reference + reference[:1]) == [("Hi",), ("Hi", "Hi")]
 
 

@@ -187,7 +187,8 @@ def normalise_answer(text: str) -> str:
     punctuation or whitespace ("Hi." == "hi"; inner and leading punctuation still count:
     "It's" != "Its"), compatibility forms and the typographic apostrophe as what they stand
     for ("ＯＫ" is "OK", "l’entrée" is "l'entrée")."""
-    text = " ".join(unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'").split())
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())  # as match_key
+    text = " ".join(folded.replace("\u2019", "'").split())
     end = len(text)
     while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
         end -= 1
