@@ -26,7 +26,7 @@ from chatbot.data.corpus import (
     load_corpus,
     read_back_unquoted,
 )
-from chatbot.data.text import UNSPACED_CHARACTER, match_key
+from chatbot.data.text import characters_apart, match_key
 from chatbot.errors import CorpusError, InputError
 from chatbot.files import write_atomically
 
@@ -114,9 +114,7 @@ class _Tally:
 
     def _count_words(self, text: str) -> list[str]:
         """The utterance's words, counted into the vocabulary (each utterance once)."""
-        if UNSPACED_CHARACTER.search(text):  # Chinese, Japanese, Thai: a character is a word
-            text = UNSPACED_CHARACTER.sub(r" \g<0> ", text)
-        found = WORD.findall(text)
+        found = WORD.findall(characters_apart(text))  # Chinese, Japanese, Thai: a character is a word
         self.words.update(map(str.lower, found))
         return found
 

@@ -100,6 +100,12 @@ class Speller:
         long = [w for w in self.counts if len(w) >= MIN_STEM]
         return sum(_known_in(w, self.general) for w in long) / len(long) if long else 0.0
 
+    def mostly_english(self) -> bool:
+        """Whether most of the corpus' words are English (``general_share`` of at least
+        ``MIN_GENERAL_SHARE``); True when there is no word list, or no word, to tell. Spelling
+        and the sentence encoder know English only."""
+        return not self.general or not self.words or self.general_share() >= MIN_GENERAL_SHARE
+
     def _is_known(self, word: str) -> bool:
         return _known_in(word, self.known)
 
@@ -152,11 +158,8 @@ def _known_in(word: str, vocabulary) -> bool:
 
 
 def mostly_english(examples: Iterable) -> bool:
-    """Whether most of the words of these training examples (``Example``) are English
-    (``general_share`` of at least ``MIN_GENERAL_SHARE``); True when there is no word list to
-    tell. Spelling and the sentence encoder know English only."""
-    speller = Speller.from_pairs((e.question, e.answer) for e in examples)
-    return not speller.general or not speller.words or speller.general_share() >= MIN_GENERAL_SHARE
+    """``Speller.mostly_english`` of these training examples (``Example``)."""
+    return Speller.from_pairs((e.question, e.answer) for e in examples).mostly_english()
 
 
 def speller_for(data, examples: Iterable) -> Speller | None:
@@ -167,6 +170,6 @@ def speller_for(data, examples: Iterable) -> Speller | None:
     if not getattr(data, "spelling", False):
         return None
     speller = Speller.from_pairs((e.question, e.answer) for e in examples)
-    if not speller.words or (speller.general and speller.general_share() < MIN_GENERAL_SHARE):
+    if not speller.words or not speller.mostly_english():
         return None
     return speller

@@ -10,7 +10,9 @@
 * ``match_key``: the folded form retrieval compares questions on (case, punctuation, vowel
   points, contractions and chat spellings folded away);
 * ``normalise_answer``: the form in which a reply and an answer are compared for exact
-  match (``chatbot.evaluation.metrics.is_exact``).
+  match (``chatbot.evaluation.metrics.is_exact``);
+* ``characters_apart``: where words cannot be told apart (Chinese, Japanese, Thai), each
+  character as a word (corpus stats, BLEU, distinct-n).
 """
 
 from __future__ import annotations
@@ -167,6 +169,12 @@ def clean_text(text: str) -> str:
 
 def strip_special_marks(text: str) -> str:
     return text.translate(SPECIAL_MARKS)
+
+
+def characters_apart(text: str) -> str:
+    """``text`` with each character of a script written without spaces (``UNSPACED_CHARACTER``)
+    set apart, so that splitting at spaces counts each as a word."""
+    return UNSPACED_CHARACTER.sub(r" \g<0> ", text)
 
 
 def match_key(text: str) -> str:

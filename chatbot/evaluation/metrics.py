@@ -11,7 +11,7 @@ import math
 from typing import Iterable, Sequence
 
 from chatbot.data.corpus import Example
-from chatbot.data.text import UNSPACED_CHARACTER, normalise_answer
+from chatbot.data.text import characters_apart, normalise_answer
 from chatbot.errors import InputError
 
 Input = tuple[str, ...]  # what the model is asked: the context turns, then the question
@@ -47,15 +47,10 @@ def perplexity(loss: float) -> float:
     return math.exp(min(float(loss), 50.0))
 
 
-def spaced(text: str) -> str:
-    """``text`` with each character of a script written without spaces (Chinese, Japanese,
-    Thai) set apart: where words cannot be told apart, each character counts as one."""
-    return UNSPACED_CHARACTER.sub(r" \g<0> ", text)
-
-
 def words(text: str) -> list[str]:
-    """The words of a reply, as distinct-n and reply lengths count them."""
-    return spaced(text).split()
+    """The words of a reply, as distinct-n and reply lengths count them: where words cannot be
+    told apart (Chinese, Japanese, Thai), each character counts as one."""
+    return characters_apart(text).split()
 
 
 def distinct_n(replies: Sequence[str], n: int) -> float:
@@ -91,8 +86,9 @@ def corpus_bleu(replies: Sequence[str], references: Sequence[Sequence[str]]) -> 
     # sacrebleu's default tokenizer splits at spaces, so a Chinese, Japanese or Thai sentence was
     # one token and a right answer scored 0; its "zh" tokenizer splits Han characters only (a
     # kana run stayed one token). Each character of a script without spaces is a token here.
-    streams = [[None if text is None else spaced(text) for text in stream] for stream in _reference_streams(references)]
-    return BLEU(tokenize="13a").corpus_score([spaced(r) for r in replies], streams).score
+    streams = [[None if text is None else characters_apart(text) for text in stream]
+               for stream in _reference_streams(references)]
+    return BLEU(tokenize="13a").corpus_score([characters_apart(r) for r in replies], streams).score
 
 
 def corpus_chrf(replies: Sequence[str], references: Sequence[Sequence[str]]) -> float:

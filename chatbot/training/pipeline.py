@@ -298,7 +298,14 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if data.retrieved_pairs or data.noisy_copies:  # these read the training pairs as a whole
         plan.train = plan.train if isinstance(plan.train, list) else list(plan.train)
     _warn_of_cut_answers(plan)
-    if data.retrieved_pairs and data.retriever == "hybrid" and plan.train and not mostly_english(plan.train):
+    plan.speller = speller_for(data, plan.train)
+    if data.spelling and plan.speller is None and english_words():
+        log.warning("data.spelling is on, but most of the corpus' words are not English (the one language "
+                    "with a word list): questions are read as typed, not corrected")
+    # A speller is only made for a mostly English corpus: the corpus' words are counted again
+    # only without one.
+    if (data.retrieved_pairs and data.retriever == "hybrid" and plan.train and plan.speller is None
+            and not mostly_english(plan.train)):
         # all-MiniLM-L6-v2 knows English: it called different Hindi, Arabic or Japanese questions
         # alike (cosine 0.5-0.8; English ones 0.19), and the model was shown unrelated pairs as near.
         log.warning("data.retriever is hybrid, but most of the corpus' words are not English, the one "
@@ -308,10 +315,6 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
-    plan.speller = speller_for(data, plan.train)
-    if data.spelling and plan.speller is None and english_words():
-        log.warning("data.spelling is on, but most of the corpus' words are not English (the one language "
-                    "with a word list): questions are read as typed, not corrected")
     cache = token_cache(plan, stage)
     stage(f"{cache.count} training inputs from {len(plan.train)} pairs "
           f"({data.noisy_copies} noisy copies each, retrieval {'on' if data.retrieved_pairs else 'off'})")
@@ -658,12 +661,8 @@ def logged_history(log_file: Path) -> dict[str, list[float]]:
     """Every epoch's figures from the CSV log, also those before a ``--resume`` (Keras'
     ``History`` holds only the epochs of its own process); an epoch logged twice (killed after
     its row was written, before its checkpoint) counts once, as last run. {} without a log."""
-    if not log_file.exists():
-        return {}
-    with open(log_file, newline="") as f:
-        by_epoch = {row.get("epoch"): row for row in csv.DictReader(f)}
-    rows = list(by_epoch.values())
-    history = {key: [_number(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
+    rows = list(logged_epochs(log_file).values())
+    history = {key: [row[key] for row in rows] for key in (rows[0] if rows else {})}
     return {key: values for key, values in history.items() if not all(math.isnan(v) for v in values)}
 
 
