@@ -32,13 +32,19 @@ def test_any_origin_without_keys_is_refused(capsys, monkeypatch):
 
 
 def test_without_keys_on_loopback_the_server_answers_to_loopback_names_only(capsys, monkeypatch, tiny_bundle_path):
+    import functools
+
     import uvicorn
 
     from chatbot.cli.serve import ENV_SETTINGS, app_from_environment
+    from chatbot.serving import app
 
     for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    # Hosts are checked before any model work: the worker's app skips compiling its decode loops
+    # (40 s of a cold run; test_serve.py checks the warm-up).
+    monkeypatch.setattr(app, "create_app", functools.partial(app.create_app, warm_up=False))
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
                            "--db", "sqlite://", "--allowed-host", "chat.internal")
     assert code == 0, err
