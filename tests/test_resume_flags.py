@@ -91,6 +91,42 @@ def test_resume_with_the_original_flags_changes_nothing(interrupted, capsys):
                           "--epochs", 3)
     assert code == 0, err
     assert "resuming training" in err and "changed settings" not in err
+    assert "a second time" not in err  # checkpointed at the epoch's end
+
+
+def test_a_checkpoint_within_an_epoch_says_which_batches_are_trained_again(tmp_path, caplog):
+    """Keras restores a step checkpoint's weights and epoch, not its step: the resumed epoch
+    runs all its batches, and the warning says how many of them are trained a second time."""
+    import logging
+
+    class StopAtThirdStepOfSecondEpoch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 2:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.counted = {}
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.counted[self.epoch] = batch + 1
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    config, out = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1}), tmp_path / "model"
+    first = Steps()
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[StopAtThirdStepOfSecondEpoch(), first])
+    resumed = Steps()
+    with caplog.at_level(logging.WARNING, logger="chatbot.training"):
+        train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[resumed])
+    assert ("the last checkpoint was taken after step 3 of epoch 2: the epoch starts over, "
+            "and its first 3 batches are trained a second time") in caplog.text
+    assert resumed.counted == {1: first.counted[0], 2: first.counted[0]}  # epoch 2 whole again, then 3
 
 
 def test_resume_changes_lists_resumable_keys_and_refuses_the_rest(tmp_path):
