@@ -99,3 +99,37 @@ def test_a_corpus_mostly_in_another_language_is_read_as_typed():
     assert english_words() and speller_for(data, examples(german)) is None
     english = speller_for(data, examples(PAIRS))
     assert english is not None and english.general_share() > 0.5
+
+
+def _bundled_pairs(name: str) -> list[tuple[str, str]]:
+    from chatbot.data.corpus import load_corpus
+    from conftest import ROOT
+
+    return [(e.question, e.answer) for e in load_corpus(ROOT / "corpora" / name, quiet=True).examples()]
+
+
+def test_questions_in_the_other_language_of_a_mostly_english_corpus_are_read_as_typed():
+    """corpora/english with a quarter of corpora/spanish: the English word list turned Spanish
+    words the corpus lacks into English ones ("construir" -> "construct") or into other Spanish
+    ones ("programar" -> "programa"). Questions using as many of the Spanish pairs' own words
+    as English words are now left as typed: 50 of the other 505 Spanish questions changed, not 155."""
+    english, spanish = _bundled_pairs("english"), _bundled_pairs("spanish")
+    spell = Speller.from_pairs(english + spanish[::4])
+    assert spell.mostly_english() and spell.foreign
+    for question in ("AI es el campo de la ciencia que se ocupa de construir hardware",
+                     "Qué lenguaje es mejor para programar", "Un robot tiene su propia voluntad, ya sabes."):
+        assert spell.reads_foreign(question) and spell.correct(question) == question
+    assert spell.correct("Who wrote the Hobit?") == "Who wrote the Hobbit?"  # English is still corrected
+    assert spell.correct("whta is yuor name") == "what is your name"
+    held_out = [q for i, (q, _) in enumerate(spanish) if i % 4]
+    assert sum(spell.correct(q) != q for q in held_out) <= 0.12 * len(held_out)
+    unchecked = Speller(spell.counts, spell.general)  # the same words, no other language told apart
+    assert sum(unchecked.correct(q) != q for q in held_out) >= 0.25 * len(held_out)
+
+
+def test_names_in_an_english_corpus_do_not_make_it_bilingual():
+    """A pair about Bilbo Baggins and the Hobbit has few English words, and "que veut dire hal"
+    is French: a few such pairs tell no language apart, and every question is corrected as before."""
+    spell = Speller.from_pairs(_bundled_pairs("english"))
+    assert spell.foreign == frozenset()
+    assert spell.correct("who worte the hobbit") == "who wrote the hobbit"

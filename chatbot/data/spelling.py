@@ -16,7 +16,9 @@ The typed case pattern is kept.
 
 The word list is English only: in a corpus mostly of other languages, every word the corpus
 lacks would be "corrected" to a corpus word ("Wie heißen Sie?" read as "Wie heiße Die?"), so
-there the model reads questions as typed (``speller_for``).
+there the model reads questions as typed (``speller_for``). In a mostly English corpus with
+pairs in another language, a question using as many of those pairs' own words as English
+words is read as typed too (``Speller.reads_foreign``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ MIN_STEM = 4  # "warmest" is known through "warm"; "nicd" is not through "nic"
 LONG_WORD = 7  # words this long may be 2 edits from their correction
 SUFFIXES = ("s", "es", "ed", "d", "er", "est", "ing", "ly")
 QUESTION_WEIGHT = 3  # a word of the questions counts as this many of the answers' words
+FOREIGN_WORD_PAIRS = 3  # a word only pairs in other languages use, in this many of them, ...
+FOREIGN_LANGUAGE_WORDS = 10  # ... and this many such words: the corpus has pairs in another language
 
 
 def minilm_archive() -> Path | None:
@@ -72,11 +76,12 @@ def english_words() -> frozenset[str]:
 class Speller:
     """``correct(text)``: ``text`` with unknown words replaced by their nearest corpus word."""
 
-    def __init__(self, word_counts: Counter, general: Iterable[str] = ()):
+    def __init__(self, word_counts: Counter, general: Iterable[str] = (), foreign: Iterable[str] = ()):
         self.counts = Counter({w: c for w, c in word_counts.items() if c > 0})
         self.words = list(self.counts)
         self.general = frozenset(general)
         self.known = set(self.counts) | self.general | set(EXPANSIONS)
+        self.foreign = frozenset(foreign)  # words only the corpus' pairs in other languages use
         self._corrections: dict[str, str | None] = {}
         # Two edits at most: a longer word has no corpus word near it, and is neither looked up
         # nor cached (a message may be one 20,000-letter word; the cache held 19 KB per entry).
@@ -85,12 +90,32 @@ class Speller:
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], general: Iterable[str] | None = None) -> Speller:
         """From (question, answer) pairs; ``general`` defaults to ``english_words()``."""
+        general = english_words() if general is None else frozenset(general)
         counts: Counter = Counter()
+        in_english, in_others = set(), Counter()  # long words of pairs in English; of pairs in others, how many
+        is_english: dict[str, bool] = {}
         for question, answer in pairs:
-            for word in _WORD.findall(_lower(question)):
+            asked, answered = _WORD.findall(_lower(question)), _WORD.findall(_lower(answer))
+            for word in asked:
                 counts[word] += QUESTION_WEIGHT
-            counts.update(_WORD.findall(_lower(answer)))
-        return cls(counts, english_words() if general is None else general)
+            counts.update(answered)
+            long = _long_words(asked + answered)
+            english = 0
+            for word in long:
+                known = is_english.get(word)
+                if known is None:
+                    known = is_english[word] = _known_in(word, general)
+                english += known
+            if len(long) >= 2 and english < MIN_GENERAL_SHARE * len(long):
+                in_others.update(long)
+            else:
+                in_english.update(long)
+        foreign = {w for w in in_others if w not in in_english and not is_english[w]} if general else set()
+        # A language's own words recur; names ("Bilbo", "Hobbit") make a pair of an English corpus
+        # look foreign once or twice, and must not stop its questions' corrections.
+        if sum(in_others[w] >= FOREIGN_WORD_PAIRS for w in foreign) < FOREIGN_LANGUAGE_WORDS:
+            foreign = set()
+        return cls(counts, general, foreign)
 
     def general_share(self) -> float:
         """The share of the corpus' different words of 4 letters or more that the general word
@@ -130,7 +155,18 @@ class Speller:
         return found
 
     def correct(self, text: str) -> str:
+        if self.foreign and self.reads_foreign(text):
+            return text
         return _WORD.sub(self._replace, text)
+
+    def reads_foreign(self, text: str) -> bool:
+        """Whether ``text`` is in another language than English, told by the words of the
+        corpus' pairs in other languages: as many of its long words as English ones. The word
+        list is English, so its nearest words would turn a Spanish question's "construir" into
+        "construct" in a mostly English corpus with some Spanish pairs."""
+        long = _long_words(_WORD.findall(_lower(text)))
+        foreign = sum(w in self.foreign for w in long)
+        return foreign > 0 and foreign >= sum(_known_in(w, self.general) for w in long)
 
     def _replace(self, match: "regex.Match") -> str:
         typed = match.group()
@@ -148,6 +184,11 @@ def _lower(text: str) -> str:
     """Lower case in which Turkish "İ" is "i" (``str.lower`` adds a combining dot, and "NEDİR"
     would be a word the corpus' "nedir" lacks)."""
     return text.lower().replace("i\u0307", "i")
+
+
+def _long_words(words: list[str]) -> set[str]:
+    """The words long enough to tell a language by (short ones are shared: "no", "die", "was")."""
+    return {w for w in words if len(w) >= MIN_STEM}
 
 
 def _known_in(word: str, vocabulary) -> bool:
