@@ -519,6 +519,34 @@ def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(ti
             assert f"chatbot_compiled_programs {float(bot.compiled_programs)}" in client.get("/metrics").text
 
 
+def test_every_response_carries_a_request_id_that_the_servers_log_lines_name(bot, tiny_pairs, monkeypatch, caplog):
+    """X-Request-ID on answers, errors and refusals alike: a proxy's own plain token is kept,
+    anything else replaced (it is written into the log); a failed request's log line names it."""
+    import logging
+    import re
+
+    from chatbot.errors import StoreError
+
+    fresh = re.compile(r"req_[0-9a-f]{32}")
+    with client_for(bot, api_keys=(KEY_A,), allowed_hosts=("testserver",)) as client:
+        auth = {"Authorization": f"Bearer {KEY_A}"}
+        responses = [chat(client, tiny_pairs[0][0], auth), client.get("/healthz"), chat(client, "hi"),
+                     client.get("/api/sessions/404", headers=auth), client.get("/healthz", headers={"Host": "evil"})]
+        assert [r.status_code for r in responses] == [200, 200, 401, 404, 400]
+        ids = [r.headers["x-request-id"] for r in responses]
+        assert all(fresh.fullmatch(i) for i in ids) and len(set(ids)) == len(ids)
+        kept = client.get("/healthz", headers={"X-Request-ID": "nginx-7f3a:12.5"})
+        assert kept.headers["x-request-id"] == "nginx-7f3a:12.5"
+        for hostile in ("two words", "x" * 129, "id\u00e9".encode("latin-1"), "", "a\tb"):
+            assert fresh.fullmatch(client.get("/healthz", headers={"X-Request-ID": hostile}).headers["x-request-id"])
+
+        monkeypatch.setattr(bot, "sessions", lambda *a, **k: (_ for _ in ()).throw(StoreError("disk I/O error")))
+        with caplog.at_level(logging.ERROR, logger="chatbot.serving"):
+            failed = client.get("/api/sessions", headers={**auth, "X-Request-ID": "support-ticket-42"})
+        assert failed.status_code == 503 and failed.headers["x-request-id"] == "support-ticket-42"
+        assert "store: disk I/O error (request support-ticket-42)" in caplog.text
+
+
 def test_dns_rebinding_and_other_sites_cannot_reach_a_server_without_keys(bot):
     """A browser sends any page's requests to loopback: a rebound name (Host) is refused, and
     a page of another origin cannot change anything (CORS hid only the response; the request ran)."""

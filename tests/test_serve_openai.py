@@ -25,6 +25,7 @@ def test_the_official_client_gets_the_models_replies(client, bot, tiny_pairs):
     assert completion.choices[0].message.content == answer == bot.ask(question)
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.completion_tokens > 0 and completion.id.startswith("chatcmpl-")
+    assert completion._request_id.startswith("req_")  # the client reads X-Request-ID
 
     stream = client.chat.completions.create(model="tiny", stream=True, stream_options={"include_usage": True},
                                             messages=[{"role": "user", "content": question}])

@@ -28,6 +28,7 @@ from chatbot.inference.generator import SERVER_BATCHES, SERVER_WIDTHS, decode_th
 from chatbot.serving import errors, native_api, openai_api
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.metrics import Metrics
+from chatbot.serving.request_ids import HEADER as REQUEST_ID_HEADER, RequestIds
 from chatbot.serving.schemas import Health, ModelInfo, Readiness, documented
 from chatbot.serving.security import BrowserGuard, KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings, keys_from_environment
@@ -203,9 +204,10 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["*"], allow_headers=["*"], expose_headers=["Retry-After"])
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=["Retry-After", REQUEST_ID_HEADER])
     app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins,
                        keys_required=state.keys.required)
+    app.add_middleware(RequestIds)  # added last: outermost, so refusals carry the ID too
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
 

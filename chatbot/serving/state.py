@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,9 +14,11 @@ from fastapi.security import HTTPBearer
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.errors import ApiError
 from chatbot.serving.metrics import Metrics
+from chatbot.serving.request_ids import current_request_id
 from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings
 
+log = logging.getLogger("chatbot.serving")
 READY_WAIT_S = 120.0  # a request that arrives while the model loads waits this long for it
 # A database call of the native API (sessions, history, feedback) that has not answered in this
 # long is a 503: a database that stopped answering (a frozen server, a partition) must not hold
@@ -50,6 +53,8 @@ class ServerState:
         try:
             return await asyncio.wait_for(future, STORE_DEADLINE_S)
         except asyncio.TimeoutError:
+            log.error("store: the session database did not answer in %g s (request %s)", STORE_DEADLINE_S,
+                      current_request_id())
             raise ApiError(503, "store_unavailable", f"the session database did not answer in "
                                                      f"{STORE_DEADLINE_S:g} s; retry later", {"Retry-After": "5"}) from None
 
