@@ -546,6 +546,17 @@ def test_every_response_carries_a_request_id_that_the_servers_log_lines_name(bot
         assert failed.status_code == 503 and failed.headers["x-request-id"] == "support-ticket-42"
         assert "store: disk I/O error (request support-ticket-42)" in caplog.text
 
+    # An exception no route maps reaches Starlette's outermost handler, outside every middleware.
+    from chatbot.serving.metrics import Metrics
+
+    monkeypatch.setattr(Metrics, "render", lambda self: 1 / 0)
+    app = create_app(bot=bot, settings=ServerSettings(), warm_up=False)
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR, "chatbot.serving"):
+        broken = client.get("/metrics", headers={"X-Request-ID": "support-ticket-43"})
+    assert broken.status_code == 500 and broken.json()["error"]["code"] == "internal_error"
+    assert broken.headers["x-request-id"] == "support-ticket-43"
+    assert "unexpected error (request support-ticket-43)" in caplog.text
+
 
 def test_dns_rebinding_and_other_sites_cannot_reach_a_server_without_keys(bot):
     """A browser sends any page's requests to loopback: a rebound name (Host) is refused, and

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatbot.errors import (ConfigError, DatabaseCorrupt, DecodingError, InputError, MessageNotFound, ReplyNotStored,
                             SessionNotFound, StoreError, first_line)
-from chatbot.serving.request_ids import current_request_id
+from chatbot.serving.request_ids import HEADER, current_request_id
 
 log = logging.getLogger("chatbot.serving")
 
@@ -113,8 +113,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception):
+        # Starlette sends this response outside every middleware: it names the request itself.
         error = from_library(exc)
-        return error_response(error.status, error.code, error.message, error.headers)
+        return error_response(error.status, error.code, error.message, {**error.headers, HEADER: current_request_id()})
 
 
 def _document_errors(app: FastAPI) -> None:

@@ -49,8 +49,8 @@ class RequestIds:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        token = _CURRENT.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            _CURRENT.reset(token)
+        # Set, not reset afterwards: an exception no route mapped reaches Starlette's outermost
+        # handler (``errors.install``'s ``unexpected``) after this call, and its log line and
+        # response must still name the request. Each request sets its own first thing.
+        _CURRENT.set(request_id)
+        await self.app(scope, receive, send_with_id)
