@@ -351,3 +351,16 @@ def test_coming_back_to_the_tab_shows_what_another_tab_said(browser, bot, tiny_p
         browser.execute_script("document.dispatchEvent(new Event('visibilitychange'))")
         wait(browser, lambda d: log_texts(d) == [("user", q1), ("bot", a1), ("user", q2), ("bot", a2)],
              "the other tab's turn did not appear")
+
+
+def test_a_server_error_shows_the_request_id_its_log_line_names(browser, bot, monkeypatch):
+    """A user who reports a failure can quote what the operator's log names (X-Request-ID)."""
+    import re
+
+    from chatbot.errors import StoreError
+
+    monkeypatch.setattr(bot, "sessions", lambda *a, **k: (_ for _ in ()).throw(StoreError("disk I/O error")))
+    with serving(bot) as base:
+        browser.get(base + "/")
+        shown = wait(browser, lambda d: page_error(d), "the failed session list was not shown")
+    assert re.search(r"the session database is unavailable; retry later \(request req_[0-9a-f]{32}\)", shown), shown

@@ -123,6 +123,8 @@
       const wait = response.headers.get("Retry-After");
       if (wait) message += " (retry in " + wait + " s)";
     }
+    const id = response.headers.get("X-Request-ID");  // what the server's log line names
+    if (id && response.status >= 500) message += " (request " + id + ")";
     return new ApiError(response.status, message, code);
   }
 
