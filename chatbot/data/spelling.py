@@ -18,7 +18,8 @@ The word list is English only: in a corpus mostly of other languages, every word
 lacks would be "corrected" to a corpus word ("Wie heißen Sie?" read as "Wie heiße Die?"), so
 there the model reads questions as typed (``speller_for``). In a mostly English corpus with
 pairs in another language, a question using as many of those pairs' own words as English
-words is read as typed too (``Speller.reads_foreign``).
+words they never use is read as typed too (``Speller.reads_foreign``): its words the corpus
+lacks are that language's, and the nearest corpus word is no correction of them.
 """
 
 from __future__ import annotations
@@ -76,12 +77,16 @@ def english_words() -> frozenset[str]:
 class Speller:
     """``correct(text)``: ``text`` with unknown words replaced by their nearest corpus word."""
 
-    def __init__(self, word_counts: Counter, general: Iterable[str] = (), foreign: Iterable[str] = ()):
+    def __init__(self, word_counts: Counter, general: Iterable[str] = (), foreign: Iterable[str] = (),
+                 used_in_others: Iterable[str] = ()):
         self.counts = Counter({w: c for w, c in word_counts.items() if c > 0})
         self.words = list(self.counts)
         self.general = frozenset(general)
         self.known = set(self.counts) | self.general | set(EXPANSIONS)
         self.foreign = frozenset(foreign)  # words only the corpus' pairs in other languages use
+        # Every word those pairs use: "para", "como" or "con" are in the English list too, and
+        # tell nothing (``reads_foreign``).
+        self.used_in_others = frozenset(used_in_others) if self.foreign else frozenset()
         self._corrections: dict[str, str | None] = {}
         # Two edits at most: a longer word has no corpus word near it, and is neither looked up
         # nor cached (a message may be one 20,000-letter word; the cache held 19 KB per entry).
@@ -93,6 +98,7 @@ class Speller:
         general = english_words() if general is None else frozenset(general)
         counts: Counter = Counter()
         in_english, in_others = set(), Counter()  # long words of pairs in English; of pairs in others, how many
+        used_in_others: set[str] = set()
         is_english: dict[str, bool] = {}
         for question, answer in pairs:
             asked, answered = _WORD.findall(_lower(question)), _WORD.findall(_lower(answer))
@@ -108,6 +114,7 @@ class Speller:
                 english += known
             if len(long) >= 2 and english < MIN_GENERAL_SHARE * len(long):
                 in_others.update(long)
+                used_in_others.update(asked + answered)
             else:
                 in_english.update(long)
         foreign = {w for w in in_others if w not in in_english and not is_english[w]} if general else set()
@@ -115,7 +122,7 @@ class Speller:
         # look foreign once or twice, and must not stop its questions' corrections.
         if sum(in_others[w] >= FOREIGN_WORD_PAIRS for w in foreign) < FOREIGN_LANGUAGE_WORDS:
             foreign = set()
-        return cls(counts, general, foreign)
+        return cls(counts, general, foreign, used_in_others)
 
     def general_share(self) -> float:
         """The share of the corpus' different words of 4 letters or more that the general word
@@ -160,13 +167,16 @@ class Speller:
         return _WORD.sub(self._replace, text)
 
     def reads_foreign(self, text: str) -> bool:
-        """Whether ``text`` is in another language than English, told by the words of the
-        corpus' pairs in other languages: as many of its long words as English ones. The word
-        list is English, so its nearest words would turn a Spanish question's "construir" into
+        """Whether ``text`` is in another language than English: it has as many words that only
+        the corpus' pairs in other languages use as English words those pairs never use (3
+        letters or more: "how are yuo doign" after a "Hola" is English). The word list is
+        English, so its nearest words would turn a Spanish question's "construir" into
         "construct" in a mostly English corpus with some Spanish pairs."""
-        long = _long_words(_WORD.findall(_lower(text)))
-        foreign = sum(w in self.foreign for w in long)
-        return foreign > 0 and foreign >= sum(_known_in(w, self.general) for w in long)
+        words = set(_WORD.findall(_lower(text)))
+        foreign = sum(w in self.foreign for w in words)
+        english = sum(len(w) >= MIN_LETTERS and w not in self.used_in_others and _known_in(w, self.general)
+                      for w in words)
+        return foreign > 0 and foreign >= english
 
     def _replace(self, match: "regex.Match") -> str:
         typed = match.group()
