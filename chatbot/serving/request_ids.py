@@ -18,7 +18,8 @@ _CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("chatbot_request_
 
 def current_request_id() -> str:
     """The ID of the request being handled ("" outside one); threads that
-    ``asyncio.to_thread`` started for it see it too (they run in a copy of its context)."""
+    ``asyncio.to_thread`` started for it see it too (they run in a copy of its context), the
+    store's and the decoders' threads do not: log from the request's task."""
     return _CURRENT.get()
 
 

@@ -226,7 +226,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
         stage(f"resuming training in {work}")
         if changes:
             stage(f"resuming with changed settings: {', '.join(changes)}")
-        _warn_of_a_repeated_part(work, state["config"])
+        _warn_if_resuming_within_an_epoch(work)
     elif cluster.chief:
         if base is not None and not rebuild_vocab:
             _check_same_architecture(base, config)  # a refused fine-tuning leaves no work directory
@@ -792,20 +792,19 @@ def _texts(examples: list[Example]):
         yield ex.answer
 
 
-def _warn_of_a_repeated_part(work: Path, saved_config: dict) -> None:
-    """A checkpoint taken within an epoch (``training.checkpoint_every_steps``, as the run that
-    saved it was set) brings back its weights and epoch, not its step: Keras starts that epoch
-    over from its first batch."""
-    training = saved_config.get("training")
-    if not isinstance(training, dict) or not training.get("checkpoint_every_steps"):
-        return  # checkpoints at epochs' ends only
+def _warn_if_resuming_within_an_epoch(work: Path) -> None:
+    """A checkpoint taken within an epoch (``training.checkpoint_every_steps``) brings back its
+    weights and epoch, not its step: Keras starts that epoch over from its first batch. Read
+    from the checkpoint itself (the settings may have changed since it was written); an
+    epoch's end is saved as batch 0, so a save after an epoch's first step goes unsaid."""
     try:
         saved = json.loads((work / "backup" / "training_metadata.json").read_text(encoding="utf-8"))
         epoch, batch = int(saved["epoch"]), int(saved["batch"])
     except (OSError, ValueError, TypeError, KeyError):
         return  # no checkpoint yet (the run starts over), or Keras says why it cannot read it
-    log.warning("the last checkpoint was taken after step %d of epoch %d: the epoch starts over, and its "
-                "first %d batches are trained a second time", batch + 1, epoch + 1, batch + 1)
+    if batch > 0:
+        log.warning("the last checkpoint was taken after step %d of epoch %d: the epoch starts over, and its "
+                    "first %d batches are trained a second time", batch + 1, epoch + 1, batch + 1)
 
 
 def _read_state(work: Path) -> dict:
