@@ -546,15 +546,18 @@ def test_every_response_carries_a_request_id_that_the_servers_log_lines_name(bot
         assert failed.status_code == 503 and failed.headers["x-request-id"] == "support-ticket-42"
         assert "store: disk I/O error (request support-ticket-42)" in caplog.text
 
-    # An exception no route maps reaches Starlette's outermost handler, outside every middleware.
+    # An exception no route maps is answered inside the CORS layer: a page of another origin
+    # reads the error and its ID (Starlette's own handler answered outside it: a network error).
     from chatbot.serving.metrics import Metrics
 
     monkeypatch.setattr(Metrics, "render", lambda self: 1 / 0)
-    app = create_app(bot=bot, settings=ServerSettings(), warm_up=False)
-    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR, "chatbot.serving"):
-        broken = client.get("/metrics", headers={"X-Request-ID": "support-ticket-43"})
+    origin = {"Origin": "https://app.example", "X-Request-ID": "support-ticket-43"}
+    with client_for(bot, cors_origins=("https://app.example",)) as client, caplog.at_level(logging.ERROR, "chatbot.serving"):
+        broken = client.get("/metrics", headers=origin)
     assert broken.status_code == 500 and broken.json()["error"]["code"] == "internal_error"
     assert broken.headers["x-request-id"] == "support-ticket-43"
+    assert broken.headers["access-control-allow-origin"] == "https://app.example"
+    assert "X-Request-ID" in broken.headers["access-control-expose-headers"]
     assert "unexpected error (request support-ticket-43)" in caplog.text
 
 

@@ -52,8 +52,10 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class LimitAndMeasure:
-    """Refuses bodies over the limit (by Content-Length, or while reading one without it) and
-    counts every request by route template and status, with its latency."""
+    """Refuses bodies over the limit (by Content-Length, or while reading one without it),
+    counts every request by route template and status, with its latency, and answers an
+    exception no route mapped with the JSON 500 here, inside the CORS and request-ID layers
+    (Starlette's own handler answers outside them: a cross-origin page saw a network error)."""
 
     def __init__(self, app, state: ServerState):
         self.app = app
@@ -81,13 +83,21 @@ class LimitAndMeasure:
                     raise BodyTooLarge(limit)
             return message
 
+        answering = {"started": False}
+
         async def measured_send(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], answering["started"] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, measured_send)
+        except Exception as exc:
+            if answering["started"]:
+                raise  # a stream cut short: nothing else can be sent
+            error = errors.from_library(exc)  # logged there, with the request's ID
+            await errors.error_response(error.status, error.code, error.message, error.headers)(
+                scope, receive, measured_send)
         finally:
             self._count(scope, status["code"], started)
 
