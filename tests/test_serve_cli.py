@@ -273,3 +273,52 @@ def test_a_dead_workers_live_gauges_stop_counting(tmp_path):
         (tmp_path / name).write_bytes(b"")
     forget_dead_workers(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{dead.pid}.db", f"gauge_livesum_{alive}.db"]
+
+
+def test_json_logs_are_one_object_a_line_with_the_requests_id(capsys, monkeypatch, tiny_bundle_path):
+    """--log-format json: uvicorn's lines and the server's own are JSON objects that a log
+    collector indexes, each line written while a request is handled with its ID."""
+    import contextvars
+    import logging
+
+    import uvicorn
+
+    from chatbot.cli.json_logs import FORMATTER, JsonFormatter
+    from chatbot.cli.serve import ENV_LOG_FORMAT, ENV_SETTINGS, _formatter
+    from chatbot.serving import request_ids
+
+    for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(ENV_LOG_FORMAT, "text")  # restored (unset) after the test
+    given = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: given.update(kwargs))
+    port = free_port()
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", port,
+                           "--db", "sqlite://", "--log-format", "json")
+    assert code == 0, err
+    started = json.loads(err.strip().splitlines()[0])
+    assert started["level"] == "INFO" and f"http://127.0.0.1:{port}/" in started["message"]
+    assert {f["()"] for f in given["log_config"]["formatters"].values()} == {FORMATTER}
+    assert isinstance(_formatter(), JsonFormatter)  # what each worker's own messages go through
+
+    def logged_in_a_request(record):
+        request_ids._CURRENT.set("req-7")
+        return JsonFormatter().format(record)
+
+    access = logging.makeLogRecord({"name": "uvicorn.access", "levelname": "INFO", "msg": '%s - "%s %s HTTP/%s" %d',
+                                    "args": ("127.0.0.1:5000", "GET", "/healthz", "1.1", 200)})
+    line = json.loads(contextvars.copy_context().run(logged_in_a_request, access))
+    assert line["request_id"] == "req-7" and line["path"] == "/healthz" and line["status"] == 200
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failed = logging.makeLogRecord({"name": "chatbot.serving", "levelname": "ERROR", "msg": "unexpected error",
+                                        "exc_info": sys.exc_info()})
+    text = JsonFormatter().format(failed)  # outside a request: no ID; the traceback within the one line
+    assert "\n" not in text and "request_id" not in json.loads(text)
+    assert "ZeroDivisionError" in json.loads(text)["exception"]
+
+    given.clear()  # text again: uvicorn's own format, and the workers' plain lines
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", port, "--db", "sqlite://")
+    assert code == 0 and err.startswith("chatbot serve: http://") and "log_config" not in given
+    assert ENV_LOG_FORMAT not in os.environ and not isinstance(_formatter(), JsonFormatter)

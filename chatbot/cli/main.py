@@ -735,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the API docs page then finds its schema)")
     serve.add_argument("--drain-seconds", type=bounded(int, 0), default=30,
                        help="on SIGTERM, wait this long for requests in flight [30]")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="json: one JSON object per log line, with the request's ID [text]")
     serve.set_defaults(func=cmd_serve)
 
     sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations; upgrade "

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
+ENV_LOG_FORMAT = "CHATBOT_SERVE_LOG_FORMAT"  # "json" for --log-format json
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +68,7 @@ def app_from_environment():
     from chatbot.cli.main import _stderr_quiet_import
 
     _stderr_quiet_import()
+    _other_libraries_log_json()
     # Out of file descriptors (slow clients holding connections), the event loop logs every
     # failed accept with its traceback: 3.7 million lines in 40 s. Once per 10 s is enough.
     logging.getLogger("asyncio").addFilter(OncePerInterval(10.0))
@@ -75,7 +77,7 @@ def app_from_environment():
     messages = logging.getLogger("chatbot.serving")
     if not messages.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("chatbot serve [%(process)d]: %(message)s"))
+        handler.setFormatter(_formatter())
         messages.addHandler(handler)
         messages.setLevel(logging.INFO)
         messages.propagate = False
@@ -89,6 +91,27 @@ def app_from_environment():
     return create_app(os.environ.get(ENV_MODEL) or None, os.environ.get(ENV_DB) or None, settings=settings)
 
 
+def _formatter() -> logging.Formatter:
+    if os.environ.get(ENV_LOG_FORMAT) == "json":
+        from chatbot.cli.json_logs import JsonFormatter
+
+        return JsonFormatter()
+    return logging.Formatter("chatbot serve [%(process)d]: %(message)s")
+
+
+def _other_libraries_log_json() -> None:
+    """With --log-format json, the lines of every other library (Alembic, TensorFlow's Python
+    side) are JSON too: the command's root handler in its own process, a new one in a worker
+    process uvicorn started (which has none)."""
+    if os.environ.get(ENV_LOG_FORMAT) != "json":
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        handler.setFormatter(_formatter())
+
+
 def serve(args) -> int:
     import uvicorn
 
@@ -97,6 +120,12 @@ def serve(args) -> int:
     from chatbot.serving.security import LOOPBACK_NAMES
     from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
 
+    json_logs = args.log_format == "json"
+    if json_logs:
+        os.environ[ENV_LOG_FORMAT] = "json"
+    else:
+        os.environ.pop(ENV_LOG_FORMAT, None)
+    _other_libraries_log_json()  # before the first check, whose database opening Alembic logs
     keys = tuple(args.api_key or ()) + keys_from_environment()
     settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                 "rate_per_minute": args.rate_limit, "cors_origins": tuple(args.cors_origin or ()),
@@ -128,14 +157,25 @@ def serve(args) -> int:
     # requests on all of them at once (1.8x faster than on one); several are parallel already.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"chatbot serve: http://{shown_host}:{args.port}/ (chat page; API docs at /docs), "
-          f"{args.workers} worker{'s' if args.workers > 1 else ''}; loading the model "
-          "(/readyz answers 200 when it is ready); Ctrl-C stops", file=sys.stderr, flush=True)
+    started = (f"http://{shown_host}:{args.port}/ (chat page; API docs at /docs), "
+               f"{args.workers} worker{'s' if args.workers > 1 else ''}; loading the model "
+               "(/readyz answers 200 when it is ready); Ctrl-C stops")
+    if json_logs:
+        print(_formatter().format(logging.makeLogRecord({"name": "chatbot.serving", "levelname": "INFO",
+                                                         "levelno": logging.INFO, "msg": started})),
+              file=sys.stderr, flush=True)
+    else:
+        print(f"chatbot serve: {started}", file=sys.stderr, flush=True)
+    log_config = {}
+    if json_logs:
+        from chatbot.cli.json_logs import uvicorn_log_config
+
+        log_config = {"log_config": uvicorn_log_config()}
     with shared_metrics(args.workers):
         uvicorn.run("chatbot.cli.serve:app_from_environment", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level="info" if args.verbose else "warning",
                     timeout_graceful_shutdown=args.drain_seconds, server_header=False,
-                    root_path=args.root_path.rstrip("/"))
+                    root_path=args.root_path.rstrip("/"), **log_config)
     return 0
 
 
