@@ -540,6 +540,12 @@ def test_every_response_carries_a_request_id_that_the_servers_log_lines_name(bot
         for hostile in ("two words", "x" * 129, "id\u00e9".encode("latin-1"), "", "a\tb"):
             assert fresh.fullmatch(client.get("/healthz", headers={"X-Request-ID": hostile}).headers["x-request-id"])
 
+        from chatbot.serving.request_ids import current_request_id
+
+        seen = []  # what a store thread logs names the request too
+        monkeypatch.setattr(bot, "sessions", lambda *a, **k: seen.append(current_request_id()) or [])
+        assert client.get("/api/sessions", headers={**auth, "X-Request-ID": "support-ticket-41"}).status_code == 200
+        assert seen == ["support-ticket-41"]
         monkeypatch.setattr(bot, "sessions", lambda *a, **k: (_ for _ in ()).throw(StoreError("disk I/O error")))
         with caplog.at_level(logging.ERROR, logger="chatbot.serving"):
             failed = client.get("/api/sessions", headers={**auth, "X-Request-ID": "support-ticket-42"})

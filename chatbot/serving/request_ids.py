@@ -17,9 +17,9 @@ _CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("chatbot_request_
 
 
 def current_request_id() -> str:
-    """The ID of the request being handled ("" outside one); threads that
-    ``asyncio.to_thread`` started for it see it too (they run in a copy of its context), the
-    store's and the decoders' threads do not: log from the request's task."""
+    """The ID of the request being handled ("" outside one); its ``asyncio.to_thread`` calls
+    and store calls (``ServerState.run_store_call``) run in a copy of its context and see it
+    too; a decode thread, which decodes many requests at once, does not."""
     return _CURRENT.get()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +49,10 @@ class ServerState:
     store_threads: ThreadPoolExecutor | None = None  # made and shut down by the app's lifespan
 
     async def run_store_call(self, function, *args):
-        """``function(*args)`` on a store thread, given up on (503) after ``STORE_DEADLINE_S``."""
-        future = asyncio.get_running_loop().run_in_executor(self.store_threads, function, *args)
+        """``function(*args)`` on a store thread, given up on (503) after ``STORE_DEADLINE_S``;
+        it runs in a copy of the caller's context, so what it logs names the request."""
+        future = asyncio.get_running_loop().run_in_executor(self.store_threads, contextvars.copy_context().run,
+                                                            function, *args)
         try:
             return await asyncio.wait_for(future, STORE_DEADLINE_S)
         except asyncio.TimeoutError:
