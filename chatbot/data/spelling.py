@@ -129,7 +129,7 @@ class Speller:
         list knows: 0.83 for corpora/english, 0.10 for corpora/spanish. (Counting every word
         as used, short ones that English shares with German or Spanish, "die", "was", "no",
         put German at 0.52.)"""
-        long = [w for w in self.counts if len(w) >= MIN_STEM]
+        long = _long_words(self.counts)
         return sum(_known_in(w, self.general) for w in long) / len(long) if long else 0.0
 
     def mostly_english(self) -> bool:
@@ -196,7 +196,7 @@ def _lower(text: str) -> str:
     return text.lower().replace("i\u0307", "i")
 
 
-def _long_words(words: list[str]) -> set[str]:
+def _long_words(words: Iterable[str]) -> set[str]:
     """The words long enough to tell a language by (short ones are shared: "no", "die", "was")."""
     return {w for w in words if len(w) >= MIN_STEM}
 
