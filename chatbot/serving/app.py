@@ -66,7 +66,7 @@ class LimitAndMeasure:
             return await self.app(scope, receive, send)
         limit = self.state.settings.max_body_bytes
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": None}  # set once the response starts
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             response = errors.error_response(413, "body_too_large", f"the request body is over {limit:,} bytes")
@@ -83,23 +83,21 @@ class LimitAndMeasure:
                     raise BodyTooLarge(limit)
             return message
 
-        answering = {"started": False}
-
         async def measured_send(message):
             if message["type"] == "http.response.start":
-                status["code"], answering["started"] = message["status"], True
+                status["code"] = message["status"]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, measured_send)
         except Exception as exc:
-            if answering["started"]:
+            if status["code"] is not None:
                 raise  # a stream cut short: nothing else can be sent
             error = errors.from_library(exc)  # logged there, with the request's ID
             await errors.error_response(error.status, error.code, error.message, error.headers)(
                 scope, receive, measured_send)
         finally:
-            self._count(scope, status["code"], started)
+            self._count(scope, status["code"] or 500, started)
 
     def _count(self, scope, status: int, started: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -63,21 +63,21 @@ def from_library(exc: Exception) -> ApiError:
     if isinstance(exc, (InputError, ConfigError)):
         return ApiError(400, "invalid_request", text)
     if isinstance(exc, ReplyNotStored):  # a retry would store the message twice: not "retry later"
-        log.error("store: %s (request %s)", text, current_request_id())
+        log.error("store: %s", text)
         return ApiError(500, "reply_not_stored", f"the reply was made but could not be stored; your message "
                                                  f"was stored (message {exc.reply.user_message_id}): do not send "
                                                  "it again")
     if isinstance(exc, DatabaseCorrupt):
-        log.error("store: %s (request %s)", text, current_request_id())
+        log.error("store: %s", text)
         return ApiError(500, "database_corrupt", "the session database is damaged; its operator must restore it")
     if isinstance(exc, StoreError):
-        log.error("store: %s (request %s)", text, current_request_id())
+        log.error("store: %s", text)
         return ApiError(503, "store_unavailable", "the session database is unavailable; retry later",
                         {"Retry-After": "1"})
     if isinstance(exc, DecodingError):
-        log.error("decode: %s (request %s)", text, current_request_id())
+        log.error("decode: %s", text)
         return ApiError(500, "decoding_failed", "the model could not generate a reply")
-    log.exception("unexpected error (request %s)", current_request_id(), exc_info=exc)
+    log.exception("unexpected error", exc_info=exc)
     return ApiError(500, "internal_error", "internal server error")
 
 

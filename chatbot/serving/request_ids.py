@@ -8,6 +8,7 @@ is replaced, so a client cannot write arbitrary text into the logs."""
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import uuid
 
@@ -33,11 +34,26 @@ def _request_id(scope) -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+class _NamesTheRequest(logging.Filter):
+    """Ends each line the server logs while a request is handled with ``(request ID)``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id()
+        if request_id:
+            record.msg = f"{record.msg} (request {request_id})"  # a plain token: no % to format
+        return True
+
+
+_NAMES_THE_REQUEST = _NamesTheRequest()
+
+
 class RequestIds:
-    """ASGI middleware, outermost, so that every response has the header, refusals included."""
+    """ASGI middleware, outermost, so that every response has the header, refusals included;
+    the server's log lines (logger ``chatbot.serving``) about a request then name it."""
 
     def __init__(self, app):
         self.app = app
+        logging.getLogger("chatbot.serving").addFilter(_NAMES_THE_REQUEST)  # once, whatever the apps
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -50,8 +66,8 @@ class RequestIds:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        # Set, not reset afterwards: an exception no route mapped reaches Starlette's outermost
-        # handler (``errors.install``'s ``unexpected``) after this call, and its log line and
-        # response must still name the request. Each request sets its own first thing.
+        # Set, not reset afterwards: an exception raised outside ``LimitAndMeasure`` reaches
+        # Starlette's outermost handler (``errors.install``'s ``unexpected``) after this call, and
+        # its log line and response must still name the request. Each request sets its own first.
         _CURRENT.set(request_id)
         await self.app(scope, receive, send_with_id)

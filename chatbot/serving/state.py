@@ -15,7 +15,6 @@ from fastapi.security import HTTPBearer
 from chatbot.serving.batching import DecodeBatcher
 from chatbot.serving.errors import ApiError
 from chatbot.serving.metrics import Metrics
-from chatbot.serving.request_ids import current_request_id
 from chatbot.serving.security import KeyRing, RateLimiter
 from chatbot.serving.settings import ServerSettings
 
@@ -56,8 +55,7 @@ class ServerState:
         try:
             return await asyncio.wait_for(future, STORE_DEADLINE_S)
         except asyncio.TimeoutError:
-            log.error("store: the session database did not answer in %g s (request %s)", STORE_DEADLINE_S,
-                      current_request_id())
+            log.error("store: the session database did not answer in %g s", STORE_DEADLINE_S)
             raise ApiError(503, "store_unavailable", f"the session database did not answer in "
                                                      f"{STORE_DEADLINE_S:g} s; retry later", {"Retry-After": "5"}) from None
 
