@@ -9,7 +9,8 @@ Three cache states, each in real subprocesses as users start them:
 - ``empty``: a new cache directory, so the run compiles and writes every program;
 - ``filled``: the directory the ``empty`` run filled, so programs are read instead of compiled.
 ``ask`` is timed from start to exit over three questions of different input widths; ``serve`` from
-start until ``/readyz`` answers 200 (the model loaded and every input width it serves compiled).
+start until ``/readyz`` answers 200 (the model loaded and every input width it serves compiled),
+and also with ``--no-warm-up`` (``no_warm_up``: ready once the model is loaded, nothing compiled).
 Figures are medians of ``--runs`` runs; the last stdout line is JSON, also written to
 ``bench/results/startup.json``.
 """
@@ -50,11 +51,11 @@ def time_ask(model: str, cache: str | None) -> float:
     return time.perf_counter() - began
 
 
-def time_serve(model: str, cache: str | None, database: Path) -> float:
+def time_serve(model: str, cache: str | None, database: Path, *flags: str) -> float:
     port = free_port()
     began = time.perf_counter()
     server = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--model", model, "--port", str(port),
-                               "--db", f"sqlite:///{database}"], env=_environment(cache),
+                               "--db", f"sqlite:///{database}", *flags], env=_environment(cache),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", lambda: server.poll() is None, timeout=600)
@@ -84,6 +85,9 @@ def main() -> None:
                 times["off"].append(timer(None))
                 times["empty"].append(timer(str(cache)))
                 times["filled"].append(timer(str(cache)))
+                if command == "serve":
+                    times.setdefault("no_warm_up", []).append(
+                        time_serve(args.model, str(cache), work / "serve.db", "--no-warm-up"))
                 log(f"{command} run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
             programs = list(cache.glob("*/*.pb"))
             result[command] = {

@@ -129,9 +129,10 @@ def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, ti
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):
     port = free_port()
     # A lone request waits 1.5 s for company before its decode: SIGTERM lands while it waits.
+    # Without the warm-up (30 s of this test's 60 on 2 cores): its decode compiles while it drains.
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(tiny_bundle_path), "--db",
-         str(tmp_path / "serve.db"), "--port", str(port), "--batch-wait-ms", "1500"],
+         str(tmp_path / "serve.db"), "--port", str(port), "--batch-wait-ms", "1500", "--no-warm-up"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -194,7 +195,7 @@ def test_workers_share_their_metrics(tiny_bundle_path, tmp_path):
     shared.mkdir()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(tiny_bundle_path), "--db",
-         str(tmp_path / "serve.db"), "--port", str(port), "--workers", "2"],
+         str(tmp_path / "serve.db"), "--port", str(port), "--workers", "2", "--no-warm-up"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
     base = f"http://127.0.0.1:{port}"
@@ -230,6 +231,7 @@ def test_workers_share_their_metrics(tiny_bundle_path, tmp_path):
                         if line.startswith('chatbot_http_requests_total{method="GET",route="/healthz",status="200"}'))
             assert float(line.split()[-1]) == asked
             assert "chatbot_model_ready 1.0" in text
+            assert "chatbot_compiled_programs 0.0" in text  # --no-warm-up: nothing compiled before a reply
             assert "process_resident_memory_bytes" not in text  # one worker's memory is not the server's
     finally:
         server.terminate()

@@ -737,6 +737,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM, wait this long for requests in flight [30]")
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="json: one JSON object per log line, with the request's ID [text]")
+    serve.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                       help="ready once the model is loaded, without compiling its decode loops first: a "
+                            "quicker start (for development), but a request that meets a new input shape "
+                            "waits seconds for its compilation")
     serve.set_defaults(func=cmd_serve)
 
     sessions = sub.add_parser("sessions", help="list, show, export or delete stored conversations; upgrade "

@@ -19,6 +19,7 @@ import time
 
 ENV_MODEL, ENV_DB, ENV_SETTINGS = "CHATBOT_SERVE_MODEL", "CHATBOT_DB", "CHATBOT_SERVE_SETTINGS"
 ENV_LOG_FORMAT = "CHATBOT_SERVE_LOG_FORMAT"  # "json" for --log-format json
+ENV_WARM_UP = "CHATBOT_SERVE_WARM_UP"  # "0" for --no-warm-up
 
 
 def is_loopback(host: str) -> bool:
@@ -88,7 +89,8 @@ def app_from_environment():
     for name in ("cors_origins", "allowed_hosts"):  # JSON gave lists
         overrides[name] = tuple(overrides.get(name, ()))
     settings = ServerSettings(api_keys=keys_from_environment(), **overrides)
-    return create_app(os.environ.get(ENV_MODEL) or None, os.environ.get(ENV_DB) or None, settings=settings)
+    return create_app(os.environ.get(ENV_MODEL) or None, os.environ.get(ENV_DB) or None, settings=settings,
+                      warm_up=os.environ.get(ENV_WARM_UP) != "0")
 
 
 def _formatter() -> logging.Formatter:
@@ -153,6 +155,10 @@ def serve(args) -> int:
         os.environ[ENV_MODEL] = str(args.model)
     if args.db:
         os.environ[ENV_DB] = args.db
+    if args.warm_up:
+        os.environ.pop(ENV_WARM_UP, None)
+    else:
+        os.environ[ENV_WARM_UP] = "0"
     # The cores shared out among the workers: one worker decodes the beam searches of a queue of
     # requests on all of them at once (1.8x faster than on one); several are parallel already.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
