@@ -12,7 +12,7 @@ import pytest
 from chatbot.dialogue.bot import ChatBot
 from chatbot.model.bundle import FORMAT_VERSION, MANIFEST, WEIGHTS, Bundle
 from chatbot.errors import BundleError, TrainingError
-from chatbot.training.pipeline import train, work_dir_for
+from chatbot.training.pipeline import dry_run, train, work_dir_for
 from conftest import TINY_PAIRS, tiny_config
 
 
@@ -177,7 +177,7 @@ def test_settings_that_cannot_apply_are_said_not_silently_changed(tmp_path, capl
     config = tiny_config(**{"data.validation_fraction": 0.01, "training.monitor": "val_loss", "training.epochs": 1,
                             "data.max_output_tokens": 6})
     with caplog.at_level(logging.WARNING, logger="chatbot.training"):
-        train(TINY_PAIRS, config, tmp_path / "m", verbose=0)
+        dry_run(TINY_PAIRS, config, tmp_path / "m")  # a training's steps up to its first batch
     assert "data.validation_fraction 0.01 of 20 pairs holds out none" in caplog.text
     assert "training.monitor val_loss needs validation pairs; monitoring loss instead" in caplog.text
     assert "longer than data.max_output_tokens (6 tokens with [END]) and learned cut there (first: " in caplog.text
@@ -192,7 +192,7 @@ def test_answers_replies_cannot_reach_are_said(tmp_path, caplog):
     config = tiny_config(**{"data.validation_fraction": 0.2, "training.epochs": 1, "data.max_output_tokens": 40,
                             "decoding.max_length": 5, "data.retrieved_pairs": 1})
     with caplog.at_level(logging.WARNING, logger="chatbot.training"):
-        train(TINY_PAIRS, config, tmp_path / "m", verbose=0)
+        dry_run(TINY_PAIRS, config, tmp_path / "m")
     assert "longer than decoding.max_length (5 tokens): replies stop there (first: " in caplog.text
     assert "raise decoding.max_length to 39" in caplog.text
     assert "4 of 4 held-out pairs have an answer no training pair has (first: " in caplog.text
@@ -200,8 +200,38 @@ def test_answers_replies_cannot_reach_are_said(tmp_path, caplog):
     caplog.clear()
     config = tiny_config(**{"data.validation_fraction": 0.2, "training.epochs": 1, "data.retrieved_pairs": 0})
     with caplog.at_level(logging.WARNING, logger="chatbot.training"):
-        train(TINY_PAIRS, config, tmp_path / "chat", verbose=0)
+        dry_run(TINY_PAIRS, config, tmp_path / "chat")
     assert "held-out pairs" not in caplog.text  # a bot that does not answer from its pairs: not its concern
+
+
+def test_a_dry_run_prepares_the_training_and_writes_nothing(tiny_bundle_path, tmp_path, capsys, monkeypatch, caplog):
+    """``chatbot train --dry-run`` says what the training would be, from the same steps, and
+    leaves the model at --out, an unfinished training beside it, and everything else as it was."""
+    from helpers import run_cli
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bundle_path, out)
+    unfinished = work_dir_for(out)
+    unfinished.mkdir()
+    (unfinished / "state.json").write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", TINY_PAIRS, "--out", out, "--dry-run",
+                                   "--vocab-size", "300", "--units", "64", "--embedding-dim", "32",
+                                   "--validation-fraction", "0.2", "--set", "data.retrieved_pairs=1",
+                                   "--set", "data.noisy_copies=2")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary == {"dry_run": True, "model": str(out), "pairs": 20, "train": 16, "validation": 4,
+                       "skipped_entries": 0, "vocabulary": 300, "unknown_token_rate": summary["unknown_token_rate"],
+                       "training_inputs": 16 * 3 * 2,  # the pair and 2 noisy copies, each alone and with retrieval
+                       "parameters": summary["parameters"]}
+    assert 0 <= summary["unknown_token_rate"] < 0.02 and summary["parameters"] > 50_000
+    assert f"a training of {out} would discard the unfinished training in {unfinished}" in caplog.text
+    assert "[chatbot] model: GRU 64 x1" in stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    code, _, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", TINY_PAIRS, "--out", out, "--dry-run",
+                              "--resume")
+    assert code == 2 and "--dry-run checks a new training; --resume continues one" in stderr
 
 
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -60,6 +61,8 @@ def cmd_train(args) -> int:
 
     from chatbot.model.bundle import CONFIG, config_file, resolve_model_path
 
+    if args.dry_run and args.resume:
+        raise UsageError("--dry-run checks a new training; --resume continues one as it was saved")
     base = None
     if args.base:  # fine-tuning: the base model's settings unless a config file is given
         base = resolve_model_path(args.base)
@@ -93,7 +96,14 @@ def cmd_train(args) -> int:
     # Checked whole now (a warning per skipped entry), but not held: training reads it again per pass.
     corpus = load_corpus(args.corpus, strict=args.strict, in_memory=False)
     _stderr_quiet_import(inference=False)
-    from chatbot.training.pipeline import train
+    from chatbot.training.pipeline import dry_run, train
+
+    if args.dry_run:
+        checked = dry_run(corpus, config, args.out, base=base, mix_base_corpus=args.mix_old,
+                          rebuild_vocab=args.rebuild_vocab, golden=args.golden,
+                          on_stage=lambda message: print(f"[chatbot] {message}", file=sys.stderr, flush=True))
+        print(json.dumps({"dry_run": True, "model": str(args.out), **dataclasses.asdict(checked)}))
+        return 0
 
     # Keras writes its progress to stdout; here it goes to stderr with the rest of the progress, so
     # that stdout holds only the summary (`> summary.json`, `| jq`). A bar that redraws itself
@@ -675,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "installed at --out (it is saved as OUT.rejected instead)")
     train.add_argument("--strict", action="store_true", help="fail on the first malformed corpus entry")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress (the bar and the overall line)")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the corpus and settings and prepare the training (tokenizer, inputs, "
+                            "network) with its warnings, then stop: nothing is trained or written")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.dropout=0.1 (repeatable)")
     for flag, key in TRAIN_FLAGS.items():

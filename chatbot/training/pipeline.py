@@ -24,6 +24,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +99,14 @@ class Plan:
     rebuild_vocab: bool = False
     memory: AnswerMemory | None = None  # what retrieval searches, built with the datasets
     speller: Speller | None = None  # the spelling normalisation of data.spelling, likewise
-    private_work: Path | None = None  # a non-chief worker's own (distribute.Cluster.private)
+    # A work directory of its own: a non-chief worker's (distribute.Cluster.private), a dry run's
+    private_work: Path | None = None
     epoch: int = 0  # the epoch ``fit`` is in: each epoch's order of the training batches is drawn from it
 
     @property
     def work(self) -> Path:
         """The hidden work directory beside ``out`` that holds the resumable training state
-        (a non-chief worker writes its copy of it to ``private_work`` instead)."""
+        (a non-chief worker writes its copy of it to ``private_work`` instead, a dry run its own)."""
         return self.private_work or work_dir_for(self.out)
 
     @property
@@ -169,6 +171,47 @@ def train(corpus: str | Path | Corpus, config: Config, out: str | Path, resume: 
         cluster.close()
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What ``dry_run`` found: the training ``train`` would run with the same arguments."""
+
+    pairs: int  # the corpus' examples
+    train: int  # training pairs (mixed-in ones included)
+    validation: int
+    skipped_entries: int  # malformed corpus entries left out, each warned of
+    vocabulary: int
+    unknown_token_rate: float  # in the corpus' own training pairs
+    training_inputs: int  # what an epoch trains on: noisy copies and retrieval included
+    parameters: int
+
+
+def dry_run(corpus: str | Path | Corpus, config: Config, out: str | Path,
+            on_stage: Callable[[str], None] | None = None, base: str | Path | Bundle | None = None,
+            mix_base_corpus: bool = False, rebuild_vocab: bool = False,
+            golden: str | Path | None = None) -> DryRun:
+    """``train``'s checks and steps up to its first batch, with the same warnings: the corpus
+    read and split, the tokenizer fitted, the training inputs encoded, the network built. For a
+    mistake found in seconds rather than after an hour of training. All of it happens in a
+    temporary directory: nothing at ``out`` or in its work directory is touched or trained."""
+    stage = on_stage or (lambda message: log.info(message))
+    out = Path(out)
+    check_replaceable(out)
+    if golden is not None:
+        load_golden(golden)
+    config = config.validate()
+    if work_dir_for(out).exists():
+        log.warning("a training of %s would discard the unfinished training in %s (--resume continues it)",
+                    out, work_dir_for(out))
+    with tempfile.TemporaryDirectory(prefix="chatbot-dry-run-") as scratch:
+        plan = plan_run(corpus, config, out, False, base, mix_base_corpus, rebuild_vocab, stage,
+                        work=Path(scratch) / "work")
+        unknown_rate = prepare_tokenizer(plan, stage)
+        model, _, _ = build(plan, stage)
+        inputs = token_cache(plan, stage).count
+    return DryRun(plan.split.total, len(plan.train), len(plan.validation), len(plan.corpus.skipped),
+                  plan.tokenizer.vocab_size, round(unknown_rate, 5), inputs, model.count_params())
+
+
 @contextlib.contextmanager
 def _output_lock(out: Path):
     """Held while a training writes ``out`` and its work directory: a second training of the
@@ -198,13 +241,16 @@ def _output_lock(out: Path):
 
 
 def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_corpus: bool,
-             rebuild_vocab: bool, stage: Callable[[str], None], cluster: distribute.Cluster | None = None) -> Plan:
-    """Step 1: read the corpus, restore or start the work directory, split the examples. Only
-    the chief clears the work directory; a resuming worker reads the chief's saved state."""
+             rebuild_vocab: bool, stage: Callable[[str], None], cluster: distribute.Cluster | None = None,
+             work: Path | None = None) -> Plan:
+    """Step 1: read the corpus, restore or start the work directory (``work``, else the one
+    beside ``out``), split the examples. Only the chief clears the work directory; a resuming
+    worker reads the chief's saved state."""
     import keras  # deferred so that importing the package stays fast
 
     cluster = cluster or distribute.Cluster()
-    work = work_dir_for(out)
+    own_work = work or cluster.private
+    work = work or work_dir_for(out)
     corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, in_memory=False)
     if base is not None and not isinstance(base, Bundle):
         base = Bundle.load(base)
@@ -242,7 +288,7 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
     split = split_corpus(corpus_obj.dialogues, data.context_turns, data.deduplicate, data.split_by,
                          data.validation_fraction, config.training.seed)
     plan = Plan(config, corpus_obj, out, split, split.train, split.validation, None, split.train,
-                tokenizer, base, mix_base_corpus, rebuild_vocab, private_work=cluster.private)
+                tokenizer, base, mix_base_corpus, rebuild_vocab, private_work=own_work)
     if changes and cluster.chief:
         _write_state(plan)  # a later resume continues with the changed settings
     if data.validation_fraction > 0 and not split.validation:
