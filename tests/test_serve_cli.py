@@ -32,21 +32,18 @@ def test_any_origin_without_keys_is_refused(capsys, monkeypatch):
 
 
 def test_without_keys_on_loopback_the_server_answers_to_loopback_names_only(capsys, monkeypatch, tiny_bundle_path):
-    import functools
-
     import uvicorn
 
-    from chatbot.cli.serve import ENV_SETTINGS, app_from_environment
-    from chatbot.serving import app
+    from chatbot.cli.serve import ENV_SETTINGS, ENV_WARM_UP, app_from_environment
 
     for name in (ENV_SETTINGS, "CHATBOT_SERVE_MODEL", "CHATBOT_API_KEYS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(ENV_WARM_UP, "1")  # serve() sets it for its workers; restored (unset) after the test
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     # Hosts are checked before any model work: the worker's app skips compiling its decode loops
-    # (40 s of a cold run; test_serve.py checks the warm-up).
-    monkeypatch.setattr(app, "create_app", functools.partial(app.create_app, warm_up=False))
+    # (40-75 s of a cold run; test_serve.py checks the warm-up).
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
-                           "--db", "sqlite://", "--allowed-host", "chat.internal")
+                           "--db", "sqlite://", "--allowed-host", "chat.internal", "--no-warm-up")
     assert code == 0, err
     assert json.loads(os.environ[ENV_SETTINGS])["allowed_hosts"] == [
         "localhost", "127.0.0.1", "::1", "127.0.0.1", "chat.internal"]
@@ -124,6 +121,21 @@ def test_a_server_that_could_never_answer_does_not_start(capsys, monkeypatch, ti
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
                            "--db", "sqlite:////proc/no-such-folder/chat.db")
     assert code == 1 and err.count("\n") == 1 and err.startswith("chatbot: error: cannot open database")
+
+
+def test_with_json_logs_a_server_that_cannot_start_says_why_in_json(capsys, monkeypatch, tiny_bundle_path):
+    """A collector reading one JSON object per line would drop the plain "chatbot: error:" line."""
+    from chatbot.cli.serve import ENV_LOG_FORMAT
+
+    monkeypatch.setenv(ENV_LOG_FORMAT, "text")  # serve() sets it for its workers; restored after
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--model", tiny_bundle_path, "--port", free_port(),
+                           "--db", "sqlite:////proc/no-such-folder/chat.db", "--log-format", "json")
+    assert code == 1 and err.count("\n") == 1, err
+    line = json.loads(err)
+    assert line["level"] == "ERROR" and line["logger"] == "chatbot" and line["pid"] == os.getpid()
+    assert line["message"].startswith("cannot open database")
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--host", "0.0.0.0", "--log-format", "json")
+    assert code == 2 and json.loads(err)["message"].startswith("--host 0.0.0.0: without API keys")
 
 
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):
@@ -225,6 +237,11 @@ def test_workers_share_their_metrics(tiny_bundle_path, tmp_path):
             with urllib.request.urlopen(base + "/healthz", timeout=10):
                 asked += 1
         assert sum(1 for n in healthz_counts().values() if n) == 2, "one worker took every connection"
+        # A worker counts a request once its response is sent: the client may read the last one
+        # before it is counted (a scrape then saw 3 of 4). Wait for the workers' files to say so.
+        counted = time.monotonic() + 30
+        while sum(healthz_counts().values()) < asked and time.monotonic() < counted:
+            time.sleep(0.05)
         for _ in range(6):
             text = scrape()
             line = next(line for line in text.splitlines()

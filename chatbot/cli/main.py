@@ -850,11 +850,12 @@ def main(argv: list[str] | None = None) -> int:
         _check_database_argument(getattr(args, "db", None))
         return args.func(args)
     except ChatbotError as exc:
-        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
+        _say_error(args, one_line(exc))
         return EXIT_ERROR
     except UsageError as exc:
-        getattr(args, "command_parser", parser).print_usage(sys.stderr)
-        print(f"chatbot: error: {one_line(exc)}", file=sys.stderr)
+        if not _logs_json(args):
+            getattr(args, "command_parser", parser).print_usage(sys.stderr)
+        _say_error(args, one_line(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         # An interrupted training keeps its state: say how to go on (run again without
@@ -869,20 +870,38 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except OSError as exc:  # disk full, permissions, ... met outside the library's own checks
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"chatbot: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
+        _say_error(args, f"{where}{exc.strerror or one_line(exc)}")
         return EXIT_ERROR
     except RecursionError:  # a structure too deep to handle, from a file no check above knew
-        print("chatbot: error: input nested too deeply to read", file=sys.stderr)
+        _say_error(args, "input nested too deeply to read")
         return EXIT_ERROR
     except MemoryError:
-        print("chatbot: error: out of memory", file=sys.stderr)
+        _say_error(args, "out of memory")
         return EXIT_ERROR
     except Exception as exc:  # a bug: still one line, the traceback only with -v
         if args.verbose:
             logging.getLogger("chatbot").error("unexpected error", exc_info=True)
-        print(f"chatbot: error: unexpected {type(exc).__name__}: {one_line(exc)} "
-              "(a bug: please report it; -v shows the traceback)", file=sys.stderr)
+        _say_error(args, f"unexpected {type(exc).__name__}: {one_line(exc)} "
+                         "(a bug: please report it; -v shows the traceback)")
         return EXIT_ERROR
+
+
+def _logs_json(args) -> bool:
+    return getattr(args, "log_format", None) == "json"
+
+
+def _say_error(args, message: str) -> None:
+    """The command's last line on stderr: ``chatbot: error: MESSAGE``, or, for ``serve
+    --log-format json``, a JSON log line like the server's others (a collector that reads one
+    JSON object per line would drop a plain one)."""
+    if _logs_json(args):
+        from chatbot.cli.json_logs import JsonFormatter
+
+        record = logging.makeLogRecord({"name": "chatbot", "levelname": "ERROR", "levelno": logging.ERROR,
+                                        "msg": message})
+        print(JsonFormatter().format(record), file=sys.stderr)
+    else:
+        print(f"chatbot: error: {message}", file=sys.stderr)
 
 
 def _check_database_argument(db: str | None) -> None:
