@@ -214,7 +214,10 @@ def test_a_dry_run_prepares_the_training_and_writes_nothing(tiny_bundle_path, tm
     unfinished = work_dir_for(out)
     unfinished.mkdir()
     (unfinished / "state.json").write_text("{}")
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    def tree() -> list:
+        return sorted((p.relative_to(tmp_path), p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+    before = tree()
     code, stdout, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", TINY_PAIRS, "--out", out, "--dry-run",
                                    "--vocab-size", "300", "--units", "64", "--embedding-dim", "32",
                                    "--validation-fraction", "0.2", "--set", "data.retrieved_pairs=1",
@@ -228,10 +231,23 @@ def test_a_dry_run_prepares_the_training_and_writes_nothing(tiny_bundle_path, tm
     assert 0 <= summary["unknown_token_rate"] < 0.02 and summary["parameters"] > 50_000
     assert f"a training of {out} would discard the unfinished training in {unfinished}" in caplog.text
     assert "[chatbot] model: GRU 64 x1" in stderr
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert tree() == before
     code, _, stderr = run_cli(capsys, monkeypatch, "train", "--corpus", TINY_PAIRS, "--out", out, "--dry-run",
                               "--resume")
     assert code == 2 and "--dry-run checks a new training; --resume continues one" in stderr
+    # What the training would refuse at once, the dry run refuses too: a training writing --out
+    # now, a folder that cannot be written, a multi-worker run without its TF_CONFIG.
+    import fcntl
+
+    with open(tmp_path / ".model.lock", "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TrainingError, match="another training is writing this model now"):
+            dry_run(TINY_PAIRS, tiny_config(), out)
+    with pytest.raises(TrainingError, match="/proc/nope: cannot write there \\(No such file or directory\\)"):
+        dry_run(TINY_PAIRS, tiny_config(), "/proc/nope/model")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(TrainingError, match="multi-worker needs TF_CONFIG"):
+        dry_run(TINY_PAIRS, tiny_config(**{"training.distribute": "multi-worker"}), tmp_path / "other")
 
 
 def test_resume_without_an_interrupted_training_is_an_error(tmp_path):

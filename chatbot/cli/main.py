@@ -687,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress (the bar and the overall line)")
     train.add_argument("--dry-run", action="store_true",
                        help="check the corpus and settings and prepare the training (tokenizer, inputs, "
-                            "network) with its warnings, then stop: nothing is trained or written")
+                            "network) with its warnings in a temporary folder, then stop: nothing is "
+                            "trained or written at --out")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.dropout=0.1 (repeatable)")
     for flag, key in TRAIN_FLAGS.items():

@@ -107,11 +107,14 @@ def _other_libraries_log_json() -> None:
     process uvicorn started (which has none)."""
     if os.environ.get(ENV_LOG_FORMAT) != "json":
         return
+    from chatbot.cli.main import CommandFormatter
+
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
-    for handler in root.handlers:
-        handler.setFormatter(_formatter())
+    for handler in root.handlers:  # the command's own, or the new one: not those of a host (pytest's)
+        if handler.formatter is None or isinstance(handler.formatter, CommandFormatter):
+            handler.setFormatter(_formatter())
 
 
 def serve(args) -> int:

@@ -185,20 +185,26 @@ class DryRun:
     parameters: int
 
 
-def dry_run(corpus: str | Path | Corpus, config: Config, out: str | Path,
+def dry_run(corpus: str | Path | Corpus, config: Config, out: str | Path, *,
             on_stage: Callable[[str], None] | None = None, base: str | Path | Bundle | None = None,
             mix_base_corpus: bool = False, rebuild_vocab: bool = False,
             golden: str | Path | None = None) -> DryRun:
-    """``train``'s checks and steps up to its first batch, with the same warnings: the corpus
-    read and split, the tokenizer fitted, the training inputs encoded, the network built. For a
-    mistake found in seconds rather than after an hour of training. All of it happens in a
-    temporary directory: nothing at ``out`` or in its work directory is touched or trained."""
+    """``train``'s checks and steps up to its first batch, with the same warnings and errors:
+    the corpus read and split, the tokenizer fitted, the training inputs encoded, the network
+    built. For a mistake found in seconds rather than after an hour of training. The steps run
+    in a temporary directory (``$TMPDIR``; a big corpus' encoded inputs take as much room there
+    as in a training's work directory), removed at the end: nothing at ``out`` or in its work
+    directory is touched or trained."""
     stage = on_stage or (lambda message: log.info(message))
     out = Path(out)
     check_replaceable(out)
     if golden is not None:
         load_golden(golden)
     config = config.validate()
+    if config.training.distribute == "multi-worker":
+        distribute.read_tf_config(os.environ.get("TF_CONFIG"))  # what ``distribute.start`` reads first
+    _check_writable(out.parent)
+    _check_not_busy(out)
     if work_dir_for(out).exists():
         log.warning("a training of %s would discard the unfinished training in %s (--resume continues it)",
                     out, work_dir_for(out))
@@ -210,6 +216,38 @@ def dry_run(corpus: str | Path | Corpus, config: Config, out: str | Path,
         inputs = token_cache(plan, stage).count
     return DryRun(plan.split.total, len(plan.train), len(plan.validation), len(plan.corpus.skipped),
                   plan.tokenizer.vocab_size, round(unknown_rate, 5), inputs, model.count_params())
+
+
+def _check_writable(folder: Path) -> None:
+    """What a training would meet first when it makes ``folder`` (for its lock and work
+    directory): the nearest existing folder must take a new entry (tried with an empty one,
+    removed at once; permission bits cannot tell, root may write anywhere but /proc)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".chatbot-dry-run-", dir=existing))
+    except OSError as exc:
+        raise TrainingError(f"{folder}: cannot write there ({_os_reason(exc)})") from None
+
+
+def _check_not_busy(out: Path) -> None:
+    """The refusal of ``_output_lock``, without taking the lock or making its file."""
+    lock_path = out.parent / f".{out.name}.lock"
+    try:
+        import fcntl
+
+        with open(lock_path, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as the file closes
+    except (ImportError, FileNotFoundError, PermissionError):
+        return  # not POSIX, no lock file, or none we may read: nothing tells
+    except BlockingIOError:
+        raise _busy(out, lock_path) from None
+
+
+def _busy(out: Path, lock_path: Path) -> TrainingError:
+    return TrainingError(f"{out}: another training is writing this model now (it holds {lock_path}); "
+                         "wait for it to end, or train into another --out")
 
 
 @contextlib.contextmanager
@@ -225,8 +263,7 @@ def _output_lock(out: Path):
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
-    busy = TrainingError(f"{out}: another training is writing this model now (it holds {lock_path}); "
-                         "wait for it to end, or train into another --out")
+    busy = _busy(out, lock_path)
     with open(lock_path, "a+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
