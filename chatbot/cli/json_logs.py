@@ -34,6 +34,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+def json_line(logger: str, level: int, message: str) -> str:
+    """A line the command writes itself (not through logging) in the same form as the others."""
+    return JsonFormatter().format(logging.makeLogRecord({"name": logger, "levelname": logging.getLevelName(level),
+                                                         "levelno": level, "msg": message}))
+
+
 def uvicorn_log_config() -> dict:
     """Uvicorn's own logging configuration with every formatter JSON."""
     from uvicorn.config import LOGGING_CONFIG

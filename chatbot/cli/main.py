@@ -896,11 +896,9 @@ def _say_error(args, message: str) -> None:
     --log-format json``, a JSON log line like the server's others (a collector that reads one
     JSON object per line would drop a plain one)."""
     if _logs_json(args):
-        from chatbot.cli.json_logs import JsonFormatter
+        from chatbot.cli.json_logs import json_line
 
-        record = logging.makeLogRecord({"name": "chatbot", "levelname": "ERROR", "levelno": logging.ERROR,
-                                        "msg": message})
-        print(JsonFormatter().format(record), file=sys.stderr)
+        print(json_line("chatbot", logging.ERROR, message), file=sys.stderr)
     else:
         print(f"chatbot: error: {message}", file=sys.stderr)
 

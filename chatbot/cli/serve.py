@@ -170,9 +170,9 @@ def serve(args) -> int:
                f"{args.workers} worker{'s' if args.workers > 1 else ''}; loading the model "
                "(/readyz answers 200 when it is ready); Ctrl-C stops")
     if json_logs:
-        print(_formatter().format(logging.makeLogRecord({"name": "chatbot.serving", "levelname": "INFO",
-                                                         "levelno": logging.INFO, "msg": started})),
-              file=sys.stderr, flush=True)
+        from chatbot.cli.json_logs import json_line
+
+        print(json_line("chatbot.serving", logging.INFO, started), file=sys.stderr, flush=True)
     else:
         print(f"chatbot serve: {started}", file=sys.stderr, flush=True)
     log_config = {}

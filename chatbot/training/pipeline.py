@@ -233,20 +233,23 @@ def _check_writable(folder: Path) -> None:
 
 def _check_not_busy(out: Path) -> None:
     """The refusal of ``_output_lock``, without taking the lock or making its file."""
-    lock_path = out.parent / f".{out.name}.lock"
     try:
         import fcntl
 
-        with open(lock_path, "rb") as handle:
+        with open(_lock_path(out), "rb") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as the file closes
     except (ImportError, FileNotFoundError, PermissionError):
         return  # not POSIX, no lock file, or none we may read: nothing tells
     except BlockingIOError:
-        raise _busy(out, lock_path) from None
+        raise _busy(out) from None
 
 
-def _busy(out: Path, lock_path: Path) -> TrainingError:
-    return TrainingError(f"{out}: another training is writing this model now (it holds {lock_path}); "
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _busy(out: Path) -> TrainingError:
+    return TrainingError(f"{out}: another training is writing this model now (it holds {_lock_path(out)}); "
                          "wait for it to end, or train into another --out")
 
 
@@ -262,8 +265,8 @@ def _output_lock(out: Path):
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    busy = _busy(out, lock_path)
+    lock_path = _lock_path(out)
+    busy = _busy(out)
     with open(lock_path, "a+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
