@@ -103,7 +103,7 @@ def test_two_workers_survive_a_sigkill_and_match_one_worker(one_worker, tmp_path
                "--distribute", "multi-worker"]
 
     chief, worker = _start_cluster(command, private)
-    backup = work / "backup" / "training_metadata.json"
+    backup = work / "backup" / "state.json"
     _wait(lambda: backup.exists() and json.loads(backup.read_text())["epoch"] >= 1, [chief, worker])
     worker.send_signal(signal.SIGKILL)
     _, err = chief.communicate(timeout=120)  # it notices within seconds (the workers' heartbeats)

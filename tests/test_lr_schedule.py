@@ -71,7 +71,7 @@ def test_training_follows_the_cosine_and_a_resumed_training_goes_on_with_it(tmp_
 
 
 def test_a_resumed_training_restores_its_plateau_and_early_stopping_counters(tmp_path):
-    """BackupAndRestore brings back the weights, the optimizer and the epoch, not these counters:
+    """The checkpoint brings back the weights, the optimizer and the epoch, not these counters:
     a resumed run waited ``patience`` epochs anew before cutting its rate or stopping. They are
     rebuilt from the log's epochs, and the rate the checkpoint restored is left as it is."""
     from chatbot.training.counters import ResumedCounters

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 import chatbot.cli.main as cli
@@ -94,39 +95,89 @@ def test_resume_with_the_original_flags_changes_nothing(interrupted, capsys):
     assert "a second time" not in err  # checkpointed at the epoch's end
 
 
-def test_a_checkpoint_within_an_epoch_says_which_batches_are_trained_again(tmp_path, caplog):
-    """Keras restores a step checkpoint's weights and epoch, not its step: the resumed epoch
-    runs all its batches, and the warning says how many of them are trained a second time."""
+class StopAt(keras.callbacks.Callback):
+    """Ctrl-C after batch ``batch`` (from 0) of epoch ``epoch`` (from 0)."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+class Batches(keras.callbacks.Callback):
+    """The batches each epoch trained, as the callbacks were told them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[int, list[int]] = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.setdefault(self.epoch, []).append(batch)
+
+
+def test_a_training_resumed_within_an_epoch_is_the_uninterrupted_one(tmp_path, caplog):
+    """A checkpoint taken within an epoch brings back its step: the resumed run trains the rest of
+    that epoch's batches, in the same order, with the epoch's running loss put back, so the
+    weights and every logged figure are the uninterrupted run's. (Keras' BackupAndRestore trained
+    the epoch's first batches a second time, and the step checkpoints of a resumed epoch named
+    the wrong epoch, so a second interruption went back to the first epoch.)"""
     import logging
 
-    class StopAtThirdStepOfSecondEpoch(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 1 and batch == 2:
-                raise KeyboardInterrupt
+    config = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1, "training.ema_momentum": 0.9})
+    uninterrupted = Batches()
+    whole = train(TINY_PAIRS, config, tmp_path / "whole", verbose=0, extra_callbacks=[uninterrupted])
+    steps = uninterrupted.seen[0]
+    assert len(steps) > 6 and uninterrupted.seen == {0: steps, 1: steps, 2: steps}
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+    out, first, second, third = tmp_path / "model", Batches(), Batches(), Batches()
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[first, StopAt(1, 2)])
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.INFO, logger="chatbot.training"):
+        train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[second, StopAt(1, 5)])
+    assert "at step 4 of epoch 2" in caplog.text
+    bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[third])
+    assert first.seen == {0: steps, 1: steps[:3]}
+    assert second.seen == {1: steps[3:6]} and third.seen == {1: steps[6:], 2: steps}
+    for a, b in zip(whole.model.get_weights(), bundle.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for key, values in whole.metrics["history"].items():  # the resumed epoch's loss: all its batches
+        assert bundle.metrics["history"][key] == pytest.approx(values, rel=1e-5), key
+    assert bundle.metrics["epochs"] == 3 and bundle.metrics["epochs_run"] == 2
 
-    class Steps(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.counted = {}
 
-        def on_train_batch_end(self, batch, logs=None):
-            self.counted[self.epoch] = batch + 1
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+def test_an_unreadable_checkpoint_is_named_and_an_earlier_versions_is_resumed(tmp_path, caplog):
+    """A checkpoint of Keras' BackupAndRestore (what earlier commits wrote: its epoch, no step)
+    is resumed, its epoch started over and said; a damaged one is one line naming it."""
+    import logging
 
     config, out = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1}), tmp_path / "model"
-    first = Steps()
     with pytest.raises(KeyboardInterrupt):
-        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[StopAtThirdStepOfSecondEpoch(), first])
-    resumed = Steps()
-    with caplog.at_level(logging.WARNING, logger="chatbot.training"):
-        train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[resumed])
-    assert ("the last checkpoint was taken after step 3 of epoch 2: the epoch starts over, "
-            "and its first 3 batches are trained a second time") in caplog.text
-    assert resumed.counted == {1: first.counted[0], 2: first.counted[0]}  # epoch 2 whole again, then 3
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[StopAt(1, 2)])
+    backup = work_dir_for(out) / "backup"
+    state = json.loads((backup / "state.json").read_text())
+    assert (state["epoch"], state["steps"]) == (1, 3) and len(state["metrics"]) == 4
+    (backup / "state.json").write_text(json.dumps({**state, "weights": "../../elsewhere.weights.h5"}))
+    with pytest.raises(TrainingError, match=r"backup: unreadable training checkpoint .*not a file name"):
+        train(TINY_PAIRS, config, out, resume=True, verbose=0)
+    (backup / state["weights"]).rename(backup / "latest.weights.h5")
+    (backup / "state.json").unlink()
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 2}))
+    batches = Batches()
+    with caplog.at_level(logging.INFO, logger="chatbot.training"):
+        bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[batches])
+    assert "at epoch 2" in caplog.text
+    assert ("the last checkpoint (written by an earlier version) was taken after step 3 of epoch 2: the epoch "
+            "starts over, and its first 3 batches are trained a second time") in caplog.text
+    assert sorted(batches.seen) == [1, 2] and batches.seen[1][0] == 0 and bundle.metrics["epochs"] == 3
 
 
 def test_resume_changes_lists_resumable_keys_and_refuses_the_rest(tmp_path):

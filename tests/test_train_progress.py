@@ -69,7 +69,7 @@ def test_validation_monitor_early_stop_and_no_early_stopping_note():
 
 
 def test_a_resumed_run_counts_on_from_its_initial_epoch():
-    # Keras starts a resumed fit at BackupAndRestore's initial_epoch: here 4 of 8 were done.
+    # A resumed fit starts at the checkpoint's epoch: here 4 of 8 were done.
     run = FakeRun(8, monitor="loss", best_before=0.5)
     assert run.epoch(4, 60, {"loss": 0.6}) == (
         "epoch 5/8: 1m00s since resuming, about 3m00s left, best loss 0.5, lr 0.003")
@@ -114,7 +114,9 @@ def test_a_run_killed_just_before_its_checkpoint_loses_no_epoch_from_the_log(tmp
 
     from chatbot.training.pipeline import work_dir_for
 
-    save = keras.callbacks.BackupAndRestore.on_epoch_end
+    from chatbot.training.backup import Backup
+
+    save = Backup.on_epoch_end
 
     def killed_before_the_second_checkpoint(self, epoch, logs=None):
         if epoch == 1:
@@ -124,7 +126,7 @@ def test_a_run_killed_just_before_its_checkpoint_loses_no_epoch_from_the_log(tmp
     out = tmp_path / "model"
     args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(out), *TINY, "--epochs", "3", "--quiet"]
     with monkeypatch.context() as patch:
-        patch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_before_the_second_checkpoint)
+        patch.setattr(Backup, "on_epoch_end", killed_before_the_second_checkpoint)
         assert cli.main(args) == cli.EXIT_INTERRUPTED
     logged = (work_dir_for(out) / "training_log.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in logged] == ["0", "1"]  # the second epoch was logged first

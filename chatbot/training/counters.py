@@ -1,7 +1,7 @@
-"""What a resumed training restores beyond Keras' checkpoint: the learning-rate plateau and
+"""What a resumed training restores beyond its checkpoint: the learning-rate plateau and
 early-stopping counters.
 
-``BackupAndRestore`` brings back the weights, the optimizer (its decayed learning rate too) and
+The checkpoint (``backup``) brings back the weights, the optimizer (its decayed learning rate too) and
 the epoch, but ``ReduceLROnPlateau`` and ``EarlyStopping`` start again from nothing: a resumed
 run waited ``patience`` epochs anew before cutting its rate or stopping, and so trained other
 epochs than the uninterrupted run. The training log holds every epoch's figures, so the counters

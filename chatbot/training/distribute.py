@@ -4,8 +4,8 @@ processes and machines named by ``TF_CONFIG`` (``multi-worker``), through ``tf.d
 Under ``multi-worker`` every worker runs the same command; the chief (task ``chief``, else worker
 0) owns the work directory and the bundle, the others keep their checkpoints and logs in a private
 temporary directory (the TF multi-worker recipe: only the chief's copy counts, and several writers
-of one file would clobber it). All of them restore the chief's ``BackupAndRestore`` state, so they
-resume the same epoch with the same weights; the work directory must therefore be on storage
+of one file would clobber it). All of them restore the chief's checkpoint (``backup``), so they
+resume the same step with the same weights; the work directory must therefore be on storage
 every worker can read (docs/distributed-training.md).
 """
 
@@ -145,7 +145,7 @@ def adapt(model, cluster: Cluster, sample_batch) -> None:
 
 
 def share_backup(cluster: Cluster, shared_work: Path) -> None:
-    """A non-chief worker starts from the chief's ``BackupAndRestore`` state (copied into its
+    """A non-chief worker starts from the chief's checkpoint (``backup``, copied into its
     private directory, where it then writes its own), so that a restarted cluster resumes one
     epoch with one set of weights. Call after ``barrier``: the chief has then set up its work
     directory (restored it, or cleared it for a fresh run)."""

@@ -1,7 +1,7 @@
 """``train(corpus, config, out)``: corpus -> tokenizer -> dataset -> fitted model -> bundle.
 
 Training state lives in a hidden work directory beside the output (``.NAME.training/``):
-the tokenizer and split fixed at the start, Keras ``BackupAndRestore`` checkpoints, the best
+the tokenizer and split fixed at the start, checkpoints to the step (``backup``), the best
 weights and the CSV log. A kill at any moment leaves that directory resumable with
 ``resume=True`` and leaves the bundle at ``out`` untouched; the bundle is only written, atomically,
 once training has finished.
@@ -309,10 +309,14 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
                                 "train again without --resume")
         changes = resume_changes(state["config"], config, work)  # refuses what may not change
         tokenizer = TextTokenizer.load(work / "tokenizer.json")
-        stage(f"resuming training in {work}")
+        from chatbot.training.backup import checkpoint_in
+
+        saved = checkpoint_in(work / "backup")
+        where = "" if saved is None else (f" at step {saved.steps + 1} of epoch {saved.epoch + 1}" if saved.steps
+                                          else f" at epoch {saved.epoch + 1}")
+        stage(f"resuming training in {work}{where}")
         if changes:
             stage(f"resuming with changed settings: {', '.join(changes)}")
-        _warn_if_resuming_within_an_epoch(work)
     elif cluster.chief:
         if base is not None and not rebuild_vocab:
             _check_same_architecture(base, config)  # a refused fine-tuning leaves no work directory
@@ -549,13 +553,14 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     import keras
     import tensorflow as tf
 
+    from chatbot.training.backup import Backup, OneTraining, unfinished
+
     training = plan.config.training
     monitor = training.monitor if val_set is not None else "loss"
     best_weights = plan.work / "best.weights.h5"
     log_file = plan.work / "training_log.csv"
     best_so_far = best_in_log(log_file, monitor) if resume else None
-    save_freq = training.checkpoint_every_steps or "epoch"
-    backup = keras.callbacks.BackupAndRestore(str(plan.work / "backup"), save_freq=save_freq, double_checkpoint=True)
+    backup = Backup(plan.work / "backup", training.checkpoint_every_steps)
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
@@ -587,10 +592,29 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     callbacks.insert(0 if training.ema_momentum else len(callbacks), backup)
     callbacks.extend(extra_callbacks or [])
 
+    saved = backup.restore(model)  # a worker's copy of the chief's too (``distribute.share_backup``)
+    first_epoch, steps_done = (saved.epoch, saved.steps) if saved is not None else (0, 0)
+    # (data, first epoch, end): a checkpoint within an epoch resumes with the rest of its batches
+    fits = [(train_set, first_epoch, training.epochs)]
+    if steps_done and first_epoch < training.epochs:
+        fits = [(train_set.skip(steps_done), first_epoch, first_epoch + 1), (train_set, first_epoch + 1, training.epochs)]
+        steps_per_epoch = int(train_set.cardinality())
+        callbacks = [OneTraining(callbacks, first_epoch, steps_done, training.epochs,
+                                 steps_per_epoch if steps_per_epoch >= 0 else None)]
     began = time.perf_counter()
+    histories = []
     try:
-        history = model.fit(train_set, validation_data=val_set, epochs=training.epochs,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+        for number, (data, initial_epoch, epochs) in enumerate(fits):
+            last = number == len(fits) - 1
+            with contextlib.nullcontext() if last else unfinished(model):
+                histories.append(model.fit(data, validation_data=val_set, initial_epoch=initial_epoch, epochs=epochs,
+                                           callbacks=callbacks, verbose=verbose, shuffle=False))  # tf.data shuffles
+            if model.stop_training and not last:  # stopped early: end as that fit would have
+                model.optimizer.finalize_variable_values(model.trainable_weights)
+                break
+        if isinstance(callbacks[0], OneTraining):
+            logged = histories[-1].history
+            callbacks[0].finish({key: values[-1] for key, values in logged.items() if values} or None)
     except OSError as exc:  # a checkpoint or log could not be written: disk full, quota, permissions
         kept = f"the model at {plan.out} is unchanged; " if plan.out.exists() else ""
         raise TrainingError(f"cannot write the training state in {plan.work} ({_os_reason(exc)}); {kept}"
@@ -604,7 +628,20 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     seconds = time.perf_counter() - began
     if best_weights.exists():
         model.load_weights(best_weights)
-    return history, seconds
+    return _joined(histories), seconds
+
+
+def _joined(histories: list):
+    """One ``History`` of consecutive ``fit`` calls."""
+    import keras
+
+    if len(histories) == 1:
+        return histories[0]
+    joined = keras.callbacks.History()
+    joined.epoch = [epoch for history in histories for epoch in history.epoch]
+    keys = dict.fromkeys(key for history in histories for key in history.history)
+    joined.history = {key: [v for history in histories for v in history.history.get(key, [])] for key in keys}
+    return joined
 
 
 def _local_copy(model, plan: Plan):
@@ -876,21 +913,6 @@ def _texts(examples: list[Example]):
         yield from ex.context
         yield ex.question
         yield ex.answer
-
-
-def _warn_if_resuming_within_an_epoch(work: Path) -> None:
-    """A checkpoint taken within an epoch (``training.checkpoint_every_steps``) brings back its
-    weights and epoch, not its step: Keras starts that epoch over from its first batch. Read
-    from the checkpoint itself (the settings may have changed since it was written); an
-    epoch's end is saved as batch 0, so a save after an epoch's first step goes unsaid."""
-    try:
-        saved = json.loads((work / "backup" / "training_metadata.json").read_text(encoding="utf-8"))
-        epoch, batch = int(saved["epoch"]), int(saved["batch"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return  # no checkpoint yet (the run starts over), or Keras says why it cannot read it
-    if batch > 0:
-        log.warning("the last checkpoint was taken after step %d of epoch %d: the epoch starts over, and its "
-                    "first %d batches are trained a second time", batch + 1, epoch + 1, batch + 1)
 
 
 def _read_state(work: Path) -> dict:

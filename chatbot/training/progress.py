@@ -59,7 +59,7 @@ class TrainingProgress(keras.callbacks.Callback):
 
     The time left is the mean epoch time of this process so far times the epochs left (the
     first epoch includes tracing, so early estimates run high). Epochs are numbered as Keras
-    runs them: a run resumed by ``BackupAndRestore`` starts at its ``initial_epoch``, so the
+    runs them: a run resumed from a checkpoint starts at its epoch, so the
     count continues where the interrupted run stopped. Put it after every callback that may
     change the learning rate or stop training (``train`` appends ``extra_callbacks`` last), so
     that the line reports what they decided. It defines no batch hooks, which would make Keras
