@@ -40,12 +40,15 @@ KERAS_STATE, KERAS_WEIGHTS = "training_metadata.json", "latest.weights.h5"
 class Checkpoint:
     """Where a restored training goes on: ``epoch`` (from 0), of which ``steps`` batches are
     trained, from the ``weights`` file (with the optimizer's state) and the epoch's metric ``sums``.
-    ``trained_again``: batches of an earlier version's checkpoint that its epoch trains a second time."""
+    ``average_in_model``: the weights file holds the moving average in the model's place (an
+    epoch's end, ``MovingAverageSwap``). ``trained_again``: batches of an earlier version's
+    checkpoint that its epoch trains a second time."""
 
     epoch: int
     steps: int
     weights: Path
     sums: list
+    average_in_model: bool = False
     trained_again: int = 0
 
 
@@ -56,32 +59,59 @@ def checkpoint_in(folder: Path) -> Checkpoint | None:
     try:
         if (folder / STATE).exists():
             saved = loads_bounded((folder / STATE).read_text(encoding="utf-8"))
+            if saved.get("format") != FORMAT:
+                raise ValueError(f"format {saved.get('format')!r}; this version reads format {FORMAT}")
             weights = saved["weights"]
             if not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(".weights.h5"):
                 raise ValueError(f"weights {weights!r} is not a file name in the folder")
             return Checkpoint(int(saved["epoch"]), int(saved["steps"]), folder / weights,
-                              list(saved.get("metrics") or []))
+                              list(saved.get("metrics") or []), bool(saved.get("average_in_model")))
         if (folder / KERAS_STATE).exists():  # Keras saves an epoch's end as batch 0, and no step
             saved = loads_bounded((folder / KERAS_STATE).read_text(encoding="utf-8"))
             batch = int(saved["batch"])
-            return Checkpoint(int(saved["epoch"]), 0, folder / KERAS_WEIGHTS, [], batch + 1 if batch > 0 else 0)
+            return Checkpoint(int(saved["epoch"]), 0, folder / KERAS_WEIGHTS, [], trained_again=batch + 1 if batch > 0 else 0)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise TrainingError(f"{folder}: unreadable training checkpoint ({type(exc).__name__}: {exc}); "
                             "train again without --resume") from None
     return None
 
 
+class MovingAverageSwap(keras.callbacks.SwapEMAWeights):
+    """Keras' swap of the weights' moving average (``use_ema``) into the model at each epoch's end,
+    for the validation and the best weights, and back as the next epoch begins; it says and is
+    told whether the average is in the model, so that a run resumed from an epoch's end swaps
+    back as the uninterrupted run did, with the same arithmetic (Keras swaps by adding and
+    subtracting, which moves the weights by a rounding error)."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+
+    @property
+    def average_in_model(self) -> bool:
+        return self._ema_weights_in_model
+
+    @average_in_model.setter
+    def average_in_model(self, value: bool) -> None:
+        self._ema_weights_in_model = value
+
+
 class Backup(keras.callbacks.Callback):
     """Saves the training state at every epoch's end and, with ``every_steps``, after every that
-    many batches of an epoch; ``restore`` loads the latest into the model.
+    many batches of an epoch; ``restore`` loads the latest into the model. It must come after
+    every other callback of the epoch's end, so that a run killed before it repeats the epoch
+    and logs it again, where a kill after it and before the log would lose the epoch's row (the
+    plateau and early-stopping counters are rebuilt from it) and its chance at the best weights.
+    With the moving average on, give it the ``swap``: the epoch's end then holds the average in
+    the model, and the checkpoint says so.
 
     Each save writes a new weights file, then ``state.json`` naming it (an atomic rename), then
     removes the older file: a kill at any moment leaves a state whose weights are whole."""
 
-    def __init__(self, folder: Path, every_steps: int = 0):
+    def __init__(self, folder: Path, every_steps: int = 0, swap: MovingAverageSwap | None = None):
         super().__init__()
         self.folder = Path(folder)
         self.every_steps = every_steps
+        self.swap = swap
         self._epoch = 0
         self._sums: list | None = None  # the resumed epoch's metric sums before its first batch
 
@@ -102,6 +132,11 @@ class Backup(keras.callbacks.Callback):
             log.warning("the last checkpoint (written by an earlier version) was taken after step %d of epoch %d: "
                         "the epoch starts over, and its first %d batches are trained a second time",
                         checkpoint.trained_again, checkpoint.epoch + 1, checkpoint.trained_again)
+        if checkpoint.average_in_model:
+            if self.swap is None:
+                raise TrainingError(f"{self.folder}: the checkpoint holds the weights' moving average, and this "
+                                    "training has none (training.ema_momentum); train again without --resume")
+            self.swap.average_in_model = True  # swapped back as the next epoch begins
         self._sums = checkpoint.sums if checkpoint.steps else None
         return checkpoint
 
@@ -125,8 +160,10 @@ class Backup(keras.callbacks.Callback):
         self.model.save_weights(weights)
         with open(weights, "rb") as f:
             os.fsync(f.fileno())
-        write_atomically(self.folder / STATE, json.dumps(
-            {"format": FORMAT, "epoch": epoch, "steps": steps, "weights": weights.name, "metrics": sums}))
+        average_in_model = self.swap is not None and self.swap.average_in_model
+        write_atomically(self.folder / STATE, json.dumps({"format": FORMAT, "epoch": epoch, "steps": steps,
+                                                          "weights": weights.name, "metrics": sums,
+                                                          "average_in_model": average_in_model}))
         for old in self.folder.iterdir():
             if old != weights and (old.name.endswith(".weights.h5") or old.name.startswith(KERAS_STATE)
                                    or old.name.startswith(KERAS_WEIGHTS)):

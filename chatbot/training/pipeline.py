@@ -553,14 +553,15 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     import keras
     import tensorflow as tf
 
-    from chatbot.training.backup import Backup, OneTraining, unfinished
+    from chatbot.training.backup import Backup, MovingAverageSwap, OneTraining, unfinished
 
     training = plan.config.training
     monitor = training.monitor if val_set is not None else "loss"
     best_weights = plan.work / "best.weights.h5"
     log_file = plan.work / "training_log.csv"
     best_so_far = best_in_log(log_file, monitor) if resume else None
-    backup = Backup(plan.work / "backup", training.checkpoint_every_steps)
+    swap = MovingAverageSwap() if training.ema_momentum else None
+    backup = Backup(plan.work / "backup", training.checkpoint_every_steps, swap)
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
@@ -570,8 +571,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
         # Before the epoch's data is read: its order is drawn from the epoch, also when resumed.
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: setattr(plan, "epoch", epoch)),
     ]
-    if training.ema_momentum:  # after the backup (raw weights, to resume from), before the best-weights file
-        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if swap is not None:  # before the best-weights file: the average is what the bundle keeps
+        callbacks.insert(0, swap)
     if training.lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, _: cosine_learning_rate(epoch, training.epochs, training.learning_rate)))
@@ -586,10 +587,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
 
         callbacks.append(ResumedCounters(log_file, counters, training.learning_rate))
     # The epoch's checkpoint last (Keras calls callbacks in order): a run killed before it
-    # repeats the epoch, logged twice and counted once (``logged_history``); first, a kill
-    # between it and the log lost the epoch's row and its chance at the best weights. With the
-    # moving average it must come first: it keeps the raw weights, which the swap replaces.
-    callbacks.insert(0 if training.ema_momentum else len(callbacks), backup)
+    # repeats the epoch, logged twice and counted once (``logged_history``).
+    callbacks.append(backup)
     callbacks.extend(extra_callbacks or [])
 
     saved = backup.restore(model)  # a worker's copy of the chief's too (``distribute.share_backup``)
