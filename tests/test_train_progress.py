@@ -81,29 +81,38 @@ def progress_lines(err: str) -> list[tuple[int, int]]:
 
 
 class Interrupt(keras.callbacks.Callback):
-    """Ctrl-C at the end of the first epoch."""
+    """Ctrl-C after the second step of the second epoch."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        raise KeyboardInterrupt
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (1, 1):
+            raise KeyboardInterrupt
 
 
 def test_cli_train_one_line_per_epoch_none_when_quiet_and_resumed_counts_on(tmp_path, capsys, monkeypatch):
     def interrupted(*a, extra_callbacks=None, **kw):
         return train(*a, extra_callbacks=[*(extra_callbacks or []), Interrupt()], **kw)
 
-    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(tmp_path / "model"), *TINY]
-    # A --quiet run, interrupted (Ctrl-C) at the end of its first epoch of three: no overall line.
+    args = ["train", "--corpus", str(TINY_PAIRS), "--out", str(tmp_path / "model"), *TINY,
+            "--set", "training.checkpoint_every_steps=1"]
+    # A --quiet run, interrupted (Ctrl-C) within its second epoch of three: no overall line.
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "train", interrupted)
         assert cli.main([*args, "--epochs", "3", "--quiet"]) == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert progress_lines(err) == [] and "[chatbot] model:" in err, err
     assert "chatbot: interrupted (the same command with --resume continues it)" in err
-    # Resumed with progress: one line per epoch it runs, counted on from the interrupted one.
+    # Resumed with progress: one line per epoch it runs, counted on from the interrupted one,
+    # the rest of the second epoch too, under one bar that counts the training's epochs and the
+    # epoch's steps (the rest of an epoch is a fit of its own).
     assert cli.main([*args, "--resume"]) == 0
     err = capsys.readouterr().err
+    assert "resuming training in" in err and "at step 3 of epoch 2" in err, err
     assert progress_lines(err) == [(2, 3), (3, 3)], err
     assert "since resuming" in err
+    assert err.count("Epoch 2/3") == 1 and re.findall(r"Epoch \d+/\d+", err) == ["Epoch 2/3", "Epoch 3/3"], err
 
 
 def test_a_run_killed_just_before_its_checkpoint_loses_no_epoch_from_the_log(tmp_path, capsys, monkeypatch):

@@ -192,13 +192,15 @@ class OneTraining(keras.callbacks.Callback):
     """``callbacks`` through consecutive ``fit`` calls as through one training of ``epochs``:
     begun once (no counter, log or clock starts again), ended by ``finish``, and the batches of
     the epoch resumed at ``first_epoch`` numbered from ``steps_done``, as the uninterrupted run
-    numbered them."""
+    numbered them. The fits run with ``verbose=0``; a ``ProgbarLogger`` among ``callbacks`` shows
+    the progress at ``verbose``."""
 
-    def __init__(self, callbacks: list, first_epoch: int, steps_done: int, epochs: int, steps_per_epoch: int | None):
+    def __init__(self, callbacks: list, first_epoch: int, steps_done: int, epochs: int, steps_per_epoch: int | None,
+                 verbose: int):
         super().__init__()
         self.callbacks = callbacks
         self.first_epoch, self.steps_done = first_epoch, steps_done
-        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.epochs, self.steps_per_epoch, self.verbose = epochs, steps_per_epoch, verbose
         self._begun = False
         self._epoch = first_epoch
 
@@ -213,8 +215,10 @@ class OneTraining(keras.callbacks.Callback):
     def set_params(self, params):
         super().set_params(params)
         # The training's end and the epoch's whole length, also during the fit that trains the
-        # rest of an epoch (``SwapEMAWeights`` takes that fit's end for the training's).
-        self._each("set_params", {**params, "epochs": self.epochs, "steps": self.steps_per_epoch or params.get("steps")})
+        # rest of an epoch (``SwapEMAWeights`` takes that fit's end for the training's), and the
+        # verbosity for a ``ProgbarLogger`` among them (the fits run quiet, else Keras adds its own).
+        self._each("set_params", {**params, "epochs": self.epochs, "steps": self.steps_per_epoch or params.get("steps"),
+                                  "verbose": self.verbose})
 
     def on_train_begin(self, logs=None):
         if not self._begun:

@@ -598,8 +598,11 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     if steps_done and first_epoch < training.epochs:
         fits = [(train_set.skip(steps_done), first_epoch, first_epoch + 1), (train_set, first_epoch + 1, training.epochs)]
         steps_per_epoch = int(train_set.cardinality())
+        if verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+            callbacks.append(keras.callbacks.ProgbarLogger())  # Keras' own would count the fit's epochs and steps
         callbacks = [OneTraining(callbacks, first_epoch, steps_done, training.epochs,
-                                 steps_per_epoch if steps_per_epoch >= 0 else None)]
+                                 steps_per_epoch if steps_per_epoch >= 0 else None, verbose)]
+        verbose = 0  # the bar is inside
     began = time.perf_counter()
     histories = []
     try:
