@@ -8,10 +8,10 @@ The tests' tiny recipe (``tests/conftest.py``: 20 pairs, a GRU of 16 units) with
 after every step and the moving average of the weights on, so that kills land within epochs,
 during checkpoint writes and between the callbacks that write the log and the best weights. It
 is trained twice uninterrupted (the second gives the floor: TensorFlow's threads may add in
-another order), then started and killed ``--kills`` times, each kill at a moment
-drawn (seeded) within the rest of the training once the run writes its first checkpoint, each
-restart with ``--resume``,
-and once more to the end. Reported: where each kill left the training (the checkpoint's epoch and
+another order), then started and killed ``--kills`` times, each restart with ``--resume``: a
+share of the runs (``--start-up-share``) at a moment drawn (seeded) from the start-up (reading the
+corpus, fitting and saving the tokenizer, encoding the inputs, tracing), the others at one drawn
+within the rest of the training once the run has written a checkpoint; then once more to the end. Reported: where each kill left the training (the checkpoint's epoch and
 step, from ``backup/state.json``), the largest difference between the two models' weights, and
 whether every logged figure of every epoch is the same. The last stdout line is JSON, also
 written to ``bench/results/resume_kills.json``.
@@ -55,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--start-up-share", type=float, default=0.3,
+                        help="the share of runs killed before they train (default 0.3)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     folder = Path(tempfile.mkdtemp(prefix="resume-kills-"))
@@ -62,22 +64,32 @@ def main() -> None:
     config.write_text(json.dumps(tiny_config(**RECIPE).to_dict()))
 
     began = time.perf_counter()
-    whole = subprocess.run(command(config, folder / "whole"), capture_output=True, text=True, timeout=600)
+    process = subprocess.Popen(command(config, folder / "whole"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    while process.poll() is None and checkpoint_of(folder / "whole") is None:
+        time.sleep(0.02)
+    start_up = time.perf_counter() - began  # until the first checkpoint: reading, encoding, building, tracing
+    stdout, stderr = process.communicate(timeout=600)
     seconds = time.perf_counter() - began
-    if whole.returncode != 0:
-        raise SystemExit(f"the uninterrupted training failed: {whole.stderr.strip()[-2000:]}")
-    log(f"uninterrupted: {seconds:.1f} s")
+    if process.returncode != 0:
+        raise SystemExit(f"the uninterrupted training failed: {stderr.strip()[-2000:]}")
+    log(f"uninterrupted: {seconds:.1f} s, {start_up:.1f} s of it before the first checkpoint")
     again = subprocess.run(command(config, folder / "again"), capture_output=True, text=True, timeout=600)
     if again.returncode != 0:
         raise SystemExit(f"the second uninterrupted training failed: {again.stderr.strip()[-2000:]}")
 
-    epoch_s = json.loads(whole.stdout.strip().splitlines()[-1])["seconds"] / RECIPE["training.epochs"]
+    epoch_s = json.loads(stdout.strip().splitlines()[-1])["seconds"] / RECIPE["training.epochs"]
     out, kills = folder / "killed", []
     for number in range(args.kills):
         flags = ("--resume",) if (folder / ".killed.training" / "state.json").exists() else ()
         before = checkpoint_of(out)
         process = subprocess.Popen(command(config, out, *flags), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
+        if rng.random() < args.start_up_share:  # killed before it trains: reading, encoding, tracing
+            try:
+                process.wait(timeout=rng.uniform(0, start_up))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
         while process.poll() is None and checkpoint_of(out) == before:  # until this run trains
             time.sleep(0.02)
         now = checkpoint_of(out)
@@ -91,8 +103,8 @@ def main() -> None:
             break
         if process.returncode != -signal.SIGKILL:
             raise SystemExit(f"run {number + 1} failed: {err.strip()[-2000:]}")
-        kills.append(checkpoint_of(out))
-        log(f"kill {number + 1}: left at {kills[-1]}")
+        kills.append({"left_at": checkpoint_of(out), "during": "training" if checkpoint_of(out) != before else "start-up"})
+        log(f"kill {number + 1}: {kills[-1]}")
     last = subprocess.run(command(config, out, "--resume"), capture_output=True, text=True, timeout=600)
     if last.returncode != 0 and not out.exists():
         raise SystemExit(f"the last resume failed: {last.stderr.strip()[-2000:]}")
