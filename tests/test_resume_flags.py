@@ -159,9 +159,51 @@ def test_a_training_resumed_within_an_epoch_is_the_uninterrupted_one(tmp_path, c
     assert bundle.metrics["epochs"] == 3 and bundle.metrics["epochs_run"] == 2
 
 
+def test_dropout_draws_the_same_masks_after_a_resume(tmp_path):
+    """The dropout layers' random states travel with each checkpoint (``save_weights`` leaves
+    them out: resumed, the weights came out 0.29 apart)."""
+    config = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1, "model.dropout": 0.2})
+    whole = train(TINY_PAIRS, config, tmp_path / "whole", verbose=0)
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[StopAt(1, 2)])
+    bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0)
+    for a, b in zip(whole.model.get_weights(), bundle.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert bundle.metrics["history"] == whole.metrics["history"]
+
+
+class KilledBeforeTheBundle(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_a_training_that_stopped_early_is_not_trained_further_on_resume(tmp_path, caplog):
+    """Killed after early stopping ended it, before its bundle was written (measuring a big
+    model takes a while): the resume measures and installs it, as the run would have; it
+    trained one epoch more, the stop having been replayed on a stand-in."""
+    import logging
+
+    config = tiny_config(**{**SMALL, "training.epochs": 30, "training.patience": 1, "training.lr_decay_patience": 0,
+                            "training.learning_rate": 0.5})  # a rate this high stops it at once
+    whole = train(TINY_PAIRS, config, tmp_path / "whole", verbose=0)
+    assert whole.metrics["epochs"] < 30  # it stopped early
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[KilledBeforeTheBundle()])
+    with caplog.at_level(logging.INFO, logger="chatbot.training"):
+        bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0)
+    assert f"stopped early after epoch {whole.metrics['epochs']}: measuring it" in caplog.text
+    assert bundle.metrics["epochs"] == whole.metrics["epochs"] and bundle.metrics["epochs_run"] == 0
+    assert bundle.metrics["history"] == whole.metrics["history"]
+    for a, b in zip(whole.model.get_weights(), bundle.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_an_unreadable_checkpoint_is_named_and_an_earlier_versions_is_resumed(tmp_path, caplog):
     """A checkpoint of Keras' BackupAndRestore (what earlier commits wrote: its epoch, no step)
-    is resumed, its epoch started over and said; a damaged one is one line naming it."""
+    is resumed, its epoch started over and said, the one before it when it is damaged; a
+    damaged one of ours is one line naming it."""
     import logging
 
     config, out = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1}), tmp_path / "model"
@@ -173,13 +215,18 @@ def test_an_unreadable_checkpoint_is_named_and_an_earlier_versions_is_resumed(tm
     (backup / "state.json").write_text(json.dumps({**state, "weights": "../../elsewhere.weights.h5"}))
     with pytest.raises(TrainingError, match=r"backup: unreadable training checkpoint .*not a file name"):
         train(TINY_PAIRS, config, out, resume=True, verbose=0)
-    (backup / state["weights"]).rename(backup / "latest.weights.h5")
+    # Keras' layout, its latest checkpoint cut short by a kill as it wrote it in place: the one
+    # before it (double_checkpoint's .bkp pair) is resumed.
+    (backup / state["weights"]).rename(backup / "latest.weights.h5.bkp")
     (backup / "state.json").unlink()
-    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 2}))
+    (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 1, "batch": 2}))
+    (backup / "latest.weights.h5").write_bytes((backup / "latest.weights.h5.bkp").read_bytes()[:1000])
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 3}))
     batches = Batches()
     with caplog.at_level(logging.INFO, logger="chatbot.training"):
         bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0, extra_callbacks=[batches])
     assert "at epoch 2" in caplog.text
+    assert "latest.weights.h5 is damaged (" in caplog.text and "resuming from the checkpoint before it" in caplog.text
     assert ("the last checkpoint (written by an earlier version) was taken after step 3 of epoch 2: the epoch "
             "starts over, and its first 3 batches are trained a second time") in caplog.text
     assert sorted(batches.seen) == [1, 2] and batches.seen[1][0] == 0 and bundle.metrics["epochs"] == 3

@@ -21,12 +21,12 @@ LINE = re.compile(r"^\[chatbot\] epoch (\d+)/(\d+): ", re.M)
 class FakeRun:
     """Drives the callback as ``model.fit`` would, with a clock and optimizer of our own."""
 
-    def __init__(self, epochs: int, **kwargs):
+    def __init__(self, epochs: int, params: dict | None = None, **kwargs):
         self.now = 100.0
         self.records = []
         self.model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=0.003), stop_training=False)
         self.callback = TrainingProgress(self.records.append, clock=lambda: self.now, **kwargs)
-        self.callback.set_params({"epochs": epochs, "steps": None, "verbose": 1})
+        self.callback.set_params({"epochs": epochs, "steps": None, "verbose": 1, **(params or {})})
         self.callback.set_model(self.model)
         self.callback.on_train_begin()
 
@@ -74,6 +74,15 @@ def test_a_resumed_run_counts_on_from_its_initial_epoch():
     assert run.epoch(4, 60, {"loss": 0.6}) == (
         "epoch 5/8: 1m00s since resuming, about 3m00s left, best loss 0.5, lr 0.003")
     assert run.records[-1].resumed and run.records[-1].best == 0.5
+
+
+def test_the_rest_of_an_epoch_counts_as_a_whole_one_in_the_time_left():
+    # Resumed after 90 of the first epoch's 100 steps (``OneTraining``'s params): its last 10
+    # steps took 10 s, so an epoch takes about 100 s; it was not the first epoch of the run,
+    # yet the run resumed.
+    run = FakeRun(10, params={"steps": 100, "resumed_at": [0, 90]}, monitor="loss")
+    assert run.epoch(0, 10, {"loss": 2.0}).startswith("epoch 1/10: 10s since resuming, about 15m00s left")
+    assert run.epoch(1, 100, {"loss": 1.9}).startswith("epoch 2/10: 1m50s since resuming, about 13m20s left")
 
 
 def progress_lines(err: str) -> list[tuple[int, int]]:

@@ -14,9 +14,11 @@ callbacks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +43,20 @@ class Checkpoint:
     """Where a restored training goes on: ``epoch`` (from 0), of which ``steps`` batches are
     trained, from the ``weights`` file (with the optimizer's state) and the epoch's metric ``sums``.
     ``average_in_model``: the weights file holds the moving average in the model's place (an
-    epoch's end, ``MovingAverageSwap``). ``trained_again``: batches of an earlier version's
-    checkpoint that its epoch trains a second time."""
+    epoch's end, ``MovingAverageSwap``); ``stopped``: the training stopped there (early stopping);
+    ``seeds``: the dropout layers' random states. ``trained_again``: batches of an earlier
+    version's checkpoint that its epoch trains a second time; ``previous``: its checkpoint before
+    that one, should that one be damaged."""
 
     epoch: int
     steps: int
     weights: Path
     sums: list
     average_in_model: bool = False
+    stopped: bool = False
+    seeds: list | None = None
     trained_again: int = 0
+    previous: Checkpoint | None = None
 
 
 def checkpoint_in(folder: Path) -> Checkpoint | None:
@@ -65,15 +72,24 @@ def checkpoint_in(folder: Path) -> Checkpoint | None:
             if not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(".weights.h5"):
                 raise ValueError(f"weights {weights!r} is not a file name in the folder")
             return Checkpoint(int(saved["epoch"]), int(saved["steps"]), folder / weights,
-                              list(saved.get("metrics") or []), bool(saved.get("average_in_model")))
-        if (folder / KERAS_STATE).exists():  # Keras saves an epoch's end as batch 0, and no step
-            saved = loads_bounded((folder / KERAS_STATE).read_text(encoding="utf-8"))
-            batch = int(saved["batch"])
-            return Checkpoint(int(saved["epoch"]), 0, folder / KERAS_WEIGHTS, [], trained_again=batch + 1 if batch > 0 else 0)
+                              list(saved.get("metrics") or []), bool(saved.get("average_in_model")),
+                              bool(saved.get("stopped")), saved.get("seeds"))
+        if (folder / KERAS_STATE).exists():
+            previous = _keras_checkpoint(folder, ".bkp") if (folder / f"{KERAS_STATE}.bkp").exists() else None
+            return dataclasses.replace(_keras_checkpoint(folder), previous=previous)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise TrainingError(f"{folder}: unreadable training checkpoint ({type(exc).__name__}: {exc}); "
                             "train again without --resume") from None
     return None
+
+
+def _keras_checkpoint(folder: Path, suffix: str = "") -> Checkpoint:
+    """Keras' (``double_checkpoint``: the one before has the suffix ``.bkp``). It saves an
+    epoch's end as batch 0, and no step: the epoch starts over."""
+    saved = loads_bounded((folder / f"{KERAS_STATE}{suffix}").read_text(encoding="utf-8"))
+    batch = int(saved["batch"])
+    return Checkpoint(int(saved["epoch"]), 0, folder / f"{KERAS_WEIGHTS}{suffix}", [],
+                      trained_again=batch + 1 if batch > 0 else 0)
 
 
 class MovingAverageSwap(keras.callbacks.SwapEMAWeights):
@@ -123,11 +139,23 @@ class Backup(keras.callbacks.Callback):
             return None
         if model.optimizer is not None and not model.optimizer.built:  # its variables are in the file too
             model.optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(checkpoint.weights)
-        except (OSError, ValueError) as exc:
-            raise TrainingError(f"{checkpoint.weights}: unreadable training checkpoint "
-                                f"({str(exc).strip().splitlines()[0]}); train again without --resume") from None
+        while True:
+            try:
+                _load_weights(model, checkpoint.weights)
+                break
+            except (OSError, ValueError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if checkpoint.previous is None:
+                    raise TrainingError(f"{checkpoint.weights}: unreadable training checkpoint ({reason}); "
+                                        "train again without --resume") from None
+                log.warning("%s is damaged (%s): resuming from the checkpoint before it", checkpoint.weights, reason)
+                checkpoint = checkpoint.previous
+        return self._restored(model, checkpoint)
+
+    def _restored(self, model, checkpoint: Checkpoint) -> Checkpoint:
+        """What else a checkpoint brings back once its weights are loaded."""
+        if checkpoint.seeds is not None:
+            _assign(_seed_states(model), checkpoint.seeds, "dropout's random states")
         if checkpoint.trained_again:
             log.warning("the last checkpoint (written by an earlier version) was taken after step %d of epoch %d: "
                         "the epoch starts over, and its first %d batches are trained a second time",
@@ -161,13 +189,43 @@ class Backup(keras.callbacks.Callback):
         with open(weights, "rb") as f:
             os.fsync(f.fileno())
         average_in_model = self.swap is not None and self.swap.average_in_model
-        write_atomically(self.folder / STATE, json.dumps({"format": FORMAT, "epoch": epoch, "steps": steps,
-                                                          "weights": weights.name, "metrics": sums,
-                                                          "average_in_model": average_in_model}))
+        write_atomically(self.folder / STATE, json.dumps({
+            "format": FORMAT, "epoch": epoch, "steps": steps, "weights": weights.name, "metrics": sums,
+            "average_in_model": average_in_model, "stopped": bool(steps == 0 and self.model.stop_training),
+            "seeds": [np.asarray(state).tolist() for state in _seed_states(self.model)]}))
         for old in self.folder.iterdir():
             if old != weights and (old.name.endswith(".weights.h5") or old.name.startswith(KERAS_STATE)
                                    or old.name.startswith(KERAS_WEIGHTS)):
                 old.unlink(missing_ok=True)
+
+
+def _load_weights(model, weights: Path) -> None:
+    """``load_weights`` wants a name ending ``.weights.h5``: Keras' ``.bkp`` is read through a copy."""
+    if weights.name.endswith(".weights.h5"):
+        model.load_weights(weights)
+        return
+    readable = weights.with_name("previous-keras.weights.h5")  # removed by the next save
+    shutil.copyfile(weights, readable)
+    model.load_weights(readable)
+
+
+def _seed_states(model) -> list:
+    """The random states of the dropout layers (Keras' seed generators): ``save_weights`` leaves
+    them out, and a resumed run without them drew other dropout masks than the uninterrupted one."""
+    kept = {id(v) for v in model.weights} | {id(v) for v in model.metrics_variables}
+    return [v for v in model.variables if id(v) not in kept]
+
+
+def _matches(variables: list, values: list) -> bool:
+    return len(variables) == len(values) and all(np.shape(value) == tuple(v.shape) for v, value in zip(variables, values))
+
+
+def _assign(variables: list, values: list, what: str) -> None:
+    if not _matches(variables, values):
+        log.warning("the checkpoint's %s are not the model's: they are not restored", what)
+        return
+    for variable, value in zip(variables, values):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def _sums_of(model) -> list:
@@ -180,20 +238,17 @@ def _add_sums(model, sums: list) -> None:
     """Adds the sums of an epoch's batches before a resume to those of the batch after it, which
     hold that batch alone: x + saved is the uninterrupted run's saved + x, to the bit."""
     variables = model.metrics_variables
-    if len(variables) != len(sums) or any(np.shape(value) != tuple(v.shape) for v, value in zip(variables, sums)):
-        log.warning("the checkpoint's metrics are not the model's: the resumed epoch's logged figures count only "
-                    "its remaining batches")
-        return
-    for variable, value in zip(variables, sums):
-        variable.assign(np.asarray(variable) + np.asarray(value, dtype=variable.dtype))
+    if _matches(variables, sums):
+        sums = [np.asarray(variable) + np.asarray(value, dtype=variable.dtype) for variable, value in zip(variables, sums)]
+    _assign(variables, sums, "metric sums (the resumed epoch's figures count only its remaining batches)")
 
 
 class OneTraining(keras.callbacks.Callback):
     """``callbacks`` through consecutive ``fit`` calls as through one training of ``epochs``:
     begun once (no counter, log or clock starts again), ended by ``finish``, and the batches of
     the epoch resumed at ``first_epoch`` numbered from ``steps_done``, as the uninterrupted run
-    numbered them. The fits run with ``verbose=0``; a ``ProgbarLogger`` among ``callbacks`` shows
-    the progress at ``verbose``."""
+    numbered them (``params["resumed_at"]``: that epoch and its steps done before). The fits run with
+    ``verbose=0``; a ``ProgbarLogger`` among ``callbacks`` shows the progress at ``verbose``."""
 
     def __init__(self, callbacks: list, first_epoch: int, steps_done: int, epochs: int, steps_per_epoch: int | None,
                  verbose: int):
@@ -203,6 +258,7 @@ class OneTraining(keras.callbacks.Callback):
         self.epochs, self.steps_per_epoch, self.verbose = epochs, steps_per_epoch, verbose
         self._begun = False
         self._epoch = first_epoch
+        self._last_logs: dict | None = None
 
     def _each(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -218,7 +274,7 @@ class OneTraining(keras.callbacks.Callback):
         # rest of an epoch (``SwapEMAWeights`` takes that fit's end for the training's), and the
         # verbosity for a ``ProgbarLogger`` among them (the fits run quiet, else Keras adds its own).
         self._each("set_params", {**params, "epochs": self.epochs, "steps": self.steps_per_epoch or params.get("steps"),
-                                  "verbose": self.verbose})
+                                  "verbose": self.verbose, "resumed_at": [self.first_epoch, self.steps_done]})
 
     def on_train_begin(self, logs=None):
         if not self._begun:
@@ -228,14 +284,15 @@ class OneTraining(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         pass  # ``finish``, after the last fit
 
-    def finish(self, logs=None) -> None:
-        self._each("on_train_end", logs)
+    def finish(self) -> None:
+        self._each("on_train_end", self._last_logs)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._each("on_epoch_begin", epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._last_logs = logs  # for the training's end, as Keras gives it
         self._each("on_epoch_end", epoch, logs)
 
     def _step(self, batch: int) -> int:

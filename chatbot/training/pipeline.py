@@ -312,8 +312,9 @@ def plan_run(corpus, config: Config, out: Path, resume: bool, base, mix_base_cor
         from chatbot.training.backup import checkpoint_in
 
         saved = checkpoint_in(work / "backup")
-        where = "" if saved is None else (f" at step {saved.steps + 1} of epoch {saved.epoch + 1}" if saved.steps
-                                          else f" at epoch {saved.epoch + 1}")
+        where = ("" if saved is None else f", stopped early after epoch {saved.epoch}: measuring it" if saved.stopped
+                 else f" at step {saved.steps + 1} of epoch {saved.epoch + 1}" if saved.steps
+                 else f" at epoch {saved.epoch + 1}")
         stage(f"resuming training in {work}{where}")
         if changes:
             stage(f"resuming with changed settings: {', '.join(changes)}")
@@ -595,7 +596,10 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     first_epoch, steps_done = (saved.epoch, saved.steps) if saved is not None else (0, 0)
     # (data, first epoch, end): a checkpoint within an epoch resumes with the rest of its batches
     fits = [(train_set, first_epoch, training.epochs)]
-    if steps_done and first_epoch < training.epochs:
+    if saved is not None and saved.stopped:  # early stopping ended it; killed before the bundle was written
+        fits = []
+        model.optimizer.finalize_variable_values(model.trainable_weights)  # as the end of its fit did
+    elif steps_done and first_epoch < training.epochs:
         fits = [(train_set.skip(steps_done), first_epoch, first_epoch + 1), (train_set, first_epoch + 1, training.epochs)]
         steps_per_epoch = int(train_set.cardinality())
         if verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
@@ -615,8 +619,7 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
                 model.optimizer.finalize_variable_values(model.trainable_weights)
                 break
         if isinstance(callbacks[0], OneTraining):
-            logged = histories[-1].history
-            callbacks[0].finish({key: values[-1] for key, values in logged.items() if values} or None)
+            callbacks[0].finish()
     except OSError as exc:  # a checkpoint or log could not be written: disk full, quota, permissions
         kept = f"the model at {plan.out} is unchanged; " if plan.out.exists() else ""
         raise TrainingError(f"cannot write the training state in {plan.work} ({_os_reason(exc)}); {kept}"
@@ -634,7 +637,7 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
 
 
 def _joined(histories: list):
-    """One ``History`` of consecutive ``fit`` calls."""
+    """One ``History`` of consecutive ``fit`` calls (none: a training resumed after it had stopped early)."""
     import keras
 
     if len(histories) == 1:

@@ -91,19 +91,24 @@ class TrainingProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
         logs = logs or {}
-        self._durations.append(now - self._epoch_began)
+        params = self.params or {}
+        resumed_epoch, steps_done = params.get("resumed_at") or (None, 0)
+        duration = now - self._epoch_began
+        if epoch == resumed_epoch and steps_done and params.get("steps", 0) > steps_done:
+            duration *= params["steps"] / (params["steps"] - steps_done)  # the rest of an epoch: as a whole one
+        self._durations.append(duration)
         # train() falls back to "loss" when there is no validation set; so does this.
         key = self.monitor if self.monitor in logs else "loss"
         value = logs.get(key)
         if value is not None and not math.isnan(float(value)):
             self.best = float(value) if self.best is None else min(self.best, float(value))
-        epochs = int((self.params or {}).get("epochs") or epoch + 1)
+        epochs = int(params.get("epochs") or epoch + 1)
         mean = sum(self._durations) / len(self._durations)
         stopping = bool(getattr(self.model, "stop_training", False))
         self.on_epoch(EpochProgress(
             epoch=epoch + 1, epochs=epochs, elapsed=now - self._began,
             remaining=None if stopping else mean * max(epochs - epoch - 1, 0),
-            resumed=bool(self._first_epoch), monitor=key, best=self.best,
+            resumed=bool(self._first_epoch or steps_done), monitor=key, best=self.best,
             learning_rate=self._rate, next_learning_rate=self._learning_rate(),
             early_stopping=self.early_stopping, stopping=stopping))
 
