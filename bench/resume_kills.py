@@ -5,7 +5,7 @@ must come out as the uninterrupted run's, to the weight.
     python bench/resume_kills.py --kills 3    # quicker
 
 The tests' tiny recipe (``tests/conftest.py``: 20 pairs, a GRU of 16 units) with a checkpoint
-after every step and the moving average of the weights on, so that kills land within epochs,
+after every step, dropout and the moving average of the weights on, so that kills land within epochs,
 during checkpoint writes and between the callbacks that write the log and the best weights. It
 is trained twice uninterrupted (the second gives the floor: TensorFlow's threads may add in
 another order), then started and killed ``--kills`` times, each restart with ``--resume``: a
@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import TINY_PAIRS, tiny_config  # noqa: E402  (the tests' recipe)
 
 RECIPE = {"model.units": 16, "model.embedding_dim": 8, "tokenizer.vocab_size": 120, "training.epochs": 30,
-          "training.batch_size": 4, "training.checkpoint_every_steps": 1, "training.ema_momentum": 0.9}
+          "training.batch_size": 4, "training.checkpoint_every_steps": 1, "training.ema_momentum": 0.9,
+          "model.dropout": 0.1}
 
 
 def command(config: Path, out: Path, *flags: str) -> list[str]:
