@@ -172,8 +172,11 @@ class Backup(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._sums is not None:  # the resumed epoch's first batch is counted: add the ones before it
-            _add_sums(self.model, self._sums)
+        if self._sums is not None:
+            # The metrics hold the resumed epoch's first batch alone: the sums of the batches before
+            # it are added (x + saved is the uninterrupted run's saved + x, to the bit).
+            _assign(self.model.metrics_variables, self._sums,
+                    "metric sums (the resumed epoch's figures count only its remaining batches)", add=True)
             self._sums = None
         last = batch + 1 == (self.params or {}).get("steps")  # its end is saved next, as the epoch's
         if self.every_steps and (batch + 1) % self.every_steps == 0 and not last:
@@ -220,27 +223,21 @@ def _matches(variables: list, values: list) -> bool:
     return len(variables) == len(values) and all(np.shape(value) == tuple(v.shape) for v, value in zip(variables, values))
 
 
-def _assign(variables: list, values: list, what: str) -> None:
+def _assign(variables: list, values: list, what: str, *, add: bool = False) -> None:
+    """``values`` into ``variables`` (``add``: added to what they hold), or a warning that they
+    are not the model's."""
     if not _matches(variables, values):
         log.warning("the checkpoint's %s are not the model's: they are not restored", what)
         return
     for variable, value in zip(variables, values):
-        variable.assign(np.asarray(value, dtype=variable.dtype))
+        value = np.asarray(value, dtype=variable.dtype)
+        variable.assign(np.asarray(variable) + value if add else value)
 
 
 def _sums_of(model) -> list:
     """Every metric's running state, in the model's order: the loss's and the accuracy's total
     and count (Keras' mean metrics; their paths carry per-process numbers)."""
     return [np.asarray(variable).tolist() for variable in model.metrics_variables]
-
-
-def _add_sums(model, sums: list) -> None:
-    """Adds the sums of an epoch's batches before a resume to those of the batch after it, which
-    hold that batch alone: x + saved is the uninterrupted run's saved + x, to the bit."""
-    variables = model.metrics_variables
-    if _matches(variables, sums):
-        sums = [np.asarray(variable) + np.asarray(value, dtype=variable.dtype) for variable, value in zip(variables, sums)]
-    _assign(variables, sums, "metric sums (the resumed epoch's figures count only its remaining batches)")
 
 
 class OneTraining(keras.callbacks.Callback):

@@ -94,7 +94,7 @@ class TrainingProgress(keras.callbacks.Callback):
         params = self.params or {}
         resumed_epoch, steps_done = params.get("resumed_at") or (None, 0)
         duration = now - self._epoch_began
-        if epoch == resumed_epoch and steps_done and params.get("steps", 0) > steps_done:
+        if epoch == resumed_epoch and steps_done and (params.get("steps") or 0) > steps_done:
             duration *= params["steps"] / (params["steps"] - steps_done)  # the rest of an epoch: as a whole one
         self._durations.append(duration)
         # train() falls back to "loss" when there is no validation set; so does this.
