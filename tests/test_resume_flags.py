@@ -14,8 +14,9 @@ import pytest
 import chatbot.cli.main as cli
 from chatbot.config import Config
 from chatbot.errors import ConfigError, TrainingError
-from chatbot.training.pipeline import (STATE, resumable, resume_changes, saved_config, train,
-                                       work_dir_for)
+from chatbot.training.backup import Backup
+from chatbot.training.pipeline import (STATE, checkpoint_seconds, resumable, resume_changes, saved_config,
+                                       train, work_dir_for)
 from conftest import TINY_PAIRS, tiny_config
 
 SMALL = {"model.units": 16, "model.embedding_dim": 8, "tokenizer.vocab_size": 120, "training.epochs": 3}
@@ -159,18 +160,77 @@ def test_a_training_resumed_within_an_epoch_is_the_uninterrupted_one(tmp_path, c
     assert bundle.metrics["epochs"] == 3 and bundle.metrics["epochs_run"] == 2
 
 
-def test_dropout_draws_the_same_masks_after_a_resume(tmp_path):
+def test_dropout_draws_the_same_masks_after_a_resume_from_a_checkpoint_taken_by_time(tmp_path):
     """The dropout layers' random states travel with each checkpoint (``save_weights`` leaves
-    them out: resumed, the weights came out 0.29 apart)."""
-    config = tiny_config(**SMALL, **{"training.checkpoint_every_steps": 1, "model.dropout": 0.2})
+    them out: resumed, the weights came out 0.29 apart). The checkpoints here are taken by time
+    (``checkpoint_every_minutes``, the default way within an epoch): a batch takes longer than
+    this interval, so every batch is checkpointed, as with ``checkpoint_every_steps`` 1."""
+    config = tiny_config(**SMALL, **{"training.checkpoint_every_minutes": 1e-6, "model.dropout": 0.2})
+    assert config.training.checkpoint_every_steps == 0
     whole = train(TINY_PAIRS, config, tmp_path / "whole", verbose=0)
     out = tmp_path / "model"
     with pytest.raises(KeyboardInterrupt):
         train(TINY_PAIRS, config, out, verbose=0, extra_callbacks=[StopAt(1, 2)])
+    state = json.loads((work_dir_for(out) / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["steps"]) == (1, 3)
     bundle = train(TINY_PAIRS, config, out, resume=True, verbose=0)
     for a, b in zip(whole.model.get_weights(), bundle.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert bundle.metrics["history"] == whole.metrics["history"]
+
+
+class Clock(keras.callbacks.Callback):
+    """A clock that moves ``seconds`` at each batch's end (placed before the backup)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.now, self.seconds = 0.0, seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.now += self.seconds
+
+
+class SavesOf(Backup):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.saves: list[tuple[int, int]] = []
+
+    def _save(self, epoch: int, steps: int, sums: list) -> None:
+        self.saves.append((epoch, steps))
+        super()._save(epoch, steps, sums)
+
+
+def test_checkpoints_by_time_are_taken_once_the_interval_passed_since_the_last_save(tmp_path):
+    """A batch of 30 s and checkpoints every 100 s: saved after batches 4 and 8 (counted from
+    the save before), not after the epoch's last (its end is saved next), and the epoch's end
+    starts the interval again. By steps too, the first rule due saves."""
+    clock = Clock(30.0)
+    backup = SavesOf(tmp_path / "backup", every_seconds=100.0, clock=clock)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = (np.ones((10, 2), "float32"), np.ones((10, 1), "float32"))
+    model.fit(*data, batch_size=1, epochs=2, verbose=0, shuffle=False, callbacks=[clock, backup])
+    assert backup.saves == [(0, 4), (0, 8), (1, 0), (1, 4), (1, 8), (2, 0)]
+    assert json.loads((tmp_path / "backup" / "state.json").read_text())["epoch"] == 2
+    assert len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1  # the older files removed
+    both = SavesOf(tmp_path / "both", every_steps=3, every_seconds=100.0, clock=Clock(30.0))
+    model.fit(*data, batch_size=1, epochs=1, verbose=0, shuffle=False, callbacks=[both.clock, both])
+    assert both.saves == [(0, 3), (0, 6), (0, 9), (1, 0)]  # time never came due: each step save restarts it
+    never = SavesOf(tmp_path / "never", clock=Clock(1e9))
+    model.fit(*data, batch_size=1, epochs=1, verbose=0, callbacks=[never.clock, never])
+    assert never.saves == [(1, 0)]
+
+
+def test_a_multi_worker_training_checkpoints_by_steps_only():
+    """Its workers must save at the same steps: the chief alone saving by time stalled the cluster."""
+    from chatbot.training.distribute import Cluster
+
+    training = tiny_config(**{"training.checkpoint_every_minutes": 2}).training
+    assert checkpoint_seconds(training, None) == checkpoint_seconds(training, Cluster("mirrored")) == 120
+    assert checkpoint_seconds(training, Cluster("multi-worker")) == 0
 
 
 class KilledBeforeTheBundle(keras.callbacks.Callback):
@@ -237,10 +297,10 @@ def test_resume_changes_lists_resumable_keys_and_refuses_the_rest(tmp_path):
     same = Config.from_dict(saved)
     assert resume_changes(saved, same, tmp_path) == []
     changed = same.with_overrides({"training.epochs": 9, "training.patience": 2, "decoding.beam": 3,
-                                   "training.checkpoint_every_steps": 5})
+                                   "training.checkpoint_every_steps": 5, "training.checkpoint_every_minutes": 2})
     assert resume_changes(saved, changed, tmp_path) == [
         "training.epochs 3 -> 9", "training.patience 15 -> 2", "training.checkpoint_every_steps 0 -> 5",
-        "decoding.beam 1 -> 3"]
+        "training.checkpoint_every_minutes 10.0 -> 2.0", "decoding.beam 1 -> 3"]
     for key, value in {"tokenizer.level": "char", "model.cell": "lstm", "training.batch_size": 4,
                        "training.seed": 1, "training.monitor": "val_loss", "data.context_turns": 1}.items():
         assert not resumable(key)

@@ -19,9 +19,11 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -112,8 +114,9 @@ class MovingAverageSwap(keras.callbacks.SwapEMAWeights):
 
 
 class Backup(keras.callbacks.Callback):
-    """Saves the training state at every epoch's end and, with ``every_steps``, after every that
-    many batches of an epoch; ``restore`` loads the latest into the model. It must come after
+    """Saves the training state at every epoch's end and, within an epoch, after every
+    ``every_steps`` batches and after the first batch that ends ``every_seconds`` after the last
+    save (``clock``: seconds); ``restore`` loads the latest into the model. It must come after
     every other callback of the epoch's end, so that a run killed before it repeats the epoch
     and logs it again, where a kill after it and before the log would lose the epoch's row (the
     plateau and early-stopping counters are rebuilt from it) and its chance at the best weights.
@@ -123,11 +126,13 @@ class Backup(keras.callbacks.Callback):
     Each save writes a new weights file, then ``state.json`` naming it (an atomic rename), then
     removes the older file: a kill at any moment leaves a state whose weights are whole."""
 
-    def __init__(self, folder: Path, every_steps: int = 0, swap: MovingAverageSwap | None = None):
+    def __init__(self, folder: Path, every_steps: int = 0, swap: MovingAverageSwap | None = None, *,
+                 every_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.folder = Path(folder)
-        self.every_steps = every_steps
+        self.every_steps, self.every_seconds, self.clock = every_steps, every_seconds, clock
         self.swap = swap
+        self._saved_at = clock()
         self._epoch = 0
         self._sums: list | None = None  # the resumed epoch's metric sums before its first batch
 
@@ -168,6 +173,9 @@ class Backup(keras.callbacks.Callback):
         self._sums = checkpoint.sums if checkpoint.steps else None
         return checkpoint
 
+    def on_train_begin(self, logs=None):
+        self._saved_at = self.clock()  # not the set-up before it (tracing, a restore)
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
@@ -179,7 +187,10 @@ class Backup(keras.callbacks.Callback):
                     "metric sums (the resumed epoch's figures count only its remaining batches)", add=True)
             self._sums = None
         last = batch + 1 == (self.params or {}).get("steps")  # its end is saved next, as the epoch's
-        if self.every_steps and (batch + 1) % self.every_steps == 0 and not last:
+        if last:
+            return
+        if ((self.every_steps and (batch + 1) % self.every_steps == 0)
+                or (self.every_seconds and self.clock() - self._saved_at >= self.every_seconds)):
             self._save(self._epoch, batch + 1, _sums_of(self.model))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -196,6 +207,7 @@ class Backup(keras.callbacks.Callback):
             "format": FORMAT, "epoch": epoch, "steps": steps, "weights": weights.name, "metrics": sums,
             "average_in_model": average_in_model, "stopped": bool(steps == 0 and self.model.stop_training),
             "seeds": [np.asarray(state).tolist() for state in _seed_states(self.model)]}))
+        self._saved_at = self.clock()
         for old in self.folder.iterdir():
             if old != weights and (old.name.endswith(".weights.h5") or old.name.startswith(KERAS_STATE)
                                    or old.name.startswith(KERAS_WEIGHTS)):

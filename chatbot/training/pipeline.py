@@ -60,7 +60,8 @@ UNKNOWN_RATE_TEXTS = 200_000  # the rate is measured on the first texts: a big c
 # restored from the checkpoint, decayed as it was) and the best weights so far (training.monitor).
 # training.distribute only spreads the same global batches over devices and workers.
 RESUMABLE = ("training.epochs", "training.early_stopping", "training.patience", "training.lr_decay_patience",
-             "training.clipnorm", "training.checkpoint_every_steps", "training.distribute", "model.dropout",
+             "training.clipnorm", "training.checkpoint_every_steps", "training.checkpoint_every_minutes",
+             "training.distribute", "model.dropout",
              "decoding.*", "dialogue.*")
 
 COSINE_FLOOR = 0.01  # lr_schedule "cosine" ends near this fraction of the learning rate
@@ -562,7 +563,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     log_file = plan.work / "training_log.csv"
     best_so_far = best_in_log(log_file, monitor) if resume else None
     swap = MovingAverageSwap() if training.ema_momentum else None
-    backup = Backup(plan.work / "backup", training.checkpoint_every_steps, swap)
+    backup = Backup(plan.work / "backup", training.checkpoint_every_steps, swap,
+                    every_seconds=checkpoint_seconds(training, cluster))
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
@@ -634,6 +636,13 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
     if best_weights.exists():
         model.load_weights(best_weights)
     return _joined(histories), seconds
+
+
+def checkpoint_seconds(training, cluster: distribute.Cluster | None) -> float:
+    """The seconds between checkpoints within an epoch (0: none by time). Workers of a
+    multi-worker training must checkpoint at the same steps, and their clocks would not agree:
+    with the chief alone checkpointing by time, the other worker failed at its first step."""
+    return 0.0 if cluster is not None and cluster.multi_worker else training.checkpoint_every_minutes * 60
 
 
 def _joined(histories: list):
