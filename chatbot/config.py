@@ -264,9 +264,9 @@ class TrainingConfig(Section):
     seed: int = setting(1234, "seed for weights, shuffling and the validation split", min=0, max=MAX_SEED)
     checkpoint_every_steps: int = setting(0, "also checkpoint every this many steps (0: at each epoch end only)",
                                           min=0, max=10 ** 9)
-    # An epoch of a big corpus takes hours on a CPU (4M pairs: about 18 h for the default recipe
-    # on 2 cores); a kill must not cost more than a few minutes of it. One save of the default
-    # model takes about 60 ms.
+    # An epoch of a big corpus takes hours on a CPU (4M pairs: about 17 h at the default recipe's
+    # 65 pairs/s on 2 cores, bench/results/train_speed.json); a kill must not cost more than a few minutes
+    # of it. One save of the default model takes about 60 ms.
     checkpoint_every_minutes: float = setting(
         10.0, "also checkpoint within an epoch once this many minutes passed since the last checkpoint "
               "(0: never by time; one machine: multi-worker trainings checkpoint by steps)", min=0, max=10 ** 6)
