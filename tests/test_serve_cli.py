@@ -136,6 +136,14 @@ def test_with_json_logs_a_server_that_cannot_start_says_why_in_json(capsys, monk
     assert line["message"].startswith("cannot open database")
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--host", "0.0.0.0", "--log-format", "json")
     assert code == 2 and json.loads(err)["message"].startswith("--host 0.0.0.0: without API keys")
+    # argparse's own refusals too, wherever the flag stands; without it, argparse's usage line.
+    for argv in (("serve", "--log-format", "json", "--port", "abc"), ("serve", "--port", "abc", "--log-format=json")):
+        code, _, err = run_cli(capsys, monkeypatch, *argv)
+        assert code == 2 and err.count("\n") == 1, err
+        line = json.loads(err)
+        assert line["level"] == "ERROR" and line["message"] == "chatbot serve: argument --port: expected an integer, got 'abc'"
+    code, _, err = run_cli(capsys, monkeypatch, "serve", "--port", "abc")
+    assert code == 2 and err.startswith("usage: chatbot serve") and "expected an integer, got 'abc'" in err
 
 
 def test_sigterm_drains_the_request_in_flight(tiny_bundle_path, tiny_pairs, tmp_path):

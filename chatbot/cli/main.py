@@ -654,10 +654,31 @@ def bounded(kind: type, least: float, most: float | None = None, above: bool = F
 
 
 # --- parser --------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals (``--port abc``) are a JSON log line when the command
+    line asks for ``--log-format json``: a collector reading one JSON object per line would drop
+    argparse's plain usage line. Its subcommands' parsers are of this class too."""
+
+    json_errors = False  # set by ``main`` from the command line, before parsing it
+
+    def error(self, message: str):
+        if Parser.json_errors:
+            from chatbot.cli.json_logs import json_line
+
+            print(json_line("chatbot", logging.ERROR, f"{self.prog}: {message}"), file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def _asks_for_json_logs(argv: list[str]) -> bool:
+    return "--log-format=json" in argv or any(
+        flag == "--log-format" and value == "json" for flag, value in zip(argv, argv[1:]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from chatbot.version import __version__
 
-    parser = argparse.ArgumentParser(prog="chatbot", description="A seq2seq chatbot: train it, ask it, chat with it.")
+    parser = Parser(prog="chatbot", description="A seq2seq chatbot: train it, ask it, chat with it.")
     parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -841,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for subprocesses TensorFlow starts
     _text_out_in_any_encoding()
     parser = build_parser()
+    Parser.json_errors = _asks_for_json_logs(sys.argv[1:] if argv is None else [str(a) for a in argv])
     args = parser.parse_args(argv)
     messages = logging.StreamHandler()  # "chatbot: warning: ...", as the command's own warnings
     messages.setFormatter(CommandFormatter())
