@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz import fuzz
 
+from chatbot.config import Config
 from chatbot.errors import ConfigError
 from chatbot.model.bundle import TRAIN, Bundle
 from chatbot.data.corpus import Example
@@ -201,8 +202,16 @@ def test_a_format_1_bundle_loads_as_the_model_it_was(tiny_bundle_path, tmp_path)
     assert old["data"]["retrieved_pairs"] == 0 and old["model"]["copy_attention"] is False
     assert "rerank" not in old["decoding"] and "rerank" in raw["decoding"]  # the input is left alone
     assert old["data"]["retriever"] == "lexical"
-    assert upgrade_config(raw, FORMAT_VERSION) is raw
-    assert upgrade_config(raw, 4) == raw  # a recurrent model's format 4 is today's
+    whole = json.loads((tiny_bundle_path / CONFIG).read_text())
+    assert upgrade_config(whole, FORMAT_VERSION) == whole
+    assert upgrade_config(whole, 4) == whole  # a recurrent model's format 4 is today's
+    # Keys whose defaults became the default recipe's: a config written without one meant the
+    # default of its day, at every format (old = format 1: no noisy copies before retrieval).
+    del whole["data"]["leave_out_own"], whole["data"]["substitute_words"], whole["training"]["batch_size"]
+    today = upgrade_config(whole, FORMAT_VERSION)
+    assert (today["data"]["leave_out_own"], today["data"]["substitute_words"], today["training"]["batch_size"]) \
+        == (0.25, False, 32)
+    assert (old["data"]["noisy_copies"], Config().data.noisy_copies, Config().training.batch_size) == (0, 3, 64)
 
 
 def test_an_old_bundles_config_given_to_train_means_what_loading_it_means(tiny_bundle_path, tmp_path):

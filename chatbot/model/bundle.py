@@ -288,6 +288,13 @@ def config_file(path: str | Path) -> Config:
     return Config.load(path)
 
 
+# Defaults that became the default recipe's in 0.4 (bundles hold every key, so these only fill
+# what a hand-written or trimmed config.json leaves out).
+EARLIER_DEFAULTS = {"data": {"validation_fraction": 0.1, "noisy_copies": 2, "substitute_words": False,
+                             "leave_out_own": 0.25},
+                    "training": {"batch_size": 32, "learning_rate": 0.002, "lr_decay_patience": 3}}
+
+
 def upgrade_config(raw: dict, format_version: int) -> dict:
     """A config as written by an older bundle format, in today's keys, meaning the same model:
     format 1 predates retrieve and refine (its models read the question alone and have no copy
@@ -295,9 +302,19 @@ def upgrade_config(raw: dict, format_version: int) -> dict:
     reply is always the decoded text); formats 1 and 2 retrieved by edit distance alone;
     formats 1 to 3 read words as typed and copy without the continuation bonus, which a
     transformer ignored up to format 4."""
-    if format_version >= FORMAT_VERSION or not isinstance(raw, dict):
+    if not isinstance(raw, dict):
         return raw
-    raw = json.loads(json.dumps(raw))  # a copy
+    raw = _upgrade_format(json.loads(json.dumps(raw)), format_version)  # a copy
+    for section, keys in EARLIER_DEFAULTS.items():  # a key the bundle lacks meant the default of its day
+        if isinstance(raw.setdefault(section, {}), dict):
+            for key, value in keys.items():
+                raw[section].setdefault(key, value)
+    return raw
+
+
+def _upgrade_format(raw: dict, format_version: int) -> dict:
+    if format_version >= FORMAT_VERSION:
+        return raw
     data, model, decoding = (raw.setdefault(k, {}) for k in ("data", "model", "decoding"))
     if isinstance(model, dict) and model.get("cell") == "transformer":
         model["copy_continuation"] = False
