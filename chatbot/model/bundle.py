@@ -288,11 +288,11 @@ def config_file(path: str | Path) -> Config:
     return Config.load(path)
 
 
-# Defaults that became the default recipe's in 0.4 (bundles hold every key, so these only fill
+# Defaults that became the default recipe's after 0.4.0 (bundles hold every key, so these only fill
 # what a hand-written or trimmed config.json leaves out).
 EARLIER_DEFAULTS = {"data": {"validation_fraction": 0.1, "noisy_copies": 2, "substitute_words": False,
                              "leave_out_own": 0.25},
-                    "training": {"batch_size": 32, "learning_rate": 0.002, "lr_decay_patience": 3}}
+                    "training": {"epochs": 100, "batch_size": 32, "learning_rate": 0.002, "lr_decay_patience": 3}}
 
 
 def upgrade_config(raw: dict, format_version: int) -> dict:

@@ -641,7 +641,8 @@ def fit(model, train_set, val_set, plan: Plan, resume: bool, verbose: int, extra
 def checkpoint_seconds(training, cluster: distribute.Cluster | None) -> float:
     """The seconds between checkpoints within an epoch (0: none by time). Workers of a
     multi-worker training must checkpoint at the same steps, and their clocks would not agree:
-    with the chief alone checkpointing by time, the other worker failed at its first step."""
+    with the chief alone checkpointing by time, the other worker failed within the first
+    epoch and the chief stalled."""
     return 0.0 if cluster is not None and cluster.multi_worker else training.checkpoint_every_minutes * 60
 
 
