@@ -141,7 +141,7 @@ def test_a_corpus_mostly_not_in_english_is_retrieved_lexically(tmp_path, caplog)
     import logging
 
     from chatbot.data.spelling import mostly_english
-    from chatbot.training.pipeline import train
+    from chatbot.training.pipeline import dry_run, train
     from conftest import tiny_config
 
     english = [Example((), q, a) for q, a in [("What is your name?", "Tiny."), ("How is the weather?", "Sunny.")]]
@@ -155,3 +155,9 @@ def test_a_corpus_mostly_not_in_english_is_retrieved_lexically(tmp_path, caplog)
     assert "retrieving by edit distance alone (lexical)" in caplog.text
     assert Bundle.load(tmp_path / "hi").config.data.retriever == "lexical" == bundle.config.data.retriever
     assert bundle.question_vectors is None  # nothing embedded for a retriever that does not read them
+    # Its users would be told "I'm not sure I understand" in English: said, unless the text was set.
+    assert "dialogue.fallback_text is English, but most of the corpus' words are not" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dry_run(corpus, config.with_overrides({"dialogue.fallback_text": "मैं समझा नहीं।"}), tmp_path / "hi2")
+    assert "edit distance alone" in caplog.text and "fallback_text" not in caplog.text

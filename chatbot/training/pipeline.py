@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from chatbot.config import Config, apply_dotted
+from chatbot.config import Config, DialogueConfig, apply_dotted
 from chatbot.data.corpus import Corpus, Example, load_corpus, loads_bounded
 from chatbot.data.examples import CorpusSplit, split_corpus
 from chatbot.data.noise import noisy
@@ -53,6 +53,7 @@ STATE = "state.json"
 SUMMARY_PAIRS = 2000
 UNKNOWN_RATE_WARNING = 0.02  # above this share of unknown tokens, suggest a new vocabulary
 UNKNOWN_RATE_TEXTS = 200_000  # the rate is measured on the first texts: a big corpus needs no full pass
+LANGUAGE_SAMPLE = 20_000  # pairs read to tell whether a corpus is mostly English, for the fallback text
 # What ``resume`` may change: settings read only after the saved state is restored. Every other
 # one fixes what the checkpoints hold: the data and its split (data.*, training.seed,
 # training.batch_size: steps per epoch, which a mid-epoch checkpoint counts in), the tokenizer,
@@ -405,6 +406,10 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
                     "language of its sentence encoder: retrieving by edit distance alone (lexical)")
         plan.config = config = config.with_overrides({"data.retriever": "lexical"})
         data = config.data
+    if (config.dialogue.fallback_text == DialogueConfig().fallback_text and plan.speller is None and english_words()
+            and not mostly_english(itertools.islice(plan.train, LANGUAGE_SAMPLE))):
+        log.warning("dialogue.fallback_text is English, but most of the corpus' words are not: the bot would say "
+                    "it to users who write in the corpus' language (set it with --set dialogue.fallback_text=...)")
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
