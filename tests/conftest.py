@@ -88,8 +88,7 @@ def bot(tiny_bot, tmp_path):
     """The tiny model with a fresh database per test (the model is shared, not reloaded)."""
     from chatbot.dialogue.bot import ChatBot
 
-    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False)
-    b.generator = tiny_bot.generator
+    b = ChatBot(tiny_bot.bundle, db=f"sqlite:///{tmp_path / 'chat.db'}", warm_up=False, generator=tiny_bot.generator)
     yield b
     b.close()
 

@@ -212,8 +212,7 @@ def write_locked(db: Path):
 def impatient_bot(tiny_bot, tmp_path):
     """The tiny model on a database that gives up on a lock after 300 ms."""
     store = SessionStore(tmp_path / "chat.db", busy_timeout_ms=300)
-    bot = ChatBot(tiny_bot.bundle, db=store, warm_up=False)
-    bot.generator = tiny_bot.generator
+    bot = ChatBot(tiny_bot.bundle, db=store, warm_up=False, generator=tiny_bot.generator)
     yield bot
     bot.close()
     store.close()

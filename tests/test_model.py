@@ -203,8 +203,9 @@ def test_a_server_traces_greedy_loops_for_every_batch_size_before_its_first_requ
     search: requests at temperature 0 then trace none, in whatever order their batch sizes come,
     and every start names the loops alike."""
     from chatbot.dialogue.bot import ChatBot
+    from chatbot.model.bundle import Bundle
 
-    with ChatBot.load(tiny_bundle_path, db="sqlite://") as bot:
+    with ChatBot(Bundle.load(tiny_bundle_path), db="sqlite://") as bot:  # its own generator: changed below
         bot.generator.decoding = bot.generator.resolve({"strategy": "beam", "beam": 2})
         bot.warm_widths((1, 2), (16,))
         before = bot.generator.trace_count

@@ -504,10 +504,11 @@ def test_a_server_compiles_greedy_decoding_once_ready_whatever_the_models_own(ti
 
     import chatbot.serving.app as app_module
     from chatbot.dialogue.bot import ChatBot
+    from chatbot.model.bundle import Bundle
 
     monkeypatch.setattr(app_module, "SERVER_WIDTHS", (16, 32))
     monkeypatch.setattr(app_module, "SERVER_BATCHES", (1, 2))
-    with ChatBot.load(tiny_bundle_path, db="sqlite://", warm_up=False) as bot:
+    with ChatBot(Bundle.load(tiny_bundle_path), db="sqlite://", warm_up=False) as bot:  # its own generator
         bot.generator.decoding = bot.generator.resolve({"strategy": "beam", "beam": 2, "n_best": 2})
         with TestClient(create_app(bot=bot, settings=ServerSettings())) as client:
             assert chat(client, "hi").status_code == 200  # waits for ready

@@ -23,8 +23,7 @@ from chatbot.errors import (
     DatabaseCorrupt, DecodingError, InputError, MessageNotStored, ReplyNotStored, SessionNotFound, StoreArgumentError, StoreError,
 )
 from chatbot.inference.generator import COMMON_WIDTHS, Generation, Generator, check_sample_number
-from chatbot.data.spelling import speller_for
-from chatbot.inference.retrieval import memory_for
+from chatbot.dialogue.loaded import new_generator, shared_model
 
 if TYPE_CHECKING:
     from chatbot.dialogue.store import SessionStore
@@ -159,14 +158,13 @@ def _contexts(contexts, count: int) -> list[list[str]]:
 
 class ChatBot:
     def __init__(self, bundle: Bundle, db: "str | SessionStore | None" = None, warm_up: bool = True,
-                 dialogue: DialogueConfig | dict[str, Any] | None = None):
+                 dialogue: DialogueConfig | dict[str, Any] | None = None, generator: Generator | None = None):
         """``dialogue`` overrides the bundle's ``dialogue`` settings (a whole ``DialogueConfig``
         or a dict of some of its fields, validated like a config file); the settings in force
-        are stored with every reply."""
+        are stored with every reply. ``generator``: one of this bundle's to share (``load``
+        does), else the bot makes its own."""
         self.bundle = bundle
-        self.generator = Generator(bundle.model, bundle.tokenizer, bundle.config.data, bundle.config.decoding,
-                                   memory=memory_for(bundle.config.data, bundle.train, bundle.question_vectors),
-                                   speller=speller_for(bundle.config.data, bundle.train))
+        self.generator = generator if generator is not None else new_generator(bundle)
         self.dialogue = bundle.config.dialogue.with_overrides(dialogue)
         self._db = db
         self._store = None
@@ -235,12 +233,16 @@ class ChatBot:
     def load(cls, model: str | Path | None = None, db: "str | SessionStore | None" = None, warm_up: bool = True,
              dialogue: DialogueConfig | dict[str, Any] | None = None) -> "ChatBot":
         """Load a bundle (default: ``models/default``); ``model`` may be a path or a name.
+        Every bot loaded from the same files in this process shares one model and its compiled
+        decoder (``chatbot.dialogue.loaded``: TensorFlow never frees a compiled program), so a
+        second bot loads at once; ``ChatBot(Bundle.load(path))`` makes one of its own.
 
         ``db`` is any SQLAlchemy URL (default: ``$CHATBOT_DB`` or a SQLite file in the user's
         data directory), opened when a session is first used; or a ``SessionStore`` to share
         (with its own ``busy_timeout_ms``, say), which the caller closes.
         """
-        return cls(Bundle.load(resolve_model_path(model)), db=db, warm_up=warm_up, dialogue=dialogue)
+        loaded = shared_model(resolve_model_path(model))
+        return cls(loaded.bundle, db=db, warm_up=warm_up, dialogue=dialogue, generator=loaded.generator)
 
     @property
     def name(self) -> str:
