@@ -69,6 +69,9 @@ from pathlib import Path
 
 from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb, results_name
 
+from chatbot.evaluation import fallback  # the threshold rules, shared with chatbot evaluate --unanswerable
+from chatbot.evaluation.fallback import best_threshold, roc_auc
+
 DATA = ROOT / "bench" / "data"
 REWORDED = DATA / "reworded.jsonl"
 TYPOS = DATA / "typos.jsonl"
@@ -120,57 +123,6 @@ def corpus_chrf(replies: list[str], references: list[list[str]]) -> float:
     width = max(len(refs) for refs in references)
     streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
     return CHRF().corpus_score(list(replies), streams).score
-
-
-def roc_auc(scores, labels) -> float | None:
-    """Mann-Whitney ROC AUC: the chance that a random right reply scores above a random wrong
-    one (ties count a half). None when one of the classes is empty."""
-    import numpy as np
-
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
-        return None
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties share the mean rank
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def best_threshold(scores, labels) -> dict:
-    """The threshold t maximising the accuracy of "keep the reply if score >= t, else fall
-    back" (kept right replies and dropped wrong ones count as correct), with the precision and
-    recall of right replies among the kept ones. t lies halfway between the lowest kept score
-    and the highest dropped one; on ties the rule keeping more replies wins."""
-    import numpy as np
-
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    n, n_right = len(s), int(y.sum())
-    if not n:
-        return {}
-    order = np.argsort(-s, kind="mergesort")
-    s_desc, y_desc = s[order], y[order]
-    tp = np.concatenate([[0], np.cumsum(y_desc)])  # right replies among the k best-scored
-    fp = np.concatenate([[0], np.cumsum(~y_desc)])
-    accuracy = (tp + (n - n_right) - fp) / n
-    cuttable = np.ones(n + 1, dtype=bool)
-    cuttable[1:n] = s_desc[:-1] > s_desc[1:]  # only cut between different scores
-    best = max((k for k in range(n + 1) if cuttable[k]), key=lambda k: (accuracy[k], k))
-    if best == 0:
-        threshold = None  # keep nothing: every reply is wrong
-    elif best == n:
-        threshold = float(s_desc[-1])
-    else:
-        threshold = float((s_desc[best - 1] + s_desc[best]) / 2)
-    return {
-        "threshold": None if threshold is None else round(threshold, 4),
-        "accuracy": round(float(accuracy[best]), 4),
-        "precision": round(float(tp[best] / best), 4) if best else None,
-        "recall": round(float(tp[best] / n_right), 4) if n_right else None,
-        "kept": round(best / n, 4),
-        "accuracy_keep_all": round(n_right / n, 4),
-    }
 
 
 def threshold_report(scores, labels, threshold: float) -> dict:
@@ -458,13 +410,10 @@ def load_unanswerable(path: str | Path) -> dict[str, list[Item]]:
 
 
 def capped_best_threshold(scores, labels, right_training) -> dict:
-    """The rule ``dialogue.min_confidence`` is chosen by: ``best_threshold`` of the scores cut to
-    the lowest score of a right training reply (``right_training``), so that none of those falls
-    back (no threshold can fall between scores above the cap)."""
-    import numpy as np
-
-    cap = min(right_training) if right_training else 1.0
-    return best_threshold(np.minimum(scores, cap), labels)
+    """The rule ``dialogue.min_confidence`` is chosen by (``chatbot evaluate --unanswerable``'s):
+    ``best_threshold`` of the scores cut to the lowest score of a right training reply
+    (``right_training``), so that none of those falls back."""
+    return fallback.capped_best_threshold(scores, labels, min(right_training) if right_training else 1.0)
 
 
 def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, generated: dict, right: dict,

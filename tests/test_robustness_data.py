@@ -200,37 +200,6 @@ def test_normalise():
     assert make_typos.normalise("Hi, How is it going?") == robustness.normalise("Hi, How is it going?")
 
 
-def test_auc_perfect_inverted_and_ties():
-    assert robustness.roc_auc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
-    assert robustness.roc_auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
-    assert robustness.roc_auc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5
-    assert robustness.roc_auc([0.1, 0.9, 0.1, 0.9], [True, True, False, False]) == 0.5
-    # 2 right x 2 wrong pairs: (0.8 > 0.3), (0.8 > 0.6), (0.4 > 0.3), (0.4 < 0.6) -> 3/4
-    assert robustness.roc_auc([0.8, 0.4, 0.3, 0.6], [True, True, False, False]) == 0.75
-    assert robustness.roc_auc([1.0, 2.0], [True, True]) is None
-
-
-def test_auc_of_random_scores_is_near_half():
-    import random
-
-    rng = random.Random(3)
-    scores = [rng.random() for _ in range(4000)]
-    labels = [rng.random() < 0.5 for _ in scores]
-    assert abs(robustness.roc_auc(scores, labels) - 0.5) < 0.03
-
-
-def test_best_threshold():
-    found = robustness.best_threshold([-0.1, -0.2, -1.0, -2.0], [True, True, False, False])
-    assert found["threshold"] == -0.6 and found["accuracy"] == 1.0
-    assert found["precision"] == 1.0 and found["recall"] == 1.0 and found["kept"] == 0.5
-    # all right: keep everything; all wrong: keep nothing
-    assert robustness.best_threshold([-1.0, -3.0], [True, True])["kept"] == 1.0
-    assert robustness.best_threshold([-1.0, -3.0], [False, False])["threshold"] is None
-    # ties are never split: one score, both outcomes
-    tied = robustness.best_threshold([-1.0, -1.0, -1.0], [True, True, False])
-    assert tied["kept"] == 1.0 and tied["accuracy"] == round(2 / 3, 4)
-
-
 def test_corpus_chrf_takes_varying_reference_counts():
     perfect = robustness.corpus_chrf(["Hello", "Good"], [["Hello"], ["Fine", "Good", "Great"]])
     assert perfect == pytest.approx(100.0)

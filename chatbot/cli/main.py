@@ -57,8 +57,6 @@ TRAIN_FLAGS = {  # command-line flag -> config key
 def cmd_train(args) -> int:
     from chatbot.config import Config
     from chatbot.data.corpus import load_corpus
-    from chatbot.errors import ConfigError
-
     from chatbot.model.bundle import CONFIG, config_file, resolve_model_path
 
     if args.dry_run and args.resume:
@@ -75,14 +73,7 @@ def cmd_train(args) -> int:
                  if getattr(args, flag) is not None}
     if args.bidirectional:
         overrides["model.bidirectional"] = True
-    for item in args.set or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+    overrides.update(settings_given(args.set or [], "--set"))
     if overrides.get("model.attention") == "none":  # copying reads the attention: off with it, unless asked
         overrides.setdefault("model.copy_attention", False)
     if args.resume and not args.config:  # the saved training's settings, changed only by the flags given
@@ -311,11 +302,13 @@ def _reply_line(result, config, as_json: bool) -> str:
 
 # --- evaluate ------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
+    from chatbot.evaluation.fallback import load_questions
     from chatbot.evaluation.golden import load_golden
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     cases = load_golden(args.golden) if args.golden else None  # a bad file fails before the model loads
+    unanswerable = load_questions(args.unanswerable) if args.unanswerable else ()
     if args.plot:
         from chatbot.evaluation.plots import ensure_matplotlib
 
@@ -333,7 +326,7 @@ def cmd_evaluate(args) -> int:
             fraction = bot.bundle.config.data.validation_fraction
             print(f"chatbot: this model has no validation pairs (data.validation_fraction {fraction} held out "
                   "none); evaluating on its training questions, which it has seen", file=sys.stderr, flush=True)
-        report = evaluate(bot, data.examples, data.reference, decoding, source=data.source)
+        report = evaluate(bot, data.examples, data.reference, decoding, source=data.source, unanswerable=unanswerable)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path
     if args.details:
@@ -349,14 +342,14 @@ def cmd_evaluate(args) -> int:
             out["golden"] = golden.to_json()
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(_evaluation_table(report, model_path, golden, args.golden))
+        print(_evaluation_table(report, model_path, golden, args.golden, args.model or "default"))
     if golden is not None and not golden.ok:
         print(f"chatbot: {len(golden.failed)} of {len(cases)} golden cases failed ({args.golden})", file=sys.stderr)
         return EXIT_ERROR
     return 0
 
 
-def _evaluation_table(report, model_path, golden, golden_path) -> str:
+def _evaluation_table(report, model_path, golden, golden_path, model_name: str) -> str:
     d = report.decoding
     strategy = f"beam {d['beam']}" if d["strategy"] == "beam" else d["strategy"]
     source = f"{report.source} split" if report.source in ("validation", "train") else report.source
@@ -377,6 +370,11 @@ def _evaluation_table(report, model_path, golden, golden_path) -> str:
         f"latency         {latency['mean']:.2f} ms per reply (p50 {latency['p50']:.2f}, "
         f"p90 {latency['p90']:.2f}; batched)",
     ]
+    if report.fallback is not None:
+        lines += _fallback_lines(report.fallback, model_name)
+        if report.source == "train":
+            lines.append("                (chosen on training questions alone: reworded ones score lower, so also "
+                         "evaluate a --corpus of questions worded as users word them, with their answers)")
     if golden is not None:
         lines.append(f"golden          {len(golden.passed)} of {len(golden.passed) + len(golden.failed)} "
                      f"passed ({golden_path})")
@@ -615,6 +613,36 @@ def cmd_models(args) -> int:
     return 0
 
 
+def settings_given(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` settings: a value is JSON where it parses (numbers, true, lists), else text."""
+    from chatbot.errors import ConfigError
+
+    settings = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got '{item}'")
+        try:
+            settings[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[key] = raw
+    return settings
+
+
+def cmd_models_set(args) -> int:
+    from chatbot.model.bundle import change_settings, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    settings = settings_given(args.settings, "models set")
+    config = change_settings(path, settings)
+    written = config.to_dict()
+    for key in settings:
+        section, _, name = key.partition(".")
+        print(f"{key} = {json.dumps(written[section][name], ensure_ascii=False)}")
+    print(f"chatbot: changed {path} (bundle.json records the change)", file=sys.stderr)
+    return 0
+
+
 def _write_export(text: str, out: str | None, store) -> None:
     if out:
         from chatbot.cli.console import write_export
@@ -797,12 +825,19 @@ def build_parser() -> argparse.ArgumentParser:
                                "messages, and give the space back (SQLite: VACUUM)")
     sessions.set_defaults(func=cmd_sessions)
 
-    models = sub.add_parser("models", help="list the model bundles under models/ with their key figures")
-    models.add_argument("action", choices=("list",))
-    models.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, "
-                                      "then the bundled models)")
-    models.add_argument("--json", action="store_true", help="one JSON object per bundle")
-    models.set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="list the model bundles under models/; change a model's run-time settings")
+    models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = models_sub.add_parser("list", help="the bundles under models/ with their key figures")
+    listing.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, "
+                                       "then the bundled models)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per bundle")
+    listing.set_defaults(func=cmd_models)
+    change = models_sub.add_parser("set", help="change a trained model's decoding.* or dialogue.* settings "
+                                               "in place, without retraining")
+    change.add_argument("model", help="bundle directory or name under models/")
+    change.add_argument("settings", nargs="+", metavar="KEY=VALUE",
+                        help="e.g. dialogue.min_confidence=0.93 or 'dialogue.fallback_text=¿Cómo?'")
+    change.set_defaults(func=cmd_models_set)
 
     corpus = sub.add_parser("corpus", help="corpus tools: stats, validate, convert between YAML, TSV and JSONL")
     corpus_sub = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -833,11 +868,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--golden", metavar="FILE", help="question<TAB>expected answer cases that must all "
                                                            "pass (exit 1 and list the failures otherwise)")
     evaluate.add_argument("--plot", metavar="FILE.png", help="save reply-length and score distributions")
+    evaluate.add_argument("--unanswerable", metavar="FILE",
+                          help="questions the model should not answer (one per line, or JSON lines with "
+                               "'question'): choose dialogue.min_confidence on them and the evaluated ones")
     add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
     for command in sub.choices.values():  # a usage error found later shows its command's usage
         command.set_defaults(command_parser=command)
     return parser
+
+
+def _fallback_lines(choice, model_name: str) -> list[str]:
+    def share(value) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def effect(at) -> str:
+        return (f"keeps {share(at.right_kept)} of {choice.right} right replies, drops {share(at.wrong_dropped)} "
+                f"of {choice.wrong} wrong ones, answers {share(at.unanswerable_answered)} of {choice.unanswerable} "
+                "unanswerable")
+
+    auc = "-" if choice.auc_right_vs_unanswerable is None else f"{choice.auc_right_vs_unanswerable:.3f}"
+    cap = "" if choice.cap is None else (f"; at most {choice.cap:g}, the lowest confidence of a right reply to a "
+                                          "training question, so that none of those falls back")
+    lines = [f"fallback        at min_confidence {choice.current.min_confidence:g} (the model's): {effect(choice.current)}",
+             f"                (confidence AUC, right vs unanswerable: {auc}{cap})"]
+    best = choice.suggested
+    if best is None:
+        lines.append("suggested       none: every evaluated reply was wrong, no threshold keeps a right one")
+    elif best.accuracy <= choice.current.accuracy:
+        lines.append("suggested       the model's own: no threshold does better on these questions")
+    else:
+        lines += [f"suggested       min_confidence {best.min_confidence:g}: {effect(best)}",
+                  f"                (right kept + wrong and unanswerable dropped: {choice.current.accuracy:.1%} -> "
+                  f"{best.accuracy:.1%}); to use it: chatbot models set {model_name} "
+                  f"dialogue.min_confidence={best.min_confidence:g}"]
+    return lines
 
 
 def one_line(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from chatbot.evaluation.metrics import (
     sentence_chrf, top_share, words,
 )
 from chatbot.errors import BundleError, CorpusError, InputError
+from chatbot.evaluation.fallback import FallbackChoice, choose_min_confidence
 from chatbot.evaluation.golden import as_chatbot
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ItemResult:
     references: tuple[str, ...]
     exact: bool
     score: float  # the generator's mean log-probability per token (0 is certain)
+    confidence: float  # what dialogue.min_confidence is compared with
     chrf: float  # sentence chrF against all references
     tokens: int  # generated tokens, end token excluded
     latency_ms: float
@@ -48,7 +50,8 @@ class ItemResult:
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
         data.update(context=list(self.context), references=list(self.references),
-                    score=round(self.score, 4), chrf=round(self.chrf, 2), latency_ms=round(self.latency_ms, 2))
+                    score=round(self.score, 4), confidence=round(self.confidence, 4), chrf=round(self.chrf, 2),
+                    latency_ms=round(self.latency_ms, 2))
         return data
 
 
@@ -72,6 +75,7 @@ class EvaluationReport:
     reply_words: float
     latency_ms: dict[str, float]  # mean, p50, p90 per reply (batch time / batch size)
     items: list[ItemResult]
+    fallback: FallbackChoice | None = None  # with questions it should not answer: min_confidence's choice
 
     @property
     def inputs(self) -> int:
@@ -92,7 +96,7 @@ class EvaluationReport:
                 "top10_share": r(self.top10_share), "reply_perplexity": r(self.reply_perplexity, 3),
                 "reply_tokens": r(self.reply_tokens, 2), "reply_words": r(self.reply_words, 2),
                 "latency_ms": {k: r(v, 2) for k, v in self.latency_ms.items()},
-                "decoding": self.decoding}
+                "decoding": self.decoding, **({"fallback": self.fallback.to_json()} if self.fallback else {})}
 
 
 def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None = None) -> tuple[float, float]:
@@ -120,14 +124,19 @@ def teacher_forced(bundle, examples: Sequence[Example], retrieval: bool | None =
 
 
 def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | None = None,
-             decoding=None, source: str = "examples") -> EvaluationReport:
+             decoding=None, source: str = "examples", unanswerable: Sequence[str] = (),
+             min_confidence: float | None = None) -> EvaluationReport:
     """Measure a model (a ``ChatBot`` or a ``Bundle``) on ``examples``.
 
     A reply counts as exact when it equals any answer its input has in ``reference`` (default:
     the examples themselves; their own answers always count). ``decoding`` overrides the
     model's decoding settings like ``ChatBot.generate``'s. Replies are judged as decoded: the
     dialogue's fallback (``min_confidence``, ``fallback_threshold``) is not applied, as it is
-    not by ``generate``.
+    not by ``generate``. With ``unanswerable`` questions (ones the model should not answer), the
+    report also says what ``min_confidence`` (default: the bundle's) does to the replies, and
+    which threshold would fall back on the most wrong and unanswerable ones while keeping the
+    most right ones, never above a right reply to a training question
+    (``fallback.choose_min_confidence``).
     """
     import numpy as np
 
@@ -146,11 +155,22 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
     replies = [g.text for g in generated]
     references = [accepted[i] for i in inputs]
     items = [ItemResult(context=i[:-1], question=i[-1], reply=g.text, references=tuple(refs),
-                        exact=is_exact(g.text, refs), score=g.score, chrf=sentence_chrf(g.text, refs),
+                        exact=is_exact(g.text, refs), score=g.score, confidence=g.confidence,
+                        chrf=sentence_chrf(g.text, refs),
                         tokens=len(g.token_ids) - (1 if g.token_ids[-1:] == (END,) else 0),
                         latency_ms=g.latency_ms)
              for i, g, refs in zip(inputs, generated, references)]
     latency = np.array([g.latency_ms for g in generated])
+    fallback = None
+    if unanswerable:
+        outside = bot.generate(list(unanswerable), decoding=config)
+        current = bot.bundle.config.dialogue.min_confidence if min_confidence is None else min_confidence
+        trained = {input_key(e) for e in bot.bundle.train}
+        fallback = choose_min_confidence([i.confidence for i in items if i.exact],
+                                         [i.confidence for i in items if not i.exact],
+                                         [g.confidence for g in outside], current,
+                                         taught=[i.confidence for i in items
+                                                 if i.exact and (*i.context, i.question) in trained])
     return EvaluationReport(
         model=bot.name, source=source, pairs=len(examples),
         decoding=dataclasses.asdict(config.resolved()),
@@ -164,7 +184,7 @@ def evaluate(bot, examples: Sequence[Example], reference: Sequence[Example] | No
         reply_words=float(np.mean([len(words(r)) for r in replies])),
         latency_ms={"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
                     "p90": float(np.percentile(latency, 90))},
-        items=items)
+        items=items, fallback=fallback)
 
 
 # --- where examples come from --------------------------------------------------------------------

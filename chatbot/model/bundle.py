@@ -20,6 +20,7 @@ leaves either the old bundle or the new one, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -206,41 +207,10 @@ class Bundle:
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
         path = Path(path)
-        if not path.is_dir():
-            raise BundleError(f"{path}: no model bundle here (not a directory)")
-        manifest = _read_manifest(path / MANIFEST)
-        version = manifest["format_version"]
-        if version > FORMAT_VERSION:
-            raise BundleError(f"{path}: bundle format {version} is newer than this chatbot "
-                              f"supports ({FORMAT_VERSION}); upgrade the chatbot package")
-        unsafe = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in UNSAFE_SUFFIXES]
-        if unsafe:
-            raise BundleError(f"{path}: refusing to load a bundle containing {', '.join(sorted(unsafe))} "
-                              "(formats that can execute code)")
-        listed = manifest["files"]
-        for name in REQUIRED:
-            if name not in listed:
-                raise BundleError(f"{path / MANIFEST}: '{name}' is not listed")
-        for name, expected in listed.items():
-            file = path / name
-            if not file.is_file():
-                raise BundleError(f"{file}: missing file")
-            if file_sha256(file) != expected:
-                raise BundleError(f"{file}: corrupt file (checksum mismatch)")
-        for name in (METRICS, VALIDATION, TRAIN, QUESTION_VECTORS):  # the optional files loading reads
-            if name not in listed and (path / name).exists():
-                raise BundleError(f"{path / name}: not listed in {MANIFEST}, so it was not written with the "
-                                  "bundle and its checksum cannot be checked")
-
-        try:
-            config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), version))
+        manifest = checked_manifest(path)
+        with _read_as_bundle(path, manifest):
+            config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), manifest["format_version"]))
             tokenizer = TextTokenizer.load(path / TOKENIZER)
-        except ChatbotError as exc:
-            written_by = manifest.get("chatbot_version")
-            if _newer_version(written_by, __version__):  # e.g. a config key this version lacks
-                raise BundleError(f"{path}: {exc}; the model was made by chatbot {written_by}, newer than "
-                                  f"this one ({__version__}): upgrade the chatbot package") from None
-            raise BundleError(f"{path}: {exc}") from None
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
                               f"expect {manifest.get('vocab_size')}")
@@ -261,6 +231,107 @@ class Bundle:
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
                    path=path, manifest=manifest, question_vectors=_read_vectors(path / QUESTION_VECTORS))
+
+
+def checked_manifest(path: Path) -> dict:
+    """The manifest of the bundle at ``path``, after the checks loading makes before it reads a
+    file: a bundle of a format this version reads, no file that can execute code, every listed
+    file present and unchanged (sha256), no unlisted file that loading would read."""
+    if not path.is_dir():
+        raise BundleError(f"{path}: no model bundle here (not a directory)")
+    manifest = _read_manifest(path / MANIFEST)
+    version = manifest["format_version"]
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version} is newer than this chatbot "
+                          f"supports ({FORMAT_VERSION}); upgrade the chatbot package")
+    unsafe = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in UNSAFE_SUFFIXES]
+    if unsafe:
+        raise BundleError(f"{path}: refusing to load a bundle containing {', '.join(sorted(unsafe))} "
+                          "(formats that can execute code)")
+    listed = manifest["files"]
+    for name in REQUIRED:
+        if name not in listed:
+            raise BundleError(f"{path / MANIFEST}: '{name}' is not listed")
+    for name, expected in listed.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing file")
+        if file_sha256(file) != expected:
+            raise BundleError(f"{file}: corrupt file (checksum mismatch)")
+    for name in (METRICS, VALIDATION, TRAIN, QUESTION_VECTORS):  # the optional files loading reads
+        if name not in listed and (path / name).exists():
+            raise BundleError(f"{path / name}: not listed in {MANIFEST}, so it was not written with the "
+                              "bundle and its checksum cannot be checked")
+    return manifest
+
+
+@contextlib.contextmanager
+def _read_as_bundle(path: Path, manifest: dict):
+    """A config or tokenizer that cannot be read is the bundle's error, and says so when a newer
+    chatbot wrote it."""
+    try:
+        yield
+    except ChatbotError as exc:
+        written_by = manifest.get("chatbot_version")
+        if _newer_version(written_by, __version__):  # e.g. a config key this version lacks
+            raise BundleError(f"{path}: {exc}; the model was made by chatbot {written_by}, newer than "
+                              f"this one ({__version__}): upgrade the chatbot package") from None
+        raise BundleError(f"{path}: {exc}") from None
+
+
+RUN_TIME_SECTIONS = ("decoding", "dialogue")  # what replies read at run time; the rest made the weights
+
+
+def change_settings(path: str | Path, overrides: dict[str, Any]) -> Config:
+    """Change a trained model's run-time settings in place, e.g. ``{"dialogue.min_confidence":
+    0.93}`` (chosen by ``chatbot evaluate --unanswerable``) or a fallback text in the corpus'
+    language, without retraining: only ``decoding.*`` and ``dialogue.*`` keys, checked as a
+    config file is. The bundle is checked as loading checks it, copied beside itself (files
+    hard-linked where the file system allows), given the new ``config.json`` and manifest (which
+    records what changed, when), and swapped in whole, as ``save`` does. Returns the new config."""
+    from chatbot.errors import ConfigError
+
+    path = Path(path)
+    if not overrides:
+        raise ConfigError("no settings to change (expected KEY=VALUE, e.g. dialogue.min_confidence=0.9)")
+    for key in overrides:
+        if key.partition(".")[0] not in RUN_TIME_SECTIONS or not key.partition(".")[2]:
+            raise ConfigError(f"'{key}': only decoding.* and dialogue.* settings change without retraining "
+                              "(the others made the weights: train again with chatbot train --set)")
+    manifest = checked_manifest(path)
+    with _read_as_bundle(path, manifest):
+        config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), manifest["format_version"]))
+    config = config.with_overrides(overrides)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(path, staging, copy_function=_link_or_copy)
+        (staging / CONFIG).unlink()  # a hard link: writing through it would change the bundle in place
+        (staging / CONFIG).write_text(config.to_json(), encoding="utf-8")
+        written = config.to_dict()
+        changed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "chatbot_version": __version__,
+                   "settings": {key: written[key.partition(".")[0]][key.partition(".")[2]] for key in overrides}}
+        # The config is written in today's keys (upgrade_config), so the bundle's format is today's.
+        manifest = {**manifest, "format_version": FORMAT_VERSION, "changes": [*manifest.get("changes", []), changed],
+                    "files": {**manifest["files"], CONFIG: file_sha256(staging / CONFIG)}}
+        (staging / MANIFEST).unlink()
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _fsync_tree(staging)
+        _replace_dir(staging, path)
+    except OSError as exc:  # disk full, permissions: the bundle is untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BundleError(f"{path}: cannot change the bundle ({exc.strerror or exc})") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return config
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows (a bundle's files are never written in place)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _check_weights_can_hold(path: Path, config: Config, vocab_size: int) -> None:
@@ -472,7 +543,7 @@ def _read_manifest(file: Path) -> dict:
     if outside is not None:
         raise BundleError(f"{file}: 'files' lists {outside!r}, which is not a file name inside the bundle")
     for key, kind in (("corpus", dict), ("created", str), ("chatbot_version", str),
-                      ("vocab_size", int), ("parameters", int)):
+                      ("vocab_size", int), ("parameters", int), ("changes", list)):
         if manifest.get(key) is not None and not isinstance(manifest[key], kind):
             raise BundleError(f"{file}: '{key}' must be a {kind.__name__}, got {type(manifest[key]).__name__}")
     return manifest

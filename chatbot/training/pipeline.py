@@ -409,7 +409,8 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
     if (config.dialogue.fallback_text == DialogueConfig().fallback_text and plan.speller is None and english_words()
             and not mostly_english(itertools.islice(plan.train, LANGUAGE_SAMPLE))):
         log.warning("dialogue.fallback_text is English, but most of the corpus' words are not: the bot would say "
-                    "it to users who write in the corpus' language (set it with --set dialogue.fallback_text=...)")
+                    "it to users who write in the corpus' language (set it with --set dialogue.fallback_text=..., or "
+                    "after training with chatbot models set MODEL dialogue.fallback_text=...)")
     plan.memory = memory_for(data, plan.train)
     if plan.memory is not None:
         stage(f"answer memory: {len(plan.memory)} questions, {data.retriever} retrieval")
