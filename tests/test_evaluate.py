@@ -300,7 +300,7 @@ def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, ti
     assert result.stderr == f"chatbot: 1 of 2 golden cases failed ({golden})\n"
     rows = [json.loads(line) for line in details.read_text().splitlines()]
     assert len(rows) == len(tiny_pairs) and all(r["exact"] for r in rows)
-    assert set(rows[0]) == {"context", "question", "reply", "references", "exact", "score", "chrf",
+    assert set(rows[0]) == {"context", "question", "reply", "references", "exact", "score", "confidence", "chrf",
                             "tokens", "latency_ms"}
     assert png_size(plot)[0] >= 600 and plot.stat().st_size > 5000
 

@@ -864,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N distinct questions")
     evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     evaluate.add_argument("--details", metavar="FILE.jsonl",
-                          help="write every question, reply, references, exact, score and chrF (JSON lines)")
+                          help="write every question, reply, references, exact, score, confidence and chrF (JSON lines)")
     evaluate.add_argument("--golden", metavar="FILE", help="question<TAB>expected answer cases that must all "
                                                            "pass (exit 1 and list the failures otherwise)")
     evaluate.add_argument("--plot", metavar="FILE.png", help="save reply-length and score distributions")

@@ -298,6 +298,18 @@ def _read_file(file: Path, digest) -> Iterator[Dialogue | CorpusError]:
         yield from reader(file, _decoded_lines(file, f, digest))
 
 
+def numbered_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a small UTF-8 text file that is not a corpus (golden checks,
+    question lists), lines ending at "\n" or "\r\n" as the corpus readers end them; a file that
+    cannot be read or decoded is a ``CorpusError`` naming it (and the line)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(path, None, f"cannot read {what} ({exc.strerror})") from None
+    for number, line in enumerate(_decode_utf8(path, raw, 1).split("\n"), start=1):
+        yield number, line.removesuffix("\r")
+
 def _decoded_lines(file: Path, f, digest) -> Iterator[str]:
     """The lines of a binary file as text (a leading byte order mark dropped), without their
     ``\n``: the same lines ``text.split("\n")`` gives."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from chatbot.data.corpus import numbered_lines
 from chatbot.data.text import clean_text
 from chatbot.errors import CorpusError
 
@@ -139,18 +140,9 @@ def load_questions(path: str | Path) -> list[str]:
     """Questions, one per line (blank lines and ``#`` comments skipped), or JSON lines with a
     ``question`` field (``.jsonl``). A bad line is a ``CorpusError`` naming the file and line."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(path, None, f"cannot read the questions ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, raw[:exc.start].count(b"\n") + 1, "invalid UTF-8") from None
     as_json = path.suffix.lower() == ".jsonl"
     questions = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for number, line in numbered_lines(path, "the questions"):
         if not line.strip() or (not as_json and line.lstrip().startswith("#")):
             continue
         if as_json:

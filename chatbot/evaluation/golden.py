@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from chatbot.data.corpus import JSONL_SUFFIXES, YAML_SUFFIXES, load_corpus
+from chatbot.data.corpus import JSONL_SUFFIXES, YAML_SUFFIXES, load_corpus, numbered_lines
 from chatbot.data.text import clean_text
 from chatbot.errors import CorpusError
 from chatbot.evaluation.metrics import is_exact
@@ -90,18 +90,7 @@ def load_golden(path: str | Path) -> list[GoldenCase]:
 
 
 def _golden_lines(path: Path):
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(path, None, f"cannot read golden file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, raw[:exc.start].count(b"\n") + 1, "invalid UTF-8") from None
-    # Lines end at "\n" (and "\r\n") only, as in the corpus reader: str.splitlines also ends
-    # them at U+2028 or U+0085, which an answer may hold, and the line numbers went wrong.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for number, line in numbered_lines(path, "golden file"):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         question, tab, answer = line.partition("\t")
