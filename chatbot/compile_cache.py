@@ -15,7 +15,10 @@ Three things the flag alone does not cover, handled here:
   hands one of them a program built for another's instructions;
 - TensorFlow fails the call, rather than compiling again, when a cached file cannot be read, so
   files that are not whole are removed before TensorFlow starts;
-- the directory grows with every new shape, so it is kept under ``MAX_BYTES``, oldest first.
+- the directory grows with every new shape, so it is kept under ``MAX_BYTES``, oldest first;
+- a TensorFlow upgrade or another CPU starts a directory of its own, so the directories of other
+  builds unused for ``UNUSED_BUILD_DAYS`` are removed (a machine sharing the home directory that
+  still uses one compiles its programs again, once).
 
 The directory must be the user's own and writable by no one else (a program read from it runs
 as machine code). Set ``CHATBOT_XLA_CACHE`` to another directory, or to ``off``.
@@ -37,6 +40,7 @@ ENVIRONMENT = "CHATBOT_XLA_CACHE"
 FLAG = "--tf_xla_persistent_cache_directory"
 MAX_BYTES = 128 * 2 ** 20  # about 180 programs of the default model (700 KB each)
 STALE_TEMPORARY_SECONDS = 3600  # a writer's temporary file this old was left by a crash
+UNUSED_BUILD_DAYS = 30  # another TensorFlow build's or CPU's directory nothing wrote to for this long
 _WHOLE_ENTRY_FIELDS = {1, 2, 3}  # XlaSerializedCacheEntry: key, hlo_module, executable
 
 
@@ -123,6 +127,29 @@ def tidy(directory: Path, max_bytes: int = MAX_BYTES) -> None:
         total -= size
 
 
+def retire_other_builds(directory: Path, unused_days: float = UNUSED_BUILD_DAYS) -> None:
+    """Remove the sibling directories of ``directory`` (other TensorFlow builds and CPUs) that
+    are ours, private, and hold nothing written in ``unused_days`` (reading a program does not
+    touch it, so "written" is what can be told). Anything else there is left alone."""
+    cutoff = time.time() - unused_days * 86400
+    for other in directory.parent.iterdir():
+        if other == directory or not other.name.startswith("tf") or other.is_symlink():
+            continue
+        try:
+            if not _is_private(other):
+                continue
+            entries = list(other.iterdir())
+            if any(not entry.is_file() or entry.is_symlink() for entry in entries):
+                continue  # not a program directory of ours
+            if max([other.stat().st_mtime] + [entry.stat().st_mtime for entry in entries]) > cutoff:
+                continue
+            for entry in entries:
+                entry.unlink()
+            other.rmdir()
+        except OSError:  # in use, gone, or not ours to remove: leave it
+            continue
+
+
 def enable(base: str | Path | None = None) -> Path | None:
     """Point TensorFlow's XLA program cache at ``cache_directory(base)`` (``base`` defaults to
     ``$CHATBOT_XLA_CACHE``, else ``default_directory()``), by the ``TF_XLA_FLAGS`` environment
@@ -142,6 +169,7 @@ def enable(base: str | Path | None = None) -> Path | None:
         if not _is_private(directory):
             return None
         tidy(directory)
+        retire_other_builds(directory)
     except OSError:
         return None
     os.environ["TF_XLA_FLAGS"] = f"{flags} {FLAG}={directory}".strip()

@@ -90,6 +90,27 @@ def test_tidy_removes_damaged_programs_stale_temporary_files_and_the_oldest_over
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pb", "writing.pb.tmp"]
 
 
+def test_directories_of_other_builds_unused_for_a_month_are_removed(tmp_path, clean_environment):
+    def build(name: str, days_unused: float, mode: int = 0o700, files=("a.pb",)) -> "os.PathLike":
+        folder = tmp_path / name
+        folder.mkdir(mode=mode)
+        folder.chmod(mode)
+        when = time.time() - days_unused * 86400
+        for file in files:
+            (folder / file).write_bytes(WHOLE)
+            os.utime(folder / file, (when, when))
+        os.utime(folder, (when, when))
+        return folder
+
+    build("tf2.15.0-x86_64-0123456789ab", days_unused=45)  # an older TensorFlow: retired
+    build("tf2.21.0-x86_64-ba9876543210", days_unused=3)  # another machine's, in use: kept
+    build("tf2.14.0-x86_64-aaaaaaaaaaaa", days_unused=90, mode=0o777)  # not private: not ours to judge
+    build("notes", days_unused=400)  # not a build directory
+    directory = compile_cache.enable(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [directory.name, "notes", "tf2.14.0-x86_64-aaaaaaaaaaaa", "tf2.21.0-x86_64-ba9876543210"])
+
+
 def test_a_damaged_cached_program_is_compiled_again_not_a_failed_reply(tiny_bundle_path, tiny_pairs, tmp_path):
     """TensorFlow fails a call whose cached program cannot be read; the CLI removes such files
     before TensorFlow starts. Two real `chatbot ask` runs: the first fills the cache, every
