@@ -69,8 +69,6 @@ from pathlib import Path
 
 from _common import DEFAULT_CORPUS, ROOT, emit, log, peak_rss_mb, results_name
 
-from chatbot.evaluation import fallback  # the threshold rules, shared with chatbot evaluate --unanswerable
-from chatbot.evaluation.fallback import best_threshold, roc_auc
 
 DATA = ROOT / "bench" / "data"
 REWORDED = DATA / "reworded.jsonl"
@@ -413,6 +411,8 @@ def capped_best_threshold(scores, labels, right_training) -> dict:
     """The rule ``dialogue.min_confidence`` is chosen by (``chatbot evaluate --unanswerable``'s):
     ``best_threshold`` of the scores cut to the lowest score of a right training reply
     (``right_training``), so that none of those falls back."""
+    from chatbot.evaluation import fallback  # the rules chatbot evaluate --unanswerable uses
+
     return fallback.capped_best_threshold(scores, labels, min(right_training) if right_training else 1.0)
 
 
@@ -424,6 +424,8 @@ def unanswerable_report(unanswerable: dict[str, list[Item]], off_corpus: dict, g
     threshold that best separates right replies from wrong and off-corpus ones together, also
     capped at the lowest confidence of a right reply to a training question (so that none of
     those falls back): on the dev half, what ``dialogue.min_confidence`` is chosen from."""
+    from chatbot.evaluation.fallback import best_threshold, roc_auc
+
     trained = [generated[i.question].confidence for i in all_items
                if i.set == "training" and right[("model", i.set, i.question)]]
     cap = min(trained) if trained else 1.0
@@ -524,6 +526,7 @@ def main() -> None:
             log(f"warning: {name}: {len(clash)} questions equal a corpus question once normalised, e.g. {clash[0]!r}")
 
     from chatbot.dialogue.bot import ChatBot  # TensorFlow from here on
+    from chatbot.evaluation.fallback import best_threshold, roc_auc
 
     bot = ChatBot.load(args.model)
     bot.wait_ready()
