@@ -91,13 +91,20 @@ def apply_typo(text: str, kind: str, rng: random.Random) -> str | None:
     raise ValueError(f"unknown typo kind {kind!r}")
 
 
+# corpora/english/basics.yml is this project's own small talk, added after the set was drawn from
+# ChatterBot's files: left out, so that the committed set stays what this script makes.
+LEFT_OUT_FILES = {"basics"}
+
+
 def corpus_questions(corpus: str | Path = DEFAULT_CORPUS) -> dict[str, str]:
     """Each distinct corpus question -> the file stem it first appears in (corpus order)."""
     from chatbot.data.corpus import load_corpus
 
     table: dict[str, str] = {}
     for example in load_corpus(corpus).examples(0, True):
-        table.setdefault(example.question, Path(example.source.rsplit(":", 1)[0]).stem)
+        stem = Path(example.source.rsplit(":", 1)[0]).stem
+        if stem not in LEFT_OUT_FILES:
+            table.setdefault(example.question, stem)
     return table
 
 

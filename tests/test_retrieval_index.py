@@ -123,7 +123,7 @@ def test_a_short_question_with_a_typo_finds_its_short_neighbour(pairs, small_ind
     exact = exact_memory(pairs, monkeypatch)
     for query in ("Yse?", "Hlelo", "Hi ther", "Nthing"):  # one edit from a stored short question
         assert memory.nearest(query, 1, 0.0)[0] == exact.nearest(query, 1, 0.0)[0], query
-    assert memory.nearest("Yse?", 1, 0.0)[0].question.lower().startswith("yes")
+    assert memory.nearest("Hlelo", 1, 0.0)[0].question.lower().startswith("hello")
     assert memory.nearest("Nthing", 1, 0.0)[0].question == "Nothing"  # a stored key one longer
 
 

@@ -57,8 +57,8 @@ def test_reworded_sizes_kinds_and_categories(reworded, categories):
     kinds = Counter(row["kind"] for row in reworded)
     assert set(kinds) == REWORD_KINDS
     assert min(kinds.values()) >= 15, kinds
-    every_file = {stem for stems in categories.values() for stem in stems}
-    assert {row["category"] for row in reworded} == every_file
+    every_file = {stem for stems in categories.values() for stem in stems} - make_typos.LEFT_OUT_FILES
+    assert {row["category"] for row in reworded} == every_file  # ChatterBot's files: basics.yml came later
 
 
 def test_typo_sizes_kinds_and_categories(typos, categories):
@@ -71,7 +71,7 @@ def test_typo_sizes_kinds_and_categories(typos, categories):
         original = row["original"]
         assert len(original.split()) >= 3 or len(original) >= 12, row
         assert row["question"][0] == original[0], row  # never the first letter
-    every_file = {stem for stems in categories.values() for stem in stems}
+    every_file = {stem for stems in categories.values() for stem in stems} - make_typos.LEFT_OUT_FILES
     assert {row["category"] for row in typos} == every_file
 
 
