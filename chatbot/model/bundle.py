@@ -39,6 +39,7 @@ from chatbot.version import __version__
 from chatbot.config import Config
 from chatbot.data.corpus import Example, JSONTooDeep, load_corpus, loads_bounded, resolve_corpus
 from chatbot.errors import BundleError, ChatbotError, CorpusError
+from chatbot.files import temporary_sibling
 from chatbot.data.tokenizer import TextTokenizer
 
 # 1: the first format; 2: retrieve and refine (data.retrieved_pairs, model.copy_attention,
@@ -141,9 +142,9 @@ class Bundle:
         path = Path(path)
         check_replaceable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        staging = temporary_sibling(path)
         staging.mkdir()
-        try:
+        with _swapped_in(staging, path, "write"):
             (staging / CONFIG).write_text(self.config.to_json(), encoding="utf-8")
             self.tokenizer.save(staging / TOKENIZER)
             self.model.save_weights(staging / WEIGHTS)
@@ -171,14 +172,6 @@ class Bundle:
                 "files": {name: file_sha256(staging / name) for name in files},
             }
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            _fsync_tree(staging)
-            _replace_dir(staging, path)
-        except OSError as exc:  # disk full, permissions: the old bundle (if any) is untouched
-            shutil.rmtree(staging, ignore_errors=True)
-            raise BundleError(f"{path}: cannot write the bundle ({exc.strerror or exc})") from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         self.path, self.manifest = path, manifest
         return path
 
@@ -209,7 +202,7 @@ class Bundle:
         path = Path(path)
         manifest = checked_manifest(path)
         with _read_as_bundle(path, manifest):
-            config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), manifest["format_version"]))
+            config = _bundle_config(path / CONFIG, manifest)
             tokenizer = TextTokenizer.load(path / TOKENIZER)
         if tokenizer.vocab_size != manifest.get("vocab_size"):
             raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
@@ -279,6 +272,28 @@ def _read_as_bundle(path: Path, manifest: dict):
         raise BundleError(f"{path}: {exc}") from None
 
 
+def _bundle_config(file: Path, manifest: dict) -> Config:
+    """A bundle's ``config.json`` in today's keys, as its format means it (``upgrade_config``)."""
+    return Config.from_dict(upgrade_config(_read_json(file), manifest["format_version"]))
+
+
+@contextlib.contextmanager
+def _swapped_in(staging: Path, path: Path, doing: str):
+    """Fill ``staging`` in the block; then it is synced and replaces ``path`` whole. If anything
+    fails it is removed and the bundle at ``path`` (if any) is untouched; an ``OSError`` (disk
+    full, permissions) becomes a ``BundleError`` saying it could not ``doing`` the bundle."""
+    try:
+        yield
+        _fsync_tree(staging)
+        _replace_dir(staging, path)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BundleError(f"{path}: cannot {doing} the bundle ({exc.strerror or exc})") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 RUN_TIME_SECTIONS = ("decoding", "dialogue")  # what replies read at run time; the rest made the weights
 
 
@@ -300,10 +315,10 @@ def change_settings(path: str | Path, overrides: dict[str, Any]) -> Config:
                               "(the others made the weights: train again with chatbot train --set)")
     manifest = checked_manifest(path)
     with _read_as_bundle(path, manifest):
-        config = Config.from_dict(upgrade_config(_read_json(path / CONFIG), manifest["format_version"]))
+        config = _bundle_config(path / CONFIG, manifest)
     config = config.with_overrides(overrides)
-    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    staging = temporary_sibling(path)
+    with _swapped_in(staging, path, "change"):
         shutil.copytree(path, staging, copy_function=_link_or_copy)
         (staging / CONFIG).unlink()  # a hard link: writing through it would change the bundle in place
         (staging / CONFIG).write_text(config.to_json(), encoding="utf-8")
@@ -315,14 +330,6 @@ def change_settings(path: str | Path, overrides: dict[str, Any]) -> Config:
                     "files": {**manifest["files"], CONFIG: file_sha256(staging / CONFIG)}}
         (staging / MANIFEST).unlink()
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(staging)
-        _replace_dir(staging, path)
-    except OSError as exc:  # disk full, permissions: the bundle is untouched
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BundleError(f"{path}: cannot change the bundle ({exc.strerror or exc})") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return config
 
 
@@ -354,8 +361,7 @@ def config_file(path: str | Path) -> Config:
     written."""
     path = Path(path)
     if path.name == CONFIG and (path.parent / MANIFEST).is_file():
-        manifest = _read_manifest(path.parent / MANIFEST)
-        return Config.from_dict(upgrade_config(_read_json(path), manifest["format_version"]))
+        return _bundle_config(path, _read_manifest(path.parent / MANIFEST))
     return Config.load(path)
 
 
