@@ -229,6 +229,11 @@ class ModelConfig(Section):
     feed_forward: int = setting(0, "transformer: width of each layer's feed-forward block (0: 4 x units)",
                                 min=0, max=65_536)
 
+    def summary(self) -> str:
+        """One line for people: "GRU 256 x1, attention dot with copying" (training, models show)."""
+        shape = f"{self.heads} heads" if self.cell == "transformer" else f"attention {self.attention}"
+        return f"{self.cell.upper()} {self.units} x{self.layers}, {shape}{' with copying' if self.copy_attention else ''}"
+
     def check_combinations(self, prefix: str) -> None:
         if self.cell == "transformer":
             _check(self.units % self.heads == 0, prefix, "heads",

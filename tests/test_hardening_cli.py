@@ -253,6 +253,23 @@ def test_models_list_marks_hostile_bundles_unusable_and_lists_the_rest(hostile, 
     assert "'validation' must be an object" in rows["odd_metrics"]["problem"]
 
 
+@pytest.mark.parametrize("bundle", ["deep_config", "absurd_config", "huge_token_id", "deep_tokenizer", "bad_examples",
+                                    "files_outside", "files_list", "models/deep", "models/good", "models/odd_metrics",
+                                    "models/odd_types", "file", "empty_dir"])
+def test_models_show_says_what_is_wrong_with_a_hostile_bundle_in_one_line(hostile, bundle, capsys, monkeypatch):
+    """A card marked UNUSABLE (the checks loading makes, without loading), or one error line."""
+    first, _, rest = bundle.partition("/")
+    path = hostile[first] / rest if rest else hostile[first]
+    code, out, err = run(capsys, monkeypatch, "models", "show", path)
+    assert_one_line_at_most(code, err, verdict=True)
+    if bundle == "models/good":
+        assert code == 0 and "every file intact and readable" in out
+    elif code == 1 and out:  # the card, saying why loading would refuse it
+        assert err == "" and "UNUSABLE: " in out
+    else:
+        assert code == 1 and out == "" and err.startswith("chatbot: error: ") and err.count("\n") == 1
+
+
 def test_a_nul_byte_in_the_database_url_is_one_line(tiny_bundle_path, capsys, monkeypatch):
     code, out, err = run(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--db", NUL_DB,
                          "--session", "s", "hi")

@@ -221,17 +221,20 @@ def test_read_only_commands_never_create_a_database(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_models_list_creates_and_changes_nothing(tmp_path):
+def test_models_list_and_show_create_and_change_nothing(tmp_path, tiny_bundle_path):
     """Neither in the models folder nor in the home directory (caches, config files)."""
     models, home = tmp_path / "models", tmp_path / "home"
     (models / "mine").mkdir(parents=True)
     (models / "mine" / "bundle.json").write_text('{"format_version": 1}', encoding="utf-8")
+    shutil.copytree(tiny_bundle_path, models / "tiny")
     home.mkdir()
     before = snapshot(tmp_path)
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": "", "XDG_CACHE_HOME": "", "XDG_CONFIG_HOME": ""}
-    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "models", "list", "--dir", str(models)],
-                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0 and "mine" in result.stdout, result
+    for args, shown in ((("list", "--dir", models), "mine"), (("show", models / "tiny"), "every file matches"),
+                        (("show", models / "tiny", "--json"), '"config"')):
+        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "models", *map(str, args)],
+                                cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0 and shown in result.stdout, result
     assert snapshot(tmp_path) == before
 
 

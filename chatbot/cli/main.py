@@ -613,6 +613,88 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_models_show(args) -> int:
+    from chatbot.model.bundle import describe, resolve_model_path
+
+    card = describe(resolve_model_path(args.model))
+    if args.json:
+        print(json.dumps(card, ensure_ascii=False))
+    elif args.config:
+        print(json.dumps(card["config"], indent=2, ensure_ascii=False))
+    else:
+        for label, text in model_card(card):
+            print(f"  {label:<11} {text}" if label else text)
+    return 0 if card["problem"] is None else 1
+
+
+def model_card(card: dict) -> list[tuple[str, str]]:
+    """``chatbot models show``'s lines, (label, text), from ``describe``'s dict."""
+    from chatbot.config import Config
+    from chatbot.data.text import escape_unshowable as shown
+
+    def when(stamp) -> str:
+        return f"{stamp[:16].replace('T', ' ')} UTC" if isinstance(stamp, str) else "unknown"
+
+    def corpus_line(corpus: dict) -> str:
+        digest = f" (sha256 {corpus['sha256'][:12]})" if isinstance(corpus.get("sha256"), str) else ""
+        counts = ", ".join(f"{corpus[key]:,} {what}" for key, what in (
+            ("examples", "pairs"), ("train", "trained on"), ("validation", "held out"))
+            if isinstance(corpus.get(key), int))
+        return f"{shown(str(corpus.get('path', 'unknown')))}{digest}{': ' + counts if counts else ''}"
+
+    config, corpus, training = card["config"], card["corpus"], card["training"]
+    checked = ("every file intact and readable" if card["problem"] is None
+               else f"UNUSABLE: {shown(card['problem'])}")
+    lines = [(None, f"{shown(card['name'])}: {shown(card['path'])}"),
+             ("made", f"{when(card['created'])} by chatbot {card['chatbot_version'] or '?'} "
+                      f"(bundle format {card['format_version']}); {checked}"),
+             ("model", f"{Config.from_dict(config).model.summary()}; {card['parameters'] or 0:,} parameters; "
+                       f"{config['tokenizer']['level']} vocabulary of {card['vocab_size'] or 0:,}"),
+             ("corpus", corpus_line(corpus))]
+    base = corpus.get("base_model")
+    if isinstance(base, dict):
+        lines.append(("fine-tuned", f"from {shown(str(base.get('name')))} of {when(base.get('created'))}"
+                                    + (f", trained on {corpus_line(base['corpus'])}" if isinstance(base.get("corpus"), dict) else "")))
+    if training:
+        parts = []
+        if isinstance(training.get("epochs_run"), int):
+            parts.append(f"{training['epochs_run']} of {training.get('epochs', config['training']['epochs'])} epochs"
+                         + (f" in {training['train_seconds'] / 60:.1f} min" if isinstance(training.get("train_seconds"), (int, float)) else ""))
+        if isinstance(training.get("final_loss"), (int, float)):
+            parts.append(f"loss {training['final_loss']:.4g} (lowest {training['best_loss']:.4g})")
+        if isinstance(training.get("train_exact_match"), (int, float)):
+            parts.append(f"training questions answered exactly {training['train_exact_match']:.1%}")
+        lines.append(("training", "; ".join(parts) or "no figures"))
+        validation = training.get("validation") or {}
+        figures = [f"{name.replace('_', ' ')} {validation[key]:{fmt}}" for key, name, fmt in (
+            ("exact_match", "exact", ".1%"), ("perplexity", "perplexity", ",.1f"), ("token_accuracy", "token accuracy", ".1%"))
+            if isinstance(validation.get(key), (int, float))]
+        if figures:
+            lines.append(("validation", ", ".join(figures)))
+    data, decoding, dialogue = config["data"], config["decoding"], config["dialogue"]
+    if data["retrieved_pairs"]:
+        lines.append(("retrieval", f"{data['retriever']}, {data['retrieved_pairs']} pairs shown"
+                                   + ("; spelling corrected to the corpus' words" if data["spelling"] else "")))
+    strategy = decoding["strategy"]
+    how = (f"beam {decoding['beam']}, length penalty {decoding['length_penalty']}" if strategy == "beam"
+           else f"sampling, temperature {decoding['temperature']}, top-k {decoding['top_k']}, top-p {decoding['top_p']}"
+           if strategy == "sample" else "greedy")
+    if data["retrieved_pairs"]:
+        how += (f", retrieval on, retrieved bonus {decoding['retrieved_bonus']}, unaided weight "
+                f"{decoding['unaided_weight']}" if decoding["retrieval"] else ", retrieval off")
+    lines.append(("decoding", f"{how}, at most {decoding['max_length']} tokens"))
+    lines.append(("dialogue", f"min confidence {dialogue['min_confidence']}, fallback threshold "
+                              f"{dialogue['fallback_threshold']}, fallback text {shown(json.dumps(dialogue['fallback_text'], ensure_ascii=False))}"))
+    for change in card["changes"]:
+        if isinstance(change, dict) and isinstance(change.get("settings"), dict):
+            settings = ", ".join(f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in change["settings"].items())
+            lines.append(("changed", f"{when(change.get('at'))}: {shown(settings)}"))
+    largest = sorted(card["files"].items(), key=lambda item: -item[1])[:3]
+    lines.append(("files", f"{len(card['files'])}, {card['size_bytes'] / 2**20:.1f} MB: "
+                           + ", ".join(f"{shown(name)} {size / 2**20:.1f} MB" for name, size in largest)))
+    return lines
+
+
 def settings_given(items: list[str], flag: str) -> dict:
     """``KEY=VALUE`` settings: a value is JSON where it parses (numbers, true, lists), else text."""
     from chatbot.errors import ConfigError
@@ -825,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "messages, and give the space back (SQLite: VACUUM)")
     sessions.set_defaults(func=cmd_sessions)
 
-    models = sub.add_parser("models", help="list the model bundles under models/; change a model's run-time settings")
+    models = sub.add_parser("models", help="list the model bundles under models/; show one; change a model's run-time "
+                                          "settings")
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = models_sub.add_parser("list", help="the bundles under models/ with their key figures")
     listing.add_argument("--dir", help="directory of bundles (default: models/ of the working directory, "
@@ -838,6 +921,14 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("settings", nargs="+", metavar="KEY=VALUE",
                         help="e.g. dialogue.min_confidence=0.93 or 'dialogue.fallback_text=¿Cómo?'")
     change.set_defaults(func=cmd_models_set)
+    show = models_sub.add_parser("show", help="how a model was made and what it is set to: corpus, training, "
+                                             "config, setting changes, files (no weights loaded)")
+    show.add_argument("model", help="bundle directory or name under models/")
+    shown = show.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="everything as one JSON object")
+    shown.add_argument("--config", action="store_true",
+                       help="the whole config as JSON, to train another like it (chatbot train --config FILE)")
+    show.set_defaults(func=cmd_models_show)
 
     corpus = sub.add_parser("corpus", help="corpus tools: stats, validate, convert between YAML, TSV and JSONL")
     corpus_sub = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")

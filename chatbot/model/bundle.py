@@ -200,14 +200,7 @@ class Bundle:
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
         path = Path(path)
-        manifest = checked_manifest(path)
-        with _read_as_bundle(path, manifest):
-            config = _bundle_config(path / CONFIG, manifest)
-            tokenizer = TextTokenizer.load(path / TOKENIZER)
-        if tokenizer.vocab_size != manifest.get("vocab_size"):
-            raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
-                              f"expect {manifest.get('vocab_size')}")
-        _check_weights_can_hold(path, config, tokenizer.vocab_size)
+        manifest, config, tokenizer = _checked_parts(path)
         from chatbot.model.network import build_model  # deferred: TensorFlow is slow to import
 
         model = build_model(tokenizer.vocab_size, config.model, config.data.max_output_tokens)
@@ -224,6 +217,20 @@ class Bundle:
         return cls(config, tokenizer, model, metrics, corpus=manifest.get("corpus", {}),
                    validation=_read_examples(path / VALIDATION), train=_read_examples(path / TRAIN),
                    path=path, manifest=manifest, question_vectors=_read_vectors(path / QUESTION_VECTORS))
+
+
+def _checked_parts(path: Path) -> tuple[dict, Config, TextTokenizer]:
+    """What loading reads and checks before it builds the network: the manifest
+    (``checked_manifest``), the config, the tokenizer, and whether they fit the weights file."""
+    manifest = checked_manifest(path)
+    with _read_as_bundle(path, manifest):
+        config = _bundle_config(path / CONFIG, manifest)
+        tokenizer = TextTokenizer.load(path / TOKENIZER)
+    if tokenizer.vocab_size != manifest.get("vocab_size"):
+        raise BundleError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the weights "
+                          f"expect {manifest.get('vocab_size')}")
+    _check_weights_can_hold(path, config, tokenizer.vocab_size)
+    return manifest, config, tokenizer
 
 
 def checked_manifest(path: Path) -> dict:
@@ -459,6 +466,44 @@ def list_bundles(directory: str | Path) -> list[BundleSummary]:
                                    (manifest.get("corpus") or {}).get("path"), manifest.get("parameters"),
                                    {k: v for k, v in key.items() if v is not None}, problem))
     return found
+
+
+def describe(path: str | Path) -> dict:
+    """Everything ``chatbot models show`` tells about a bundle, without loading its weights:
+    the manifest (how and from what it was made, its later setting changes), the whole config
+    in today's keys, the training figures (per-epoch history left out: ``training_log.csv``),
+    every file's size, and ``problem``: what loading would refuse, found by every check it makes
+    but building the network and reading the weights into it (None: files intact and readable).
+    A manifest or config that cannot be read at all is a BundleError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no model bundle here (not a directory)")
+    try:
+        _checked_parts(path)
+        for examples in (VALIDATION, TRAIN):
+            _read_examples(path / examples)
+        _read_vectors(path / QUESTION_VECTORS)
+        problem = None
+    except BundleError as exc:
+        problem = str(exc)
+    manifest = _read_manifest(path / MANIFEST)
+    with _read_as_bundle(path, manifest):
+        config = _bundle_config(path / CONFIG, manifest)
+    try:
+        metrics = _read_metrics(path / METRICS)
+    except BundleError as exc:
+        metrics, problem = {}, problem or str(exc)
+    history = metrics.pop("history", None)
+    losses = history.get("loss") if isinstance(history, dict) else None
+    if isinstance(losses, list) and losses and all(isinstance(x, (int, float)) for x in losses):
+        metrics.update(final_loss=losses[-1], best_loss=min(losses))
+    files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+    return {"name": path.name, "path": str(path), "problem": problem,
+            **{key: manifest.get(key) for key in ("format_version", "chatbot_version", "created",
+                                                  "parameters", "vocab_size")},
+            "size_bytes": sum(files.values()), "corpus": manifest.get("corpus") or {},
+            "changes": manifest.get("changes") or [], "training": metrics, "config": config.to_dict(),
+            "files": files}
 
 
 def _newer_version(version, than: str) -> bool:

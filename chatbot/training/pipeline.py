@@ -447,11 +447,7 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
         compile_model(model, config.training.learning_rate, config.training.clipnorm, config.training.ema_momentum)
     if cluster.strategy is not None:  # a batch to build from: only then, it fills the shuffle buffer
         distribute.adapt(model, cluster, next(iter(train_set)))
-    shape = (f"{config.model.heads} heads" if config.model.cell == "transformer"
-             else f"attention {config.model.attention}")
-    stage(f"model: {config.model.cell.upper()} {config.model.units} x{config.model.layers}, "
-          f"{shape}{' with copying' if config.model.copy_attention else ''}, "
-          f"{model.count_params():,} parameters, "
+    stage(f"model: {config.model.summary()}, {model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
     return model, train_set, val_set
 
