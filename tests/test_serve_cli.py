@@ -25,6 +25,16 @@ def test_without_keys_only_loopback(capsys, monkeypatch):
     assert code == 2 and "without API keys" in err and "--insecure" in err
 
 
+@pytest.mark.parametrize("module", ["chatbot", "chatbot.cli.main"])
+def test_python_dash_m_is_the_same_command(module):
+    """Run as ``python -m``, a usage error is still one (exit 2), not an unexpected one: the
+    module run as __main__ is a second copy of chatbot.cli.main, whose UsageError serve's is not."""
+    env = {key: value for key, value in os.environ.items() if key != "CHATBOT_API_KEYS"}
+    result = subprocess.run([sys.executable, "-m", module, "serve", "--host", "0.0.0.0"], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 2 and "without API keys" in result.stderr and "unexpected" not in result.stderr
+
+
 def test_any_origin_without_keys_is_refused(capsys, monkeypatch):
     monkeypatch.delenv("CHATBOT_API_KEYS", raising=False)
     code, _, err = run_cli(capsys, monkeypatch, "serve", "--cors-origin", "*")

@@ -1104,5 +1104,7 @@ def run() -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # python -m chatbot.cli.main: run the module as imported, not this copy of it,
+    from chatbot.cli.main import run as run_imported  # whose classes (UsageError) other modules do not know
+
+    run_imported()
