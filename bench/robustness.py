@@ -63,7 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -648,6 +648,12 @@ def main() -> None:
                                                  dialogue.min_confidence)
     for system in ABLATIONS:
         result[system] = figures[system]
+    # Where (a) and (c) part ways: a reply right by one and wrong by the other. "retrieval_only"
+    # is what the decoder lost of what retrieval found; "model_only" what it found beyond it.
+    result["model_vs_retrieval"] = {name: dict(Counter(
+        {(True, True): "both", (True, False): "model_only", (False, True): "retrieval_only",
+         (False, False): "neither"}[(right[("model", name, i.question)], right[("retrieval_alone", name, i.question)])]
+        for i in items[name])) for name in SETS}
     result["fuzzy"] = {**figures["fuzzy"], "seconds": round(fuzzy_s, 1),
                        "rule": "difflib.get_close_matches(q, corpus_questions, n=1, cutoff=0.0); "
                                "reply = first answer of the match in corpus order"}
@@ -694,6 +700,10 @@ def main() -> None:
                                  "score": round(generated[item.question].score, 4),
                                  "confidence": round(generated[item.question].confidence, 4),
                                  "right": right[("model", item.set, item.question)]},
+                       "retrieval_alone": {"reply": replies["retrieval_alone"][item.question],
+                                           "match": nearest[item.question][0],
+                                           "similarity": round(nearest[item.question][2], 4),
+                                           "right": right[("retrieval_alone", item.set, item.question)]},
                        "fuzzy": {"reply": replies["fuzzy"][item.question], "match": fuzzy[item.question][0],
                                  "right": right[("fuzzy", item.set, item.question)]}}
                 if "chatterbot" in replies:
