@@ -250,7 +250,7 @@ def create_app(model: str | Path | None = None, db: str | None = None, *, bot=No
         loaded = await current.bot_when_ready()
         return {"name": current.model_name, "created": loaded.bundle.manifest.get("created"),
                 "chatbot_version": __version__, "decoding": dataclasses.asdict(loaded.decoding),
-                "auth": current.keys.required}
+                "max_message_chars": loaded.dialogue.max_message_chars, "auth": current.keys.required}
 
     _offline_docs(app)
     if (STATIC / "index.html").is_file():

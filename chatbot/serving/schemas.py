@@ -157,6 +157,7 @@ class ModelInfo(_Strict):
     created: str | None
     chatbot_version: str
     decoding: dict[str, Any]  # the model's decoding settings (the ``[decoding]`` config section)
+    max_message_chars: int  # a longer message is refused (``dialogue.max_message_chars``)
     auth: bool  # whether requests need an API key
 
 

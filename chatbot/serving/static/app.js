@@ -24,6 +24,7 @@
     key: readKey(),
     auth: false,
     sessions: [],
+    sessionsLoaded: false,
     current: null,      // the shown session's id, null before the first message of a new one
     nextBefore: null,   // the id to page older messages from, null when there are none
     busy: false,
@@ -119,6 +120,7 @@
         code = body.error.code || "";
       }
     } catch (e) { /* not JSON: the status line says it */ }
+    if (response.status === 413) message = "This message is too long for the server: " + message;
     if (response.status === 429) {
       const wait = response.headers.get("Retry-After");
       if (wait) message += " (retry in " + wait + " s)";
@@ -227,13 +229,15 @@
 
   function renderSessions() {
     el.sessions.replaceChildren();
-    el.noSessions.hidden = state.sessions.length > 0;
+    el.noSessions.hidden = !state.sessionsLoaded || state.sessions.length > 0;
     for (const session of state.sessions) {
       const item = node("li", "session");
       item.dataset.sessionId = session.id;
       const open = node("button", "open");
       open.type = "button";
-      open.append(node("span", "name", sessionLabel(session)),
+      const name = node("span", "name", sessionLabel(session));
+      name.dir = "auto";
+      open.append(name,
                   node("span", "count", session.message_count + (session.message_count === 1 ? " message" : " messages")));
       if (session.id === state.current) {
         item.classList.add("current");
@@ -260,18 +264,54 @@
     return Math.round(Math.max(0, Math.min(1, value)) * 100) + "%";
   }
 
+  // A message's text: fenced code blocks (``` lines) as <pre><code>, kept as typed, monospace,
+  // scrolled sideways rather than wrapped; the rest as plain text. Text nodes only, never markup;
+  // dir="auto" lays out right-to-left text (Arabic, Hebrew) as such.
+  function messageText(text) {
+    const box = node("div", "text");
+    box.dir = "auto";
+    fillText(box, text);
+    return box;
+  }
+
+  function fillText(box, text) {
+    const parts = [];
+    let plain = [];
+    let code = null; // the lines of an open code block
+    const addPlain = () => {
+      const joined = plain.join("\n").replace(/^\n+|\n+$/g, "");
+      if (joined) parts.push(document.createTextNode(joined));
+      plain = [];
+    };
+    const addCode = () => {
+      const pre = node("pre");
+      pre.dir = "ltr";
+      pre.append(node("code", null, code.join("\n")));
+      parts.push(pre);
+      code = null;
+    };
+    for (const line of text.split("\n")) {
+      if (/^\s*```/.test(line)) {
+        if (code === null) { addPlain(); code = []; } else addCode();
+      } else (code === null ? plain : code).push(line);
+    }
+    if (code !== null) addCode(); // not closed (yet, while a reply streams)
+    addPlain();
+    box.replaceChildren(...parts);
+  }
+
   function userBubble(message) {
     const item = node("li", "message user");
     item.dataset.role = "user";
     if (message.id) item.dataset.messageId = message.id;
-    item.append(node("span", "visually-hidden", "You: "), node("div", "text", message.text));
+    item.append(node("span", "visually-hidden", "You: "), messageText(message.text));
     return item;
   }
 
   function botBubble(message) {
     const item = node("li", "message bot");
     item.dataset.role = "bot";
-    item.append(node("span", "visually-hidden", "Bot: "), node("div", "text", message ? message.text : ""));
+    item.append(node("span", "visually-hidden", "Bot: "), messageText(message ? message.text : ""));
     if (message) finishBot(item, message);
     return item;
   }
@@ -281,7 +321,7 @@
     item.dataset.messageId = message.id;
     item.classList.remove("pending");
     item.removeAttribute("aria-busy");
-    item.querySelector(".text").textContent = message.text;
+    fillText(item.querySelector(".text"), message.text);
     const meta = node("div", "meta");
     if (message.fallback) {
       item.classList.add("fallback");
@@ -299,8 +339,8 @@
     const actions = node("span", "actions");
     // Named after their reply: a screen reader's list of buttons held ten "Good reply"s.
     const which = ": " + shortened(message.text);
-    const good = feedbackButton(item, "good", "Good reply (👍)", which);
-    const bad = feedbackButton(item, "bad", "Bad reply (👎)", which);
+    const good = feedbackButton(item, "good", "Good reply", which);
+    const bad = feedbackButton(item, "bad", "Bad reply", which);
     const correct = node("button", "correct link", "correct");
     correct.type = "button";
     correct.setAttribute("aria-label", "Correct this reply" + which);
@@ -327,7 +367,7 @@
     button.dataset.rating = rating;
     button.setAttribute("aria-label", label + which);
     button.setAttribute("aria-pressed", "false");
-    button.title = label; // for the mouse; the name above is what is read
+    button.title = label + (rating === "good" ? " (👍)" : " (👎)"); // for the mouse; the name above is read
     button.addEventListener("click", () => run(async () => {
       const saved = await api("api/messages/" + item.dataset.messageId + "/feedback",
                               { method: "POST", body: { rating } });
@@ -343,7 +383,13 @@
     if (existing) { existing.querySelector("textarea").focus(); return; }
     const form = el.correctionTemplate.content.firstElementChild.cloneNode(true);
     const box = form.querySelector("textarea");
-    form.querySelector(".cancel").addEventListener("click", () => form.remove());
+    box.dir = "auto";
+    const close = () => { // focus back where the form was opened, not to the top of the page
+      form.remove();
+      const opener = item.querySelector("button.correct");
+      if (opener) opener.focus();
+    };
+    form.querySelector(".cancel").addEventListener("click", close);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const text = box.value.trim();
@@ -351,11 +397,11 @@
       run(async () => {
         await api("api/messages/" + item.dataset.messageId + "/feedback",
                   { method: "POST", body: { correction: text } });
-        form.remove();
+        close();
         item.querySelector(".meta").append(node("span", "corrected", "correction saved"));
       });
     });
-    box.addEventListener("keydown", (event) => { if (event.key === "Escape") form.remove(); });
+    box.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
     item.append(form);
     box.focus();
   }
@@ -382,6 +428,7 @@
   async function loadSessions() {
     const body = await api("api/sessions");
     state.sessions = body.sessions;
+    state.sessionsLoaded = true;
     renderSessions();
     showTitle();
   }
@@ -480,7 +527,7 @@
         const payload = JSON.parse(data);
         if (name === "delta") {
           streamed += payload.text;
-          reply.querySelector(".text").textContent = streamed;
+          fillText(reply.querySelector(".text"), streamed);
           reply.dataset.deltas = String(Number(reply.dataset.deltas) + 1);
           scrollToEnd();
         } else if (name === "reply") {
@@ -492,6 +539,10 @@
       if (failure) throw new ApiError(0, failure.message || "the reply failed", failure.code);
       if (!final) throw new Error("The reply stream ended before the reply");
       if (state.current !== sessionId) return; // the reader moved on; the reply is stored
+      if (!reply.isConnected) { // the reader left and came back meanwhile: show what is stored now
+        await openSession(sessionId, true);
+        return;
+      }
       mine.dataset.messageId = final.in_reply_to;
       finishBot(reply, final);
       scrollToEnd();
@@ -521,8 +572,9 @@
 
   el.composer.addEventListener("submit", (event) => {
     event.preventDefault();
-    const text = el.message.value.trim();
-    if (!text || state.busy) return;
+    // Blank lines around the message go; the first line's indentation stays (pasted code).
+    const text = el.message.value.replace(/^(\s*\n)+/, "").trimEnd();
+    if (!text.trim() || state.busy) return;
     setBusy(true);
     run(async () => {
       el.message.value = "";
@@ -574,6 +626,7 @@
   el.forgetKey.addEventListener("click", () => {
     storeKey("");
     state.sessions = [];
+    state.sessionsLoaded = false; // until the next key's are loaded: not "no sessions yet"
     startNew();
     if (state.auth) run(start);
   });
@@ -581,6 +634,7 @@
   async function start() {
     const model = await api("api/model");
     state.auth = !!model.auth;
+    if (model.max_message_chars) el.message.maxLength = model.max_message_chars; // refused, not typed
     el.model.textContent = model.name + " · chatbot " + model.chatbot_version;
     document.title = model.name + " · chatbot";
     if (state.auth && !state.key) await askForKey("This server needs an API key.");
