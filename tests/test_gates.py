@@ -50,3 +50,17 @@ def test_one_epoch_fails_cli_evaluate_golden(one_epoch, tmp_path, capsys, monkey
     assert "golden cases failed" in err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["exact_match"] < 0.2
+
+
+def test_evaluate_against_tells_a_real_difference_from_chance(one_epoch, tiny_bundle_path, capsys, monkeypatch):
+    """The trained tiny model against the one-epoch one, on the same pairs, question by question."""
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", one_epoch.path,
+                             "--corpus", TINY_PAIRS, "--json")
+    assert code == 0, err
+    against = json.loads(out.strip().splitlines()[-1])["against"]
+    assert against["only_model"] >= 15 and against["only_baseline"] == 0 and against["p_value"] < 0.001
+    code, out, _ = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", tiny_bundle_path,
+                           "--corpus", TINY_PAIRS)
+    assert code == 0 and "right only here 0, only there 0" in out and "McNemar exact p = 1: a tie" in out
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", "no-such-model")
+    assert code == 1 and out == "" and "no-such-model: no such model" in err

@@ -309,6 +309,10 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--limit must be at least 1")
     cases = load_golden(args.golden) if args.golden else None  # a bad file fails before the model loads
     unanswerable = load_questions(args.unanswerable) if args.unanswerable else ()
+    if args.against:
+        from chatbot.model.bundle import resolve_model_path
+
+        resolve_model_path(args.against)  # a wrong name fails before the first model is measured
     if args.plot:
         from chatbot.evaluation.plots import ensure_matplotlib
 
@@ -329,6 +333,13 @@ def cmd_evaluate(args) -> int:
         report = evaluate(bot, data.examples, data.reference, decoding, source=data.source, unanswerable=unanswerable)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path
+    comparison = None
+    if args.against:
+        from chatbot.evaluation.compare import compare
+
+        with ChatBot.load(args.against, dialogue=JUDGING_DIALOGUE) as other:
+            baseline = evaluate(other, data.examples, data.reference, decoding, source=data.source)
+            comparison = (compare(report, baseline), other.bundle.path)
     if args.details:
         Path(args.details).write_text("".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n"
                                               for item in report.items), encoding="utf-8")
@@ -340,9 +351,13 @@ def cmd_evaluate(args) -> int:
         out = report.summary()
         if golden is not None:
             out["golden"] = golden.to_json()
+        if comparison is not None:
+            out["against"] = comparison[0].to_json()
         print(json.dumps(out, ensure_ascii=False))
     else:
         print(_evaluation_table(report, model_path, golden, args.golden, args.model or "default"))
+        if comparison is not None:
+            print("\n".join(_comparison_lines(*comparison)))
     if golden is not None and not golden.ok:
         print(f"chatbot: {len(golden.failed)} of {len(cases)} golden cases failed ({args.golden})", file=sys.stderr)
         return EXIT_ERROR
@@ -382,6 +397,16 @@ def _evaluation_table(report, model_path, golden, golden_path, model_name: str) 
             lines += [f"  FAIL {o.case.source}: {o.case.question}", f"       reply:    {o.reply}",
                       f"       expected: {' | '.join(o.case.answers)}"]
     return "\n".join(lines)
+
+
+def _comparison_lines(c, path) -> list[str]:
+    asked = c.both + c.only_model + c.only_baseline + c.neither
+    verdict = ("unlikely to be chance" if c.p_value < 0.05
+               else "a difference this size could be chance" if c.only_model != c.only_baseline else "a tie")
+    return [f"against         {c.baseline} ({path}): exact match {c.baseline_exact_match:.1%} "
+            f"({c.both + c.only_baseline} of {asked})",
+            f"                right only here {c.only_model}, only there {c.only_baseline} (both {c.both}, "
+            f"neither {c.neither}); McNemar exact p = {c.p_value:.3g}: {verdict}"]
 
 
 # --- chat ----------------------------------------------------------------------------------
@@ -962,6 +987,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--unanswerable", metavar="FILE",
                           help="questions the model should not answer (one per line, or JSON lines with "
                                "'question'): choose dialogue.min_confidence on them and the evaluated ones")
+    evaluate.add_argument("--against", metavar="MODEL",
+                          help="also evaluate this model on the same questions, and compare them question by "
+                               "question (exact match; McNemar's exact test: could the difference be chance?)")
     add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
     for command in sub.choices.values():  # a usage error found later shows its command's usage

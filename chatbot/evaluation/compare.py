@@ -1,0 +1,63 @@
+"""Two models on the same questions: how many each answers that the other does not, and whether
+a difference that size could be chance.
+
+Retraining changes a handful of replies, and a dev set of a hundred questions moves by a point
+per question: a model that answers three more of them may be no better. McNemar's exact test
+looks only at the questions the two models disagree on; if they were equally good, each of those
+would go either way with probability one half.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from chatbot.errors import InputError
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided p-value of McNemar's exact test: how likely a split at least this uneven of the
+    ``only_first + only_second`` disagreements is between two equally good models (1.0: no
+    disagreement). The binomial terms in logarithms (``lgamma``), so a corpus of millions of
+    questions takes milliseconds, not the minutes exact integers would."""
+    if only_first < 0 or only_second < 0:
+        raise InputError("disagreement counts cannot be negative")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    whole = math.lgamma(n + 1) - n * math.log(2)
+    tail = math.fsum(math.exp(whole - math.lgamma(k + 1) - math.lgamma(n - k + 1))
+                     for k in range(min(only_first, only_second) + 1))
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The evaluated model against a baseline, question by question (exact match)."""
+
+    baseline: str
+    baseline_exact_match: float
+    both: int  # right by both
+    only_model: int  # right by the evaluated model alone
+    only_baseline: int  # right by the baseline alone
+    neither: int
+    p_value: float  # McNemar's exact test on only_model vs only_baseline
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "baseline_exact_match": round(self.baseline_exact_match, 4),
+                "p_value": round(self.p_value, 4)}
+
+
+def compare(report, baseline) -> Comparison:
+    """``report`` and ``baseline`` (``EvaluationReport``s of two models on the same examples)
+    paired question by question."""
+    theirs = {(item.context, item.question): item.exact for item in baseline.items}
+    ours = {(item.context, item.question): item.exact for item in report.items}
+    if theirs.keys() != ours.keys():
+        raise InputError("the two evaluations asked different questions: compare models on the same examples")
+    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for key, right in ours.items():
+        counts[(right, theirs[key])] += 1
+    only_model, only_baseline = counts[(True, False)], counts[(False, True)]
+    return Comparison(baseline.model, baseline.exact_match, counts[(True, True)], only_model, only_baseline,
+                      counts[(False, False)], mcnemar_exact(only_model, only_baseline))
