@@ -650,10 +650,17 @@ def main() -> None:
         result[system] = figures[system]
     # Where (a) and (c) part ways: a reply right by one and wrong by the other. "retrieval_only"
     # is what the decoder lost of what retrieval found; "model_only" what it found beyond it.
-    result["model_vs_retrieval"] = {name: dict(Counter(
-        {(True, True): "both", (True, False): "model_only", (False, True): "retrieval_only",
-         (False, False): "neither"}[(right[("model", name, i.question)], right[("retrieval_alone", name, i.question)])]
-        for i in items[name])) for name in SETS}
+    # McNemar's exact p says whether the difference could be chance (chatbot evaluate --against's).
+    from chatbot.evaluation.compare import mcnemar_exact
+
+    result["model_vs_retrieval"] = {}
+    for name in SETS:
+        parted = Counter({(True, True): "both", (True, False): "model_only", (False, True): "retrieval_only",
+                          (False, False): "neither"}[(right[("model", name, i.question)],
+                                                      right[("retrieval_alone", name, i.question)])]
+                         for i in items[name])
+        result["model_vs_retrieval"][name] = {**parted, "p_value": round(
+            mcnemar_exact(parted["model_only"], parted["retrieval_only"]), 4)}
     result["fuzzy"] = {**figures["fuzzy"], "seconds": round(fuzzy_s, 1),
                        "rule": "difflib.get_close_matches(q, corpus_questions, n=1, cutoff=0.0); "
                                "reply = first answer of the match in corpus order"}
