@@ -230,7 +230,7 @@ def test_models_list_and_show_create_and_change_nothing(tmp_path, tiny_bundle_pa
     home.mkdir()
     before = snapshot(tmp_path)
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": "", "XDG_CACHE_HOME": "", "XDG_CONFIG_HOME": ""}
-    for args, shown in ((("list", "--dir", models), "mine"), (("show", models / "tiny"), "every file matches"),
+    for args, shown in ((("list", "--dir", models), "mine"), (("show", models / "tiny"), "every file intact and readable"),
                         (("show", models / "tiny", "--json"), '"config"')):
         result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "models", *map(str, args)],
                                 cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
