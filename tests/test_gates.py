@@ -52,13 +52,20 @@ def test_one_epoch_fails_cli_evaluate_golden(one_epoch, tmp_path, capsys, monkey
     assert report["exact_match"] < 0.2
 
 
-def test_evaluate_against_tells_a_real_difference_from_chance(one_epoch, tiny_bundle_path, capsys, monkeypatch):
+def test_evaluate_against_tells_a_real_difference_from_chance(one_epoch, tiny_bundle_path, tmp_path, capsys,
+                                                              monkeypatch):
     """The trained tiny model against the one-epoch one, on the same pairs, question by question."""
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", one_epoch.path,
                              "--corpus", TINY_PAIRS, "--json")
     assert code == 0, err
     against = json.loads(out.strip().splitlines()[-1])["against"]
     assert against["only_model"] >= 15 and against["only_baseline"] == 0 and against["p_value"] < 0.001
+    details = tmp_path / "details.jsonl"
+    run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", one_epoch.path,
+            "--corpus", TINY_PAIRS, "--details", details)
+    rows = [json.loads(line) for line in details.read_text(encoding="utf-8").splitlines()]
+    changed = [row for row in rows if row["exact"] and not row["against"]["exact"]]
+    assert len(changed) == against["only_model"] and all(row["against"]["reply"] != row["reply"] for row in changed)
     code, out, _ = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", tiny_bundle_path,
                            "--corpus", TINY_PAIRS)
     assert code == 0 and "right only here 0, only there 0" in out and "McNemar exact p = 1: a tie" in out

@@ -333,16 +333,20 @@ def cmd_evaluate(args) -> int:
         report = evaluate(bot, data.examples, data.reference, decoding, source=data.source, unanswerable=unanswerable)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path
-    comparison = None
+    comparison, theirs = None, {}
     if args.against:
         from chatbot.evaluation.compare import compare
 
         with ChatBot.load(args.against, dialogue=JUDGING_DIALOGUE) as other:
             baseline = evaluate(other, data.examples, data.reference, decoding, source=data.source)
             comparison = (compare(report, baseline), other.bundle.path)
-    if args.details:
-        Path(args.details).write_text("".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n"
-                                              for item in report.items), encoding="utf-8")
+        theirs = {(item.context, item.question): item for item in baseline.items}
+    if args.details:  # with --against, each row also has the other model's reply and verdict
+        rows = [{**item.to_json(), **({"against": {"reply": theirs[item.context, item.question].reply,
+                                                   "exact": theirs[item.context, item.question].exact}}
+                                      if theirs else {})} for item in report.items]
+        Path(args.details).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                                      encoding="utf-8")
     if args.plot:
         from chatbot.evaluation.plots import plot_evaluation
 
@@ -989,7 +993,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "'question'): choose dialogue.min_confidence on them and the evaluated ones")
     evaluate.add_argument("--against", metavar="MODEL",
                           help="also evaluate this model on the same questions, and compare them question by "
-                               "question (exact match; McNemar's exact test: could the difference be chance?)")
+                               "question (exact match; McNemar's exact test: could the difference be chance?); "
+                               "--details rows then carry its reply too")
     add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
     for command in sub.choices.values():  # a usage error found later shows its command's usage
