@@ -63,7 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -651,15 +651,14 @@ def main() -> None:
     # Where (a) and (c) part ways: a reply right by one and wrong by the other. "retrieval_only"
     # is what the decoder lost of what retrieval found; "model_only" what it found beyond it.
     # McNemar's exact p says whether the difference could be chance (chatbot evaluate --against's).
-    from chatbot.evaluation.compare import mcnemar_exact
+    from chatbot.evaluation.compare import mcnemar_exact, tally
 
     result["model_vs_retrieval"] = {}
     for name in SETS:
-        parted = Counter({(True, True): "both", (True, False): "model_only", (False, True): "retrieval_only",
-                          (False, False): "neither"}[(right[("model", name, i.question)],
-                                                      right[("retrieval_alone", name, i.question)])]
-                         for i in items[name])
-        result["model_vs_retrieval"][name] = {**parted, "p_value": round(
+        counts = tally((right[("model", name, i.question)], right[("retrieval_alone", name, i.question)])
+                       for i in items[name])
+        parted = dict(zip(("both", "model_only", "retrieval_only", "neither"), counts))
+        result["model_vs_retrieval"][name] = {**{key: n for key, n in parted.items() if n}, "p_value": round(
             mcnemar_exact(parted["model_only"], parted["retrieval_only"]), 4)}
     result["fuzzy"] = {**figures["fuzzy"], "seconds": round(fuzzy_s, 1),
                        "rule": "difflib.get_close_matches(q, corpus_questions, n=1, cutoff=0.0); "

@@ -333,18 +333,17 @@ def cmd_evaluate(args) -> int:
         report = evaluate(bot, data.examples, data.reference, decoding, source=data.source, unanswerable=unanswerable)
         golden = check_golden(bot, cases, decoding) if cases else None
         model_path = bot.bundle.path
-    comparison, theirs = None, {}
+    comparison = None
+    rows = [item.to_json() for item in report.items]
     if args.against:
-        from chatbot.evaluation.compare import compare
+        from chatbot.evaluation.compare import compare, paired
 
         with ChatBot.load(args.against, dialogue=JUDGING_DIALOGUE) as other:
             baseline = evaluate(other, data.examples, data.reference, decoding, source=data.source)
             comparison = (compare(report, baseline), other.bundle.path)
-        theirs = {(item.context, item.question): item for item in baseline.items}
-    if args.details:  # with --against, each row also has the other model's reply and verdict
-        rows = [{**item.to_json(), **({"against": {"reply": theirs[item.context, item.question].reply,
-                                                   "exact": theirs[item.context, item.question].exact}}
-                                      if theirs else {})} for item in report.items]
+        for row, (_, theirs) in zip(rows, paired(report, baseline)):  # --details: the other's reply too
+            row["against"] = {"reply": theirs.reply, "exact": theirs.exact}
+    if args.details:
         Path(args.details).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
                                       encoding="utf-8")
     if args.plot:

@@ -48,16 +48,27 @@ class Comparison:
                 "p_value": round(self.p_value, 4)}
 
 
-def compare(report, baseline) -> Comparison:
-    """``report`` and ``baseline`` (``EvaluationReport``s of two models on the same examples)
-    paired question by question."""
-    theirs = {(item.context, item.question): item.exact for item in baseline.items}
-    ours = {(item.context, item.question): item.exact for item in report.items}
-    if theirs.keys() != ours.keys():
-        raise InputError("the two evaluations asked different questions: compare models on the same examples")
+def tally(verdicts) -> tuple[int, int, int, int]:
+    """(right by both, by the first only, by the second only, by neither) of (first, second)
+    verdict pairs, one pair a question."""
     counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
-    for key, right in ours.items():
-        counts[(right, theirs[key])] += 1
-    only_model, only_baseline = counts[(True, False)], counts[(False, True)]
-    return Comparison(baseline.model, baseline.exact_match, counts[(True, True)], only_model, only_baseline,
-                      counts[(False, False)], mcnemar_exact(only_model, only_baseline))
+    for pair in verdicts:
+        counts[pair] += 1
+    return counts[(True, True)], counts[(True, False)], counts[(False, True)], counts[(False, False)]
+
+
+def paired(report, baseline) -> list[tuple]:
+    """(``report``'s item, ``baseline``'s item) for each question, in ``report``'s order: two
+    ``EvaluationReport``s of two models on the same examples."""
+    theirs = {(item.context, item.question): item for item in baseline.items}
+    if theirs.keys() != {(item.context, item.question) for item in report.items}:
+        raise InputError("the two evaluations asked different questions: compare models on the same examples")
+    return [(item, theirs[item.context, item.question]) for item in report.items]
+
+
+def compare(report, baseline) -> Comparison:
+    """``report`` and ``baseline`` paired question by question (``paired``)."""
+    both, only_model, only_baseline, neither = tally((ours.exact, theirs.exact)
+                                                     for ours, theirs in paired(report, baseline))
+    return Comparison(baseline.model, baseline.exact_match, both, only_model, only_baseline, neither,
+                      mcnemar_exact(only_model, only_baseline))

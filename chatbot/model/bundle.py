@@ -479,16 +479,16 @@ def describe(path: str | Path) -> dict:
     if not path.is_dir():
         raise BundleError(f"{path}: no model bundle here (not a directory)")
     try:
-        _checked_parts(path)
+        manifest, config, _ = _checked_parts(path)
         for examples in (VALIDATION, TRAIN):
             _read_examples(path / examples)
         _read_vectors(path / QUESTION_VECTORS)
         problem = None
-    except BundleError as exc:
+    except BundleError as exc:  # what can still be read is shown, beside why it would not load
         problem = str(exc)
-    manifest = _read_manifest(path / MANIFEST)
-    with _read_as_bundle(path, manifest):
-        config = _bundle_config(path / CONFIG, manifest)
+        manifest = _read_manifest(path / MANIFEST)
+        with _read_as_bundle(path, manifest):
+            config = _bundle_config(path / CONFIG, manifest)
     try:
         metrics = _read_metrics(path / METRICS)
     except BundleError as exc:
