@@ -70,6 +70,22 @@ def test_the_shown_similarity_stays_within_0_and_1():
     assert max(shown) == 1.0
 
 
+def test_a_pair_ranked_lower_is_never_shown_as_more_alike():
+    """The hybrid retriever ranks by the mean of its two measures and shows the higher one, so
+    "What kind of computer" (0.911) came second to "What type of computer" (0.884) for "What
+    sort of computer?", marked more alike than the pair ranked first; the model, trained to
+    read the markers, then copied the second pair's answer where retrieval's first was right."""
+    memory = AnswerMemory([Example((), q, a) for q, a in [
+        ("What type of computer", "Any computer that supports Python."),
+        ("What kind of computer", "I work on all kinds of computers."), *PAIRS]], "hybrid")
+    ranked = memory.nearest("What sort of computer?", 2, 0.0)
+    assert [m.question for m in ranked[:2]] == ["What type of computer", "What kind of computer"]
+    assert ranked[1].similarity > ranked[0].similarity  # what nearest measures, uncapped
+    for question in ("What sort of computer?", "Are you a coder?", "you are crooked", "explain artificial intelligence"):
+        shown = [alike for _, _, alike in memory.retrieve(question, 3)]
+        assert shown == sorted(shown, reverse=True)
+    assert memory.retrieve("What sort of computer?", 2)[0][2] == ranked[0].similarity  # the first keeps its own
+
 def test_a_stored_question_reuses_its_vector_and_stored_vectors_are_checked(encoder):
     examples = [Example((), q, a) for q, a in PAIRS]
     memory = AnswerMemory(examples, "hybrid")

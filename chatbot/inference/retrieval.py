@@ -220,7 +220,9 @@ class AnswerMemory:
     ``sentence_encoder``): candidates are the best of both, ranked by the mean of the
     edit-distance similarity and the cosine of the embeddings (clipped at 0), and a match's
     ``similarity`` (what the model is shown) is the higher of the two: either measure alone
-    is evidence that the questions mean the same. Measured on the dev halves of bench/data:
+    is evidence that the questions mean the same; ``retrieve`` never shows a pair as more
+    alike than one ranked above it (the model reads rank and marker together: shown the second
+    as the likelier, it copied it where the first was right). Measured on the dev halves of bench/data:
     top-1 right question, reworded 0.926 lexical, 0.979 embeddings alone, 0.989 ranked by the
     mean (0.968 by the higher); typos 1.0, 0.76, 1.0. Right matches told from the nearest
     wrong one (ROC AUC): 0.963 by the higher of the two, 0.895 by the mean, 0.933 lexical.
@@ -341,7 +343,9 @@ class AnswerMemory:
             if match.question == exclude:
                 continue
             answer = prefer if prefer in match.answers else match.answers[0]
-            shown.append((match.question, answer, match.similarity))
+            # Never shown as more alike than a pair ranked above it (see ``nearest``).
+            similarity = min(match.similarity, shown[-1][2]) if shown else match.similarity
+            shown.append((match.question, answer, similarity))
         return shown[:k]
 
 
