@@ -69,5 +69,23 @@ def test_evaluate_against_tells_a_real_difference_from_chance(one_epoch, tiny_bu
     code, out, _ = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", tiny_bundle_path,
                            "--corpus", TINY_PAIRS)
     assert code == 0 and "right only here 0, only there 0" in out and "McNemar exact p = 1: a tie" in out
+    assert against["seen_by_model"] == against["seen_by_baseline"] == against["both"] + against["only_model"] + \
+        against["only_baseline"] + against["neither"]  # both trained on every pair asked
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--against", "no-such-model")
     assert code == 1 and out == "" and "no-such-model: no such model" in err
+
+
+def test_evaluate_against_says_when_the_other_model_trained_on_the_held_out_questions(tiny_bundle_path, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """A model's validation split is its unseen data, but maybe another's training data: the
+    tiny model trained on every pair, so it is compared on questions it has seen."""
+    held_out = train(TINY_PAIRS, tiny_config(**{"training.epochs": 1, "data.validation_fraction": 0.3}),
+                     tmp_path / "held-out", verbose=0)
+    asked = len({(e.context, e.question) for e in held_out.validation})
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", held_out.path, "--against",
+                             tiny_bundle_path, "--json")
+    assert code == 0, err
+    against = json.loads(out.strip().splitlines()[-1])["against"]
+    assert asked > 0 and (against["seen_by_model"], against["seen_by_baseline"]) == (0, asked)
+    code, out, _ = run_cli(capsys, monkeypatch, "evaluate", "--model", held_out.path, "--against", tiny_bundle_path)
+    assert code == 0 and f"trained on: 0 of these questions here, {asked} there: the comparison favours the model there" in out

@@ -336,11 +336,13 @@ def cmd_evaluate(args) -> int:
     comparison = None
     rows = [item.to_json() for item in report.items]
     if args.against:
-        from chatbot.evaluation.compare import compare, paired
+        from chatbot.evaluation.compare import compare, paired, seen_in_training
 
         with ChatBot.load(args.against, dialogue=JUDGING_DIALOGUE) as other:
             baseline = evaluate(other, data.examples, data.reference, decoding, source=data.source)
-            comparison = (compare(report, baseline), other.bundle.path)
+            seen = (seen_in_training(data.examples, _trained_on(bot.bundle)),
+                    seen_in_training(data.examples, _trained_on(other.bundle)))
+            comparison = (compare(report, baseline, seen), other.bundle.path)
         for row, (_, theirs) in zip(rows, paired(report, baseline)):  # --details: the other's reply too
             row["against"] = {"reply": theirs.reply, "exact": theirs.exact}
     if args.details:
@@ -402,14 +404,31 @@ def _evaluation_table(report, model_path, golden, golden_path, model_name: str) 
     return "\n".join(lines)
 
 
+def _trained_on(bundle):
+    """A bundle's training pairs, or None when they cannot be had (an older bundle whose corpus
+    moved): the comparison then says nothing about which model has seen the questions."""
+    from chatbot.errors import BundleError, CorpusError
+    from chatbot.evaluation.evaluate import training_split
+
+    try:
+        return training_split(bundle)
+    except (BundleError, CorpusError):
+        return None
+
+
 def _comparison_lines(c, path) -> list[str]:
     asked = c.both + c.only_model + c.only_baseline + c.neither
     verdict = ("unlikely to be chance" if c.p_value < 0.05
                else "a difference this size could be chance" if c.only_model != c.only_baseline else "a tie")
-    return [f"against         {c.baseline} ({path}): exact match {c.baseline_exact_match:.1%} "
-            f"({c.both + c.only_baseline} of {asked})",
-            f"                right only here {c.only_model}, only there {c.only_baseline} (both {c.both}, "
-            f"neither {c.neither}); McNemar exact p = {c.p_value:.3g}: {verdict}"]
+    lines = [f"against         {c.baseline} ({path}): exact match {c.baseline_exact_match:.1%} "
+             f"({c.both + c.only_baseline} of {asked})",
+             f"                right only here {c.only_model}, only there {c.only_baseline} (both {c.both}, "
+             f"neither {c.neither}); McNemar exact p = {c.p_value:.3g}: {verdict}"]
+    if None not in (c.seen_by_model, c.seen_by_baseline) and c.seen_by_model != c.seen_by_baseline:
+        favoured = "there" if c.seen_by_baseline > c.seen_by_model else "here"
+        lines.append(f"                trained on: {c.seen_by_model} of these questions here, {c.seen_by_baseline} "
+                     f"there: the comparison favours the model {favoured}")
+    return lines
 
 
 # --- chat ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from chatbot.errors import InputError
+from chatbot.evaluation.metrics import distinct_inputs, input_key
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
@@ -42,6 +43,10 @@ class Comparison:
     only_baseline: int  # right by the baseline alone
     neither: int
     p_value: float  # McNemar's exact test on only_model vs only_baseline
+    # Questions asked that each model was trained on (None: its training pairs are unknown). A
+    # model's held-out split may be another's training data: the one that has seen more is favoured.
+    seen_by_model: int | None = None
+    seen_by_baseline: int | None = None
 
     def to_json(self) -> dict:
         return {**asdict(self), "baseline_exact_match": round(self.baseline_exact_match, 4),
@@ -66,9 +71,19 @@ def paired(report, baseline) -> list[tuple]:
     return [(item, theirs[item.context, item.question]) for item in report.items]
 
 
-def compare(report, baseline) -> Comparison:
-    """``report`` and ``baseline`` paired question by question (``paired``)."""
+def seen_in_training(examples, trained_on) -> int | None:
+    """How many of ``examples``' distinct inputs (context and question, as written) are inputs of
+    ``trained_on``, a model's training pairs (None when they are unknown)."""
+    if trained_on is None:
+        return None
+    known = {input_key(example) for example in trained_on}
+    return sum(key in known for key in distinct_inputs(examples))
+
+
+def compare(report, baseline, seen: tuple[int | None, int | None] = (None, None)) -> Comparison:
+    """``report`` and ``baseline`` paired question by question (``paired``); ``seen``: how many
+    of the questions each was trained on (``seen_in_training``)."""
     both, only_model, only_baseline, neither = tally((ours.exact, theirs.exact)
                                                      for ours, theirs in paired(report, baseline))
     return Comparison(baseline.model, baseline.exact_match, both, only_model, only_baseline, neither,
-                      mcnemar_exact(only_model, only_baseline))
+                      mcnemar_exact(only_model, only_baseline), *seen)

@@ -195,6 +195,18 @@ class EvaluationSet:
     source: str
 
 
+def training_split(bundle, everything: list[Example] | None = None) -> list[Example]:
+    """The pairs a bundle was trained on, as saved (mixed-in ones included); older bundles,
+    without train.jsonl, rebuild them from the recorded corpus (``Bundle.training_examples``,
+    or ``everything`` when the caller has it: its errors are the caller's)."""
+    bundle = getattr(bundle, "bundle", bundle)
+    if bundle.train:
+        return list(bundle.train)
+    everything = bundle.training_examples() if everything is None else everything
+    held_out = {(e.context, e.question, e.answer) for e in bundle.validation}
+    return [e for e in everything if (e.context, e.question, e.answer) not in held_out]
+
+
 def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None = None,
                    limit: int | None = None) -> EvaluationSet:
     """The examples to evaluate a bundle (or a ``ChatBot``) on.
@@ -228,12 +240,8 @@ def evaluation_set(bundle, split: str | None = None, corpus: str | Path | None =
             everything = bundle.validation
         result = EvaluationSet(bundle.validation, everything, "validation")
     elif split == "train":
-        # The pairs it was trained on, as saved (mixed-in ones included); older bundles, without
-        # train.jsonl, rebuild them from the recorded corpus.
         everything = bundle.training_examples()
-        held_out = {(e.context, e.question, e.answer) for e in bundle.validation}
-        train = list(bundle.train) or [e for e in everything if (e.context, e.question, e.answer) not in held_out]
-        result = EvaluationSet(train, everything, "train")
+        result = EvaluationSet(training_split(bundle, everything), everything, "train")
     else:
         raise InputError(f"unknown split '{split}' (expected 'validation' or 'train')")
     if limit is not None:
