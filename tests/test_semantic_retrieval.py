@@ -86,6 +86,7 @@ def test_a_pair_ranked_lower_is_never_shown_as_more_alike():
         assert shown == sorted(shown, reverse=True)
     assert memory.retrieve("What sort of computer?", 2)[0][2] == ranked[0].similarity  # the first keeps its own
 
+
 def test_a_stored_question_reuses_its_vector_and_stored_vectors_are_checked(encoder):
     examples = [Example((), q, a) for q, a in PAIRS]
     memory = AnswerMemory(examples, "hybrid")
