@@ -118,13 +118,13 @@ def shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def adapt(model, cluster: Cluster, sample_batch) -> None:
+def adapt(model, cluster: Cluster) -> None:
     """Work around Keras 3 under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585,
     tensorflow/tensorflow#72388), on this model only:
 
     - at ``fit`` Keras builds the optimizer and metrics from a batch averaged over every replica,
-      which fails across workers and for padded batches of different lengths: build them here
-      from one local batch (only shapes matter) and skip that step;
+      which fails across workers and for padded batches of different lengths: ``build`` made
+      them from the data's shapes, so that step is skipped;
     - it averages each step's metrics over replicas along axis 0, which scalars lack: give them
       that axis (the mean over workers is then the usual scalar). With one replica (a cluster of
       one worker) it takes the one value as it is, and the axis stayed: TensorBoard refused the
@@ -132,8 +132,6 @@ def adapt(model, cluster: Cluster, sample_batch) -> None:
     """
     if cluster.strategy is None:
         return
-    with cluster.scope():
-        model._symbolic_build(data_batch=sample_batch)
     model._maybe_symbolic_build = lambda *args, **kwargs: None
     if cluster.multi_worker and cluster.strategy.num_replicas_in_sync > 1:
         import tensorflow as tf
