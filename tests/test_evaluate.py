@@ -283,21 +283,21 @@ def test_plot_evaluation_writes_a_png(train_report, tmp_path):
 
 
 # --- the command line ------------------------------------------------------------------------------
-def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, tiny_pairs, tmp_path):
+def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, tiny_pairs, tmp_path, capsys,
+                                                           monkeypatch):
     golden = tmp_path / "golden.tsv"
     golden.write_text(f"{tiny_pairs[0][0]}\t{tiny_pairs[0][1]}\n{tiny_pairs[1][0]}\tNope.\n", encoding="utf-8")
     details, plot = tmp_path / "details.jsonl", tmp_path / "eval.png"
-    result = chatbot("evaluate", "--model", tiny_bundle_path, "--split", "train", "--details", details,
-                     "--plot", plot, "--golden", golden)
-    assert result.returncode == 1, result.stderr
-    out = result.stdout
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--split", "train",
+                             "--details", details, "--plot", plot, "--golden", golden)
+    assert code == 1, err
     assert "exact match     100.0%  (20 of 20)" in out and "BLEU            100.00" in out
     for label in ("perplexity", "token accuracy", "chrF", "distinct-1/2", "self-perplexity", "reply length",
                   "latency"):
         assert f"\n{label}" in out
     assert "(the 10 most frequent replies: 50.0% of all)" in out  # 20 distinct replies, 10 of them
     assert "golden          1 of 2 passed" in out and f"FAIL {golden}:2: {tiny_pairs[1][0]}" in out
-    assert result.stderr == f"chatbot: 1 of 2 golden cases failed ({golden})\n"
+    assert err == f"chatbot: 1 of 2 golden cases failed ({golden})\n"
     rows = [json.loads(line) for line in details.read_text().splitlines()]
     assert len(rows) == len(tiny_pairs) and all(r["exact"] for r in rows)
     assert set(rows[0]) == {"context", "question", "reply", "references", "exact", "score", "confidence", "chrf",
@@ -306,7 +306,6 @@ def test_cli_evaluate_table_details_plot_and_failing_golden(tiny_bundle_path, ti
 
 
 def test_cli_evaluate_json_on_a_corpus(tiny_bundle_path, tiny_pairs, tmp_path, capsys, monkeypatch):
-    """In-process, as the two below (the test above runs ``chatbot evaluate`` as a real process)."""
     golden = tmp_path / "golden.tsv"
     golden.write_text("".join(f"{q}\t{a}\n" for q, a in tiny_pairs[:3]), encoding="utf-8")
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tiny_bundle_path, "--corpus", TINY_PAIRS,

@@ -17,7 +17,7 @@ import pytest
 
 from chatbot.dialogue.store import SessionStore, StoreError
 from conftest import ROOT
-from helpers import all_at_once, chatbot
+from helpers import all_at_once, chatbot, run_cli
 from test_migrations import legacy_database
 
 
@@ -336,10 +336,11 @@ def test_read_only_commands_work_in_a_read_only_directory(tmp_path, journal):
     assert snapshot(folder) == before
 
 
-def test_ask_with_a_session_in_memory_warns_too(tiny_bundle_path):
-    result = chatbot("ask", "--model", str(tiny_bundle_path), "--db", "sqlite://", "--session", "s", "hello")
-    assert result.returncode == 0, result
-    assert "in memory" in result.stderr and result.stdout.count("\n") == 1
+def test_ask_with_a_session_in_memory_warns_too(tiny_bundle_path, capsys, monkeypatch):
+    code, out, err = run_cli(capsys, monkeypatch, "ask", "--model", tiny_bundle_path, "--db", "sqlite://",
+                             "--session", "s", "hello")
+    assert code == 0, err
+    assert "in memory" in err and out.count("\n") == 1
 
 
 def test_a_nul_byte_in_a_database_url_is_a_store_error():

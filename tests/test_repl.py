@@ -4,8 +4,11 @@ dummy output), its plain line mode through the CLI, and once through a pseudo-te
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -365,6 +368,26 @@ def test_cli_missing_model_is_one_line_exit_1(tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "no such model" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_missing_or_damaged_model_is_said_before_tensorflow_starts(tiny_bundle_path, tmp_path):
+    """A wrong --model is said at once, not after TensorFlow's seconds of start-up."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_bundle_path, damaged)
+    (damaged / "tokenizer.json").write_text("{}")
+    runs = [["chat", "--model", str(tmp_path / "nope"), "--db", str(tmp_path / "chat.db")],
+            ["ask", "--model", str(damaged), "hello"],
+            ["evaluate", "--model", str(tiny_bundle_path), "--against", str(tmp_path / "nope")]]
+    script = ("import json, sys\nfrom chatbot.cli.main import main\n"
+              f"codes = [main(argv) for argv in {runs!r}]\n"
+              "print(json.dumps([codes, 'tensorflow' in sys.modules]))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert json.loads(result.stdout) == [[1, 1, 1], False]
+    missing, corrupt, missing_too = result.stderr.splitlines()
+    assert missing.startswith(f"chatbot: error: {tmp_path / 'nope'}: no such model (give a bundle directory")
+    assert corrupt == f"chatbot: error: {damaged / 'tokenizer.json'}: corrupt file (checksum mismatch)"
+    assert missing_too == missing
 
 
 def test_cli_unusable_database_is_one_line_exit_1(tiny_bundle_path, tmp_path, capsys, monkeypatch):

@@ -21,6 +21,16 @@ from pathlib import Path
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+def _check_model_early(*models) -> None:
+    """Each bundle named (``None``: the default) found and its manifest checked (files present,
+    checksums, format) before TensorFlow is imported: a mistyped name or a damaged bundle is one
+    line at once, not after 5 s of start-up. Loading checks it again (milliseconds)."""
+    from chatbot.model.bundle import checked_manifest, resolve_model_path
+
+    for model in models:
+        checked_manifest(resolve_model_path(model))
+
+
 def _stderr_quiet_import(inference: bool = True) -> None:
     from chatbot import compile_cache
     from chatbot.cli.quiet import import_tensorflow_quietly
@@ -228,6 +238,7 @@ def cmd_ask(args) -> int:
     object with an ``error``, and a one-line warning on stderr; the others are still answered,
     and the exit status is 1 if any failed. A database that refuses a write (read-only, full,
     locked past its timeout) stops the run with one error: every later line would fail alike."""
+    _check_model_early(args.model)
     _stderr_quiet_import()
     from chatbot.cli.console import warn_if_in_memory
     from chatbot.cli.repl import UnreadableLine, input_lines
@@ -309,10 +320,8 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--limit must be at least 1")
     cases = load_golden(args.golden) if args.golden else None  # a bad file fails before the model loads
     unanswerable = load_questions(args.unanswerable) if args.unanswerable else ()
-    if args.against:
-        from chatbot.model.bundle import resolve_model_path
-
-        resolve_model_path(args.against)  # a wrong name fails before the first model is measured
+    # A wrong name or a damaged bundle fails before the first model is measured.
+    _check_model_early(args.model, *([args.against] if args.against else []))
     if args.plot:
         from chatbot.evaluation.plots import ensure_matplotlib
 
@@ -440,6 +449,7 @@ def cmd_chat(args) -> int:
     # A terminal on both ends gets the full prompt; otherwise one reply line per input line.
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     began = time.perf_counter()
+    _check_model_early(args.model)
     with Spinner("loading the model", stream=sys.stderr, enabled=interactive and sys.stderr.isatty()):
         _stderr_quiet_import()
         from chatbot.dialogue.bot import ChatBot

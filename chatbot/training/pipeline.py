@@ -441,16 +441,16 @@ def build(plan: Plan, stage: Callable[[str], None], cluster: distribute.Cluster 
 
     with cluster.scope():
         model = build_model(tokenizer.vocab_size, config.model, data.max_output_tokens)
-        model.build_for_inference()
+        compile_model(model, config.training.learning_rate, config.training.clipnorm, config.training.ema_momentum)
+        # The weights, the optimizer's slots and the metrics' variables are made now, from the
+        # data's shapes by one symbolic call (no batch is read, no eager pass: 0.6 s of a tiny
+        # training). Keras otherwise makes the slots and metrics inside the first trace of the
+        # train step (under a strategy it builds from a batch averaged over the replicas, which
+        # fails across workers), and TensorFlow then traces that step a second time: about 1 s
+        # of a 3-epoch tiny model's 9 s on 2 cores.
+        model._symbolic_build(data_batch=train_set.element_spec)
         if plan.fine_tuning:
             model.set_weights(plan.base.model.get_weights())  # resume=True then restores its own backup
-        compile_model(model, config.training.learning_rate, config.training.clipnorm, config.training.ema_momentum)
-        # The optimizer's slots and the metrics' variables are made now, from the data's shapes
-        # (no batch is read). Keras otherwise makes them inside the first trace of the train step
-        # (under a strategy it builds from a batch averaged over the replicas, which fails across
-        # workers), and TensorFlow then traces that step a second time: about 1 s of a 3-epoch
-        # tiny model's 9 s on 2 cores.
-        model._symbolic_build(data_batch=train_set.element_spec)
     distribute.adapt(model, cluster)
     stage(f"model: {config.model.summary()}, {model.count_params():,} parameters, "
           f"vocabulary {tokenizer.vocab_size}")
