@@ -371,23 +371,25 @@ def test_cli_missing_model_is_one_line_exit_1(tmp_path):
 
 
 def test_a_missing_or_damaged_model_is_said_before_tensorflow_starts(tiny_bundle_path, tmp_path):
-    """A wrong --model is said at once, not after TensorFlow's seconds of start-up."""
+    """A wrong --model is said at once, not after TensorFlow's seconds of start-up (or, for a
+    server, as a model that never loads)."""
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_bundle_path, damaged)
     (damaged / "tokenizer.json").write_text("{}")
     runs = [["chat", "--model", str(tmp_path / "nope"), "--db", str(tmp_path / "chat.db")],
             ["ask", "--model", str(damaged), "hello"],
-            ["evaluate", "--model", str(tiny_bundle_path), "--against", str(tmp_path / "nope")]]
+            ["evaluate", "--model", str(tiny_bundle_path), "--against", str(tmp_path / "nope")],
+            ["serve", "--model", str(damaged), "--db", "sqlite://"]]
     script = ("import json, sys\nfrom chatbot.cli.main import main\n"
               f"codes = [main(argv) for argv in {runs!r}]\n"
               "print(json.dumps([codes, 'tensorflow' in sys.modules]))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
                             stdin=subprocess.DEVNULL)
-    assert json.loads(result.stdout) == [[1, 1, 1], False]
-    missing, corrupt, missing_too = result.stderr.splitlines()
+    assert json.loads(result.stdout) == [[1, 1, 1, 1], False]
+    missing, corrupt, missing_too, corrupt_too = result.stderr.splitlines()
     assert missing.startswith(f"chatbot: error: {tmp_path / 'nope'}: no such model (give a bundle directory")
     assert corrupt == f"chatbot: error: {damaged / 'tokenizer.json'}: corrupt file (checksum mismatch)"
-    assert missing_too == missing
+    assert (missing_too, corrupt_too) == (missing, corrupt)
 
 
 def test_cli_unusable_database_is_one_line_exit_1(tiny_bundle_path, tmp_path, capsys, monkeypatch):

@@ -121,7 +121,7 @@ def serve(args) -> int:
     import uvicorn
 
     from chatbot.cli.main import UsageError
-    from chatbot.model.bundle import resolve_model_path
+    from chatbot.model.bundle import checked_manifest, resolve_model_path
     from chatbot.serving.security import LOOPBACK_NAMES
     from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
 
@@ -145,9 +145,9 @@ def serve(args) -> int:
     if not keys and is_loopback(args.host):  # the names a browser uses for loopback, and no other
         settings["allowed_hosts"] = LOOPBACK_NAMES + (args.host,) + tuple(args.allowed_host or ())
     ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
-    # A mistyped model or a port in use fail now, in one line, rather than as a server that can
-    # never answer (the model loads after start-up) or as uvicorn's own error and exit status.
-    resolve_model_path(args.model)
+    # A mistyped model, a damaged bundle or a port in use fail now, in one line, rather than as a
+    # server that can never answer (the model loads after start-up) or as uvicorn's own error.
+    checked_manifest(resolve_model_path(args.model))
     check_address(args.host, args.port)
     from chatbot.dialogue.store import SessionStore
 
