@@ -260,6 +260,11 @@ def test_the_page_never_writes_server_text_as_html():
     assert "innerHTML" not in script and "outerHTML" not in script and "insertAdjacentHTML" not in script
 
 
+def stored_keys(browser) -> dict:
+    return browser.execute_script("return {local: localStorage.getItem('chatbot.apiKey'), "
+                                  "session: sessionStorage.getItem('chatbot.apiKey')}")
+
+
 def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pairs):
     (q1, a1), (q2, a2) = tiny_pairs[1], tiny_pairs[3]
     with serving(bot, api_keys=(KEY,), page_limit=2) as base:
@@ -274,7 +279,8 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
         browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
         wait(browser, EC.invisibility_of_element_located((By.ID, "key-dialog")), "the right key was not taken")
         wait(browser, lambda d: d.find_element(By.ID, "no-sessions").is_displayed(), "the sessions did not load")
-        assert browser.execute_script("return localStorage.getItem('chatbot.apiKey')") == KEY
+        # Not ticked "remember": kept for this tab only (a reload keeps it, closing the tab does not).
+        assert stored_keys(browser) == {"local": None, "session": KEY}
         assert browser.find_element(By.ID, "forget-key").is_displayed()
 
         assert send(browser, q1).find_element(By.CSS_SELECTOR, ".text").text == a1
@@ -299,7 +305,7 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
         # Forgetting the key clears it and asks again.
         browser.find_element(By.ID, "forget-key").click()
         wait(browser, EC.visibility_of_element_located((By.ID, "key-dialog")), "no key asked for after forgetting it")
-        assert browser.execute_script("return localStorage.getItem('chatbot.apiKey')") is None
+        assert stored_keys(browser) == {"local": None, "session": None}
         assert log_texts(browser) == []
         assert page_error(browser) == ""
         assert console_errors(browser, allowed=("status of 401",)) == []
@@ -312,8 +318,14 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
         wait(browser, lambda d: "needs an API key" in page_error(d), "no word on the missing key after Escape")
         browser.find_element(By.ID, "message").send_keys(q1, Keys.ENTER)
         wait(browser, EC.visibility_of_element_located((By.ID, "key-dialog")), "the next message did not ask again")
+        # Ticked "remember": kept in this browser (localStorage) until "Forget key".
+        browser.find_element(By.ID, "key-remember").click()
         browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
         wait(browser, lambda d: ("bot", a1) in log_texts(d), "no reply once the key was given")
+        assert stored_keys(browser) == {"local": KEY, "session": None}
+        browser.refresh()
+        wait(browser, lambda d: ("bot", a1) in log_texts(d), "a reload did not keep the remembered key")
+        assert not browser.find_element(By.ID, "key-dialog").is_displayed()
 
 
 def test_on_a_phone_the_session_list_folds_away_once_a_session_is_open(browser, bot, tiny_pairs):

@@ -15,6 +15,7 @@
     title: $("session-title"), conversation: $("conversation"), log: $("log"), loadOlder: $("load-older"),
     composer: $("composer"), message: $("message"), send: $("send"),
     keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyReason: $("key-reason"),
+    keyRemember: $("key-remember"),
     correctionTemplate: $("correction-template"),
     toggleSessions: $("toggle-sessions"), layout: document.querySelector(".layout"),
   };
@@ -53,14 +54,20 @@
   }
 
   // --- the API key ----------------------------------------------------------------------------
+  // The key is kept for this tab (sessionStorage: reloads keep it, closing the tab forgets it),
+  // or in this browser until "Forget key" (localStorage) when the user ticks "Remember".
   function readKey() {
-    try { return localStorage.getItem(KEY_STORAGE) || ""; } catch (e) { return ""; }
+    try {
+      return localStorage.getItem(KEY_STORAGE) || sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (e) { return ""; }
   }
 
-  function storeKey(key) {
+  function storeKey(key, remember) {
     state.key = key;
     try {
-      if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+      localStorage.removeItem(KEY_STORAGE);
+      sessionStorage.removeItem(KEY_STORAGE);
+      if (key) (remember ? localStorage : sessionStorage).setItem(KEY_STORAGE, key);
     } catch (e) { /* storage refused (private mode): the key lasts as long as the page */ }
     el.forgetKey.hidden = !key;
   }
@@ -86,7 +93,7 @@
           el.keyDialog.removeEventListener("close", closed);
           state.keyWait = null;
           if (given) {
-            storeKey(given);
+            storeKey(given, el.keyRemember.checked);
             resolve(given);
           } else {
             reject(new ApiError(401, "This server needs an API key: send again to enter it.", "missing_key"));
@@ -654,6 +661,6 @@
     }
   });
 
-  storeKey(state.key);
+  el.forgetKey.hidden = !state.key;
   run(start);
 })();
