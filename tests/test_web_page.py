@@ -330,13 +330,19 @@ def test_chat_page_asks_for_the_api_key_and_pages_history(browser, bot, tiny_pai
 
 def test_on_a_phone_the_session_list_folds_away_once_a_session_is_open(browser, bot, tiny_pairs):
     """At 390 px the list took a third of the screen above the conversation, and there was no
-    way to put it away."""
+    way to put it away; at 360 px the message box's hint was clipped, with a scroll bar."""
     question, answer = tiny_pairs[1]
     wide = browser.get_window_size()
+    def hint_fits(d):  # the empty message box shows its whole hint, no scroll bar
+        return d.execute_script("const m = document.getElementById('message'); "
+                                "return m.value === '' && m.scrollHeight <= m.clientHeight;")
+
     try:
-        browser.set_window_size(390 + wide["width"] - 1100, 844 + wide["height"] - 750)
+        browser.set_window_size(360 + wide["width"] - 1100, 740 + wide["height"] - 750)
         with serving(bot) as base:
             browser.get(base + "/")
+            wait(browser, hint_fits, "the message box's hint was clipped at 360 px")
+            browser.set_window_size(390 + wide["width"] - 1100, 844 + wide["height"] - 750)
             send(browser, question)
             browser.refresh()  # opens the session in the address
             wait(browser, lambda d: log_texts(d) == [("user", question), ("bot", answer)], "the session did not open")
@@ -349,6 +355,7 @@ def test_on_a_phone_the_session_list_folds_away_once_a_session_is_open(browser, 
     finally:
         browser.set_window_size(wide["width"], wide["height"])
     assert not browser.find_element(By.ID, "toggle-sessions").is_displayed()  # wide: always shown
+    assert hint_fits(browser) and "Shift+Enter" in browser.find_element(By.ID, "message").get_attribute("placeholder")
 
 
 def test_code_blocks_keep_their_layout_and_text_reads_in_its_own_direction(browser, bot, tiny_pairs):

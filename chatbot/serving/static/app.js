@@ -597,6 +597,14 @@
     });
   });
 
+  // The full hint runs past the box's two rows on a phone (clipped, with a scroll bar): a short
+  // one there.
+  const hints = {wide: el.message.placeholder, phone: "Type a message"};
+  const phone = window.matchMedia("(max-width: 480px)");
+  const showHint = () => { el.message.placeholder = phone.matches ? hints.phone : hints.wide; };
+  phone.addEventListener("change", showHint);
+  showHint();
+
   el.message.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
