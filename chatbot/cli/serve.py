@@ -120,8 +120,7 @@ def _other_libraries_log_json() -> None:
 def serve(args) -> int:
     import uvicorn
 
-    from chatbot.cli.main import UsageError
-    from chatbot.model.bundle import checked_manifest, resolve_model_path
+    from chatbot.cli.main import UsageError, _check_model_early
     from chatbot.serving.security import LOOPBACK_NAMES
     from chatbot.serving.settings import KEYS_VARIABLE, ServerSettings, keys_from_environment
 
@@ -147,7 +146,7 @@ def serve(args) -> int:
     ServerSettings(api_keys=keys, **settings)  # a bad key or value fails here, once, not in each worker
     # A mistyped model, a damaged bundle or a port in use fail now, in one line, rather than as a
     # server that can never answer (the model loads after start-up) or as uvicorn's own error.
-    checked_manifest(resolve_model_path(args.model))
+    _check_model_early(args.model)
     check_address(args.host, args.port)
     from chatbot.dialogue.store import SessionStore
 
