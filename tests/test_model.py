@@ -13,7 +13,7 @@ import tensorflow as tf
 from chatbot.config import DataConfig, DecodingConfig, ModelConfig
 from chatbot.inference.decoding import XLA_MAX_BATCH, greedy_shape, padded_rows, xla_batch, xla_width
 from chatbot.inference.generator import Generator
-from chatbot.model.network import Seq2Seq, masked_accuracy, token_figures
+from chatbot.model.network import Seq2Seq, build_model, masked_accuracy, token_figures
 from chatbot.data.tokenizer import ANS, PAD, RET, SEP, SIM_TOKENS, START
 
 VOCAB = 50
@@ -98,6 +98,47 @@ def h5_datasets(path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return found
+
+
+BUILT_ARCHITECTURES = ARCHITECTURES + [
+    {"cell": "gru", "attention": "dot", "copy_attention": True, "copy_continuation": True},
+    {"cell": "lstm", "attention": "additive", "copy_attention": True, "bidirectional": True},
+    {"cell": "transformer", "heads": 4, "layers": 2},
+    {"cell": "transformer", "heads": 4, "copy_attention": True, "copy_continuation": True},
+]
+
+
+@pytest.mark.parametrize("arch", BUILT_ARCHITECTURES, ids=lambda a: "-".join(f"{v}" for v in a.values()))
+def test_building_from_the_configuration_makes_the_weights_a_call_would(arch, monkeypatch):
+    """``build`` creates every weight without running the network (loading a bundle starts
+    with it): the same weights, in the same order and with the same first values, as Keras
+    makes by tracing a call; and calling the built model adds none (a layer ``build`` forgot
+    would be made at the first reply, after the bundle's weights were loaded: random)."""
+    from keras.src import backend
+
+    config = ModelConfig(**{"embedding_dim": 8, "units": 16, **arch})
+    keras.utils.set_random_seed(3)
+    built = build_model(VOCAB, config, 10)
+    built.build_for_inference()
+    from chatbot.model import transformer
+
+    for kind in (Seq2Seq, transformer.Transformer, transformer.EncoderLayer, transformer.DecoderLayer,
+                 transformer.CachedAttention, transformer.FeedForward):
+        monkeypatch.setattr(kind, "build", keras.layers.Layer.build)  # Keras' own: build by tracing
+    keras.utils.set_random_seed(3)
+    traced = build_model(VOCAB, config, 10)
+    spec = keras.KerasTensor((2, 5), dtype="int32")
+    backend.compute_output_spec(traced.call, (spec, spec))  # Keras' way: its layers build as they are called
+    assert [tuple(w.shape) for w in built.weights] == [tuple(w.shape) for w in traced.weights]
+    for ours, keras_own in zip(built.weights, traced.weights):
+        np.testing.assert_array_equal(ours.numpy(), keras_own.numpy())
+    assert all(layer.built for layer in built._flatten_layers())
+    before = [id(v) for v in built.variables]
+    source = np.array([[5, 6, 7, 0]], np.int32)
+    built((source, source[:, :3]), training=False)
+    encoder_outputs, states, ids = built.encode(tf.constant(source))
+    built.decode_step(tf.constant([START]), states, encoder_outputs, ids)
+    assert [id(v) for v in built.variables] == before
 
 
 def test_save_weights_writes_what_keras_writes_and_loads_back(tmp_path):

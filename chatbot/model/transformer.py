@@ -95,6 +95,10 @@ class CachedAttention(layers.Layer):
         self.value = layers.Dense(units, name="value")
         self.output_dense = layers.Dense(units, name="output")
 
+    def build(self, input_shape):
+        for dense in (self.query, self.key, self.value, self.output_dense):
+            dense.build(input_shape)
+
     def keys_values(self, x):
         """``[B, S, units]`` -> projected keys and values, each ``[B, S, units]``."""
         return self.key(x), self.value(x)
@@ -122,6 +126,10 @@ class FeedForward(layers.Layer):
         self.outer = layers.Dense(units, name="outer")
         self.dropout = layers.Dropout(dropout)
 
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+        self.outer.build((*input_shape[:-1], self.inner.units))
+
     def call(self, x, training=False):
         return self.outer(self.dropout(self.inner(x), training=training))
 
@@ -134,6 +142,12 @@ class EncoderLayer(layers.Layer):
         self.feed_forward_norm = layers.LayerNormalization(epsilon=1e-6, name="feed_forward_norm")
         self.feed_forward = FeedForward(units, width, dropout, name="feed_forward")
         self.dropout = layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.attention_norm.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+        self.feed_forward_norm.build(input_shape)
+        self.feed_forward.build(input_shape)
 
     def call(self, x, visible, training=False):
         h = self.attention_norm(x)
@@ -152,6 +166,11 @@ class DecoderLayer(layers.Layer):
         self.feed_forward_norm = layers.LayerNormalization(epsilon=1e-6, name="feed_forward_norm")
         self.feed_forward = FeedForward(units, width, dropout, name="feed_forward")
         self.dropout = layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        for layer in (self.self_attention_norm, self.self_attention, self.cross_attention_norm, self.cross_attention,
+                      self.feed_forward_norm, self.feed_forward):
+            layer.build(input_shape)
 
     def call(self, x, visible, cross_keys, cross_values, source_visible, cache=None, training=False):
         """``x`` ``[B, T, units]`` -> (output, this layer's self-attention keys and values).
@@ -201,6 +220,20 @@ class Transformer(EncoderDecoder):
         self.continuation = self.copying and config.copy_continuation
         if self.continuation:
             self.copy_continuation = ContinuationBonus(name="copy_continuation")
+
+    def build(self, inputs_shape=None):
+        """Every weight, from the configuration alone (``Seq2Seq.build`` says why)."""
+        sequence = (None, None, self.units)
+        self.embedding.build((None, None))
+        for layer in (*self.encoder_layers, self.encoder_norm, *self.decoder_layers, self.decoder_norm,
+                      self.output_projection):
+            layer.build(sequence)
+        if self.copying:
+            self.copy_query.build(sequence)
+            self.copy_key.build(sequence)
+            self.copy_switch.build((None, None, 2 * self.units))
+        if self.continuation:
+            self.copy_continuation.build()
 
     def _embed(self, ids, positions, training):
         x = self.embedding(ids) * math.sqrt(self.units)
