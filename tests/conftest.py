@@ -11,6 +11,9 @@ from pathlib import Path
 from chatbot import compile_cache
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Two workers share two cores, and the tests' models are tiny: one intra-op thread each (also
+# in the CLI's subprocesses, which inherit it) keeps them from fighting over the cores.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 # Compiled decode loops are kept on disk as `chatbot` keeps them, here for the tests of this
 # user: the CLI's subprocesses and both workers load what one of them compiled (inherited
 # through TF_XLA_FLAGS), and nothing is written to the home directory.
