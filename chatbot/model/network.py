@@ -85,8 +85,10 @@ class EncoderDecoder(keras.Model):
         return False
 
     def build_for_inference(self) -> None:
-        """Create every weight (needed before loading weights)."""
-        self.build(None)
+        """Create every weight (needed before loading weights); a built model is left as it is,
+        as calling it was (Keras' ``build`` would try to make its weights a second time)."""
+        if not self.built:
+            self.build(None)
 
 
 class Seq2Seq(EncoderDecoder):
